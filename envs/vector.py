@@ -1,0 +1,194 @@
+"""Batched stepping of several copies of one task, for data collection.
+
+Two implementations share one interface: ``SubprocVectorEnv`` runs each copy in its own process
+(MuJoCo, LBF, SMAC), and a family can offer a native batched version instead (SMAX steps all copies
+in one jitted, vmapped JAX call). Episodes reset automatically in the same ``step`` call that ends
+them: ``obs`` is then the first observation of the next episode and ``final_obs`` the last one of
+the finished episode.
+"""
+
+from __future__ import annotations
+
+import abc
+import importlib
+import multiprocessing as mp
+import traceback
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from typing import Any
+
+import numpy as np
+
+from rmio.envs.base import EnvSpec, TimeStep
+from rmio.envs.registry import EnvConfig, get_family, make_env
+
+
+@dataclass
+class BatchStep:
+    """A ``TimeStep`` for ``num_envs`` copies at once (leading axis B)."""
+
+    obs: np.ndarray
+    """(B, n_agents, obs_dim) float32; after an auto-reset, the new episode's first observation."""
+    state: np.ndarray
+    """(B, state_dim) float32."""
+    reward: np.ndarray
+    """(B,) float32 team reward of the transition."""
+    terminated: np.ndarray
+    """(B,) bool."""
+    truncated: np.ndarray
+    """(B,) bool."""
+    final_obs: np.ndarray
+    """(B, n_agents, obs_dim): the last observation of an episode that ended now, else ``obs``."""
+    avail_actions: np.ndarray | None = None
+    """(B, n_agents, n_actions) bool for discrete tasks."""
+
+    @property
+    def done(self) -> np.ndarray:
+        return self.terminated | self.truncated
+
+
+class VectorEnv(abc.ABC):
+    spec: EnvSpec
+    num_envs: int
+
+    @abc.abstractmethod
+    def reset(self, seed: int | None = None) -> BatchStep:
+        """Reset every copy; copy k is seeded with ``seed + k``."""
+
+    @abc.abstractmethod
+    def step(self, actions: np.ndarray) -> BatchStep:
+        """Step every copy with ``actions`` (B, ...) and auto-reset those that finished."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release workers."""
+
+    def __enter__(self) -> VectorEnv:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def stack_steps(steps: list[TimeStep], finals: list[np.ndarray]) -> BatchStep:
+    avail = None
+    if steps[0].avail_actions is not None:
+        avail = np.stack([s.avail_actions for s in steps]).astype(bool)
+    return BatchStep(
+        obs=np.stack([s.obs for s in steps]).astype(np.float32),
+        state=np.stack([s.state for s in steps]).astype(np.float32),
+        reward=np.array([s.reward for s in steps], dtype=np.float32),
+        terminated=np.array([s.terminated for s in steps], dtype=bool),
+        truncated=np.array([s.truncated for s in steps], dtype=bool),
+        final_obs=np.stack(finals).astype(np.float32),
+        avail_actions=avail,
+    )
+
+
+def _worker(conn: Connection, cfg: EnvConfig) -> None:
+    """Owns one environment copy; answers ("reset", seed), ("step", action) and ("close", None)."""
+    env = None
+    try:
+        env = make_env(cfg)
+        conn.send(("ok", env.spec))
+        next_seed: int | None = None
+        while True:
+            cmd, arg = conn.recv()
+            if cmd == "reset":
+                next_seed = None if arg is None else arg + 100_003  # later auto-resets stay seeded
+                conn.send(("ok", (env.reset(seed=arg), None)))
+            elif cmd == "step":
+                ts = env.step(arg)
+                final = ts.obs
+                if ts.done:
+                    fresh = env.reset(seed=next_seed)
+                    if next_seed is not None:
+                        next_seed += 1
+                    fresh.reward, fresh.terminated, fresh.truncated = ts.reward, ts.terminated, ts.truncated
+                    ts = fresh
+                conn.send(("ok", (ts, final)))
+            elif cmd == "close":
+                conn.send(("ok", None))
+                return
+            else:
+                conn.send(("error", f"unknown command {cmd!r}"))
+    except (KeyboardInterrupt, EOFError):
+        return
+    except Exception:  # report to the parent rather than dying silently
+        try:
+            conn.send(("error", traceback.format_exc()))
+        except (BrokenPipeError, OSError):
+            pass
+    finally:
+        if env is not None:
+            env.close()
+
+
+class SubprocVectorEnv(VectorEnv):
+    """``num_envs`` copies, each stepped in its own process (forkserver: no inherited state)."""
+
+    def __init__(self, cfg: EnvConfig, num_envs: int, timeout_s: float = 120.0) -> None:
+        if num_envs < 1:
+            raise ValueError("num_envs must be at least 1")
+        ctx = mp.get_context("forkserver")
+        self.num_envs = num_envs
+        self.timeout_s = timeout_s
+        self._conns: list[Connection] = []
+        self._procs: list[Any] = []
+        for _ in range(num_envs):
+            parent, child = ctx.Pipe()
+            proc = ctx.Process(target=_worker, args=(child, cfg), daemon=True)
+            proc.start()
+            child.close()
+            self._conns.append(parent)
+            self._procs.append(proc)
+        specs = [self._recv(c) for c in self._conns]
+        self.spec = specs[0]
+
+    def _recv(self, conn: Connection) -> Any:
+        if not conn.poll(self.timeout_s):
+            self.close()
+            raise TimeoutError(f"environment worker did not answer within {self.timeout_s} s")
+        status, payload = conn.recv()
+        if status != "ok":
+            self.close()
+            raise RuntimeError(f"environment worker failed:\n{payload}")
+        return payload
+
+    def reset(self, seed: int | None = None) -> BatchStep:
+        for k, conn in enumerate(self._conns):
+            conn.send(("reset", None if seed is None else seed + k))
+        results = [self._recv(c) for c in self._conns]
+        return stack_steps([r[0] for r in results], [r[0].obs for r in results])
+
+    def step(self, actions: np.ndarray) -> BatchStep:
+        if len(actions) != self.num_envs:
+            raise ValueError(f"expected actions for {self.num_envs} environments, got {len(actions)}")
+        for conn, act in zip(self._conns, actions, strict=True):
+            conn.send(("step", act))
+        results = [self._recv(c) for c in self._conns]
+        return stack_steps([r[0] for r in results], [r[1] for r in results])
+
+    def close(self) -> None:
+        for conn in self._conns:
+            try:
+                conn.send(("close", None))
+            except (BrokenPipeError, OSError):
+                pass
+        for proc in self._procs:
+            proc.join(timeout=5)
+            if proc.is_alive():
+                proc.kill()
+                proc.join(timeout=5)
+        for conn in self._conns:
+            conn.close()
+        self._conns, self._procs = [], []
+
+
+def make_vector_env(cfg: EnvConfig, num_envs: int) -> VectorEnv:
+    """The family's native batched stepping when it has one (``make_vector``), else subprocesses."""
+    family = get_family(cfg.family)
+    module = importlib.import_module(family.module)
+    native = getattr(module, "make_vector", None)
+    if native is not None:
+        return native(cfg, num_envs)
+    return SubprocVectorEnv(cfg, num_envs)

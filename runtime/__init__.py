@@ -1,0 +1,1 @@
+"""rmio.runtime: wire protocol, transport, membership, election, history sync, launcher (torch-free)."""

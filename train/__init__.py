@@ -1,0 +1,1 @@
+"""rmio.train: PyTorch training of world models and policies, and ONNX export."""

@@ -124,6 +124,10 @@ class TimeStep:
     truncated: bool = False
     avail_actions: np.ndarray | None = None
     info: dict[str, Any] = field(default_factory=dict)
+    observed: np.ndarray | None = None
+    """(n_agents,) bool under a loss model (see rmio.envs.loss): True where ``obs`` is real."""
+    true_obs: np.ndarray | None = None
+    """Under a loss model: the observations before dropping, for training targets and scoring."""
 
     @property
     def done(self) -> bool:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import re
 import warnings
@@ -30,10 +32,24 @@ def parse_scenario(scenario: str) -> tuple[str, str]:
     return m["robot"], m["conf"]
 
 
+def _import_mamujoco():
+    """Import quietly: gymnasium_robotics prints a notice about unrelated Adroit tasks to stderr, and
+    MuJoCo warns about a deprecated attribute in the bundled robot XML; both go to our debug log."""
+    import mujoco
+
+    mujoco.set_mju_user_warning(lambda msg: log.debug("mujoco: %s", msg))
+    buf = io.StringIO()
+    with contextlib.redirect_stderr(buf):
+        from gymnasium_robotics import mamujoco_v1
+    if buf.getvalue().strip():
+        log.debug("gymnasium_robotics: %s", buf.getvalue().strip())
+    return mamujoco_v1
+
+
 class MaMuJoCoEnv(MultiAgentEnv):
     def __init__(self, cfg: EnvConfig) -> None:
         robot, conf = parse_scenario(cfg.scenario)
-        from gymnasium_robotics import mamujoco_v1
+        mamujoco_v1 = _import_mamujoco()
 
         try:
             with warnings.catch_warnings():

@@ -10,6 +10,7 @@ the finished episode.
 from __future__ import annotations
 
 import abc
+import contextlib
 import importlib
 import multiprocessing as mp
 import traceback
@@ -41,6 +42,8 @@ class BatchStep:
     """(B, n_agents, obs_dim): the last observation of an episode that ended now, else ``obs``."""
     avail_actions: np.ndarray | None = None
     """(B, n_agents, n_actions) bool for discrete tasks."""
+    final_state: np.ndarray | None = None
+    """(B, state_dim): the global state that goes with ``final_obs``."""
 
     @property
     def done(self) -> np.ndarray:
@@ -69,7 +72,7 @@ class VectorEnv(abc.ABC):
         self.close()
 
 
-def stack_steps(steps: list[TimeStep], finals: list[np.ndarray]) -> BatchStep:
+def stack_steps(steps: list[TimeStep], finals: list[TimeStep]) -> BatchStep:
     avail = None
     if steps[0].avail_actions is not None:
         avail = np.stack([s.avail_actions for s in steps]).astype(bool)
@@ -79,7 +82,8 @@ def stack_steps(steps: list[TimeStep], finals: list[np.ndarray]) -> BatchStep:
         reward=np.array([s.reward for s in steps], dtype=np.float32),
         terminated=np.array([s.terminated for s in steps], dtype=bool),
         truncated=np.array([s.truncated for s in steps], dtype=bool),
-        final_obs=np.stack(finals).astype(np.float32),
+        final_obs=np.stack([f.obs for f in finals]).astype(np.float32),
+        final_state=np.stack([f.state for f in finals]).astype(np.float32),
         avail_actions=avail,
     )
 
@@ -95,15 +99,17 @@ def _worker(conn: Connection, cfg: EnvConfig) -> None:
             cmd, arg = conn.recv()
             if cmd == "reset":
                 next_seed = None if arg is None else arg + 100_003  # later auto-resets stay seeded
-                conn.send(("ok", (env.reset(seed=arg), None)))
+                ts = env.reset(seed=arg)
+                conn.send(("ok", (ts, ts)))
             elif cmd == "step":
                 ts = env.step(arg)
-                final = ts.obs
+                final = ts
                 if ts.done:
                     fresh = env.reset(seed=next_seed)
                     if next_seed is not None:
                         next_seed += 1
                     fresh.reward, fresh.terminated, fresh.truncated = ts.reward, ts.terminated, ts.truncated
+                    fresh.info = ts.info  # the finished episode's info (e.g. "won")
                     ts = fresh
                 conn.send(("ok", (ts, final)))
             elif cmd == "close":
@@ -114,10 +120,8 @@ def _worker(conn: Connection, cfg: EnvConfig) -> None:
     except (KeyboardInterrupt, EOFError):
         return
     except Exception:  # report to the parent rather than dying silently
-        try:
+        with contextlib.suppress(BrokenPipeError, OSError):
             conn.send(("error", traceback.format_exc()))
-        except (BrokenPipeError, OSError):
-            pass
     finally:
         if env is not None:
             env.close()
@@ -158,7 +162,7 @@ class SubprocVectorEnv(VectorEnv):
         for k, conn in enumerate(self._conns):
             conn.send(("reset", None if seed is None else seed + k))
         results = [self._recv(c) for c in self._conns]
-        return stack_steps([r[0] for r in results], [r[0].obs for r in results])
+        return stack_steps([r[0] for r in results], [r[1] for r in results])
 
     def step(self, actions: np.ndarray) -> BatchStep:
         if len(actions) != self.num_envs:
@@ -170,10 +174,8 @@ class SubprocVectorEnv(VectorEnv):
 
     def close(self) -> None:
         for conn in self._conns:
-            try:
+            with contextlib.suppress(BrokenPipeError, OSError):
                 conn.send(("close", None))
-            except (BrokenPipeError, OSError):
-                pass
         for proc in self._procs:
             proc.join(timeout=5)
             if proc.is_alive():

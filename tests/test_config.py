@@ -1,0 +1,109 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from rmio.config import Config, builtin_config_names, load_config, save_config
+from rmio.errors import ConfigError
+
+ALL = builtin_config_names()
+
+
+REQUIRED = [("mamujoco", sc) for sc in ("HalfCheetah-2x3", "HalfCheetah-6x1", "Ant-4x2", "Walker2d-2x3", "Hopper-3x1",
+                                        "ManySegmentSwimmer-4x2", "ManySegmentSwimmer-10x2")]
+REQUIRED += [("smax", m) for m in ("2s3z", "3s_vs_5z", "3m", "8m", "3s5z")]
+REQUIRED += [("lbf", "Foraging-8x8-2p-2f-coop-v3")]
+REQUIRED += [("smac", m) for m in ("2s_vs_1sc", "3s_vs_3z", "2s3z", "3s_vs_4z", "3s_vs_5z", "1c3s5z", "8m", "corridor")]
+
+
+def test_every_scenario_of_the_spec_has_a_config() -> None:
+    have = {(c.env.family, c.env.scenario) for c in map(load_config, ALL)}
+    assert sorted(set(REQUIRED) - have) == []
+
+
+@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("preset", [None, "debug"])
+def test_builtin_configs_validate(name: str, preset: str | None) -> None:
+    cfg = load_config(name, preset=preset)
+    assert isinstance(cfg, Config)
+    if preset == "debug":
+        full = load_config(name)
+        assert cfg.run.collect_steps < full.run.collect_steps
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "cfg.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_unknown_key_names_file_and_key(tmp_path: Path) -> None:
+    path = _write(tmp_path, "env:\n  family: mamujoco\n  scenaro: HalfCheetah-6x1\n")
+    with pytest.raises(ConfigError, match=r"cfg\.yaml.*unknown key 'env\.scenaro'"):
+        load_config(path)
+
+
+def test_unknown_section(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="unknown key 'trian'"):
+        load_config(_write(tmp_path, "trian: {}\n"))
+
+
+def test_wrong_type_names_key(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"cfg\.yaml.*'run\.seed' must be an integer, got 'zero'"):
+        load_config(_write(tmp_path, "run:\n  seed: zero\n"))
+    with pytest.raises(ConfigError, match=r"'loss\.model' must be one of"):
+        load_config(_write(tmp_path, "loss:\n  model: sometimes\n"))
+    with pytest.raises(ConfigError, match=r"'run\.seed' must be an integer, got True"):
+        load_config(_write(tmp_path, "run:\n  seed: true\n"))
+
+
+def test_int_is_accepted_for_float(tmp_path: Path) -> None:
+    assert load_config(_write(tmp_path, "loss:\n  p_loss: 1\n")).loss.p_loss == 1.0
+
+
+def test_malformed_yaml_reports_line(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"malformed YAML at line 3, column \d+: mapping values"):
+        load_config(_write(tmp_path, "env:\n  family: mamujoco\n    scenario: Ant-4x2\n"))
+
+
+def test_top_level_must_be_mapping(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="must be a mapping"):
+        load_config(_write(tmp_path, "- a\n- b\n"))
+
+
+def test_range_checks(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"p_loss must be in \[0, 1\]"):
+        load_config(_write(tmp_path, "loss:\n  p_loss: 1.5\n"))
+    with pytest.raises(ConfigError, match=r"unknown env\.family 'starcraft'"):
+        load_config(_write(tmp_path, "env:\n  family: starcraft\n"))
+
+
+def test_overrides_keep_yaml_types() -> None:
+    cfg = load_config("halfcheetah_6x1", overrides=["loss.p_loss=3e-1", "run.seed=7", "env.options={a: 1}"])
+    assert cfg.loss.p_loss == pytest.approx(0.3)
+    assert cfg.run.seed == 7
+    assert cfg.env.options == {"a": 1}
+    with pytest.raises(ConfigError, match="not of the form"):
+        load_config("halfcheetah_6x1", overrides=["loss.p_loss"])
+    with pytest.raises(ConfigError, match=r"unknown key 'loss\.nope'"):
+        load_config("halfcheetah_6x1", overrides=["loss.nope=1"])
+
+
+def test_missing_preset_and_unknown_name() -> None:
+    with pytest.raises(ConfigError, match="unknown scenario config 'halfcheetah_7x1'"):
+        load_config("halfcheetah_7x1")
+
+
+def test_missing_debug_preset(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="has no 'debug' preset"):
+        load_config(_write(tmp_path, "env: {}\n"), preset="debug")
+
+
+def test_saved_config_reloads_to_same_hash(tmp_path: Path) -> None:
+    cfg = load_config("ant_4x2", preset="debug", overrides=["loss.p_loss=0.4"])
+    path = save_config(cfg, tmp_path)
+    again = load_config(path)
+    assert again == cfg
+    assert again.digest() == cfg.digest()
+    assert cfg.digest() in path.read_text()

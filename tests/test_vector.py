@@ -1,0 +1,28 @@
+from __future__ import annotations
+
+import numpy as np
+
+from rmio.envs import EnvConfig, make_env
+from rmio.envs.vector import SubprocVectorEnv, make_vector_env
+
+
+def test_subproc_vector_env_matches_single_envs_and_auto_resets() -> None:
+    cfg = EnvConfig("mamujoco", "HalfCheetah-6x1", episode_limit=5)
+    rng = np.random.default_rng(0)
+    with make_vector_env(cfg, 3) as venv:
+        assert isinstance(venv, SubprocVectorEnv)
+        singles = [make_env(cfg) for _ in range(3)]
+        b = venv.reset(seed=10)
+        for k, env in enumerate(singles):
+            np.testing.assert_array_equal(b.obs[k], env.reset(seed=10 + k).obs)  # copy k is seeded seed + k
+        assert b.obs.shape == (3, 6, 9) and b.state.shape == (3, 17)
+        for _ in range(5):
+            actions = np.stack([venv.spec.random_actions(rng) for _ in range(3)])
+            b = venv.step(actions)
+            ref = [env.step(actions[k]) for k, env in enumerate(singles)]
+            np.testing.assert_array_equal(b.final_obs, np.stack([r.obs for r in ref]))
+            np.testing.assert_allclose(b.reward, [r.reward for r in ref], rtol=1e-6)
+        assert b.truncated.all() and not b.terminated.any()
+        assert not np.allclose(b.obs, b.final_obs)  # obs already belongs to the next episode
+        for env in singles:
+            env.close()

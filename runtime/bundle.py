@@ -1,0 +1,115 @@
+"""The model bundle: the contract between training (which writes it) and the runtime (which runs it).
+
+A bundle is a directory::
+
+    manifest.json   what the models are for and how to feed them (schema below)
+    actor.onnx      local observation (+ agent id, + available actions) -> action
+    wm_step.onnx    one world-model step (RMIOv2 Eq. 2a-2e and 3, with categorical modes)
+
+``wm_step.onnx`` inputs, all float32, batch axis B dynamic:
+
+* ``h``            (B, n, deter)       deterministic GRU state h_{t-1}
+* ``z``            (B, n, stoch)       flattened one-hot categorical latent z_{t-1}
+* ``prev_action``  (B, n, act_width)   a_{t-1} (one-hot for discrete tasks; zeros at an episode start)
+* ``obs``          (B, n, obs_dim)     o_t in raw units, zero rows for agents that lost theirs
+* ``mask``         (B, n)              1 = observed, 0 = lost (the paper's m_t)
+
+outputs ``h_next`` = h_t, ``z_next`` = z_t and ``obs_recon`` (B, n, obs_dim), the decoded o_t in raw
+units. Replaying it from zeros over a history window gives Algorithm 2's recursion; keeping
+(h, z) between calls is the incremental mode. Normalisation lives inside the graphs, so the
+runtime only ever handles raw observations.
+
+``actor.onnx`` inputs: ``obs`` (B, obs_dim) raw, ``agent_id`` (B,) int64, and for discrete tasks
+``avail_actions`` (B, n_actions) bool; output ``action``: (B, act_dim) float32 (continuous, already
+clipped to the action box) or (B,) int64 (discrete, the best available action).
+
+This module only reads and checks bundles; it never imports torch.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rmio.envs.base import EnvSpec
+from rmio.errors import RmioError
+
+SCHEMA_VERSION = 1
+WM_INPUTS = ("h", "z", "prev_action", "obs", "mask")
+WM_OUTPUTS = ("h_next", "z_next", "obs_recon")
+ACTOR_INPUTS = ("obs", "agent_id")
+ACTOR_OUTPUTS = ("action",)
+
+
+@dataclass
+class Manifest:
+    schema_version: int
+    spec: EnvSpec
+    history_window: int
+    """l: steps of history the coordinator gathers before reconstructing (Algorithm 2)."""
+    deter: int
+    """Width of the deterministic state h per agent."""
+    stoch: int
+    """Width of the flattened categorical latent z per agent (classes x categoricals)."""
+    act_width: int
+    """Width of an agent's action as the world model consumes it (one-hot size for discrete)."""
+    obs_mean: list[list[float]]
+    obs_std: list[list[float]]
+    files: dict[str, str] = field(default_factory=lambda: {"actor": "actor.onnx", "wm_step": "wm_step.onnx"})
+    config: dict[str, Any] = field(default_factory=dict)
+    config_hash: str = ""
+    budget: dict[str, Any] = field(default_factory=dict)
+    """Training budget, e.g. {"env_steps": 100000, "wm_updates": ...}."""
+    metrics: dict[str, Any] = field(default_factory=dict)
+    """Metrics measured at export (returns, L_rec, parity errors)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {k: v for k, v in self.__dict__.items() if k != "spec"}
+        out["spec"] = self.spec.to_dict()
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], where: str = "manifest") -> Manifest:
+        try:
+            version = int(data["schema_version"])
+            if version != SCHEMA_VERSION:
+                raise RmioError(f"{where}: schema version {version}, this rmio reads {SCHEMA_VERSION}")
+            fields = {k: v for k, v in data.items() if k != "spec"}
+            man = cls(spec=EnvSpec.from_dict(data["spec"]), **fields)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise RmioError(f"{where}: missing or invalid field ({exc})") from None
+        n, d = man.spec.n_agents, man.spec.obs_dim
+        if np.shape(man.obs_mean) != (n, d) or np.shape(man.obs_std) != (n, d):
+            raise RmioError(f"{where}: observation statistics must have shape ({n}, {d})")
+        if man.history_window < 1:
+            raise RmioError(f"{where}: history_window must be >= 1")
+        return man
+
+    def save(self, bundle_dir: str | Path) -> Path:
+        path = Path(bundle_dir) / "manifest.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.to_dict(), indent=2))
+        return path
+
+
+def load_manifest(bundle_dir: str | Path, expect_scenario: str | None = None) -> Manifest:
+    """Read and check a bundle's manifest; refuse a bundle made for another scenario."""
+    bundle_dir = Path(bundle_dir)
+    path = bundle_dir / "manifest.json"
+    if not path.is_file():
+        raise RmioError(f"'{bundle_dir}' is not a model bundle: it has no manifest.json")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise RmioError(f"{path}: not valid JSON ({exc})") from None
+    man = Manifest.from_dict(data, str(path))
+    if expect_scenario is not None and man.spec.name != expect_scenario:
+        raise RmioError(f"bundle '{bundle_dir}' was trained for {man.spec.name}, not {expect_scenario}")
+    for role, name in man.files.items():
+        if not (bundle_dir / name).is_file():
+            raise RmioError(f"bundle '{bundle_dir}': the manifest names {role} file '{name}', which is missing")
+    return man

@@ -128,12 +128,17 @@ def _worker(conn: Connection, cfg: EnvConfig) -> None:
 
 
 class SubprocVectorEnv(VectorEnv):
-    """``num_envs`` copies, each stepped in its own process (forkserver: no inherited state)."""
+    """``num_envs`` copies, each stepped in its own process.
+
+    Workers are forked (where the OS can): they only run the simulator, and unlike spawn or
+    forkserver, fork does not re-import the caller's ``__main__``, so a plain script without an
+    ``if __name__ == "__main__"`` guard works.
+    """
 
     def __init__(self, cfg: EnvConfig, num_envs: int, timeout_s: float = 120.0) -> None:
         if num_envs < 1:
             raise ValueError("num_envs must be at least 1")
-        ctx = mp.get_context("forkserver")
+        ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
         self.num_envs = num_envs
         self.timeout_s = timeout_s
         self._conns: list[Connection] = []
@@ -152,7 +157,11 @@ class SubprocVectorEnv(VectorEnv):
         if not conn.poll(self.timeout_s):
             self.close()
             raise TimeoutError(f"environment worker did not answer within {self.timeout_s} s")
-        status, payload = conn.recv()
+        try:
+            status, payload = conn.recv()
+        except EOFError:
+            self.close()
+            raise RuntimeError("an environment worker exited unexpectedly") from None
         if status != "ok":
             self.close()
             raise RuntimeError(f"environment worker failed:\n{payload}")

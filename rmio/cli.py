@@ -154,6 +154,11 @@ def demo(cfg: Any, episodes: int, p_loss: float | None, steps: int, out: Path) -
     run_demo(cfg, episodes, out, console)
 
 
+from rmio.cli_train import register as _register_training  # noqa: E402
+
+_register_training(cli, config_options)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: user errors are one line on stderr with exit code 2, never a traceback."""
     try:

@@ -25,6 +25,7 @@ import yaml
 from rmio.envs.loss import LossConfig
 from rmio.envs.registry import FAMILIES, EnvConfig
 from rmio.errors import ConfigError
+from rmio.train.wm_config import WorldModelSection
 
 PRESETS = ("debug",)
 _EXPONENT_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+")
@@ -51,6 +52,7 @@ class Config:
     env: EnvConfig = field(default_factory=EnvConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    world_model: WorldModelSection = field(default_factory=WorldModelSection)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -222,6 +224,17 @@ def validate(cfg: Config, src: str) -> None:
                             ("run.collect_steps", cfg.run.collect_steps, 1), ("env.agent_obsk", cfg.env.agent_obsk, 0)):
         if value < low:
             raise ConfigError(f"{src}: {key} must be >= {low}, got {value}")
+    fm = cfg.world_model
+    if not 0.0 <= fm.finetune.p_mask <= 1.0:
+        raise ConfigError(f"{src}: world_model.finetune.p_mask must be in [0, 1], got {fm.finetune.p_mask}")
+    if fm.model.fusion_dim % fm.model.fusion_heads:
+        raise ConfigError(f"{src}: world_model.model.fusion_dim ({fm.model.fusion_dim}) must be divisible by "
+                          f"fusion_heads ({fm.model.fusion_heads})")
+    for key, value in (("world_model.train.updates", fm.train.updates), ("world_model.train.batch_size",
+                       fm.train.batch_size), ("world_model.train.seq_len", fm.train.seq_len),
+                       ("world_model.history_window", fm.history_window)):
+        if value < 1:
+            raise ConfigError(f"{src}: {key} must be >= 1, got {value}")
     if cfg.env.episode_limit is not None and cfg.env.episode_limit < 1:
         raise ConfigError(f"{src}: env.episode_limit must be >= 1, got {cfg.env.episode_limit}")
 

@@ -1,0 +1,105 @@
+"""`rmio train`, `rmio eval` and `rmio export`: the PyTorch half, imported lazily (needs the `train` extra)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from rmio.errors import MissingExtraError
+
+
+def _require_torch() -> None:
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        raise MissingExtraError("training", "train") from None
+
+
+def _console():
+    from rmio.cli import console
+
+    return console
+
+
+device_option = click.option("--device", default="cpu", show_default=True, help="cpu or cuda (cuda:N).")
+run_dir_option = click.option("--run-dir", type=click.Path(path_type=Path), default=None,
+                              help="Run directory; an existing one is resumed (default: a new one under run.runs_dir).")
+
+
+@click.group()
+def train() -> None:
+    """Train world models (and, later, policies)."""
+
+
+def register(cli: click.Group, config_options: Any) -> None:
+    """Attach the training commands to the main group (keeps cli.py free of torch)."""
+
+    @train.command("world-model")
+    @config_options()
+    @run_dir_option
+    @device_option
+    def world_model(cfg: Any, run_dir: Path | None, device: str) -> None:
+        """Pre-train the RMIOv2 world model on real trajectories (collected first, random policy).
+
+        Re-running with the same --run-dir resumes from the last checkpoint.
+        """
+        _require_torch()
+        from rmio.train.wm_train import prepare_run_dir, train_world_model
+
+        run_dir = prepare_run_dir(cfg, run_dir, "rmio-wm")
+        _console().print(f"run directory: {run_dir}")
+        train_world_model(cfg, run_dir, device, _console())
+
+    @train.command("finetune")
+    @click.argument("run_dir", type=click.Path(path_type=Path, exists=True, file_okay=False))
+    @click.option("--p-mask", type=click.FloatRange(0.0, 1.0), default=None,
+                  help="Masking probability per agent and step (default world_model.finetune.p_mask).")
+    @click.option("--updates", type=click.IntRange(min=1), default=None, help="Upper bound on updates.")
+    @device_option
+    def finetune(run_dir: Path, p_mask: float | None, updates: int | None, device: str) -> None:
+        """Masked fine-tuning of a pre-trained world model (Algorithm 2, lines 20-27)."""
+        _require_torch()
+        from rmio.train.wm_train import finetune_world_model
+
+        finetune_world_model(run_dir, p_mask, device, _console(), updates)
+
+    @click.group("eval")
+    def eval_group() -> None:
+        """Evaluate trained models."""
+
+    @eval_group.command("reconstruction")
+    @click.argument("run_dir", type=click.Path(path_type=Path, exists=True, file_okay=False))
+    @click.option("--checkpoint", type=click.Choice(["finetune", "pretrain", "both"]), default="both",
+                  show_default=True)
+    @device_option
+    def reconstruction(run_dir: Path, checkpoint: str, device: str) -> None:
+        """L_rec on held-out trajectories for every test-time p_mask, GPE, GCI, and the zero-fill and
+        hold-last baselines; writes a table (markdown, JSON) and a PNG plot into the run directory."""
+        _require_torch()
+        from rmio.train.wm_eval import evaluate_run
+
+        evaluate_run(run_dir, checkpoint, device, _console())
+
+    @click.command("export")
+    @click.argument("run_dir", type=click.Path(path_type=Path, exists=True, file_okay=False), required=False)
+    @click.option("--out", type=click.Path(path_type=Path), default=None,
+                  help="Bundle directory (default RUN_DIR/bundle).")
+    @click.option("--check", "check_dir", type=click.Path(path_type=Path, exists=True, file_okay=False), default=None,
+                  help="Re-validate an existing bundle instead of exporting.")
+    def export(run_dir: Path | None, out: Path | None, check_dir: Path | None) -> None:
+        """Export the (fine-tuned) world model as a one-step ONNX graph plus manifest, checked against PyTorch."""
+        _require_torch()
+        from rmio.train.export import check_bundle, export_run
+
+        if check_dir is not None:
+            check_bundle(check_dir, _console())
+            return
+        if run_dir is None:
+            raise click.UsageError("give RUN_DIR to export, or --check BUNDLE")
+        export_run(run_dir, out or run_dir / "bundle", _console())
+
+    cli.add_command(train)
+    cli.add_command(eval_group)
+    cli.add_command(export)

@@ -1,0 +1,175 @@
+"""`rmio export`: the world model's one-step graph as ONNX plus the bundle manifest, checked for parity.
+
+The graph is ``RMIOWorldModel.step`` (raw observations in and out, categorical modes), exactly the
+contract of ``rmio.runtime.bundle``. Parity is checked twice: on random inputs with a batch of 3
+(the batch axis must be dynamic), and by replaying held-out episodes through onnxruntime and
+PyTorch side by side with real loss masks, which also catches drift that accumulates over steps.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from rich.console import Console
+from torch import nn
+
+from rmio.config import load_config
+from rmio.envs.trajectory import TrajectoryBuffer
+from rmio.errors import RmioError
+from rmio.runtime.bundle import SCHEMA_VERSION, WM_INPUTS, WM_OUTPUTS, Manifest, load_manifest
+from rmio.runtime.models import WorldModelRunner
+from rmio.train.world_model import RMIOWorldModel
+
+log = logging.getLogger(__name__)
+PARITY_TOLERANCE = 1e-3
+"""Largest accepted |onnxruntime - torch| on reconstructed observations (raw units) and states."""
+
+
+class WorldModelStep(nn.Module):
+    def __init__(self, model: RMIOWorldModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, h, z, prev_action, obs, mask):
+        return self.model.step(h, z, prev_action, obs, mask)
+
+
+def export_onnx(module: nn.Module, args: tuple[torch.Tensor, ...], path: Path, inputs: tuple[str, ...],
+                outputs: tuple[str, ...]) -> None:
+    """Export with a dynamic batch axis (the example batch must be >= 2, or the exporter fixes it to 1)."""
+    if args[0].shape[0] < 2:
+        raise ValueError("export needs an example batch of at least 2")
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    dynamic = {name: {0: batch} for name in inputs}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)  # torchvision-missing notices are not ours
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        prog = torch.onnx.export(module, args, input_names=list(inputs), output_names=list(outputs),
+                                 dynamic_shapes=dynamic, opset_version=18, dynamo=True, verbose=False)
+    if prog is None:
+        raise RuntimeError("torch.onnx.export returned no program")
+    prog.save(str(path))
+
+
+def _random_inputs(model: RMIOWorldModel, batch: int, gen: torch.Generator) -> tuple[torch.Tensor, ...]:
+    n, d = model.n_agents, model.obs_dim
+    h = torch.randn(batch, n, model.cfg.deter, generator=gen)
+    z = torch.zeros(batch, n, model.stoch)
+    z.view(batch, n, model.cfg.groups, model.cfg.classes)[..., 0] = 1.0
+    act = torch.randn(batch, n, model.act_width, generator=gen).clamp(-1, 1)
+    obs = model.denormalize_obs(torch.randn(batch, n, d, generator=gen))
+    mask = (torch.rand(batch, n, generator=gen) > 0.5).float()
+    return h, z, act, obs * mask.unsqueeze(-1), mask
+
+
+def random_parity(model: RMIOWorldModel, runner: WorldModelRunner, batch: int = 3) -> float:
+    gen = torch.Generator().manual_seed(0)
+    args = _random_inputs(model, batch, gen)
+    with torch.no_grad():
+        ref = [t.numpy() for t in model.step(*args)]
+    got = runner.session.run(list(WM_OUTPUTS), {k: v.numpy() for k, v in zip(WM_INPUTS, args, strict=True)})
+    return max(float(np.abs(a - b).max()) for a, b in zip(ref, got, strict=True))
+
+
+def replay_parity(model: RMIOWorldModel, runner: WorldModelRunner, holdout: TrajectoryBuffer, steps: int = 200,
+                  p_mask: float = 0.5) -> float:
+    """Replay the start of each held-out episode with random masks in both runtimes; max abs difference."""
+    rng = np.random.default_rng(0)
+    worst = 0.0
+    for k in range(min(holdout.num_episodes, 2)):
+        ep = holdout.episode(k)
+        T = min(steps, len(ep["obs"]))
+        obs = ep["obs"][:T]
+        prev = np.zeros_like(ep["action"][:T])
+        prev[1:] = ep["action"][: T - 1]
+        masks = (rng.random((T, obs.shape[1])) >= p_mask).astype(np.float32)
+        _, onnx_rec = runner.replay(obs, prev, masks)
+        with torch.no_grad():
+            h, z = model.initial(1)
+            enc = model.encode_actions(torch.as_tensor(prev))
+            recs = []
+            for t in range(T):
+                m = torch.as_tensor(masks[t])[None]
+                o = torch.as_tensor(obs[t])[None] * m.unsqueeze(-1)
+                h, z, rec = model.step(h, z, enc[t][None], o, m)
+                recs.append(rec[0].numpy())
+        worst = max(worst, float(np.abs(np.stack(recs) - onnx_rec).max()))
+    return worst
+
+
+def export_run(run_dir: Path, out: Path, console: Console) -> Path:
+    from rmio.train.wm_train import load_model
+
+    path = run_dir / "wm_finetune.pt"
+    if not path.exists():
+        path = run_dir / "wm_pretrain.pt"
+        if not path.exists():
+            raise RmioError(f"'{run_dir}' has no trained world model to export")
+        console.print("[yellow]no fine-tuned world model in this run: exporting the pre-trained one; it was never "
+                      "trained to fill in lost observations[/]")
+    model, ckpt = load_model(path, "cpu")
+    model.eval()
+    cfg = load_config(run_dir / "config.yaml")
+    gen = torch.Generator().manual_seed(1)
+    example = _random_inputs(model, 2, gen)
+    export_onnx(WorldModelStep(model), example, out / "wm_step.onnx", WM_INPUTS, WM_OUTPUTS)
+    stats = ckpt["stats"]
+    summary = ckpt.get("summary", {})
+    manifest = Manifest(
+        schema_version=SCHEMA_VERSION, spec=model.spec, history_window=cfg.world_model.history_window,
+        deter=model.cfg.deter, stoch=model.stoch, act_width=model.act_width,
+        obs_mean=stats["obs_mean"], obs_std=stats["obs_std"], files={"wm_step": "wm_step.onnx"},
+        config=ckpt["config"], config_hash=ckpt["config_hash"],
+        budget={"env_steps": _env_steps(run_dir), "wm_checkpoint": path.name, "p_mask": ckpt.get("p_mask"),
+                "updates": summary.get("updates")},
+        metrics={})
+    manifest.save(out)
+    runner = WorldModelRunner(out, manifest)
+    err_random = random_parity(model, runner)
+    holdout = TrajectoryBuffer.load(run_dir / "data" / "holdout.npz")
+    err_replay = replay_parity(model, runner, holdout)
+    manifest.metrics = {"parity_max_abs_random": err_random, "parity_max_abs_replay": err_replay}
+    eval_json = run_dir / "eval_reconstruction.json"
+    if eval_json.exists():
+        manifest.metrics["reconstruction"] = json.loads(eval_json.read_text())
+    manifest.save(out)
+    console.print(f"parity onnxruntime vs torch: max |diff| {err_random:.2e} (random inputs, batch 3), "
+                  f"{err_replay:.2e} (held-out replay with masks)")
+    if max(err_random, err_replay) > PARITY_TOLERANCE:
+        raise RmioError(f"exported world model drifts from PyTorch by {max(err_random, err_replay):.2e} "
+                        f"(tolerance {PARITY_TOLERANCE}); the bundle in '{out}' must not be used")
+    console.print(f"wrote bundle {out}")
+    return out
+
+
+def _env_steps(run_dir: Path) -> int | None:
+    path = run_dir / "data" / "train.npz"
+    if not path.exists():
+        return None
+    meta: dict[str, Any] = TrajectoryBuffer.load(path).meta
+    return meta.get("env_steps")
+
+
+def check_bundle(bundle: Path, console: Console) -> None:
+    """Re-validate a bundle: manifest schema, files, graph signatures, and that the graphs run."""
+    manifest = load_manifest(bundle)
+    runner = WorldModelRunner(bundle, manifest)
+    n, d = manifest.spec.n_agents, manifest.spec.obs_dim
+    state = runner.initial_state(3)
+    _, recon = runner.step(state, np.zeros((3, n, manifest.act_width), np.float32), np.zeros((3, n, d), np.float32),
+                           np.ones((3, n), np.float32))
+    if recon.shape != (3, n, d) or not np.isfinite(recon).all():
+        raise RmioError(f"bundle '{bundle}': wm_step.onnx returns {recon.shape} or non-finite values")
+    if "actor" in manifest.files:
+        from rmio.runtime.models import ActorRunner
+
+        ActorRunner(bundle, manifest)
+    console.print(f"bundle {bundle} is valid: {manifest.spec.name}, {n} agents, window {manifest.history_window}, "
+                  f"files {', '.join(manifest.files.values())}")

@@ -1,0 +1,80 @@
+"""Run bookkeeping shared by every trainer: metric logs (TensorBoard, JSONL, CSV) and checkpoints."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rmio.errors import RmioError
+
+CHECKPOINT_FORMAT = 1
+
+
+class MetricLog:
+    """Writes each logged row to TensorBoard, ``<name>.jsonl`` and ``<name>.csv`` in the run directory.
+
+    Appends on resume, so a resumed run keeps one continuous history.
+    """
+
+    def __init__(self, run_dir: Path, name: str) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.run_dir = Path(run_dir)
+        self.jsonl = self.run_dir / f"{name}.jsonl"
+        self.csv = self.run_dir / f"{name}.csv"
+        self.name = name
+        self.writer = SummaryWriter(str(self.run_dir / "tb"))
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        row = {"step": step, **{k: float(v) for k, v in metrics.items()}}
+        with open(self.jsonl, "a") as fh:
+            fh.write(json.dumps(row) + "\n")
+        new = not self.csv.exists()
+        fields = list(row)
+        if not new:
+            with open(self.csv) as fh:
+                header = fh.readline().strip().split(",")
+            if header != fields:  # a new metric appeared: rewrite with the union of columns
+                with open(self.csv) as fh:
+                    rows = list(csv.DictReader(fh))
+                fields = header + [f for f in fields if f not in header]
+                with open(self.csv, "w", newline="") as fh:
+                    w = csv.DictWriter(fh, fieldnames=fields)
+                    w.writeheader()
+                    w.writerows(rows)
+        with open(self.csv, "a", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=fields)
+            if new:
+                w.writeheader()
+            w.writerow(row)
+        for key, value in metrics.items():
+            self.writer.add_scalar(f"{self.name}/{key}", value, step)
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
+    """Atomic: write to a temporary file, then rename, so an interrupted save never corrupts the last one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save({"format": CHECKPOINT_FORMAT, **payload}, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    if not path.is_file():
+        raise RmioError(f"checkpoint '{path}' does not exist")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as exc:  # torch raises many kinds for a truncated or foreign file
+        raise RmioError(f"checkpoint '{path}' is corrupt or not an rmio checkpoint ({type(exc).__name__}: "
+                        f"{str(exc).splitlines()[0][:120]}); delete it to restart from the previous one") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise RmioError(f"checkpoint '{path}' is not an rmio checkpoint of format {CHECKPOINT_FORMAT}")
+    return ckpt

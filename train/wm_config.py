@@ -1,0 +1,104 @@
+"""World-model and training settings (torch-free, so the CLI can validate configs without torch)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from rmio.train.smoothing import SmoothingConfig
+
+
+@dataclass
+class WorldModelConfig:
+    """Architecture of the RMIOv2 world model (paper section 4.1)."""
+
+    deter: int = 256
+    """Width of each agent's deterministic GRU state h."""
+    groups: int = 16
+    """C: number of categorical latents per agent."""
+    classes: int = 16
+    """K: classes per categorical latent."""
+    hidden: int = 256
+    """Width of the MLPs (posterior, prior, predictors)."""
+    fusion_dim: int = 128
+    """Token width inside the observation- and action-fusion Transformers."""
+    fusion_layers: int = 1
+    fusion_heads: int = 4
+    obs_fusion: bool = True
+    """Cross-agent observation fusion (Eq. 2a, 4, 5); False is the Table 1 ablation."""
+    action_fusion: bool = True
+    """Cross-agent action fusion (Eq. 2b, 6); False is the Table 1 ablation."""
+    agent_id: bool = True
+    """Append a one-hot agent id to every token, since parameters are shared across agents."""
+    mask_flag: bool = True
+    """Append the observed/lost flag to observation tokens (a lost observation is zero; after
+    normalisation a real observation can be zero too, so the flag removes the ambiguity)."""
+    state_head: bool = True
+    """Each agent also decodes the global state from its own latent (needed for GAWM's GCI)."""
+    kl_beta: float = 1.0
+    """beta of Eq. 9."""
+    kl_balance: float = 0.8
+    """Share of the KL that trains the prior (the rest regularises the posterior)."""
+    free_nats: float = 1.0
+    """KL below this many nats is not penalised."""
+    unimix: float = 0.01
+    state_loss_weight: float = 0.1
+
+
+@dataclass
+class WMTrainConfig:
+    """Pre-training of the world model on real trajectories (Algorithm 1, lines 2-9)."""
+
+    updates: int = 10_000
+    """Gradient updates."""
+    batch_size: int = 16
+    seq_len: int = 32
+    """L: length of the sequences sampled from the real buffer."""
+    lr: float = 3e-4
+    grad_clip: float = 100.0
+    holdout_episodes: int = 4
+    """Episodes collected separately (other seeds) to evaluate reconstruction on unseen data."""
+    log_every: int = 50
+    checkpoint_every: int = 500
+    device: str = "cpu"
+    """cpu or cuda."""
+    threads: int = 2
+    """torch intra-op threads on the CPU."""
+
+
+@dataclass
+class FinetuneConfig:
+    """Masked fine-tuning (Algorithm 2, lines 20-27)."""
+
+    p_mask: float = 0.5
+    """Probability that an agent's observation is zeroed at a step, per agent and step."""
+    updates: int = 5_000
+    """Upper bound on fine-tuning updates."""
+    lr: float = 1e-4
+    patience: int = 1_000
+    """Stop early when the smoothed joint loss has not improved by ``min_delta`` for this many updates."""
+    min_delta: float = 0.002
+    """Relative improvement of the smoothed loss that counts as progress."""
+
+
+@dataclass
+class EvalConfig:
+    """Reconstruction evaluation (`rmio eval reconstruction`)."""
+
+    p_masks: list[float] = field(default_factory=lambda: [0.0, 0.125, 0.25, 0.375, 0.5, 0.75])
+    seeds: int = 3
+    """Independent mask draws per p_mask."""
+    gci_reward_eps: float = 0.05
+    gci_discount_eps: float = 0.05
+
+
+@dataclass
+class WorldModelSection:
+    """Everything the world-model commands read: one `world_model:` section of a scenario YAML."""
+
+    model: WorldModelConfig = field(default_factory=WorldModelConfig)
+    train: WMTrainConfig = field(default_factory=WMTrainConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    smoothing: SmoothingConfig = field(default_factory=SmoothingConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    history_window: int = 20
+    """l of Algorithm 2: steps of history the deployed coordinator replays."""

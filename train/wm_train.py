@@ -1,0 +1,273 @@
+"""World-model pre-training (Algorithm 1, lines 2-9) and masked fine-tuning (Algorithm 2, lines 20-27).
+
+Both phases share one loop; they differ in the starting weights, the learning rate, p_mask and the
+stopping rule. A run directory holds everything: resolved config, data, logs, checkpoints. Running
+the same command on the same directory resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from rmio.config import Config, load_config, save_config
+from rmio.envs.base import EnvSpec
+from rmio.envs.collect import collect
+from rmio.envs.loss import LossConfig
+from rmio.envs.trajectory import TrajectoryBuffer
+from rmio.errors import RmioError
+from rmio.train.runlog import MetricLog, load_checkpoint, save_checkpoint
+from rmio.train.wm_data import SequenceSampler, observation_stats, sample_masks, world_model_loss
+from rmio.train.world_model import RMIOWorldModel
+
+log = logging.getLogger(__name__)
+
+PRETRAIN, FINETUNE = "pretrain", "finetune"
+
+
+def seed_everything(seed: int) -> None:
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise RmioError(f"--device {name} asked for, but torch sees no CUDA device on this machine")
+    return torch.device(name)
+
+
+# ---------------------------------------------------------------------------------------------- data
+
+
+def ensure_data(cfg: Config, run_dir: Path, console: Console) -> tuple[TrajectoryBuffer, TrajectoryBuffer]:
+    """Real trajectories for training and a held-out set (other seeds); collected once, then reused."""
+    data_dir = run_dir / "data"
+    train_path, holdout_path = data_dir / "train.npz", data_dir / "holdout.npz"
+    no_loss = LossConfig(model="none")  # pre-training sees complete observations (paper section 5)
+    if not train_path.exists():
+        steps = cfg.run.collect_steps
+        with _progress(console, "collecting real trajectories", steps) as (bar, task):
+            buf, stats = collect(cfg.env, no_loss, steps=steps, num_envs=cfg.run.num_envs, seed=cfg.run.seed,
+                                 progress=lambda k: bar.advance(task, k))
+        buf.meta["steps_per_second"] = stats.steps_per_second
+        buf.meta["env_steps"] = stats.env_steps
+        buf.save(train_path)
+        console.print(f"collected {stats.env_steps} env steps ({stats.episodes} episodes) at "
+                      f"{stats.steps_per_second:.0f} steps/s")
+    if not holdout_path.exists():
+        limit = cfg.env.episode_limit or 1000
+        steps = cfg.world_model.train.holdout_episodes * limit
+        buf, _ = collect(cfg.env, no_loss, steps=steps, num_envs=1, seed=cfg.run.seed + 100_000)
+        buf.save(holdout_path)
+    return TrajectoryBuffer.load(train_path), TrajectoryBuffer.load(holdout_path)
+
+
+# ---------------------------------------------------------------------------------------------- runs
+
+
+def prepare_run_dir(cfg: Config, run_dir: Path | None, algo: str) -> Path:
+    """A new run directory, or an existing one whose saved config matches (resume)."""
+    from rmio.rundir import new_run_dir
+
+    if run_dir is None:
+        run_dir = new_run_dir(cfg, algo)
+        save_config(cfg, run_dir)
+        return run_dir
+    saved = run_dir / "config.yaml"
+    if saved.exists():
+        old = load_config(saved)
+        if (old.env.family, old.env.scenario) != (cfg.env.family, cfg.env.scenario):
+            raise RmioError(f"run directory '{run_dir}' belongs to {old.env.family}/{old.env.scenario}, "
+                            f"not {cfg.env.family}/{cfg.env.scenario}; pick another --run-dir")
+        if old.digest() != cfg.digest():
+            raise RmioError(f"run directory '{run_dir}' was made with a different config (hash {old.digest()} "
+                            f"vs {cfg.digest()}); resume with the same config and overrides, or use a new --run-dir")
+        return run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, run_dir)
+    return run_dir
+
+
+def build_model(cfg: Config, spec: EnvSpec, stats: tuple[np.ndarray, ...]) -> RMIOWorldModel:
+    return RMIOWorldModel(spec, cfg.world_model.model, *stats)
+
+
+def load_model(path: Path, device: torch.device | str = "cpu") -> tuple[RMIOWorldModel, dict[str, Any]]:
+    """A world model from a checkpoint (its config and statistics travel with it)."""
+    from rmio.config import Config, build_dataclass
+
+    ckpt = load_checkpoint(path, device)
+    cfg = build_dataclass(Config, ckpt["config"], str(path))
+    spec = EnvSpec.from_dict(ckpt["spec"])
+    stats = [np.asarray(ckpt["stats"][k], np.float32) for k in ("obs_mean", "obs_std", "state_mean", "state_std")]
+    model = build_model(cfg, spec, tuple(stats)).to(device)
+    model.load_state_dict(ckpt["model"])
+    return model, ckpt
+
+
+@dataclass
+class Phase:
+    name: str
+    updates: int
+    lr: float
+    p_mask: float
+    patience: int | None = None
+    min_delta: float = 0.0
+
+
+def _progress(console: Console, label: str, total: int):
+    class _Ctx:
+        def __enter__(self):
+            self.p = Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                              TextColumn("{task.fields[info]}"), console=console, transient=False)
+            self.p.__enter__()
+            return self.p, self.p.add_task(label, total=total, info="")
+
+        def __exit__(self, *exc):
+            return self.p.__exit__(*exc)
+
+    return _Ctx()
+
+
+def optimise(model: RMIOWorldModel, cfg: Config, phase: Phase, run_dir: Path, sampler: SequenceSampler,
+             console: Console, start: dict[str, Any] | None, extra: dict[str, Any]) -> dict[str, Any]:
+    """The shared loop: sample sequences, mask with p_mask, minimise L_M; checkpoint and resume."""
+    tcfg = cfg.world_model.train
+    device = next(model.parameters()).device
+    opt = torch.optim.Adam(model.parameters(), lr=phase.lr, eps=1e-6)
+    rng = np.random.default_rng(cfg.run.seed + (0 if phase.name == PRETRAIN else 1))
+    mask_gen = torch.Generator(device=device).manual_seed(cfg.run.seed + 7)
+    step, best, since_best, ema = 0, float("inf"), 0, None
+    if start is not None:  # resume exactly: weights, optimiser, step and every random stream
+        model.load_state_dict(start["model"])
+        opt.load_state_dict(start["optim"])
+        step, best, since_best, ema = start["step"], start["best"], start["since_best"], start["ema"]
+        rng.bit_generator.state = start["np_rng"]
+        mask_gen.set_state(start["mask_rng"])
+        torch.set_rng_state(start["torch_rng"])
+    metrics_log = MetricLog(run_dir, f"wm_{phase.name}")
+    ckpt_path = run_dir / f"ckpt_{phase.name}.pt"
+
+    def checkpoint() -> None:
+        save_checkpoint(ckpt_path, {**extra, "phase": phase.name, "model": model.state_dict(),
+                                    "optim": opt.state_dict(), "step": step, "best": best, "since_best": since_best,
+                                    "ema": ema, "np_rng": rng.bit_generator.state, "mask_rng": mask_gen.get_state(),
+                                    "torch_rng": torch.get_rng_state()})
+
+    t0, done_at_start = time.perf_counter(), step
+    stopped_early = False
+    with _progress(console, f"world model {phase.name}", phase.updates) as (bar, task):
+        bar.update(task, completed=step)
+        while step < phase.updates:
+            batch = sampler.sample(rng, tcfg.batch_size, tcfg.seq_len)
+            mask = sample_masks(mask_gen, tuple(batch.obs.shape[:3]), phase.p_mask, device)
+            loss, metrics = world_model_loss(model, batch, mask)
+            if not torch.isfinite(loss):
+                raise RmioError(f"the {phase.name} loss became {loss.item()} at update {step}; lower the learning "
+                                f"rate (--set world_model.train.lr=...) or check the data for extreme values")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.grad_clip)
+            opt.step()
+            step += 1
+            ema = metrics["loss"] if ema is None else 0.98 * ema + 0.02 * metrics["loss"]
+            if ema < best * (1 - phase.min_delta):
+                best, since_best = ema, 0
+            else:
+                since_best += 1
+            if step % tcfg.log_every == 0 or step == phase.updates:
+                rate = (step - done_at_start) / (time.perf_counter() - t0)
+                metrics_log.log(step, {**metrics, "grad_norm": float(grad_norm), "loss_ema": ema,
+                                       "updates_per_s": rate})
+            bar.update(task, completed=step,
+                       info=f"loss {metrics['loss']:.3f} obs {metrics['obs']:.3f} rew {metrics['reward']:.3f} "
+                            f"kl {metrics['kl']:.2f}")
+            if step % tcfg.checkpoint_every == 0:
+                checkpoint()
+            if phase.patience is not None and since_best >= phase.patience:
+                stopped_early = True
+                break
+    checkpoint()
+    metrics_log.close()
+    elapsed = time.perf_counter() - t0
+    return {"updates": step, "seconds": elapsed, "updates_per_s": (step - done_at_start) / max(elapsed, 1e-9),
+            "final_loss_ema": ema, "stopped_early": stopped_early}
+
+
+def _extra(cfg: Config, spec: EnvSpec, stats: tuple[np.ndarray, ...]) -> dict[str, Any]:
+    keys = ("obs_mean", "obs_std", "state_mean", "state_std")
+    return {"config": cfg.to_dict(), "config_hash": cfg.digest(), "spec": spec.to_dict(),
+            "stats": {k: v.tolist() for k, v in zip(keys, stats, strict=True)}}
+
+
+def train_world_model(cfg: Config, run_dir: Path, device: str, console: Console) -> Path:
+    """Pre-train on complete observations; returns the path of ``wm_pretrain.pt``."""
+    final = run_dir / "wm_pretrain.pt"
+    if final.exists():
+        console.print(f"{final} exists: pre-training already finished (delete it to train again)")
+        return final
+    dev = resolve_device(device)
+    torch.set_num_threads(cfg.world_model.train.threads)
+    seed_everything(cfg.run.seed)
+    train_buf, _ = ensure_data(cfg, run_dir, console)
+    stats = observation_stats(train_buf)
+    model = build_model(cfg, train_buf.spec, stats).to(dev)
+    sampler = SequenceSampler(train_buf, cfg.world_model.smoothing, dev)
+    ckpt = run_dir / f"ckpt_{PRETRAIN}.pt"
+    start = load_checkpoint(ckpt, dev) if ckpt.exists() else None
+    if start is not None:
+        console.print(f"resuming pre-training from update {start['step']}")
+    w = cfg.world_model.train
+    summary = optimise(model, cfg, Phase(PRETRAIN, w.updates, w.lr, 0.0), run_dir, sampler, console, start,
+                       _extra(cfg, train_buf.spec, stats))
+    save_checkpoint(final, {**_extra(cfg, train_buf.spec, stats), "phase": PRETRAIN, "model": model.state_dict(),
+                            "summary": summary, "env_steps": int(train_buf.meta.get("env_steps", len(train_buf)))})
+    console.print(f"pre-training done: {summary['updates']} updates at {summary['updates_per_s']:.2f}/s; wrote {final}")
+    return final
+
+
+def finetune_world_model(run_dir: Path, p_mask: float | None, device: str, console: Console,
+                         updates: int | None = None) -> Path:
+    """Masked fine-tuning of ``wm_pretrain.pt``: zero each agent's input with probability p_mask,
+    keep the true observation as the target, stop when the smoothed loss stops improving."""
+    final = run_dir / "wm_finetune.pt"
+    if final.exists():
+        console.print(f"{final} exists: fine-tuning already finished (delete it to fine-tune again)")
+        return final
+    pre = run_dir / "wm_pretrain.pt"
+    if not pre.exists():
+        raise RmioError(f"'{run_dir}' has no wm_pretrain.pt; run "
+                        f"`rmio train world-model CONFIG --run-dir {run_dir}` first")
+    dev = resolve_device(device)
+    model, ckpt = load_model(pre, dev)
+    cfg = load_config(run_dir / "config.yaml")
+    torch.set_num_threads(cfg.world_model.train.threads)
+    f = cfg.world_model.finetune
+    p = f.p_mask if p_mask is None else p_mask
+    if not 0.0 <= p <= 1.0:
+        raise RmioError(f"--p-mask must be in [0, 1], got {p}")
+    seed_everything(cfg.run.seed + 1)
+    train_buf = TrajectoryBuffer.load(run_dir / "data" / "train.npz")
+    sampler = SequenceSampler(train_buf, cfg.world_model.smoothing, dev)
+    ck = run_dir / f"ckpt_{FINETUNE}.pt"
+    start = load_checkpoint(ck, dev) if ck.exists() else None
+    if start is not None:
+        if abs(start.get("p_mask", p) - p) > 1e-12:
+            raise RmioError(f"an interrupted fine-tuning in '{run_dir}' used p_mask {start['p_mask']}, not {p}; "
+                            f"resume with --p-mask {start['p_mask']} or delete {ck.name}")
+        console.print(f"resuming fine-tuning from update {start['step']}")
+    extra = {**{k: ckpt[k] for k in ("config", "config_hash", "spec", "stats")}, "p_mask": p}
+    phase = Phase(FINETUNE, updates or f.updates, f.lr, p, patience=f.patience, min_delta=f.min_delta)
+    summary = optimise(model, cfg, phase, run_dir, sampler, console, start, extra)
+    save_checkpoint(final, {**extra, "phase": FINETUNE, "model": model.state_dict(), "summary": summary})
+    console.print(f"fine-tuning (p_mask {p}) done: {summary['updates']} updates"
+                  f"{' (converged early)' if summary['stopped_early'] else ''}; wrote {final}")
+    return final

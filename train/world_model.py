@@ -1,0 +1,185 @@
+"""The RMIOv2 world model: an RSSM per agent with shared parameters and cross-agent fusion.
+
+Per step t and agent i (paper Eq. 2-3, GAWM Eq. 1-2):
+
+    e_{t-1}  = f_af(z_{t-1}, a_{t-1})        action fusion over the agents     (2b, 6)
+    h_t      = f_rec(h_{t-1}, e_{t-1})       GRU                               (2c)
+    g_t      = f_of(h_t, o~_t)               observation fusion over agents    (2a, 4, 5)
+    z_t      ~ p_post(z_t | g_t, h_t)        posterior                         (2d)
+    z^_t     ~ p_prior(z^_t | h_t)           prior                             (2e)
+    o^_t^i, A^_t^i = decoders(h_t^i, z_t^i)  per agent                         (3a, 3b)
+    r^_t, gamma^_t = heads(h_t, z_t)         all agents jointly (GAWM's global heads) (3c, 3d)
+
+o~_t is the (normalised) observation with lost agents zeroed. The model works on normalised
+observations internally; its buffers hold the statistics, so the exported step graph takes and
+returns raw observations.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rmio.envs.base import EnvSpec
+from rmio.train.networks import AgentFusion, Categorical, mlp
+from rmio.train.wm_config import WorldModelConfig
+
+
+class LayerNormGRU(nn.Module):
+    """GRU cell with LayerNorm on the gates (DreamerV3); hand-written so it exports as plain ops."""
+
+    def __init__(self, inp: int, size: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(inp + size, 3 * size, bias=False)
+        self.norm = nn.LayerNorm(3 * size)
+
+    def forward(self, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        reset, cand, update = self.norm(self.linear(torch.cat([x, h], -1))).chunk(3, -1)
+        reset = torch.sigmoid(reset)
+        cand = torch.tanh(reset * cand)
+        update = torch.sigmoid(update - 1.0)  # bias towards keeping the state early in training
+        return update * cand + (1 - update) * h
+
+
+@dataclass
+class Posterior:
+    """Result of observing a sequence: states and distributions of every step."""
+
+    h: torch.Tensor  # (B, T, n, deter)
+    z: torch.Tensor  # (B, T, n, stoch)
+    post: Categorical
+    prior: Categorical
+
+
+class RMIOWorldModel(nn.Module):
+    def __init__(self, spec: EnvSpec, cfg: WorldModelConfig, obs_mean: np.ndarray, obs_std: np.ndarray,
+                 state_mean: np.ndarray | None = None, state_std: np.ndarray | None = None) -> None:
+        super().__init__()
+        self.spec, self.cfg = spec, cfg
+        n, d = spec.n_agents, spec.obs_dim
+        self.n_agents, self.obs_dim = n, d
+        self.act_width = spec.action_dim  # one-hot width for discrete tasks, padded width otherwise
+        self.stoch = cfg.groups * cfg.classes
+        feat = cfg.deter + self.stoch
+        ident = n if cfg.agent_id else 0
+
+        self.register_buffer("obs_mean", torch.as_tensor(obs_mean, dtype=torch.float32))
+        self.register_buffer("obs_std", torch.as_tensor(obs_std, dtype=torch.float32))
+        self.register_buffer("feature_mask", torch.as_tensor(spec.obs_feature_mask, dtype=torch.float32))
+        self.register_buffer("agent_ids", torch.eye(n))
+        sm = np.zeros(spec.state_dim) if state_mean is None else state_mean
+        ss = np.ones(spec.state_dim) if state_std is None else state_std
+        self.register_buffer("state_mean", torch.as_tensor(sm, dtype=torch.float32))
+        self.register_buffer("state_std", torch.as_tensor(ss, dtype=torch.float32))
+
+        self.obs_fusion = AgentFusion(d + cfg.deter + int(cfg.mask_flag) + ident, cfg.fusion_dim,
+                                      cfg.fusion_layers, cfg.fusion_heads, enabled=cfg.obs_fusion)
+        self.posterior_net = mlp(cfg.fusion_dim + cfg.deter, cfg.hidden, self.stoch)
+        self.prior_net = mlp(cfg.deter, cfg.hidden, self.stoch)
+        self.action_fusion = AgentFusion(self.act_width + self.stoch + ident, cfg.fusion_dim,
+                                         cfg.fusion_layers, cfg.fusion_heads, enabled=cfg.action_fusion)
+        self.rnn = LayerNormGRU(cfg.fusion_dim, cfg.deter)
+        self.obs_decoder = mlp(feat, cfg.hidden, d)
+        self.avail_head = mlp(feat, cfg.hidden, spec.action_dim) if spec.discrete else None
+        self.state_head = mlp(feat, cfg.hidden, spec.state_dim) if cfg.state_head and spec.state_dim else None
+        self.reward_head = mlp(n * feat, cfg.hidden, 1)
+        self.term_head = mlp(n * feat, cfg.hidden, 1)
+
+    # ---------------------------------------------------------------- normalisation
+
+    def normalize_obs(self, obs: torch.Tensor) -> torch.Tensor:
+        return ((obs - self.obs_mean) / self.obs_std).clamp(-10.0, 10.0) * self.feature_mask
+
+    def denormalize_obs(self, obs_n: torch.Tensor) -> torch.Tensor:
+        return (obs_n * self.obs_std + self.obs_mean) * self.feature_mask
+
+    def encode_actions(self, actions: torch.Tensor) -> torch.Tensor:
+        """Joint actions -> (..., n, act_width): one-hot for discrete tasks."""
+        if self.spec.discrete:
+            return F.one_hot(actions.long(), self.act_width).float()
+        return actions.float()
+
+    # ---------------------------------------------------------------- one step
+
+    def _with_id(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.cfg.agent_id:
+            return x
+        return torch.cat([x, self.agent_ids.expand(*x.shape[:-2], -1, -1)], -1)
+
+    def initial(self, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        dev = self.obs_mean.device
+        return (torch.zeros(batch, self.n_agents, self.cfg.deter, device=dev),
+                torch.zeros(batch, self.n_agents, self.stoch, device=dev))
+
+    def transition(self, h: torch.Tensor, z: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        """h_t = f_rec(h_{t-1}, f_af(z_{t-1}, a_{t-1}))  (Eq. 2b, 2c); ``action`` already encoded."""
+        e = self.action_fusion(self._with_id(torch.cat([action, z], -1)))
+        return self.rnn(e, h)
+
+    def prior(self, h: torch.Tensor) -> Categorical:
+        """p_prior(z^_t | h_t)  (Eq. 2e)."""
+        return Categorical(self.prior_net(h), self.cfg.groups, self.cfg.classes, self.cfg.unimix)
+
+    def posterior(self, h: torch.Tensor, obs_n: torch.Tensor, mask: torch.Tensor) -> Categorical:
+        """p_post(z_t | f_of(h_t, o~_t), h_t)  (Eq. 2a, 2d, 4); lost agents' observations are zeroed."""
+        m = mask.unsqueeze(-1)
+        parts = [obs_n * m, h] + ([m] if self.cfg.mask_flag else [])
+        g = self.obs_fusion(self._with_id(torch.cat(parts, -1)))
+        return Categorical(self.posterior_net(torch.cat([g, h], -1)), self.cfg.groups, self.cfg.classes,
+                           self.cfg.unimix)
+
+    def decode_obs(self, h: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """o^_t^i = p_o(h_t^i, z_t^i)  (Eq. 3a), normalised units."""
+        return self.obs_decoder(torch.cat([h, z], -1)) * self.feature_mask
+
+    def step(self, h: torch.Tensor, z: torch.Tensor, prev_action: torch.Tensor, obs: torch.Tensor,
+             mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One deterministic step in raw units: the graph that `rmio export` writes as wm_step.onnx."""
+        h = self.transition(h, z, prev_action)
+        z = self.posterior(h, self.normalize_obs(obs), mask).mode()
+        return h, z, self.denormalize_obs(self.decode_obs(h, z))
+
+    # ---------------------------------------------------------------- sequences
+
+    def observe(self, obs_n: torch.Tensor, prev_action: torch.Tensor, mask: torch.Tensor,
+                is_first: torch.Tensor, sample: bool = True) -> Posterior:
+        """Filter a batch of sequences (B, T, n, ...); the state restarts from zeros at ``is_first``
+        and at the start of every sequence, as the deployed coordinator's window replay does."""
+        B, T = obs_n.shape[:2]
+        h, z = self.initial(B)
+        hs, zs, post_logits = [], [], []
+        for t in range(T):
+            keep = (1.0 - is_first[:, t].float()).view(B, 1, 1)
+            h, z, a = h * keep, z * keep, prev_action[:, t] * keep
+            h = self.transition(h, z, a)
+            post = self.posterior(h, obs_n[:, t], mask[:, t])
+            z = post.sample() if sample else post.mode()
+            hs.append(h)
+            zs.append(z)
+            post_logits.append(post.logits)
+        h_all = torch.stack(hs, 1)
+        stacked = torch.stack(post_logits, 1)  # (B, T, n, C, K) log-probs, already mixed
+        post_all = Categorical.__new__(Categorical)
+        post_all.groups, post_all.classes = self.cfg.groups, self.cfg.classes
+        post_all.logits, post_all.probs = stacked, stacked.exp()
+        # the prior only depends on h, so all steps go through it at once
+        return Posterior(h_all, torch.stack(zs, 1), post_all, self.prior(h_all))
+
+    def heads(self, h: torch.Tensor, z: torch.Tensor) -> dict[str, torch.Tensor]:
+        """All predictors on states (..., n, feat): per-agent decoders and the global heads (Eq. 3)."""
+        feat = torch.cat([h, z], -1)
+        joint = feat.flatten(-2)
+        out = {
+            "obs": self.obs_decoder(feat) * self.feature_mask,
+            "reward": self.reward_head(joint).squeeze(-1),
+            "term_logit": self.term_head(joint).squeeze(-1),
+        }
+        if self.avail_head is not None:
+            out["avail_logit"] = self.avail_head(feat)
+        if self.state_head is not None:
+            out["state"] = self.state_head(feat)
+        return out

@@ -125,7 +125,7 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path: Path, b
     torch.set_num_threads(1)
     cfg = load_config("halfcheetah_6x1", preset="debug")
     sampler = SequenceSampler(buffer, cfg.world_model.smoothing)
-    quiet = Console(file=open(tmp_path / "out.txt", "w"))
+    quiet = Console(quiet=True)
     full = _model(buffer)
     optimise(full, cfg, Phase("pretrain", 40, 1e-3, 0.3), tmp_path / "a", sampler, quiet, None, {})
     part = _model(buffer)

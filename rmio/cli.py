@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import inspect
 import importlib.util
 import logging
 import sys
@@ -31,13 +32,19 @@ def config_options(default: str | None = None) -> Callable:
         @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
                       help="Override one key, e.g. --set loss.p_loss=0.3 (repeatable).")
         @click.option("--seed", type=int, default=None, help="Shortcut for --set run.seed=N.")
+        @click.option("--algo", default=None, metavar="NAME",
+                      help="Method variant: rmiov2, gawm, rmiov2-no-obs-fusion, rmiov2-no-action-fusion, "
+                           "rmiov2-no-fusion.")
         @functools.wraps(fn)
-        def wrapper(config: str, debug: bool, overrides: tuple[str, ...], seed: int | None, **kwargs: Any) -> Any:
+        def wrapper(config: str, debug: bool, overrides: tuple[str, ...], seed: int | None, algo: str | None,
+                    **kwargs: Any) -> Any:
             from rmio.config import load_config
 
             if seed is not None:
                 overrides = (*overrides, f"run.seed={seed}")
-            cfg = load_config(config, preset="debug" if debug else None, overrides=overrides)
+            cfg = load_config(config, preset="debug" if debug else None, overrides=overrides, algo=algo)
+            if "algo" in inspect.signature(fn).parameters:
+                kwargs["algo"] = algo
             return fn(cfg=cfg, **kwargs)
 
         return wrapper
@@ -157,6 +164,117 @@ def demo(cfg: Any, episodes: int, p_loss: float | None, steps: int, out: Path) -
 from rmio.cli_train import register as _register_training  # noqa: E402
 
 _register_training(cli, config_options)
+
+
+# -- the swarm ------------------------------------------------------------------------------
+
+
+def _swarm_run_options(fn: Callable) -> Callable:
+    """Options shared by `swarm launch` and `swarm roster` (everything the processes must agree on)."""
+    options = [
+        click.argument("bundle", type=click.Path(exists=True, file_okay=False, path_type=Path)),
+        click.option("--scenario", default=None, help="Refuse the bundle unless it was made for this scenario."),
+        click.option("--agents", type=click.IntRange(min=1), default=None,
+                     help="Refuse the bundle unless it has this many agents."),
+        click.option("--episodes", type=click.IntRange(min=1), default=3, show_default=True),
+        click.option("--steps", type=click.IntRange(min=1), default=None,
+                     help="Steps per episode (default: the task's limit)."),
+        click.option("--seed", type=int, default=0, show_default=True, help="Episode k uses seed + k."),
+        click.option("--p-loss", type=click.FloatRange(0.0, 1.0), default=None,
+                     help="Bernoulli observation-loss probability."),
+        click.option("--loss-model", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+                     help="YAML: a mapping of loss settings (model, p_loss, ...) or a list of schedule entries."),
+        click.option("--world-model", "world_model", type=click.Choice(["on-agent", "node"]), default="on-agent",
+                     show_default=True, help="Run the world model on the coordinating agent or on a wm-node."),
+        click.option("--recon", type=click.Choice(["wm", "zero", "hold"]), default="wm", show_default=True,
+                     help="Blind agents act on the world model's reconstruction, on zeros or on hold-last."),
+        click.option("--wm-mode", type=click.Choice(["window", "incremental"]), default="window", show_default=True,
+                     help="Replay the window every round, or continue the latent state across rounds."),
+        click.option("--kill-agent", multiple=True, metavar="I@STEP",
+                     help="Fault injection: agent I SIGKILLs itself at global step STEP (repeatable)."),
+        click.option("--kill-coordinator", "kill_coordinator_at", type=click.IntRange(min=0), default=None,
+                     metavar="STEP", help="Fault injection: the coordinator SIGKILLs itself mid-round at/after STEP."),
+        click.option("--rejoin-after", "rejoin_after_s", type=float, default=None,
+                     help="Seconds before a killed agent is restarted (negative: never) [0.5]."),
+        click.option("--transport", type=click.Choice(["ipc", "tcp"]), default="ipc", show_default=True),
+        click.option("--step-deadline-ms", type=click.FloatRange(min=1.0), default=None,
+                     help="The env host's wait for actions [100]."),
+        click.option("--rate", "rate_hz", type=click.FloatRange(min=0.0), default=None,
+                     help="Env steps per second (0: as fast as the agents act) [0]."),
+        click.option("--heartbeat-ms", type=click.FloatRange(min=1.0), default=None, help="[50]"),
+        click.option("--liveness", type=click.IntRange(min=1), default=None,
+                     help="Heartbeat intervals of silence before a peer is dead [3]."),
+        click.option("--baselines/--no-baselines", default=True, show_default=True,
+                     help="Also evaluate in-process with the world model, zero-fill and hold-last."),
+        click.option("--record", is_flag=True, help="Write per-process step records next to the report."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+@cli.group()
+def swarm() -> None:
+    """The decentralised swarm: an env host, one process per agent, an optional world-model node."""
+
+
+@swarm.command("launch")
+@_swarm_run_options
+@click.option("--out", type=click.Path(path_type=Path), default=Path("results"), show_default=True)
+def swarm_launch(out: Path, **options: Any) -> None:
+    """Start the whole swarm on this machine, show a live status line, write a report (JSON + markdown)."""
+    from rmio.runtime.launcher import build_settings, run_launch
+
+    run_launch(build_settings(**options), out, console)
+
+
+@swarm.command("roster")
+@_swarm_run_options
+@click.option("--host", default="127.0.0.1", show_default=True, help="Host written for every role (edit after).")
+@click.option("--base-port", type=click.IntRange(1024, 65000), default=5550, show_default=True)
+@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), default=Path("roster.yaml"),
+              show_default=True)
+def swarm_roster(host: str, base_port: int, output: Path, **options: Any) -> None:
+    """Write a roster for a run across machines and print the command that starts each role."""
+    from rmio.runtime.launcher import build_settings, write_roster
+
+    for cmd in write_roster(build_settings(**options), output, host, base_port):
+        click.echo(cmd)
+
+
+def _run_role(role: str, name: str, roster: Path) -> None:
+    from rmio.runtime.proc import install_signal_handlers, run_role
+    from rmio.runtime.settings import Roster
+
+    spec = Roster.load(roster)
+    install_signal_handlers()
+    sys.exit(run_role(role, spec.settings, name, spec.endpoints[name], endpoints=spec.endpoints))
+
+
+_ROSTER = click.option("--roster", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True,
+                       help="Roster file naming every role's endpoint (see `rmio swarm roster`).")
+
+
+@swarm.command("env-host")
+@_ROSTER
+def swarm_env_host(roster: Path) -> None:
+    """Run the env host of a roster (simulator, loss model, sensors and actuators, report)."""
+    _run_role("env-host", "env", roster)
+
+
+@swarm.command("agent")
+@click.option("--id", "agent_id", type=click.IntRange(min=0), required=True)
+@_ROSTER
+def swarm_agent(agent_id: int, roster: Path) -> None:
+    """Run agent I of a roster."""
+    _run_role("agent", f"a{agent_id}", roster)
+
+
+@swarm.command("wm-node")
+@_ROSTER
+def swarm_wm_node(roster: Path) -> None:
+    """Run the world-model node of a roster (CUDA provider when onnxruntime has it)."""
+    _run_role("wm-node", "wm", roster)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -40,7 +40,7 @@ def register(cli: click.Group, config_options: Any) -> None:
     @config_options()
     @run_dir_option
     @device_option
-    def world_model(cfg: Any, run_dir: Path | None, device: str) -> None:
+    def world_model(cfg: Any, run_dir: Path | None, device: str, algo: str | None = None) -> None:
         """Pre-train the RMIOv2 world model on real trajectories (collected first, random policy).
 
         Re-running with the same --run-dir resumes from the last checkpoint.
@@ -48,7 +48,7 @@ def register(cli: click.Group, config_options: Any) -> None:
         _require_torch()
         from rmio.train.wm_train import prepare_run_dir, train_world_model
 
-        run_dir = prepare_run_dir(cfg, run_dir, "rmio-wm")
+        run_dir = prepare_run_dir(cfg, run_dir, f"{algo or 'rmiov2'}-wm")
         _console().print(f"run directory: {run_dir}")
         train_world_model(cfg, run_dir, device, _console())
 

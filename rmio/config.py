@@ -28,6 +28,16 @@ from rmio.errors import ConfigError
 from rmio.train.wm_config import WorldModelSection
 
 PRESETS = ("debug",)
+
+# Named method variants that apply to any scenario (paper Table 1 ablations, and GAWM, which is the
+# same architecture without masked fine-tuning and with fixed-window reward smoothing).
+ALGORITHMS: dict[str, dict[str, Any]] = {
+    "rmiov2": {},
+    "rmiov2-no-obs-fusion": {"world_model": {"model": {"obs_fusion": False}}},
+    "rmiov2-no-action-fusion": {"world_model": {"model": {"action_fusion": False}}},
+    "rmiov2-no-fusion": {"world_model": {"model": {"obs_fusion": False, "action_fusion": False}}},
+    "gawm": {"world_model": {"smoothing": {"mode": "fixed"}, "finetune": {"p_mask": 0.0}}},
+}
 _EXPONENT_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+")
 
 
@@ -240,8 +250,11 @@ def validate(cfg: Config, src: str) -> None:
 
 
 def load_config(name_or_path: str | Path, *, preset: str | None = None, overrides: tuple[str, ...] | list[str] = (),
-                schema: type = Config) -> Config:
-    """Read, merge the preset, apply overrides, validate. Every failure is one clear ConfigError."""
+                schema: type = Config, algo: str | None = None) -> Config:
+    """Read, merge the preset, the algorithm variant and the overrides (in that order), validate.
+
+    Every failure is one clear ConfigError.
+    """
     path = resolve_config_path(name_or_path)
     raw = read_yaml(path)
     presets = {name: raw.pop(name) for name in PRESETS if name in raw}
@@ -251,9 +264,14 @@ def load_config(name_or_path: str | Path, *, preset: str | None = None, override
         if not isinstance(presets[preset], dict):
             raise ConfigError(f"{path}: preset '{preset}' must be a mapping of sections")
         raw = deep_merge(raw, presets[preset])
+    if algo is not None:
+        if algo not in ALGORITHMS:
+            raise ConfigError(f"unknown algorithm '{algo}' (known: {', '.join(ALGORITHMS)})")
+        raw = deep_merge(raw, ALGORITHMS[algo])
     for assignment in overrides:
         apply_override(raw, assignment)
-    src = str(path) + (f" (preset {preset})" if preset else "") + (" with --set overrides" if overrides else "")
+    src = (str(path) + (f" (preset {preset})" if preset else "") + (f" (algo {algo})" if algo else "")
+           + (" with --set overrides" if overrides else ""))
     cfg = build_dataclass(schema, raw, src)
     validate(cfg, src)
     return cfg

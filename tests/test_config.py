@@ -107,3 +107,13 @@ def test_saved_config_reloads_to_same_hash(tmp_path: Path) -> None:
     assert again == cfg
     assert again.digest() == cfg.digest()
     assert cfg.digest() in path.read_text()
+
+
+def test_algorithm_variants() -> None:
+    gawm = load_config("halfcheetah_6x1", algo="gawm")
+    assert gawm.world_model.smoothing.mode == "fixed" and gawm.world_model.finetune.p_mask == 0.0
+    ablation = load_config("halfcheetah_6x1", algo="rmiov2-no-obs-fusion", overrides=["loss.p_loss=0.1"])
+    assert not ablation.world_model.model.obs_fusion and ablation.world_model.model.action_fusion
+    assert load_config("halfcheetah_6x1", algo="rmiov2") == load_config("halfcheetah_6x1")
+    with pytest.raises(ConfigError, match="unknown algorithm 'dreamer'"):
+        load_config("halfcheetah_6x1", algo="dreamer")

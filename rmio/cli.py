@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import functools
-import inspect
 import importlib.util
+import inspect
 import logging
 import sys
 from collections.abc import Callable

@@ -247,8 +247,14 @@ def _run_role(role: str, name: str, roster: Path) -> None:
     from rmio.runtime.settings import Roster
 
     spec = Roster.load(roster)
+    if name not in spec.endpoints:
+        raise RmioError(f"roster '{roster}' names no endpoint for {name}")
     install_signal_handlers()
-    sys.exit(run_role(role, spec.settings, name, spec.endpoints[name], endpoints=spec.endpoints))
+    code = run_role(role, spec.settings, name, spec.endpoints[name], endpoints=spec.endpoints)
+    report = Path(spec.settings.out_dir) / "report.json"
+    if role == "env-host" and report.is_file():
+        console.print(f"report: {report} and {report.with_suffix('.md')}")
+    sys.exit(code)
 
 
 _ROSTER = click.option("--roster", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True,

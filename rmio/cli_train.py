@@ -52,6 +52,38 @@ def register(cli: click.Group, config_options: Any) -> None:
         _console().print(f"run directory: {run_dir}")
         train_world_model(cfg, run_dir, device, _console())
 
+    @train.command("pretrain")
+    @config_options()
+    @run_dir_option
+    @device_option
+    def pretrain(cfg: Any, run_dir: Path | None, device: str, algo: str | None = None) -> None:
+        """RMIOv2 joint pre-training (Algorithm 1): world model + MAPPO trained in imagination.
+
+        Leaves wm_pretrain.pt and the real data in the run directory, so `rmio train finetune` and
+        `rmio export` follow directly. Resumable with --run-dir.
+        """
+        _require_torch()
+        from rmio.train.joint import train_joint
+        from rmio.train.wm_train import prepare_run_dir
+
+        run_dir = prepare_run_dir(cfg, run_dir, algo or "rmiov2")
+        _console().print(f"run directory: {run_dir}")
+        train_joint(cfg, run_dir, device, _console())
+
+    @train.command("mappo")
+    @config_options()
+    @run_dir_option
+    @device_option
+    def mappo(cfg: Any, run_dir: Path | None, device: str) -> None:
+        """Model-free r-MAPPO on the real environment (the baseline); resumable with --run-dir."""
+        _require_torch()
+        from rmio.train.mappo import train_mappo
+        from rmio.train.wm_train import prepare_run_dir
+
+        run_dir = prepare_run_dir(cfg, run_dir, "mappo")
+        _console().print(f"run directory: {run_dir}")
+        train_mappo(cfg, run_dir, device, _console())
+
     @train.command("finetune")
     @click.argument("run_dir", type=click.Path(path_type=Path, exists=True, file_okay=False))
     @click.option("--p-mask", type=click.FloatRange(0.0, 1.0), default=None,

@@ -25,6 +25,7 @@ import yaml
 from rmio.envs.loss import LossConfig
 from rmio.envs.registry import FAMILIES, EnvConfig
 from rmio.errors import ConfigError
+from rmio.train.ppo_config import PolicySection
 from rmio.train.wm_config import WorldModelSection
 
 PRESETS = ("debug",)
@@ -63,6 +64,7 @@ class Config:
     loss: LossConfig = field(default_factory=LossConfig)
     run: RunConfig = field(default_factory=RunConfig)
     world_model: WorldModelSection = field(default_factory=WorldModelSection)
+    policy: PolicySection = field(default_factory=PolicySection)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

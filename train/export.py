@@ -24,11 +24,64 @@ from rmio.envs.trajectory import TrajectoryBuffer
 from rmio.errors import RmioError
 from rmio.runtime.bundle import SCHEMA_VERSION, WM_INPUTS, WM_OUTPUTS, Manifest, load_manifest
 from rmio.runtime.models import WorldModelRunner
+from rmio.train.policy import Actor
 from rmio.train.world_model import RMIOWorldModel
 
 log = logging.getLogger(__name__)
 PARITY_TOLERANCE = 1e-3
 """Largest accepted |onnxruntime - torch| on reconstructed observations (raw units) and states."""
+
+
+class ActorGraph(nn.Module):
+    """actor.onnx: one agent's raw observation and id (and available actions) -> greedy action."""
+
+    def __init__(self, actor: Actor) -> None:
+        super().__init__()
+        self.actor = actor
+
+    def forward(self, obs, agent_id, avail_actions=None):
+        return self.actor(obs, agent_id, avail_actions)
+
+
+def load_actor(path: Path) -> tuple[Actor, dict[str, Any]]:
+    """The trained actor of a `policy.pt` (MAPPO or RMIOv2 pre-training)."""
+    from rmio.config import Config, build_dataclass
+    from rmio.envs.base import EnvSpec
+    from rmio.train.runlog import load_checkpoint
+
+    ckpt = load_checkpoint(path)
+    cfg = build_dataclass(Config, ckpt["config"], str(path))
+    spec = EnvSpec.from_dict(ckpt["spec"])
+    p = cfg.policy.ppo
+    actor = Actor(spec, p.hidden, p.log_std_init, np.asarray(ckpt["obs_mean"], np.float32),
+                  np.asarray(ckpt["obs_std"], np.float32))
+    actor.load_state_dict(ckpt["ppo"]["actor"])
+    return actor.eval(), ckpt
+
+
+def export_actor(actor: Actor, out: Path) -> float:
+    """Write actor.onnx and return the max |onnxruntime - torch| over every agent on random inputs."""
+    import onnxruntime as ort
+
+    spec = actor.spec
+    gen = torch.Generator().manual_seed(2)
+    n = spec.n_agents
+    obs = actor.obs_mean.repeat(2, 1) + torch.randn(2 * n, spec.obs_dim, generator=gen) * actor.obs_std.repeat(2, 1)
+    ids = torch.arange(n).repeat(2)
+    args: tuple[torch.Tensor, ...] = (obs, ids)
+    names: tuple[str, ...] = ("obs", "agent_id")
+    if spec.discrete:
+        avail = torch.rand(2 * n, spec.action_dim, generator=gen) > 0.3
+        avail[:, 0] = True
+        args, names = (*args, avail), (*names, "avail_actions")
+    export_onnx(ActorGraph(actor), args, out / "actor.onnx", names, ("action",))
+    sess = ort.InferenceSession(str(out / "actor.onnx"), providers=["CPUExecutionProvider"])
+    with torch.no_grad():
+        ref = actor(*args).numpy()
+    got = sess.run(["action"], {k: v.numpy() for k, v in zip(names, args, strict=True)})[0]
+    if spec.discrete:
+        return float((ref != got).mean())  # fraction of different actions
+    return float(np.abs(ref - got).max())
 
 
 class WorldModelStep(nn.Module):
@@ -136,6 +189,20 @@ def export_run(run_dir: Path, out: Path, console: Console) -> Path:
     holdout = TrajectoryBuffer.load(run_dir / "data" / "holdout.npz")
     err_replay = replay_parity(model, runner, holdout)
     manifest.metrics = {"parity_max_abs_random": err_random, "parity_max_abs_replay": err_replay}
+    policy = run_dir / "policy.pt"
+    if policy.exists():
+        actor, pckpt = load_actor(policy)
+        err_actor = export_actor(actor, out)
+        manifest.files["actor"] = "actor.onnx"
+        manifest.metrics["actor_parity"] = err_actor
+        manifest.metrics["policy_final_eval"] = pckpt.get("final_eval")
+        manifest.budget["policy_env_steps"] = pckpt.get("env_steps")
+        manifest.budget["policy_algo"] = pckpt.get("algo")
+        console.print(f"actor parity onnxruntime vs torch: {err_actor:.2e}")
+        if err_actor > PARITY_TOLERANCE:
+            raise RmioError(f"exported actor drifts from PyTorch by {err_actor:.2e}; the bundle must not be used")
+    else:
+        console.print("[yellow]no policy.pt in this run: the bundle has the world model only (no actor.onnx)[/]")
     eval_json = run_dir / "eval_reconstruction.json"
     if eval_json.exists():
         manifest.metrics["reconstruction"] = json.loads(eval_json.read_text())

@@ -1,0 +1,73 @@
+"""Deterministic evaluation of a policy in the real environment, and learning-curve plots."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from rmio.envs.loss import LossConfig
+from rmio.envs.registry import EnvConfig
+from rmio.envs.rollout import run_episodes
+from rmio.train.policy import Actor
+
+
+def evaluate_policy(actor: Actor, env_cfg: EnvConfig, episodes: int, seed: int) -> dict[str, float]:
+    """Greedy actions, complete observations; the seed family is disjoint from training's."""
+    device = next(actor.parameters()).device
+
+    def factory(spec):
+        ids = torch.arange(spec.n_agents, device=device)
+
+        @torch.no_grad()
+        def policy(obs, observed, avail):
+            o = torch.as_tensor(obs, device=device)
+            a = None if avail is None else torch.as_tensor(avail, device=device)
+            act, _ = actor.act(o, ids, a, deterministic=True)
+            return act.cpu().numpy()
+
+        return policy
+
+    records = run_episodes(env_cfg, LossConfig("none"), factory, episodes=episodes, seed=seed)
+    rets = np.array([r.ret for r in records])
+    out = {"return_mean": float(rets.mean()), "return_std": float(rets.std()),
+           "episode_length": float(np.mean([r.steps for r in records]))}
+    won = [r.won for r in records if r.won is not None]
+    if won:
+        out["win_rate"] = float(np.mean(won))
+    return out
+
+
+def plot_curves(run_dirs: list[Path], out: Path, metric: str = "return_mean") -> Path:
+    """Learning curves (metric against real environment steps) of one or more runs, overlaid."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for run in run_dirs:
+        path = Path(run) / "eval.jsonl"
+        if not path.exists():
+            continue
+        rows = [json.loads(line) for line in path.read_text().splitlines()]
+        rows = [r for r in rows if metric in r]
+        if not rows:
+            continue
+        steps = [r["step"] for r in rows]
+        mean = np.array([r[metric] for r in rows])
+        label = f"{Path(run).parent.parent.name}/{Path(run).parent.name}/{Path(run).name}"
+        ax.plot(steps, mean, marker=".", label=label)
+        if metric == "return_mean" and "return_std" in rows[0]:
+            std = np.array([r["return_std"] for r in rows])
+            ax.fill_between(steps, mean - std, mean + std, alpha=0.15)
+    ax.set_xlabel("real environment steps")
+    ax.set_ylabel(metric.replace("_", " "))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out

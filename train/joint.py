@@ -1,0 +1,145 @@
+"""RMIOv2 joint pre-training (Algorithm 1, `rmio train pretrain`): world model + MAPPO in imagination.
+
+Each iteration: collect real steps with the current policy into the real buffer B_r (line 1),
+E_M world-model updates on sequences from B_r (lines 2-9), then E_pi rounds of imagination from
+real start states and PPO updates on those imagined trajectories (lines 10-19; the rollout is the
+pseudo buffer B_p). The run directory ends up with ``wm_pretrain.pt`` and ``data/train.npz`` in
+the same form as `rmio train world-model`, so `rmio train finetune` and `rmio export` apply as is.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from rich.console import Console
+
+from rmio.config import Config
+from rmio.envs.collect import collect
+from rmio.envs.loss import LossConfig
+from rmio.envs.trajectory import TrajectoryBuffer
+from rmio.train.evaluate import evaluate_policy
+from rmio.train.imagination import imagine, start_states
+from rmio.train.mappo import build_agents, log_eval
+from rmio.train.policy import joint_act
+from rmio.train.runlog import MetricLog, load_checkpoint, save_checkpoint
+from rmio.train.wm_data import SequenceSampler, observation_stats, world_model_loss
+from rmio.train.wm_train import _extra, _progress, build_model, resolve_device, seed_everything
+
+NO_LOSS = LossConfig("none")  # pre-training sees complete observations (paper section 5)
+
+
+def _policy_fn(ppo: Any, device: torch.device):
+    @torch.no_grad()
+    def act(obs: np.ndarray, observed: np.ndarray, avail: np.ndarray | None) -> np.ndarray:
+        a = None if avail is None else torch.as_tensor(avail, device=device).float()
+        action, _ = joint_act(ppo.actor, torch.as_tensor(obs, device=device), a)
+        return action.cpu().numpy()
+
+    return act
+
+
+def train_joint(cfg: Config, run_dir: Path, device: str, console: Console) -> Path:
+    final = run_dir / "policy.pt"
+    if final.exists():
+        console.print(f"{final} exists: joint pre-training already finished")
+        return final
+    dev = resolve_device(device)
+    torch.set_num_threads(cfg.world_model.train.threads)
+    seed_everything(cfg.run.seed)
+    im, wt = cfg.policy.imagination, cfg.world_model.train
+    data_dir = run_dir / "data"
+    ckpt_path = run_dir / "ckpt_joint.pt"
+    start = load_checkpoint(ckpt_path, dev) if ckpt_path.exists() else None
+    if start is None:
+        real, _ = collect(cfg.env, NO_LOSS, steps=im.warmup_steps, num_envs=cfg.run.num_envs, seed=cfg.run.seed)
+        holdout, _ = collect(cfg.env, NO_LOSS, steps=wt.holdout_episodes * (cfg.env.episode_limit or 1000),
+                             num_envs=1, seed=cfg.run.seed + 100_000)
+        holdout.save(data_dir / "holdout.npz")
+        stats = observation_stats(real)  # fixed from the random warm-up, shared by world model and actor
+        env_steps, next_eval, next_ckpt = len(real) - real.num_episodes, 0, im.checkpoint_every
+    else:
+        real = TrajectoryBuffer.load(data_dir / "train.npz")
+        stats = tuple(np.asarray(start["stats"][k], np.float32) for k in ("obs_mean", "obs_std", "state_mean",
+                                                                            "state_std"))
+        env_steps, next_eval, next_ckpt = start["env_steps"], start["next_eval"], start["next_ckpt"]
+    model = build_model(cfg, real.spec, stats).to(dev)
+    wm_opt = torch.optim.Adam(model.parameters(), lr=wt.lr, eps=1e-6)
+    ppo = build_agents(cfg, real.spec, stats[0], stats[1], dev)
+    rng = np.random.default_rng(cfg.run.seed + 3)
+    gen = torch.Generator(device=dev).manual_seed(cfg.run.seed)
+    if start is not None:
+        model.load_state_dict(start["model"])
+        wm_opt.load_state_dict(start["wm_opt"])
+        ppo.load_state_dict(start["ppo"])
+        rng.bit_generator.state = start["np_rng"]
+        gen.set_state(start["gen_rng"])
+        torch.set_rng_state(start["torch_rng"])
+        console.print(f"resuming joint pre-training at {env_steps} env steps")
+    log = MetricLog(run_dir, "joint")
+    t0 = time.perf_counter()
+    timing = {"collect_s": 0.0, "wm_s": 0.0, "imagine_s": 0.0, "imagined_steps": 0}
+
+    def state() -> dict[str, Any]:
+        return {**_extra(cfg, real.spec, stats), "model": model.state_dict(), "wm_opt": wm_opt.state_dict(),
+                "ppo": ppo.state_dict(), "env_steps": env_steps, "next_eval": next_eval, "next_ckpt": next_ckpt,
+                "np_rng": rng.bit_generator.state, "gen_rng": gen.get_state(), "torch_rng": torch.get_rng_state(),
+                "obs_mean": stats[0].tolist(), "obs_std": stats[1].tolist()}
+
+    with _progress(console, "RMIOv2 pre-training", im.env_steps) as (bar, task):
+        bar.update(task, completed=env_steps)
+        while env_steps < im.env_steps:
+            if env_steps >= next_eval:
+                log_eval(run_dir, env_steps, evaluate_policy(ppo.actor, cfg.env, cfg.run.eval_episodes,
+                                                             cfg.run.seed + 900_000), console)
+                next_eval += im.eval_every
+            tc = time.perf_counter()
+            new, cstats = collect(cfg.env, NO_LOSS, steps=im.collect_steps, num_envs=cfg.run.num_envs,
+                                  seed=cfg.run.seed + 1 + env_steps, policy=_policy_fn(ppo, dev))  # line 1
+            real.extend(new)
+            env_steps += cstats.env_steps
+            timing["collect_s"] += time.perf_counter() - tc
+            tw = time.perf_counter()
+            sampler = SequenceSampler(real, cfg.world_model.smoothing, dev)
+            for _ in range(im.wm_updates):  # lines 2-9
+                batch = sampler.sample(rng, wt.batch_size, wt.seq_len)
+                loss, wm_metrics = world_model_loss(model, batch, torch.ones(batch.obs.shape[:3], device=dev))
+                wm_opt.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), wt.grad_clip)
+                wm_opt.step()
+            timing["wm_s"] += time.perf_counter() - tw
+            ti = time.perf_counter()
+            for _ in range(im.policy_updates):  # lines 10-19
+                h, z = start_states(model, sampler, rng, im.starts, im.context)
+                rollout = imagine(model, ppo, h, z, im.horizon)
+                ppo_metrics = ppo.update(rollout, gen)
+                timing["imagined_steps"] += im.starts * im.horizon
+            timing["imagine_s"] += time.perf_counter() - ti
+            returns = new.episode_returns()
+            row = {**{f"wm_{k}": v for k, v in wm_metrics.items()}, **ppo_metrics,
+                   "imagined_reward": float(rollout.rewards.mean()), "train_return": float(returns.mean()),
+                   "real_steps_per_s": env_steps / max(time.perf_counter() - t0, 1e-9),
+                   "collect_steps_per_s": cstats.steps_per_second,
+                   "imagined_steps_per_s": timing["imagined_steps"] / max(timing["imagine_s"], 1e-9)}
+            log.log(env_steps, row)
+            bar.update(task, completed=min(env_steps, im.env_steps),
+                       info=f"return {row['train_return']:.1f} wm {wm_metrics['loss']:.2f}")
+            if env_steps >= next_ckpt:
+                next_ckpt += im.checkpoint_every
+                real.save(data_dir / "train.npz")
+                save_checkpoint(ckpt_path, state())
+    result = evaluate_policy(ppo.actor, cfg.env, cfg.run.eval_episodes, cfg.run.seed + 900_000)
+    log_eval(run_dir, env_steps, result, console)
+    log.close()
+    real.meta["env_steps"] = env_steps
+    real.save(data_dir / "train.npz")
+    save_checkpoint(ckpt_path, state())
+    save_checkpoint(run_dir / "wm_pretrain.pt", {**_extra(cfg, real.spec, stats), "phase": "pretrain",
+                                                 "model": model.state_dict(), "env_steps": env_steps})
+    save_checkpoint(final, {**state(), "algo": "rmiov2", "final_eval": result, "timing": timing})
+    console.print(f"joint pre-training done: {env_steps} env steps; wrote {final} and wm_pretrain.pt")
+    return final

@@ -1,0 +1,132 @@
+"""r-MAPPO networks: a parameter-shared actor on each agent's local observation, a centralised critic.
+
+The actor never sees another agent's observation: its input is one agent's observation (raw units,
+normalised inside with that agent's statistics) and the agent's id. That is what makes execution
+decentralised, and it is the graph exported as ``actor.onnx``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import distributions as D
+from torch import nn
+
+from rmio.envs.base import EnvSpec
+from rmio.train.networks import mlp
+
+
+class Actor(nn.Module):
+    def __init__(self, spec: EnvSpec, hidden: int, log_std_init: float, obs_mean: np.ndarray,
+                 obs_std: np.ndarray) -> None:
+        super().__init__()
+        self.spec = spec
+        self.n_agents, self.obs_dim, self.act_dim = spec.n_agents, spec.obs_dim, spec.action_dim
+        self.net = mlp(self.obs_dim + self.n_agents, hidden, self.act_dim, layers=2)
+        self.register_buffer("obs_mean", torch.as_tensor(obs_mean, dtype=torch.float32))
+        self.register_buffer("obs_std", torch.as_tensor(obs_std, dtype=torch.float32))
+        self.register_buffer("feature_mask", torch.as_tensor(spec.obs_feature_mask, dtype=torch.float32))
+        self.register_buffer("action_mask", torch.as_tensor(spec.action_feature_mask, dtype=torch.float32))
+        if not spec.discrete:
+            self.log_std = nn.Parameter(torch.full((self.act_dim,), float(log_std_init)))
+            self.register_buffer("low", torch.as_tensor(spec.action_low, dtype=torch.float32))
+            self.register_buffer("high", torch.as_tensor(spec.action_high, dtype=torch.float32))
+        with torch.no_grad():  # small initial outputs: near-uniform / near-zero-mean policies
+            self.net[-1].weight.mul_(0.01)
+            self.net[-1].bias.zero_()
+
+    def _head(self, obs: torch.Tensor, agent_id: torch.Tensor) -> torch.Tensor:
+        agent_id = agent_id.long()
+        x = (obs - self.obs_mean[agent_id]) / self.obs_std[agent_id]
+        x = x.clamp(-10.0, 10.0) * self.feature_mask[agent_id]
+        return self.net(torch.cat([x, F.one_hot(agent_id, self.n_agents).float()], -1))
+
+    def dist(self, obs: torch.Tensor, agent_id: torch.Tensor, avail: torch.Tensor | None = None) -> D.Distribution:
+        """The action distribution of agent ``agent_id`` given only its own observation."""
+        out = self._head(obs, agent_id)
+        if self.spec.discrete:
+            if avail is not None:
+                out = out.masked_fill(avail < 0.5, -1e9)
+            return D.Categorical(logits=out)
+        return D.Normal(out, self.log_std.exp().expand_as(out))
+
+    def log_prob(self, dist: D.Distribution, action: torch.Tensor, agent_id: torch.Tensor) -> torch.Tensor:
+        if self.spec.discrete:
+            return dist.log_prob(action.long())
+        return (dist.log_prob(action) * self.action_mask[agent_id.long()]).sum(-1)  # padding dims ignored
+
+    def entropy(self, dist: D.Distribution, agent_id: torch.Tensor) -> torch.Tensor:
+        if self.spec.discrete:
+            return dist.entropy()
+        return (dist.entropy() * self.action_mask[agent_id.long()]).sum(-1)
+
+    def act(self, obs: torch.Tensor, agent_id: torch.Tensor, avail: torch.Tensor | None = None,
+            deterministic: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sampled (or greedy) action and its log-probability."""
+        dist = self.dist(obs, agent_id, avail)
+        action = (dist.probs.argmax(-1) if self.spec.discrete else dist.mean) if deterministic else dist.sample()
+        return action, self.log_prob(dist, action, agent_id)
+
+    def forward(self, obs: torch.Tensor, agent_id: torch.Tensor, avail: torch.Tensor | None = None) -> torch.Tensor:
+        """The exported greedy policy: best available action, or the mean clipped to the action box."""
+        out = self._head(obs, agent_id)
+        if self.spec.discrete:
+            if avail is not None:
+                out = out.masked_fill(~avail.bool(), -1e9)
+            return out.argmax(-1)
+        return torch.minimum(torch.maximum(out, self.low), self.high) * self.action_mask[agent_id.long()]
+
+
+def joint_act(actor: Actor, obs: torch.Tensor, avail: torch.Tensor | None = None,
+              deterministic: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every agent acts on its own row of ``obs`` (..., n, D); returns actions and log-probs (..., n)."""
+    n = obs.shape[-2]
+    ids = torch.arange(n, device=obs.device).expand(obs.shape[:-1])
+    return actor.act(obs, ids, avail, deterministic)
+
+
+class Critic(nn.Module):
+    """V(s) from all agents' observations (centralised training, Eq. 14)."""
+
+    def __init__(self, spec: EnvSpec, hidden: int, obs_mean: np.ndarray, obs_std: np.ndarray) -> None:
+        super().__init__()
+        self.net = mlp(spec.n_agents * spec.obs_dim, hidden, 1, layers=2)
+        self.register_buffer("obs_mean", torch.as_tensor(obs_mean, dtype=torch.float32))
+        self.register_buffer("obs_std", torch.as_tensor(obs_std, dtype=torch.float32))
+
+    def forward(self, joint_obs: torch.Tensor) -> torch.Tensor:
+        x = ((joint_obs - self.obs_mean) / self.obs_std).clamp(-10.0, 10.0)
+        return self.net(x.flatten(-2)).squeeze(-1)
+
+
+class ValueNorm(nn.Module):
+    """Running mean and variance of value targets (debiased EMA), as in MAPPO."""
+
+    def __init__(self, beta: float = 0.99999) -> None:
+        super().__init__()
+        self.beta = beta
+        self.register_buffer("mean", torch.zeros(()))
+        self.register_buffer("mean_sq", torch.zeros(()))
+        self.register_buffer("debias", torch.zeros(()))
+
+    @torch.no_grad()
+    def update(self, x: torch.Tensor) -> None:
+        w = self.beta ** x.numel()
+        self.mean.mul_(w).add_(x.mean() * (1 - w))
+        self.mean_sq.mul_(w).add_((x**2).mean() * (1 - w))
+        self.debias.mul_(w).add_(1 - w)
+
+    def _stats(self) -> tuple[torch.Tensor, torch.Tensor]:
+        d = self.debias.clamp(min=1e-5)
+        mean = self.mean / d
+        var = (self.mean_sq / d - mean**2).clamp(min=1e-2)
+        return mean, var.sqrt()
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        mean, std = self._stats()
+        return (x - mean) / std
+
+    def denormalize(self, x: torch.Tensor) -> torch.Tensor:
+        mean, std = self._stats()
+        return x * std + mean

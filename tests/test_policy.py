@@ -1,0 +1,152 @@
+"""r-MAPPO and Algorithm 1: the actor is local, PPO learns, imagination has the right shapes, export matches."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from rmio.config import load_config
+from rmio.envs import EnvConfig
+from rmio.envs.base import EnvSpec
+from rmio.envs.collect import collect
+from rmio.envs.loss import LossConfig
+from rmio.train.imagination import imagine, start_states
+from rmio.train.policy import Actor, Critic, joint_act
+from rmio.train.ppo import PPO, Rollout, gae
+from rmio.train.ppo_config import PPOConfig
+from rmio.train.wm_config import WorldModelConfig
+from rmio.train.wm_data import SequenceSampler, observation_stats
+from rmio.train.world_model import RMIOWorldModel
+
+DISCRETE = EnvSpec("test/bandit", 3, (4, 4, 2), 10, "discrete", (5, 5, 5), 1)
+CONTINUOUS = EnvSpec("test/box", 2, (3, 5), 8, "continuous", (2, 1), 10, (-1.0, -1.0), (1.0, 1.0))
+
+
+def _actor(spec: EnvSpec) -> Actor:
+    torch.manual_seed(0)
+    zeros = np.zeros((spec.n_agents, spec.obs_dim), np.float32)
+    return Actor(spec, 32, -0.5, zeros, np.ones_like(zeros))
+
+
+@pytest.mark.parametrize("spec", [DISCRETE, CONTINUOUS], ids=["discrete", "continuous"])
+def test_actor_sees_only_its_own_observation(spec: EnvSpec) -> None:
+    actor = _actor(spec)
+    obs = torch.randn(4, spec.n_agents, spec.obs_dim)
+    for i in range(spec.n_agents):
+        other = obs.clone()
+        other[:, [j for j in range(spec.n_agents) if j != i]] += 5.0  # everyone else's view changes
+        ids = torch.arange(spec.n_agents).expand(4, -1)
+        d1, d2 = actor.dist(obs, ids), actor.dist(other, ids)
+        if spec.discrete:
+            torch.testing.assert_close(d1.logits[:, i], d2.logits[:, i])
+        else:
+            torch.testing.assert_close(d1.mean[:, i], d2.mean[:, i])
+    assert actor.net[0].in_features == spec.obs_dim + spec.n_agents  # one observation + the id, nothing else
+
+
+def test_unavailable_actions_are_never_taken() -> None:
+    actor = _actor(DISCRETE)
+    avail = torch.zeros(64, 3, 5)
+    avail[..., 3] = 1.0
+    avail[:, 0, 1] = 1.0
+    act, _ = joint_act(actor, torch.randn(64, 3, DISCRETE.obs_dim), avail)
+    assert set(act[:, 1:].unique().tolist()) == {3}
+    assert set(act[:, 0].unique().tolist()) <= {1, 3}
+
+
+def test_continuous_greedy_action_is_clipped_and_padding_zero() -> None:
+    actor = _actor(CONTINUOUS)
+    with torch.no_grad():
+        actor.net[-1].bias.fill_(7.0)
+    out = actor(torch.randn(2, CONTINUOUS.obs_dim), torch.tensor([0, 1]))
+    assert out.max() <= 1.0
+    assert out[1, 1] == 0.0  # agent 1 has a single action dimension
+
+
+def test_gae_matches_a_hand_computation() -> None:
+    r = Rollout(obs=torch.zeros(3, 1, 1, 1), actions=torch.zeros(3, 1, 1), logp=torch.zeros(3, 1, 1),
+                values=torch.tensor([[1.0], [2.0], [3.0]]), rewards=torch.tensor([[1.0], [0.0], [2.0]]),
+                next_values=torch.tensor([[2.0], [0.0], [5.0]]), dones=torch.tensor([[0.0], [1.0], [0.0]]))
+    adv, ret = gae(r, gamma=0.9, lam=0.5)
+    d = [1 + 0.9 * 2 - 1, 0 + 0 - 2, 2 + 0.9 * 5 - 3]
+    expected = [d[0] + 0.45 * d[1], d[1], d[2]]  # no bootstrapping across the episode end after step 1
+    torch.testing.assert_close(adv[:, 0], torch.tensor(expected))
+    torch.testing.assert_close(ret, adv + r.values)
+
+
+def test_ppo_learns_a_bandit() -> None:
+    """One-step episodes, reward 1 when an agent picks action 2: the greedy action becomes 2."""
+    torch.manual_seed(0)
+    actor = _actor(DISCRETE)
+    zeros = np.zeros((3, DISCRETE.obs_dim), np.float32)
+    ppo = PPO(actor, Critic(DISCRETE, 32, zeros, np.ones_like(zeros)), PPOConfig(actor_lr=3e-3, critic_lr=3e-3))
+    obs = torch.randn(1, 64, 3, DISCRETE.obs_dim)
+    for _ in range(15):
+        with torch.no_grad():
+            act, logp = joint_act(actor, obs)
+            value = ppo.value(obs)
+        reward = (act == 2).float().mean(-1)
+        ppo.update(Rollout(obs, act, logp, value, reward, torch.zeros_like(reward), torch.ones_like(reward)))
+    greedy, _ = joint_act(actor, obs, deterministic=True)
+    assert (greedy == 2).float().mean() > 0.9
+
+
+def test_imagined_rollouts_have_the_right_shapes() -> None:
+    buf, _ = collect(EnvConfig("mamujoco", "HalfCheetah-6x1", episode_limit=40), LossConfig("none"), steps=120,
+                     num_envs=1, seed=0)
+    stats = observation_stats(buf)
+    torch.manual_seed(0)
+    cfg = WorldModelConfig(deter=16, hidden=16, fusion_dim=8, fusion_heads=2, groups=2, classes=4)
+    model = RMIOWorldModel(buf.spec, cfg, *stats)
+    ppo = PPO(Actor(buf.spec, 16, -0.5, stats[0], stats[1]), Critic(buf.spec, 16, stats[0], stats[1]), PPOConfig())
+    sampler = SequenceSampler(buf, load_config("halfcheetah_6x1").world_model.smoothing)
+    h, z = start_states(model, sampler, np.random.default_rng(0), starts=5, context=4)
+    assert h.shape == (5, 6, 16) and z.shape == (5, 6, 8)
+    roll = imagine(model, ppo, h, z, horizon=7)
+    assert roll.obs.shape == (7, 5, 6, 9) and roll.actions.shape == (7, 5, 6, 1)
+    assert roll.logp.shape == (7, 5, 6) and roll.rewards.shape == (7, 5) and roll.values.shape == (7, 5)
+    assert (roll.weights[1:] <= roll.weights[:-1] + 1e-6).all() and (roll.weights <= 1).all()
+    # the actor acted on reconstructed observations: padding features stay zero as in real ones
+    np.testing.assert_array_equal(roll.obs[..., [2, 5], 8].numpy(), 0.0)
+    stats_out = ppo.update(roll)
+    assert np.isfinite(list(stats_out.values())).all()
+
+
+@pytest.mark.parametrize("spec", [DISCRETE, CONTINUOUS], ids=["discrete", "continuous"])
+def test_exported_actor_matches_pytorch(spec: EnvSpec, tmp_path: Path) -> None:
+    from rmio.train.export import export_actor
+
+    assert export_actor(_actor(spec), tmp_path) < 1e-5
+
+
+def rmio(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "rmio.cli", *args], capture_output=True, text=True, timeout=900)
+
+
+def test_pretrain_finetune_export_end_to_end(tmp_path: Path) -> None:
+    """The debug preset of HalfCheetah 6x1: Algorithm 1, masked fine-tuning, a full bundle, both runtimes."""
+    run = tmp_path / "run"
+    for args in (("train", "pretrain", "halfcheetah_6x1", "--debug", "--run-dir", str(run)),
+                 ("train", "finetune", str(run)),
+                 ("export", str(run), "--out", str(tmp_path / "bundle")),
+                 ("export", "--check", str(tmp_path / "bundle"))):
+        proc = rmio(*args)
+        assert proc.returncode == 0, (args, proc.stderr[-2000:])
+    evals = [json.loads(line) for line in (run / "eval.jsonl").read_text().splitlines()]
+    assert evals[-1]["step"] >= 600 and np.isfinite(evals[-1]["return_mean"])
+    rows = [json.loads(line) for line in (run / "joint.jsonl").read_text().splitlines()]
+    assert rows and all(r["imagined_steps_per_s"] > 0 for r in rows)
+    manifest = json.loads((tmp_path / "bundle" / "manifest.json").read_text())
+    assert manifest["files"] == {"wm_step": "wm_step.onnx", "actor": "actor.onnx"}
+    assert manifest["metrics"]["actor_parity"] < 1e-5
+    from rmio.runtime.models import ActorRunner
+
+    runner = ActorRunner(tmp_path / "bundle")
+    action = runner.act(np.zeros(9, np.float32), 3)
+    assert action.shape == (1,) and -1 <= action[0] <= 1

@@ -201,7 +201,7 @@ def _swarm_run_options(fn: Callable) -> Callable:
                      help="The env host's wait for actions [100]."),
         click.option("--rate", "rate_hz", type=click.FloatRange(min=0.0), default=None,
                      help="Env steps per second (0: as fast as the agents act) [0]."),
-        click.option("--heartbeat-ms", type=click.FloatRange(min=1.0), default=None, help="[50]"),
+        click.option("--heartbeat-ms", type=click.FloatRange(min=1.0), default=None, help="[100]"),
         click.option("--liveness", type=click.IntRange(min=1), default=None,
                      help="Heartbeat intervals of silence before a peer is dead [3]."),
         click.option("--baselines/--no-baselines", default=True, show_default=True,

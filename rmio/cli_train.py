@@ -132,6 +132,24 @@ def register(cli: click.Group, config_options: Any) -> None:
             raise click.UsageError("give RUN_DIR to export, or --check BUNDLE")
         export_run(run_dir, out or run_dir / "bundle", _console())
 
+    @click.command("plot")
+    @click.argument("run_dirs", nargs=-1, required=True,
+                    type=click.Path(path_type=Path, exists=True, file_okay=False))
+    @click.option("--out", type=click.Path(path_type=Path), default=Path("learning_curves.png"), show_default=True)
+    @click.option("--metric", type=click.Choice(["return_mean", "win_rate"]), default="return_mean",
+                  show_default=True)
+    def plot(run_dirs: tuple[Path, ...], out: Path, metric: str) -> None:
+        """Overlay the learning curves (evaluation metric vs real environment steps) of several runs."""
+        from rmio.errors import RmioError
+        from rmio.train.evaluate import plot_curves
+
+        missing = [str(d) for d in run_dirs if not (d / "eval.jsonl").exists()]
+        if missing:
+            raise RmioError(f"no eval.jsonl (evaluations of a policy run) in: {', '.join(missing)}")
+        plot_curves(list(run_dirs), out, metric)
+        _console().print(f"wrote {out}")
+
+    cli.add_command(plot)
     cli.add_command(train)
     cli.add_command(eval_group)
     cli.add_command(export)

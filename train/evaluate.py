@@ -40,6 +40,18 @@ def evaluate_policy(actor: Actor, env_cfg: EnvConfig, episodes: int, seed: int) 
     return out
 
 
+def run_label(run: Path) -> str:
+    """'<algorithm> seed <s> (<dir>)', read from what the run directory holds."""
+    algo = "rmiov2" if (run / "joint.jsonl").exists() else "mappo" if (run / "mappo.jsonl").exists() else "?"
+    seed = "?"
+    cfg_path = run / "config.yaml"
+    if cfg_path.exists():
+        from rmio.config import load_config
+
+        seed = str(load_config(cfg_path).run.seed)
+    return f"{algo} seed {seed} ({run.name})"
+
+
 def plot_curves(run_dirs: list[Path], out: Path, metric: str = "return_mean") -> Path:
     """Learning curves (metric against real environment steps) of one or more runs, overlaid."""
     import matplotlib
@@ -58,7 +70,7 @@ def plot_curves(run_dirs: list[Path], out: Path, metric: str = "return_mean") ->
             continue
         steps = [r["step"] for r in rows]
         mean = np.array([r[metric] for r in rows])
-        label = f"{Path(run).parent.parent.name}/{Path(run).parent.name}/{Path(run).name}"
+        label = run_label(Path(run))
         ax.plot(steps, mean, marker=".", label=label)
         if metric == "return_mean" and "return_std" in rows[0]:
             std = np.array([r["return_std"] for r in rows])

@@ -33,6 +33,18 @@ def train() -> None:
     """Train world models (and, later, policies)."""
 
 
+def _start_run(cfg: Any, run_dir: Path | None, algo: str, device: str, module: str, function: str) -> None:
+    """New or resumed run directory, then the trainer ``module.function(cfg, run_dir, device, console)``."""
+    import importlib
+
+    _require_torch()
+    from rmio.train.wm_train import prepare_run_dir
+
+    run_dir = prepare_run_dir(cfg, run_dir, algo)
+    _console().print(f"run directory: {run_dir}")
+    getattr(importlib.import_module(module), function)(cfg, run_dir, device, _console())
+
+
 def register(cli: click.Group, config_options: Any) -> None:
     """Attach the training commands to the main group (keeps cli.py free of torch)."""
 
@@ -45,12 +57,7 @@ def register(cli: click.Group, config_options: Any) -> None:
 
         Re-running with the same --run-dir resumes from the last checkpoint.
         """
-        _require_torch()
-        from rmio.train.wm_train import prepare_run_dir, train_world_model
-
-        run_dir = prepare_run_dir(cfg, run_dir, f"{algo or 'rmiov2'}-wm")
-        _console().print(f"run directory: {run_dir}")
-        train_world_model(cfg, run_dir, device, _console())
+        _start_run(cfg, run_dir, f"{algo or 'rmiov2'}-wm", device, "rmio.train.wm_train", "train_world_model")
 
     @train.command("pretrain")
     @config_options()
@@ -62,13 +69,7 @@ def register(cli: click.Group, config_options: Any) -> None:
         Leaves wm_pretrain.pt and the real data in the run directory, so `rmio train finetune` and
         `rmio export` follow directly. Resumable with --run-dir.
         """
-        _require_torch()
-        from rmio.train.joint import train_joint
-        from rmio.train.wm_train import prepare_run_dir
-
-        run_dir = prepare_run_dir(cfg, run_dir, algo or "rmiov2")
-        _console().print(f"run directory: {run_dir}")
-        train_joint(cfg, run_dir, device, _console())
+        _start_run(cfg, run_dir, algo or "rmiov2", device, "rmio.train.joint", "train_joint")
 
     @train.command("mappo")
     @config_options()
@@ -76,13 +77,7 @@ def register(cli: click.Group, config_options: Any) -> None:
     @device_option
     def mappo(cfg: Any, run_dir: Path | None, device: str) -> None:
         """Model-free r-MAPPO on the real environment (the baseline); resumable with --run-dir."""
-        _require_torch()
-        from rmio.train.mappo import train_mappo
-        from rmio.train.wm_train import prepare_run_dir
-
-        run_dir = prepare_run_dir(cfg, run_dir, "mappo")
-        _console().print(f"run directory: {run_dir}")
-        train_mappo(cfg, run_dir, device, _console())
+        _start_run(cfg, run_dir, "mappo", device, "rmio.train.mappo", "train_mappo")
 
     @train.command("finetune")
     @click.argument("run_dir", type=click.Path(path_type=Path, exists=True, file_okay=False))

@@ -27,7 +27,7 @@ from rmio.train.mappo import build_agents, log_eval
 from rmio.train.policy import joint_act
 from rmio.train.runlog import MetricLog, load_checkpoint, save_checkpoint
 from rmio.train.wm_data import SequenceSampler, observation_stats, world_model_loss
-from rmio.train.wm_train import _extra, _progress, build_model, resolve_device, seed_everything
+from rmio.train.wm_train import _extra, _progress, begin_training, build_model
 
 NO_LOSS = LossConfig("none")  # pre-training sees complete observations (paper section 5)
 
@@ -44,12 +44,9 @@ def _policy_fn(ppo: Any, device: torch.device):
 
 def train_joint(cfg: Config, run_dir: Path, device: str, console: Console) -> Path:
     final = run_dir / "policy.pt"
-    if final.exists():
-        console.print(f"{final} exists: joint pre-training already finished")
+    dev = begin_training(cfg, final, device, "joint pre-training", console)
+    if dev is None:
         return final
-    dev = resolve_device(device)
-    torch.set_num_threads(cfg.world_model.train.threads)
-    seed_everything(cfg.run.seed)
     im, wt = cfg.policy.imagination, cfg.world_model.train
     data_dir = run_dir / "data"
     ckpt_path = run_dir / "ckpt_joint.pt"

@@ -26,7 +26,7 @@ from rmio.train.policy import Actor, Critic, joint_act
 from rmio.train.ppo import PPO, Rollout
 from rmio.train.runlog import MetricLog, load_checkpoint, save_checkpoint
 from rmio.train.wm_data import observation_stats
-from rmio.train.wm_train import _progress, resolve_device, seed_everything
+from rmio.train.wm_train import _progress, begin_training
 
 
 def build_agents(cfg: Config, spec: Any, obs_mean: np.ndarray, obs_std: np.ndarray,
@@ -53,12 +53,9 @@ def _tensors(b: BatchStep, device: torch.device) -> tuple[torch.Tensor, torch.Te
 
 def train_mappo(cfg: Config, run_dir: Path, device: str, console: Console) -> Path:
     final = run_dir / "policy.pt"
-    if final.exists():
-        console.print(f"{final} exists: training already finished")
+    dev = begin_training(cfg, final, device, "MAPPO", console)
+    if dev is None:
         return final
-    dev = resolve_device(device)
-    torch.set_num_threads(cfg.world_model.train.threads)
-    seed_everything(cfg.run.seed)
     m = cfg.policy.mappo
     ckpt_path = run_dir / "ckpt_mappo.pt"
     start = load_checkpoint(ckpt_path, dev) if ckpt_path.exists() else None

@@ -38,6 +38,18 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def begin_training(cfg: Config, final: Path, device: str, what: str, console: Console) -> torch.device | None:
+    """None when ``final`` already exists (a finished run is never retrained by accident); otherwise
+    the torch device, with threads and seeds set from the config."""
+    if final.exists():
+        console.print(f"{final} exists: {what} already finished (delete it to train again)")
+        return None
+    dev = resolve_device(device)
+    torch.set_num_threads(cfg.world_model.train.threads)
+    seed_everything(cfg.run.seed)
+    return dev
+
+
 def resolve_device(name: str) -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise RmioError(f"--device {name} asked for, but torch sees no CUDA device on this machine")
@@ -211,12 +223,9 @@ def _extra(cfg: Config, spec: EnvSpec, stats: tuple[np.ndarray, ...]) -> dict[st
 def train_world_model(cfg: Config, run_dir: Path, device: str, console: Console) -> Path:
     """Pre-train on complete observations; returns the path of ``wm_pretrain.pt``."""
     final = run_dir / "wm_pretrain.pt"
-    if final.exists():
-        console.print(f"{final} exists: pre-training already finished (delete it to train again)")
+    dev = begin_training(cfg, final, device, "pre-training", console)
+    if dev is None:
         return final
-    dev = resolve_device(device)
-    torch.set_num_threads(cfg.world_model.train.threads)
-    seed_everything(cfg.run.seed)
     train_buf, _ = ensure_data(cfg, run_dir, console)
     stats = observation_stats(train_buf)
     model = build_model(cfg, train_buf.spec, stats).to(dev)

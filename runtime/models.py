@@ -82,11 +82,16 @@ class WorldModelRunner:
         return LatentState(np.zeros((batch, n, m.deter), np.float32), np.zeros((batch, n, m.stoch), np.float32))
 
     def encode_actions(self, actions: np.ndarray) -> np.ndarray:
-        """Joint actions as the world model consumes them: one-hot for discrete tasks, padded floats otherwise."""
+        """Joint actions as the world model consumes them: one-hot for discrete tasks, padded floats otherwise.
+
+        A discrete action of -1 means "no action" (before an episode's first step) and encodes as the
+        zero vector, as the bundle contract asks; indexing an identity matrix would wrap it to the last class.
+        """
         spec = self.manifest.spec
         actions = np.asarray(actions)
         if spec.discrete:
-            return np.eye(self.manifest.act_width, dtype=np.float32)[actions.astype(np.int64)]
+            ids = actions.astype(np.int64)[..., None]
+            return (ids == np.arange(self.manifest.act_width)).astype(np.float32)
         return actions.astype(np.float32)
 
     def step(self, state: LatentState, prev_action: np.ndarray, obs: np.ndarray,

@@ -1,0 +1,480 @@
+"""The agent process: its own ONNX actor on its own observation, and the loss-handling protocol around it.
+
+On a normal step the agent acts on what the env host sent it and talks to nobody (beyond
+heartbeats). When its observation is lost it tells the coordinator (or, with none alive, every
+agent, which starts an election), waits until its reconstruction deadline for a RECON, and acts on
+the reconstruction, or on hold-last if none came. Whatever its own state, it serves its history
+ring to the coordinator, and when it is the coordinator it runs reconstruction rounds
+(rmio.coordinator.service). PROTOCOL.md describes every message and deadline.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+from collections import Counter
+
+import numpy as np
+
+from rmio.coordinator.service import Coordinator
+from rmio.runtime.bundle import load_manifest
+from rmio.runtime.history import ActionCodec, HistoryRing
+from rmio.runtime.membership import Liveness, View, should_claim
+from rmio.runtime.metrics import Samples
+from rmio.runtime.models import ActorRunner, WorldModelRunner
+from rmio.runtime.proc import Stop
+from rmio.runtime.settings import SwarmSettings
+from rmio.runtime.transport import Node, now_ns
+from rmio.runtime.wire import Message, WireError, encode
+
+log = logging.getLogger(__name__)
+
+
+class Agent:
+    def __init__(self, index: int, settings: SwarmSettings, node: Node, inc: int = 0) -> None:
+        self.i, self.name, self.settings, self.node, self.inc = index, f"a{index}", settings, node, inc
+        scenario = settings.env.get("family", "") + "/" + settings.env.get("scenario", "")
+        self.manifest = load_manifest(settings.bundle, expect_scenario=scenario)
+        self.spec = self.manifest.spec
+        if self.spec.n_agents != settings.n_agents or not 0 <= index < settings.n_agents:
+            raise ValueError(f"agent {index} does not fit a bundle of {self.spec.n_agents} agents")
+        self.actor = ActorRunner(settings.bundle, self.manifest)
+        self.codec = ActionCodec.of(self.spec)
+        self.l = self.manifest.history_window
+        self.ring = HistoryRing(self.l + 2, self.spec.obs_dim, self.codec)
+        self.peers = [f"a{j}" for j in range(self.spec.n_agents) if j != index]
+        self.live = Liveness(settings.heartbeat_ms / 1000.0, settings.liveness)
+        self.view = View()
+        self.max_epoch = 0
+        self.coord: Coordinator | None = None
+        self.ep, self.t, self.seen, self.avail = -1, -1, True, None
+        self.step_rx_ns = 0
+        self.awaiting: tuple[int, int] | None = None
+        self.await_deadline = 0.0
+        self.lost_reports: dict[tuple[int, int], set[int]] = {}
+        self.pending_gathers: list[Message] = []
+        self.peer_inc: dict[str, int] = {}
+        self.last_env = time.monotonic()
+        self.samples = Samples()
+        self.counts: Counter = Counter()
+        self.kill_at = {seq for agent, seq in settings.kill_agents if agent == index}
+        self.records: list[tuple] = []
+        self.running = True
+        self.cpu_start = time.process_time()
+        self.seq = -1
+        self._wm: WorldModelRunner | None = None
+        if settings.recon == "wm":
+            self.world_model()  # loaded up front: any agent may have to coordinate within a step deadline
+
+    def world_model(self) -> WorldModelRunner:
+        if self._wm is None:
+            self._wm = WorldModelRunner(self.settings.bundle, self.manifest)
+        return self._wm
+
+    # -- the event loop ---------------------------------------------------------------------
+
+    def run(self) -> None:
+        self.cpu_start = time.process_time()
+        self._greet()
+        while self.running:
+            self._pump(self._timeout(time.monotonic()))
+            self._timers(time.monotonic())
+        self._save_records()
+
+    def _pump(self, timeout_s: float) -> None:
+        """Wait for traffic (at most ``timeout_s``) and handle it; a message that makes no sense is dropped."""
+        msgs = self.node.poll(1000.0 * timeout_s)
+        now = time.monotonic()
+        self._links(now)
+        for msg in msgs:
+            try:
+                self._handle(msg, now)
+            except WireError as exc:
+                self.node.count_drop(exc.reason, str(exc))
+
+    def _timeout(self, now: float) -> float:
+        t = self.live.next_deadline(self.peers, now)
+        if self.awaiting is not None:
+            t = min(t, self.await_deadline - now)
+        if self.coord is not None:
+            t = min(t, self.coord.next_deadline(now))
+        return max(0.0, min(t, 0.5))
+
+    def _greet(self) -> None:
+        """Say hello to the env host (from then on it waits for our actions) and to every peer, retrying
+        while connections come up; a peer still unreachable after 3 s is greeted when its link comes up."""
+        start = time.monotonic()
+        todo = {"env", *self.peers} | ({"wm"} if "wm" in self.node.peers else set())
+        while "env" in todo or (todo and time.monotonic() < start + 3.0):
+            for peer in sorted(todo):
+                if self._send(peer, "HELLO", inc=self.inc, role="agent", epoch=self.view.epoch,
+                              leader=self.view.leader):
+                    todo.discard(peer)
+            if "env" in todo and time.monotonic() > start + self.settings.startup_timeout_s:
+                raise Stop("env host unreachable")
+            self._pump(0.01)
+        log.info("%s: greeted in %.3f s%s", self.name, time.monotonic() - start,
+                 f", not {sorted(todo)}" if todo else "")
+
+    def _send(self, to: str, msg_type: str, arrays: tuple = (), **fields: object) -> bool:
+        ok = self.node.send(to, msg_type, arrays, **fields)
+        if ok:
+            self.live.sent(to, time.monotonic())
+        elif to.startswith("a"):
+            self._peer_down(to)
+        return ok
+
+    def _links(self, now: float) -> None:
+        events, self.node.link_events = self.node.link_events, []
+        for peer, up in events:
+            if not peer.startswith("a"):
+                continue
+            if not up:
+                self._peer_down(peer)
+            elif peer not in self.live.last_heard or peer in self.live.down:  # a (re)started peer
+                self.node.send(peer, "HELLO", inc=self.inc, role="agent", epoch=self.view.epoch,
+                               leader=self.view.leader)
+
+    def _peer_down(self, peer: str) -> None:
+        if peer in self.live.down or peer not in self.live.last_heard:
+            return
+        self.live.mark_dead(peer)
+        if peer == f"a{self.view.leader}":
+            self.counts["leader_lost"] += 1
+            log.info("%s: coordinator %s is gone", self.name, peer)
+            if self.awaiting is not None:  # our round died with it: ask everyone, which elects a new one
+                self._report_loss(*self.awaiting, force_broadcast=True)
+            self._maybe_claim(self.ep, self.t)
+
+    def _timers(self, now: float) -> None:
+        for peer in self.live.expired(now):
+            if peer.startswith("a"):
+                self._peer_down(peer)
+        due = self.live.heartbeat_due(self.peers, now)
+        frames = encode("HB", self.name, epoch=self.view.epoch, leader=self.view.leader) if due else []
+        for peer in due:
+            if self.live.alive(peer, now) or peer not in self.live.last_heard:
+                if self.node.send_frames(peer, "HB", frames):
+                    self.live.sent(peer, now)
+                else:
+                    self._peer_down(peer)
+            else:
+                self.live.sent(peer, now)  # a dead peer gets no heartbeat; it says HELLO when it is back
+        if self.awaiting is not None and now >= self.await_deadline:
+            self.counts["recon_miss"] += 1
+            ep, t = self.awaiting
+            self._act(ep, t, self.ring.latest_obs(), "fallback")
+        if self.coord is not None:
+            self.coord.poll(now)
+        if now - self.last_env > self.settings.orphan_timeout_s:
+            raise Stop("env host silent")
+
+    # -- dispatch ---------------------------------------------------------------------------
+
+    def _handle(self, msg: Message, now: float) -> None:
+        src = msg.src
+        self.live.heard(src, now)
+        if src == "env":
+            self.last_env = now
+        handler = _HANDLERS.get((src[:1] if src.startswith("a") else src, msg.type))
+        if handler is None:
+            self.node.count_drop("unexpected", f"{msg.type} from {src}")
+            return
+        try:
+            handler(self, msg, now)
+        except (WireError, Stop):
+            raise
+        except Exception:  # a bug must not take the agent down mid-episode; it is counted and reported
+            log.exception("%s: error handling %s from %s", self.name, msg.type, src)
+            self.counts["internal_errors"] += 1
+
+    # -- env host -------------------------------------------------------------------------
+
+    def _on_step(self, msg: Message, now: float) -> None:
+        ep, t = msg["ep"], msg["step"]
+        if (ep, t) <= (self.ep, self.t):
+            self.node.count_drop("stale_step")
+            return
+        obs = msg.array(0, (self.spec.obs_dim,), "<f4").copy() if msg["seen"] else None
+        avail = msg.array(int(msg["seen"]), (self.spec.action_dim,), "|b1") if self.spec.discrete else None
+        if msg["seq"] in self.kill_at:
+            log.warning("%s: fault injection, SIGKILL at step %d", self.name, msg["seq"])
+            os.kill(os.getpid(), signal.SIGKILL)
+        if self.awaiting is not None:  # a new step overtook an unanswered loss: the env host used its default
+            self.counts["recon_overtaken"] += 1
+            self.ring.put_action(self.awaiting[1], self.codec.default())
+            self.awaiting = None
+        if ep != self.ep:
+            self.ring.reset(ep)
+        elif msg["dflt"] and t > 0:
+            self.ring.put_action(t - 1, self.codec.default())  # the env host applied its default instead
+        self.ep, self.t, self.seen, self.avail, self.step_rx_ns = ep, t, msg["seen"], avail, now_ns()
+        self.seq = msg["seq"]
+        for key in [k for k in self.lost_reports if k < (ep, t - 1)]:
+            del self.lost_reports[key]
+        self.ring.put_obs(t, obs, obs is not None)
+        if obs is not None:
+            self._act(ep, t, obs, "obs")
+        elif self.settings.recon == "zero":
+            self._act(ep, t, np.zeros(self.spec.obs_dim, np.float32), "zero")
+        elif self.settings.recon == "hold":
+            self._act(ep, t, self.ring.last_real_obs(), "hold")
+        else:
+            self.awaiting = (ep, t)
+            self.await_deadline = now + self.settings.deadline_s("recon")
+            self._report_loss(ep, t)
+        self._answer_gathers()
+        if self.coord is not None:
+            self.coord.own_step(ep, t, now)
+        self._maybe_claim(ep, t)
+
+    def _act(self, ep: int, t: int, obs: np.ndarray, kind: str) -> None:
+        start = now_ns()
+        action = self.codec.check(self.actor.act(obs, self.i, self.avail))
+        if kind != "obs":
+            self.ring.obs[t] = np.asarray(obs, np.float32)
+        self.ring.put_action(t, action)
+        tx = sum(self.node.stats.tx_msgs.values()) - self.node.stats.tx_msgs["ACTION"]
+        self._send("env", "ACTION", (action,), ep=ep, step=t, kind=kind, epoch=self.view.epoch,
+                   leader=self.view.leader, tx=tx)
+        end = now_ns()
+        self.samples.add("actor_us", (end - start) / 1e3)
+        self.samples.add("decide_obs_us" if kind == "obs" else "decide_lost_us", (end - self.step_rx_ns) / 1e3)
+        if self.awaiting == (ep, t):
+            self.awaiting = None
+        self.counts[f"act_{kind}"] += 1
+        if self.settings.record:
+            self.records.append((ep, t, kind, np.asarray(obs, np.float32).copy(), np.asarray(action).copy()))
+
+    # -- loss reports and election --------------------------------------------------------
+
+    def _leader_alive(self) -> bool:
+        leader = self.view.leader
+        return leader == self.i or (leader >= 0 and self.live.alive(f"a{leader}", time.monotonic()))
+
+    def _report_loss(self, ep: int, t: int, force_broadcast: bool = False) -> None:
+        self.lost_reports.setdefault((ep, t), set()).add(self.i)
+        if not force_broadcast and self._leader_alive():
+            if self.view.leader == self.i:
+                assert self.coord is not None
+                self.coord.on_loss(ep, t, self.i, time.monotonic())
+                return
+            if self._send(f"a{self.view.leader}", "LOST", ep=ep, step=t, epoch=self.view.epoch,
+                          leader=self.view.leader, bcast=False) or self.awaiting == (ep, t):
+                return  # sent; or the coordinator is unreachable and _peer_down already told everyone
+        self.counts["lost_broadcast"] += 1
+        for peer in self.peers:
+            if peer not in self.live.down:
+                self._send(peer, "LOST", ep=ep, step=t, epoch=self.view.epoch, leader=self.view.leader, bcast=True)
+        self._maybe_claim(ep, t)
+
+    def _on_lost(self, msg: Message, now: float) -> None:
+        ep, t, j = msg["ep"], msg["step"], int(msg.src[1:])
+        if not self._near(ep, t):
+            self.node.count_drop("stale_step")
+            return
+        self.lost_reports.setdefault((ep, t), set()).add(j)
+        self._gossip(msg, now)
+        if self.view.leader == self.i and self.coord is not None:
+            if msg["epoch"] < self.view.epoch:  # it does not know us yet
+                self._send(msg.src, "COORD", epoch=self.view.epoch, leader=self.i)
+            self.coord.on_loss(ep, t, j, now)
+        else:
+            self._maybe_claim(ep, t)
+
+    def _maybe_claim(self, ep: int, t: int) -> None:
+        if self.settings.recon != "wm" or (ep, t) != (self.ep, self.t) or self._leader_alive():
+            return
+        reports = self.lost_reports.get((ep, t), set())
+        if not reports:
+            return
+        now = time.monotonic()
+        live = [self.i] + [j for j in range(self.spec.n_agents) if j != self.i and self.live.alive(f"a{j}", now)]
+        if not should_claim(self.i, self.seen, reports, live):
+            return
+        self.max_epoch += 1
+        self.counts["claims"] += 1
+        log.info("%s: claims coordination, epoch %d", self.name, self.max_epoch)
+        self._become(View.of(self.max_epoch, self.i))
+        for peer in self.peers:
+            if peer not in self.live.down:
+                self._send(peer, "COORD", epoch=self.view.epoch, leader=self.i)
+        assert self.coord is not None
+        for j in sorted(reports):
+            self.coord.on_loss(ep, t, j, now)
+
+    def _become(self, view: View) -> None:
+        if view.leader != self.view.leader and self.view.leader >= 0:
+            self.counts["coordinator_changes"] += 1
+        self.view = view
+        self.max_epoch = max(self.max_epoch, view.epoch)
+        leader = f"a{view.leader}"
+        self.live.send_fast = set(self.peers) if view.leader == self.i else {leader}
+        self.live.expect_fast = {leader} if view.leader != self.i else set()
+        if view.leader == self.i and self.coord is None:
+            self.coord = Coordinator(self, self.manifest)
+        elif view.leader != self.i and self.coord is not None:
+            self.counts["stepped_down"] += int(self.coord.rounds_started > 0)
+            self.coord.close()
+            self.coord = None
+
+    def _near(self, ep: int, t: int) -> bool:
+        """A step a peer may legitimately talk about now: ours, one either side, or the next episode's start."""
+        return (ep == self.ep and self.t - 1 <= t <= self.t + 1) or (ep == self.ep + 1 and t <= 1)
+
+    def _gossip(self, msg: Message, now: float) -> None:
+        """Learn a newer coordinator from any peer's view, if that coordinator is alive (or is the sender)."""
+        epoch, leader = msg["epoch"], msg["leader"]
+        self.max_epoch = max(self.max_epoch, epoch)
+        if 0 <= leader < self.spec.n_agents and leader != self.i and View.of(epoch, leader) > self.view \
+                and (msg.src == f"a{leader}" or self.live.alive(f"a{leader}", now)):
+            self._become(View.of(epoch, leader))
+
+    def _from_coordinator(self, msg: Message) -> bool:
+        """Epoch check of a message that only a coordinator sends: stale ones are counted and dropped."""
+        view = View.of(msg["epoch"], int(msg.src[1:]))
+        if view < self.view:
+            self.counts["stale_epoch"] += 1
+            self.node.count_drop("stale_epoch")
+            return False
+        self.max_epoch = max(self.max_epoch, msg["epoch"])
+        if view > self.view:
+            self._become(view)
+        return True
+
+    def _on_coord(self, msg: Message, now: float) -> None:
+        if msg["leader"] != int(msg.src[1:]):  # a correction: "you are behind, this is the view"
+            self._gossip(msg, now)
+        elif self._from_coordinator(msg):
+            return
+        if View.of(msg["epoch"], msg["leader"]) < self.view:  # tell the stale claimer what we know
+            self._send(msg.src, "COORD", epoch=self.view.epoch, leader=self.view.leader)
+
+    def _on_liveness(self, msg: Message, now: float) -> None:
+        if msg.type == "HELLO":
+            old = self.peer_inc.get(msg.src)
+            if old != msg["inc"]:
+                self.peer_inc[msg.src] = msg["inc"]
+                if old is not None:  # a restarted peer; what we cached of its predecessor is still true
+                    self.counts["peer_rejoined"] += 1
+                self._send(msg.src, "HELLO", inc=self.inc, role="agent", epoch=self.view.epoch,
+                           leader=self.view.leader)
+        self._gossip(msg, now)
+
+    # -- history sync (every agent) and reconstruction (blind agents) ----------------------
+
+    def _on_gather(self, msg: Message, now: float) -> None:
+        if not self._from_coordinator(msg):
+            return
+        t, lo = msg["step"], min(msg["obs_from"], msg["act_from"])
+        if not self._near(msg["ep"], t) or t - lo > self.l + 1 or lo > t:
+            self.node.count_drop("bad_range", f"gather {msg['ep']}/{lo}..{t}")
+            return
+        self.pending_gathers.append(msg)
+        self._answer_gathers()
+
+    def _answer_gathers(self) -> None:
+        keep = []
+        for msg in self.pending_gathers:
+            ep, t = msg["ep"], msg["step"]
+            if (ep, t) > (self.ep, self.t):
+                if ep == self.ep or ep == self.ep + 1:
+                    keep.append(msg)  # our step t has not arrived yet: answer when it does
+                continue
+            if ep != self.ep:
+                continue
+            seen, known, obs, act = self.ring.serve(msg["obs_from"], msg["act_from"], t)
+            self._send(msg.src, "HISTORY", (obs, act), ep=ep, step=t, epoch=msg["epoch"], obs_from=msg["obs_from"],
+                       act_from=msg["act_from"], seen=seen, known=known)
+        self.pending_gathers = keep[-8:]
+
+    def _on_history(self, msg: Message, now: float) -> None:
+        if self.coord is None:
+            self.node.count_drop("stale_epoch")
+            return
+        self.coord.on_history(msg, now)
+
+    def _on_recon(self, msg: Message, now: float) -> None:
+        if not self._from_coordinator(msg):
+            return
+        row = msg.array(0, (self.spec.obs_dim,), "<f4")
+        self.deliver_recon(msg["ep"], msg["step"], row.copy(), msg["start"], msg["epoch"])
+
+    def deliver_recon(self, ep: int, t: int, row: np.ndarray, start: int, epoch: int) -> None:
+        """A reconstruction for us (from the wire, or from our own coordinator when we are blind)."""
+        if self.awaiting != (ep, t):
+            self.counts["recon_unexpected_observing" if (ep, t) == (self.ep, self.t) and self.seen
+                        else "recon_late"] += 1
+            return
+        self.counts["recon_received"] += 1
+        self.samples.add("recon_round_us", (now_ns() - self.step_rx_ns) / 1e3)
+        if self.settings.record:
+            self.records.append((ep, t, "recon", row.copy(), np.array([start, epoch])))
+        self._act(ep, t, row, "wm")
+
+    def _on_wm_rep(self, msg: Message, now: float) -> None:
+        if self.coord is None:
+            self.node.count_drop("unexpected", "WM_REP without a round")
+            return
+        self.coord.on_wm_reply(msg, now)
+
+    # -- end of run -----------------------------------------------------------------------
+
+    def _on_stats_req(self, msg: Message, now: float) -> None:
+        counts = {**self.node.stats.flat(), **{f"agent.{k}": int(v) for k, v in self.counts.items()}}
+        counts["agent.epoch"] = self.view.epoch
+        counts["agent.loop_cpu_ms"] = int(1000 * (time.process_time() - self.cpu_start))
+        samples = self.samples
+        if self.coord is not None:
+            for key, values in self.coord.samples.data.items():
+                samples.data[key] = values
+        names, arrays = samples.arrays()
+        self._send(msg.src, "STATS", tuple(arrays), counts=counts, names=names)
+
+    def _on_bye(self, msg: Message, now: float) -> None:
+        self.running = False
+
+    def _on_roster(self, msg: Message, now: float) -> None:
+        for peer, endpoint in msg["endpoints"].items():
+            if peer != self.name and isinstance(endpoint, str) and self.settings.known(peer):
+                self.node.connect(peer, endpoint)
+
+    def _save_records(self) -> None:
+        if not self.settings.record or not self.records:
+            return
+        from pathlib import Path
+
+        out = Path(self.settings.out_dir) / "records"
+        out.mkdir(parents=True, exist_ok=True)
+        recon = [r for r in self.records if r[2] == "recon"]
+        acts = [r for r in self.records if r[2] != "recon"]
+        np.savez(out / f"{self.name}-{self.inc}.npz",
+                 act_ep=np.array([r[0] for r in acts], np.int64), act_t=np.array([r[1] for r in acts], np.int64),
+                 act_kind=np.array([r[2] for r in acts]), act_obs=np.array([r[3] for r in acts], np.float32),
+                 recon_ep=np.array([r[0] for r in recon], np.int64),
+                 recon_t=np.array([r[1] for r in recon], np.int64),
+                 recon_obs=np.array([r[3] for r in recon], np.float32).reshape(len(recon), self.spec.obs_dim),
+                 recon_start=np.array([r[4][0] for r in recon], np.int64),
+                 recon_epoch=np.array([r[4][1] for r in recon], np.int64))
+
+
+_HANDLERS = {
+    ("env", "STEP"): Agent._on_step,
+    ("env", "STATS_REQ"): Agent._on_stats_req,
+    ("env", "BYE"): Agent._on_bye,
+    ("env", "HB"): lambda self, msg, now: None,
+    ("env", "HELLO"): lambda self, msg, now: None,
+    ("ctl", "BYE"): Agent._on_bye,
+    ("ctl", "ROSTER"): Agent._on_roster,
+    ("a", "HELLO"): Agent._on_liveness,
+    ("a", "HB"): Agent._on_liveness,
+    ("a", "LOST"): Agent._on_lost,
+    ("a", "COORD"): Agent._on_coord,
+    ("a", "GATHER"): Agent._on_gather,
+    ("a", "HISTORY"): Agent._on_history,
+    ("a", "RECON"): Agent._on_recon,
+    ("wm", "WM_REP"): Agent._on_wm_rep,
+    ("wm", "HELLO"): lambda self, msg, now: None,
+}

@@ -1,0 +1,268 @@
+"""The temporary coordinator's reconstruction rounds (Algorithm 2 lines 29-36, Fig. 6).
+
+A round for step t starts when the coordinator learns that some agent is blind at t. It sends
+every other live agent a GATHER naming the first window steps it lacks of that agent (its cache
+persists across rounds, so a coordinator that stays in office asks each agent only for what
+happened since the last round), waits for the HISTORY answers until the gather deadline, runs the
+world-model step graph over the window (or, in incremental mode, continues its latent state from
+the previous round when nothing was missed), and sends each blind agent its own reconstructed row.
+Agents that did not answer in time count as lost in the window; a round never waits past its
+deadline.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from rmio.runtime.bundle import Manifest
+from rmio.runtime.history import ActionCodec, WindowCache, window_start
+from rmio.runtime.metrics import Samples
+from rmio.runtime.models import LatentState, WorldModelRunner
+from rmio.runtime.transport import now_ns
+from rmio.runtime.wire import Message, WireError
+
+if TYPE_CHECKING:
+    from rmio.agents.agent import Agent
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Round:
+    ep: int
+    t: int
+    started: float
+    started_ns: int
+    deadline: float
+    asked: dict[int, tuple[int, int]] = field(default_factory=dict)
+    """agent -> (obs_from, act_from) requested."""
+    replied: set[int] = field(default_factory=set)
+    lost: set[int] = field(default_factory=set)
+    observed: set[int] = field(default_factory=set)
+    state: str = "gather"
+    """gather -> (wm: waiting for the node) -> done."""
+    gathered_ns: int = 0
+    recon: np.ndarray | None = None
+    start: int = 0
+    chain_start: int = 0
+    rid: int = 0
+    wm_deadline: float = 0.0
+    request: tuple | None = None
+
+
+@dataclass
+class Chain:
+    """Incremental mode: the latent state after step t of episode ep, computed from zeros at step start."""
+
+    ep: int
+    t: int
+    start: int
+    state: LatentState
+
+
+def _claim_fault(out_dir: str, name: str) -> bool:
+    """A one-shot fault fires in exactly one process of the run: the first to create its marker file."""
+    path = Path(out_dir) / "faults" / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        return False
+    return True
+
+
+class Coordinator:
+    def __init__(self, agent: Agent, manifest: Manifest) -> None:
+        self.agent = agent
+        self.settings = agent.settings
+        self.manifest = manifest
+        self.n = manifest.spec.n_agents
+        self.l = manifest.history_window
+        self.codec = ActionCodec.of(manifest.spec)
+        self.cache = WindowCache(self.n, manifest.spec.obs_dim, self.codec, self.l)
+        self.rounds: dict[tuple[int, int], Round] = {}
+        self.chain: Chain | None = None
+        self.samples = Samples()
+        self.counts: Counter = agent.counts
+        self.rounds_started = 0
+        self._rid = 0
+        self.use_node = self.settings.world_model == "node"
+
+    @property
+    def wm(self) -> WorldModelRunner:
+        return self.agent.world_model()
+
+    def close(self) -> None:
+        self.rounds.clear()
+        self.chain = None
+
+    # -- round lifecycle --------------------------------------------------------------------
+
+    def on_loss(self, ep: int, t: int, j: int, now: float) -> None:
+        r = self.rounds.get((ep, t))
+        if r is None:
+            r = self._start(ep, t, now)
+        if r.state == "done":
+            if j not in r.observed and j not in r.lost:  # a late report: its row was computed as lost
+                r.lost.add(j)
+                self._deliver_one(r, j)
+            return
+        r.lost.add(j)
+
+    def _start(self, ep: int, t: int, now: float) -> Round:
+        if ep != self.cache.ep or self.settings.full_resync:
+            self.cache.reset(ep)
+            self.chain = None
+        r = Round(ep, t, now, now_ns(), now + self.settings.deadline_s("gather"))
+        self.rounds[(ep, t)] = r
+        for key in [k for k in self.rounds if k < (ep, t - 3)]:
+            del self.rounds[key]
+        self.rounds_started += 1
+        self.counts["rounds"] += 1
+        agent = self.agent
+        for j in range(self.n):
+            if j == agent.i or f"a{j}" in agent.live.down:
+                continue
+            obs_from, act_from = self.cache.need(j, t)
+            if agent._send(f"a{j}", "GATHER", ep=ep, step=t, epoch=agent.view.epoch, obs_from=obs_from,
+                           act_from=act_from):
+                r.asked[j] = (obs_from, act_from)
+        kill_at = self.settings.kill_coordinator_at
+        if kill_at is not None and agent.seq >= kill_at and _claim_fault(self.settings.out_dir, "coordinator-kill"):
+            log.warning("a%d: fault injection, coordinator SIGKILL mid-round at step %d", agent.i, agent.seq)
+            os.kill(os.getpid(), signal.SIGKILL)
+        return r
+
+    def own_step(self, ep: int, t: int, now: float) -> None:
+        self.poll(now)
+
+    def on_history(self, msg: Message, now: float) -> None:
+        j = int(msg.src[1:])
+        r = self.rounds.get((msg["ep"], msg["step"]))
+        if r is None or r.state != "gather" or j not in r.asked or j in r.replied \
+                or msg["epoch"] != self.agent.view.epoch:
+            self.counts["history_late"] += 1
+            self.agent.node.count_drop("late")
+            return
+        obs_from, act_from = r.asked[j]
+        if (msg["obs_from"], msg["act_from"]) != (obs_from, act_from):
+            raise WireError("bad_field", "HISTORY answers another question")
+        seen, known = msg["seen"], msg["known"]
+        if len(seen) != r.t - obs_from + 1 or len(known) != r.t - act_from:
+            raise WireError("bad_field", "HISTORY flags do not cover the asked steps")
+        obs = msg.array(0, (sum(seen), self.manifest.spec.obs_dim), "<f4")
+        act = msg.array(1, (len(known), *self.codec.shape), self.codec.dtype.str)
+        self.cache.put(j, obs_from, act_from, r.t, seen, known, obs, act)
+        r.replied.add(j)
+        (r.observed if seen[-1] else r.lost).add(j)
+        self.poll(now)
+
+    def poll(self, now: float) -> None:
+        agent = self.agent
+        for r in list(self.rounds.values()):
+            if r.state == "gather":
+                own_ready = (agent.ep, agent.t) >= (r.ep, r.t)
+                if (own_ready and (r.replied >= set(r.asked) or now >= r.deadline)) or now >= r.deadline + (
+                        r.deadline - r.started):  # our own step never came: reconstruct without it
+                    self._compute(r, now)
+            elif r.state == "wm" and now >= r.wm_deadline:
+                self.counts["wm_node_timeout"] += 1
+                self._finish_locally(r)
+
+    def next_deadline(self, now: float) -> float:
+        times = [r.deadline if (self.agent.ep, self.agent.t) >= (r.ep, r.t) else 2 * r.deadline - r.started
+                 for r in self.rounds.values() if r.state == "gather"]
+        times += [r.wm_deadline for r in self.rounds.values() if r.state == "wm"]
+        return max(0.0, min(times, default=now + 1.0) - now)
+
+    # -- reconstruction ---------------------------------------------------------------------
+
+    def _compute(self, r: Round, now: float) -> None:
+        agent = self.agent
+        r.gathered_ns = now_ns()
+        self.samples.add("gather_us", (r.gathered_ns - r.started_ns) / 1e3)
+        if r.replied < set(r.asked):
+            self.counts["rounds_partial"] += 1
+        me = agent.i
+        obs_from, act_from = self.cache.need(me, r.t)
+        seen, known, obs, act = agent.ring.serve(obs_from, act_from, r.t)
+        self.cache.put(me, obs_from, act_from, r.t, seen, known, obs, act)
+        if (agent.ep, agent.t) >= (r.ep, r.t):
+            (r.observed if seen[-1] else r.lost).add(me)
+        chain = self.chain
+        cont = (self.settings.wm_mode == "incremental" and chain is not None and chain.ep == r.ep
+                and 0 < r.t - chain.t <= self.l)
+        r.start = chain.t + 1 if cont and chain is not None else window_start(r.t, self.l)
+        r.chain_start = chain.start if cont and chain is not None else r.start
+        obs_w, act_w, masks, complete = self.cache.window(r.t, r.start)
+        state = chain.state if cont and chain is not None else None
+        self.counts["rounds_continued" if cont else "rounds_window"] += 1
+        if not complete:
+            self.counts["rounds_incomplete_window"] += 1
+        r.request = (obs_w, act_w, masks, state, complete)
+        if self.use_node and self._ask_node(r, now):
+            return
+        self._finish_locally(r)
+
+    def _ask_node(self, r: Round, now: float) -> bool:
+        obs_w, act_w, masks, state, _ = r.request
+        self._rid += 1
+        r.rid = self._rid
+        arrays = (obs_w, act_w, masks) + ((state.h[0], state.z[0]) if state is not None else ())
+        if not self.agent._send("wm", "WM_REQ", arrays, ep=r.ep, step=r.t, rid=r.rid, cont=state is not None):
+            self.counts["wm_node_unreachable"] += 1
+            return False
+        r.state = "wm"
+        r.wm_deadline = now + self.settings.deadline_s("wm")
+        return True
+
+    def on_wm_reply(self, msg: Message, now: float) -> None:
+        r = next((x for x in self.rounds.values() if x.state == "wm" and x.rid == msg["rid"]), None)
+        if r is None or not msg["ok"]:
+            self.counts["wm_reply_late" if r is None else "wm_reply_failed"] += 1
+            if r is not None:
+                self._finish_locally(r)
+            return
+        spec = self.manifest.spec
+        recon = msg.array(0, (self.n, spec.obs_dim), "<f4")
+        h = msg.array(1, (self.n, self.manifest.deter), "<f4")
+        z = msg.array(2, (self.n, self.manifest.stoch), "<f4")
+        self.samples.add("wm_us", float(msg["us"]))
+        self._finish(r, recon.copy(), LatentState(h[None].copy(), z[None].copy()))
+
+    def _finish_locally(self, r: Round) -> None:
+        obs_w, act_w, masks, state, _ = r.request
+        start = now_ns()
+        new_state, recons = self.wm.replay(obs_w, act_w, masks, state)
+        self.samples.add("wm_us", (now_ns() - start) / 1e3)
+        self._finish(r, recons[-1], new_state)
+
+    def _finish(self, r: Round, recon: np.ndarray, state: LatentState) -> None:
+        complete = r.request[4] if r.request is not None else False
+        if self.settings.wm_mode == "incremental":  # continue next time only from a window nothing was missing in
+            self.chain = Chain(r.ep, r.t, r.chain_start, state) if complete else None
+        r.recon = recon
+        r.state = "done"
+        r.request = None
+        for j in sorted(r.lost):
+            self._deliver_one(r, j)
+        self.samples.add("coord_round_us", (now_ns() - r.started_ns) / 1e3)
+
+    def _deliver_one(self, r: Round, j: int) -> None:
+        assert r.recon is not None
+        row = np.ascontiguousarray(r.recon[j], np.float32)
+        agent = self.agent
+        if j == agent.i:
+            agent.deliver_recon(r.ep, r.t, row.copy(), r.chain_start, agent.view.epoch)
+            self.counts["recon_self"] += 1
+        elif agent._send(f"a{j}", "RECON", (row,), ep=r.ep, step=r.t, epoch=agent.view.epoch, start=r.chain_start):
+            self.counts["recon_sent"] += 1
+

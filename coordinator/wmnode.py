@@ -1,0 +1,100 @@
+"""The world-model node: a stateless reconstruction server a coordinator can forward its window to.
+
+It runs the same ``WorldModelRunner.replay`` as an on-agent coordinator, on the CUDA provider when
+onnxruntime has it (the CPU otherwise), so a swarm of small devices can keep its world model on one
+bigger machine. Stateless on purpose: in incremental mode the coordinator sends the latent state
+with the request and keeps the returned one, so a node restart loses nothing and any coordinator
+can use any node. Requests are checked against the bundle's shapes; a bad one is counted and dropped.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+
+import numpy as np
+
+from rmio.runtime.bundle import load_manifest
+from rmio.runtime.history import ActionCodec
+from rmio.runtime.metrics import Samples
+from rmio.runtime.models import LatentState, WorldModelRunner
+from rmio.runtime.proc import Stop
+from rmio.runtime.settings import SwarmSettings
+from rmio.runtime.transport import Node, now_ns
+from rmio.runtime.wire import Message, WireError
+
+log = logging.getLogger(__name__)
+
+
+class WorldModelNode:
+    def __init__(self, settings: SwarmSettings, node: Node, inc: int = 0, device: str = "cuda") -> None:
+        self.settings, self.node, self.inc = settings, node, inc
+        self.manifest = load_manifest(settings.bundle)
+        self.wm = WorldModelRunner(settings.bundle, self.manifest, device=device)
+        self.codec = ActionCodec.of(self.manifest.spec)
+        self.samples = Samples()
+        self.counts: Counter = Counter()
+        self.last_env = time.monotonic()
+        self.running = True
+
+    def run(self) -> None:
+        deadline = time.monotonic() + self.settings.startup_timeout_s
+        while not self.node.send("env", "HELLO", inc=self.inc, role="wm", epoch=0, leader=-1):
+            if time.monotonic() > deadline:
+                raise Stop("env host unreachable")
+            self.node.poll(10)
+        while self.running:
+            for msg in self.node.poll(500):
+                try:
+                    self._handle(msg)
+                except WireError as exc:
+                    self.node.count_drop(exc.reason, str(exc))
+            self.node.link_events.clear()
+            if time.monotonic() - self.last_env > self.settings.orphan_timeout_s:
+                raise Stop("env host silent")
+
+    def _handle(self, msg: Message) -> None:
+        if msg.src == "ctl":
+            if msg.type == "BYE":
+                self.running = False
+            elif msg.type == "ROSTER":
+                for peer, endpoint in msg["endpoints"].items():
+                    if peer != "wm" and isinstance(endpoint, str) and self.settings.known(peer):
+                        self.node.connect(peer, endpoint)
+            return
+        if msg.src == "env":
+            self.last_env = time.monotonic()
+            if msg.type == "BYE":
+                self.running = False
+            elif msg.type == "STATS_REQ":
+                counts = {**self.node.stats.flat(), **{f"wm.{k}": int(v) for k, v in self.counts.items()}}
+                names, arrays = self.samples.arrays()
+                self.node.send("env", "STATS", tuple(arrays), counts=counts, names=names)
+            return
+        if msg.src.startswith("a") and msg.type == "WM_REQ":
+            self._serve(msg)
+        elif msg.type not in ("HELLO", "HB"):
+            self.node.count_drop("unexpected", f"{msg.type} from {msg.src}")
+
+    def _serve(self, msg: Message) -> None:
+        m = self.manifest
+        n, d = m.spec.n_agents, m.spec.obs_dim
+        obs = msg.array(0, (None, n, d), "<f4")
+        T = obs.shape[0]
+        if not 1 <= T <= m.history_window + 1:
+            raise WireError("bad_array", f"window of {T} steps")
+        acts = msg.array(1, (T, n, *self.codec.shape), self.codec.dtype.str)
+        masks = msg.array(2, (T, n), "<f4")
+        state = None
+        if msg["cont"]:
+            h = msg.array(3, (n, m.deter), "<f4")
+            z = msg.array(4, (n, m.stoch), "<f4")
+            state = LatentState(h[None].copy(), z[None].copy())
+        start = now_ns()
+        new_state, recons = self.wm.replay(obs, acts, masks, state)
+        us = (now_ns() - start) // 1000
+        self.samples.add("wm_node_us", float(us))
+        self.counts["requests"] += 1
+        self.node.send(msg.src, "WM_REP", (np.ascontiguousarray(recons[-1]), new_state.h[0], new_state.z[0]),
+                       rid=msg["rid"], ok=True, us=int(us))

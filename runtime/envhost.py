@@ -1,0 +1,346 @@
+"""The env host: owns the simulator and the fault model, and stands for every agent's sensors and actuators.
+
+Each step it sends every agent either its own observation or an explicit "lost" flag (never anyone
+else's), collects the actions until the step deadline, applies the safe default action (zeros or
+no-op) for agents that are late, dead or sent nonsense, records all of it, and steps the
+simulator. Seeding matches rmio.envs.rollout (episode k: seed + k; one loss model seeded with
+seed), so a run is comparable step for step with an in-process evaluation. At the end it gathers
+every process's counters and latency samples and writes the report.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rmio.envs.loss import LossyEnv, make_loss_model
+from rmio.envs.registry import make_env
+from rmio.runtime.bundle import load_manifest
+from rmio.runtime.history import ActionCodec
+from rmio.runtime.membership import View
+from rmio.runtime.metrics import Samples, category_totals, centralised_baseline, summary, traffic_table, write_report
+from rmio.runtime.proc import Stop
+from rmio.runtime.settings import SwarmSettings
+from rmio.runtime.transport import Node, now_ns
+from rmio.runtime.wire import Message, WireError, encode, frames_size
+
+log = logging.getLogger(__name__)
+
+
+class EnvHost:
+    def __init__(self, settings: SwarmSettings, node: Node) -> None:
+        self.settings, self.node = settings, node
+        self.manifest = load_manifest(settings.bundle)
+        self.spec = self.manifest.spec
+        self.n = self.spec.n_agents
+        self.names = settings.agent_names()
+        self.codec = ActionCodec.of(self.spec)
+        self.low = np.asarray(self.spec.action_low, np.float32) if not self.spec.discrete else None
+        self.high = np.asarray(self.spec.action_high, np.float32) if not self.spec.discrete else None
+        self.samples = Samples()
+        self.counts: Counter = Counter()
+        self.reachable = set()
+        self.view = View()
+        self.tx: dict[str, int] = {}
+        self.records: list[dict[str, Any]] = []
+        self.has_ctl = "ctl" in node.peers
+        self.last_status = 0.0
+        self.status_tx = (0, 0)
+        self.stats: dict[str, dict[str, Any]] = {}
+        self.pending: dict[int, np.ndarray] = {}
+        self.incarnations: dict[str, int] = {}
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def run(self) -> None:
+        self._wait_ready()
+        episodes, steps, seconds = self._episodes()
+        self._to_ctl("STATUS", status={"phase": "report"})
+        self._collect_stats()
+        for name in [*self.names, "wm"]:
+            if name in self.node.peers:
+                self.node.send(name, "BYE", reason="run complete")
+        report = self._report(episodes, steps, seconds)
+        jpath, _ = write_report(report, self.settings.out_dir)
+        if self.settings.record:
+            self._save_records()
+        if self.has_ctl:
+            self._to_ctl("DONE", report=str(jpath), ok=True)
+            self.node.poll(50)  # let the last message leave before the context goes
+
+    def _to_ctl(self, msg_type: str, **fields: Any) -> None:
+        if self.has_ctl:
+            self.node.send("ctl", msg_type, **fields)
+
+    def _wait_ready(self) -> None:
+        """Start stepping once every agent (and the world-model node) said hello, or at the startup deadline."""
+        want = set(self.names) | ({"wm"} if self.settings.world_model == "node" else set())
+        deadline = time.monotonic() + self.settings.startup_timeout_s
+        while not want <= self.reachable and time.monotonic() < deadline:
+            for msg in self.node.poll(50):
+                self._handle(msg, None)
+        missing = sorted(want - self.reachable)
+        if missing:
+            log.warning("env host: starting without %s (no hello within %.0f s)", missing,
+                        self.settings.startup_timeout_s)
+            self.counts["missing_at_start"] = len(missing)
+
+    # -- stepping -------------------------------------------------------------------------
+
+    def _episodes(self) -> tuple[list[dict[str, Any]], int, float]:
+        """Run every episode; returns their records, the number of steps and the seconds spent stepping."""
+        s = self.settings
+        env_cfg, loss_cfg = s.env_config(), s.loss_config()
+        episodes, seq = [], 0
+        period = 1.0 / s.rate_hz if s.rate_hz > 0 else 0.0
+        with make_env(env_cfg) as base:
+            if base.spec.name != self.spec.name:
+                raise Stop(f"env {base.spec.name} does not match the bundle's {self.spec.name}")
+            env = LossyEnv(base, make_loss_model(loss_cfg, self.n, s.seed))
+            start = next_tick = time.monotonic()
+            for k in range(s.episodes):
+                ts = env.reset(seed=s.seed + k)
+                ret, t, lost, defaults = 0.0, 0, 0, 0
+                defaulted = np.zeros(self.n, bool)
+                while True:
+                    actions, defaulted = self._step(k, t, seq, ts, defaulted)
+                    defaults += int(defaulted.sum())
+                    lost += int((~ts.observed).sum())
+                    ts = env.step(actions)
+                    ret += ts.reward
+                    t += 1
+                    seq += 1
+                    self._status(k, t, seq, ret, ts.observed, force=ts.done)
+                    if ts.done:
+                        break
+                    if period:
+                        next_tick = max(next_tick + period, time.monotonic() - period)
+                        self._idle_until(next_tick)
+                episodes.append({"episode": k, "seed": s.seed + k, "return": ret, "steps": t,
+                                 "lost_fraction": lost / max(1, t * self.n), "default_actions": defaults})
+                log.info("episode %d: return %.2f in %d steps", k, ret, t)
+            seconds = time.monotonic() - start
+        return episodes, seq, seconds
+
+    def _idle_until(self, when: float) -> None:
+        while (left := when - time.monotonic()) > 0:
+            for msg in self.node.poll(1000 * left):
+                self._handle(msg, None)
+
+    def _step(self, ep: int, t: int, seq: int, ts: Any, defaulted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        sent_ns = np.zeros(self.n, np.int64)
+        waiting = set()
+        for i, name in enumerate(self.names):
+            seen = bool(ts.observed[i])
+            arrays: tuple = (ts.obs[i],) if seen else ()
+            if self.spec.discrete:
+                arrays = (*arrays, np.asarray(ts.avail_actions[i], bool))
+            if self.node.send(name, "STEP", arrays, ep=ep, step=t, seq=seq, seen=seen, dflt=bool(defaulted[i])):
+                sent_ns[i] = now_ns()
+                if name in self.reachable:  # a restarting agent is waited for once it said hello
+                    waiting.add(i)
+            elif name in self.reachable:
+                self.reachable.discard(name)
+                self.counts["agent_deaths_seen"] += 1
+        self.pending = {}
+        deadline = time.monotonic() + self.settings.deadline_s("step")
+        step = (ep, t)
+        while waiting:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            for msg in self.node.poll(1000 * left):
+                i = self._handle(msg, step)
+                if i is not None and i in waiting:
+                    waiting.discard(i)
+                    lat = (now_ns() - sent_ns[i]) / 1e3
+                    self.samples.add("decision_observing_us" if ts.observed[i] else "decision_lost_us", lat)
+            for peer, up in self._links():
+                if not up and peer in self.names:
+                    waiting.discard(self.names.index(peer))
+        actions = np.stack([self.pending.get(i, self.codec.default()) for i in range(self.n)])
+        new_defaulted = np.array([i not in self.pending for i in range(self.n)])
+        reachable_late = [i for i in range(self.n) if new_defaulted[i] and self.names[i] in self.reachable]
+        self.counts["deadline_misses"] += len(reachable_late)
+        self.counts["dead_agent_steps"] += int(new_defaulted.sum()) - len(reachable_late)
+        if self.settings.record:
+            self.records.append({"ep": ep, "t": t, "seq": seq, "time": time.time(), "obs": ts.obs.copy(),
+                                 "observed": ts.observed.copy(),
+                                 "actions": actions.copy(), "defaulted": new_defaulted})
+        return actions, new_defaulted
+
+    def _links(self) -> list[tuple[str, bool]]:
+        events, self.node.link_events = self.node.link_events, []
+        for peer, up in events:
+            log.info("link to %s %s", peer, "up" if up else "down")
+            if not up and peer in self.reachable:
+                self.reachable.discard(peer)
+                self.counts["agent_deaths_seen"] += 1
+        return events
+
+    # -- messages -------------------------------------------------------------------------
+
+    def _handle(self, msg: Message, step: tuple[int, int] | None) -> int | None:
+        """Returns the agent index when the message is that agent's valid action for ``step``."""
+        try:
+            return self._dispatch(msg, step)
+        except WireError as exc:
+            self.node.count_drop(exc.reason, str(exc))
+            return None
+
+    def _dispatch(self, msg: Message, step: tuple[int, int] | None) -> int | None:
+        src = msg.src
+        if src == "ctl":
+            if msg.type == "BYE":
+                raise Stop("launcher said bye")
+            if msg.type == "ROSTER":
+                for peer, endpoint in msg["endpoints"].items():
+                    if peer != "env" and isinstance(endpoint, str) and self.settings.known(peer):
+                        self.node.connect(peer, endpoint)
+            return None
+        if msg.type == "HELLO":
+            if src in self.names or src == "wm":
+                old = self.incarnations.get(src)
+                if old is not None and old != msg["inc"]:
+                    self.counts["agent_rejoins" if src in self.names else "wm_rejoins"] += 1
+                    log.info("%s rejoined", src)
+                self.incarnations[src] = msg["inc"]
+                self.reachable.add(src)
+            return None
+        if msg.type in ("HB", "BYE"):
+            return None
+        if msg.type == "STATS" and (src in self.names or src == "wm"):
+            self.stats[src] = {"counts": msg["counts"], "samples": dict(zip(msg["names"], msg.arrays, strict=False))}
+            return None
+        if msg.type != "ACTION" or src not in self.names:
+            self.node.count_drop("unexpected", f"{msg.type} from {src}")
+            return None
+        i = self.names.index(src)
+        self.reachable.add(src)
+        self.tx[src] = msg["tx"]
+        if step is None or (msg["ep"], msg["step"]) != step or i in self.pending:
+            self.counts["late_actions"] += 1
+            return None
+        action = msg.array(0, self.codec.shape, self.codec.dtype.str)
+        if self.spec.discrete:
+            if not 0 <= int(action) < self.spec.action_sizes[i]:
+                self.counts["invalid_actions"] += 1
+                return None
+        else:
+            action = np.clip(action, self.low, self.high)
+        self.pending[i] = np.array(action, self.codec.dtype)
+        self.counts[f"actions_{msg['kind']}"] += 1
+        view = View.of(msg["epoch"], msg["leader"])
+        if view > self.view and msg["leader"] >= 0:
+            if self.view.leader >= 0:
+                self.counts["coordinator_changes_seen"] += 1
+            self.view = view
+        return i
+
+    def _status(self, ep: int, t: int, seq: int, ret: float, observed: np.ndarray, force: bool = False) -> None:
+        now = time.monotonic()
+        if not self.has_ctl or (now - self.last_status < 0.2 and not force):
+            return
+        total_tx = sum(self.tx.values())
+        d_tx, d_steps = total_tx - self.status_tx[0], max(1, seq - self.status_tx[1])
+        self.status_tx = (total_tx, seq)
+        self.last_status = now
+        dead = sum(1 for n in self.names if n not in self.reachable)
+        self._to_ctl("STATUS", status={"episode": ep, "step": t, "return": float(ret), "blind": int((~observed).sum()),
+                                       "dead": dead, "coordinator": self.view.leader, "epoch": self.view.epoch,
+                                       "msgs_per_step": d_tx / d_steps, "done": bool(force)})
+
+    def _collect_stats(self) -> None:
+        want = [n for n in [*self.names, "wm"] if n in self.node.peers]
+        for name in want:
+            self.node.send(name, "STATS_REQ")
+        deadline = time.monotonic() + 3.0
+        while not set(want) <= set(self.stats) and time.monotonic() < deadline:
+            for msg in self.node.poll(50):
+                self._handle(msg, None)
+        self.counts["stats_missing"] = len(set(want) - set(self.stats))
+
+    # -- report ---------------------------------------------------------------------------
+
+    def _report(self, episodes: list[dict[str, Any]], steps: int, seconds: float) -> dict[str, Any]:
+        s = self.settings
+        per_process = {name: st["counts"] for name, st in self.stats.items()}
+        per_process["env"] = self.node.stats.flat()
+        table = traffic_table(per_process, steps)
+        by_cat = category_totals(table)
+        action = self.codec.default()[None]
+        probe = encode("HISTORY", "a0", (np.zeros((1, self.spec.obs_dim), np.float32), action), ep=0, step=1,
+                       epoch=1, obs_from=1, act_from=0, seen=[True], known=[True])
+        base = centralised_baseline(self.n, self.spec.obs_dim, action.nbytes, frames_size(probe))
+        proto = by_cat.get("protocol", {"payload_bytes_per_step": 0.0, "bytes_per_step": 0.0})
+
+        def pooled(name: str) -> list[float]:
+            out: list[float] = []
+            for st in self.stats.values():
+                if name in st["samples"]:
+                    out += np.asarray(st["samples"][name], np.float64).tolist()
+            return out
+
+        latency = {
+            "decision_observing (env host)": summary(self.samples.data.get("decision_observing_us", [])),
+            "decision_lost (env host)": summary(self.samples.data.get("decision_lost_us", [])),
+            "reconstruction_round (blind agent)": summary(pooled("recon_round_us")),
+            "coordinator_round": summary(pooled("coord_round_us")),
+            "gather": summary(pooled("gather_us")),
+            "world_model": summary(pooled("wm_us")),
+            "actor_call": summary(pooled("actor_us")),
+        }
+        agent_counts: Counter = Counter()
+        dropped: Counter = Counter()
+        for counts in per_process.values():
+            for key, value in counts.items():
+                if key.startswith("agent."):
+                    agent_counts[key[len("agent."):]] += value
+                elif key.startswith("dropped."):
+                    dropped[key[len("dropped."):]] += value
+        events = {k: int(v) for k, v in sorted(self.counts.items())}
+        events.update({f"agents.{k}": int(v) for k, v in sorted(agent_counts.items()) if k != "epoch"})
+        events["elections"] = int(agent_counts["claims"])
+        events["final_epoch"] = int(self.view.epoch)
+        events.update({f"dropped.{k}": int(v) for k, v in sorted(dropped.items())})
+        report: dict[str, Any] = {
+            "scenario": self.spec.name, "n_agents": self.n, "bundle": str(Path(s.bundle).resolve()),
+            "settings": s.to_dict(), "env_steps": steps, "seconds": seconds,
+            "episodes": episodes, "mean_return": float(np.mean([e["return"] for e in episodes])),
+            "traffic": table, "traffic_by_category": by_cat, "centralised_baseline": base,
+            "protocol_vs_baseline_payload": proto["payload_bytes_per_step"] / max(base["payload_bytes_per_step"], 1e-9),
+            "protocol_vs_baseline_bytes": proto["bytes_per_step"] / max(base["bytes_per_step"], 1e-9),
+            "latency": latency, "events": events, "processes": per_process,
+        }
+        if s.baselines:
+            report["baselines"] = self._baselines()
+        return report
+
+    def _baselines(self) -> dict[str, Any]:
+        from rmio.runtime.reference import evaluate
+
+        s = self.settings
+        out = {}
+        for recon in ("wm", "zero", "hold"):
+            rows = evaluate(s.bundle, s.env_config(), s.loss_config(), episodes=s.episodes, seed=s.seed, recon=recon,
+                            wm_mode=s.wm_mode)
+            out[recon] = {"mean_return": float(np.mean([r["return"] for r in rows])),
+                          "returns": [r["return"] for r in rows]}
+        return out
+
+    def _save_records(self) -> None:
+        out = Path(self.settings.out_dir) / "records"
+        out.mkdir(parents=True, exist_ok=True)
+        r = self.records
+        if not r:
+            return
+        np.savez(out / "env.npz", ep=np.array([x["ep"] for x in r]), t=np.array([x["t"] for x in r]),
+                 seq=np.array([x["seq"] for x in r]), time=np.array([x["time"] for x in r]),
+                 obs=np.stack([x["obs"] for x in r]),
+                 observed=np.stack([x["observed"] for x in r]), actions=np.stack([x["actions"] for x in r]),
+                 defaulted=np.stack([x["defaulted"] for x in r]))

@@ -1,0 +1,347 @@
+"""The embedded launcher: the whole swarm on this machine, a live status line, a report, and no orphans.
+
+It binds a control socket, starts the env host, one process per agent and optionally a world-model
+node (each in its own session, armed to die with the launcher), learns the endpoint each child
+bound (random loopback ports or socket files in a private directory), sends everyone the roster,
+restarts an agent killed by fault injection so it can rejoin, and once the env host reports done,
+waits for every child to exit, then terminates and finally kills whatever is left. The same
+cleanup runs on Ctrl-C and on any error.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rmio.errors import RmioError
+from rmio.runtime.settings import SwarmSettings
+from rmio.runtime.transport import Node, local_endpoint
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Child:
+    name: str
+    role: str
+    proc: subprocess.Popen
+    log_path: Path
+    endpoint: str | None = None
+    restarts: int = 0
+    restart_at: float | None = None
+
+
+class Launcher:
+    def __init__(self, settings: SwarmSettings, run_dir: Path, on_status: Any = None,
+                 log_level: str = "WARNING") -> None:
+        self.settings = settings
+        self.run_dir = Path(run_dir)
+        self.on_status = on_status or (lambda status: None)
+        self.log_level = log_level
+        self.children: dict[str, Child] = {}
+        self.ipc_dir: str | None = None
+        self.ctl: Node | None = None
+        self.report_path: Path | None = None
+        self.roster: dict[str, str] = {}
+
+    # -- public -------------------------------------------------------------------------
+
+    def run(self) -> dict[str, Any]:
+        """Run the swarm to completion and return its report (also written under run_dir)."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / "logs").mkdir(exist_ok=True)
+        self.settings.out_dir = str(self.run_dir)
+        self.settings_path = self.settings.save(self.run_dir / "settings.json")
+        try:
+            if self.settings.transport == "ipc":
+                self.ipc_dir = tempfile.mkdtemp(prefix="rmio-")
+            self.ctl = Node("ctl", local_endpoint(self.settings.transport, "ctl", self.ipc_dir), self.settings.known)
+            names = [("env", "env-host"), *((a, "agent") for a in self.settings.agent_names())]
+            if self.settings.world_model == "node":
+                names.append(("wm", "wm-node"))
+            for name, role in names:
+                self._spawn(name, role)
+            self._register()
+            self._supervise()
+            self._wait_exit(10.0)
+        finally:
+            self.shutdown()
+        if self.report_path is None or not self.report_path.is_file():
+            raise RmioError(f"the swarm ended without a report; see the logs in {self.run_dir / 'logs'}")
+        return json.loads(self.report_path.read_text())
+
+    def shutdown(self) -> None:
+        """Stop every child (BYE, then SIGTERM, then SIGKILL) and release sockets; idempotent."""
+        if self.ctl is not None:
+            for child in self.children.values():
+                if child.proc.poll() is None and child.endpoint:
+                    self.ctl.send(child.name, "BYE", reason="launcher exit")
+            self._wait_exit(1.0)
+        for child in self.children.values():
+            if child.proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    child.proc.terminate()
+        self._wait_exit(2.0)
+        for child in self.children.values():
+            if child.proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    child.proc.kill()
+                child.proc.wait(timeout=5)
+        if self.ctl is not None:
+            self.ctl.close()
+            self.ctl = None
+        if self.ipc_dir is not None:
+            shutil.rmtree(self.ipc_dir, ignore_errors=True)
+            self.ipc_dir = None
+
+    def pids(self) -> list[int]:
+        return [c.proc.pid for c in self.children.values()]
+
+    # -- children -----------------------------------------------------------------------
+
+    def _spawn(self, name: str, role: str, bind: str | None = None) -> Child:
+        assert self.ctl is not None
+        bind = bind or local_endpoint(self.settings.transport, name, self.ipc_dir)
+        cmd = [sys.executable, "-m", "rmio.runtime.proc", role, "--name", name, "--settings", str(self.settings_path),
+               "--bind", bind, "--control", self.ctl.endpoint, "--parent-pid", str(os.getpid()),
+               "--log-level", self.log_level]
+        log_path = self.run_dir / "logs" / f"{name}.log"
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+        with open(log_path, "ab") as out:
+            proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                    start_new_session=True, env=env)
+        old = self.children.get(name)
+        child = Child(name, role, proc, log_path, restarts=old.restarts + 1 if old else 0)
+        self.children[name] = child
+        return child
+
+    def _register(self) -> None:
+        assert self.ctl is not None
+        deadline = time.monotonic() + self.settings.startup_timeout_s
+        while any(c.endpoint is None for c in self.children.values()):
+            if time.monotonic() > deadline:
+                raise RmioError(f"swarm processes did not start within {self.settings.startup_timeout_s:.0f} s")
+            self._check_early_exit()
+            for msg in self.ctl.poll(50):
+                if msg.type == "REGISTER" and msg.src in self.children:
+                    self.children[msg.src].endpoint = msg["endpoint"]
+        self.roster = {c.name: c.endpoint for c in self.children.values() if c.endpoint}
+        for child in self.children.values():
+            self._send_roster(child)
+
+    def _send_roster(self, child: Child) -> None:
+        assert self.ctl is not None and child.endpoint is not None
+        self.ctl.connect(child.name, child.endpoint)
+        deadline = time.monotonic() + 5.0
+        while not self.ctl.send(child.name, "ROSTER", version=1, endpoints=self.roster):
+            if time.monotonic() > deadline or child.proc.poll() is not None:
+                raise RmioError(f"cannot reach {child.name} at {child.endpoint}")
+            self.ctl.poll(10)
+
+    def _check_early_exit(self) -> None:
+        for child in self.children.values():
+            if child.proc.poll() is not None:
+                tail = child.log_path.read_text(errors="replace")[-2000:] if child.log_path.is_file() else ""
+                raise RmioError(f"{child.name} exited with code {child.proc.returncode} at startup:\n{tail}")
+
+    def _supervise(self) -> None:
+        """Until the env host is done: status, restarts, and a watchdog on the env host's silence."""
+        assert self.ctl is not None
+        heard = time.monotonic()
+        patience = self.settings.orphan_timeout_s
+        while True:
+            if time.monotonic() - heard > patience:
+                raise RmioError(f"the env host said nothing for {patience:.0f} s; see {self.run_dir / 'logs'}")
+            for msg in self.ctl.poll(100):
+                heard = time.monotonic() if msg.src == "env" else heard
+                if msg.type == "STATUS" and msg.src == "env":
+                    status = dict(msg["status"])
+                    if status.get("phase") == "report":  # in-process baselines can take minutes
+                        patience = max(patience, 1800.0)
+                    self.on_status(status)
+                elif msg.type == "DONE" and msg.src == "env":
+                    self.report_path = Path(msg["report"])
+                    return
+                elif msg.type == "REGISTER" and msg.src in self.children:
+                    self._rejoined(msg.src, msg["endpoint"])
+            self.ctl.link_events.clear()
+            env = self.children["env"]
+            if env.proc.poll() is not None:
+                report = self.run_dir / "report.json"
+                self.report_path = report if report.is_file() and env.proc.returncode == 0 else None
+                if self.report_path is None:
+                    tail = env.log_path.read_text(errors="replace")[-3000:]
+                    raise RmioError(f"the env host exited with code {env.proc.returncode}:\n{tail}")
+                return
+            self._restart_dead(time.monotonic())
+
+    def _restart_dead(self, now: float) -> None:
+        for child in list(self.children.values()):
+            if child.role != "agent" or child.proc.poll() in (None, 0):
+                continue  # running, or a clean exit after the env host's BYE
+            if child.restart_at is None:
+                log.warning("%s exited with code %s", child.name, child.proc.returncode)
+                if self.settings.rejoin_after_s < 0 or child.restarts >= 3:
+                    child.restart_at = float("inf")
+                    continue
+                child.restart_at = now + self.settings.rejoin_after_s
+            if now >= child.restart_at:
+                new = self._spawn(child.name, child.role, bind=child.endpoint)
+                new.endpoint = None
+                log.info("restarted %s (restart %d)", child.name, new.restarts)
+
+    def _rejoined(self, name: str, endpoint: str) -> None:
+        assert self.ctl is not None
+        child = self.children[name]
+        moved = self.roster.get(name) != endpoint
+        child.endpoint = endpoint
+        self.roster[name] = endpoint
+        self._send_roster(child)
+        if moved:  # everyone must route to the new endpoint
+            for other in self.children.values():
+                if other.name != name and other.proc.poll() is None and other.endpoint:
+                    self.ctl.send(other.name, "ROSTER", version=1, endpoints=self.roster)
+
+    def _wait_exit(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        for child in self.children.values():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                child.proc.wait(timeout=left)
+
+
+# -- command-line support (rmio swarm launch / roster) --------------------------------------
+
+
+def build_settings(bundle: Path, *, scenario: str | None = None, agents: int | None = None,
+                   steps: int | None = None, p_loss: float | None = None, loss_model: Path | None = None,
+                   kill_agent: tuple[str, ...] = (), **options: Any) -> SwarmSettings:
+    """Settings for a run of ``bundle``, refusing a scenario or agent count the bundle was not made for."""
+    from rmio.runtime.bundle import load_manifest
+    from rmio.runtime.settings import env_config_for
+
+    man = load_manifest(bundle)
+    missing = [role for role in ("actor", "wm_step") if role not in man.files]
+    if missing:
+        raise RmioError(f"bundle '{bundle}' has no {' and no '.join(missing)} graph; the swarm needs both "
+                        f"(export a run that trained a policy and a world model)")
+    name = man.spec.name
+    if scenario is not None and scenario not in (name, name.partition("/")[2]):
+        raise RmioError(f"bundle '{bundle}' was trained for {name}, not {scenario}")
+    if agents is not None and agents != man.spec.n_agents:
+        raise RmioError(f"bundle '{bundle}' has {man.spec.n_agents} agents, not {agents}")
+    if p_loss is not None and loss_model is not None:
+        raise RmioError("give --p-loss or --loss-model, not both")
+    loss: dict[str, Any] = {"model": "bernoulli", "p_loss": 0.0 if p_loss is None else p_loss}
+    if loss_model is not None:
+        loss = _loss_from_file(loss_model)
+    kills = []
+    for spec in kill_agent:
+        who, sep, when = spec.partition("@")
+        if not sep or not who.isdigit() or not when.isdigit() or int(who) >= man.spec.n_agents:
+            raise RmioError(f"--kill-agent wants AGENT@STEP with AGENT < {man.spec.n_agents}, got '{spec}'")
+        kills.append([int(who), int(when)])
+    return SwarmSettings(bundle=str(Path(bundle).resolve()), n_agents=man.spec.n_agents,
+                         env=env_config_for(man, steps), loss=loss, kill_agents=kills,
+                         **{k: v for k, v in options.items() if v is not None})
+
+
+def _loss_from_file(path: Path) -> dict[str, Any]:
+    """A YAML mapping of loss settings (model, p_loss, ...), or a list of schedule entries."""
+    import yaml
+
+    from rmio.envs.loss import LossConfig
+
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise RmioError(f"cannot read loss model '{path}': {str(exc).splitlines()[0]}") from None
+    if isinstance(data, list):
+        return {"model": "schedule", "schedule": str(Path(path).resolve())}
+    if not isinstance(data, dict):
+        raise RmioError(f"loss model '{path}' must be a mapping of loss settings or a list of schedule entries")
+    known = set(LossConfig.__dataclass_fields__)
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise RmioError(f"loss model '{path}': unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+    return data
+
+
+def run_launch(settings: SwarmSettings, out_root: Path, console: Any) -> dict[str, Any]:
+    """`rmio swarm launch`: run with a live status line, then print the summary and the report's paths."""
+    from rich.live import Live
+    from rich.text import Text
+
+    run_dir = Path(out_root) / f"swarm-{time.strftime('%Y%m%d-%H%M%S')}"
+    console.print(f"[bold]rmio swarm[/]: {settings.env.get('scenario')} with {settings.n_agents} agent processes, "
+                  f"loss {settings.loss}, world model {settings.world_model}, transport {settings.transport}")
+    line = Text("starting processes...")
+    with Live(line, console=console, transient=True, refresh_per_second=8) as live:
+        def on_status(st: dict[str, Any]) -> None:
+            if st.get("phase") == "report":
+                live.update(Text("collecting statistics, evaluating in-process baselines..."))
+                return
+            text = (f"episode {st['episode']} step {st['step']}  return {st['return']:.2f}  blind {st['blind']}  "
+                    f"dead {st['dead']}  coordinator a{st['coordinator']} (epoch {st['epoch']})  "
+                    f"{st['msgs_per_step']:.1f} msgs/step")
+            if st.get("done"):
+                live.console.print(f"episode {st['episode']}: return {st['return']:.2f} in {st['step']} steps")
+            live.update(Text(text))
+
+        report = Launcher(settings, run_dir, on_status=on_status).run()
+    print_summary(report, console)
+    console.print(f"report: {run_dir / 'report.json'} and {run_dir / 'report.md'}")
+    return report
+
+
+def print_summary(report: dict[str, Any], console: Any) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"swarm: {report['scenario']}, {report['env_steps']} steps")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    table.add_row("mean return (swarm)", f"{report['mean_return']:.2f}")
+    for name, row in (report.get("baselines") or {}).items():
+        table.add_row(f"mean return (in-process {name})", f"{row['mean_return']:.2f}")
+    proto = report["traffic_by_category"].get("protocol", {"msgs_per_step": 0.0, "bytes_per_step": 0.0})
+    live = report["traffic_by_category"].get("liveness", {"msgs_per_step": 0.0, "bytes_per_step": 0.0})
+    base = report["centralised_baseline"]
+    table.add_row("protocol msgs / bytes per step", f"{proto['msgs_per_step']:.2f} / {proto['bytes_per_step']:.0f}")
+    table.add_row("heartbeat msgs / bytes per step", f"{live['msgs_per_step']:.2f} / {live['bytes_per_step']:.0f}")
+    table.add_row("centralised baseline msgs / bytes per step", f"{base['msgs_per_step']:.0f} / "
+                  f"{base['bytes_per_step']:.0f}")
+    for name, row in report["latency"].items():
+        if row["n"]:
+            table.add_row(f"{name} p50 / p99 ms", f"{row['p50_ms']:.2f} / {row['p99_ms']:.2f}")
+    ev = report["events"]
+    for key in ("deadline_misses", "agents.recon_miss", "elections", "coordinator_changes_seen", "agent_rejoins"):
+        table.add_row(key, str(ev.get(key, 0)))
+    console.print(table)
+
+
+def write_roster(settings: SwarmSettings, path: Path, host: str = "127.0.0.1", base_port: int = 5550) -> list[str]:
+    """A roster for runs across machines (every role on ``host`` at consecutive ports: edit the hosts),
+    and the command that starts each role."""
+    from rmio.runtime.settings import Roster
+
+    names = ["env", *settings.agent_names(), *(["wm"] if settings.world_model == "node" else [])]
+    endpoints = {name: f"tcp://{host}:{base_port + k}" for k, name in enumerate(names)}
+    settings.transport = "tcp"
+    Roster(endpoints, settings).save(path)
+    cmds = [f"rmio swarm env-host --roster {path}"]
+    cmds += [f"rmio swarm agent --id {i} --roster {path}" for i in range(settings.n_agents)]
+    if settings.world_model == "node":
+        cmds.append(f"rmio swarm wm-node --roster {path}")
+    return cmds

@@ -1,0 +1,146 @@
+"""Starting one swarm role as its own OS process: sockets, roster, signals, and never outliving the launcher.
+
+``python -m rmio.runtime.proc ROLE ...`` is what the launcher spawns (lighter than the click CLI);
+``rmio swarm env-host|agent|wm-node --roster FILE`` reaches the same :func:`run_role`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import logging
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+from rmio.errors import RmioError
+from rmio.runtime.settings import Roster, SwarmSettings
+from rmio.runtime.transport import Node
+
+log = logging.getLogger(__name__)
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """Linux: SIGKILL this process when the launcher dies, however it dies (no orphans, even on a crash)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):  # not Linux: the orphan timeout still ends us
+        log.debug("prctl(PR_SET_PDEATHSIG) unavailable")
+    if os.getppid() != parent_pid:  # the launcher died before we armed the signal
+        os._exit(1)
+
+
+class Stop(Exception):
+    """Raised from a signal handler to unwind a role's event loop cleanly."""
+
+
+def install_signal_handlers() -> None:
+    def handler(signum: int, _frame: object) -> None:
+        raise Stop(signal.Signals(signum).name)
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+
+
+def join_swarm(name: str, settings: SwarmSettings, bind: str, *, control: str | None = None,
+               endpoints: dict[str, str] | None = None, role: str = "agent", inc: int = 0) -> Node:
+    """Bind, then learn everyone's endpoint (from the launcher's ROSTER or a roster file) and connect."""
+    node = Node(name, bind, settings.known)
+    try:
+        if control is not None:
+            node.connect("ctl", control)
+            endpoints = _register(node, settings, role, inc)
+        assert endpoints is not None
+        for peer, endpoint in endpoints.items():
+            if peer != name:
+                node.connect(peer, endpoint)
+    except BaseException:
+        node.close()
+        raise
+    return node
+
+
+def _register(node: Node, settings: SwarmSettings, role: str, inc: int) -> dict[str, str]:
+    deadline = time.monotonic() + settings.startup_timeout_s
+    registered = False
+    while time.monotonic() < deadline:
+        if not registered:
+            registered = node.send("ctl", "REGISTER", role=role, endpoint=node.endpoint, pid=os.getpid(), inc=inc)
+        for msg in node.poll(10 if not registered else 100):
+            if msg.src == "ctl" and msg.type == "ROSTER":
+                return {str(k): str(v) for k, v in msg["endpoints"].items()}
+            if msg.src == "ctl" and msg.type == "BYE":
+                raise Stop("launcher said bye")
+    raise RmioError(f"{node.name}: no roster from the launcher within {settings.startup_timeout_s:.0f} s")
+
+
+def run_role(role: str, settings: SwarmSettings, name: str, bind: str, *, control: str | None = None,
+             endpoints: dict[str, str] | None = None) -> int:
+    """Run one role to completion; returns the process exit code."""
+    inc = time.time_ns() // 1000
+    try:
+        node = join_swarm(name, settings, bind, control=control, endpoints=endpoints,
+                          role={"env-host": "env", "wm-node": "wm"}.get(role, "agent"), inc=inc)
+    except Stop:
+        return 0
+    try:
+        if role == "env-host":
+            from rmio.runtime.envhost import EnvHost
+
+            EnvHost(settings, node).run()
+        elif role == "agent":
+            from rmio.agents.agent import Agent
+
+            Agent(int(name[1:]), settings, node, inc).run()
+        elif role == "wm-node":
+            from rmio.coordinator.wmnode import WorldModelNode
+
+            WorldModelNode(settings, node, inc).run()
+        else:
+            raise RmioError(f"unknown role '{role}'")
+    except Stop as why:
+        log.info("%s stopping: %s", name, why)
+    finally:
+        node.close()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m rmio.runtime.proc")
+    parser.add_argument("role", choices=("env-host", "agent", "wm-node"))
+    parser.add_argument("--name", required=True)
+    parser.add_argument("--settings", type=Path, help="settings JSON (embedded launcher)")
+    parser.add_argument("--roster", type=Path, help="roster file (multi-host)")
+    parser.add_argument("--bind", default=None)
+    parser.add_argument("--control", default=None)
+    parser.add_argument("--parent-pid", type=int, default=None)
+    parser.add_argument("--log-level", default="WARNING")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level, format=f"%(asctime)s {args.name} %(levelname)s %(name)s: %(message)s")
+    if args.parent_pid is not None:
+        die_with_parent(args.parent_pid)
+    install_signal_handlers()
+    try:
+        if args.roster is not None:
+            roster = Roster.load(args.roster)
+            settings, endpoints = roster.settings, roster.endpoints
+            bind = args.bind or endpoints[args.name]
+        else:
+            if args.settings is None or args.bind is None:
+                parser.error("--settings and --bind are needed without --roster")
+            settings, endpoints, bind = SwarmSettings.load(args.settings), None, args.bind
+        return run_role(args.role, settings, args.name, bind, control=args.control, endpoints=endpoints)
+    except Stop:
+        return 0
+    except RmioError as exc:
+        log.error("%s", exc)
+        print(f"rmio: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

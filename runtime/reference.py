@@ -1,0 +1,114 @@
+"""In-process conditional-CTDE evaluation of a bundle, with exactly the swarm's semantics and seeding.
+
+It is the yardstick for the swarm: same env seeds (episode k uses seed + k) and loss masks as
+rmio.envs.rollout and the env host, the same per-agent batch-1 actor calls, the same windows and
+the same incremental continuation rule as the coordinator. With no deadline missed and no process
+fault the swarm's returns equal these exactly; ``recon="zero"`` and ``"hold"`` give the baselines that
+show what reconstruction buys.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rmio.envs.loss import LossConfig, LossyEnv, make_loss_model
+from rmio.envs.registry import EnvConfig, make_env
+from rmio.runtime.bundle import load_manifest
+from rmio.runtime.history import ActionCodec, window_start
+from rmio.runtime.models import ActorRunner, LatentState, WorldModelRunner
+
+
+@dataclass
+class _Chain:
+    t: int
+    state: LatentState
+
+
+class ReferencePolicy:
+    """Joint policy of n agents under loss: own observation, else reconstruction / zeros / hold-last."""
+
+    def __init__(self, bundle: str | Path, recon: str = "wm", wm_mode: str = "window") -> None:
+        self.manifest = load_manifest(bundle)
+        self.spec = self.manifest.spec
+        self.actor = ActorRunner(bundle, self.manifest)
+        self.wm = WorldModelRunner(bundle, self.manifest) if recon == "wm" else None
+        self.recon, self.wm_mode = recon, wm_mode
+        self.codec = ActionCodec.of(self.spec)
+        self.l = self.manifest.history_window
+        self.reset()
+
+    def reset(self) -> None:
+        self.obs: list[np.ndarray] = []
+        self.masks: list[np.ndarray] = []
+        self.acts: list[np.ndarray] = []
+        self.last_real = np.zeros((self.spec.n_agents, self.spec.obs_dim), np.float32)
+        self.chain: _Chain | None = None
+        self.recons: dict[int, np.ndarray] = {}
+
+    def window(self, t: int, start: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """obs (T, n, d), prev actions a_{start-1..t-1} (T, n, ...), masks (T, n) for steps start..t."""
+        obs = np.stack(self.obs[start:t + 1])
+        masks = np.stack(self.masks[start:t + 1]).astype(np.float32)
+        none = np.stack([self.codec.none()] * self.spec.n_agents)
+        prev = [self.acts[h] if h >= 0 else none for h in range(start - 1, t)]
+        return obs, np.stack(prev), masks
+
+    def reconstruct(self, t: int) -> np.ndarray:
+        assert self.wm is not None
+        chain = self.chain
+        cont = self.wm_mode == "incremental" and chain is not None and 0 < t - chain.t <= self.l
+        start = chain.t + 1 if cont and chain is not None else window_start(t, self.l)
+        obs, prev, masks = self.window(t, start)
+        state, recons = self.wm.replay(obs, prev, masks, chain.state if cont and chain is not None else None)
+        if self.wm_mode == "incremental":
+            self.chain = _Chain(t, state)
+        return recons[-1]
+
+    def act(self, obs: np.ndarray, observed: np.ndarray, avail: np.ndarray | None) -> np.ndarray:
+        t = len(self.obs)
+        self.obs.append(np.asarray(obs, np.float32) * observed[:, None])
+        self.masks.append(np.asarray(observed, bool))
+        seen_obs = self.obs[-1]
+        self.last_real = np.where(observed[:, None], seen_obs, self.last_real)
+        inputs = seen_obs.copy()
+        if not observed.all():
+            if self.recon == "wm":
+                recon = self.reconstruct(t)
+                self.recons[t] = recon
+                inputs[~observed] = recon[~observed]
+            elif self.recon == "hold":
+                inputs[~observed] = self.last_real[~observed]
+        actions = [self.codec.check(self.actor.act(inputs[i], i, None if avail is None else avail[i]))
+                   for i in range(self.spec.n_agents)]
+        joint = np.stack(actions)
+        self.acts.append(joint)
+        return joint
+
+
+def evaluate(bundle: str | Path, env_cfg: EnvConfig, loss_cfg: LossConfig, *, episodes: int, seed: int = 0,
+             recon: str = "wm", wm_mode: str = "window") -> list[dict[str, Any]]:
+    """Episode k seeded with seed + k, loss model seeded with seed (as rmio.envs.rollout.run_episodes)."""
+    policy = ReferencePolicy(bundle, recon, wm_mode)
+    out = []
+    with make_env(env_cfg) as base:
+        env = LossyEnv(base, make_loss_model(loss_cfg, base.spec.n_agents, seed))
+        for k in range(episodes):
+            start = time.perf_counter()
+            policy.reset()
+            ts = env.reset(seed=seed + k)
+            ret, steps, lost = 0.0, 0, 0
+            while True:
+                lost += int((~ts.observed).sum())
+                ts = env.step(policy.act(ts.obs, ts.observed, ts.avail_actions))
+                ret += ts.reward
+                steps += 1
+                if ts.done:
+                    break
+            out.append({"episode": k, "seed": seed + k, "return": ret, "steps": steps,
+                        "lost_fraction": lost / (steps * base.spec.n_agents), "seconds": time.perf_counter() - start})
+    return out

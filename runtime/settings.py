@@ -1,0 +1,177 @@
+"""Swarm run settings and the roster: what every process of one run must agree on, as one JSON/YAML file."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from rmio.envs.loss import LossConfig
+from rmio.envs.registry import EnvConfig
+from rmio.errors import ConfigError
+from rmio.runtime.bundle import Manifest
+
+RECON_MODES = ("wm", "zero", "hold")
+WM_MODES = ("window", "incremental")
+PLACEMENTS = ("on-agent", "node")
+TRANSPORTS = ("ipc", "tcp")
+
+
+@dataclass
+class SwarmSettings:
+    bundle: str
+    n_agents: int
+    env: dict[str, Any] = field(default_factory=dict)
+    """EnvConfig fields (family, scenario, episode_limit, agent_obsk, options)."""
+    loss: dict[str, Any] = field(default_factory=dict)
+    """LossConfig fields."""
+    episodes: int = 3
+    seed: int = 0
+    recon: str = "wm"
+    """wm: the world model reconstructs (the product); zero / hold: zero-fill or hold-last, no communication."""
+    wm_mode: str = "window"
+    """window: replay the l-step window from zeros every round (Algorithm 2 line 31); incremental: keep the
+    latent state over consecutive rounds of one coordinator while nothing was missed."""
+    world_model: str = "on-agent"
+    transport: str = "ipc"
+    step_deadline_ms: float = 100.0
+    """The env host applies the safe default action for agents that have not acted by then."""
+    recon_deadline_ms: float | None = None
+    """A blind agent acts on hold-last if no reconstruction arrived by then (default 0.8 x step deadline)."""
+    gather_deadline_ms: float | None = None
+    """The coordinator reconstructs with what it has by then (default 0.4 x step deadline)."""
+    wm_deadline_ms: float | None = None
+    """The coordinator falls back to its own world model if the node has not answered (default 0.25 x)."""
+    rate_hz: float = 0.0
+    """Env steps per second; 0 steps as soon as every agent acted."""
+    full_resync: bool = False
+    """Ablation: the coordinator asks for whole windows every round (what incremental sync saves)."""
+    heartbeat_ms: float = 100.0
+    """Explicit heartbeats only to peers not otherwise written to; deaths of processes are noticed
+    at once from dropped connections, so this is the backstop for hosts that vanish silently."""
+    liveness: int = 3
+    kill_agents: list[list[int]] = field(default_factory=list)
+    """[[agent, seq], ...]: the agent SIGKILLs itself on receiving global step seq (fault injection)."""
+    kill_coordinator_at: int | None = None
+    """The coordinator of the first round at or after this global step SIGKILLs itself mid-round."""
+    rejoin_after_s: float = 0.5
+    """The launcher restarts a killed agent after this long (negative: never)."""
+    record: bool = False
+    """Write per-process step records (for tests and debugging)."""
+    baselines: bool = True
+    """After the run the env host evaluates the bundle in-process with wm, zero-fill and hold-last."""
+    out_dir: str = "results"
+    startup_timeout_s: float = 60.0
+    orphan_timeout_s: float = 30.0
+    """A process that hears nothing from the env host for this long exits."""
+
+    def __post_init__(self) -> None:
+        for name, value, allowed in (("recon", self.recon, RECON_MODES), ("wm_mode", self.wm_mode, WM_MODES),
+                                     ("world_model", self.world_model, PLACEMENTS),
+                                     ("transport", self.transport, TRANSPORTS)):
+            if value not in allowed:
+                raise ConfigError(f"swarm {name} must be one of {', '.join(allowed)}, got '{value}'")
+        if self.step_deadline_ms <= 0 or self.heartbeat_ms <= 0 or self.liveness < 1 or self.episodes < 1:
+            raise ConfigError("swarm deadlines and heartbeat interval must be > 0, liveness and episodes >= 1")
+        self.loss_config().validate()
+
+    def deadline_s(self, which: str) -> float:
+        fraction = {"recon": 0.8, "gather": 0.4, "wm": 0.25, "step": 1.0}[which]
+        value = getattr(self, f"{which}_deadline_ms", None) if which != "step" else self.step_deadline_ms
+        return (value if value is not None else fraction * self.step_deadline_ms) / 1000.0
+
+    def env_config(self) -> EnvConfig:
+        return EnvConfig(**self.env)
+
+    def loss_config(self) -> LossConfig:
+        return LossConfig(**self.loss)
+
+    def agent_names(self) -> list[str]:
+        return [f"a{i}" for i in range(self.n_agents)]
+
+    def known(self, name: str) -> bool:
+        """Names that belong to this swarm (anything else is an unknown sender)."""
+        if name in ("env", "ctl", "wm"):
+            return True
+        return name[:1] == "a" and name[1:].isdigit() and int(name[1:]) < self.n_agents
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SwarmSettings:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ConfigError(f"unknown swarm setting(s): {', '.join(unknown)}")
+        try:
+            return cls(**data)
+        except TypeError as exc:
+            raise ConfigError(f"swarm settings: {exc}") from None
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.write_text(json.dumps(self.to_dict(), indent=2))
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> SwarmSettings:
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+
+def env_config_for(manifest: Manifest, episode_limit: int | None = None) -> dict[str, Any]:
+    """The env the bundle was trained on: its spec name, plus what shapes observations in the training config's
+    env section (the episode length is the run's choice, not the training run's)."""
+    family, _, scenario = manifest.spec.name.partition("/")
+    cfg: dict[str, Any] = {"family": family, "scenario": scenario}
+    trained = manifest.config.get("env") if isinstance(manifest.config, dict) else None
+    if isinstance(trained, dict):
+        for key in ("agent_obsk", "options"):
+            if key in trained:
+                cfg[key] = trained[key]
+    if episode_limit is not None:
+        cfg["episode_limit"] = episode_limit
+    return cfg
+
+
+@dataclass
+class Roster:
+    """Every process's inbox endpoint by name (env, a0..a{n-1}, optionally wm), plus the shared settings.
+
+    For runs across machines a user writes it once (``rmio swarm roster``) and starts each role with
+    it; the embedded launcher builds it from what its children report.
+    """
+
+    endpoints: dict[str, str]
+    settings: SwarmSettings
+    version: int = 1
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        data = {"version": self.version, "endpoints": self.endpoints, "settings": self.settings.to_dict()}
+        path.write_text(yaml.safe_dump(data, sort_keys=False))
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> Roster:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"roster file '{path}' does not exist")
+        try:
+            data = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"roster '{path}' is not valid YAML: {str(exc).splitlines()[0]}") from None
+        if not isinstance(data, dict) or not isinstance(data.get("endpoints"), dict):
+            raise ConfigError(f"roster '{path}' must be a mapping with 'endpoints' and 'settings'")
+        settings = SwarmSettings.from_dict(data.get("settings") or {})
+        endpoints = {str(k): str(v) for k, v in data["endpoints"].items()}
+        missing = [n for n in ["env", *settings.agent_names()] if n not in endpoints]
+        if missing:
+            raise ConfigError(f"roster '{path}' names no endpoint for {', '.join(missing)}")
+        if settings.world_model == "node" and "wm" not in endpoints:
+            raise ConfigError(f"roster '{path}': world_model is 'node' but no 'wm' endpoint is named")
+        return cls(endpoints, settings, int(data.get("version", 1)))

@@ -1,0 +1,227 @@
+"""ZeroMQ transport shared by every swarm process: one inbox, one outbox, counted traffic, fast death notice.
+
+Each process binds one ROUTER *inbox* and connects one ROUTER *outbox* to every peer's inbox with
+``CONNECT_ROUTING_ID`` set to the peer's name, so a send names its destination and the receiving
+inbox sees the sender's name as the routing id (checked against the message's ``src``). The outbox
+is ``ROUTER_MANDATORY``: a send to a peer without a live connection fails at once (EHOSTUNREACH)
+instead of queueing into the void, and a socket monitor reports a dropped connection within
+milliseconds, which is how a SIGKILLed coordinator is noticed inside the step it died in. Every
+socket has LINGER 0 and bounded high-water marks; every receive goes through a poller with a timeout.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import zmq
+from zmq.utils.monitor import recv_monitor_message
+
+from rmio.runtime.wire import MAX_MESSAGE_BYTES, Message, WireError, decode, encode
+
+log = logging.getLogger(__name__)
+
+CATEGORIES = {
+    "HB": "liveness", "HELLO": "liveness",
+    "STEP": "env", "ACTION": "env",
+    "LOST": "protocol", "COORD": "protocol", "GATHER": "protocol", "HISTORY": "protocol", "RECON": "protocol",
+    "WM_REQ": "protocol", "WM_REP": "protocol",
+}
+"""Report grouping: protocol = what loss handling costs; env = sensor/actuator traffic; the rest is control."""
+
+
+def category(msg_type: str) -> str:
+    return CATEGORIES.get(msg_type, "control")
+
+
+@dataclass
+class TrafficStats:
+    """What one process sent and received, per message type; drops per reason."""
+
+    tx_msgs: Counter = field(default_factory=Counter)
+    tx_bytes: Counter = field(default_factory=Counter)
+    tx_payload: Counter = field(default_factory=Counter)
+    rx_msgs: Counter = field(default_factory=Counter)
+    rx_bytes: Counter = field(default_factory=Counter)
+    dropped: Counter = field(default_factory=Counter)
+    send_fail: Counter = field(default_factory=Counter)
+
+    def flat(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for name in ("tx_msgs", "tx_bytes", "tx_payload", "rx_msgs", "rx_bytes", "dropped", "send_fail"):
+            for key, value in getattr(self, name).items():
+                out[f"{name}.{key}"] = int(value)
+        return out
+
+
+def local_endpoint(transport: str, name: str, ipc_dir: str | Path | None = None) -> str:
+    """Where a process of this machine binds: a random loopback port, or a socket file in ``ipc_dir``."""
+    if transport == "tcp":
+        return "tcp://127.0.0.1:*"
+    if transport == "ipc":
+        if ipc_dir is None:
+            raise ValueError("ipc transport needs a directory for its socket files")
+        return f"ipc://{Path(ipc_dir) / name}.sock"
+    raise ValueError(f"unknown transport '{transport}' (tcp or ipc)")
+
+
+class Node:
+    """One process's sockets. Not thread-safe: a role runs one event loop around :meth:`poll`."""
+
+    def __init__(self, name: str, bind: str, known: Callable[[str], bool], *, hwm: int = 1000,
+                 reconnect_ms: int = 20) -> None:
+        self.name = name
+        self.known = known
+        self.stats = TrafficStats()
+        self.ctx = zmq.Context()
+        self.inbox = self.ctx.socket(zmq.ROUTER)
+        self.out = self.ctx.socket(zmq.ROUTER)
+        for sock in (self.inbox, self.out):
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.setsockopt(zmq.SNDHWM, hwm)
+            sock.setsockopt(zmq.RCVHWM, hwm)
+        # a peer that restarts takes its routing id over; frames over 4x the limit cost a disconnect
+        self.inbox.setsockopt(zmq.ROUTER_HANDOVER, 1)
+        self.inbox.setsockopt(zmq.MAXMSGSIZE, 4 * MAX_MESSAGE_BYTES)
+        self.out.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        self.out.setsockopt(zmq.ROUTING_ID, name.encode())
+        self.out.setsockopt(zmq.RECONNECT_IVL, reconnect_ms)
+        self.out.setsockopt(zmq.RECONNECT_IVL_MAX, 20 * reconnect_ms)
+        if bind.startswith("ipc://"):
+            path = Path(bind[len("ipc://"):])
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()  # a stale file of a killed predecessor
+        self.inbox.bind(bind)
+        self.endpoint = self.inbox.getsockopt(zmq.LAST_ENDPOINT).decode()
+        self.monitor = self.out.get_monitor_socket(zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_SUCCEEDED)
+        self.poller = zmq.Poller()
+        self.poller.register(self.inbox, zmq.POLLIN)
+        self.poller.register(self.monitor, zmq.POLLIN)
+        self.peers: dict[str, str] = {}
+        self._by_endpoint: dict[str, str] = {}
+        self.link_events: list[tuple[str, bool]] = []
+        """(peer, up) for connections that came up or dropped since the caller last cleared it."""
+        self.closed = False
+
+    # -- connections ------------------------------------------------------------------------
+
+    def connect(self, name: str, endpoint: str) -> None:
+        """Route messages for ``name`` to ``endpoint`` (re-routing if it moved)."""
+        old = self.peers.get(name)
+        if old == endpoint:
+            return
+        if old is not None:
+            with contextlib.suppress(zmq.ZMQError):
+                self.out.disconnect(old)
+            self._by_endpoint.pop(old, None)
+        self.out.setsockopt(zmq.CONNECT_ROUTING_ID, name.encode())
+        self.out.connect(endpoint)
+        self.peers[name] = endpoint
+        self._by_endpoint[endpoint] = name
+
+    # -- sending ----------------------------------------------------------------------------
+
+    def send(self, to: str, msg_type: str, arrays: Sequence[np.ndarray] = (), **fields: object) -> bool:
+        """Send without ever blocking; False when the peer is unreachable or its queue is full."""
+        frames = encode(msg_type, self.name, arrays, **fields)
+        return self.send_frames(to, msg_type, frames)
+
+    def send_frames(self, to: str, msg_type: str, frames: Sequence[bytes | memoryview]) -> bool:
+        try:
+            self.out.send_multipart([to.encode(), *frames], flags=zmq.NOBLOCK)
+        except zmq.ZMQError as exc:
+            reason = "unreachable" if exc.errno == zmq.EHOSTUNREACH else "hwm" if exc.errno == zmq.EAGAIN else "error"
+            self.stats.send_fail[reason] += 1
+            return False
+        size = sum(len(f) for f in frames)
+        self.stats.tx_msgs[msg_type] += 1
+        self.stats.tx_bytes[msg_type] += size
+        self.stats.tx_payload[msg_type] += size - len(frames[0])
+        return True
+
+    # -- receiving --------------------------------------------------------------------------
+
+    def poll(self, timeout_ms: float) -> list[Message]:
+        """Wait up to ``timeout_ms`` for traffic, then return every valid message that is queued.
+
+        Bad messages are counted in ``stats.dropped`` by reason and never returned; connection
+        changes are appended to ``link_events``.
+        """
+        events = dict(self.poller.poll(max(0, int(timeout_ms))))
+        if self.monitor in events:
+            self._drain_monitor()
+        if self.inbox not in events:
+            return []
+        out = []
+        for _ in range(10_000):  # bounded drain so a flood cannot starve the caller's timers
+            try:
+                frames = self.inbox.recv_multipart(flags=zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            msg = self._decode(frames)
+            if msg is not None:
+                out.append(msg)
+        return out
+
+    def _decode(self, frames: list[bytes]) -> Message | None:
+        try:
+            sender = frames[0].decode("ascii")
+        except UnicodeDecodeError:
+            self.stats.dropped["unknown_sender"] += 1
+            return None
+        try:
+            msg = decode(frames[1:], sender=sender, known=self.known)
+        except WireError as exc:
+            self.stats.dropped[exc.reason] += 1
+            log.debug("%s dropped a message from %r: %s", self.name, sender[:16], exc)
+            return None
+        self.stats.rx_msgs[msg.type] += 1
+        self.stats.rx_bytes[msg.type] += msg.nbytes
+        return msg
+
+    def count_drop(self, reason: str, detail: str = "") -> None:
+        """For roles: a message that decoded but makes no sense here (wrong shape, stale epoch...)."""
+        self.stats.dropped[reason] += 1
+        if detail:
+            log.debug("%s dropped: %s %s", self.name, reason, detail)
+
+    def _drain_monitor(self) -> None:
+        while True:
+            try:
+                event = recv_monitor_message(self.monitor, flags=zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            except Exception:  # a truncated monitor message: ignore, liveness still catches deaths
+                return
+            endpoint = event.get("endpoint", b"")
+            endpoint = endpoint.decode() if isinstance(endpoint, bytes) else str(endpoint)
+            peer = self._by_endpoint.get(endpoint)
+            if peer is not None:
+                self.link_events.append((peer, event["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED))
+
+    def close(self) -> None:
+        """Close the sockets and really terminate the context (LINGER 0, so this never hangs)."""
+        if self.closed:
+            return
+        self.closed = True
+        with contextlib.suppress(zmq.ZMQError):
+            self.out.disable_monitor()
+        for sock in (self.monitor, self.inbox, self.out):
+            sock.close(linger=0)
+        self.ctx.term()
+        if self.endpoint.startswith("ipc://"):
+            with contextlib.suppress(OSError):
+                os.unlink(self.endpoint[len("ipc://"):])
+
+
+def now_ns() -> int:
+    """System-wide monotonic clock: comparable between processes of one machine (one-way latencies)."""
+    return time.monotonic_ns()

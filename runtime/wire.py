@@ -1,0 +1,276 @@
+"""The swarm's wire format: one msgpack header frame plus raw binary array frames, strictly validated.
+
+A message is ``[header, array_0, array_1, ...]``. The header is a msgpack map with the protocol
+version ``v``, the type ``t``, the sender ``src``, the type's own fields and ``arr``, a list of
+``[dtype, shape]`` describing each following frame. Arrays never go through msgpack (no copies, no
+pickle). Decoding checks everything a peer could get wrong or forge: sizes, version, sender, type,
+every field's type and range, array dtypes, shapes and byte counts. Anything off raises
+:class:`WireError` with a short reason that the receiver counts before dropping the message; the
+decoder never raises anything else. Shapes that depend on the task (observation width...) are
+checked by the receiving role with :meth:`Message.array`.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+import numpy as np
+
+PROTOCOL_VERSION = 1
+MAX_MESSAGE_BYTES = 4 << 20
+MAX_HEADER_BYTES = 32 << 10
+MAX_FRAMES = 8
+MAX_DIM = 1 << 16
+DTYPES = ("<f4", "<i8", "|b1")
+_NP_DTYPES = {d: np.dtype(d) for d in DTYPES}
+NAME_RE = re.compile(r"^(env|ctl|wm|a\d{1,4})$")
+REASONS = ("oversized", "malformed", "version", "unknown_type", "unknown_sender", "bad_field", "bad_array")
+
+
+class WireError(Exception):
+    """A message that must be dropped; ``reason`` is one of REASONS (the drop counters' keys)."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+
+
+# ------------------------------------------------------------------------------------------
+# Field validators: each returns True when the value is acceptable.
+
+_MAX_INT = 1 << 53
+
+
+def _uint(v: Any) -> bool:
+    return type(v) is int and 0 <= v < _MAX_INT
+
+
+def _int(v: Any) -> bool:
+    return type(v) is int and -_MAX_INT < v < _MAX_INT
+
+
+def _agent_or_none(v: Any) -> bool:
+    return type(v) is int and -1 <= v <= 9999
+
+
+def _bool(v: Any) -> bool:
+    return type(v) is bool
+
+
+def _name(v: Any) -> bool:
+    return type(v) is str and NAME_RE.match(v) is not None
+
+
+def _short_str(v: Any) -> bool:
+    return type(v) is str and len(v) <= 512
+
+
+def _one_of(*choices: str) -> Callable[[Any], bool]:
+    return lambda v: type(v) is str and v in choices
+
+
+def _bool_list(v: Any) -> bool:
+    return type(v) is list and len(v) <= MAX_DIM and all(type(x) is bool for x in v)
+
+
+def _scalar_map(v: Any) -> bool:
+    """Small flat map of names to numbers, short strings or booleans (stats, status, roster)."""
+    if type(v) is not dict or len(v) > 512:
+        return False
+    for k, x in v.items():
+        if type(k) is not str or len(k) > 64:
+            return False
+        if not (type(x) in (int, float, bool) or (type(x) is str and len(x) <= 512)):
+            return False
+        if type(x) is int and not _int(x):
+            return False
+    return True
+
+
+def _str_list(v: Any) -> bool:
+    return type(v) is list and len(v) <= 64 and all(type(x) is str and len(x) <= 64 for x in v)
+
+
+ROLES = ("env", "agent", "wm", "ctl")
+ACT_KINDS = ("obs", "wm", "zero", "hold", "fallback")
+
+
+@dataclass(frozen=True)
+class ArraySpec:
+    dtypes: tuple[str, ...]
+    ndims: tuple[int, ...]
+
+
+F32 = ("<f4",)
+ACTION = ("<f4", "<i8")
+
+
+@dataclass(frozen=True)
+class Schema:
+    fields: dict[str, Callable[[Any], bool]]
+    arrays: tuple[ArraySpec, ...] = ()
+    min_arrays: int = 0
+
+
+_EPOCH = {"epoch": _uint, "leader": _agent_or_none}
+_AT = {"ep": _uint, "step": _uint}
+
+SCHEMAS: dict[str, Schema] = {
+    # membership
+    "HELLO": Schema({"inc": _uint, "role": _one_of(*ROLES), **_EPOCH}),
+    "HB": Schema(dict(_EPOCH)),
+    "BYE": Schema({"reason": _short_str}),
+    # env host <-> agent
+    "STEP": Schema({**_AT, "seq": _uint, "seen": _bool, "dflt": _bool},
+                   (ArraySpec(F32, (1,)), ArraySpec(("|b1",), (1,))), 0),
+    "ACTION": Schema({**_AT, "kind": _one_of(*ACT_KINDS), **_EPOCH, "tx": _uint}, (ArraySpec(ACTION, (0, 1)),), 1),
+    # loss handling, election, history sync
+    "LOST": Schema({**_AT, **_EPOCH, "bcast": _bool}),
+    "COORD": Schema(dict(_EPOCH)),
+    "GATHER": Schema({**_AT, "epoch": _uint, "obs_from": _uint, "act_from": _uint}),
+    "HISTORY": Schema({**_AT, "epoch": _uint, "obs_from": _uint, "act_from": _uint, "seen": _bool_list,
+                       "known": _bool_list}, (ArraySpec(F32, (2,)), ArraySpec(ACTION, (1, 2))), 2),
+    "RECON": Schema({**_AT, "epoch": _uint, "start": _uint}, (ArraySpec(F32, (1,)),), 1),
+    # world-model node
+    "WM_REQ": Schema({**_AT, "rid": _uint, "cont": _bool},
+                     (ArraySpec(F32, (3,)), ArraySpec(ACTION, (2, 3)), ArraySpec(F32, (2,)),
+                      ArraySpec(F32, (2,)), ArraySpec(F32, (2,))), 3),
+    "WM_REP": Schema({"rid": _uint, "ok": _bool, "us": _uint},
+                     (ArraySpec(F32, (2,)), ArraySpec(F32, (2,)), ArraySpec(F32, (2,))), 0),
+    # metrics and control
+    "STATS_REQ": Schema({}),
+    "STATS": Schema({"counts": _scalar_map, "names": _str_list}, tuple(ArraySpec(F32, (1,)) for _ in range(MAX_FRAMES)),
+                    0),
+    "REGISTER": Schema({"role": _one_of(*ROLES), "endpoint": _short_str, "pid": _uint, "inc": _uint}),
+    "ROSTER": Schema({"version": _uint, "endpoints": _scalar_map}),
+    "STATUS": Schema({"status": _scalar_map}),
+    "DONE": Schema({"report": _short_str, "ok": _bool}),
+}
+
+_COMMON = {"v", "t", "src", "arr"}
+
+
+@dataclass
+class Message:
+    type: str
+    src: str
+    fields: dict[str, Any]
+    arrays: list[np.ndarray] = field(default_factory=list)
+    nbytes: int = 0
+
+    def __getitem__(self, key: str) -> Any:
+        return self.fields[key]
+
+    def array(self, i: int, shape: Sequence[int | None], dtype: str | None = None) -> np.ndarray:
+        """The i-th array, checked against an exact shape (None = any length on that axis)."""
+        if i >= len(self.arrays):
+            raise WireError("bad_array", f"{self.type} lacks array {i}")
+        a = self.arrays[i]
+        if a.ndim != len(shape) or any(s is not None and s != d for s, d in zip(shape, a.shape, strict=True)):
+            raise WireError("bad_array", f"{self.type} array {i} has shape {a.shape}, expected {tuple(shape)}")
+        if dtype is not None and a.dtype.str != dtype:
+            raise WireError("bad_array", f"{self.type} array {i} has dtype {a.dtype.str}, expected {dtype}")
+        return a
+
+
+def encode(msg_type: str, src: str, arrays: Sequence[np.ndarray] = (), **fields: Any) -> list[bytes]:
+    """Frames for one message; validated like an incoming one so a bug never reaches the wire."""
+    schema = SCHEMAS[msg_type]
+    _check_fields(msg_type, schema, fields)
+    arrs = [np.ascontiguousarray(a) for a in arrays]
+    header = {"v": PROTOCOL_VERSION, "t": msg_type, "src": src, **fields,
+              "arr": [[a.dtype.str, list(a.shape)] for a in arrs]}
+    _check_arrays(msg_type, schema, header["arr"])
+    return [msgpack.packb(header, use_bin_type=True), *(a.tobytes() for a in arrs)]
+
+
+def frames_size(frames: Sequence[bytes | memoryview]) -> int:
+    return sum(len(f) for f in frames)
+
+
+def decode(frames: Sequence[bytes], sender: str | None = None, known: Callable[[str], bool] | None = None,
+           max_bytes: int = MAX_MESSAGE_BYTES) -> Message:
+    """Parse and validate one message; ``sender`` is the transport's identity for it, ``known`` says
+    whether a sender name belongs to this swarm. Raises WireError only."""
+    try:
+        return _decode(frames, sender, known, max_bytes)
+    except WireError:
+        raise
+    except Exception as exc:  # any parser surprise is a malformed message, never a crash
+        raise WireError("malformed", f"{type(exc).__name__}: {exc}") from None
+
+
+def _decode(frames: Sequence[bytes], sender: str | None, known: Callable[[str], bool] | None,
+            max_bytes: int) -> Message:
+    if not frames or len(frames) > MAX_FRAMES + 1:
+        raise WireError("malformed", f"{len(frames)} frames")
+    total = frames_size(frames)
+    if total > max_bytes or len(frames[0]) > MAX_HEADER_BYTES:
+        raise WireError("oversized", f"{total} bytes")
+    try:
+        header = msgpack.unpackb(frames[0], raw=False, strict_map_key=True, use_list=True,
+                                 max_str_len=MAX_HEADER_BYTES, max_bin_len=0, max_array_len=MAX_DIM,
+                                 max_map_len=1024, max_ext_len=0)
+    except Exception as exc:
+        raise WireError("malformed", f"header: {type(exc).__name__}") from None
+    if type(header) is not dict:
+        raise WireError("malformed", "header is not a map")
+    if header.get("v") != PROTOCOL_VERSION or type(header.get("v")) is not int:
+        raise WireError("version", f"version {header.get('v')!r}")
+    msg_type = header.get("t")
+    schema = SCHEMAS.get(msg_type) if type(msg_type) is str else None
+    if schema is None:
+        raise WireError("unknown_type", repr(msg_type)[:40])
+    src = header.get("src")
+    if not _name(src) or (sender is not None and src != sender) or (known is not None and not known(src)):
+        raise WireError("unknown_sender", repr(src)[:40])
+    fields = {k: v for k, v in header.items() if k not in _COMMON}
+    _check_fields(msg_type, schema, fields)
+    specs = header.get("arr")
+    if type(specs) is not list:
+        raise WireError("bad_array", "arr is not a list")
+    _check_arrays(msg_type, schema, specs)
+    if len(specs) != len(frames) - 1:
+        raise WireError("bad_array", f"{len(specs)} array headers for {len(frames) - 1} frames")
+    arrays = []
+    for (dtype, shape), frame in zip(specs, frames[1:], strict=True):
+        dt = _NP_DTYPES[dtype]
+        if len(frame) != dt.itemsize * math.prod(shape):
+            raise WireError("bad_array", f"frame of {len(frame)} bytes for {dtype}{shape}")
+        a = np.frombuffer(frame, dtype=dt).reshape(shape)
+        if dt.kind == "f" and a.size and not math.isfinite(float(a.sum(dtype=np.float64))):
+            raise WireError("bad_array", "non-finite values")
+        if dt.kind == "b" and np.frombuffer(frame, np.uint8).max(initial=0) > 1:
+            raise WireError("bad_array", "booleans other than 0 and 1")
+        arrays.append(a)
+    return Message(msg_type, src, fields, arrays, total)
+
+
+def _check_fields(msg_type: str, schema: Schema, fields: dict[str, Any]) -> None:
+    if set(fields) != set(schema.fields):
+        extra = sorted(set(fields) - set(schema.fields))
+        missing = sorted(set(schema.fields) - set(fields))
+        raise WireError("bad_field", f"{msg_type}: unknown {extra[:3]} missing {missing[:3]}")
+    for name, ok in schema.fields.items():
+        if not ok(fields[name]):
+            raise WireError("bad_field", f"{msg_type}.{name}={fields[name]!r}"[:120])
+
+
+def _check_arrays(msg_type: str, schema: Schema, specs: list[Any]) -> None:
+    if not schema.min_arrays <= len(specs) <= len(schema.arrays):
+        raise WireError("bad_array", f"{msg_type} carries {len(specs)} arrays")
+    for spec, entry in zip(schema.arrays, specs, strict=False):
+        if type(entry) is not list or len(entry) != 2:
+            raise WireError("bad_array", "array header is not [dtype, shape]")
+        dtype, shape = entry
+        if dtype not in spec.dtypes:
+            raise WireError("bad_array", f"{msg_type} dtype {dtype!r}"[:80])
+        if type(shape) is not list or len(shape) not in spec.ndims:
+            raise WireError("bad_array", f"{msg_type} shape {shape!r}"[:80])
+        if not all(type(d) is int and 0 <= d <= MAX_DIM for d in shape):
+            raise WireError("bad_array", f"{msg_type} shape {shape!r}"[:80])

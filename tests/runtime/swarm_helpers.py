@@ -1,0 +1,61 @@
+"""Helpers shared by the swarm tests: settings for a tiny run, running it, and message templates."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rmio.runtime.bundle import load_manifest
+from rmio.runtime.launcher import Launcher
+from rmio.runtime.settings import SwarmSettings, env_config_for
+from rmio.runtime.wire import encode
+
+KNOWN = {"env", "ctl", "wm", "a0", "a1", "a2"}.__contains__
+OBS = np.arange(9, dtype=np.float32)
+
+TEMPLATES: dict[str, tuple[dict[str, Any], tuple]] = {
+    "HELLO": ({"inc": 7, "role": "agent", "epoch": 2, "leader": 1}, ()),
+    "HB": ({"epoch": 2, "leader": -1}, ()),
+    "BYE": ({"reason": "done"}, ()),
+    "STEP": ({"ep": 0, "step": 3, "seq": 3, "seen": True, "dflt": False}, (OBS,)),
+    "ACTION": ({"ep": 0, "step": 3, "kind": "obs", "epoch": 1, "leader": 0, "tx": 5},
+               (np.zeros(1, np.float32),)),
+    "LOST": ({"ep": 0, "step": 3, "epoch": 1, "leader": 0, "bcast": False}, ()),
+    "COORD": ({"epoch": 3, "leader": 2}, ()),
+    "GATHER": ({"ep": 0, "step": 3, "epoch": 1, "obs_from": 1, "act_from": 0}, ()),
+    "HISTORY": ({"ep": 0, "step": 3, "epoch": 1, "obs_from": 1, "act_from": 0, "seen": [True, False, True],
+                 "known": [True, True, True]}, (np.zeros((2, 9), np.float32), np.zeros((3, 1), np.float32))),
+    "RECON": ({"ep": 0, "step": 3, "epoch": 1, "start": 0}, (OBS,)),
+    "WM_REQ": ({"ep": 0, "step": 3, "rid": 1, "cont": False},
+               (np.zeros((4, 6, 9), np.float32), np.zeros((4, 6, 1), np.float32), np.ones((4, 6), np.float32))),
+    "WM_REP": ({"rid": 1, "ok": True, "us": 120},
+               (np.zeros((6, 9), np.float32), np.zeros((6, 16), np.float32), np.zeros((6, 16), np.float32))),
+    "STATS_REQ": ({}, ()),
+    "STATS": ({"counts": {"tx_msgs.HB": 3, "x": 1.5}, "names": ["gather_us"]}, (np.ones(4, np.float32),)),
+    "REGISTER": ({"role": "agent", "endpoint": "ipc:///tmp/x/a0.sock", "pid": 12, "inc": 3}, ()),
+    "ROSTER": ({"version": 1, "endpoints": {"env": "tcp://127.0.0.1:5000"}}, ()),
+    "STATUS": ({"status": {"episode": 0, "return": 1.5}}, ()),
+    "DONE": ({"report": "/tmp/r.json", "ok": True}, ()),
+}
+
+
+def frames_of(msg_type: str, src: str = "a1") -> list[bytes]:
+    fields, arrays = TEMPLATES[msg_type]
+    return [bytes(f) for f in encode(msg_type, src, arrays, **fields)]
+
+
+def swarm_settings(bundle: Path, out_dir: Path, *, steps: int = 40, **kw: Any) -> SwarmSettings:
+    man = load_manifest(bundle)
+    kw.setdefault("loss", {"model": "bernoulli", "p_loss": 0.3})
+    kw.setdefault("episodes", 1)
+    kw.setdefault("baselines", False)
+    return SwarmSettings(bundle=str(bundle), n_agents=man.spec.n_agents, env=env_config_for(man, steps),
+                         out_dir=str(out_dir), **kw)
+
+
+def run_swarm(settings: SwarmSettings, run_dir: Path) -> tuple[dict[str, Any], Launcher]:
+    launcher = Launcher(settings, run_dir)
+    report = launcher.run()
+    return report, launcher

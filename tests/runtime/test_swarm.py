@@ -1,0 +1,127 @@
+"""Real swarms on loopback (ipc and tcp): reconstruction, silence at p_loss 0, blackout, the world-model node."""
+
+from __future__ import annotations
+
+import glob
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from swarm_helpers import run_swarm, swarm_settings
+
+from rmio.runtime.models import WorldModelRunner
+from rmio.runtime.reference import evaluate
+
+pytestmark = [pytest.mark.timeout(120), pytest.mark.slow]
+
+
+def delivered(run_dir: Path) -> dict[tuple[int, int, int], tuple[np.ndarray, int]]:
+    """(episode, step, agent) -> (reconstruction the agent received, first step of its replay)."""
+    out = {}
+    for path in glob.glob(str(run_dir / "records" / "a*.npz")):
+        j = int(Path(path).name.split("-")[0][1:])
+        rec = np.load(path)
+        for e, t, row, s in zip(rec["recon_ep"], rec["recon_t"], rec["recon_obs"], rec["recon_start"], strict=True):
+            out[(int(e), int(t), j)] = (row, int(s))
+    return out
+
+
+def check_reconstructions(bundle: Path, run_dir: Path) -> int:
+    """Every blind agent, and only those, got exactly what the in-process world model computes on the
+    same window of the env host's records. Returns how many reconstructions were checked."""
+    env = np.load(run_dir / "records" / "env.npz")
+    index = {(int(e), int(t)): k for k, (e, t) in enumerate(zip(env["ep"], env["t"], strict=True))}
+    got = delivered(run_dir)
+    lost = {(int(e), int(t), int(j)) for e, t, m in zip(env["ep"], env["t"], env["observed"], strict=True)
+            for j in np.flatnonzero(~m)}
+    assert set(got) == lost
+    wm = WorldModelRunner(bundle)
+    for (e, t, j), (row, start) in got.items():
+        rows = [index[(e, h)] for h in range(start, t + 1)]
+        prev = np.stack([env["actions"][index[(e, h)]] if h >= 0 else np.zeros_like(env["actions"][0])
+                         for h in range(start - 1, t)])
+        _, recon = wm.replay(env["obs"][rows], prev, env["observed"][rows].astype(np.float32))
+        assert np.array_equal(recon[-1, j], row), f"episode {e} step {t} agent {j}"
+    return len(got)
+
+
+def assert_clean(report: dict[str, Any]) -> None:
+    ev = report["events"]
+    assert ev.get("agents.internal_errors", 0) == 0
+    assert ev.get("agents.recon_unexpected_observing", 0) == 0
+    assert ev.get("stats_missing", 0) == 0
+
+
+def reference_returns(settings: Any, recon: str = "wm") -> list[float]:
+    rows = evaluate(settings.bundle, settings.env_config(), settings.loss_config(), episodes=settings.episodes,
+                    seed=settings.seed, recon=recon, wm_mode=settings.wm_mode)
+    return [r["return"] for r in rows]
+
+
+def test_reconstruction_reaches_exactly_the_blind_agents_ipc(bundle: Path, tmp_path: Path) -> None:
+    settings = swarm_settings(bundle, tmp_path, steps=40, episodes=2, record=True, transport="ipc",
+                              step_deadline_ms=1000.0)
+    report, _ = run_swarm(settings, tmp_path / "run")
+    assert_clean(report)
+    assert report["events"].get("deadline_misses", 0) == 0 and report["events"].get("agents.recon_miss", 0) == 0
+    assert check_reconstructions(bundle, tmp_path / "run") > 20
+    # nothing was late, so the swarm's decisions are the in-process evaluation's, step for step
+    assert [ep["return"] for ep in report["episodes"]] == reference_returns(settings)
+    ev = report["events"]
+    lost_pairs = sum(round(ep["lost_fraction"] * ep["steps"] * 6) for ep in report["episodes"])
+    assert report["traffic"]["RECON"]["messages"] == ev["agents.recon_sent"]
+    assert ev["agents.recon_sent"] + ev.get("agents.recon_self", 0) == lost_pairs
+    assert (tmp_path / "run" / "report.md").is_file()
+
+
+def test_no_communication_beyond_heartbeats_at_p_loss_0_tcp(bundle: Path, tmp_path: Path) -> None:
+    settings = swarm_settings(bundle, tmp_path, steps=40, transport="tcp", loss={"model": "bernoulli", "p_loss": 0.0},
+                              step_deadline_ms=1000.0)
+    report, _ = run_swarm(settings, tmp_path / "run")
+    assert_clean(report)
+    agent_types = set()
+    for name, counts in report["processes"].items():
+        if name.startswith("a"):
+            agent_types |= {k.split(".")[1] for k, v in counts.items() if k.startswith("tx_msgs.") and v}
+    assert agent_types <= {"HB", "HELLO", "ACTION", "REGISTER"}, agent_types
+    assert "protocol" not in report["traffic_by_category"]
+    assert [ep["return"] for ep in report["episodes"]] == reference_returns(settings)
+
+
+def test_total_blackout_runs_incrementally(bundle: Path, tmp_path: Path) -> None:
+    """p_loss 1.0: nobody observes, the lowest live agent coordinates from the prior every step, and in
+    incremental mode each reconstruction equals a replay from the first blind step."""
+    settings = swarm_settings(bundle, tmp_path, steps=30, record=True, loss={"model": "bernoulli", "p_loss": 1.0},
+                              wm_mode="incremental", step_deadline_ms=1000.0)
+    report, _ = run_swarm(settings, tmp_path / "run")
+    assert_clean(report)
+    assert report["events"]["actions_wm"] == 30 * 6
+    assert check_reconstructions(bundle, tmp_path / "run") == 30 * 6
+    starts = {start for _, start in delivered(tmp_path / "run").values()}
+    assert starts == {0}  # one chain over the whole blackout (each round continued the previous one)
+    assert report["events"]["agents.rounds_continued"] == 29
+    assert report["episodes"][0]["return"] == reference_returns(settings)[0]
+
+
+def test_world_model_node(bundle: Path, tmp_path: Path) -> None:
+    settings = swarm_settings(bundle, tmp_path, steps=30, record=True, world_model="node", transport="tcp",
+                              loss={"model": "bernoulli", "p_loss": 0.5}, step_deadline_ms=1000.0,
+                              wm_deadline_ms=500.0)
+    report, _ = run_swarm(settings, tmp_path / "run")
+    assert_clean(report)
+    assert report["processes"]["wm"]["wm.requests"] == report["events"]["agents.rounds"] > 10
+    assert report["events"].get("agents.wm_node_timeout", 0) == 0
+    check_reconstructions(bundle, tmp_path / "run")
+
+
+def test_idle_processes_do_not_spin(bundle: Path, tmp_path: Path) -> None:
+    """At 3 steps per second (env host silent for longer than the liveness expiry between steps) the
+    agents' event loops sleep: their CPU time stays far below the wall time."""
+    settings = swarm_settings(bundle, tmp_path, steps=9, rate_hz=3.0, heartbeat_ms=50.0)
+    report, _ = run_swarm(settings, tmp_path / "run")
+    assert_clean(report)
+    assert report["seconds"] > 2.5
+    for name, counts in report["processes"].items():
+        if name.startswith("a"):
+            assert counts["agent.loop_cpu_ms"] < 0.25 * 1000 * report["seconds"], (name, counts["agent.loop_cpu_ms"])

@@ -1,0 +1,112 @@
+"""A small, randomly initialised model bundle that honours runtime/bundle.py's contract exactly.
+
+Protocol tests need real ONNX graphs of the right shapes, not a trained policy: the actor is a tiny
+MLP and the world-model step a GRU cell with a deterministic categorical latent (one-hot of the
+argmax), a cross-agent mean and a decoder, so reconstructions depend on the window, on the other
+agents and on the mask the way a real model's do. Torch is fine here: this is a test fixture.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from rmio.envs.base import EnvSpec
+from rmio.envs.registry import EnvConfig, make_env
+from rmio.runtime.bundle import ACTOR_OUTPUTS, SCHEMA_VERSION, WM_INPUTS, WM_OUTPUTS, Manifest
+
+DETER, CATS, CLASSES, HIDDEN = 16, 4, 4, 32
+
+
+class TinyActor(nn.Module):
+    def __init__(self, spec: EnvSpec) -> None:
+        super().__init__()
+        self.spec = spec
+        n, d = spec.n_agents, spec.obs_dim
+        self.net = nn.Sequential(nn.Linear(d + n, HIDDEN), nn.Tanh(), nn.Linear(HIDDEN, spec.action_dim))
+        self.register_buffer("ids", torch.arange(n))
+        if not spec.discrete:
+            self.register_buffer("low", torch.tensor(spec.action_low, dtype=torch.float32))
+            self.register_buffer("high", torch.tensor(spec.action_high, dtype=torch.float32))
+
+    def forward(self, obs: torch.Tensor, agent_id: torch.Tensor, avail_actions: torch.Tensor | None = None):
+        onehot = (agent_id[:, None] == self.ids[None, :]).float()
+        out = self.net(torch.cat([obs, onehot], -1))
+        if self.spec.discrete:
+            out = out.masked_fill(~avail_actions, -1e9)
+            return out.argmax(-1)
+        return torch.minimum(torch.maximum(torch.tanh(out), self.low), self.high)
+
+
+class TinyWorldModelStep(nn.Module):
+    def __init__(self, spec: EnvSpec, act_width: int, mean: np.ndarray, std: np.ndarray) -> None:
+        super().__init__()
+        d = spec.obs_dim
+        self.gru = nn.GRUCell(CATS * CLASSES + act_width, DETER)
+        self.post = nn.Linear(2 * d + DETER + 1, CATS * CLASSES)
+        self.dec = nn.Linear(DETER + CATS * CLASSES, d)
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32))
+
+    def forward(self, h, z, prev_action, obs, mask):
+        b, n, deter = h.shape
+        x = torch.cat([z, prev_action], -1).reshape(b * n, -1)
+        h_next = self.gru(x, h.reshape(b * n, deter)).reshape(b, n, deter)
+        m = mask[..., None]
+        norm = (obs - self.mean) / self.std * m
+        shared = norm.sum(1, keepdim=True) / (m.sum(1, keepdim=True) + 1.0)
+        logits = self.post(torch.cat([norm, shared.expand(-1, n, -1), h_next, m], -1)).reshape(b, n, CATS, CLASSES)
+        z_next = (logits == logits.amax(-1, keepdim=True)).float().reshape(b, n, CATS * CLASSES)
+        recon = self.dec(torch.cat([h_next, z_next], -1)) * self.std + self.mean
+        return h_next, z_next, recon
+
+
+def _export(module: nn.Module, args: tuple, path: Path, inputs: list[str], outputs: list[str]) -> None:
+    axes = {name: {0: "batch"} for name in inputs + outputs}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, args, str(path), input_names=inputs, output_names=outputs, dynamic_axes=axes,
+                          opset_version=17, dynamo=False)
+
+
+def make_tiny_bundle(out_dir: str | Path, scenario: str = "mamujoco/HalfCheetah-6x1", history_window: int = 8,
+                     seed: int = 0) -> Path:
+    """Build a randomly initialised bundle for a real scenario's spec; returns the bundle directory."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    family, _, name = scenario.partition("/")
+    with make_env(EnvConfig(family=family, scenario=name)) as env:
+        spec = env.spec
+        rng = np.random.default_rng(seed)
+        ts = env.reset(seed=seed)
+        samples = [ts.obs]
+        for _ in range(64):
+            ts = env.step(spec.random_actions(rng, ts.avail_actions))
+            samples.append(ts.obs)
+            if ts.done:
+                ts = env.reset(seed=seed + 1)
+    stack = np.stack(samples)
+    mean = stack.mean(0).astype(np.float32)
+    std = np.maximum(stack.std(0), 0.1).astype(np.float32)
+    act_width = spec.action_dim
+    torch.manual_seed(seed)
+    n, d, batch = spec.n_agents, spec.obs_dim, 2
+    actor = TinyActor(spec).eval()
+    actor_args: tuple = (torch.randn(batch, d), torch.zeros(batch, dtype=torch.int64))
+    actor_inputs = ["obs", "agent_id"]
+    if spec.discrete:
+        actor_args = (*actor_args, torch.ones(batch, spec.action_dim, dtype=torch.bool))
+        actor_inputs.append("avail_actions")
+    _export(actor, actor_args, out / "actor.onnx", actor_inputs, list(ACTOR_OUTPUTS))
+    wm = TinyWorldModelStep(spec, act_width, mean, std).eval()
+    wm_args = (torch.zeros(batch, n, DETER), torch.zeros(batch, n, CATS * CLASSES), torch.zeros(batch, n, act_width),
+               torch.randn(batch, n, d), torch.ones(batch, n))
+    _export(wm, wm_args, out / "wm_step.onnx", list(WM_INPUTS), list(WM_OUTPUTS))
+    Manifest(schema_version=SCHEMA_VERSION, spec=spec, history_window=history_window, deter=DETER,
+             stoch=CATS * CLASSES, act_width=act_width, obs_mean=mean.tolist(), obs_std=std.tolist(),
+             config={"fixture": "tiny_bundle", "seed": seed}, metrics={"trained": False}).save(out)
+    return out

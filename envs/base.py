@@ -95,6 +95,13 @@ class EnvSpec:
             agent_names=tuple(str(x) for x in data.get("agent_names", ())),
         )
 
+    def executed_actions(self, actions: np.ndarray) -> np.ndarray:
+        """Continuous joint actions as the environment applies them (clipped, padding zeroed)."""
+        if self.discrete:
+            return np.asarray(actions)
+        clipped = np.clip(actions, np.asarray(self.action_low, np.float32), np.asarray(self.action_high, np.float32))
+        return (clipped * self.action_feature_mask).astype(np.float32)
+
     def random_actions(self, rng: np.random.Generator, avail: np.ndarray | None = None) -> np.ndarray:
         """Uniform random joint action; respects ``avail`` for discrete tasks."""
         if self.discrete:

@@ -85,8 +85,9 @@ def collect(
                 final_state = bstep.final_state[k] if bstep.final_state is not None else bstep.state[k]
                 obs_k = bstep.final_obs[k] if done else bstep.obs[k]
                 state_k = final_state if done else bstep.state[k]
-                b.add(actions[k], obs_k, state_k, float(bstep.reward[k]), bool(bstep.terminated[k]),
-                      bool(bstep.truncated[k]), new_observed[k], None if done else _avail(bstep.avail_actions, k))
+                b.add(spec.executed_actions(actions[k]), obs_k, state_k, float(bstep.reward[k]),
+                      bool(bstep.terminated[k]), bool(bstep.truncated[k]), new_observed[k],
+                      None if done else _avail(bstep.avail_actions, k))
                 if done:
                     buf.add_episode(b.finish())
                     losses[k].reset()

@@ -78,3 +78,15 @@ def test_merge_checks_the_task(buffer: TrajectoryBuffer) -> None:
     twice = TrajectoryBuffer(buffer.spec, dict(buffer.data))
     twice.extend(buffer)
     assert twice.num_episodes == 2 * buffer.num_episodes
+
+
+def test_buffer_stores_the_actions_the_environment_executed() -> None:
+    """A Gaussian policy's samples leave the box; the world model must learn from what really happened."""
+
+    def wild(obs, observed, avail):
+        return np.full((obs.shape[0], 6, 1), 3.0, np.float32)
+
+    buf, _ = collect(EnvConfig("mamujoco", "HalfCheetah-6x1", episode_limit=5), LossConfig("none"), steps=5,
+                     policy=wild)
+    acted = buf.data["action"][~buf.data["is_last"]]
+    np.testing.assert_array_equal(acted, 1.0)

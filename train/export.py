@@ -140,13 +140,13 @@ def replay_parity(model: RMIOWorldModel, runner: WorldModelRunner, holdout: Traj
         ep = holdout.episode(k)
         T = min(steps, len(ep["obs"]))
         obs = ep["obs"][:T]
-        prev = np.zeros_like(ep["action"][:T])
-        prev[1:] = ep["action"][: T - 1]
+        prev = np.full_like(ep["action"][:T], -1) if model.spec.discrete else np.zeros_like(ep["action"][:T])
+        prev[1:] = ep["action"][: T - 1]  # -1 (discrete) / zeros: no action before the first step
         masks = (rng.random((T, obs.shape[1])) >= p_mask).astype(np.float32)
         _, onnx_rec = runner.replay(obs, prev, masks)
         with torch.no_grad():
             h, z = model.initial(1)
-            enc = model.encode_actions(torch.as_tensor(prev))
+            enc = torch.as_tensor(runner.encode_actions(prev))
             recs = []
             for t in range(T):
                 m = torch.as_tensor(masks[t])[None]

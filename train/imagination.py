@@ -23,7 +23,7 @@ from rmio.train.world_model import RMIOWorldModel
 def start_states(model: RMIOWorldModel, sampler: SequenceSampler, rng: np.random.Generator, starts: int,
                  context: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Posterior (h, z) at the last step of ``starts`` real windows of ``context`` steps (line 12)."""
-    batch = sampler.sample(rng, starts, context)
+    batch = sampler.sample(rng, starts, context, end_mid_episode=True)
     mask = torch.ones(batch.obs.shape[:3], device=batch.obs.device)
     post = model.observe(model.normalize_obs(batch.obs), batch.prev_action, mask, batch.is_first, sample=False)
     return post.h[:, -1], post.z[:, -1]
@@ -45,7 +45,8 @@ def imagine(model: RMIOWorldModel, ppo: PPO, h: torch.Tensor, z: torch.Tensor, h
         val_l.append(value)
         if avail is not None:
             avail_l.append(avail)
-        h = model.transition(h, z, model.encode_actions(action))  # h_{t+1} = f_rec(h_t, f_af(z_t, a_t))
+        executed = ppo.actor.executed(action)  # what the environment would really apply
+        h = model.transition(h, z, model.encode_actions(executed))  # h_{t+1} = f_rec(h_t, f_af(z_t, a_t))
         z = model.prior(h).sample()  # z^_{t+1} ~ p_prior(. | h_{t+1})
         heads = model.heads(h, z)
         rew_l.append(heads["reward"])

@@ -25,9 +25,9 @@ from rmio.train.evaluate import evaluate_policy
 from rmio.train.imagination import imagine, start_states
 from rmio.train.mappo import build_agents, log_eval
 from rmio.train.policy import joint_act
-from rmio.train.runlog import MetricLog, load_checkpoint, save_checkpoint
+from rmio.train.runlog import MetricLog, load_checkpoint, restore_rng, rng_state, save_checkpoint
 from rmio.train.wm_data import SequenceSampler, observation_stats, world_model_loss
-from rmio.train.wm_train import _extra, _progress, begin_training, build_model
+from rmio.train.wm_train import HOLDOUT_SEED_OFFSET, _extra, _progress, begin_training, build_model
 
 NO_LOSS = LossConfig("none")  # pre-training sees complete observations (paper section 5)
 
@@ -54,7 +54,7 @@ def train_joint(cfg: Config, run_dir: Path, device: str, console: Console) -> Pa
     if start is None:
         real, _ = collect(cfg.env, NO_LOSS, steps=im.warmup_steps, num_envs=cfg.run.num_envs, seed=cfg.run.seed)
         holdout, _ = collect(cfg.env, NO_LOSS, steps=wt.holdout_episodes * (cfg.env.episode_limit or 1000),
-                             num_envs=1, seed=cfg.run.seed + 100_000)
+                             num_envs=1, seed=cfg.run.seed + HOLDOUT_SEED_OFFSET)
         holdout.save(data_dir / "holdout.npz")
         stats = observation_stats(real)  # fixed from the random warm-up, shared by world model and actor
         env_steps, next_eval, next_ckpt = len(real) - real.num_episodes, 0, im.checkpoint_every
@@ -73,8 +73,8 @@ def train_joint(cfg: Config, run_dir: Path, device: str, console: Console) -> Pa
         wm_opt.load_state_dict(start["wm_opt"])
         ppo.load_state_dict(start["ppo"])
         rng.bit_generator.state = start["np_rng"]
-        gen.set_state(start["gen_rng"])
-        torch.set_rng_state(start["torch_rng"])
+        gen.set_state(start["gen_rng"].cpu())
+        restore_rng(start["torch_rng"])
         console.print(f"resuming joint pre-training at {env_steps} env steps")
     log = MetricLog(run_dir, "joint")
     t0 = time.perf_counter()
@@ -83,7 +83,7 @@ def train_joint(cfg: Config, run_dir: Path, device: str, console: Console) -> Pa
     def state() -> dict[str, Any]:
         return {**_extra(cfg, real.spec, stats), "model": model.state_dict(), "wm_opt": wm_opt.state_dict(),
                 "ppo": ppo.state_dict(), "env_steps": env_steps, "next_eval": next_eval, "next_ckpt": next_ckpt,
-                "np_rng": rng.bit_generator.state, "gen_rng": gen.get_state(), "torch_rng": torch.get_rng_state(),
+                "np_rng": rng.bit_generator.state, "gen_rng": gen.get_state(), "torch_rng": rng_state(),
                 "obs_mean": stats[0].tolist(), "obs_std": stats[1].tolist()}
 
     with _progress(console, "RMIOv2 pre-training", im.env_steps) as (bar, task):

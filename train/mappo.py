@@ -24,7 +24,7 @@ from rmio.envs.vector import BatchStep, make_vector_env
 from rmio.train.evaluate import evaluate_policy, plot_curves
 from rmio.train.policy import Actor, Critic, joint_act
 from rmio.train.ppo import PPO, Rollout
-from rmio.train.runlog import MetricLog, load_checkpoint, save_checkpoint
+from rmio.train.runlog import MetricLog, load_checkpoint, restore_rng, rng_state, save_checkpoint
 from rmio.train.wm_data import observation_stats
 from rmio.train.wm_train import _progress, begin_training
 
@@ -72,8 +72,8 @@ def train_mappo(cfg: Config, run_dir: Path, device: str, console: Console) -> Pa
         ppo = build_agents(cfg, venv.spec, mean, std, dev)
         if start is not None:
             ppo.load_state_dict(start["ppo"])
-            torch.set_rng_state(start["torch_rng"])
-            gen.set_state(start["gen_rng"])
+            restore_rng(start["torch_rng"])
+            gen.set_state(start["gen_rng"].cpu())
             console.print(f"resuming MAPPO at {steps_done} env steps")
         metrics = MetricLog(run_dir, "mappo")
         b = venv.reset(seed=cfg.run.seed + steps_done)
@@ -138,4 +138,4 @@ def _state(cfg: Config, spec: Any, ppo: PPO, mean: np.ndarray, std: np.ndarray, 
            next_ckpt: int, gen: torch.Generator) -> dict[str, Any]:
     return {"config": cfg.to_dict(), "config_hash": cfg.digest(), "spec": spec.to_dict(), "ppo": ppo.state_dict(),
             "obs_mean": mean.tolist(), "obs_std": std.tolist(), "env_steps": steps, "next_eval": next_eval,
-            "next_ckpt": next_ckpt, "torch_rng": torch.get_rng_state(), "gen_rng": gen.get_state()}
+            "next_ckpt": next_ckpt, "torch_rng": rng_state(), "gen_rng": gen.get_state()}

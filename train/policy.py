@@ -68,6 +68,13 @@ class Actor(nn.Module):
         action = (dist.probs.argmax(-1) if self.spec.discrete else dist.mean) if deterministic else dist.sample()
         return action, self.log_prob(dist, action, agent_id)
 
+    def executed(self, action: torch.Tensor) -> torch.Tensor:
+        """Joint action (..., n, A) as the environment applies it: clipped to the box, padding zeroed.
+        The world model must learn from these, not from the raw Gaussian samples."""
+        if self.spec.discrete:
+            return action
+        return torch.minimum(torch.maximum(action, self.low), self.high) * self.action_mask
+
     def forward(self, obs: torch.Tensor, agent_id: torch.Tensor, avail: torch.Tensor | None = None) -> torch.Tensor:
         """The exported greedy policy: best available action, or the mean clipped to the action box."""
         out = self._head(obs, agent_id)

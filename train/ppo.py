@@ -61,7 +61,9 @@ class PPO:
         obs, actions, logp_old, w = flat(r.obs), flat(r.actions), flat(r.logp), flat(weights)
         adv, returns = flat(adv), flat(returns)
         avail = flat(r.avail) if r.avail is not None else None
-        adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+        mean = (adv * w).sum() / w.sum()  # imagined steps count by their probability of still running
+        std = (((adv - mean) ** 2 * w).sum() / w.sum()).sqrt()
+        adv = (adv - mean) / (std + 1e-8)
         if cfg.value_norm:
             self.value_norm.update(returns)
             targets = self.value_norm.normalize(returns)

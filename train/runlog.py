@@ -59,6 +59,23 @@ class MetricLog:
         self.writer.close()
 
 
+def rng_state() -> dict[str, Any]:
+    """torch's global random streams (CPU, and every CUDA device when there is one)."""
+    out: dict[str, Any] = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        out["cuda"] = torch.cuda.get_rng_state_all()
+    return out
+
+
+def restore_rng(state: dict[str, Any] | torch.Tensor) -> None:
+    """Inverse of rng_state; states must be CPU byte tensors whatever map_location loaded them to."""
+    if isinstance(state, torch.Tensor):  # older checkpoints stored the CPU state alone
+        state = {"cpu": state}
+    torch.set_rng_state(state["cpu"].cpu())
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+
+
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
     """Atomic: write to a temporary file, then rename, so an interrupted save never corrupts the last one."""
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -37,6 +37,8 @@ class Batch:
     is_first: torch.Tensor  # (B, T)
     is_terminal: torch.Tensor  # (B, T)
     avail: torch.Tensor | None  # (B, T, n, A)
+    raw_reward: torch.Tensor | None = None  # (B, T) the true reward (smoothing is a training target only)
+    is_last: torch.Tensor | None = None  # (B, T) last row of an episode
 
 
 class SequenceSampler:
@@ -64,15 +66,26 @@ class SequenceSampler:
             "reward": smooth_buffer_rewards(data["reward"], is_first, smoothing),
             "is_first": is_first.astype(np.float32),
             "is_terminal": data["is_terminal"].astype(np.float32),
+            "raw_reward": data["reward"].astype(np.float32),
+            "is_last": data["is_last"].astype(np.float32),
         }
         if self.spec.discrete:
             self.arrays["avail"] = data["avail_actions"].astype(np.float32)
         self.tensors = {k: torch.as_tensor(v, device=self.device) for k, v in self.arrays.items()}
         self.rows = len(buf)
 
-    def sample(self, rng: np.random.Generator, batch: int, length: int) -> Batch:
+    def sample(self, rng: np.random.Generator, batch: int, length: int, end_mid_episode: bool = False) -> Batch:
+        """``end_mid_episode``: resample windows whose last row ends an episode (imagination starts
+        from there, and nothing was ever learned about what follows an episode's last row)."""
         length = min(length, self.rows)
         starts = rng.integers(0, self.rows - length + 1, size=batch)
+        if end_mid_episode:
+            last = self.arrays["is_last"]
+            for _ in range(100):
+                bad = last[starts + length - 1] > 0
+                if not bad.any():
+                    break
+                starts[bad] = rng.integers(0, self.rows - length + 1, size=int(bad.sum()))
         idx = torch.as_tensor(starts[:, None] + np.arange(length)[None, :], device=self.device)
         return self._gather(idx, first_is_start=True)
 
@@ -88,7 +101,7 @@ class SequenceSampler:
             t["is_first"] = t["is_first"].clone()
             t["is_first"][:, 0] = 1.0
         return Batch(t["obs"], t["prev_action"], t["state"], t["reward"], t["is_first"], t["is_terminal"],
-                     t.get("avail"))
+                     t.get("avail"), t["raw_reward"], t["is_last"])
 
 
 def sample_masks(rng: torch.Generator, shape: tuple[int, ...], p_mask: float, device: torch.device) -> torch.Tensor:
@@ -120,7 +133,9 @@ def world_model_loss(model: RMIOWorldModel, batch: Batch, mask: torch.Tensor) ->
     if lost.sum() > 0:
         metrics["obs_masked"] = ((per_agent * lost).sum() / lost.sum()).item()
     if batch.avail is not None and "avail_logit" in out:
-        avail_loss = F.binary_cross_entropy_with_logits(out["avail_logit"], batch.avail)
+        per = F.binary_cross_entropy_with_logits(out["avail_logit"], batch.avail, reduction="none").mean(-1)
+        keep = 1.0 - batch.is_last.unsqueeze(-1) if batch.is_last is not None else torch.ones_like(per)
+        avail_loss = (per * keep).sum() / (keep.expand_as(per).sum()).clamp(min=1.0)
         rec = rec + avail_loss
         metrics["avail"] = avail_loss.item()
     if "state" in out:
@@ -128,9 +143,11 @@ def world_model_loss(model: RMIOWorldModel, batch: Batch, mask: torch.Tensor) ->
         state_loss = F.smooth_l1_loss(out["state"], state_n.unsqueeze(-2).expand_as(out["state"]))
         rec = rec + cfg.state_loss_weight * state_loss
         metrics["state"] = state_loss.item()
-    dyn = post.post.detach().kl(post.prior).mean()  # trains the prior towards the posterior
-    rep = post.post.kl(post.prior.detach()).mean()  # keeps the posterior close to what is predictable
-    kl = cfg.kl_balance * dyn.clamp(min=cfg.free_nats) + (1 - cfg.kl_balance) * rep.clamp(min=cfg.free_nats)
+    dyn = post.post.detach().kl(post.prior)  # trains the prior towards the posterior
+    rep = post.post.kl(post.prior.detach())  # keeps the posterior close to what is predictable
+    free = cfg.free_nats  # per agent and step, before averaging, so one bad step still gets a gradient
+    kl = cfg.kl_balance * dyn.clamp(min=free).mean() + (1 - cfg.kl_balance) * rep.clamp(min=free).mean()
+    dyn = dyn.mean()
     total = rec + cfg.kl_beta * kl
     metrics.update({"kl": dyn.item(), "rec": rec.item(), "loss": total.item()})
     return total, metrics

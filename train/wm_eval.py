@@ -93,7 +93,7 @@ def evaluate_episode(model: RMIOWorldModel, ep: Batch, p_masks: list[float], see
     l2 = ((decoded - obs_n) * fm).norm(dim=-1)  # (B, T, n)
     gamma_hat = 1 - torch.sigmoid(out["term_logit"])
     gamma = 1 - ep.is_terminal.expand(B, T)
-    reward = ep.reward.expand(B, T)
+    reward = (ep.raw_reward if ep.raw_reward is not None else ep.reward).expand(B, T)
     gpe = l2.mean(-1) + (out["reward"] - reward).abs() + (gamma_hat - gamma).abs()
     # GCI (GAWM Eq. 7): disagreement between agents' own estimates of the global quantities; reward and
     # termination come from one joint head here, so their indicator terms are zero by construction

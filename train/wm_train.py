@@ -24,13 +24,15 @@ from rmio.envs.collect import collect
 from rmio.envs.loss import LossConfig
 from rmio.envs.trajectory import TrajectoryBuffer
 from rmio.errors import RmioError
-from rmio.train.runlog import MetricLog, load_checkpoint, save_checkpoint
+from rmio.train.runlog import MetricLog, load_checkpoint, restore_rng, rng_state, save_checkpoint
 from rmio.train.wm_data import SequenceSampler, observation_stats, sample_masks, world_model_loss
 from rmio.train.world_model import RMIOWorldModel
 
 log = logging.getLogger(__name__)
 
 PRETRAIN, FINETUNE = "pretrain", "finetune"
+HOLDOUT_SEED_OFFSET = 10_000_000
+"""Held-out episodes use seeds far from any collection seed, so they are never training episodes."""
 
 
 def seed_everything(seed: int) -> None:
@@ -77,7 +79,7 @@ def ensure_data(cfg: Config, run_dir: Path, console: Console) -> tuple[Trajector
     if not holdout_path.exists():
         limit = cfg.env.episode_limit or 1000
         steps = cfg.world_model.train.holdout_episodes * limit
-        buf, _ = collect(cfg.env, no_loss, steps=steps, num_envs=1, seed=cfg.run.seed + 100_000)
+        buf, _ = collect(cfg.env, no_loss, steps=steps, num_envs=1, seed=cfg.run.seed + HOLDOUT_SEED_OFFSET)
         buf.save(holdout_path)
     return TrajectoryBuffer.load(train_path), TrajectoryBuffer.load(holdout_path)
 
@@ -163,8 +165,8 @@ def optimise(model: RMIOWorldModel, cfg: Config, phase: Phase, run_dir: Path, sa
         opt.load_state_dict(start["optim"])
         step, best, since_best, ema = start["step"], start["best"], start["since_best"], start["ema"]
         rng.bit_generator.state = start["np_rng"]
-        mask_gen.set_state(start["mask_rng"])
-        torch.set_rng_state(start["torch_rng"])
+        mask_gen.set_state(start["mask_rng"].cpu())
+        restore_rng(start["torch_rng"])
     metrics_log = MetricLog(run_dir, f"wm_{phase.name}")
     ckpt_path = run_dir / f"ckpt_{phase.name}.pt"
 
@@ -172,7 +174,7 @@ def optimise(model: RMIOWorldModel, cfg: Config, phase: Phase, run_dir: Path, sa
         save_checkpoint(ckpt_path, {**extra, "phase": phase.name, "model": model.state_dict(),
                                     "optim": opt.state_dict(), "step": step, "best": best, "since_best": since_best,
                                     "ema": ema, "np_rng": rng.bit_generator.state, "mask_rng": mask_gen.get_state(),
-                                    "torch_rng": torch.get_rng_state()})
+                                    "torch_rng": rng_state()})
 
     t0, done_at_start = time.perf_counter(), step
     stopped_early = False

@@ -147,14 +147,18 @@ class RMIOWorldModel(nn.Module):
 
     def observe(self, obs_n: torch.Tensor, prev_action: torch.Tensor, mask: torch.Tensor,
                 is_first: torch.Tensor, sample: bool = True) -> Posterior:
-        """Filter a batch of sequences (B, T, n, ...); the state restarts from zeros at ``is_first``
-        and at the start of every sequence, as the deployed coordinator's window replay does."""
+        """Filter a batch of sequences (B, T, n, ...); h and z restart from zeros at ``is_first``.
+
+        The sampler marks the first row of every window as a start too, which is what the deployed
+        coordinator's window replay does: zero state, but the real previous action a_{s-1} (zero only
+        at a true episode start, where the data already holds zeros).
+        """
         B, T = obs_n.shape[:2]
         h, z = self.initial(B)
         hs, zs, post_logits = [], [], []
         for t in range(T):
             keep = (1.0 - is_first[:, t].float()).view(B, 1, 1)
-            h, z, a = h * keep, z * keep, prev_action[:, t] * keep
+            h, z, a = h * keep, z * keep, prev_action[:, t]
             h = self.transition(h, z, a)
             post = self.posterior(h, obs_n[:, t], mask[:, t])
             z = post.sample() if sample else post.mode()

@@ -135,6 +135,7 @@ def evaluate_run(run_dir: Path, which: str, device: str, console: Console) -> di
 
     cfg = load_config(run_dir / "config.yaml")
     dev = resolve_device(device)
+    torch.set_num_threads(cfg.world_model.train.threads)
     holdout_path = run_dir / "data" / "holdout.npz"
     if not holdout_path.exists():
         raise RmioError(f"'{run_dir}' has no held-out data; train a world model in it first")

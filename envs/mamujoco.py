@@ -5,7 +5,9 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import os
 import re
+import tempfile
 import warnings
 
 import numpy as np
@@ -32,6 +34,31 @@ def parse_scenario(scenario: str) -> tuple[str, str]:
     return m["robot"], m["conf"]
 
 
+@contextlib.contextmanager
+def _asset_lock(robot: str):
+    """Serialise building ManySegment* robots across processes.
+
+    gymnasium_robotics writes their generated XML to one fixed path inside its package, loads it and
+    deletes it, so two processes building the same robot at once (vectorised copies, an env host next
+    to a trainer) delete each other's file. A file lock around the build removes the race.
+    """
+    if not robot.startswith("ManySegment"):
+        yield
+        return
+    try:
+        import fcntl
+    except ImportError:  # no fcntl (Windows): nothing to lock with
+        yield
+        return
+    path = os.path.join(tempfile.gettempdir(), "rmio-mamujoco-assets.lock")
+    with open(path, "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 def _import_mamujoco():
     """Import quietly: gymnasium_robotics prints a notice about unrelated Adroit tasks to stderr, and
     MuJoCo warns about a deprecated attribute in the bundled robot XML; both go to our debug log."""
@@ -52,7 +79,7 @@ class MaMuJoCoEnv(MultiAgentEnv):
         mamujoco_v1 = _import_mamujoco()
 
         try:
-            with warnings.catch_warnings():
+            with warnings.catch_warnings(), _asset_lock(robot):
                 warnings.simplefilter("ignore")
                 self._env = mamujoco_v1.parallel_env(robot, conf, agent_obsk=cfg.agent_obsk, **cfg.options)
         except Exception as exc:  # the library raises many kinds for a bad name or partition

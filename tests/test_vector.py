@@ -26,3 +26,12 @@ def test_subproc_vector_env_matches_single_envs_and_auto_resets() -> None:
         assert not np.allclose(b.obs, b.final_obs)  # obs already belongs to the next episode
         for env in singles:
             env.close()
+
+
+def test_many_segment_robots_build_in_parallel() -> None:
+    """gymnasium_robotics writes and deletes one shared XML per ManySegment robot; copies built at the
+    same time used to delete each other's file."""
+    cfg = EnvConfig("mamujoco", "ManySegmentSwimmer-10x2", episode_limit=3)
+    for _ in range(3):
+        with make_vector_env(cfg, 4) as venv:
+            assert venv.reset(seed=0).obs.shape == (4, 10, 6)

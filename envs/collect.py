@@ -46,6 +46,7 @@ def collect(
     seed: int = 0,
     policy: Policy | None = None,
     progress: Callable[[int], None] | None = None,
+    vector_mode: str = "auto",
 ) -> tuple[TrajectoryBuffer, CollectStats]:
     """Run ``policy`` for at least ``steps`` environment steps (whole episodes only).
 
@@ -56,7 +57,7 @@ def collect(
     import time
 
     start = time.perf_counter()
-    with make_vector_env(env_cfg, num_envs) as venv:
+    with make_vector_env(env_cfg, num_envs, vector_mode) as venv:
         spec = venv.spec
         policy = policy or random_policy(spec, seed)
         losses = [make_loss_model(loss_cfg, spec.n_agents, seed + 1000 + k) for k in range(num_envs)]

@@ -49,7 +49,10 @@ class RunConfig:
     seed: int = 0
     """Base seed; every random stream of a run derives from it."""
     num_envs: int = 4
-    """Environment copies stepped in parallel (subprocesses, or one vmapped call for SMAX)."""
+    """Environment copies stepped together (one vmapped call for SMAX)."""
+    vector_mode: Literal["auto", "sync", "subproc"] = "auto"
+    """How MuJoCo/LBF copies are stepped: in this process (sync), one subprocess each (subproc), or
+    auto: subprocesses only on machines with more than 2 cores (on 2 cores the pipes cost more)."""
     collect_steps: int = 10_000
     """Real environment steps that `rmio collect` gathers."""
     eval_episodes: int = 5

@@ -68,7 +68,7 @@ def train_mappo(cfg: Config, run_dir: Path, device: str, console: Console) -> Pa
         mean, std = np.asarray(start["obs_mean"], np.float32), np.asarray(start["obs_std"], np.float32)
         steps_done, next_eval, next_ckpt = start["env_steps"], start["next_eval"], start["next_ckpt"]
     gen = torch.Generator(device=dev).manual_seed(cfg.run.seed)
-    with make_vector_env(cfg.env, cfg.run.num_envs) as venv:
+    with make_vector_env(cfg.env, cfg.run.num_envs, cfg.run.vector_mode) as venv:
         ppo = build_agents(cfg, venv.spec, mean, std, dev)
         if start is not None:
             ppo.load_state_dict(start["ppo"])

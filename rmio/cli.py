@@ -129,7 +129,7 @@ def collect(cfg: Any, out: Path | None, steps: int | None) -> None:
                   TimeRemainingColumn(), console=console, transient=True) as bar:
         task = bar.add_task("collect", total=steps)
         buf, stats = run_collect(cfg.env, cfg.loss, steps=steps, num_envs=cfg.run.num_envs,
-                  vector_mode=cfg.run.vector_mode, seed=cfg.run.seed,
+                                 vector_mode=cfg.run.vector_mode, seed=cfg.run.seed,
                                  progress=lambda n: bar.advance(task, n))
     buf.meta["config_hash"] = cfg.digest()
     buf.save(out)

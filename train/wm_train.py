@@ -70,7 +70,7 @@ def ensure_data(cfg: Config, run_dir: Path, console: Console) -> tuple[Trajector
         steps = cfg.run.collect_steps
         with _progress(console, "collecting real trajectories", steps) as (bar, task):
             buf, stats = collect(cfg.env, no_loss, steps=steps, num_envs=cfg.run.num_envs,
-                  vector_mode=cfg.run.vector_mode, seed=cfg.run.seed,
+                                 vector_mode=cfg.run.vector_mode, seed=cfg.run.seed,
                                  progress=lambda k: bar.advance(task, k))
         buf.meta["steps_per_second"] = stats.steps_per_second
         buf.meta["env_steps"] = stats.env_steps

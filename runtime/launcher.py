@@ -15,9 +15,11 @@ import json
 import logging
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +43,16 @@ class Child:
     restart_at: float | None = None
 
 
+def _interruptible() -> None:
+    """Ctrl-C and SIGTERM must end a launch cleanly (children reaped, report written) even when the
+    launcher inherited SIGINT as ignored, as every background job of a non-interactive shell does.
+    Signal handlers can only be set from the main thread; elsewhere (tests) the caller owns them."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+
+
 class Launcher:
     def __init__(self, settings: SwarmSettings, run_dir: Path, on_status: Any = None,
                  log_level: str = "WARNING") -> None:
@@ -62,6 +74,7 @@ class Launcher:
         (self.run_dir / "logs").mkdir(exist_ok=True)
         self.settings.out_dir = str(self.run_dir)
         self.settings_path = self.settings.save(self.run_dir / "settings.json")
+        _interruptible()
         try:
             if self.settings.transport == "ipc":
                 self.ipc_dir = tempfile.mkdtemp(prefix="rmio-")

@@ -77,7 +77,7 @@ def _mutated(msg_type: str, changes: dict[str, Any], src: str) -> list[bytes]:
 
 def test_fuzzed_messages_crash_nothing(bundle: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
-    s = swarm_settings(bundle, run, steps=120, rate_hz=40.0, transport="tcp",
+    s = swarm_settings(bundle, run, steps=240, rate_hz=40.0, transport="tcp",
                        loss={"model": "bernoulli", "p_loss": 0.3})
     launcher = Launcher(s, run)
     result: dict[str, Any] = {}
@@ -94,11 +94,23 @@ def test_fuzzed_messages_crash_nothing(bundle: Path, tmp_path: Path) -> None:
         sock = ctx.socket(zmq.ROUTER)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.ROUTING_ID, ident.encode())
+        sock.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a send to a peer not yet connected fails instead of vanishing
         for name, endpoint in targets.items():
             sock.setsockopt(zmq.CONNECT_ROUTING_ID, name.encode())
             sock.connect(endpoint)
         socks[ident] = sock
-    time.sleep(0.3)
+    # wait until every connection is up (slow on a cold machine), so that fuzzed frames really arrive
+    pending = {(ident, name) for ident in socks for name in targets}
+    deadline = time.monotonic() + 30
+    while pending and time.monotonic() < deadline:
+        for ident, name in list(pending):
+            try:
+                socks[ident].send_multipart([name.encode(), b"probe"], flags=zmq.NOBLOCK)
+                pending.discard((ident, name))
+            except zmq.ZMQError:
+                pass
+        time.sleep(0.02)
+    assert not pending, f"never connected: {sorted(pending)}"
     sent = [0]
 
     @settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck), database=None)
@@ -128,7 +140,7 @@ def test_fuzzed_messages_crash_nothing(bundle: Path, tmp_path: Path) -> None:
     assert not thread.is_alive()
     report = result["report"]
     assert sent[0] > 100
-    assert report["episodes"][0]["steps"] == 120
+    assert report["episodes"][0]["steps"] == 240
     assert all(c.proc.returncode == 0 for c in launcher.children.values())  # nobody crashed
     ev = report["events"]
     assert ev.get("agents.internal_errors", 0) == 0

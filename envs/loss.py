@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-import yaml
 
 from rmio.envs.base import MultiAgentEnv, TimeStep
 from rmio.errors import ConfigError
+from rmio.yamlio import load_yaml
 
 LossKind = Literal["none", "bernoulli", "burst", "blackout", "schedule"]
 
@@ -166,12 +166,7 @@ class ScheduleLoss(LossModel):
     @classmethod
     def from_file(cls, path: str | Path, n_agents: int) -> ScheduleLoss:
         path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"loss schedule file '{path}' does not exist")
-        try:
-            raw = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"loss schedule '{path}' is not valid YAML: {str(exc).splitlines()[0]}") from None
+        raw = load_yaml(path, "loss schedule")
         if not isinstance(raw, list):
             raise ConfigError(f"loss schedule '{path}' must be a list of {{steps, agents}} entries")
         entries = [cls._parse_entry(path, k, e, n_agents) for k, e in enumerate(raw)]

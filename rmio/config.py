@@ -27,6 +27,7 @@ from rmio.envs.registry import FAMILIES, EnvConfig
 from rmio.errors import ConfigError
 from rmio.train.ppo_config import PolicySection
 from rmio.train.wm_config import WorldModelSection
+from rmio.yamlio import load_yaml
 
 PRESETS = ("debug",)
 
@@ -101,13 +102,7 @@ def resolve_config_path(name_or_path: str | Path) -> Path:
 
 
 def read_yaml(path: Path) -> dict[str, Any]:
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ConfigError(f"{path}: malformed YAML{where}: {problem}") from None
+    raw = load_yaml(path, "config file")
     if raw is None:
         return {}
     if not isinstance(raw, dict):

@@ -14,6 +14,7 @@ from rmio.envs.loss import LossConfig
 from rmio.envs.registry import EnvConfig
 from rmio.errors import ConfigError
 from rmio.runtime.bundle import Manifest
+from rmio.yamlio import load_yaml
 
 RECON_MODES = ("wm", "zero", "hold")
 WM_MODES = ("window", "incremental")
@@ -159,12 +160,7 @@ class Roster:
     @classmethod
     def load(cls, path: str | Path) -> Roster:
         path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"roster file '{path}' does not exist")
-        try:
-            data = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"roster '{path}' is not valid YAML: {str(exc).splitlines()[0]}") from None
+        data = load_yaml(path, "roster")
         if not isinstance(data, dict) or not isinstance(data.get("endpoints"), dict):
             raise ConfigError(f"roster '{path}' must be a mapping with 'endpoints' and 'settings'")
         settings = SwarmSettings.from_dict(data.get("settings") or {})

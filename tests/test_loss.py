@@ -133,7 +133,7 @@ def test_schedule_file(tmp_path: Path) -> None:
     ("- {steps: 'x-y', agents: all}\n", "steps must be"),
     ("- {steps: '5-2', agents: all}\n", "bad step range"),
     ("- {steps: 1, agents: [7]}\n", r"agent indices in \[0, 3\)"),
-    ("- {steps: [1, agents: all}\n", "not valid YAML"),
+    ("- {steps: [1, agents: all}\n", "malformed YAML at line 1"),
 ])
 def test_schedule_errors(tmp_path: Path, text: str, match: str) -> None:
     path = tmp_path / "bad.yaml"

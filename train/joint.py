@@ -21,9 +21,8 @@ from rmio.config import Config
 from rmio.envs.collect import collect
 from rmio.envs.loss import LossConfig
 from rmio.envs.trajectory import TrajectoryBuffer
-from rmio.train.evaluate import evaluate_policy
 from rmio.train.imagination import imagine, start_states
-from rmio.train.mappo import build_agents, log_eval
+from rmio.train.mappo import build_agents, evaluate_and_log
 from rmio.train.policy import joint_act
 from rmio.train.runlog import MetricLog, load_checkpoint, restore_rng, rng_state, save_checkpoint
 from rmio.train.wm_data import SequenceSampler, observation_stats, world_model_loss
@@ -91,8 +90,7 @@ def train_joint(cfg: Config, run_dir: Path, device: str, console: Console) -> Pa
         bar.update(task, completed=env_steps)
         while env_steps < im.env_steps:
             if env_steps >= next_eval:
-                log_eval(run_dir, env_steps, evaluate_policy(ppo.actor, cfg.env, cfg.run.eval_episodes,
-                                                             cfg.run.seed + 900_000), console)
+                evaluate_and_log(cfg, ppo.actor, run_dir, env_steps, console)
                 next_eval += im.eval_every
             tc = time.perf_counter()
             new, cstats = collect(cfg.env, NO_LOSS, steps=im.collect_steps, num_envs=cfg.run.num_envs,
@@ -131,8 +129,7 @@ def train_joint(cfg: Config, run_dir: Path, device: str, console: Console) -> Pa
                 next_ckpt += im.checkpoint_every
                 real.save(data_dir / "train.npz")
                 save_checkpoint(ckpt_path, state())
-    result = evaluate_policy(ppo.actor, cfg.env, cfg.run.eval_episodes, cfg.run.seed + 900_000)
-    log_eval(run_dir, env_steps, result, console)
+    result = evaluate_and_log(cfg, ppo.actor, run_dir, env_steps, console)
     log.close()
     real.meta["env_steps"] = env_steps
     real.save(data_dir / "train.npz")

@@ -45,6 +45,13 @@ def log_eval(run_dir: Path, step: int, result: dict[str, float], console: Consol
     console.print(f"eval @ {step} env steps: return {result['return_mean']:.2f} ± {result['return_std']:.2f}{extra}")
 
 
+def evaluate_and_log(cfg: Config, actor: Any, run_dir: Path, step: int, console: Console) -> dict[str, float]:
+    """Deterministic evaluation episodes (seed family apart from training's), appended to eval.jsonl."""
+    result = evaluate_policy(actor, cfg.env, cfg.run.eval_episodes, cfg.run.seed + 900_000)
+    log_eval(run_dir, step, result, console)
+    return result
+
+
 def _tensors(b: BatchStep, device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
     obs = torch.as_tensor(b.obs, device=device)
     avail = None if b.avail_actions is None else torch.as_tensor(b.avail_actions, device=device).float()
@@ -84,8 +91,7 @@ def train_mappo(cfg: Config, run_dir: Path, device: str, console: Console) -> Pa
             bar.update(task, completed=steps_done)
             while steps_done < m.env_steps:
                 if steps_done >= next_eval:
-                    log_eval(run_dir, steps_done, evaluate_policy(ppo.actor, cfg.env, cfg.run.eval_episodes,
-                                                                  cfg.run.seed + 900_000), console)
+                    evaluate_and_log(cfg, ppo.actor, run_dir, steps_done, console)
                     next_eval += m.eval_every
                 cols: dict[str, list[torch.Tensor]] = {k: [] for k in
                                                        ("obs", "actions", "logp", "values", "rewards", "next", "dones",
@@ -124,8 +130,7 @@ def train_mappo(cfg: Config, run_dir: Path, device: str, console: Console) -> Pa
                     next_ckpt += m.checkpoint_every
                     save_checkpoint(ckpt_path, _state(cfg, venv.spec, ppo, mean, std, steps_done, next_eval,
                                                       next_ckpt, gen))
-        result = evaluate_policy(ppo.actor, cfg.env, cfg.run.eval_episodes, cfg.run.seed + 900_000)
-        log_eval(run_dir, steps_done, result, console)
+        result = evaluate_and_log(cfg, ppo.actor, run_dir, steps_done, console)
         metrics.close()
         state = _state(cfg, venv.spec, ppo, mean, std, steps_done, next_eval, next_ckpt, gen)
     save_checkpoint(ckpt_path, state)

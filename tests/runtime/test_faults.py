@@ -65,6 +65,15 @@ def test_agent_sigkill_is_survived_and_the_restarted_agent_rejoins(bundle: Path,
     assert "a3" in report["processes"] and ev["agents.peer_rejoined"] >= 5
 
 
+def _start(settings: Any, run: Path) -> tuple[Launcher, threading.Thread, dict[str, Any]]:
+    """A launcher running in a background thread; its report lands in ``result["report"]``."""
+    launcher = Launcher(settings, run)
+    result: dict[str, Any] = {}
+    thread = threading.Thread(target=lambda: result.setdefault("report", launcher.run()), daemon=True)
+    thread.start()
+    return launcher, thread, result
+
+
 def _mutated(msg_type: str, changes: dict[str, Any], src: str) -> list[bytes]:
     frames = frames_of(msg_type, src)
     header = msgpack.unpackb(frames[0], raw=False)
@@ -79,10 +88,7 @@ def test_fuzzed_messages_crash_nothing(bundle: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
     s = swarm_settings(bundle, run, steps=240, rate_hz=40.0, transport="tcp",
                        loss={"model": "bernoulli", "p_loss": 0.3})
-    launcher = Launcher(s, run)
-    result: dict[str, Any] = {}
-    thread = threading.Thread(target=lambda: result.setdefault("report", launcher.run()), daemon=True)
-    thread.start()
+    launcher, thread, result = _start(s, run)
     deadline = time.monotonic() + 60
     while len(launcher.roster) < 7 and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -154,10 +160,7 @@ def test_stale_epochs_are_rejected(bundle: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
     s = swarm_settings(bundle, run, steps=150, rate_hz=40.0, kill_agents=[[5, 2]], rejoin_after_s=-1.0,
                        loss={"model": "bernoulli", "p_loss": 0.3})
-    launcher = Launcher(s, run)
-    result: dict[str, Any] = {}
-    thread = threading.Thread(target=lambda: result.setdefault("report", launcher.run()), daemon=True)
-    thread.start()
+    launcher, thread, result = _start(s, run)
     deadline = time.monotonic() + 60
     while (len(launcher.roster) < 7 or launcher.children["a5"].proc.poll() is None) and time.monotonic() < deadline:
         time.sleep(0.05)

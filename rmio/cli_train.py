@@ -109,6 +109,10 @@ def register(cli: click.Group, config_options: Any) -> None:
 
         evaluate_run(run_dir, checkpoint, device, _console())
 
+    from rmio.cli_eval import register as register_robustness
+
+    register_robustness(eval_group)
+
     @click.command("export")
     @click.argument("run_dir", type=click.Path(path_type=Path, exists=True, file_okay=False), required=False)
     @click.option("--out", type=click.Path(path_type=Path), default=None,

@@ -121,7 +121,9 @@ class EnvHost:
                     if period:
                         next_tick = max(next_tick + period, time.monotonic() - period)
                         self._idle_until(next_tick)
+                won = ts.info.get("won")
                 episodes.append({"episode": k, "seed": s.seed + k, "return": ret, "steps": t,
+                                 "won": None if won is None else bool(won),
                                  "lost_fraction": lost / max(1, t * self.n), "default_actions": defaults})
                 log.info("episode %d: return %.2f in %d steps", k, ret, t)
             seconds = time.monotonic() - start

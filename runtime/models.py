@@ -69,9 +69,10 @@ class LatentState:
 class WorldModelRunner:
     """The fine-tuned world model's one-step graph, replayed over a window or run incrementally."""
 
-    def __init__(self, bundle_dir: str | Path, manifest: Manifest | None = None, device: str = "cpu") -> None:
+    def __init__(self, bundle_dir: str | Path, manifest: Manifest | None = None, device: str = "cpu",
+                 file: str | None = None) -> None:
         self.manifest = manifest or load_manifest(bundle_dir)
-        self.session = make_session(Path(bundle_dir) / self.manifest.files["wm_step"], device=device)
+        self.session = make_session(Path(bundle_dir) / (file or self.manifest.files["wm_step"]), device=device)
         names = [i.name for i in self.session.get_inputs()]
         if sorted(names) != sorted(WM_INPUTS):
             raise ValueError(f"wm_step.onnx inputs are {names}, expected {list(WM_INPUTS)}")
@@ -109,11 +110,17 @@ class WorldModelRunner:
         Returns the final latent state and the reconstruction of every step (T, n, obs_dim). Lost
         rows of ``obs`` are zeroed here, whatever the caller put in them.
         """
-        state = state or self.initial_state(1)
+        state, recons = self.replay_batch(obs[:, None], prev_actions[:, None], masks[:, None], state)
+        return state, recons[:, 0]
+
+    def replay_batch(self, obs: np.ndarray, prev_actions: np.ndarray, masks: np.ndarray,
+                     state: LatentState | None = None) -> tuple[LatentState, np.ndarray]:
+        """``replay`` for B windows of the same length at once: (T, B, n, ...) in, (T, B, n, obs_dim) out."""
+        state = state or self.initial_state(obs.shape[1])
         enc = self.encode_actions(prev_actions)
         recons = []
         for t in range(obs.shape[0]):
-            visible = obs[t] * masks[t][:, None]
-            state, recon = self.step(state, enc[t][None], visible[None], masks[t][None])
-            recons.append(recon[0])
+            visible = obs[t] * masks[t][..., None]
+            state, recon = self.step(state, enc[t], visible, masks[t])
+            recons.append(recon)
         return state, np.stack(recons)

@@ -189,6 +189,14 @@ def export_run(run_dir: Path, out: Path, console: Console) -> Path:
     holdout = TrajectoryBuffer.load(run_dir / "data" / "holdout.npz")
     err_replay = replay_parity(model, runner, holdout)
     manifest.metrics = {"parity_max_abs_random": err_random, "parity_max_abs_replay": err_replay}
+    before = run_dir / "wm_pretrain.pt"
+    if path.name == "wm_finetune.pt" and before.exists():  # for the no-finetune strategy of `rmio eval robustness`
+        pre, _ = load_model(before, "cpu")
+        pre.eval()
+        export_onnx(WorldModelStep(pre), example, out / "wm_step_pretrain.onnx", WM_INPUTS, WM_OUTPUTS)
+        manifest.files["wm_step_pretrain"] = "wm_step_pretrain.onnx"
+        manifest.metrics["parity_max_abs_random_pretrain"] = random_parity(
+            pre, WorldModelRunner(out, manifest, file="wm_step_pretrain.onnx"))
     policy = run_dir / "policy.pt"
     if policy.exists():
         actor, pckpt = load_actor(policy)
@@ -209,7 +217,7 @@ def export_run(run_dir: Path, out: Path, console: Console) -> Path:
     manifest.save(out)
     console.print(f"parity onnxruntime vs torch: max |diff| {err_random:.2e} (random inputs, batch 3), "
                   f"{err_replay:.2e} (held-out replay with masks)")
-    if max(err_random, err_replay) > PARITY_TOLERANCE:
+    if max(err_random, err_replay, manifest.metrics.get("parity_max_abs_random_pretrain", 0.0)) > PARITY_TOLERANCE:
         raise RmioError(f"exported world model drifts from PyTorch by {max(err_random, err_replay):.2e} "
                         f"(tolerance {PARITY_TOLERANCE}); the bundle in '{out}' must not be used")
     console.print(f"wrote bundle {out}")

@@ -51,7 +51,7 @@ def train_joint(cfg: Config, run_dir: Path, device: str, console: Console) -> Pa
     ckpt_path = run_dir / "ckpt_joint.pt"
     start = load_checkpoint(ckpt_path, dev) if ckpt_path.exists() else None
     if start is None:
-        real, _ = collect(cfg.env, NO_LOSS, steps=im.warmup_steps, num_envs=cfg.run.num_envs,
+        real, _ = collect(cfg.env, NO_LOSS, steps=im.warmup_steps, num_envs=im.num_envs,
                           vector_mode=cfg.run.vector_mode, seed=cfg.run.seed)
         holdout, _ = collect(cfg.env, NO_LOSS, steps=wt.holdout_episodes * (cfg.env.episode_limit or 1000),
                              num_envs=1, seed=cfg.run.seed + HOLDOUT_SEED_OFFSET)
@@ -93,7 +93,7 @@ def train_joint(cfg: Config, run_dir: Path, device: str, console: Console) -> Pa
                 evaluate_and_log(cfg, ppo.actor, run_dir, env_steps, console)
                 next_eval += im.eval_every
             tc = time.perf_counter()
-            new, cstats = collect(cfg.env, NO_LOSS, steps=im.collect_steps, num_envs=cfg.run.num_envs,
+            new, cstats = collect(cfg.env, NO_LOSS, steps=im.collect_steps, num_envs=im.num_envs,
                                   vector_mode=cfg.run.vector_mode,
                                   seed=cfg.run.seed + 1 + env_steps, policy=_policy_fn(ppo, dev))  # line 1
             real.extend(new)

@@ -49,7 +49,9 @@ class ImaginationConfig:
     env_steps: int = 100_000
     """Total real environment steps (the sample-efficiency budget)."""
     collect_steps: int = 1_000
-    """Real steps collected with the current policy per iteration (line 1)."""
+    """Real steps collected with the current policy per iteration (line 1); whole episodes are finished."""
+    num_envs: int = 1
+    """Parallel real environments while collecting: one keeps an iteration at about one episode."""
     warmup_steps: int = 5_000
     """Random-policy steps before the first update."""
     wm_updates: int = 100

@@ -145,21 +145,20 @@ def collect(cfg: Any, out: Path | None, steps: int | None) -> None:
 
 
 @cli.command()
-@config_options(default=DEFAULT_SCENARIO)
-@click.option("--episodes", type=click.IntRange(min=1), default=3, show_default=True)
-@click.option("--p-loss", type=click.FloatRange(0.0, 1.0), default=None,
-              help="Bernoulli observation-loss probability (overrides the config).")
-@click.option("--steps", type=click.IntRange(min=1), default=200, show_default=True,
-              help="Steps per episode (env.episode_limit).")
+@click.argument("bundle", type=click.Path(path_type=Path), required=False)
+@click.option("--p-loss", default="0,0.3,0.6", show_default=True, help="Comma-separated loss probabilities.")
+@click.option("--episodes", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Episodes per setting (seeds 0, 1, ...).")
+@click.option("--steps", type=click.IntRange(min=1), default=300, show_default=True, help="Steps per episode.")
+@click.option("--transport", type=click.Choice(["ipc", "tcp"]), default="ipc", show_default=True)
 @click.option("--out", type=click.Path(path_type=Path), default=Path("results"), show_default=True)
-def demo(cfg: Any, episodes: int, p_loss: float | None, steps: int, out: Path) -> None:
-    """Run the default scenario with observation loss and show what happened (swarm-free for now)."""
+def demo(bundle: Path | None, p_loss: str, episodes: int, steps: int, transport: str, out: Path) -> None:
+    """Launch the real swarm on the committed HalfCheetah 6x1 bundle under observation loss: world-model
+    reconstruction against zero-fill, with return, AUC, bytes per step and reconstruction latency."""
+    from rmio.cli_eval import parse_floats
     from rmio.demo import run_demo
 
-    cfg.env.episode_limit = steps
-    if p_loss is not None:
-        cfg.loss.model, cfg.loss.p_loss = "bernoulli", p_loss
-    run_demo(cfg, episodes, out, console)
+    run_demo(bundle, parse_floats(p_loss), episodes, steps, out, console, transport)
 
 
 from rmio.cli_train import register as _register_training  # noqa: E402

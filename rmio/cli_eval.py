@@ -23,7 +23,7 @@ def parse_floats(text: str) -> list[float]:
 def run_robustness(target: Path, *, p_loss: list[float], episodes: int, seeds: int, strategies: list[str],
                    out: Path, console: Any, swarm: bool = False, wm_mode: str = "window",
                    loss_model: str = "bernoulli", episode_limit: int | None = None,
-                   transport: str = "ipc") -> dict[str, Any]:
+                   transport: str = "ipc", quiet: bool = False) -> dict[str, Any]:
     """Sweep in-process (and through the swarm), write JSON / markdown / PNG into ``out``, print the table."""
     from rich.markdown import Markdown
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -46,8 +46,9 @@ def run_robustness(target: Path, *, p_loss: list[float], episodes: int, seeds: i
             result["swarm"] = robustness.swarm_sweep(bundle, result, out / "swarm", transport=transport,
                                                      progress=tick)
     paths = robustness_report.write(result, out)
-    console.print(Markdown(robustness_report.markdown(result)))
-    console.print(f"wrote {paths['json']}, {paths['md']} and {paths['png']}")
+    if not quiet:
+        console.print(Markdown(robustness_report.markdown(result)))
+        console.print(f"wrote {paths['json']}, {paths['md']} and {paths['png']}")
     return result
 
 

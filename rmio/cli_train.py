@@ -53,7 +53,8 @@ def register(cli: click.Group, config_options: Any) -> None:
     @run_dir_option
     @device_option
     def world_model(cfg: Any, run_dir: Path | None, device: str, algo: str | None = None) -> None:
-        """Pre-train the RMIOv2 world model on real trajectories (collected first, random policy).
+        """Pre-train the RMIOv2 world model on real trajectories (collected first, with a random policy or
+        the actor of --set run.data_policy=RUN/policy.pt).
 
         Re-running with the same --run-dir resumes from the last checkpoint.
         """
@@ -119,7 +120,9 @@ def register(cli: click.Group, config_options: Any) -> None:
                   help="Bundle directory (default RUN_DIR/bundle).")
     @click.option("--check", "check_dir", type=click.Path(path_type=Path, exists=True, file_okay=False), default=None,
                   help="Re-validate an existing bundle instead of exporting.")
-    def export(run_dir: Path | None, out: Path | None, check_dir: Path | None) -> None:
+    @click.option("--policy", type=click.Path(path_type=Path, exists=True, dir_okay=False), default=None,
+                  help="Ship the actor of this policy.pt instead of RUN_DIR's own (same scenario).")
+    def export(run_dir: Path | None, out: Path | None, check_dir: Path | None, policy: Path | None) -> None:
         """Export the (fine-tuned) world model as a one-step ONNX graph plus manifest, checked against PyTorch."""
         _require_torch()
         from rmio.train.export import check_bundle, export_run
@@ -129,7 +132,7 @@ def register(cli: click.Group, config_options: Any) -> None:
             return
         if run_dir is None:
             raise click.UsageError("give RUN_DIR to export, or --check BUNDLE")
-        export_run(run_dir, out or run_dir / "bundle", _console())
+        export_run(run_dir, out or run_dir / "bundle", _console(), policy)
 
     @click.command("plot")
     @click.argument("run_dirs", nargs=-1, required=True,

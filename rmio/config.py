@@ -60,6 +60,9 @@ class RunConfig:
     """Episodes per evaluation."""
     runs_dir: str = "runs"
     """Where run directories are created (scenario/algo/seed/time below it)."""
+    data_policy: str | None = None
+    """A trained policy.pt whose (sampling) actor collects `rmio train world-model`'s data instead of a
+    random policy, so the world model learns the states that policy visits at deployment."""
 
 
 @dataclass

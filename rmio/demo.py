@@ -1,98 +1,75 @@
-"""`rmio demo`: episodes of the default scenario with observation loss, summarised for a person.
+"""`rmio demo`: the committed HalfCheetah 6x1 bundle run as a real swarm under observation loss.
 
-Until a trained bundle and the swarm exist, the demo drives every agent with a uniform random
-policy in one process; it says so in its output rather than pretending to be more.
+An env host and one process per agent (each with its own onnxruntime actor) play short episodes at a
+few loss probabilities, once with world-model reconstruction and once with zero-fill; the same
+episodes are also evaluated in-process. The table shows what reconstruction buys (return, AUC)
+and what it costs (bytes per step, reconstruction round latency).
 """
 
 from __future__ import annotations
 
-import json
-import logging
+import math
 import time
+from importlib import resources
 from pathlib import Path
+from typing import Any
 
-import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from rmio.config import Config, save_config
-from rmio.envs.rollout import EpisodeRecord, run_episodes
+from rmio.errors import RmioError
 
-log = logging.getLogger(__name__)
-
-
-def _random_policy(seed: int):
-    def factory(spec):
-        rng = np.random.default_rng(seed)
-        return lambda obs, observed, avail: spec.random_actions(rng, avail)
-
-    return factory
+DEFAULT_BUNDLE = "halfcheetah_6x1"
 
 
-def plot_loss_masks(records: list[EpisodeRecord], path: Path, title: str) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(len(records), 1, figsize=(10, 1.2 + 0.35 * records[0].observed.shape[1] * len(records)),
-                             squeeze=False)
-    for ax, rec in zip(axes[:, 0], records, strict=True):
-        ax.imshow(~rec.observed.T, aspect="auto", interpolation="nearest", cmap="Reds", vmin=0, vmax=1)
-        ax.set_ylabel("agent")
-        ax.set_yticks(range(rec.observed.shape[1]))
-        ax.set_title(f"episode {rec.episode}: return {rec.ret:.1f}, {100 * rec.lost_fraction:.0f}% observations lost",
-                     fontsize=9)
-    axes[-1, 0].set_xlabel("step (red = observation lost)")
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+def default_bundle() -> Path:
+    """The bundle shipped in the package (``models/halfcheetah_6x1`` of the repository)."""
+    path = Path(str(resources.files("rmio.models"))) / DEFAULT_BUNDLE
+    if not (path / "manifest.json").is_file():
+        raise RmioError(f"the default bundle is missing from {path}; pass a bundle directory to `rmio demo`")
     return path
 
 
-def run_demo(cfg: Config, episodes: int, out_root: Path, console: Console) -> Path:
-    out = out_root / f"demo-{time.strftime('%Y%m%d-%H%M%S')}"
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out)
-    console.print(
-        f"[bold]rmio demo[/]: {cfg.env.family} {cfg.env.scenario}, loss model {cfg.loss.model} "
-        f"p_loss={cfg.loss.p_loss}, {episodes} episode(s) of at most {cfg.env.episode_limit or 'the task limit'} steps"
-    )
-    console.print("policy: uniform random actions, in one process (no trained bundle or swarm in this build yet)")
-    with console.status("running episodes...") as status:
-        def on_step(ep: int, step: int, ret: float, observed: np.ndarray) -> None:
-            if step % 25 == 0:
-                status.update(f"episode {ep + 1}/{episodes}, step {step}, return {ret:.1f}, "
-                              f"lost now: {int((~observed).sum())} agent(s)")
+def run_demo(bundle: Path | None, p_loss: list[float], episodes: int, steps: int, out_root: Path, console: Console,
+             transport: str = "ipc") -> dict[str, Any]:
+    from rmio.cli_eval import run_robustness
+    from rmio.runtime.bundle import load_manifest
+    from rmio.runtime.robustness import swarm_auc
 
-        records = run_episodes(cfg.env, cfg.loss, _random_policy(cfg.run.seed), episodes=episodes,
-                               seed=cfg.run.seed, on_step=on_step)
-    table = Table(title="episodes")
-    for col in ("episode", "seed", "steps", "return", "lost obs", "longest outage", "steps/s"):
-        table.add_column(col, justify="right")
-    for r in records:
-        table.add_row(str(r.episode), str(r.seed), str(r.steps), f"{r.ret:.2f}", f"{100 * r.lost_fraction:.1f}%",
-                      f"{r.longest_outage} steps", f"{r.steps / r.seconds:.0f}")
+    bundle = bundle or default_bundle()
+    manifest = load_manifest(bundle)
+    out = Path(out_root) / f"demo-{time.strftime('%Y%m%d-%H%M%S')}"
+    trained = manifest.budget.get("policy_env_steps")
+    console.print(f"[bold]rmio demo[/]: {manifest.spec.name}, {manifest.spec.n_agents} agent processes + env host, "
+                  f"bundle {bundle}" + (f" (policy trained on {trained} real env steps)" if trained else ""))
+    console.print(f"p_loss {', '.join(f'{p:g}' for p in p_loss)}; {episodes} episode(s) of {steps} steps per setting; "
+                  "world-model reconstruction vs zero-fill; every agent is its own OS process")
+    result = run_robustness(bundle, p_loss=p_loss, episodes=episodes, seeds=1, strategies=["world-model", "zero-fill"],
+                            out=out, console=console, swarm=True, episode_limit=steps, transport=transport,
+                            quiet=True)
+    aucs = swarm_auc(result)
+    result["swarm_auc"] = aucs
+    _print_table(result, aucs, console)
+    console.print(f"results: {out}/robustness.md, robustness.png, robustness.json; one swarm report per run in "
+                  f"{out}/swarm/")
+    return result
+
+
+def _print_table(result: dict[str, Any], aucs: dict[str, float], console: Console) -> None:
+    metric = result["metric"].replace("_", " ")
+    table = Table(title=f"{result['scenario']} through the swarm (random policy: "
+                        f"{result['summary']['random']['mean']:.1f})")
+    for col in ("strategy", "p_loss", f"{metric} swarm", "in-process", "bytes/step", "msgs/step",
+                "recon ms p50/p99"):
+        table.add_column(col, justify="left" if col == "strategy" else "right")
+    curves = {s: {c["p_loss"]: c["mean"] for c in result["summary"][s]["curve"]} for s in result["strategies"]}
+    for row in result["swarm"]:
+        lat = "-" if row["round_p50_ms"] is None else f"{row['round_p50_ms']:.1f}/{row['round_p99_ms']:.1f}"
+        table.add_row(row["strategy"], f"{row['p_loss']:g}", f"{row['mean']:.1f}",
+                      f"{curves[row['strategy']][row['p_loss']]:.1f}", f"{row['bytes_per_step']:.0f}",
+                      f"{row['msgs_per_step']:.1f}", lat)
     console.print(table)
-    rets = np.array([r.ret for r in records])
-    report = {
-        "scenario": f"{cfg.env.family}/{cfg.env.scenario}",
-        "policy": "uniform-random",
-        "loss": cfg.loss.__dict__,
-        "config_hash": cfg.digest(),
-        "episodes": [
-            {"episode": r.episode, "seed": r.seed, "steps": r.steps, "return": r.ret, "terminated": r.terminated,
-             "won": r.won, "lost_fraction": r.lost_fraction, "longest_outage": r.longest_outage,
-             "steps_per_second": r.steps / r.seconds}
-            for r in records
-        ],
-        "mean_return": float(rets.mean()),
-        "std_return": float(rets.std()),
-    }
-    (out / "report.json").write_text(json.dumps(report, indent=2))
-    np.savez_compressed(out / "loss_masks.npz", **{f"episode_{r.episode}": r.observed for r in records})
-    plot_loss_masks(records, out / "loss_masks.png", f"{cfg.env.scenario}: who lost their observation, step by step")
-    console.print(f"mean return {rets.mean():.2f} ± {rets.std():.2f}; "
-                  f"report, loss masks and plot written to [bold]{out}[/]")
-    return out
+    lo, hi = result["auc_range"]
+    parts = [f"{s} {aucs[s]:.1f}" if math.isfinite(aucs.get(s, math.nan)) else f"{s} n/a" for s in sorted(aucs)]
+    console.print(f"AUC over p_loss {lo:g}-{hi:g} (100 = no loss at all, 0 = random policy), swarm: "
+                  + ", ".join(parts))

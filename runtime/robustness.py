@@ -364,3 +364,16 @@ def swarm_sweep(bundle: Path, result: dict[str, Any], out_dir: Path, *, transpor
                          "round_p50_ms": float(np.mean(p50)) if p50 else None,
                          "round_p99_ms": float(np.max(p99)) if p99 else None, "deadline_misses": misses})
     return rows
+
+
+def swarm_auc(result: dict[str, Any]) -> dict[str, float]:
+    """AUC of the swarm's curve per strategy (seed-family means), normalised by the in-process random policy."""
+    out: dict[str, float] = {}
+    rows = result.get("swarm") or []
+    random = result["summary"]["random"]["mean"]
+    for strategy in {r["strategy"] for r in rows}:
+        curve = sorted((r["p_loss"], r["mean"]) for r in rows if r["strategy"] == strategy)
+        if curve and curve[0][0] == 0.0:
+            out[strategy] = auc([p for p, _ in curve], [v for _, v in curve], curve[0][1], random)
+    return out
+

@@ -44,17 +44,19 @@ def test_version() -> None:
     assert proc.stdout.startswith("rmio, version ")
 
 
-def test_demo_runs_and_writes_its_report(tmp_path: Path) -> None:
-    proc = rmio("demo", "--episodes", "2", "--steps", "30", "--p-loss", "0.5", "--out", str(tmp_path))
+def test_demo_runs_the_swarm_on_the_committed_bundle(tmp_path: Path) -> None:
+    """README's first command, shortened: real agent processes on the shipped HalfCheetah 6x1 bundle."""
+    proc = rmio("demo", "--steps", "25", "--p-loss", "0,0.5", "--out", str(tmp_path), timeout=300)
     assert proc.returncode == 0, proc.stderr
-    assert "lost obs" in proc.stdout and "uniform random" in proc.stdout
+    assert "through the swarm" in proc.stdout and "AUC" in proc.stdout
     (run,) = tmp_path.iterdir()
-    report = json.loads((run / "report.json").read_text())
-    assert report["policy"] == "uniform-random"
-    assert [e["steps"] for e in report["episodes"]] == [30, 30]
-    assert 0.3 < report["episodes"][0]["lost_fraction"] < 0.7
-    assert (run / "loss_masks.png").stat().st_size > 1000
-    assert (run / "config.yaml").is_file()
+    result = json.loads((run / "robustness.json").read_text())
+    assert result["scenario"] == "mamujoco/HalfCheetah-6x1" and result["episode_limit"] == 25
+    swarm = {(r["strategy"], r["p_loss"]): r for r in result["swarm"]}
+    assert set(swarm) == {(s, p) for s in ("world-model", "zero-fill") for p in (0.0, 0.5)}
+    assert swarm[("world-model", 0.5)]["bytes_per_step"] > 0 == swarm[("world-model", 0.0)]["bytes_per_step"]
+    assert (run / "robustness.png").stat().st_size > 1000
+    assert len(list((run / "swarm").glob("*/report.json"))) == 4
 
 
 def test_collect_writes_a_loadable_buffer(tmp_path: Path) -> None:
@@ -73,18 +75,21 @@ def test_config_show_applies_preset_and_overrides() -> None:
 
 
 BAD_INPUTS = {
-    "unknown scenario": (["demo", "starcraft_9000"], "unknown scenario config 'starcraft_9000'"),
-    "impossible agent_conf": (["demo", "--steps", "5", "--set", "env.scenario=HalfCheetah-7x9"], "7x9"),
-    "p_loss above 1": (["demo", "--set", "loss.p_loss=1.5"], "p_loss must be in [0, 1]"),
-    "unknown key": (["demo", "--set", "loss.ploss=0.1"], "unknown key 'loss.ploss'"),
-    "smac not installed": (["demo", "smac_8m", "--steps", "5"], "oxwhirl"),
+    "unknown scenario": (["collect", "starcraft_9000"], "unknown scenario config 'starcraft_9000'"),
+    "impossible agent_conf": (["collect", "--steps", "5", "halfcheetah_6x1", "--set", "env.scenario=HalfCheetah-7x9"],
+                              "7x9"),
+    "p_loss above 1": (["collect", "halfcheetah_6x1", "--set", "loss.p_loss=1.5"], "p_loss must be in [0, 1]"),
+    "unknown key": (["collect", "halfcheetah_6x1", "--set", "loss.ploss=0.1"], "unknown key 'loss.ploss'"),
+    "smac not installed": (["collect", "smac_8m", "--steps", "5"], "oxwhirl"),
+    "demo of a missing bundle": (["demo", "/nonexistent/bundle"], "not a model bundle"),
+    "demo with bad p_loss": (["demo", "--p-loss", "0,lots"], "comma-separated"),
 }
 
 
 @pytest.mark.parametrize("case", BAD_INPUTS, ids=list(BAD_INPUTS))
-def test_bad_input_is_one_clear_line(case: str) -> None:
+def test_bad_input_is_one_clear_line(case: str, tmp_path: Path) -> None:
     args, needle = BAD_INPUTS[case]
-    proc = rmio(*args)
+    proc = rmio(*args, *(["--out", str(tmp_path / "x.npz")] if args[0] == "collect" else []))
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert "Traceback" not in proc.stderr
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
@@ -104,7 +109,7 @@ def test_malformed_yaml_file(tmp_path: Path) -> None:
 def test_missing_optional_extra_is_named() -> None:
     """With jaxmarl unimportable, SMAX asks for the `smax` extra (the import is really blocked)."""
     code = ("import sys; sys.modules['jaxmarl'] = None\n"
-            "from rmio.cli import main; main(['demo', 'smax_3m', '--steps', '5', '--episodes', '1'])")
+            "from rmio.cli import main; main(['collect', 'smax_3m', '--steps', '5', '--out', 'unused.npz'])")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr

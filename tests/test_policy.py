@@ -143,7 +143,8 @@ def test_pretrain_finetune_export_end_to_end(tmp_path: Path) -> None:
     rows = [json.loads(line) for line in (run / "joint.jsonl").read_text().splitlines()]
     assert rows and all(r["imagined_steps_per_s"] > 0 for r in rows)
     manifest = json.loads((tmp_path / "bundle" / "manifest.json").read_text())
-    assert manifest["files"] == {"wm_step": "wm_step.onnx", "actor": "actor.onnx"}
+    assert manifest["files"] == {"wm_step": "wm_step.onnx", "actor": "actor.onnx",
+                                 "wm_step_pretrain": "wm_step_pretrain.onnx"}  # the no-finetune baseline
     assert manifest["metrics"]["actor_parity"] < 1e-5
     from rmio.runtime.models import ActorRunner
 

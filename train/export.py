@@ -20,6 +20,7 @@ from rich.console import Console
 from torch import nn
 
 from rmio.config import load_config
+from rmio.envs.base import EnvSpec
 from rmio.envs.trajectory import TrajectoryBuffer
 from rmio.errors import RmioError
 from rmio.runtime.bundle import SCHEMA_VERSION, WM_INPUTS, WM_OUTPUTS, Manifest, load_manifest
@@ -46,7 +47,6 @@ class ActorGraph(nn.Module):
 def load_actor(path: Path) -> tuple[Actor, dict[str, Any]]:
     """The trained actor of a `policy.pt` (MAPPO or RMIOv2 pre-training)."""
     from rmio.config import Config, build_dataclass
-    from rmio.envs.base import EnvSpec
     from rmio.train.runlog import load_checkpoint
 
     ckpt = load_checkpoint(path)
@@ -157,7 +157,9 @@ def replay_parity(model: RMIOWorldModel, runner: WorldModelRunner, holdout: Traj
     return worst
 
 
-def export_run(run_dir: Path, out: Path, console: Console) -> Path:
+def export_run(run_dir: Path, out: Path, console: Console, policy: Path | None = None) -> Path:
+    """World model of ``run_dir`` (fine-tuned if it was) plus the actor of ``policy`` (default: the run's own
+    policy.pt), checked against PyTorch."""
     from rmio.train.wm_train import load_model
 
     path = run_dir / "wm_finetune.pt"
@@ -197,9 +199,13 @@ def export_run(run_dir: Path, out: Path, console: Console) -> Path:
         manifest.files["wm_step_pretrain"] = "wm_step_pretrain.onnx"
         manifest.metrics["parity_max_abs_random_pretrain"] = random_parity(
             pre, WorldModelRunner(out, manifest, file="wm_step_pretrain.onnx"))
-    policy = run_dir / "policy.pt"
+    policy = policy or run_dir / "policy.pt"
     if policy.exists():
         actor, pckpt = load_actor(policy)
+        if EnvSpec.from_dict(pckpt["spec"]).to_dict() != model.spec.to_dict():
+            raise RmioError(f"the actor of {policy} was trained for another environment spec than {run_dir}'s "
+                            "world model")
+        manifest.budget["policy_source"] = str(policy)
         err_actor = export_actor(actor, out)
         manifest.files["actor"] = "actor.onnx"
         manifest.metrics["actor_parity"] = err_actor

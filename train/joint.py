@@ -23,22 +23,12 @@ from rmio.envs.loss import LossConfig
 from rmio.envs.trajectory import TrajectoryBuffer
 from rmio.train.imagination import imagine, start_states
 from rmio.train.mappo import build_agents, evaluate_and_log
-from rmio.train.policy import joint_act
+from rmio.train.policy import actor_policy
 from rmio.train.runlog import MetricLog, load_checkpoint, restore_rng, rng_state, save_checkpoint
 from rmio.train.wm_data import SequenceSampler, observation_stats, world_model_loss
 from rmio.train.wm_train import HOLDOUT_SEED_OFFSET, _extra, _progress, begin_training, build_model
 
 NO_LOSS = LossConfig("none")  # pre-training sees complete observations (paper section 5)
-
-
-def _policy_fn(ppo: Any, device: torch.device):
-    @torch.no_grad()
-    def act(obs: np.ndarray, observed: np.ndarray, avail: np.ndarray | None) -> np.ndarray:
-        a = None if avail is None else torch.as_tensor(avail, device=device).float()
-        action, _ = joint_act(ppo.actor, torch.as_tensor(obs, device=device), a)
-        return action.cpu().numpy()
-
-    return act
 
 
 def train_joint(cfg: Config, run_dir: Path, device: str, console: Console) -> Path:
@@ -95,7 +85,7 @@ def train_joint(cfg: Config, run_dir: Path, device: str, console: Console) -> Pa
             tc = time.perf_counter()
             new, cstats = collect(cfg.env, NO_LOSS, steps=im.collect_steps, num_envs=im.num_envs,
                                   vector_mode=cfg.run.vector_mode,
-                                  seed=cfg.run.seed + 1 + env_steps, policy=_policy_fn(ppo, dev))  # line 1
+                                  seed=cfg.run.seed + 1 + env_steps, policy=actor_policy(ppo.actor))  # line 1
             real.extend(new)
             env_steps += cstats.env_steps
             timing["collect_s"] += time.perf_counter() - tc

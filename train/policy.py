@@ -93,6 +93,19 @@ def joint_act(actor: Actor, obs: torch.Tensor, avail: torch.Tensor | None = None
     return actor.act(obs, ids, avail, deterministic)
 
 
+def actor_policy(actor: Actor, deterministic: bool = False):
+    """The actor as a ``collect``/``run_episodes`` policy: (obs, observed, avail) numpy in, joint action out."""
+    device = next(actor.parameters()).device
+
+    @torch.no_grad()
+    def act(obs: np.ndarray, observed: np.ndarray, avail: np.ndarray | None) -> np.ndarray:
+        a = None if avail is None else torch.as_tensor(avail, device=device).float()
+        action, _ = joint_act(actor, torch.as_tensor(obs, device=device), a, deterministic)
+        return action.cpu().numpy()
+
+    return act
+
+
 class Critic(nn.Module):
     """V(s) from all agents' observations (centralised training, Eq. 14)."""
 

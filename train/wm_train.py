@@ -66,12 +66,14 @@ def ensure_data(cfg: Config, run_dir: Path, console: Console) -> tuple[Trajector
     data_dir = run_dir / "data"
     train_path, holdout_path = data_dir / "train.npz", data_dir / "holdout.npz"
     no_loss = LossConfig(model="none")  # pre-training sees complete observations (paper section 5)
+    policy = _data_policy(cfg, console)
     if not train_path.exists():
         steps = cfg.run.collect_steps
         with _progress(console, "collecting real trajectories", steps) as (bar, task):
             buf, stats = collect(cfg.env, no_loss, steps=steps, num_envs=cfg.run.num_envs,
-                                 vector_mode=cfg.run.vector_mode, seed=cfg.run.seed,
+                                 vector_mode=cfg.run.vector_mode, seed=cfg.run.seed, policy=policy,
                                  progress=lambda k: bar.advance(task, k))
+        buf.meta["policy"] = cfg.run.data_policy or "uniform-random"
         buf.meta["steps_per_second"] = stats.steps_per_second
         buf.meta["env_steps"] = stats.env_steps
         buf.save(train_path)
@@ -80,9 +82,27 @@ def ensure_data(cfg: Config, run_dir: Path, console: Console) -> tuple[Trajector
     if not holdout_path.exists():
         limit = cfg.env.episode_limit or 1000
         steps = cfg.world_model.train.holdout_episodes * limit
-        buf, _ = collect(cfg.env, no_loss, steps=steps, num_envs=1, seed=cfg.run.seed + HOLDOUT_SEED_OFFSET)
+        buf, _ = collect(cfg.env, no_loss, steps=steps, num_envs=1, seed=cfg.run.seed + HOLDOUT_SEED_OFFSET,
+                         policy=policy)
         buf.save(holdout_path)
     return TrajectoryBuffer.load(train_path), TrajectoryBuffer.load(holdout_path)
+
+
+def _data_policy(cfg: Config, console: Console) -> Any:
+    """``run.data_policy``'s sampling actor (its exploration is the data's diversity), or None for random."""
+    if cfg.run.data_policy is None:
+        return None
+    from rmio.train.export import load_actor
+    from rmio.train.policy import actor_policy
+
+    actor, ckpt = load_actor(Path(cfg.run.data_policy))
+    trained = ckpt["config"]["env"]
+    if (trained["family"], trained["scenario"]) != (cfg.env.family, cfg.env.scenario):
+        raise RmioError(f"{cfg.run.data_policy} was trained for {trained['family']}/{trained['scenario']}, "
+                        f"not {cfg.env.family}/{cfg.env.scenario}")
+    console.print(f"collecting with the {ckpt.get('algo', '?')} actor of {cfg.run.data_policy} "
+                  f"({ckpt.get('env_steps')} env steps)")
+    return actor_policy(actor)
 
 
 # ---------------------------------------------------------------------------------------------- runs

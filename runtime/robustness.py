@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import platform
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -284,7 +286,9 @@ def sweep(bundle: Path, *, p_loss: list[float], episodes: int, seeds: int, strat
                     timing[strategy] = timing.get(strategy, 0.0) + row["seconds"]
                     plain = plain or (row if p == 0.0 else None)
                     tick(strategy, 1)
+    machine = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
     return summarise({"bundle": str(bundle), "scenario": manifest.spec.name, "metric": metric,
+                      "machine": machine, "date": time.strftime("%Y-%m-%d"),
                       "p_loss": p_loss, "episodes": episodes, "seeds": seeds, "strategies": strategies,
                       "loss_model": loss_model, "wm_mode": wm_mode, "episode_limit": env_cfg.episode_limit,
                       "rows": rows, "seconds_by_strategy": timing})

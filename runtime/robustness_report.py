@@ -26,7 +26,8 @@ def markdown(result: dict[str, Any]) -> str:
     lines = [f"# Robustness: {result['scenario']}", "",
              f"{metric.replace('_', ' ')} against p_loss ({result['loss_model']} loss), mean ± std over "
              f"{result['seeds']} seed families of {result['episodes']} episodes each; world model in "
-             f"{result['wm_mode']} mode, episode length {result['episode_limit']}.", "",
+             f"{result['wm_mode']} mode, episode length {result['episode_limit']}. Measured on "
+             f"{result.get('machine', '?')}, {result.get('date', '?')}.", "",
              "| p_loss | " + " | ".join(strategies) + " |", "|---|" + "---|" * len(strategies)]
     for i, p in enumerate(result["p_loss"]):
         cells = [_pm(summary[s]["curve"][i]["mean"], summary[s]["curve"][i]["std"], digits) for s in strategies]

@@ -162,3 +162,23 @@ def test_imagination_never_starts_from_an_episodes_last_row() -> None:
         assert not batch.is_last[:, -1].any()
     plain = [sampler.sample(rng, 32, 3).is_last[:, -1].any().item() for _ in range(20)]
     assert any(plain)  # without the option such windows do occur, so the test above is not vacuous
+
+
+def test_world_model_data_from_a_trained_actor_and_export_with_another_policy(tmp_path: Path) -> None:
+    """run.data_policy collects the world model's data with a trained actor; export --policy ships that actor."""
+    mappo, wm = tmp_path / "mappo", tmp_path / "wm"
+    for args in (("train", "mappo", "halfcheetah_6x1", "--debug", "--run-dir", str(mappo)),
+                 ("train", "world-model", "halfcheetah_6x1", "--debug", "--run-dir", str(wm),
+                  "--set", f"run.data_policy={mappo / 'policy.pt'}"),
+                 ("export", str(wm), "--policy", str(mappo / "policy.pt"), "--out", str(tmp_path / "bundle"))):
+        proc = rmio(*args)
+        assert proc.returncode == 0, (args, proc.stderr[-2000:])
+    from rmio.envs.trajectory import TrajectoryBuffer
+
+    assert TrajectoryBuffer.load(wm / "data" / "train.npz").meta["policy"] == str(mappo / "policy.pt")
+    manifest = json.loads((tmp_path / "bundle" / "manifest.json").read_text())
+    assert manifest["budget"]["policy_source"] == str(mappo / "policy.pt")
+    assert manifest["budget"]["policy_algo"] == "mappo" and manifest["metrics"]["actor_parity"] < 1e-5
+    wrong = rmio("train", "world-model", "ant_4x2", "--debug", "--run-dir", str(tmp_path / "ant"),
+                 "--set", f"run.data_policy={mappo / 'policy.pt'}")
+    assert wrong.returncode == 2 and "was trained for mamujoco/HalfCheetah-6x1" in wrong.stderr

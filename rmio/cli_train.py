@@ -134,6 +134,22 @@ def register(cli: click.Group, config_options: Any) -> None:
             raise click.UsageError("give RUN_DIR to export, or --check BUNDLE")
         export_run(run_dir, out or run_dir / "bundle", _console(), policy)
 
+    @click.command("ablate")
+    @click.argument("sweep")
+    @click.option("--debug", is_flag=True, help="The scenario's tiny debug preset for every variant.")
+    @click.option("--out", type=click.Path(path_type=Path), default=None,
+                  help="Sweep directory (default runs/ablation-<sweep name>); re-run to resume.")
+    @device_option
+    def ablate(sweep: str, debug: bool, out: Path | None, device: str) -> None:
+        """Run an ablation table (configs/ablations: fusion_halfcheetah_6x1, p_mask_halfcheetah_6x1, or a YAML):
+        train every variant, then report L_rec of lost agents and the robustness AUC side by side."""
+        _require_torch()
+        from rmio.train.ablation import run_ablation
+
+        run_ablation(Path(sweep), out or Path("runs") / f"ablation-{Path(sweep).stem}", debug, _console(), device)
+
+    cli.add_command(ablate)
+
     @click.command("plot")
     @click.argument("run_dirs", nargs=-1, required=True,
                     type=click.Path(path_type=Path, exists=True, file_okay=False))

@@ -30,6 +30,16 @@ def default_bundle() -> Path:
     return path
 
 
+def resolve_model_path(path: str | Path) -> Path:
+    """``path`` as given if it exists, else ``models/NAME`` looked up among the bundles shipped in the package."""
+    path = Path(path)
+    if not path.exists() and path.parts[:1] == ("models",):
+        shipped = Path(str(resources.files("rmio.models"))).joinpath(*path.parts[1:])
+        if shipped.exists():
+            return shipped
+    return path
+
+
 def run_demo(bundle: Path | None, p_loss: list[float], episodes: int, steps: int, out_root: Path, console: Console,
              transport: str = "ipc") -> dict[str, Any]:
     from rmio.cli_eval import run_robustness

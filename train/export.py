@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import warnings
 from pathlib import Path
 from typing import Any
@@ -200,9 +201,18 @@ def export_run(run_dir: Path, out: Path, console: Console, policy: Path | None =
         manifest.metrics["parity_max_abs_random_pretrain"] = random_parity(
             pre, WorldModelRunner(out, manifest, file="wm_step_pretrain.onnx"))
     policy = policy or run_dir / "policy.pt"
-    if policy.exists():
+    if policy.is_dir():  # another bundle's actor.onnx, as it is
+        other = load_manifest(policy)
+        if "actor" not in other.files or not _same_agents(other.spec, model.spec):
+            raise RmioError(f"bundle '{policy}' has no actor for {model.spec.name}")
+        shutil.copy2(policy / other.files["actor"], out / "actor.onnx")
+        manifest.files["actor"] = "actor.onnx"
+        manifest.budget.update({"policy_source": str(policy), "policy_algo": other.budget.get("policy_algo"),
+                                "policy_env_steps": other.budget.get("policy_env_steps")})
+        manifest.metrics["actor_parity"] = other.metrics.get("actor_parity")
+    elif policy.exists():
         actor, pckpt = load_actor(policy)
-        if EnvSpec.from_dict(pckpt["spec"]).to_dict() != model.spec.to_dict():
+        if not _same_agents(EnvSpec.from_dict(pckpt["spec"]), model.spec):
             raise RmioError(f"the actor of {policy} was trained for another environment spec than {run_dir}'s "
                             "world model")
         manifest.budget["policy_source"] = str(policy)
@@ -228,6 +238,13 @@ def export_run(run_dir: Path, out: Path, console: Console, policy: Path | None =
                         f"(tolerance {PARITY_TOLERANCE}); the bundle in '{out}' must not be used")
     console.print(f"wrote bundle {out}")
     return out
+
+
+def _same_agents(a: EnvSpec, b: EnvSpec) -> bool:
+    """Same scenario and the same observation and action layout (the episode length may differ)."""
+    keys = ("name", "n_agents", "obs_sizes", "action_kind", "action_sizes", "action_low", "action_high")
+    da, db = a.to_dict(), b.to_dict()
+    return all(da.get(k) == db.get(k) for k in keys)
 
 
 def _env_steps(run_dir: Path) -> int | None:

@@ -92,10 +92,14 @@ def _data_policy(cfg: Config, console: Console) -> Any:
     """``run.data_policy``'s sampling actor (its exploration is the data's diversity), or None for random."""
     if cfg.run.data_policy is None:
         return None
+    from rmio.demo import resolve_model_path
     from rmio.train.export import load_actor
     from rmio.train.policy import actor_policy
 
-    actor, ckpt = load_actor(Path(cfg.run.data_policy))
+    source = resolve_model_path(cfg.run.data_policy)
+    if source.is_dir():
+        return _bundle_policy(cfg, source, console)
+    actor, ckpt = load_actor(source)
     trained = ckpt["config"]["env"]
     if (trained["family"], trained["scenario"]) != (cfg.env.family, cfg.env.scenario):
         raise RmioError(f"{cfg.run.data_policy} was trained for {trained['family']}/{trained['scenario']}, "
@@ -303,3 +307,28 @@ def finetune_world_model(run_dir: Path, p_mask: float | None, device: str, conso
     console.print(f"fine-tuning (p_mask {p}) done: {summary['updates']} updates"
                   f"{' (converged early)' if summary['stopped_early'] else ''}; wrote {final}")
     return final
+
+
+def _bundle_policy(cfg: Config, bundle: Path, console: Console) -> Any:
+    """A bundle's greedy actor.onnx with exploration noise (Gaussian 0.3 / 10% random available actions)."""
+    from rmio.runtime.bundle import load_manifest
+    from rmio.runtime.models import ActorRunner
+
+    manifest = load_manifest(bundle)
+    if manifest.spec.name != f"{cfg.env.family}/{cfg.env.scenario}" or "actor" not in manifest.files:
+        raise RmioError(f"bundle '{bundle}' has no actor for {cfg.env.family}/{cfg.env.scenario}")
+    runner, spec = ActorRunner(bundle, manifest), manifest.spec
+    rng = np.random.default_rng(cfg.run.seed + 17)
+    ids = np.arange(spec.n_agents)
+    console.print(f"collecting with the actor of bundle {bundle} plus exploration noise")
+
+    def act(obs: np.ndarray, observed: np.ndarray, avail: np.ndarray | None) -> np.ndarray:
+        action = runner.act(obs, ids, avail)
+        if spec.discrete:
+            explore = rng.random(spec.n_agents) < 0.1
+            return np.where(explore, spec.random_actions(rng, avail), action)
+        noisy = action + rng.normal(0.0, 0.3, action.shape).astype(np.float32)
+        return np.clip(noisy, spec.action_low, spec.action_high) * np.asarray(spec.action_feature_mask, np.float32)
+
+    return act
+

@@ -1,0 +1,191 @@
+"""Ablation sweeps of the RMIOv2 paper's Tables 1 and 2 (`rmio ablate SWEEP.yaml`): one command per table.
+
+A sweep varies one thing, either the method (``vary: algo``: fusion ablations) or the fine-tuning
+mask rate (``vary: p_mask``), and reports for every variant the reconstruction loss of lost agents
+on held-out episodes next to the robustness AUC of one fixed policy deployed with that variant's
+world model, so the two columns can be read side by side. All variants share the real data (the
+fusion variants) or the pre-trained world model (the p_mask variants), so only the varied thing
+differs. Every stage is resumable: re-running the same command skips what is already done.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from rich.console import Console
+from rich.markdown import Markdown
+
+from rmio.config import ALGORITHMS, build_dataclass, load_config
+from rmio.errors import ConfigError
+from rmio.yamlio import load_yaml
+
+
+@dataclass
+class SweepRobustness:
+    """The robustness sweep each variant's bundle gets (world-model strategy)."""
+
+    p_loss: list[float] = field(default_factory=lambda: [0.0, 0.2, 0.4, 0.6, 0.8, 1.0])
+    seeds: int = 3
+    episodes: int = 5
+    steps: int | None = None
+    """Episode length (default: the environment's)."""
+
+
+@dataclass
+class AblationConfig:
+    """One table: a scenario, the thing varied, its values, and the policy that plays the robustness sweep."""
+
+    name: str
+    scenario: str
+    """A built-in config name or a YAML path."""
+    vary: Literal["algo", "p_mask"]
+    variants: list[Any]
+    """Method names (vary: algo) or fine-tuning mask rates (vary: p_mask)."""
+    policy: str
+    """The actor every variant is deployed with: a policy.pt or a bundle directory (its actor.onnx)."""
+    p_mask: float = 0.5
+    """Fine-tuning mask rate of the algo variants; also the test-time p_mask at which L_rec is reported."""
+    finetune_updates: int | None = None
+    """Upper bound on fine-tuning updates (default: the scenario config's)."""
+    set: list[str] = field(default_factory=list)
+    """Config overrides (key=value) applied to every variant."""
+    robustness: SweepRobustness = field(default_factory=SweepRobustness)
+
+
+def resolve_sweep(name_or_path: str | Path) -> Path:
+    """A YAML path, or the name of a sweep shipped in ``configs/ablations``."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    from importlib import resources
+
+    shipped = Path(str(resources.files("rmio.configs"))) / "ablations" / f"{path.stem}.yaml"
+    if shipped.is_file():
+        return shipped
+    raise ConfigError(f"ablation sweep '{name_or_path}' is neither a file nor one of the shipped sweeps")
+
+
+def load_ablation(path: Path) -> AblationConfig:
+    path = resolve_sweep(path)
+    cfg = build_dataclass(AblationConfig, load_yaml(path, "ablation sweep"), str(path))
+    if cfg.vary == "algo":
+        unknown = [v for v in cfg.variants if v not in ALGORITHMS]
+        if unknown:
+            raise ConfigError(f"{path}: unknown method(s) {unknown} (known: {', '.join(ALGORITHMS)})")
+    elif not all(isinstance(v, int | float) and 0.0 <= v <= 1.0 for v in cfg.variants):
+        raise ConfigError(f"{path}: p_mask variants must be numbers in [0, 1], got {cfg.variants}")
+    if not cfg.variants:
+        raise ConfigError(f"{path}: no variants")
+    return cfg
+
+
+def _share(src: Path, dst: Path) -> None:
+    """Hard-link (or copy) a finished artefact into another run directory."""
+    if dst.exists():
+        return
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    if src.is_dir():
+        shutil.copytree(src, dst, copy_function=_link)
+    else:
+        _link(src, dst)
+
+
+def _link(src: str | Path, dst: str | Path) -> None:
+    try:
+        Path(dst).hardlink_to(src)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def run_ablation(path: Path, out: Path, debug: bool, console: Console, device: str = "cpu") -> dict[str, Any]:
+    from rmio.train.wm_train import finetune_world_model, prepare_run_dir, train_world_model
+
+    ab = load_ablation(path)
+    preset = "debug" if debug else None
+    runs: list[tuple[str, Path]] = []
+    if ab.vary == "algo":
+        first: Path | None = None
+        for algo in ab.variants:
+            cfg = load_config(ab.scenario, preset=preset, overrides=ab.set, algo=algo)
+            run = prepare_run_dir(cfg, out / algo, algo)
+            if first is not None:  # the same real data for every method
+                _share(first / "data", run / "data")
+            console.rule(f"[bold]{ab.name}: {algo}")
+            train_world_model(cfg, run, device, console)
+            finetune_world_model(run, ab.p_mask, device, console, ab.finetune_updates)
+            first = first or run
+            runs.append((algo, run))
+    else:
+        cfg = load_config(ab.scenario, preset=preset, overrides=ab.set)
+        pre = prepare_run_dir(cfg, out / "pretrain", "rmiov2")
+        console.rule(f"[bold]{ab.name}: pre-training")
+        train_world_model(cfg, pre, device, console)
+        for p in ab.variants:
+            run = out / f"p_mask_{p:g}"
+            for name in ("config.yaml", "data", "wm_pretrain.pt"):  # the same pre-trained model for every p_mask
+                _share(pre / name, run / name)
+            console.rule(f"[bold]{ab.name}: fine-tuning at p_mask {p:g}")
+            finetune_world_model(run, float(p), device, console, ab.finetune_updates)
+            runs.append((f"p_mask {p:g}", run))
+    rows = [_evaluate(label, run, ab, device, console) for label, run in runs]
+    result = {"name": ab.name, "scenario": ab.scenario, "vary": ab.vary, "policy": ab.policy,
+              "report_p_mask": ab.p_mask, "robustness": ab.robustness.__dict__, "rows": rows}
+    (out / "ablation.json").write_text(json.dumps(result, indent=1))
+    md = markdown(result)
+    (out / "ablation.md").write_text(md)
+    console.print(Markdown(md))
+    console.print(f"wrote {out / 'ablation.md'} and ablation.json")
+    return result
+
+
+def _evaluate(label: str, run: Path, ab: AblationConfig, device: str, console: Console) -> dict[str, Any]:
+    """L_rec of lost agents at the reporting p_mask, then the robustness AUC of the policy with this world model."""
+    from rmio.runtime import robustness
+    from rmio.train.export import export_run
+    from rmio.train.wm_eval import evaluate_run
+
+    rec_path = run / "eval_reconstruction.json"
+    rec = json.loads(rec_path.read_text()) if rec_path.exists() else evaluate_run(run, "finetune", device, console)
+    (key,) = [k for k in rec["strategies"] if k.startswith("wm fine-tuned")]
+    masks = rec["p_masks"]
+    nearest = min(range(len(masks)), key=lambda i: abs(masks[i] - ab.p_mask))
+    lrec = rec["strategies"][key]["lrec_masked"][nearest]
+    bundle = run / "bundle"
+    if not (bundle / "manifest.json").exists():
+        from rmio.demo import resolve_model_path
+
+        export_run(run, bundle, console, resolve_model_path(ab.policy))
+    rob_path = run / "robustness.json"
+    if rob_path.exists():
+        rob = json.loads(rob_path.read_text())
+    else:
+        r = ab.robustness
+        rob = robustness.sweep(bundle, p_loss=r.p_loss, episodes=r.episodes, seeds=r.seeds,
+                               strategies=["world-model"], episode_limit=r.steps)
+        rob_path.write_text(json.dumps(rob, indent=1))
+    summary = rob["summary"]["world-model"]
+    return {"variant": label, "run": str(run), "lrec_lost": lrec, "lrec_p_mask": masks[nearest],
+            "auc_mean": summary["auc_mean"], "auc_std": summary["auc_std"],
+            "curve": [c["mean"] for c in summary["curve"]], "p_loss": rob["p_loss"], "metric": rob["metric"]}
+
+
+def markdown(result: dict[str, Any]) -> str:
+    rows = result["rows"]
+    p_loss = rows[0]["p_loss"]
+    lines = [f"# {result['name']}", "",
+             f"{result['scenario']}, varying {result['vary']}; policy {result['policy']}. L_rec: lost agents, "
+             f"held-out episodes, test-time p_mask {rows[0]['lrec_p_mask']:g} (lower is better). AUC: world-model "
+             f"strategy, mean ± std over {result['robustness']['seeds']} seed families.", "",
+             "| variant | L_rec lost agents | AUC | " + " | ".join(f"{rows[0]['metric']} @ {p:g}" for p in p_loss)
+             + " |",
+             "|---|---|---|" + "---|" * len(p_loss)]
+    for r in rows:
+        auc = "n/a" if not math.isfinite(r["auc_mean"]) else f"{r['auc_mean']:.1f} ± {r['auc_std']:.1f}"
+        curve = " | ".join(f"{v:.2f}" for v in r["curve"])
+        lines.append(f"| {r['variant']} | {r['lrec_lost']:.4f} | {auc} | {curve} |")
+    return "\n".join(lines) + "\n"

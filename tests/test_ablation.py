@@ -14,7 +14,7 @@ from rmio.errors import ConfigError
 from rmio.train.ablation import load_ablation, run_ablation
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "runtime"))
-from tiny_bundle import make_tiny_bundle  # noqa: E402
+from tiny_bundle import make_tiny_bundle
 
 
 @pytest.mark.parametrize("name", ["fusion_halfcheetah_6x1", "p_mask_halfcheetah_6x1"])

@@ -103,3 +103,20 @@ def test_cli_writes_json_markdown_png_and_runs_the_swarm(bundle: Path, tmp_path:
         in_process = result["summary"][strategy]["curve"][[0.0, 0.5].index(p)]["mean"]
         if row["deadline_misses"] == 0:
             assert row["mean"] == pytest.approx(in_process, rel=1e-4, abs=1e-4), (strategy, p)
+
+
+def test_discrete_smax_sweep_scores_win_rate_and_return(tmp_path: Path) -> None:
+    """Available actions batched per agent; SMAX is scored by win rate, with the dense return alongside."""
+    pytest.importorskip("jaxmarl")
+    from tiny_bundle import make_tiny_bundle
+
+    smax = make_tiny_bundle(tmp_path / "smax", "smax/3m", 4)
+    result = robustness.sweep(smax, p_loss=[0.0, 0.5], episodes=2, seeds=1, strategies=["world-model", "zero-fill"],
+                              episode_limit=12)
+    assert result["metric"] == "win_rate"
+    assert set(result["summary"]["also"]) == {"metric", "world-model", "zero-fill"}
+    for row in result["rows"]:
+        assert all(e["steps"] <= 12 and e["won"] in (True, False) for e in row["episodes"])
+    from rmio.runtime import robustness_report
+
+    assert "Also measured (return)" in robustness_report.markdown(result)

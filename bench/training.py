@@ -12,6 +12,7 @@ import argparse
 import json
 import os
 import platform
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -31,7 +32,8 @@ def summarise(run: Path, budget: int, metric: str) -> dict:
     train = joint or mappo
     within = [r for r in evals if r["step"] <= budget]
     out = {"run": run_label(run), "env_steps": evals[-1]["step"] if evals else 0,
-           "final": evals[-1] if evals else None, "best": max(evals, key=lambda r: r[metric]) if evals else None,
+           "final": evals[-1] if evals else None,
+           "best": max(evals, key=lambda r: (r[metric], r["return_mean"])) if evals else None,
            "at_budget": within[-1] if within else None}
     if joint:
         out["collect_steps_per_s"] = float(np.median([r["collect_steps_per_s"] for r in joint]))
@@ -84,7 +86,7 @@ def main() -> None:
             groups.setdefault(r["run"].split(" seed")[0], []).append(r["at_budget"][args.metric])
     lines += ["", f"Mean ± std over seeds at {args.budget:,} real steps: " + "; ".join(
         f"{algo} {np.mean(v):.2f} ± {np.std(v):.2f} ({len(v)} seeds)" for algo, v in groups.items())]
-    lines += ["", f"Command: `python bench/training.py {' '.join(sys.argv[1:])}`", ""]
+    lines += ["", f"Command: `python bench/training.py {shlex.join(sys.argv[1:])}`", ""]
     args.out.with_suffix(".md").write_text("\n".join(lines))
     print("\n".join(lines))
 

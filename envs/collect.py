@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -47,17 +49,22 @@ def collect(
     policy: Policy | None = None,
     progress: Callable[[int], None] | None = None,
     vector_mode: str = "auto",
+    venv: Any = None,
 ) -> tuple[TrajectoryBuffer, CollectStats]:
     """Run ``policy`` for at least ``steps`` environment steps (whole episodes only).
 
     Each copy k has its own loss model seeded with ``seed + k``, so a collection is reproducible.
     Episodes still running when the budget is reached are finished, never cut: every stored
-    episode ends where the environment ended it.
+    episode ends where the environment ended it. ``venv``: an open vector env to reuse (and leave
+    open), so a training loop that collects every iteration builds (and JIT-compiles) it once.
     """
     import time
 
     start = time.perf_counter()
-    with make_vector_env(env_cfg, num_envs, vector_mode) as venv:
+    owned = venv is None
+    if venv is not None and venv.num_envs != num_envs:
+        raise ValueError(f"venv has {venv.num_envs} copies, num_envs is {num_envs}")
+    with make_vector_env(env_cfg, num_envs, vector_mode) if owned else contextlib.nullcontext(venv) as venv:
         spec = venv.spec
         policy = policy or random_policy(spec, seed)
         losses = [make_loss_model(loss_cfg, spec.n_agents, seed + 1000 + k) for k in range(num_envs)]

@@ -21,6 +21,7 @@ from rmio.config import Config
 from rmio.envs.collect import collect
 from rmio.envs.loss import LossConfig
 from rmio.envs.trajectory import TrajectoryBuffer
+from rmio.envs.vector import make_vector_env
 from rmio.train.imagination import imagine, start_states
 from rmio.train.mappo import build_agents, evaluate_and_log
 from rmio.train.policy import actor_policy
@@ -76,7 +77,8 @@ def train_joint(cfg: Config, run_dir: Path, device: str, console: Console) -> Pa
                 "np_rng": rng.bit_generator.state, "gen_rng": gen.get_state(), "torch_rng": rng_state(),
                 "obs_mean": stats[0].tolist(), "obs_std": stats[1].tolist()}
 
-    with _progress(console, "RMIOv2 pre-training", im.env_steps) as (bar, task):
+    with _progress(console, "RMIOv2 pre-training", im.env_steps) as (bar, task), \
+            make_vector_env(cfg.env, im.num_envs, cfg.run.vector_mode) as venv:  # built (and jitted) once
         bar.update(task, completed=env_steps)
         while env_steps < im.env_steps:
             if env_steps >= next_eval:
@@ -85,7 +87,8 @@ def train_joint(cfg: Config, run_dir: Path, device: str, console: Console) -> Pa
             tc = time.perf_counter()
             new, cstats = collect(cfg.env, NO_LOSS, steps=im.collect_steps, num_envs=im.num_envs,
                                   vector_mode=cfg.run.vector_mode,
-                                  seed=cfg.run.seed + 1 + env_steps, policy=actor_policy(ppo.actor))  # line 1
+                                  seed=cfg.run.seed + 1 + env_steps, policy=actor_policy(ppo.actor),
+                                  venv=venv)  # line 1
             real.extend(new)
             env_steps += cstats.env_steps
             timing["collect_s"] += time.perf_counter() - tc

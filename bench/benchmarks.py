@@ -25,9 +25,12 @@ SECTIONS: list[tuple[str, str, str]] = [
      "robustness_halfcheetah_6x1_swarm/robustness.md",
      "rmio eval robustness models/halfcheetah_6x1 --p-loss 0,0.3,0.6 --seeds 1 --episodes 2 --swarm "
      "--strategies world-model,hold-last,zero-fill --out bench/results/robustness_halfcheetah_6x1_swarm"),
-    ("Robustness under observation loss: SMAX 2s3z",
+    ("The swarm on the committed HalfCheetah 6x1 bundle at p_loss 0.3",
+     "swarm_halfcheetah_6x1_p03/report.md",
+     "rmio swarm launch models/halfcheetah_6x1 --p-loss 0.3 --episodes 3"),
+    ("Robustness under observation loss: SMAX 2s3z (committed bundle)",
      "robustness_smax_2s3z/robustness.md",
-     "rmio eval robustness SMAX_BUNDLE --seeds 3 --episodes 10 "
+     "rmio eval robustness models/smax_2s3z --seeds 3 --episodes 10 "
      "--strategies world-model,hold-last,zero-fill,no-finetune --out bench/results/robustness_smax_2s3z"),
     ("Policy training: HalfCheetah 6x1", "training_halfcheetah_6x1.md", "see the command line inside"),
     ("Policy training: SMAX 2s3z", "training_smax_2s3z.md", "see the command line inside"),

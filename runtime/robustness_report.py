@@ -23,10 +23,11 @@ def markdown(result: dict[str, Any]) -> str:
     digits = 2 if metric == "win_rate" else 1
     strategies = result["strategies"]
     summary = result["summary"]
+    length = result["episode_limit"] or "as the environment ends it"
     lines = [f"# Robustness: {result['scenario']}", "",
              f"{metric.replace('_', ' ')} against p_loss ({result['loss_model']} loss), mean ± std over "
              f"{result['seeds']} seed families of {result['episodes']} episodes each; world model in "
-             f"{result['wm_mode']} mode, episode length {result['episode_limit']}. Measured on "
+             f"{result['wm_mode']} mode, episode length {length}. Measured on "
              f"{result.get('machine', '?')}, {result.get('date', '?')}.", "",
              "| p_loss | " + " | ".join(strategies) + " |", "|---|" + "---|" * len(strategies)]
     for i, p in enumerate(result["p_loss"]):
@@ -47,7 +48,12 @@ def markdown(result: dict[str, Any]) -> str:
             cells = [_pm(also[s][i]["mean"], also[s][i]["std"], 1) for s in strategies]
             lines.append(f"| {p:g} | " + " | ".join(cells) + " |")
     if result.get("swarm"):
+        from rmio.runtime.robustness import swarm_auc
+
+        aucs = swarm_auc(result)
         lines += ["", "## Through the swarm (real processes)", "",
+                  "AUC of the swarm's curve: " + ", ".join(f"{s} {aucs[s]:.1f}" for s in strategies if s in aucs)
+                  + f" (p_loss {lo:g}-{hi:g}, same normalisation).", "",
                   "| strategy | p_loss | " + metric.replace("_", " ") + " | protocol bytes/step | msgs/step | "
                   "recon round p50 / p99 ms | deadline misses |", "|---|---|---|---|---|---|---|"]
         for row in result["swarm"]:

@@ -69,15 +69,15 @@ def _print_table(result: dict[str, Any], aucs: dict[str, float], console: Consol
     metric = result["metric"].replace("_", " ")
     table = Table(title=f"{result['scenario']} through the swarm (random policy: "
                         f"{result['summary']['random']['mean']:.1f})")
-    for col in ("strategy", "p_loss", f"{metric} swarm", "in-process", "bytes/step", "msgs/step",
-                "recon ms p50/p99"):
-        table.add_column(col, justify="left" if col == "strategy" else "right")
+    table.caption = (f"{metric}: the swarm's, and in-process on the same seeds and loss masks; bytes/step: protocol "
+                     "traffic between agents; round ms: reconstruction round p50/p99")
+    for col in ("strategy", "p_loss", metric, "in-process", "bytes/step", "round ms"):
+        table.add_column(col, justify="left" if col == "strategy" else "right", no_wrap=True)
     curves = {s: {c["p_loss"]: c["mean"] for c in result["summary"][s]["curve"]} for s in result["strategies"]}
     for row in result["swarm"]:
         lat = "-" if row["round_p50_ms"] is None else f"{row['round_p50_ms']:.1f}/{row['round_p99_ms']:.1f}"
         table.add_row(row["strategy"], f"{row['p_loss']:g}", f"{row['mean']:.1f}",
-                      f"{curves[row['strategy']][row['p_loss']]:.1f}", f"{row['bytes_per_step']:.0f}",
-                      f"{row['msgs_per_step']:.1f}", lat)
+                      f"{curves[row['strategy']][row['p_loss']]:.1f}", f"{row['bytes_per_step']:.0f}", lat)
     console.print(table)
     lo, hi = result["auc_range"]
     parts = [f"{s} {aucs[s]:.1f}" if math.isfinite(aucs.get(s, math.nan)) else f"{s} n/a" for s in sorted(aucs)]

@@ -182,3 +182,23 @@ def test_world_model_data_from_a_trained_actor_and_export_with_another_policy(tm
     wrong = rmio("train", "world-model", "ant_4x2", "--debug", "--run-dir", str(tmp_path / "ant"),
                  "--set", f"run.data_policy={mappo / 'policy.pt'}")
     assert wrong.returncode == 2 and "was trained for mamujoco/HalfCheetah-6x1" in wrong.stderr
+
+
+def test_a_shipped_bundle_collects_world_model_data_with_exploration_noise() -> None:
+    """run.data_policy=models/NAME resolves to the packaged bundle; its greedy actor gets Gaussian noise."""
+    from rich.console import Console
+
+    from rmio.runtime.models import ActorRunner
+    from rmio.train.wm_train import _data_policy
+
+    cfg = load_config("halfcheetah_6x1", overrides=["run.data_policy=models/halfcheetah_6x1"])
+    act = _data_policy(cfg, Console(quiet=True))
+    obs = np.random.default_rng(0).normal(size=(6, 9)).astype(np.float32) * 0.1
+    observed = np.ones(6, bool)
+    a, b = act(obs, observed, None), act(obs, observed, None)
+    assert a.shape == (6, 1) and np.all(np.abs(a) <= 1.0)
+    assert not np.array_equal(a, b)  # exploration noise
+    from rmio.demo import default_bundle
+
+    greedy = ActorRunner(default_bundle()).act(obs, np.arange(6))
+    assert 0.05 < np.abs(a - greedy).mean() < 0.6  # noise of std 0.3 around the greedy action (clipped)

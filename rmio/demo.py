@@ -10,34 +10,13 @@ from __future__ import annotations
 
 import math
 import time
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
-from rmio.errors import RmioError
-
-DEFAULT_BUNDLE = "halfcheetah_6x1"
-
-
-def default_bundle() -> Path:
-    """The bundle shipped in the package (``models/halfcheetah_6x1`` of the repository)."""
-    path = Path(str(resources.files("rmio.models"))) / DEFAULT_BUNDLE
-    if not (path / "manifest.json").is_file():
-        raise RmioError(f"the default bundle is missing from {path}; pass a bundle directory to `rmio demo`")
-    return path
-
-
-def resolve_model_path(path: str | Path) -> Path:
-    """``path`` as given if it exists, else ``models/NAME`` looked up among the bundles shipped in the package."""
-    path = Path(path)
-    if not path.exists() and path.parts[:1] == ("models",):
-        shipped = Path(str(resources.files("rmio.models"))).joinpath(*path.parts[1:])
-        if shipped.exists():
-            return shipped
-    return path
+from rmio.models import default_bundle
 
 
 def run_demo(bundle: Path | None, p_loss: list[float], episodes: int, steps: int, out_root: Path, console: Console,

@@ -198,7 +198,7 @@ def test_a_shipped_bundle_collects_world_model_data_with_exploration_noise() -> 
     a, b = act(obs, observed, None), act(obs, observed, None)
     assert a.shape == (6, 1) and np.all(np.abs(a) <= 1.0)
     assert not np.array_equal(a, b)  # exploration noise
-    from rmio.demo import default_bundle
+    from rmio.models import default_bundle
 
     greedy = ActorRunner(default_bundle()).act(obs, np.arange(6))
     assert 0.05 < np.abs(a - greedy).mean() < 0.6  # noise of std 0.3 around the greedy action (clipped)

@@ -157,7 +157,7 @@ def _evaluate(label: str, run: Path, ab: AblationConfig, device: str, console: C
     lrec = rec["strategies"][key]["lrec_masked"][nearest]
     bundle = run / "bundle"
     if not (bundle / "manifest.json").exists():
-        from rmio.demo import resolve_model_path
+        from rmio.models import resolve_model_path
 
         export_run(run, bundle, console, resolve_model_path(ab.policy))
     rob_path = run / "robustness.json"

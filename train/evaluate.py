@@ -6,31 +6,17 @@ import json
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from rmio.envs.loss import LossConfig
 from rmio.envs.registry import EnvConfig
 from rmio.envs.rollout import run_episodes
-from rmio.train.policy import Actor
+from rmio.train.policy import Actor, actor_policy
 
 
 def evaluate_policy(actor: Actor, env_cfg: EnvConfig, episodes: int, seed: int) -> dict[str, float]:
     """Greedy actions, complete observations; the seed family is disjoint from training's."""
-    device = next(actor.parameters()).device
-
-    def factory(spec):
-        ids = torch.arange(spec.n_agents, device=device)
-
-        @torch.no_grad()
-        def policy(obs, observed, avail):
-            o = torch.as_tensor(obs, device=device)
-            a = None if avail is None else torch.as_tensor(avail, device=device)
-            act, _ = actor.act(o, ids, a, deterministic=True)
-            return act.cpu().numpy()
-
-        return policy
-
-    records = run_episodes(env_cfg, LossConfig("none"), factory, episodes=episodes, seed=seed)
+    records = run_episodes(env_cfg, LossConfig("none"), lambda spec: actor_policy(actor, deterministic=True),
+                           episodes=episodes, seed=seed)
     rets = np.array([r.ret for r in records])
     out = {"return_mean": float(rets.mean()), "return_std": float(rets.std()),
            "episode_length": float(np.mean([r.steps for r in records]))}

@@ -92,7 +92,7 @@ def _data_policy(cfg: Config, console: Console) -> Any:
     """``run.data_policy``'s sampling actor (its exploration is the data's diversity), or None for random."""
     if cfg.run.data_policy is None:
         return None
-    from rmio.demo import resolve_model_path
+    from rmio.models import resolve_model_path
     from rmio.train.export import load_actor
     from rmio.train.policy import actor_policy
 

@@ -55,6 +55,8 @@ class Agent:
         self.await_deadline = 0.0
         self.lost_reports: dict[tuple[int, int], set[int]] = {}
         self.pending_gathers: list[Message] = []
+        self.stream: tuple[str, int, tuple[int, int], int] | None = None
+        """(coordinator, epoch, after (ep, t), until seq): stream our steps after ``after`` to it."""
         self.peer_inc: dict[str, int] = {}
         self.last_env = time.monotonic()
         self.samples = Samples()
@@ -141,6 +143,8 @@ class Agent:
         if peer in self.live.down or peer not in self.live.last_heard:
             return
         self.live.mark_dead(peer)
+        if self.coord is not None:
+            self.coord.forget(int(peer[1:]))
         if peer == f"a{self.view.leader}":
             self.counts["leader_lost"] += 1
             log.info("%s: coordinator %s is gone", self.name, peer)
@@ -216,6 +220,10 @@ class Agent:
             del self.lost_reports[key]
         self.ring.put_obs(t, obs, obs is not None)
         if obs is not None:
+            # o_t and a_{t-1} do not depend on a_t: a pending round's data goes out (or is used) first
+            self._push(ep, t)
+            if self.coord is not None:
+                self.coord.own_step(ep, t, now)
             self._act(ep, t, obs, "obs")
         elif self.settings.recon == "zero":
             self._act(ep, t, np.zeros(self.spec.obs_dim, np.float32), "zero")
@@ -224,7 +232,8 @@ class Agent:
         else:
             self.awaiting = (ep, t)
             self.await_deadline = now + self.settings.deadline_s("recon")
-            self._report_loss(ep, t)
+            if not self._push(ep, t):  # a streamed blind step is our loss report
+                self._report_loss(ep, t)
         self._answer_gathers()
         if self.coord is not None:
             self.coord.own_step(ep, t, now)
@@ -247,6 +256,36 @@ class Agent:
         self.counts[f"act_{kind}"] += 1
         if self.settings.record:
             self.records.append((ep, t, kind, np.asarray(obs, np.float32).copy(), np.asarray(action).copy()))
+
+    def _push(self, ep: int, t: int) -> bool:
+        """Stream step t (our observation or its absence, and a_{t-1}) to the coordinator we are
+        subscribed to, if the subscription still holds; True when sent."""
+        if self.stream is None:
+            return False
+        leader, epoch, after, until = self.stream
+        if self.seq > until or epoch != self.view.epoch or leader != f"a{self.view.leader}" \
+                or not self.live.alive(leader, time.monotonic()):
+            self.stream = None
+            return False
+        if (ep, t) <= after:
+            return False
+        act_from = max(0, t - 1)
+        seen, known, obs, act = self.ring.serve(t, act_from, t)
+        if not self._send(leader, "HISTORY", (obs, act), ep=ep, step=t, epoch=epoch, obs_from=t, act_from=act_from,
+                          seen=seen, known=known, push=True):
+            return False
+        self.counts["pushes"] += 1
+        return True
+
+    def _on_stream(self, msg: Message, now: float) -> None:
+        if not self._from_coordinator(msg):
+            return
+        if msg["until"] < 0:
+            self.stream = None
+        elif self.stream is not None and self.stream[0] == msg.src and self.stream[1] == msg["epoch"]:
+            self.stream = (msg.src, msg["epoch"], self.stream[2], msg["until"])
+        else:  # a renewal for a subscription we do not hold (we restarted): start from our next step
+            self.stream = (msg.src, msg["epoch"], (self.ep, self.t), msg["until"])
 
     # -- loss reports and election --------------------------------------------------------
 
@@ -359,6 +398,8 @@ class Agent:
                 self.peer_inc[msg.src] = msg["inc"]
                 if old is not None:  # a restarted peer; what we cached of its predecessor is still true
                     self.counts["peer_rejoined"] += 1
+                    if self.coord is not None:
+                        self.coord.forget(int(msg.src[1:]))
                 self._send(msg.src, "HELLO", inc=self.inc, role="agent", epoch=self.view.epoch,
                            leader=self.view.leader)
         self._gossip(msg, now)
@@ -373,6 +414,10 @@ class Agent:
             self.node.count_drop("bad_range", f"gather {msg['ep']}/{lo}..{t}")
             return
         self.pending_gathers.append(msg)
+        if msg["stream"] >= 0:  # stream the steps after this one; GATHER answers cover up to it
+            self.stream = (msg.src, msg["epoch"], (msg["ep"], t), msg["stream"])
+        elif self.stream is not None and self.stream[0] == msg.src:
+            self.stream = None
         self._answer_gathers()
 
     def _answer_gathers(self) -> None:
@@ -387,14 +432,17 @@ class Agent:
                 continue
             seen, known, obs, act = self.ring.serve(msg["obs_from"], msg["act_from"], t)
             self._send(msg.src, "HISTORY", (obs, act), ep=ep, step=t, epoch=msg["epoch"], obs_from=msg["obs_from"],
-                       act_from=msg["act_from"], seen=seen, known=known)
+                       act_from=msg["act_from"], seen=seen, known=known, push=False)
         self.pending_gathers = keep[-8:]
 
     def _on_history(self, msg: Message, now: float) -> None:
         if self.coord is None:
             self.node.count_drop("stale_epoch")
             return
-        self.coord.on_history(msg, now)
+        if msg["push"]:
+            self.coord.on_push(msg, now)
+        else:
+            self.coord.on_history(msg, now)
 
     def _on_recon(self, msg: Message, now: float) -> None:
         if not self._from_coordinator(msg):
@@ -473,6 +521,7 @@ _HANDLERS = {
     ("a", "LOST"): Agent._on_lost,
     ("a", "COORD"): Agent._on_coord,
     ("a", "GATHER"): Agent._on_gather,
+    ("a", "STREAM"): Agent._on_stream,
     ("a", "HISTORY"): Agent._on_history,
     ("a", "RECON"): Agent._on_recon,
     ("wm", "WM_REP"): Agent._on_wm_rep,

@@ -72,7 +72,7 @@ while True:
     for m in node.poll(1000):
         if m.type == "GATHER":
             node.send("ctl", "HISTORY", (obs, act), ep=0, step=m["step"], epoch=m["epoch"], obs_from=m["step"],
-                      act_from=m["step"] - 1, seen=[True], known=[True])
+                      act_from=m["step"] - 1, seen=[True], known=[True], push=False)
         elif m.type == "RECON":
             node.send("ctl", "HB", epoch=0, leader=0)
         elif m.type == "BYE":
@@ -104,7 +104,8 @@ def floors(n: int, bundle: Path, rounds: int) -> dict[str, tuple[float, float]]:
         for k in range(rounds + 20):
             start = time.perf_counter()
             for p in peers:
-                while not ctl.send(p, "GATHER", ep=0, step=k + 1, epoch=1, obs_from=k + 1, act_from=k):
+                while not ctl.send(p, "GATHER", ep=0, step=k + 1, epoch=1, obs_from=k + 1, act_from=k,
+                                     stream=-1):
                     ctl.poll(1)
             got = 0
             while got < len(peers):

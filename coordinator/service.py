@@ -8,6 +8,11 @@ world-model step graph over the window (or, in incremental mode, continues its l
 the previous round when nothing was missed), and sends each blind agent its own reconstructed row.
 Agents that did not answer in time count as lost in the window; a round never waits past its
 deadline.
+
+A GATHER also subscribes the agent to stream its newest step to the coordinator for the next
+``stream_steps`` env steps, right after it acts. While loss goes on, the rounds that follow then
+find every agent's step t already cached or on its way, and need no GATHER round trip: the
+critical path shrinks from four hops (LOST, GATHER, HISTORY, RECON) to two (HISTORY, RECON).
 """
 
 from __future__ import annotations
@@ -44,6 +49,10 @@ class Round:
     deadline: float
     asked: dict[int, tuple[int, int]] = field(default_factory=dict)
     """agent -> (obs_from, act_from) requested."""
+    waiting: set[int] = field(default_factory=set)
+    """Agents whose step-t window the round waits for (asked, or streaming it unasked)."""
+    push_deadline: float = 0.0
+    """When a streamed step still missing is asked for with a GATHER after all."""
     replied: set[int] = field(default_factory=set)
     lost: set[int] = field(default_factory=set)
     observed: set[int] = field(default_factory=set)
@@ -95,6 +104,11 @@ class Coordinator:
         self.rounds_started = 0
         self._rid = 0
         self.use_node = self.settings.world_model == "node"
+        steps = self.settings.stream_steps
+        self.stream_steps = 0 if self.settings.full_resync else (self.l if steps is None else steps)
+        self.streaming: dict[int, int] = {}
+        """agent -> the last global step (seq) it streams to us; for our current epoch."""
+        self.stream_epoch = -1
 
     @property
     def wm(self) -> WorldModelRunner:
@@ -103,6 +117,11 @@ class Coordinator:
     def close(self) -> None:
         self.rounds.clear()
         self.chain = None
+        self.streaming.clear()
+
+    def forget(self, j: int) -> None:
+        """Agent j died or restarted: it no longer streams to us."""
+        self.streaming.pop(j, None)
 
     # -- round lifecycle --------------------------------------------------------------------
 
@@ -128,20 +147,74 @@ class Coordinator:
         self.rounds_started += 1
         self.counts["rounds"] += 1
         agent = self.agent
+        if self.stream_epoch != agent.view.epoch:  # subscriptions name the epoch they were made in
+            self.streaming.clear()
+            self.stream_epoch = agent.view.epoch
+        seq_t = agent.seq + int((ep, t) > (agent.ep, agent.t))
+        r.push_deadline = now + 0.25 * (r.deadline - now)
         for j in range(self.n):
             if j == agent.i or f"a{j}" in agent.live.down:
                 continue
-            obs_from, act_from = self.cache.need(j, t)
-            if agent._send(f"a{j}", "GATHER", ep=ep, step=t, epoch=agent.view.epoch, obs_from=obs_from,
-                           act_from=act_from):
-                r.asked[j] = (obs_from, act_from)
+            if self.cache.has(j, t):  # its step t was streamed before the round began
+                self._renew(j, seq_t)
+            elif self.streaming.get(j, -1) >= seq_t and (t == 0 or self.cache.has(j, t - 1)):
+                r.waiting.add(j)  # only step t is missing, and it is on its way
+                self._renew(j, seq_t)
+            else:
+                self._gather(r, j, seq_t)
+        if not r.asked:
+            self.counts["rounds_without_gather"] += 1
         kill_at = self.settings.kill_coordinator_at
         if kill_at is not None and agent.seq >= kill_at and _claim_fault(self.settings.out_dir, "coordinator-kill"):
             log.warning("a%d: fault injection, coordinator SIGKILL mid-round at step %d", agent.i, agent.seq)
             os.kill(os.getpid(), signal.SIGKILL)
         return r
 
+    def _gather(self, r: Round, j: int, seq_t: int) -> None:
+        obs_from, act_from = self.cache.need(j, r.t)
+        until = seq_t + self.stream_steps if self.stream_steps > 0 else -1
+        agent = self.agent
+        if agent._send(f"a{j}", "GATHER", ep=r.ep, step=r.t, epoch=agent.view.epoch, obs_from=obs_from,
+                       act_from=act_from, stream=until):
+            r.asked[j] = (obs_from, act_from)
+            r.waiting.add(j)
+            if until >= 0:
+                self.streaming[j] = until
+            else:
+                self.streaming.pop(j, None)
+
+    def _renew(self, j: int, seq_t: int) -> None:
+        """Extend a subscription at half-life: one small message per agent every stream_steps / 2 steps."""
+        until = self.streaming.get(j, -1)
+        if self.stream_steps > 0 and until - seq_t < self.stream_steps // 2:
+            until = seq_t + self.stream_steps
+            if self.agent._send(f"a{j}", "STREAM", epoch=self.agent.view.epoch, until=until):
+                self.streaming[j] = until
+
     def own_step(self, ep: int, t: int, now: float) -> None:
+        self.poll(now)
+
+    def on_push(self, msg: Message, now: float) -> None:
+        """A step streamed unasked: cache it; a blind step is also that agent's loss report."""
+        j, ep, t = int(msg.src[1:]), msg["ep"], msg["step"]
+        if msg["epoch"] != self.agent.view.epoch or ep < self.cache.ep:
+            self.counts["push_stale"] += 1
+            self.agent.node.count_drop("stale_epoch" if msg["epoch"] != self.agent.view.epoch else "stale_step")
+            return
+        act_from = max(0, t - 1)
+        seen, known = msg["seen"], msg["known"]
+        if (msg["obs_from"], msg["act_from"]) != (t, act_from) or len(seen) != 1 or len(known) != t - act_from:
+            raise WireError("bad_field", "a streamed HISTORY carries exactly its own step")
+        if ep > self.cache.ep:
+            self.cache.reset(ep)
+            self.chain = None
+        obs = msg.array(0, (sum(seen), self.manifest.spec.obs_dim), "<f4")
+        act = msg.array(1, (len(known), *self.codec.shape), self.codec.dtype.str)
+        self.cache.put(j, t, act_from, t, seen, known, obs, act)
+        self.counts["pushes_received"] += 1
+        if not seen[0]:
+            self.agent.lost_reports.setdefault((ep, t), set()).add(j)
+            self.on_loss(ep, t, j, now)
         self.poll(now)
 
     def on_history(self, msg: Message, now: float) -> None:
@@ -170,16 +243,31 @@ class Coordinator:
         for r in list(self.rounds.values()):
             if r.state == "gather":
                 own_ready = (agent.ep, agent.t) >= (r.ep, r.t)
-                if (own_ready and (r.replied >= set(r.asked) or now >= r.deadline)) or now >= r.deadline + (
+                if (own_ready and (self._complete(r) or now >= r.deadline)) or now >= r.deadline + (
                         r.deadline - r.started):  # our own step never came: reconstruct without it
                     self._compute(r, now)
+                elif now >= r.push_deadline and r.push_deadline > 0:
+                    self._pull_missing(r)
             elif r.state == "wm" and now >= r.wm_deadline:
                 self.counts["wm_node_timeout"] += 1
                 self._finish_locally(r)
 
+    def _complete(self, r: Round) -> bool:
+        return all(self.cache.has(j, r.t) for j in r.waiting if f"a{j}" not in self.agent.live.down)
+
+    def _pull_missing(self, r: Round) -> None:
+        """A streamed step is overdue (a subscription lost in a restart or a race): ask for it."""
+        r.push_deadline = 0.0
+        seq_t = self.agent.seq + int((r.ep, r.t) > (self.agent.ep, self.agent.t))
+        for j in sorted(r.waiting - set(r.asked)):
+            if not self.cache.has(j, r.t) and f"a{j}" not in self.agent.live.down:
+                self.counts["push_overdue"] += 1
+                self._gather(r, j, seq_t)
+
     def next_deadline(self, now: float) -> float:
         times = [r.deadline if (self.agent.ep, self.agent.t) >= (r.ep, r.t) else 2 * r.deadline - r.started
                  for r in self.rounds.values() if r.state == "gather"]
+        times += [r.push_deadline for r in self.rounds.values() if r.state == "gather" and r.push_deadline > 0]
         times += [r.wm_deadline for r in self.rounds.values() if r.state == "wm"]
         return max(0.0, min(times, default=now + 1.0) - now)
 
@@ -189,7 +277,7 @@ class Coordinator:
         agent = self.agent
         r.gathered_ns = now_ns()
         self.samples.add("gather_us", (r.gathered_ns - r.started_ns) / 1e3)
-        if r.replied < set(r.asked):
+        if not self._complete(r):
             self.counts["rounds_partial"] += 1
         me = agent.i
         obs_from, act_from = self.cache.need(me, r.t)
@@ -197,6 +285,7 @@ class Coordinator:
         self.cache.put(me, obs_from, act_from, r.t, seen, known, obs, act)
         if (agent.ep, agent.t) >= (r.ep, r.t):
             (r.observed if seen[-1] else r.lost).add(me)
+        r.observed |= {j for j in range(self.n) if self.cache.obs[j].get(r.t) is not None}
         chain = self.chain
         cont = (self.settings.wm_mode == "incremental" and chain is not None and chain.ep == r.ep
                 and 0 < r.t - chain.t <= self.l)

@@ -190,6 +190,9 @@ def _swarm_run_options(fn: Callable) -> Callable:
                      help="Blind agents act on the world model's reconstruction, on zeros or on hold-last."),
         click.option("--wm-mode", type=click.Choice(["window", "incremental"]), default="window", show_default=True,
                      help="Replay the window every round, or continue the latent state across rounds."),
+        click.option("--stream-steps", type=click.IntRange(min=0), default=None,
+                     help="After a round, agents stream each new step to the coordinator for this many steps, "
+                          "so rounds need no GATHER (0: pull only) [the bundle's window]."),
         click.option("--kill-agent", multiple=True, metavar="I@STEP",
                      help="Fault injection: agent I SIGKILLs itself at global step STEP (repeatable)."),
         click.option("--kill-coordinator", "kill_coordinator_at", type=click.IntRange(min=0), default=None,

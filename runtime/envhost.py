@@ -277,7 +277,7 @@ class EnvHost:
         by_cat = category_totals(table)
         action = self.codec.default()[None]
         probe = encode("HISTORY", "a0", (np.zeros((1, self.spec.obs_dim), np.float32), action), ep=0, step=1,
-                       epoch=1, obs_from=1, act_from=0, seen=[True], known=[True])
+                       epoch=1, obs_from=1, act_from=0, seen=[True], known=[True], push=True)
         base = centralised_baseline(self.n, self.spec.obs_dim, action.nbytes, frames_size(probe))
         proto = by_cat.get("protocol", {"payload_bytes_per_step": 0.0, "bytes_per_step": 0.0})
 

@@ -143,6 +143,11 @@ class WindowCache:
             act_from += 1
         return min(obs_from, t), act_from
 
+    def has(self, j: int, t: int) -> bool:
+        """Whether agent j's window for step t is all here (nothing to ask for)."""
+        obs_from, act_from = self.need(j, t)
+        return obs_from == t and t in self.obs[j] and act_from == t
+
     def put(self, j: int, obs_from: int, act_from: int, upto: int, seen: list[bool], known: list[bool],
             obs: np.ndarray, act: np.ndarray) -> None:
         rows = iter(obs)

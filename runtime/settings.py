@@ -51,6 +51,10 @@ class SwarmSettings:
     """Env steps per second; 0 steps as soon as every agent acted."""
     full_resync: bool = False
     """Ablation: the coordinator asks for whole windows every round (what incremental sync saves)."""
+    stream_steps: int | None = None
+    """After a round, the agents that observe stream their newest step to the coordinator right after
+    acting (no extra wake-up) for this many env steps, so the rounds that follow need no GATHER round
+    trip. Default: the bundle's history window; 0: pull only (a GATHER every round)."""
     heartbeat_ms: float = 100.0
     """Explicit heartbeats only to peers not otherwise written to; deaths of processes are noticed
     at once from dropped connections, so this is the backstop for hosts that vanish silently."""
@@ -76,6 +80,8 @@ class SwarmSettings:
                                      ("transport", self.transport, TRANSPORTS)):
             if value not in allowed:
                 raise ConfigError(f"swarm {name} must be one of {', '.join(allowed)}, got '{value}'")
+        if self.stream_steps is not None and self.stream_steps < 0:
+            raise ConfigError(f"swarm stream_steps must be >= 0, got {self.stream_steps}")
         if self.step_deadline_ms <= 0 or self.heartbeat_ms <= 0 or self.liveness < 1 or self.episodes < 1:
             raise ConfigError("swarm deadlines and heartbeat interval must be > 0, liveness and episodes >= 1")
         self.loss_config().validate()

@@ -31,7 +31,8 @@ log = logging.getLogger(__name__)
 CATEGORIES = {
     "HB": "liveness", "HELLO": "liveness",
     "STEP": "env", "ACTION": "env",
-    "LOST": "protocol", "COORD": "protocol", "GATHER": "protocol", "HISTORY": "protocol", "RECON": "protocol",
+    "LOST": "protocol", "COORD": "protocol", "GATHER": "protocol", "STREAM": "protocol", "HISTORY": "protocol",
+    "RECON": "protocol",
     "WM_REQ": "protocol", "WM_REP": "protocol",
 }
 """Report grouping: protocol = what loss handling costs; env = sensor/actuator traffic; the rest is control."""

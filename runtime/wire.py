@@ -132,9 +132,10 @@ SCHEMAS: dict[str, Schema] = {
     # loss handling, election, history sync
     "LOST": Schema({**_AT, **_EPOCH, "bcast": _bool}),
     "COORD": Schema(dict(_EPOCH)),
-    "GATHER": Schema({**_AT, "epoch": _uint, "obs_from": _uint, "act_from": _uint}),
+    "GATHER": Schema({**_AT, "epoch": _uint, "obs_from": _uint, "act_from": _uint, "stream": _int}),
+    "STREAM": Schema({"epoch": _uint, "until": _int}),
     "HISTORY": Schema({**_AT, "epoch": _uint, "obs_from": _uint, "act_from": _uint, "seen": _bool_list,
-                       "known": _bool_list}, (ArraySpec(F32, (2,)), ArraySpec(ACTION, (1, 2))), 2),
+                       "known": _bool_list, "push": _bool}, (ArraySpec(F32, (2,)), ArraySpec(ACTION, (1, 2))), 2),
     "RECON": Schema({**_AT, "epoch": _uint, "start": _uint}, (ArraySpec(F32, (1,)),), 1),
     # world-model node
     "WM_REQ": Schema({**_AT, "rid": _uint, "cont": _bool},

@@ -77,6 +77,29 @@ def test_cache_asks_only_for_missing_steps_and_builds_the_replay_window(bundle: 
         assert np.array_equal(got, ref)
 
 
+def test_streamed_steps_complete_the_cache_without_a_gather() -> None:
+    """What the coordinator does with streamed steps: after a gather at t = 4, one pushed step per agent
+    per env step keeps every window whole, so a round at t = 9 has nothing to ask for."""
+    n, d, window = 3, 4, 5
+    obs, seen, acts = _episode(n, d, 12, seed=2)
+    cache = WindowCache(n, d, CODEC, window)
+    cache.reset(0)
+    rings = _fill(n, d, obs, seen, acts, 4, window + 2)
+    for j in range(n):
+        cache.put(j, *cache.need(j, 4), 4, *rings[j].serve(*cache.need(j, 4), 4))
+        assert cache.has(j, 4) and not cache.has(j, 5)
+    for t in range(5, 10):
+        rings = _fill(n, d, obs, seen, acts, t, window + 2)
+        for j in range(n):
+            assert cache.need(j, t) == (t, t - 1)  # exactly what one push carries
+            cache.put(j, t, t - 1, t, *rings[j].serve(t, t - 1, t))
+    assert all(cache.has(j, 9) for j in range(n))
+    w_obs, _, w_mask, complete = cache.window(9)
+    assert complete and np.array_equal(w_obs, obs[4:10]) and np.array_equal(w_mask, seen[4:10])
+    del cache.act[1][7]  # a lost push leaves a hole that a GATHER must fill
+    assert not cache.has(1, 9) and cache.need(1, 9)[1] == 7
+
+
 def test_incremental_continuation_equals_a_replay_from_the_first_window(bundle: Path) -> None:
     wm = WorldModelRunner(bundle)
     n, d = wm.manifest.spec.n_agents, wm.manifest.spec.obs_dim

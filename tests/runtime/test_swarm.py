@@ -59,11 +59,20 @@ def reference_returns(settings: Any, recon: str = "wm") -> list[float]:
     return [r["return"] for r in rows]
 
 
-def test_reconstruction_reaches_exactly_the_blind_agents_ipc(bundle: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("stream_steps", [None, 0], ids=["streamed", "pull-only"])
+def test_reconstruction_reaches_exactly_the_blind_agents_ipc(bundle: Path, tmp_path: Path,
+                                                             stream_steps: int | None) -> None:
     settings = swarm_settings(bundle, tmp_path, steps=40, episodes=2, record=True, transport="ipc",
-                              step_deadline_ms=1000.0)
+                              step_deadline_ms=1000.0, stream_steps=stream_steps)
     report, _ = run_swarm(settings, tmp_path / "run")
     assert_clean(report)
+    ev = report["events"]
+    if stream_steps is None:  # after the first rounds, agents stream their steps and rounds need no GATHER
+        assert ev["agents.pushes"] == ev["agents.pushes_received"] > 100
+        assert ev["agents.rounds_without_gather"] > 0.8 * ev["agents.rounds"]
+    else:
+        assert "agents.pushes" not in ev and "agents.rounds_without_gather" not in ev
+        assert report["traffic"]["GATHER"]["messages"] >= 5 * ev["agents.rounds"]
     assert report["events"].get("deadline_misses", 0) == 0 and report["events"].get("agents.recon_miss", 0) == 0
     assert check_reconstructions(bundle, tmp_path / "run") > 20
     # nothing was late, so the swarm's decisions are the in-process evaluation's, step for step

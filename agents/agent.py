@@ -66,6 +66,7 @@ class Agent:
         self.running = True
         self.cpu_start = time.process_time()
         self.seq = -1
+        self._live_due = 0.0
         self._wm: WorldModelRunner | None = None
         if settings.recon == "wm":
             self.world_model()  # loaded up front: any agent may have to coordinate within a step deadline
@@ -97,7 +98,7 @@ class Agent:
                 self.node.count_drop(exc.reason, str(exc))
 
     def _timeout(self, now: float) -> float:
-        t = self.live.next_deadline(self.peers, now)
+        t = self._live_due - now
         if self.awaiting is not None:
             t = min(t, self.await_deadline - now)
         if self.coord is not None:
@@ -153,6 +154,21 @@ class Agent:
             self._maybe_claim(self.ep, self.t)
 
     def _timers(self, now: float) -> None:
+        if now >= self._live_due:
+            self._liveness(now)
+            # Heartbeat and expiry bookkeeping is O(peers): run it when something is due (hearing or
+            # sending only moves deadlines later), and at least every half interval as a backstop.
+            self._live_due = now + min(self.live.next_deadline(self.peers, now), 0.5 * self.live.interval_s)
+        if self.awaiting is not None and now >= self.await_deadline:
+            self.counts["recon_miss"] += 1
+            ep, t = self.awaiting
+            self._act(ep, t, self.ring.latest_obs(), "fallback")
+        if self.coord is not None:
+            self.coord.poll(now)
+        if now - self.last_env > self.settings.orphan_timeout_s:
+            raise Stop("env host silent")
+
+    def _liveness(self, now: float) -> None:
         for peer in self.live.expired(now):
             if peer.startswith("a"):
                 self._peer_down(peer)
@@ -166,14 +182,6 @@ class Agent:
                     self._peer_down(peer)
             else:
                 self.live.sent(peer, now)  # a dead peer gets no heartbeat; it says HELLO when it is back
-        if self.awaiting is not None and now >= self.await_deadline:
-            self.counts["recon_miss"] += 1
-            ep, t = self.awaiting
-            self._act(ep, t, self.ring.latest_obs(), "fallback")
-        if self.coord is not None:
-            self.coord.poll(now)
-        if now - self.last_env > self.settings.orphan_timeout_s:
-            raise Stop("env host silent")
 
     # -- dispatch ---------------------------------------------------------------------------
 
@@ -352,6 +360,7 @@ class Agent:
         leader = f"a{view.leader}"
         self.live.send_fast = set(self.peers) if view.leader == self.i else {leader}
         self.live.expect_fast = {leader} if view.leader != self.i else set()
+        self._live_due = 0.0  # faster links now: their deadlines are sooner
         if view.leader == self.i and self.coord is None:
             self.coord = Coordinator(self, self.manifest)
         elif view.leader != self.i and self.coord is not None:

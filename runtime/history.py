@@ -81,10 +81,11 @@ class HistoryRing:
             self.obs[t] = obs
             if seen:
                 self.last_real = obs
-        old = t - self.capacity
-        for d in (self.obs, self.seen, self.act):
-            for k in [k for k in d if k <= old]:
-                del d[k]
+        if len(self.seen) > self.capacity:
+            old = t - self.capacity
+            for d in (self.obs, self.seen, self.act):
+                for k in [k for k in d if k <= old]:
+                    del d[k]
 
     def put_action(self, t: int, action: np.ndarray) -> None:
         self.act[t] = action
@@ -124,9 +125,11 @@ class WindowCache:
         self.obs: list[dict[int, np.ndarray | None]] = [{} for _ in range(n_agents)]
         self.act: list[dict[int, np.ndarray]] = [{} for _ in range(n_agents)]
         self.unknown: list[set[int]] = [set() for _ in range(n_agents)]
+        self._pruned_at = -1
 
     def reset(self, ep: int) -> None:
         self.ep = ep
+        self._pruned_at = -1
         for j in range(self.n):
             self.obs[j].clear()
             self.act[j].clear()
@@ -160,6 +163,9 @@ class WindowCache:
         self.prune(upto)
 
     def prune(self, t: int) -> None:
+        if t <= self._pruned_at:  # once per step is enough: a stream puts one step per agent
+            return
+        self._pruned_at = t
         old = t - 2 * self.l - 4
         for j in range(self.n):
             for d in (self.obs[j], self.act[j]):

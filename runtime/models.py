@@ -38,6 +38,7 @@ class ActorRunner:
         self.manifest = manifest or load_manifest(bundle_dir)
         self.session = make_session(Path(bundle_dir) / self.manifest.files["actor"])
         self._discrete = self.manifest.spec.discrete
+        self._one_id = np.zeros(1, np.int64)
         names = {i.name for i in self.session.get_inputs()}
         missing = set(ACTOR_INPUTS) - names
         if missing:
@@ -45,6 +46,9 @@ class ActorRunner:
 
     def act(self, obs: np.ndarray, agent_id: np.ndarray | int, avail: np.ndarray | None = None) -> np.ndarray:
         obs = np.asarray(obs, np.float32)
+        if obs.ndim == 1 and not self._discrete and type(agent_id) is int:  # an agent's own step: the short path
+            self._one_id[0] = agent_id
+            return self.session.run(["action"], {"obs": obs[None], "agent_id": self._one_id})[0][0]
         single = obs.ndim == 1
         if single:
             obs = obs[None]

@@ -51,6 +51,8 @@ class Round:
     """agent -> (obs_from, act_from) requested."""
     waiting: set[int] = field(default_factory=set)
     """Agents whose step-t window the round waits for (asked, or streaming it unasked)."""
+    have: set[int] = field(default_factory=set)
+    """Those of them whose window is complete in the cache (it stays complete until the round ends)."""
     push_deadline: float = 0.0
     """When a streamed step still missing is asked for with a GATHER after all."""
     replied: set[int] = field(default_factory=set)
@@ -253,7 +255,9 @@ class Coordinator:
                 self._finish_locally(r)
 
     def _complete(self, r: Round) -> bool:
-        return all(self.cache.has(j, r.t) for j in r.waiting if f"a{j}" not in self.agent.live.down)
+        down = self.agent.live.down
+        r.have |= {j for j in r.waiting - r.have if f"a{j}" not in down and self.cache.has(j, r.t)}
+        return all(j in r.have or f"a{j}" in down for j in r.waiting)
 
     def _pull_missing(self, r: Round) -> None:
         """A streamed step is overdue (a subscription lost in a restart or a race): ask for it."""

@@ -253,7 +253,7 @@ def _decode(frames: Sequence[bytes], sender: str | None, known: Callable[[str], 
 
 
 def _check_fields(msg_type: str, schema: Schema, fields: dict[str, Any]) -> None:
-    if set(fields) != set(schema.fields):
+    if fields.keys() != schema.fields.keys():
         extra = sorted(set(fields) - set(schema.fields))
         missing = sorted(set(schema.fields) - set(fields))
         raise WireError("bad_field", f"{msg_type}: unknown {extra[:3]} missing {missing[:3]}")

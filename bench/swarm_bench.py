@@ -143,7 +143,7 @@ def floors(n: int, bundle: Path, rounds: int) -> dict[str, tuple[float, float]]:
             replay.append((mid - start) * 1e3)
             step.append((time.perf_counter() - mid) * 1e3)
     return {"gather_rtt": pct(gather), "wm_window_replay": pct(replay), "wm_one_step": pct(step),
-            "one_way_message": pct(one_way)}
+            "one_way_message": pct(one_way), "obs_dim": d}
 
 
 def bare_actor(bundle: Path, calls: int = 2000) -> tuple[float, float]:
@@ -187,6 +187,7 @@ def main() -> None:
     results: dict[str, Any] = {"machine": f"{os.cpu_count()} cores, load {os.getloadavg()[0]:.1f} at start"}
     print(f"# swarm bench ({results['machine']}), l = 20, loopback tcp, {steps} steps per run\n")
 
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
     if "rounds" in sections:
         rounds_table(bundles, args.out, steps, rounds, results)
     if "overhead" in sections:
@@ -201,25 +202,38 @@ def main() -> None:
     print(f"\nraw numbers: {args.out / 'results.json'}")
 
 
+ROUND_MODES = (("window", None), ("incremental", None), ("incremental", 0))
+"""(wm_mode, stream_steps): streamed window replay, streamed incremental, incremental pull-only (a GATHER
+every round, the first version's protocol)."""
+
+
 def rounds_table(bundles: dict[int, Path], out: Path, steps: int, rounds: int, results: dict[str, Any]) -> None:
-    print("## Reconstruction round (p_loss 0.2, free-running, deadline 100 ms) against its floor\n")
-    print("| agents | mode | round p50 / p99 ms | gather RTT | wm replay (window / 1 step) | one-way msg | "
-          "floor p50 / p99 ms |")
-    print("|---|---|---|---|---|---|---|")
+    from swarm_skeleton import skeleton_round
+
+    print("## Reconstruction round (p_loss 0.2, free-running, deadline 100 ms) against its floors\n")
+    print("| agents | mode | round p50 / p99 ms | rounds without GATHER | gather RTT | wm replay (window / 1 step) | "
+          "one-way msg | floor p50 / p99 ms | skeleton swarm p50 / p99 ms |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for n, bundle in bundles.items():
         fl = floors(n, bundle, rounds)
-        results[f"floor_{n}"] = fl
-        for mode in ("window", "incremental"):
-            rep = run_swarm(bundle, out / f"round-{n}-{mode}", steps=steps, transport="tcp", wm_mode=mode,
-                            loss={"model": "bernoulli", "p_loss": 0.2})
+        sk = skeleton_round(n, max(steps, 1000), obs_dim=fl["obs_dim"])
+        results[f"floor_{n}"], results[f"skeleton_{n}"] = fl, sk
+        for mode, stream in ROUND_MODES:
+            name = f"{mode}, {'pull only' if stream == 0 else 'streamed'}"
+            rep = run_swarm(bundle, out / f"round-{n}-{mode}-{stream}", steps=steps, transport="tcp", wm_mode=mode,
+                            stream_steps=stream, loss={"model": "bernoulli", "p_loss": 0.2})
             r = lat(rep, "reconstruction_round (blind agent)")
+            ev = rep["events"]
             wm_key = "wm_window_replay" if mode == "window" else "wm_one_step"
             floor = tuple(fl["gather_rtt"][i] + fl[wm_key][i] + fl["one_way_message"][i] for i in (0, 1))
-            misses = rep["events"].get("agents.recon_miss", 0)
-            results[f"round_{n}_{mode}"] = {"round": r, "floor": floor, "misses": misses}
-            print(f"| {n} | {mode} | {r[0]:.2f} / {r[1]:.2f} | {fl['gather_rtt'][0]:.2f} / {fl['gather_rtt'][1]:.2f} | "
+            no_gather = ev.get("agents.rounds_without_gather", 0) / max(ev.get("agents.rounds", 0), 1)
+            results[f"round_{n}_{mode}_{stream}"] = {"round": r, "floor": floor, "no_gather": no_gather,
+                                                     "misses": ev.get("agents.recon_miss", 0)}
+            print(f"| {n} | {name} | {r[0]:.2f} / {r[1]:.2f} | {100 * no_gather:.0f}% | "
+                  f"{fl['gather_rtt'][0]:.2f} / {fl['gather_rtt'][1]:.2f} | "
                   f"{fl['wm_window_replay'][0]:.2f} / {fl['wm_one_step'][0]:.3f} | "
-                  f"{fl['one_way_message'][0]:.3f} | {floor[0]:.2f} / {floor[1]:.2f} |")
+                  f"{fl['one_way_message'][0]:.3f} | {floor[0]:.2f} / {floor[1]:.2f} | "
+                  f"{sk['p50']:.2f} / {sk['p99']:.2f} |")
 
 
 def overhead_table(bundles: dict[int, Path], out: Path, steps: int, results: dict[str, Any]) -> None:
@@ -258,17 +272,19 @@ def bytes_table(bundles: dict[int, Path], out: Path, steps: int, results: dict[s
 
 def sync_table(bundles: dict[int, Path], out: Path, steps: int, results: dict[str, Any]) -> None:
     print("\n## Incremental history sync against resending whole windows (p_loss 0.5)\n")
-    print("| agents | GATHER + HISTORY bytes per step, incremental | whole windows | ratio |")
-    print("|---|---|---|---|")
+    print("| agents | history bytes per step: incremental, streamed | incremental, pull only | whole windows | "
+          "whole / streamed | whole / pull only |")
+    print("|---|---|---|---|---|---|")
     for n, bundle in bundles.items():
         sizes = []
-        for full in (False, True):
-            rep = run_swarm(bundle, out / f"sync-{n}-{full}", steps=steps, transport="tcp", full_resync=full,
-                            loss={"model": "bernoulli", "p_loss": 0.5})
+        for full, stream in ((False, None), (False, 0), (True, 0)):
+            rep = run_swarm(bundle, out / f"sync-{n}-{full}-{stream}", steps=steps, transport="tcp",
+                            full_resync=full, stream_steps=stream, loss={"model": "bernoulli", "p_loss": 0.5})
             sizes.append(sum(rep["traffic"].get(t, {"bytes_per_step": 0.0})["bytes_per_step"]
-                             for t in ("GATHER", "HISTORY")))
+                             for t in ("GATHER", "STREAM", "HISTORY")))
         results[f"sync_{n}"] = sizes
-        print(f"| {n} | {sizes[0]:.0f} | {sizes[1]:.0f} | {sizes[1] / max(sizes[0], 1e-9):.1f}x |")
+        print(f"| {n} | {sizes[0]:.0f} | {sizes[1]:.0f} | {sizes[2]:.0f} | {sizes[2] / max(sizes[0], 1e-9):.1f}x | "
+              f"{sizes[2] / max(sizes[1], 1e-9):.1f}x |")
 
 
 def scale_table(args: argparse.Namespace, steps: int, results: dict[str, Any]) -> None:

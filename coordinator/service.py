@@ -9,10 +9,11 @@ the previous round when nothing was missed), and sends each blind agent its own 
 Agents that did not answer in time count as lost in the window; a round never waits past its
 deadline.
 
-A GATHER also subscribes the agent to stream its newest step to the coordinator for the next
-``stream_steps`` env steps, right after it acts. While loss goes on, the rounds that follow then
-find every agent's step t already cached or on its way, and need no GATHER round trip: the
-critical path shrinks from four hops (LOST, GATHER, HISTORY, RECON) to two (HISTORY, RECON).
+A GATHER also subscribes the agent to stream each new step to the coordinator for the next
+``stream_steps`` env steps, as soon as it receives it (before it acts). While loss goes on, the
+rounds that follow then find every agent's step t already cached or on its way, and need no
+GATHER round trip: the critical path shrinks from four hops (LOST, GATHER, HISTORY, RECON) to two
+(HISTORY, RECON).
 """
 
 from __future__ import annotations
@@ -152,7 +153,7 @@ class Coordinator:
         if self.stream_epoch != agent.view.epoch:  # subscriptions name the epoch they were made in
             self.streaming.clear()
             self.stream_epoch = agent.view.epoch
-        seq_t = agent.seq + int((ep, t) > (agent.ep, agent.t))
+        seq_t = self._seq_of(ep, t)
         r.push_deadline = now + 0.25 * (r.deadline - now)
         for j in range(self.n):
             if j == agent.i or f"a{j}" in agent.live.down:
@@ -171,6 +172,10 @@ class Coordinator:
             log.warning("a%d: fault injection, coordinator SIGKILL mid-round at step %d", agent.i, agent.seq)
             os.kill(os.getpid(), signal.SIGKILL)
         return r
+
+    def _seq_of(self, ep: int, t: int) -> int:
+        """The env host's global step number of (ep, t): ours, or the next one if our STEP is still on its way."""
+        return self.agent.seq + int((ep, t) > (self.agent.ep, self.agent.t))
 
     def _gather(self, r: Round, j: int, seq_t: int) -> None:
         obs_from, act_from = self.cache.need(j, r.t)
@@ -262,7 +267,7 @@ class Coordinator:
     def _pull_missing(self, r: Round) -> None:
         """A streamed step is overdue (a subscription lost in a restart or a race): ask for it."""
         r.push_deadline = 0.0
-        seq_t = self.agent.seq + int((r.ep, r.t) > (self.agent.ep, self.agent.t))
+        seq_t = self._seq_of(r.ep, r.t)
         for j in sorted(r.waiting - set(r.asked)):
             if not self.cache.has(j, r.t) and f"a{j}" not in self.agent.live.down:
                 self.counts["push_overdue"] += 1

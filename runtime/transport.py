@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import time
 from collections import Counter
@@ -156,7 +157,8 @@ class Node:
         Bad messages are counted in ``stats.dropped`` by reason and never returned; connection
         changes are appended to ``link_events``.
         """
-        events = dict(self.poller.poll(max(0, int(timeout_ms))))
+        # zmq_poll counts whole milliseconds: round up, or a wait under 1 ms turns into a busy loop
+        events = dict(self.poller.poll(math.ceil(timeout_ms) if timeout_ms > 0 else 0))
         if self.monitor in events:
             self._drain_monitor()
         if self.inbox not in events:

@@ -126,10 +126,16 @@ class WindowCache:
         self.act: list[dict[int, np.ndarray]] = [{} for _ in range(n_agents)]
         self.unknown: list[set[int]] = [set() for _ in range(n_agents)]
         self._pruned_at = -1
+        self._cut = 0
+        self._complete_at = [-1] * n_agents
+        """Per agent, the last step whose window was found complete: entries are only deleted below
+        ``_cut`` (or by a reset), so a later window needs only its newer steps checked."""
 
     def reset(self, ep: int) -> None:
         self.ep = ep
         self._pruned_at = -1
+        self._cut = 0
+        self._complete_at = [-1] * self.n
         for j in range(self.n):
             self.obs[j].clear()
             self.act[j].clear()
@@ -147,9 +153,23 @@ class WindowCache:
         return min(obs_from, t), act_from
 
     def has(self, j: int, t: int) -> bool:
-        """Whether agent j's window for step t is all here (nothing to ask for)."""
-        obs_from, act_from = self.need(j, t)
-        return obs_from == t and t in self.obs[j] and act_from == t
+        """Whether agent j's window for step t is all here (nothing to ask for).
+
+        Called for every waiting agent each time the coordinator wakes up, so it checks only the steps
+        after the last complete window it found (a streamed step adds one of each).
+        """
+        s = window_start(t, self.l)
+        ok = self._complete_at[j]
+        if ok < 0 or t < ok or max(0, s - 1) < self._cut:
+            obs_from, act_from = self.need(j, t)
+            complete = obs_from == t and t in self.obs[j] and act_from == t
+        else:
+            obs, act = self.obs[j], self.act[j]
+            complete = all(h in obs for h in range(max(ok + 1, s), t + 1)) and \
+                all(h in act for h in range(max(ok, s - 1, 0), t))
+        if complete and t > ok:
+            self._complete_at[j] = t
+        return complete
 
     def put(self, j: int, obs_from: int, act_from: int, upto: int, seen: list[bool], known: list[bool],
             obs: np.ndarray, act: np.ndarray) -> None:
@@ -167,6 +187,7 @@ class WindowCache:
             return
         self._pruned_at = t
         old = t - 2 * self.l - 4
+        self._cut = max(self._cut, old)
         for j in range(self.n):
             for d in (self.obs[j], self.act[j]):
                 for k in [k for k in d if k < old]:

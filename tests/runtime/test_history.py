@@ -96,8 +96,44 @@ def test_streamed_steps_complete_the_cache_without_a_gather() -> None:
     assert all(cache.has(j, 9) for j in range(n))
     w_obs, _, w_mask, complete = cache.window(9)
     assert complete and np.array_equal(w_obs, obs[4:10]) and np.array_equal(w_mask, seen[4:10])
-    del cache.act[1][7]  # a lost push leaves a hole that a GATHER must fill
-    assert not cache.has(1, 9) and cache.need(1, 9)[1] == 7
+    rings = _fill(n, d, obs, seen, acts, 11, window + 2)
+    cache.put(1, 11, 10, 11, *rings[1].serve(11, 10, 11))  # the push of step 10 was lost: a GATHER must fill it
+    assert not cache.has(1, 11) and cache.need(1, 11) == (10, 9)
+
+
+def test_cache_completeness_check_agrees_with_a_full_scan() -> None:
+    """``has`` checks only the steps after the last complete window; random pushes, gathers, gaps, episode
+    resets and pruning must never make it disagree with scanning the whole window."""
+    n, d, window = 3, 2, 4
+    rng = np.random.default_rng(0)
+    cache = WindowCache(n, d, CODEC, window)
+    cache.reset(0)
+    row, act = np.zeros((1, d), np.float32), np.zeros((1, 1), np.float32)
+    t = 0
+    for _ in range(3000):
+        r = rng.random()
+        if r < 0.01:
+            cache.reset(cache.ep + 1)
+            t = 0
+        elif r < 0.5:
+            t += 1
+        j = int(rng.integers(n))
+        h = max(0, t - int(rng.integers(3)))  # step t, or one at most 2 back arriving late
+        kind = rng.random()
+        if kind < 0.6:  # a push: o_h and a_{h-1}
+            cache.put(j, h, max(0, h - 1), h, [True], [True] * (h - max(0, h - 1)), row, act[: h - max(0, h - 1)])
+        elif kind < 0.7:  # o_h alone
+            cache.put(j, h, h, h, [True], [], row, act[:0])
+        elif kind < 0.8:  # a_h alone
+            cache.put(j, h + 2, h, h + 1, [], [True], row[:0], act)
+        else:  # a gather answer for the whole missing part of a window
+            obs_from, act_from = cache.need(j, t)
+            k = t - act_from
+            cache.put(j, obs_from, act_from, t, [False] * (t - obs_from + 1), [True] * k, row[:0],
+                      np.zeros((k, 1), np.float32))
+        for q in (t, max(0, t - 1), t + 1, max(0, t - int(rng.integers(16)))):
+            obs_from, act_from = cache.need(j, q)
+            assert cache.has(j, q) == (obs_from == q and q in cache.obs[j] and act_from == q)
 
 
 def test_incremental_continuation_equals_a_replay_from_the_first_window(bundle: Path) -> None:

@@ -39,6 +39,10 @@ CATEGORIES = {
 """Report grouping: protocol = what loss handling costs; env = sensor/actuator traffic; the rest is control."""
 
 
+_MORE, _LAST = int(zmq.SNDMORE | zmq.NOBLOCK), int(zmq.NOBLOCK)
+_EVENTS, _POLLIN = int(zmq.EVENTS), int(zmq.POLLIN)
+
+
 def category(msg_type: str) -> str:
     return CATEGORIES.get(msg_type, "control")
 
@@ -138,7 +142,11 @@ class Node:
 
     def send_frames(self, to: str, msg_type: str, frames: Sequence[bytes | memoryview]) -> bool:
         try:
-            self.out.send_multipart([to.encode(), *frames], flags=zmq.NOBLOCK)
+            # frame by frame with plain int flags: send_multipart's flag arithmetic builds enum objects
+            self.out.send(to.encode(), _MORE)
+            for frame in frames[:-1]:
+                self.out.send(frame, _MORE)
+            self.out.send(frames[-1], _LAST)
         except zmq.ZMQError as exc:
             reason = "unreachable" if exc.errno == zmq.EHOSTUNREACH else "hwm" if exc.errno == zmq.EAGAIN else "error"
             self.stats.send_fail[reason] += 1
@@ -164,8 +172,9 @@ class Node:
         if self.inbox not in events:
             return []
         out = []
-        for _ in range(10_000):  # bounded drain so a flood cannot starve the caller's timers
-            if not self.inbox.get(zmq.EVENTS) & zmq.POLLIN:  # cheaper than the exception of an empty recv
+        for k in range(10_000):  # bounded drain so a flood cannot starve the caller's timers
+            # the poller said the first one is there; then asking is cheaper than an empty recv's exception
+            if k and not self.inbox.getsockopt(_EVENTS) & _POLLIN:
                 break
             try:
                 frames = self.inbox.recv_multipart(flags=zmq.NOBLOCK)

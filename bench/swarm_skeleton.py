@@ -19,19 +19,48 @@ import json
 import subprocess
 import sys
 import time
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from rmio.runtime.transport import Node
 
 
-def agent(name: str, env_endpoint: str, n: int, obs_dim: int) -> None:
+class Compute:
+    """The unavoidable work of an agent (its actor) and of the coordinator (one world-model step)."""
+
+    def __init__(self, bundle: str | None, coordinator: bool) -> None:
+        self.actor = self.wm = None
+        if bundle is None:
+            return
+        from rmio.runtime.models import ActorRunner, WorldModelRunner
+
+        self.actor = ActorRunner(bundle)
+        if coordinator:
+            self.wm = WorldModelRunner(bundle)
+            man, n = self.wm.manifest, self.wm.manifest.spec.n_agents
+            self.window = (np.zeros((1, n, man.spec.obs_dim), np.float32),
+                           np.zeros((1, n, man.spec.action_dim), np.float32), np.ones((1, n), np.float32))
+            self.state = self.wm.initial_state(1)
+
+    def act(self, obs: np.ndarray, i: int) -> None:
+        if self.actor is not None:
+            self.actor.act(obs, i)
+
+    def reconstruct(self) -> None:
+        if self.wm is not None:
+            self.state, _ = self.wm.replay(*self.window, self.state)
+
+
+def agent(name: str, env_endpoint: str, n: int, obs_dim: int, bundle: str | None = None) -> None:
     node = Node(name, "tcp://127.0.0.1:*", lambda s: True)
     node.connect("env", env_endpoint)
     while not node.send("env", "REGISTER", role="agent", endpoint=node.endpoint, pid=0, inc=0):
         node.poll(10)
     i = int(name[1:])
     blind, coordinator = i == n - 1, i == 0
+    compute = Compute(bundle, coordinator)
     act, row, none = np.zeros(1, np.float32), np.zeros(obs_dim, np.float32), np.zeros((0, obs_dim), np.float32)
     pushes, own_step, rx_ns, rounds_ms = 0, -1, 0, []
     while True:
@@ -49,28 +78,66 @@ def agent(name: str, env_endpoint: str, n: int, obs_dim: int) -> None:
                 t, rx_ns = m["step"], time.monotonic_ns()
                 if coordinator:
                     own_step = t
+                    compute.act(m.arrays[0], i)
                 else:
                     obs = m.arrays[0][None] if m["seen"] else none
                     node.send("a0", "HISTORY", (obs, act[None]), ep=0, step=t + 1, epoch=1, obs_from=t + 1,
                               act_from=t, seen=[bool(m["seen"])], known=[True], push=True)
                     if not blind:
+                        compute.act(m.arrays[0], i)
                         node.send("env", "ACTION", (act,), ep=0, step=t, kind="obs", epoch=1, leader=0, tx=0)
             elif m.type == "HISTORY":
                 pushes += 1
             elif m.type == "RECON":
                 rounds_ms.append((time.monotonic_ns() - rx_ns) / 1e6)
+                compute.act(m.arrays[0], i)
                 node.send("env", "ACTION", (act,), ep=0, step=m["step"], kind="wm", epoch=1, leader=0, tx=0)
             if coordinator and own_step >= 0 and pushes == n - 1:
+                compute.reconstruct()
                 node.send(f"a{n - 1}", "RECON", (row,), ep=0, step=own_step, epoch=1, start=0)
                 node.send("env", "ACTION", (act,), ep=0, step=own_step, kind="obs", epoch=1, leader=0, tx=0)
                 own_step, pushes = -1, 0
 
 
-def skeleton_round(n: int, steps: int, obs_dim: int = 17, warmup: int = 50) -> dict[str, float]:
-    """Round p50/p99 (ms) at the blind agent and the steps per second of a free-running skeleton swarm."""
+class Observations:
+    """What the env host sends: zeros, or (with a bundle) the observations of its real environment."""
+
+    def __init__(self, n: int, obs_dim: int, bundle: str | None) -> None:
+        self.obs = np.zeros((n, obs_dim), np.float32)
+        self.env: Any = None
+        if bundle is not None:
+            from rmio.envs.registry import EnvConfig, make_env
+            from rmio.runtime.bundle import load_manifest
+            from rmio.runtime.settings import env_config_for
+
+            man = load_manifest(bundle)
+            self.env = make_env(EnvConfig(**env_config_for(man, 1000)))
+            self.obs = self.env.reset(seed=0).obs
+            self.actions = np.zeros((n, man.spec.action_dim), np.float32)
+
+    def close(self) -> None:
+        if self.env is not None:
+            self.env.close()
+
+    def step(self) -> np.ndarray:
+        if self.env is not None:
+            ts = self.env.step(self.actions)
+            self.obs = self.env.reset().obs if ts.done else ts.obs
+        return self.obs
+
+
+def skeleton_round(n: int, steps: int, obs_dim: int = 17, warmup: int = 50,
+                   bundle: str | Path | None = None) -> dict[str, float]:
+    """Round p50/p99 (ms) at the blind agent and the steps per second of a free-running skeleton swarm;
+    with ``bundle``, also doing the round's unavoidable compute (see the module docstring)."""
+    bundle = None if bundle is None else str(bundle)
+    source = Observations(n, obs_dim, bundle)
+    obs_dim = source.obs.shape[1]
+    extra = ["--bundle", bundle] if bundle is not None else []
     env = Node("env", "tcp://127.0.0.1:*", lambda s: True)
     procs = [subprocess.Popen([sys.executable, __file__, "--agent", f"a{i}", "--env", env.endpoint, "--agents", str(n),
-                               "--obs-dim", str(obs_dim)], stdout=subprocess.PIPE, text=True) for i in range(n)]
+                               "--obs-dim", str(obs_dim), *extra], stdout=subprocess.PIPE, text=True)
+             for i in range(n)]
     try:
         endpoints: dict[str, str] = {}
         deadline = time.monotonic() + 60
@@ -85,12 +152,12 @@ def skeleton_round(n: int, steps: int, obs_dim: int = 17, warmup: int = 50) -> d
         for name in endpoints:
             env.send(name, "ROSTER", version=1, endpoints={**endpoints, "env": env.endpoint})
         time.sleep(1.0)
-        obs = np.zeros(obs_dim, np.float32)
         start = time.perf_counter()
         for t in range(steps):
+            obs = source.step()
             for i in range(n):
                 seen = i != n - 1
-                env.send(f"a{i}", "STEP", (obs,) if seen else (), ep=0, step=t, seq=t, seen=seen, dflt=False)
+                env.send(f"a{i}", "STEP", (obs[i],) if seen else (), ep=0, step=t, seq=t, seen=seen, dflt=False)
             got, wait_until = 0, time.monotonic() + 5
             while got < n and time.monotonic() < wait_until:
                 got += sum(m.type == "ACTION" for m in env.poll(1000))
@@ -105,6 +172,7 @@ def skeleton_round(n: int, steps: int, obs_dim: int = 17, warmup: int = 50) -> d
                 proc.kill()
             proc.wait(timeout=5)
         env.close()
+        source.close()
     return {"p50": float(np.percentile(rounds, 50)), "p99": float(np.percentile(rounds, 99)),
             "steps_per_s": steps / elapsed}
 
@@ -114,14 +182,16 @@ def main() -> None:
     parser.add_argument("--agents", type=int, default=6)
     parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--obs-dim", type=int, default=17)
+    parser.add_argument("--bundle", default=None, help="also run the bundle's actor, world model and environment")
     parser.add_argument("--agent", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--env", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.agent is not None:
-        agent(args.agent, args.env, args.agents, args.obs_dim)
+        agent(args.agent, args.env, args.agents, args.obs_dim, args.bundle)
         return
-    r = skeleton_round(args.agents, args.steps, args.obs_dim)
-    print(f"{args.agents} agents: skeleton round p50 {r['p50']:.2f} / p99 {r['p99']:.2f} ms, "
+    r = skeleton_round(args.agents, args.steps, args.obs_dim, bundle=args.bundle)
+    what = " with compute" if args.bundle else ""
+    print(f"{args.agents} agents{what}: skeleton round p50 {r['p50']:.2f} / p99 {r['p99']:.2f} ms, "
           f"{r['steps_per_s']:.0f} steps/s")
 
 

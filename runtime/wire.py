@@ -12,6 +12,7 @@ checked by the receiving role with :meth:`Message.array`.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections.abc import Callable, Sequence
@@ -153,7 +154,6 @@ SCHEMAS: dict[str, Schema] = {
     "DONE": Schema({"report": _short_str, "ok": _bool}),
 }
 
-_COMMON = {"v", "t", "src", "arr"}
 
 
 @dataclass
@@ -191,7 +191,7 @@ def encode(msg_type: str, src: str, arrays: Sequence[np.ndarray] = (), **fields:
 
 
 def frames_size(frames: Sequence[bytes | memoryview]) -> int:
-    return sum(len(f) for f in frames)
+    return sum(map(len, frames))
 
 
 def decode(frames: Sequence[bytes], sender: str | None = None, known: Callable[[str], bool] | None = None,
@@ -214,25 +214,22 @@ def _decode(frames: Sequence[bytes], sender: str | None, known: Callable[[str], 
     if total > max_bytes or len(frames[0]) > MAX_HEADER_BYTES:
         raise WireError("oversized", f"{total} bytes")
     try:
-        header = msgpack.unpackb(frames[0], raw=False, strict_map_key=True, use_list=True,
-                                 max_str_len=MAX_HEADER_BYTES, max_bin_len=0, max_array_len=MAX_DIM,
-                                 max_map_len=1024, max_ext_len=0)
+        header = _unpack(frames[0])
     except Exception as exc:
         raise WireError("malformed", f"header: {type(exc).__name__}") from None
     if type(header) is not dict:
         raise WireError("malformed", "header is not a map")
-    if header.get("v") != PROTOCOL_VERSION or type(header.get("v")) is not int:
-        raise WireError("version", f"version {header.get('v')!r}")
-    msg_type = header.get("t")
+    # what remains of the header once the common keys are popped is the type's own fields
+    version, msg_type, src, specs = header.pop("v", None), header.pop("t", None), header.pop("src", None), \
+        header.pop("arr", None)
+    if version != PROTOCOL_VERSION or type(version) is not int:
+        raise WireError("version", f"version {version!r}")
     schema = SCHEMAS.get(msg_type) if type(msg_type) is str else None
     if schema is None:
         raise WireError("unknown_type", repr(msg_type)[:40])
-    src = header.get("src")
     if not _name(src) or (sender is not None and src != sender) or (known is not None and not known(src)):
         raise WireError("unknown_sender", repr(src)[:40])
-    fields = {k: v for k, v in header.items() if k not in _COMMON}
-    _check_fields(msg_type, schema, fields)
-    specs = header.get("arr")
+    _check_fields(msg_type, schema, header)
     if type(specs) is not list:
         raise WireError("bad_array", "arr is not a list")
     _check_arrays(msg_type, schema, specs)
@@ -244,12 +241,18 @@ def _decode(frames: Sequence[bytes], sender: str | None, known: Callable[[str], 
         if len(frame) != dt.itemsize * math.prod(shape):
             raise WireError("bad_array", f"frame of {len(frame)} bytes for {dtype}{shape}")
         a = np.frombuffer(frame, dtype=dt).reshape(shape)
-        if dt.kind == "f" and a.size and not math.isfinite(float(a.sum(dtype=np.float64))):
+        if dt.kind == "f" and a.size and not math.isfinite(_sum64(a, None, np.float64)):
             raise WireError("bad_array", "non-finite values")
         if dt.kind == "b" and np.frombuffer(frame, np.uint8).max(initial=0) > 1:
             raise WireError("bad_array", "booleans other than 0 and 1")
         arrays.append(a)
-    return Message(msg_type, src, fields, arrays, total)
+    return Message(msg_type, src, header, arrays, total)
+
+
+_unpack = functools.partial(msgpack.unpackb, raw=False, strict_map_key=True, use_list=True,
+                            max_str_len=MAX_HEADER_BYTES, max_bin_len=0, max_array_len=MAX_DIM, max_map_len=1024,
+                            max_ext_len=0)
+_sum64 = np.add.reduce  # float64 sum: a non-finite value makes it non-finite, finite float32 values cannot overflow it
 
 
 def _check_fields(msg_type: str, schema: Schema, fields: dict[str, Any]) -> None:

@@ -19,6 +19,7 @@ from collections import Counter
 import numpy as np
 
 from rmio.coordinator.service import Coordinator
+from rmio.runtime import timeline
 from rmio.runtime.bundle import load_manifest
 from rmio.runtime.history import ActionCodec, HistoryRing
 from rmio.runtime.membership import Liveness, View, should_claim
@@ -224,6 +225,8 @@ class Agent:
             self.ring.put_action(t - 1, self.codec.default())  # the env host applied its default instead
         self.ep, self.t, self.seen, self.avail, self.step_rx_ns = ep, t, msg["seen"], avail, now_ns()
         self.seq = msg["seq"]
+        if timeline.ENABLED:
+            timeline.mark("step", self.seq, bool(msg["seen"]))
         for key in [k for k in self.lost_reports if k < (ep, t - 1)]:
             del self.lost_reports[key]
         self.ring.put_obs(t, obs, obs is not None)
@@ -256,6 +259,8 @@ class Agent:
         tx = sum(self.node.stats.tx_msgs.values()) - self.node.stats.tx_msgs["ACTION"]
         self._send("env", "ACTION", (action,), ep=ep, step=t, kind=kind, epoch=self.view.epoch,
                    leader=self.view.leader, tx=tx)
+        if timeline.ENABLED:
+            timeline.mark("acted", self.seq)
         end = now_ns()
         self.samples.add("actor_us", (end - start) / 1e3)
         self.samples.add("decide_obs_us" if kind == "obs" else "decide_lost_us", (end - self.step_rx_ns) / 1e3)
@@ -283,6 +288,8 @@ class Agent:
                           seen=seen, known=known, push=True):
             return False
         self.counts["pushes"] += 1
+        if timeline.ENABLED:
+            timeline.mark("pushed", self.seq)
         return True
 
     def _on_stream(self, msg: Message, now: float) -> None:
@@ -466,6 +473,8 @@ class Agent:
                         else "recon_late"] += 1
             return
         self.counts["recon_received"] += 1
+        if timeline.ENABLED:
+            timeline.mark("recon", self.seq)
         self.samples.add("recon_round_us", (now_ns() - self.step_rx_ns) / 1e3)
         if self.settings.record:
             self.records.append((ep, t, "recon", row.copy(), np.array([start, epoch])))

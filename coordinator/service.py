@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from rmio.runtime import timeline
 from rmio.runtime.bundle import Manifest
 from rmio.runtime.history import ActionCodec, WindowCache, window_start
 from rmio.runtime.metrics import Samples
@@ -219,6 +220,8 @@ class Coordinator:
         act = msg.array(1, (len(known), *self.codec.shape), self.codec.dtype.str)
         self.cache.put(j, t, act_from, t, seen, known, obs, act)
         self.counts["pushes_received"] += 1
+        if timeline.ENABLED:
+            timeline.mark("push_rx", self.agent.seq, j)
         if not seen[0]:
             self.agent.lost_reports.setdefault((ep, t), set()).add(j)
             self.on_loss(ep, t, j, now)
@@ -284,6 +287,8 @@ class Coordinator:
 
     def _compute(self, r: Round, now: float) -> None:
         agent = self.agent
+        if timeline.ENABLED:
+            timeline.mark("compute", agent.seq)
         r.gathered_ns = now_ns()
         self.samples.add("gather_us", (r.gathered_ns - r.started_ns) / 1e3)
         if not self._complete(r):
@@ -353,6 +358,8 @@ class Coordinator:
         for j in sorted(r.lost):
             self._deliver_one(r, j)
         self.samples.add("coord_round_us", (now_ns() - r.started_ns) / 1e3)
+        if timeline.ENABLED:
+            timeline.mark("recon_sent", self.agent.seq)
 
     def _deliver_one(self, r: Round, j: int) -> None:
         assert r.recon is not None

@@ -20,6 +20,7 @@ import numpy as np
 
 from rmio.envs.loss import LossyEnv, make_loss_model
 from rmio.envs.registry import make_env
+from rmio.runtime import timeline
 from rmio.runtime.bundle import load_manifest
 from rmio.runtime.history import ActionCodec
 from rmio.runtime.membership import View
@@ -136,6 +137,8 @@ class EnvHost:
 
     def _step(self, ep: int, t: int, seq: int, ts: Any, defaulted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         sent_ns = np.zeros(self.n, np.int64)
+        if timeline.ENABLED:
+            timeline.mark("fanout", seq)
         waiting = set()
         for i, name in enumerate(self.names):
             seen = bool(ts.observed[i])
@@ -149,6 +152,8 @@ class EnvHost:
             elif name in self.reachable:
                 self.reachable.discard(name)
                 self.counts["agent_deaths_seen"] += 1
+        if timeline.ENABLED:
+            timeline.mark("fanned", seq)
         self.pending = {}
         deadline = time.monotonic() + self.settings.deadline_s("step")
         step = (ep, t)
@@ -159,6 +164,8 @@ class EnvHost:
             for msg in self.node.poll(1000 * left):
                 i = self._handle(msg, step)
                 if i is not None and i in waiting:
+                    if timeline.ENABLED:
+                        timeline.mark("action", seq, i)
                     waiting.discard(i)
                     lat = (now_ns() - sent_ns[i]) / 1e3
                     self.samples.add("decision_observing_us" if ts.observed[i] else "decision_lost_us", lat)

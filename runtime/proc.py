@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from rmio.errors import RmioError
+from rmio.runtime import timeline
 from rmio.runtime.settings import Roster, SwarmSettings
 from rmio.runtime.transport import Node
 
@@ -106,6 +107,7 @@ def run_role(role: str, settings: SwarmSettings, name: str, bind: str, *, contro
         log.info("%s stopping: %s", name, why)
     finally:
         node.close()
+        timeline.dump(name)
     return 0
 
 

@@ -25,6 +25,7 @@ import numpy as np
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
+from rmio.runtime import timeline
 from rmio.runtime.wire import MAX_MESSAGE_BYTES, Message, WireError, decode, encode
 
 log = logging.getLogger(__name__)
@@ -170,6 +171,8 @@ class Node:
         if self.monitor in events:
             self._drain_monitor()
         if self.inbox not in events:
+            if timeline.ENABLED:
+                timeline.mark("wake", 0)
             return []
         out = []
         for k in range(10_000):  # bounded drain so a flood cannot starve the caller's timers
@@ -183,6 +186,8 @@ class Node:
             msg = self._decode(frames)
             if msg is not None:
                 out.append(msg)
+        if timeline.ENABLED:
+            timeline.mark("wake", len(out))
         return out
 
     def _decode(self, frames: list[bytes]) -> Message | None:

@@ -134,3 +134,32 @@ def test_idle_processes_do_not_spin(bundle: Path, tmp_path: Path) -> None:
     for name, counts in report["processes"].items():
         if name.startswith("a"):
             assert counts["agent.loop_cpu_ms"] < 0.25 * 1000 * report["seconds"], (name, counts["agent.loop_cpu_ms"])
+
+
+def test_traced_swarm_writes_a_consistent_timeline(bundle: Path, tmp_path: Path, monkeypatch: Any) -> None:
+    """RMIO_TRACE makes every process write its milestones; for every reconstruction a blind agent got,
+    the env host's fan-out of that step came first, then the agent's STEP, then its RECON, then its ACTION."""
+    import json
+
+    monkeypatch.setenv("RMIO_TRACE", str(tmp_path / "trace"))
+    settings = swarm_settings(bundle, tmp_path, steps=30, transport="tcp", step_deadline_ms=1000.0)
+    report, _ = run_swarm(settings, tmp_path / "run")
+    assert_clean(report)
+    traces = {p.stem: json.loads(p.read_text()) for p in (tmp_path / "trace").glob("*.json")}
+    assert set(traces) == {"env", *(f"a{i}" for i in range(6))}
+    fanout = {e[2]: e[0] for e in traces["env"] if e[1] == "fanout"}
+    action = {(e[2], e[3]): e[0] for e in traces["env"] if e[1] == "action"}
+    assert len(fanout) == report["env_steps"]
+    checked = 0
+    for name, events in traces.items():
+        if name == "env":
+            continue
+        step = {e[2]: e[0] for e in events if e[1] == "step"}
+        for e in events:
+            if e[1] == "recon":
+                seq = e[2]
+                assert fanout[seq] < step[seq] < e[0] < action[(seq, int(name[1:]))]
+                checked += 1
+    assert checked == report["events"]["agents.recon_received"] > 5
+    computes = sum(e[1] == "compute" for events in traces.values() for e in events)
+    assert computes == report["events"]["agents.rounds"]  # one world-model run per round, at its coordinator

@@ -8,7 +8,10 @@ Bundles: tiny randomly initialised ones (tests/runtime/tiny_bundle.py, needs tor
 l = 20 for HalfCheetah 6x1 (6 agents) and ManySegmentSwimmer Nx2 (N agents). The floor of a round is
 measured piece by piece with the same transport and codec: one gather round trip to n - 1 echo
 processes, one world-model window replay (l + 1 steps), one coordinator-to-agent message (half a
-round trip). Everything runs on this machine over loopback; other load on it shows in every number.
+round trip). Two skeleton swarms (bench/swarm_skeleton.py) give the floor of a whole streamed round
+when every process wakes for every step: the same processes and messages doing nothing else, and the
+same plus the compute a round cannot avoid (environment, actors, one world-model step). Everything
+runs on this machine over loopback; other load on it shows in every number.
 """
 
 from __future__ import annotations
@@ -212,12 +215,13 @@ def rounds_table(bundles: dict[int, Path], out: Path, steps: int, rounds: int, r
 
     print("## Reconstruction round (p_loss 0.2, free-running, deadline 100 ms) against its floors\n")
     print("| agents | mode | round p50 / p99 ms | rounds without GATHER | gather RTT | wm replay (window / 1 step) | "
-          "one-way msg | floor p50 / p99 ms | skeleton swarm p50 / p99 ms |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          "one-way msg | floor p50 / p99 ms | skeleton swarm p50 / p99 ms | skeleton + compute p50 / p99 ms |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for n, bundle in bundles.items():
         fl = floors(n, bundle, rounds)
         sk = skeleton_round(n, max(steps, 1000), obs_dim=fl["obs_dim"])
-        results[f"floor_{n}"], results[f"skeleton_{n}"] = fl, sk
+        skc = skeleton_round(n, max(steps, 1000), bundle=bundle)
+        results[f"floor_{n}"], results[f"skeleton_{n}"], results[f"skeleton_compute_{n}"] = fl, sk, skc
         for mode, stream in ROUND_MODES:
             name = f"{mode}, {'pull only' if stream == 0 else 'streamed'}"
             rep = run_swarm(bundle, out / f"round-{n}-{mode}-{stream}", steps=steps, transport="tcp", wm_mode=mode,
@@ -233,7 +237,7 @@ def rounds_table(bundles: dict[int, Path], out: Path, steps: int, rounds: int, r
                   f"{fl['gather_rtt'][0]:.2f} / {fl['gather_rtt'][1]:.2f} | "
                   f"{fl['wm_window_replay'][0]:.2f} / {fl['wm_one_step'][0]:.3f} | "
                   f"{fl['one_way_message'][0]:.3f} | {floor[0]:.2f} / {floor[1]:.2f} | "
-                  f"{sk['p50']:.2f} / {sk['p99']:.2f} |")
+                  f"{sk['p50']:.2f} / {sk['p99']:.2f} | {skc['p50']:.2f} / {skc['p99']:.2f} |")
 
 
 def overhead_table(bundles: dict[int, Path], out: Path, steps: int, results: dict[str, Any]) -> None:

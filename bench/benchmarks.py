@@ -40,6 +40,7 @@ SECTIONS: list[tuple[str, str, str]] = [
      "python bench/world_model.py speed && python bench/world_model.py latency"),
     ("Swarm communication and latency", "swarm.md",
      "python bench/swarm_bench.py --sections rounds,overhead,bytes,sync,scale"),
+    ("Where a reconstruction round's time goes", "swarm_timeline.md", "python bench/swarm_timeline.py"),
     ("Environment throughput", "env_throughput.md", "python bench/env_throughput.py"),
 ]
 

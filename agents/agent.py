@@ -283,7 +283,7 @@ class Agent:
         if (ep, t) <= after:
             return False
         act_from = max(0, t - 1)
-        seen, known, obs, act = self.ring.serve(t, act_from, t)
+        seen, known, obs, act = self.ring.serve_step(t)
         if not self._send(leader, "HISTORY", (obs, act), ep=ep, step=t, epoch=epoch, obs_from=t, act_from=act_from,
                           seen=seen, known=known, push=True):
             return False

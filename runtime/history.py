@@ -99,6 +99,18 @@ class HistoryRing:
     def last_real_obs(self) -> np.ndarray:
         return self.last_real if self.last_real is not None else np.zeros(self.obs_dim, np.float32)
 
+    def serve_step(self, t: int) -> tuple[list[bool], list[bool], np.ndarray, np.ndarray]:
+        """``serve(t, t - 1, t)`` (what one streamed step carries: o_t and a_{t-1}), without the general
+        case's list building: an agent sends this on every step while it streams."""
+        obs = self.obs.get(t)
+        seen = obs is not None and self.seen.get(t, False)
+        rows = obs.reshape(1, self.obs_dim).astype(np.float32) if seen else np.zeros((0, self.obs_dim), np.float32)
+        if t == 0:
+            return [seen], [], rows, np.zeros((0, *self.codec.shape), self.codec.dtype)
+        a = self.act.get(t - 1)
+        act = (self.codec.default() if a is None else a).astype(self.codec.dtype).reshape(1, *self.codec.shape)
+        return [seen], [a is not None], rows, act
+
     def serve(self, obs_from: int, act_from: int, upto: int) -> tuple[list[bool], list[bool], np.ndarray, np.ndarray]:
         """Answer a gather: observed flags for obs_from..upto, the real observations of observed
         steps, and the actions of act_from..upto-1 with flags saying which ones this agent knows."""

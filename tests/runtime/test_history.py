@@ -189,3 +189,20 @@ def test_liveness() -> None:
     assert live.next_deadline(["a2"], 10.0) == 0.0  # overdue heartbeat: send now
     live.sent("a2", 10.0)
     assert live.next_deadline(["a2"], 10.0) > 0.0  # an expiry long past must not make the caller spin
+
+
+@pytest.mark.parametrize("codec", [CODEC, ActionCodec(discrete=True, act_dim=5)], ids=["continuous", "discrete"])
+def test_serving_one_streamed_step_equals_the_general_answer(codec: ActionCodec) -> None:
+    rng = np.random.default_rng(1)
+    ring = HistoryRing(6, 3, codec)
+    ring.reset(0)
+    for t in range(40):
+        seen = bool(rng.random() > 0.3)
+        given = seen or rng.random() > 0.5  # a blind step may still hold the reconstruction it acted on
+        ring.put_obs(t, rng.normal(size=3).astype(np.float32) if given else None, seen)
+        general, one = ring.serve(t, max(0, t - 1), t), ring.serve_step(t)
+        assert general[:2] == one[:2]
+        for a, b in zip(general[2:], one[2:], strict=True):
+            assert a.shape == b.shape and a.dtype == b.dtype and np.array_equal(a, b)
+        if rng.random() > 0.2:  # some actions are unknown (the env host applied its default)
+            ring.put_action(t, codec.check(rng.integers(5) if codec.discrete else rng.normal(size=1)))

@@ -140,12 +140,17 @@ class EnvHost:
         if timeline.ENABLED:
             timeline.mark("fanout", seq)
         waiting = set()
-        for i, name in enumerate(self.names):
+        messages = []
+        for i in range(self.n):
             seen = bool(ts.observed[i])
             arrays: tuple = (ts.obs[i],) if seen else ()
             if self.spec.discrete:
                 arrays = (*arrays, np.asarray(ts.avail_actions[i], bool))
-            if self.node.send(name, "STEP", arrays, ep=ep, step=t, seq=seq, seen=seen, dflt=bool(defaulted[i])):
+            messages.append(encode("STEP", "env", arrays, ep=ep, step=t, seq=seq, seen=seen, dflt=bool(defaulted[i])))
+        # all encoded first, then sent in one burst: the first agents to wake compete for the CPU with the
+        # env host, and would otherwise delay the encoding of the last agents' STEPs
+        for i, (name, frames) in enumerate(zip(self.names, messages, strict=True)):
+            if self.node.send_frames(name, "STEP", frames):
                 sent_ns[i] = now_ns()
                 if name in self.reachable:  # a restarting agent is waited for once it said hello
                     waiting.add(i)

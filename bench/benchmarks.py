@@ -62,8 +62,8 @@ def render() -> str:
             parts += [f"_Not measured yet: `{rel}` is missing._", ""]
             continue
         lines = path.read_text().splitlines()
-        if lines and lines[0].startswith("# "):
-            lines = lines[1:]
+        if lines and lines[0].startswith("# "):  # a title: keep what it says (machine, load...) as text
+            lines = [lines[0][2:].rstrip() + ".", *lines[1:]]
         lines = ["#" + ln if ln.startswith("#") else ln for ln in lines]  # the file's sections nest under ours
         parts += [f"Command: `{command}`  ", f"Source: `bench/results/{rel}` (last changed {_commit_date(path)})", ""]
         parts += [ln.replace("](", f"](bench/results/{Path(rel).parent}/") if ln.startswith("![") else ln

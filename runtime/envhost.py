@@ -146,7 +146,8 @@ class EnvHost:
             arrays: tuple = (ts.obs[i],) if seen else ()
             if self.spec.discrete:
                 arrays = (*arrays, np.asarray(ts.avail_actions[i], bool))
-            messages.append(encode("STEP", "env", arrays, ep=ep, step=t, seq=seq, seen=seen, dflt=bool(defaulted[i])))
+            messages.append(encode("STEP", self.node.name, arrays, ep=ep, step=t, seq=seq, seen=seen,
+                                   dflt=bool(defaulted[i])))
         # all encoded first, then sent in one burst: the first agents to wake compete for the CPU with the
         # env host, and would otherwise delay the encoding of the last agents' STEPs
         for i, (name, frames) in enumerate(zip(self.names, messages, strict=True)):

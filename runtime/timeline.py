@@ -1,8 +1,8 @@
 """Opt-in event timeline of a swarm process (``RMIO_TRACE=DIR``): where a reconstruction round's time goes.
 
 A process started with RMIO_TRACE set records (monotonic ns, event, values...) at the milestones of
-a step (STEP fan-out and receipt, streamed push sent and received, world model started and done,
-RECON received, ACTION sent and received, every wake-up of the event loop) and writes them to
+a step (STEP fan-out and receipt, streamed push sent and received, world model started, RECONs
+sent and received, ACTION sent and received, every wake-up of the event loop) and writes them to
 ``DIR/<name>.json`` when it exits; ``bench/swarm_timeline.py`` lines them up against the env host's
 fan-out. The clock is system-wide, so the processes of one machine compare. When off (the default)
 a milestone costs one attribute test at its call site.

@@ -155,7 +155,6 @@ SCHEMAS: dict[str, Schema] = {
 }
 
 
-
 @dataclass
 class Message:
     type: str
@@ -206,6 +205,12 @@ def decode(frames: Sequence[bytes], sender: str | None = None, known: Callable[[
         raise WireError("malformed", f"{type(exc).__name__}: {exc}") from None
 
 
+_unpack = functools.partial(msgpack.unpackb, raw=False, strict_map_key=True, use_list=True,
+                            max_str_len=MAX_HEADER_BYTES, max_bin_len=0, max_array_len=MAX_DIM, max_map_len=1024,
+                            max_ext_len=0)
+"""The header parser, with limits that keep a hostile header from allocating much."""
+
+
 def _decode(frames: Sequence[bytes], sender: str | None, known: Callable[[str], bool] | None,
             max_bytes: int) -> Message:
     if not frames or len(frames) > MAX_FRAMES + 1:
@@ -241,18 +246,13 @@ def _decode(frames: Sequence[bytes], sender: str | None, known: Callable[[str], 
         if len(frame) != dt.itemsize * math.prod(shape):
             raise WireError("bad_array", f"frame of {len(frame)} bytes for {dtype}{shape}")
         a = np.frombuffer(frame, dtype=dt).reshape(shape)
-        if dt.kind == "f" and a.size and not math.isfinite(_sum64(a, None, np.float64)):
+        # a float64 sum is non-finite exactly when some value is (finite float32 values cannot overflow it)
+        if dt.kind == "f" and a.size and not math.isfinite(np.add.reduce(a, None, np.float64)):
             raise WireError("bad_array", "non-finite values")
         if dt.kind == "b" and np.frombuffer(frame, np.uint8).max(initial=0) > 1:
             raise WireError("bad_array", "booleans other than 0 and 1")
         arrays.append(a)
     return Message(msg_type, src, header, arrays, total)
-
-
-_unpack = functools.partial(msgpack.unpackb, raw=False, strict_map_key=True, use_list=True,
-                            max_str_len=MAX_HEADER_BYTES, max_bin_len=0, max_array_len=MAX_DIM, max_map_len=1024,
-                            max_ext_len=0)
-_sum64 = np.add.reduce  # float64 sum: a non-finite value makes it non-finite, finite float32 values cannot overflow it
 
 
 def _check_fields(msg_type: str, schema: Schema, fields: dict[str, Any]) -> None:

@@ -246,9 +246,7 @@ class Agent:
             if not self._push(ep, t):  # a streamed blind step is our loss report
                 self._report_loss(ep, t)
         self._answer_gathers()
-        if self.coord is not None:
-            self.coord.own_step(ep, t, now)
-        self._maybe_claim(ep, t)
+        self._maybe_claim(ep, t)  # the event loop then polls the coordinator's rounds, as after every message
 
     def _act(self, ep: int, t: int, obs: np.ndarray, kind: str) -> None:
         start = now_ns()

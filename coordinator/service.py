@@ -200,18 +200,23 @@ class Coordinator:
                 self.streaming[j] = until
 
     def own_step(self, ep: int, t: int, now: float) -> None:
+        """Our own STEP arrived: a round that only waited for it can run now, before our actor does."""
         self.poll(now)
+
+    # on_push and on_history only file what arrived: the agent's event loop polls the rounds once after
+    # every batch of messages, so a wake-up that brings several pushes checks them once.
 
     def on_push(self, msg: Message, now: float) -> None:
         """A step streamed unasked: cache it; a blind step is also that agent's loss report."""
-        j, ep, t = int(msg.src[1:]), msg["ep"], msg["step"]
-        if msg["epoch"] != self.agent.view.epoch or ep < self.cache.ep:
+        f = msg.fields
+        j, ep, t, epoch = int(msg.src[1:]), f["ep"], f["step"], f["epoch"]
+        if epoch != self.agent.view.epoch or ep < self.cache.ep:
             self.counts["push_stale"] += 1
-            self.agent.node.count_drop("stale_epoch" if msg["epoch"] != self.agent.view.epoch else "stale_step")
+            self.agent.node.count_drop("stale_epoch" if epoch != self.agent.view.epoch else "stale_step")
             return
-        act_from = max(0, t - 1)
-        seen, known = msg["seen"], msg["known"]
-        if (msg["obs_from"], msg["act_from"]) != (t, act_from) or len(seen) != 1 or len(known) != t - act_from:
+        act_from = t - 1 if t > 0 else 0
+        seen, known = f["seen"], f["known"]
+        if f["obs_from"] != t or f["act_from"] != act_from or len(seen) != 1 or len(known) != t - act_from:
             raise WireError("bad_field", "a streamed HISTORY carries exactly its own step")
         if ep > self.cache.ep:
             self.cache.reset(ep)
@@ -225,7 +230,6 @@ class Coordinator:
         if not seen[0]:
             self.agent.lost_reports.setdefault((ep, t), set()).add(j)
             self.on_loss(ep, t, j, now)
-        self.poll(now)
 
     def on_history(self, msg: Message, now: float) -> None:
         j = int(msg.src[1:])
@@ -246,11 +250,13 @@ class Coordinator:
         self.cache.put(j, obs_from, act_from, r.t, seen, known, obs, act)
         r.replied.add(j)
         (r.observed if seen[-1] else r.lost).add(j)
-        self.poll(now)
 
     def poll(self, now: float) -> None:
+        """Run every round whose data is in (or whose deadline passed); time out world-model requests."""
         agent = self.agent
         for r in list(self.rounds.values()):
+            if r.state == "done":
+                continue
             if r.state == "gather":
                 own_ready = (agent.ep, agent.t) >= (r.ep, r.t)
                 if (own_ready and (self._complete(r) or now >= r.deadline)) or now >= r.deadline + (
@@ -263,9 +269,18 @@ class Coordinator:
                 self._finish_locally(r)
 
     def _complete(self, r: Round) -> bool:
+        if len(r.have) == len(r.waiting):  # have is a subset of waiting
+            return True
         down = self.agent.live.down
-        r.have |= {j for j in r.waiting - r.have if f"a{j}" not in down and self.cache.has(j, r.t)}
-        return all(j in r.have or f"a{j}" in down for j in r.waiting)
+        missing = False
+        for j in r.waiting - r.have:
+            if f"a{j}" in down:
+                continue
+            if self.cache.has(j, r.t):
+                r.have.add(j)
+            else:
+                missing = True
+        return not missing
 
     def _pull_missing(self, r: Round) -> None:
         """A streamed step is overdue (a subscription lost in a restart or a race): ask for it."""
@@ -277,11 +292,17 @@ class Coordinator:
                 self._gather(r, j, seq_t)
 
     def next_deadline(self, now: float) -> float:
-        times = [r.deadline if (self.agent.ep, self.agent.t) >= (r.ep, r.t) else 2 * r.deadline - r.started
-                 for r in self.rounds.values() if r.state == "gather"]
-        times += [r.push_deadline for r in self.rounds.values() if r.state == "gather" and r.push_deadline > 0]
-        times += [r.wm_deadline for r in self.rounds.values() if r.state == "wm"]
-        return max(0.0, min(times, default=now + 1.0) - now)
+        """Seconds until the earliest deadline of a round still in progress (1 s when there is none)."""
+        first = now + 1.0
+        own = (self.agent.ep, self.agent.t)
+        for r in self.rounds.values():
+            if r.state == "gather":
+                first = min(first, r.deadline if own >= (r.ep, r.t) else 2 * r.deadline - r.started)
+                if r.push_deadline > 0:
+                    first = min(first, r.push_deadline)
+            elif r.state == "wm":
+                first = min(first, r.wm_deadline)
+        return max(0.0, first - now)
 
     # -- reconstruction ---------------------------------------------------------------------
 

@@ -31,6 +31,42 @@ def make_session(path: str | Path, device: str = "cpu", threads: int = 1):
     return ort.InferenceSession(str(path), sess_options=opts, providers=providers)
 
 
+_ORT_DTYPES = {"tensor(float)": np.float32, "tensor(int64)": np.int64, "tensor(bool)": np.bool_}
+
+
+class BoundCall:
+    """A graph called with batch 1 over and over, its inputs and outputs bound to fixed buffers.
+
+    A swarm process calls its graph once per env step and sleeps in between, so every call starts
+    with cold caches. On the 2-core CPU VM a cold ``session.run`` of the tiny actor took about 0.3 ms
+    against 0.09 ms through an IO binding (0.021 / 0.012 ms warm): the binding skips feed
+    validation and the allocation and conversion of every input and output. The caller writes into
+    ``inputs[name]`` and reads ``outputs[name]``, which the next call overwrites (copy what you keep).
+    """
+
+    def __init__(self, session) -> None:
+        def buffer(meta) -> np.ndarray:  # every symbolic axis (the batch) has size 1
+            return np.zeros(tuple(d if isinstance(d, int) else 1 for d in meta.shape), _ORT_DTYPES[meta.type])
+
+        import onnxruntime as ort
+
+        self.session = session
+        self.inputs = {m.name: buffer(m) for m in session.get_inputs()}
+        self.outputs = {m.name: buffer(m) for m in session.get_outputs()}
+        self.binding = session.io_binding()
+        self._values = []  # the OrtValues point into our buffers: keep them alive with us
+        for name, array in self.inputs.items():
+            self._values.append(ort.OrtValue.ortvalue_from_numpy(array))
+            self.binding.bind_ortvalue_input(name, self._values[-1])
+        for name, array in self.outputs.items():
+            self._values.append(ort.OrtValue.ortvalue_from_numpy(array))
+            self.binding.bind_ortvalue_output(name, self._values[-1])
+
+    def run(self) -> dict[str, np.ndarray]:
+        self.session.run_with_iobinding(self.binding)
+        return self.outputs
+
+
 class ActorRunner:
     """The decentralised policy: one agent's local observation in, its action out."""
 
@@ -38,17 +74,22 @@ class ActorRunner:
         self.manifest = manifest or load_manifest(bundle_dir)
         self.session = make_session(Path(bundle_dir) / self.manifest.files["actor"])
         self._discrete = self.manifest.spec.discrete
-        self._one_id = np.zeros(1, np.int64)
         names = {i.name for i in self.session.get_inputs()}
         missing = set(ACTOR_INPUTS) - names
         if missing:
             raise ValueError(f"actor.onnx lacks inputs {sorted(missing)}")
+        self._one = BoundCall(self.session)
+        self._one_obs = self._one.inputs["obs"]
 
     def act(self, obs: np.ndarray, agent_id: np.ndarray | int, avail: np.ndarray | None = None) -> np.ndarray:
         obs = np.asarray(obs, np.float32)
-        if obs.ndim == 1 and not self._discrete and type(agent_id) is int:  # an agent's own step: the short path
-            self._one_id[0] = agent_id
-            return self.session.run(["action"], {"obs": obs[None], "agent_id": self._one_id})[0][0]
+        if obs.shape == self._one_obs.shape[1:] and type(agent_id) is int:  # an agent's own step: the short path
+            one = self._one
+            self._one_obs[0] = obs
+            one.inputs["agent_id"][0] = agent_id
+            if self._discrete:
+                one.inputs["avail_actions"][0] = True if avail is None else np.asarray(avail, bool).reshape(-1)
+            return one.run()["action"][0].copy()
         single = obs.ndim == 1
         if single:
             obs = obs[None]
@@ -80,6 +121,7 @@ class WorldModelRunner:
         names = [i.name for i in self.session.get_inputs()]
         if sorted(names) != sorted(WM_INPUTS):
             raise ValueError(f"wm_step.onnx inputs are {names}, expected {list(WM_INPUTS)}")
+        self._one = BoundCall(self.session) if device == "cpu" else None
 
     def initial_state(self, batch: int = 1) -> LatentState:
         m = self.manifest
@@ -102,6 +144,13 @@ class WorldModelRunner:
     def step(self, state: LatentState, prev_action: np.ndarray, obs: np.ndarray,
              mask: np.ndarray) -> tuple[LatentState, np.ndarray]:
         """One step for a batch: ``prev_action`` already encoded (B, n, act_width)."""
+        one = self._one
+        if one is not None and state.h.shape == one.inputs["h"].shape and obs.shape == one.inputs["obs"].shape:
+            ins = one.inputs  # a coordinator's round: batch 1, through the bound buffers
+            ins["h"][...], ins["z"][...], ins["prev_action"][...] = state.h, state.z, prev_action
+            ins["obs"][...], ins["mask"][...] = obs, mask
+            out = one.run()
+            return LatentState(out["h_next"].copy(), out["z_next"].copy()), out["obs_recon"].copy()
         h, z, recon = self.session.run(list(WM_OUTPUTS), {
             "h": state.h, "z": state.z, "prev_action": prev_action.astype(np.float32),
             "obs": obs.astype(np.float32), "mask": mask.astype(np.float32)})

@@ -42,3 +42,32 @@ def test_discrete_bundle(tmp_path: Path) -> None:
     wm = WorldModelRunner(path, man)
     enc = wm.encode_actions(np.array([[-1, 3]]))
     assert enc.shape == (1, 2, man.act_width) and enc[0, 0].sum() == 0 and enc[0, 1, 3] == 1
+
+
+def test_bound_single_calls_equal_plain_session_runs(bundle: Path) -> None:
+    """An agent's own step and a round's batch-1 world-model step go through fixed IO-bound buffers:
+    they must give exactly what a plain ``session.run`` gives, and a result must not change when the
+    next call overwrites the buffers."""
+    man = load_manifest(bundle)
+    n, d = man.spec.n_agents, man.spec.obs_dim
+    rng = np.random.default_rng(3)
+    actor = ActorRunner(bundle, man)
+    obs = rng.normal(size=(n, d)).astype(np.float32)
+    first = actor.act(obs[0], 0)
+    for i in range(n):
+        plain = actor.session.run(["action"], {"obs": obs[i:i + 1], "agent_id": np.array([i])})[0][0]
+        assert np.array_equal(actor.act(obs[i], i), plain)
+    assert np.array_equal(first, actor.session.run(["action"], {"obs": obs[:1], "agent_id": np.array([0])})[0][0])
+
+    wm = WorldModelRunner(bundle, man)
+    state = wm.initial_state(1)
+    for _ in range(3):
+        prev = rng.normal(size=(1, n, man.act_width)).astype(np.float32)
+        o = rng.normal(size=(1, n, d)).astype(np.float32)
+        mask = (rng.random((1, n)) > 0.4).astype(np.float32)
+        h, z, recon = wm.session.run(["h_next", "z_next", "obs_recon"],
+                                     {"h": state.h, "z": state.z, "prev_action": prev, "obs": o, "mask": mask})
+        kept = state
+        state, got = wm.step(state, prev, o, mask)
+        assert np.array_equal(state.h, h) and np.array_equal(state.z, z) and np.array_equal(got, recon)
+        assert kept.h is not state.h and not np.shares_memory(got, state.h)

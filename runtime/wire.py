@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import math
 import re
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,6 +31,7 @@ MAX_DIM = 1 << 16
 DTYPES = ("<f4", "<i8", "|b1")
 _NP_DTYPES = {d: np.dtype(d) for d in DTYPES}
 NAME_RE = re.compile(r"^(env|ctl|wm|a\d{1,4})$")
+_LITTLE = sys.byteorder == "little"
 REASONS = ("oversized", "malformed", "version", "unknown_type", "unknown_sender", "bad_field", "bad_array")
 
 
@@ -245,14 +247,25 @@ def _decode(frames: Sequence[bytes], sender: str | None, known: Callable[[str], 
         dt = _NP_DTYPES[dtype]
         if len(frame) != dt.itemsize * math.prod(shape):
             raise WireError("bad_array", f"frame of {len(frame)} bytes for {dtype}{shape}")
-        a = np.frombuffer(frame, dtype=dt).reshape(shape)
-        # a float64 sum is non-finite exactly when some value is (finite float32 values cannot overflow it)
-        if dt.kind == "f" and a.size and not math.isfinite(np.add.reduce(a, None, np.float64)):
+        if dt.kind == "f" and not _finite(frame):
             raise WireError("bad_array", "non-finite values")
-        if dt.kind == "b" and np.frombuffer(frame, np.uint8).max(initial=0) > 1:
+        if dt.kind == "b" and frame.translate(None, b"\x00\x01"):
             raise WireError("bad_array", "booleans other than 0 and 1")
-        arrays.append(a)
+        arrays.append(np.frombuffer(frame, dtype=dt).reshape(shape))
     return Message(msg_type, src, header, arrays, total)
+
+
+_SMALL = 256 * 4
+
+
+def _finite(frame: bytes) -> bool:
+    """Whether every float32 of a frame is finite: their float64 sum is non-finite exactly when some
+    value is (finite float32 values cannot overflow it). A small frame is summed by the interpreter:
+    a process wakes up with cold caches for every message, and numpy's reduction machinery is the
+    costliest code to bring back (on the 2-core VM, 0.12 ms of a cold STEP decode's 0.28 ms)."""
+    if len(frame) <= _SMALL and _LITTLE:
+        return math.isfinite(sum(memoryview(frame).cast("f")))
+    return math.isfinite(np.add.reduce(np.frombuffer(frame, "<f4"), None, np.float64))
 
 
 def _check_fields(msg_type: str, schema: Schema, fields: dict[str, Any]) -> None:

@@ -143,3 +143,20 @@ def test_fuzz_mutated_messages(msg_type: str, changes: dict[str, Any], extra_fra
         assert exc.reason in REASONS
         return
     assert msg.type in SCHEMAS  # whatever got through satisfies the schema
+
+
+@pytest.mark.parametrize("size", [1, 9, 256, 257, 4000])
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_values_are_found_in_small_and_large_frames(size: int, bad: float) -> None:
+    """Small frames are checked by the interpreter and large ones by numpy: both find one bad value
+    anywhere, and both accept the largest finite float32 values (whose sum does not overflow)."""
+    header = encode("RECON", "a1", (np.zeros(size, np.float32),), ep=0, step=1, epoch=1, start=0)[0]
+    extreme = np.full(size, np.finfo(np.float32).max, np.float32)
+    extreme[::2] *= -1
+    assert np.array_equal(decode([header, extreme.tobytes()], sender="a1", known=KNOWN).arrays[0], extreme)
+    for at in {0, size // 2, size - 1}:
+        values = np.ones(size, np.float32)
+        values[at] = bad
+        with pytest.raises(WireError) as info:
+            decode([header, values.tobytes()], sender="a1", known=KNOWN)
+        assert info.value.reason == "bad_array"

@@ -113,6 +113,7 @@ class MaMuJoCoEnv(MultiAgentEnv):
             agent_names=tuple(self._agents),
         )
         self._t = 0
+        self._low, self._high = low.astype(np.float32), high.astype(np.float32)
 
     def _timestep(self, obs: dict, reward: float = 0.0, terminated: bool = False, truncated: bool = False,
                   info: dict | None = None) -> TimeStep:
@@ -131,10 +132,7 @@ class MaMuJoCoEnv(MultiAgentEnv):
         return self._timestep(obs)
 
     def step(self, actions: np.ndarray) -> TimeStep:
-        actions = self._check_actions(actions)
-        low = np.asarray(self.spec.action_low, dtype=np.float32)
-        high = np.asarray(self.spec.action_high, dtype=np.float32)
-        actions = np.clip(actions, low, high)
+        actions = np.clip(self._check_actions(actions), self._low, self._high)
         act = {a: actions[i, : self.spec.action_sizes[i]] for i, a in enumerate(self._agents)}
         obs, rew, term, trunc, info = self._env.step(act)
         self._t += 1

@@ -179,6 +179,8 @@ class EnvHost:
                 if not up and peer in self.names:
                     waiting.discard(self.names.index(peer))
         actions = np.stack([self.pending.get(i, self.codec.default()) for i in range(self.n)])
+        if self.low is not None:
+            np.clip(actions, self.low, self.high, out=actions)
         new_defaulted = np.array([i not in self.pending for i in range(self.n)])
         reachable_late = [i for i in range(self.n) if new_defaulted[i] and self.names[i] in self.reachable]
         self.counts["deadline_misses"] += len(reachable_late)
@@ -242,13 +244,10 @@ class EnvHost:
             self.counts["late_actions"] += 1
             return None
         action = msg.array(0, self.codec.shape, self.codec.dtype.str)
-        if self.spec.discrete:
-            if not 0 <= int(action) < self.spec.action_sizes[i]:
-                self.counts["invalid_actions"] += 1
-                return None
-        else:
-            action = np.clip(action, self.low, self.high)
-        self.pending[i] = np.array(action, self.codec.dtype)
+        if self.spec.discrete and not 0 <= int(action) < self.spec.action_sizes[i]:
+            self.counts["invalid_actions"] += 1
+            return None
+        self.pending[i] = action  # continuous actions are clipped to the bounds once per step, in _step
         self.counts[f"actions_{msg['kind']}"] += 1
         view = View.of(msg["epoch"], msg["leader"])
         if view > self.view and msg["leader"] >= 0:

@@ -1,0 +1,80 @@
+"""What one call costs when the process has just woken up, against the same call made back to back.
+
+A swarm process sleeps between env steps, so each of its calls starts with cold caches. This script
+times the calls of an agent's step right after a sleep and warm, so the difference is visible: a STEP
+decode, the actor through ``session.run`` and through its IO-bound buffers (what ``ActorRunner.act``
+uses for one observation), and a batch-1 world-model step both ways.
+
+    python bench/cold_calls.py                      # tiny random HalfCheetah 6x1 bundle
+    python bench/cold_calls.py --bundle models/halfcheetah_6x1 --sleep-ms 5 --calls 300
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+
+def timed(fn: Callable[[], object], calls: int, sleep_s: float) -> tuple[float, float]:
+    """p50 and p90 of one call in microseconds, each call after ``sleep_s`` of sleep (0: back to back)."""
+    fn()
+    out = []
+    for _ in range(calls):
+        if sleep_s:
+            time.sleep(sleep_s)
+        start = time.perf_counter_ns()
+        fn()
+        out.append(time.perf_counter_ns() - start)
+    p50, p90 = np.percentile(out, [50, 90]) / 1e3
+    return float(p50), float(p90)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--bundle", type=Path, default=None, help="bundle (default: tiny random HalfCheetah 6x1)")
+    parser.add_argument("--sleep-ms", type=float, default=5.0, help="sleep before each cold call")
+    parser.add_argument("--calls", type=int, default=300)
+    args = parser.parse_args()
+    from swarm_bench import tiny_bundle
+
+    from rmio.runtime.models import ActorRunner, WorldModelRunner
+    from rmio.runtime.wire import decode, encode
+
+    bundle = args.bundle or tiny_bundle(Path(tempfile.gettempdir()) / "rmio-cold-calls", "mamujoco/HalfCheetah-6x1", 20)
+    actor, wm = ActorRunner(bundle), WorldModelRunner(bundle)
+    man = actor.manifest
+    n, d = man.spec.n_agents, man.spec.obs_dim
+    rng = np.random.default_rng(0)
+    obs = rng.normal(size=d).astype(np.float32)
+    step = encode("STEP", "env", (obs,), ep=0, step=5, seq=5, seen=True, dflt=False)
+    state = wm.initial_state(1)
+    feed = {"h": state.h, "z": state.z, "prev_action": np.zeros((1, n, man.act_width), np.float32),
+            "obs": rng.normal(size=(1, n, d)).astype(np.float32), "mask": np.ones((1, n), np.float32)}
+    one_id = np.zeros(1, np.int64)
+    calls = {
+        "STEP decode (msgpack header, checks, array)": lambda: decode(step, sender="env"),
+        "actor, session.run": lambda: actor.session.run(["action"], {"obs": obs[None], "agent_id": one_id}),
+        "actor, IO-bound buffers (ActorRunner.act)": lambda: actor.act(obs, 0),
+        "world-model step, session.run": lambda: wm.session.run(["h_next", "z_next", "obs_recon"], feed),
+        "world-model step, IO-bound buffers (WorldModelRunner.step)":
+            lambda: wm.step(state, feed["prev_action"], feed["obs"], feed["mask"]),
+    }
+    print(f"# One call warm and after {args.sleep_ms:g} ms of sleep ({args.calls} calls each; bundle {bundle})\n")
+    print("| call | warm p50 / p90 us | after a sleep p50 / p90 us | cold / warm (p50) |")
+    print("|---|---|---|---|")
+    for name, fn in calls.items():
+        warm = timed(fn, args.calls, 0.0)
+        cold = timed(fn, args.calls, args.sleep_ms / 1e3)
+        print(f"| {name} | {warm[0]:.1f} / {warm[1]:.1f} | {cold[0]:.1f} / {cold[1]:.1f} | {cold[0] / warm[0]:.1f}x |")
+
+
+if __name__ == "__main__":
+    main()

@@ -41,6 +41,7 @@ SECTIONS: list[tuple[str, str, str]] = [
     ("Swarm communication and latency", "swarm.md",
      "python bench/swarm_bench.py --sections rounds,overhead,bytes,sync,scale"),
     ("Where a reconstruction round's time goes", "swarm_timeline.md", "python bench/swarm_timeline.py"),
+    ("What a call costs right after a sleep", "cold_calls.md", "python bench/cold_calls.py"),
     ("Environment throughput", "env_throughput.md", "python bench/env_throughput.py"),
 ]
 

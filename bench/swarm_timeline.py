@@ -77,6 +77,22 @@ def milestones(traces: dict[str, list[list]], skip: int = 100) -> tuple[dict[str
     return rows, wakes
 
 
+def cpu_ticks() -> list[int] | None:
+    """The machine's CPU time counters (Linux /proc/stat), to tell how much the host took from this VM."""
+    try:
+        return [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return None
+
+
+def steal_share(before: list[int] | None, after: list[int] | None) -> str:
+    """Share of the run's CPU time the hypervisor gave to others (steal, the 8th counter), when known."""
+    if before is None or after is None or len(before) < 8:
+        return ""
+    delta = [b - a for a, b in zip(before, after, strict=True)]
+    return f"; host steal {100 * delta[7] / max(1, sum(delta)):.1f}%"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--bundle", type=Path, default=None, help="6-agent bundle (default: tiny random, l = 20)")
@@ -91,13 +107,15 @@ def main() -> None:
     for old in trace_dir.glob("*.json"):
         old.unlink()
     os.environ["RMIO_TRACE"] = str(trace_dir)
+    ticks = cpu_ticks()
     rep = run_swarm(bundle, args.out / "run", steps=args.steps, transport="tcp", wm_mode="incremental",
                     loss={"model": "bernoulli", "p_loss": args.p_loss})
+    steal = steal_share(ticks, cpu_ticks())
     rows, wakes = milestones(load(trace_dir))
     r = rep["latency"]["reconstruction_round (blind agent)"]
     print(f"# Timeline of {len(rows['recon'])} loss steps ({os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}; "
           f"{rep['env_steps'] / rep['seconds']:.0f} steps/s; round at the blind agent p50 {r['p50_ms']:.2f} / "
-          f"p99 {r['p99_ms']:.2f} ms)\n")
+          f"p99 {r['p99_ms']:.2f} ms{steal})\n")
     print("| milestone (ms after the env host starts the STEP fan-out) | p50 | p90 | p99 |")
     print("|---|---|---|---|")
     for key, text in MILESTONES:

@@ -85,12 +85,14 @@ class ActorRunner:
 
     def act(self, obs: np.ndarray, agent_id: np.ndarray | int, avail: np.ndarray | None = None) -> np.ndarray:
         obs = np.asarray(obs, np.float32)
-        if obs.shape == self._one_obs.shape[1:] and type(agent_id) is int:  # an agent's own step: the short path
-            one = self._one
-            self._one_obs[0] = obs
+        one = self._one
+        avail_row = one.inputs.get("avail_actions")
+        if (obs.shape == self._one_obs.shape[1:] and type(agent_id) is int  # an agent's own step: the short path
+                and (avail is None or (avail_row is not None and np.size(avail) == avail_row.size))):
+            self._one_obs[0] = obs  # exact shapes only: a buffer write would broadcast a wrong one silently
             one.inputs["agent_id"][0] = agent_id
-            if self._discrete:
-                one.inputs["avail_actions"][0] = True if avail is None else np.asarray(avail, bool).reshape(-1)
+            if avail_row is not None:
+                avail_row[0] = True if avail is None else np.asarray(avail, bool).reshape(-1)
             return one.run()["action"][0].copy()
         single = obs.ndim == 1
         if single:
@@ -147,8 +149,10 @@ class WorldModelRunner:
              mask: np.ndarray) -> tuple[LatentState, np.ndarray]:
         """One step for a batch: ``prev_action`` already encoded (B, n, act_width)."""
         one = self._one
-        if one is not None and state.h.shape == one.inputs["h"].shape and obs.shape == one.inputs["obs"].shape:
-            ins = one.inputs  # a coordinator's round: batch 1, through the bound buffers
+        if one is not None and state.h.shape == one.inputs["h"].shape and state.z.shape == one.inputs["z"].shape \
+                and prev_action.shape == one.inputs["prev_action"].shape and obs.shape == one.inputs["obs"].shape \
+                and mask.shape == one.inputs["mask"].shape:
+            ins = one.inputs  # a coordinator's round: batch 1 with exact shapes, through the bound buffers
             ins["h"][...], ins["z"][...], ins["prev_action"][...] = state.h, state.z, prev_action
             ins["obs"][...], ins["mask"][...] = obs, mask
             out = one.run()

@@ -71,3 +71,21 @@ def test_bound_single_calls_equal_plain_session_runs(bundle: Path) -> None:
         state, got = wm.step(state, prev, o, mask)
         assert np.array_equal(state.h, h) and np.array_equal(state.z, z) and np.array_equal(got, recon)
         assert kept.h is not state.h and not np.shares_memory(got, state.h)
+
+
+def test_bound_calls_never_broadcast_a_wrong_shape(bundle: Path) -> None:
+    """A buffer write would broadcast a length-1 input over the whole row; such inputs must take the
+    plain path, where onnxruntime rejects them."""
+    man = load_manifest(bundle)
+    n, d = man.spec.n_agents, man.spec.obs_dim
+    with pytest.raises(Exception, match=r"(?i)dimension|shape|invalid"):
+        ActorRunner(bundle, man).act(np.ones(1, np.float32), 0)
+    wm = WorldModelRunner(bundle, man)
+    ok = (np.zeros((1, n, man.act_width), np.float32), np.zeros((1, n, d), np.float32), np.ones((1, n), np.float32))
+    bad = {0: np.zeros((1, n, man.act_width + 1), np.float32), 1: np.zeros((1, n, 1), np.float32),
+           2: np.ones((1, 1), np.float32)}
+    for k, wrong in bad.items():
+        args = list(ok)
+        args[k] = wrong
+        with pytest.raises(Exception, match=r"(?i)dimension|shape|invalid"):
+            wm.step(wm.initial_state(1), *args)

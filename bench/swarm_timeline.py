@@ -2,8 +2,9 @@
 
     python bench/swarm_timeline.py                       # tiny HalfCheetah 6x1 bundle, l = 20, 3000 steps
     python bench/swarm_timeline.py --bundle DIR --steps 1000 --p-loss 0.3
+    python bench/swarm_timeline.py --transport ipc     # the launcher's default transport
 
-Runs a free-running swarm (tcp, incremental world model, Bernoulli loss) with ``RMIO_TRACE`` set, so
+Runs a free-running swarm (tcp by default, incremental world model, Bernoulli loss) with ``RMIO_TRACE`` set, so
 every process records its milestones (rmio.runtime.timeline), then prints, for the steps where some
 agent was blind, when each milestone happened after the env host started sending that step's STEP
 messages, and how often each process's event loop woke up per step.
@@ -98,6 +99,8 @@ def main() -> None:
     parser.add_argument("--bundle", type=Path, default=None, help="6-agent bundle (default: tiny random, l = 20)")
     parser.add_argument("--steps", type=int, default=1000, help="steps per episode (3 episodes)")
     parser.add_argument("--p-loss", type=float, default=0.2)
+    parser.add_argument("--transport", choices=("tcp", "ipc"), default="tcp",
+                        help="tcp (loopback, as the bench reports) or ipc (the launcher's default)")
     parser.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "rmio-swarm-timeline")
     args = parser.parse_args()
     from swarm_bench import run_swarm, tiny_bundle
@@ -108,7 +111,7 @@ def main() -> None:
         old.unlink()
     os.environ["RMIO_TRACE"] = str(trace_dir)
     ticks = cpu_ticks()
-    rep = run_swarm(bundle, args.out / "run", steps=args.steps, transport="tcp", wm_mode="incremental",
+    rep = run_swarm(bundle, args.out / "run", steps=args.steps, transport=args.transport, wm_mode="incremental",
                     loss={"model": "bernoulli", "p_loss": args.p_loss})
     steal = steal_share(ticks, cpu_ticks())
     rows, wakes = milestones(load(trace_dir))

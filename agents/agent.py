@@ -119,6 +119,8 @@ class Agent:
             if "env" in todo and time.monotonic() > start + self.settings.startup_timeout_s:
                 raise Stop("env host unreachable")
             self._pump(0.01)
+            if self.coord is not None:  # rounds are polled after messages are handled, here as in run()
+                self.coord.poll(time.monotonic())
         log.info("%s: greeted in %.3f s%s", self.name, time.monotonic() - start,
                  f", not {sorted(todo)}" if todo else "")
 

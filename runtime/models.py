@@ -64,7 +64,13 @@ class BoundCall:
             self._values.append(ort.OrtValue.ortvalue_from_numpy(array))
             self.binding.bind_ortvalue_output(name, self._values[-1])
 
-    def run(self) -> dict[str, np.ndarray]:
+    def fits(self, feeds: dict[str, np.ndarray]) -> bool:
+        """Whether every array has its buffer's exact shape (a buffer write would broadcast a wrong one)."""
+        return all(a.shape == self.inputs[name].shape for name, a in feeds.items())
+
+    def run(self, feeds: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+        for name, a in (feeds or {}).items():
+            self.inputs[name][...] = a
         self.session.run_with_iobinding(self.binding)
         return self.outputs
 
@@ -148,14 +154,9 @@ class WorldModelRunner:
     def step(self, state: LatentState, prev_action: np.ndarray, obs: np.ndarray,
              mask: np.ndarray) -> tuple[LatentState, np.ndarray]:
         """One step for a batch: ``prev_action`` already encoded (B, n, act_width)."""
-        one = self._one
-        if one is not None and state.h.shape == one.inputs["h"].shape and state.z.shape == one.inputs["z"].shape \
-                and prev_action.shape == one.inputs["prev_action"].shape and obs.shape == one.inputs["obs"].shape \
-                and mask.shape == one.inputs["mask"].shape:
-            ins = one.inputs  # a coordinator's round: batch 1 with exact shapes, through the bound buffers
-            ins["h"][...], ins["z"][...], ins["prev_action"][...] = state.h, state.z, prev_action
-            ins["obs"][...], ins["mask"][...] = obs, mask
-            out = one.run()
+        feeds = {"h": state.h, "z": state.z, "prev_action": prev_action, "obs": obs, "mask": mask}
+        if self._one is not None and self._one.fits(feeds):  # a coordinator's round: batch 1, bound buffers
+            out = self._one.run(feeds)
             return LatentState(out["h_next"].copy(), out["z_next"].copy()), out["obs_recon"].copy()
         h, z, recon = self.session.run(list(WM_OUTPUTS), {
             "h": state.h, "z": state.z, "prev_action": prev_action.astype(np.float32),

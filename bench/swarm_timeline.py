@@ -78,6 +78,13 @@ def milestones(traces: dict[str, list[list]], skip: int = 100) -> tuple[dict[str
     return rows, wakes
 
 
+def gc_pauses(traces: dict[str, list[list]]) -> str:
+    """Garbage collections after the first fan-out, over all processes: how many, and the longest."""
+    start = min((e[0] for e in traces["env"] if e[1] == "fanout"), default=0)
+    pauses = [e[3] / 1e3 for events in traces.values() for e in events if e[1] == "gc" and e[0] > start]
+    return f"garbage collections during the run: {len(pauses)}, longest {max(pauses, default=0.0):.2f} ms"
+
+
 def cpu_ticks() -> list[int] | None:
     """The machine's CPU time counters (Linux /proc/stat), to tell how much the host took from this VM."""
     try:
@@ -114,7 +121,8 @@ def main() -> None:
     rep = run_swarm(bundle, args.out / "run", steps=args.steps, transport=args.transport, wm_mode="incremental",
                     loss={"model": "bernoulli", "p_loss": args.p_loss})
     steal = steal_share(ticks, cpu_ticks())
-    rows, wakes = milestones(load(trace_dir))
+    traces = load(trace_dir)
+    rows, wakes = milestones(traces)
     r = rep["latency"]["reconstruction_round (blind agent)"]
     print(f"# Timeline of {len(rows['recon'])} loss steps ({os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}; "
           f"{rep['env_steps'] / rep['seconds']:.0f} steps/s; round at the blind agent p50 {r['p50_ms']:.2f} / "
@@ -128,6 +136,7 @@ def main() -> None:
             p50, p90, p99 = np.percentile(v, [50, 90, 99])
             print(f"| {text} | {p50:.2f} | {p90:.2f} | {p99:.2f} |")
     print("\nevent-loop wake-ups per env step: " + ", ".join(f"{k} {v:.1f}" for k, v in sorted(wakes.items())))
+    print(gc_pauses(traces))
 
 
 if __name__ == "__main__":

@@ -163,3 +163,6 @@ def test_traced_swarm_writes_a_consistent_timeline(bundle: Path, tmp_path: Path,
     assert checked == report["events"]["agents.recon_received"] > 5
     computes = sum(e[1] == "compute" for events in traces.values() for e in events)
     assert computes == report["events"]["agents.rounds"]  # one world-model run per round, at its coordinator
+    first_fanout = min(fanout.values())
+    for name, events in traces.items():  # each process ran a full collection before its loop, then froze
+        assert any(e[1] == "gc" and e[2] == 2 and e[0] < first_fanout for e in events), name

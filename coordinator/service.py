@@ -376,7 +376,9 @@ class Coordinator:
         r.recon = recon
         r.state = "done"
         r.request = None
-        for j in sorted(r.lost):
+        # the other blind agents first: a blind coordinator acting on its own row runs its actor inline
+        me = self.agent.i
+        for j in sorted(r.lost, key=lambda j: (j == me, j)):
             self._deliver_one(r, j)
         self.samples.add("coord_round_us", (now_ns() - r.started_ns) / 1e3)
         if timeline.ENABLED:

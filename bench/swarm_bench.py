@@ -10,7 +10,8 @@ measured piece by piece with the same transport and codec: one gather round trip
 processes, one world-model window replay (l + 1 steps), one coordinator-to-agent message (half a
 round trip). Two skeleton swarms (bench/swarm_skeleton.py) give the floor of a whole streamed round
 when every process wakes for every step: the same processes and messages doing nothing else, and the
-same plus the compute a round cannot avoid (environment, actors, one world-model step). Everything
+same plus the compute a round cannot avoid (environment, actors, one world-model step). Longer runs
+then compare the streamed incremental round over tcp and over ipc (the launcher's default). Everything
 runs on this machine over loopback; other load on it shows in every number.
 """
 
@@ -177,8 +178,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "rmio-swarm-bench")
     parser.add_argument("--sizes", default="6,10,14,18,24,32", help="swarm sizes for the 20 steps/s search")
-    parser.add_argument("--sections", default="rounds,overhead,bytes,sync,scale",
-                        help="comma-separated subset of rounds, overhead, bytes, sync, scale")
+    parser.add_argument("--sections", default="rounds,transport,overhead,bytes,sync,scale",
+                        help="comma-separated subset of rounds, transport, overhead, bytes, sync, scale")
     args = parser.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     args.out.mkdir(parents=True, exist_ok=True)
@@ -188,11 +189,13 @@ def main() -> None:
     bundles = {6: args.bundle or tiny_bundle(args.out / "bundles", "mamujoco/HalfCheetah-6x1", 20),
                10: tiny_bundle(args.out / "bundles", "mamujoco/ManySegmentSwimmer-10x2", 20)}
     results: dict[str, Any] = {"machine": f"{os.cpu_count()} cores, load {os.getloadavg()[0]:.1f} at start"}
-    print(f"# swarm bench ({results['machine']}), l = 20, loopback tcp, {steps} steps per run\n")
+    print(f"# swarm bench ({results['machine']}), l = 20, loopback tcp unless said, {steps} steps per run\n")
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     if "rounds" in sections:
         rounds_table(bundles, args.out, steps, rounds, results)
+    if "transport" in sections:
+        transport_table(bundles, args.out, 300 if args.quick else 1000, 1 if args.quick else 2, results)
     if "overhead" in sections:
         overhead_table(bundles, args.out, steps, results)
     if "bytes" in sections:
@@ -238,6 +241,28 @@ def rounds_table(bundles: dict[int, Path], out: Path, steps: int, rounds: int, r
                   f"{fl['wm_window_replay'][0]:.2f} / {fl['wm_one_step'][0]:.3f} | "
                   f"{fl['one_way_message'][0]:.3f} | {floor[0]:.2f} / {floor[1]:.2f} | "
                   f"{sk['p50']:.2f} / {sk['p99']:.2f} | {skc['p50']:.2f} / {skc['p99']:.2f} |")
+
+
+def transport_table(bundles: dict[int, Path], out: Path, steps: int, repeats: int, results: dict[str, Any]) -> None:
+    """Longer runs (3 episodes of ``steps``) of the streamed incremental round, tcp and ipc alternating, so
+    that host load hits both alike; each run shows the share of CPU time the hypervisor took (steal)."""
+    from swarm_timeline import cpu_ticks, steal_share
+
+    print(f"\n## Streamed incremental round by transport (p_loss 0.2, {3 * steps} steps per run, runs alternating)\n")
+    print("| agents | run | transport | round p50 / p99 ms | rounds | steps/s | host steal |")
+    print("|---|---|---|---|---|---|---|")
+    for n, bundle in bundles.items():
+        for k in range(repeats):
+            for transport in ("tcp", "ipc"):
+                ticks = cpu_ticks()
+                rep = run_swarm(bundle, out / f"transport-{n}-{transport}-{k}", steps=steps, transport=transport,
+                                wm_mode="incremental", loss={"model": "bernoulli", "p_loss": 0.2})
+                steal = steal_share(ticks, cpu_ticks()).removeprefix("; host steal ") or "?"
+                r = lat(rep, "reconstruction_round (blind agent)")
+                count = rep["events"].get("agents.recon_received", 0)
+                results[f"transport_{n}_{transport}_{k}"] = {"round": r, "steal": steal, "rounds": count}
+                print(f"| {n} | {k + 1} | {transport} | {r[0]:.2f} / {r[1]:.2f} | {count} | "
+                      f"{rep['env_steps'] / rep['seconds']:.0f} | {steal} |")
 
 
 def overhead_table(bundles: dict[int, Path], out: Path, steps: int, results: dict[str, Any]) -> None:

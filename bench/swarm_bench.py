@@ -246,7 +246,7 @@ def rounds_table(bundles: dict[int, Path], out: Path, steps: int, rounds: int, r
 def transport_table(bundles: dict[int, Path], out: Path, steps: int, repeats: int, results: dict[str, Any]) -> None:
     """Longer runs (3 episodes of ``steps``) of the streamed incremental round, tcp and ipc alternating, so
     that host load hits both alike; each run shows the share of CPU time the hypervisor took (steal)."""
-    from swarm_timeline import cpu_ticks, steal_share
+    from swarm_timeline import cpu_ticks, steal_percent
 
     print(f"\n## Streamed incremental round by transport (p_loss 0.2, {3 * steps} steps per run, runs alternating)\n")
     print("| agents | run | transport | round p50 / p99 ms | rounds | steps/s | host steal |")
@@ -257,7 +257,8 @@ def transport_table(bundles: dict[int, Path], out: Path, steps: int, repeats: in
                 ticks = cpu_ticks()
                 rep = run_swarm(bundle, out / f"transport-{n}-{transport}-{k}", steps=steps, transport=transport,
                                 wm_mode="incremental", loss={"model": "bernoulli", "p_loss": 0.2})
-                steal = steal_share(ticks, cpu_ticks()).removeprefix("; host steal ") or "?"
+                share = steal_percent(ticks, cpu_ticks())
+                steal = "?" if share is None else f"{share:.1f}%"
                 r = lat(rep, "reconstruction_round (blind agent)")
                 count = rep["events"].get("agents.recon_received", 0)
                 results[f"transport_{n}_{transport}_{k}"] = {"round": r, "steal": steal, "rounds": count}

@@ -93,12 +93,17 @@ def cpu_ticks() -> list[int] | None:
         return None
 
 
-def steal_share(before: list[int] | None, after: list[int] | None) -> str:
-    """Share of the run's CPU time the hypervisor gave to others (steal, the 8th counter), when known."""
+def steal_percent(before: list[int] | None, after: list[int] | None) -> float | None:
+    """Share (%) of the run's CPU time the hypervisor gave to others (steal, the 8th counter), when known."""
     if before is None or after is None or len(before) < 8:
-        return ""
+        return None
     delta = [b - a for a, b in zip(before, after, strict=True)]
-    return f"; host steal {100 * delta[7] / max(1, sum(delta)):.1f}%"
+    return 100 * delta[7] / max(1, sum(delta))
+
+
+def steal_share(before: list[int] | None, after: list[int] | None) -> str:
+    share = steal_percent(before, after)
+    return "" if share is None else f"; host steal {share:.1f}%"
 
 
 def main() -> None:

@@ -25,15 +25,14 @@ def mark(event: str, *values: int | bool | str) -> None:
 
 
 def watch_gc() -> None:
-    """Also record every garbage collection: (end ns, "gc", generation, duration us, objects collected)."""
+    """Also record every garbage collection: (ns at its end, "gc", generation, duration us, objects collected)."""
     started = [0]
 
     def on_gc(phase: str, info: dict) -> None:
         if phase == "start":
             started[0] = time.monotonic_ns()
         else:
-            end = time.monotonic_ns()
-            _events.append((end, "gc", info["generation"], (end - started[0]) // 1000, info["collected"]))
+            mark("gc", info["generation"], (time.monotonic_ns() - started[0]) // 1000, info["collected"])
 
     gc.callbacks.append(on_gc)
 

@@ -85,6 +85,31 @@ def gc_pauses(traces: dict[str, list[list]]) -> str:
     return f"garbage collections during the run: {len(pauses)}, longest {max(pauses, default=0.0):.2f} ms"
 
 
+def cpu_and_queue(traces: dict[str, list[list]], steps: int) -> list[str]:
+    """Per process, ms per env step that its event-loop thread and its ZeroMQ I/O thread ran on a CPU and
+    waited, runnable, for one (the two schedstat snapshots around the loop), and their time slices."""
+    lines = ["| process | loop thread: CPU / waiting for a CPU (ms per step) | ZeroMQ I/O thread: CPU / waiting |"
+             " slices per step (both) |", "|---|---|---|---|"]
+    for name, events in sorted(traces.items()):
+        snaps: dict[str, list[list]] = defaultdict(list)
+        for e in events:
+            if e[1] == "sched":
+                snaps[e[2]].append(e[3:6])
+        io = [k for k in snaps if k.startswith("ZMQbg/IO")]
+        cells, slices = [], 0.0
+        for keys in (["loop"], io):
+            done = [snaps[k] for k in keys if len(snaps[k]) == 2]
+            if not done:
+                cells.append("-")
+                continue
+            cpu = sum(b[0] - a[0] for a, b in done) / 1e6 / steps
+            wait = sum(b[1] - a[1] for a, b in done) / 1e6 / steps
+            slices += sum(b[2] - a[2] for a, b in done) / steps
+            cells.append(f"{cpu:.2f} / {wait:.2f}")
+        lines.append(f"| {name} | {cells[0]} | {cells[1]} | {slices:.1f} |")
+    return lines
+
+
 def cpu_ticks() -> list[int] | None:
     """The machine's CPU time counters (Linux /proc/stat), to tell how much the host took from this VM."""
     try:
@@ -142,6 +167,8 @@ def main() -> None:
             print(f"| {text} | {p50:.2f} | {p90:.2f} | {p99:.2f} |")
     print("\nevent-loop wake-ups per env step: " + ", ".join(f"{k} {v:.1f}" for k, v in sorted(wakes.items())))
     print(gc_pauses(traces))
+    print("\nwhere each process's time went, from the scheduler's counters over the whole run:\n")
+    print("\n".join(cpu_and_queue(traces, max(1, rep["env_steps"]))))
 
 
 if __name__ == "__main__":

@@ -118,7 +118,11 @@ def run_role(role: str, settings: SwarmSettings, name: str, bind: str, *, contro
         else:
             raise RmioError(f"unknown role '{role}'")
         _freeze_startup_objects()
+        if timeline.ENABLED:
+            timeline.sched_snapshot()
         process.run()
+        if timeline.ENABLED:
+            timeline.sched_snapshot()
     except Stop as why:
         log.info("%s stopping: %s", name, why)
     finally:

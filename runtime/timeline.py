@@ -3,9 +3,10 @@
 A process started with RMIO_TRACE set records (monotonic ns, event, values...) at the milestones of
 a step (STEP fan-out and receipt, streamed push sent and received, world model started, RECONs
 sent and received, ACTION sent and received, every wake-up of the event loop, every garbage
-collection) and writes them to ``DIR/<name>.json`` when it exits; ``bench/swarm_timeline.py``
-lines them up against the env host's fan-out. The clock is system-wide, so the processes of one
-machine compare. When off (the default) a milestone costs one attribute test at its call site.
+collection, each thread's scheduler counters when the loop starts and ends) and writes them to
+``DIR/<name>.json`` when it exits; ``bench/swarm_timeline.py`` lines them up against the env host's
+fan-out. The clock is system-wide, so the processes of one machine compare. When off (the default)
+a milestone costs one attribute test at its call site.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import gc
 import json
 import os
+import threading
 import time
 from pathlib import Path
 
@@ -35,6 +37,24 @@ def watch_gc() -> None:
             mark("gc", info["generation"], (time.monotonic_ns() - started[0]) // 1000, info["collected"])
 
     gc.callbacks.append(on_gc)
+
+
+def sched_snapshot() -> None:
+    """Record, for every thread of this process, its CPU time, its time waiting for a CPU while runnable,
+    and its time slices (Linux ``/proc/self/task/*/schedstat``): (ns, "sched", thread, cpu ns, wait ns,
+    slices), thread = "loop" for the calling (event-loop) thread, else "name/tid". Two snapshots tell
+    whether a process's time went into work or into a queue for the CPU."""
+    try:
+        tids = os.listdir("/proc/self/task")
+    except OSError:  # not Linux
+        return
+    for tid in tids:
+        try:
+            comm = Path(f"/proc/self/task/{tid}/comm").read_text().strip()
+            cpu, wait, slices = (int(x) for x in Path(f"/proc/self/task/{tid}/schedstat").read_text().split()[:3])
+        except (OSError, ValueError):  # the thread ended, or no schedstat in this kernel
+            continue
+        mark("sched", "loop" if int(tid) == threading.get_native_id() else f"{comm}/{tid}", cpu, wait, slices)
 
 
 def dump(name: str) -> None:

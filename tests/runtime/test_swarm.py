@@ -166,3 +166,6 @@ def test_traced_swarm_writes_a_consistent_timeline(bundle: Path, tmp_path: Path,
     first_fanout = min(fanout.values())
     for name, events in traces.items():  # each process ran a full collection before its loop, then froze
         assert any(e[1] == "gc" and e[2] == 2 and e[0] < first_fanout for e in events), name
+        # and recorded its threads' scheduler counters around the loop: the loop's thread ran in between
+        loop = [e for e in events if e[1] == "sched" and e[2] == "loop"]
+        assert len(loop) == 2 and loop[0][0] < first_fanout < loop[1][0] and loop[1][3] > loop[0][3], (name, loop)

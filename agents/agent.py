@@ -18,6 +18,7 @@ from collections import Counter
 
 import numpy as np
 
+from rmio.agents.sync import HistorySync
 from rmio.coordinator.service import Coordinator
 from rmio.runtime import timeline
 from rmio.runtime.bundle import load_manifest
@@ -55,9 +56,7 @@ class Agent:
         self.awaiting: tuple[int, int] | None = None
         self.await_deadline = 0.0
         self.lost_reports: dict[tuple[int, int], set[int]] = {}
-        self.pending_gathers: list[Message] = []
-        self.stream: tuple[str, int, tuple[int, int], int] | None = None
-        """(coordinator, epoch, after (ep, t), until seq): stream our steps after ``after`` to it."""
+        self.sync = HistorySync(self)
         self.peer_inc: dict[str, int] = {}
         self.last_env = time.monotonic()
         self.samples = Samples()
@@ -113,7 +112,7 @@ class Agent:
         todo = {"env", *self.peers} | ({"wm"} if "wm" in self.node.peers else set())
         while "env" in todo or (todo and time.monotonic() < start + 3.0):
             for peer in sorted(todo):
-                if self._send(peer, "HELLO", inc=self.inc, role="agent", epoch=self.view.epoch,
+                if self.send(peer, "HELLO", inc=self.inc, role="agent", epoch=self.view.epoch,
                               leader=self.view.leader):
                     todo.discard(peer)
             if "env" in todo and time.monotonic() > start + self.settings.startup_timeout_s:
@@ -124,7 +123,8 @@ class Agent:
         log.info("%s: greeted in %.3f s%s", self.name, time.monotonic() - start,
                  f", not {sorted(todo)}" if todo else "")
 
-    def _send(self, to: str, msg_type: str, arrays: tuple = (), **fields: object) -> bool:
+    def send(self, to: str, msg_type: str, arrays: tuple = (), **fields: object) -> bool:
+        """Send to a peer; a send that fails (no live connection) marks an agent down at once."""
         ok = self.node.send(to, msg_type, arrays, **fields)
         if ok:
             self.live.sent(to, time.monotonic())
@@ -234,7 +234,7 @@ class Agent:
         self.ring.put_obs(t, obs, obs is not None)
         if obs is not None:
             # o_t and a_{t-1} do not depend on a_t: a pending round's data goes out (or is used) first
-            self._push(ep, t)
+            self.sync.push(ep, t)
             if self.coord is not None:
                 self.coord.own_step(ep, t, now)
             self._act(ep, t, obs, "obs")
@@ -245,9 +245,9 @@ class Agent:
         else:
             self.awaiting = (ep, t)
             self.await_deadline = now + self.settings.deadline_s("recon")
-            if not self._push(ep, t):  # a streamed blind step is our loss report
+            if not self.sync.push(ep, t):  # a streamed blind step is our loss report
                 self._report_loss(ep, t)
-        self._answer_gathers()
+        self.sync.answer()
         self._maybe_claim(ep, t)  # the event loop then polls the coordinator's rounds, as after every message
 
     def _act(self, ep: int, t: int, obs: np.ndarray, kind: str) -> None:
@@ -257,7 +257,7 @@ class Agent:
             self.ring.obs[t] = np.asarray(obs, np.float32)
         self.ring.put_action(t, action)
         tx = sum(self.node.stats.tx_msgs.values()) - self.node.stats.tx_msgs["ACTION"]
-        self._send("env", "ACTION", (action,), ep=ep, step=t, kind=kind, epoch=self.view.epoch,
+        self.send("env", "ACTION", (action,), ep=ep, step=t, kind=kind, epoch=self.view.epoch,
                    leader=self.view.leader, tx=tx)
         if timeline.ENABLED:
             timeline.mark("acted", self.seq)
@@ -269,38 +269,6 @@ class Agent:
         self.counts[f"act_{kind}"] += 1
         if self.settings.record:
             self.records.append((ep, t, kind, np.asarray(obs, np.float32).copy(), np.asarray(action).copy()))
-
-    def _push(self, ep: int, t: int) -> bool:
-        """Stream step t (our observation or its absence, and a_{t-1}) to the coordinator we are
-        subscribed to, if the subscription still holds; True when sent."""
-        if self.stream is None:
-            return False
-        leader, epoch, after, until = self.stream
-        if self.seq > until or epoch != self.view.epoch or leader != f"a{self.view.leader}" \
-                or not self.live.alive(leader, time.monotonic()):
-            self.stream = None
-            return False
-        if (ep, t) <= after:
-            return False
-        act_from = max(0, t - 1)
-        seen, known, obs, act = self.ring.serve_step(t)
-        if not self._send(leader, "HISTORY", (obs, act), ep=ep, step=t, epoch=epoch, obs_from=t, act_from=act_from,
-                          seen=seen, known=known, push=True):
-            return False
-        self.counts["pushes"] += 1
-        if timeline.ENABLED:
-            timeline.mark("pushed", self.seq)
-        return True
-
-    def _on_stream(self, msg: Message, now: float) -> None:
-        if not self._from_coordinator(msg):
-            return
-        if msg["until"] < 0:
-            self.stream = None
-        elif self.stream is not None and self.stream[0] == msg.src and self.stream[1] == msg["epoch"]:
-            self.stream = (msg.src, msg["epoch"], self.stream[2], msg["until"])
-        else:  # a renewal for a subscription we do not hold (we restarted): start from our next step
-            self.stream = (msg.src, msg["epoch"], (self.ep, self.t), msg["until"])
 
     # -- loss reports and election --------------------------------------------------------
 
@@ -315,25 +283,25 @@ class Agent:
                 assert self.coord is not None
                 self.coord.on_loss(ep, t, self.i, time.monotonic())
                 return
-            if self._send(f"a{self.view.leader}", "LOST", ep=ep, step=t, epoch=self.view.epoch,
+            if self.send(f"a{self.view.leader}", "LOST", ep=ep, step=t, epoch=self.view.epoch,
                           leader=self.view.leader, bcast=False) or self.awaiting == (ep, t):
                 return  # sent; or the coordinator is unreachable and _peer_down already told everyone
         self.counts["lost_broadcast"] += 1
         for peer in self.peers:
             if peer not in self.live.down:
-                self._send(peer, "LOST", ep=ep, step=t, epoch=self.view.epoch, leader=self.view.leader, bcast=True)
+                self.send(peer, "LOST", ep=ep, step=t, epoch=self.view.epoch, leader=self.view.leader, bcast=True)
         self._maybe_claim(ep, t)
 
     def _on_lost(self, msg: Message, now: float) -> None:
         ep, t, j = msg["ep"], msg["step"], int(msg.src[1:])
-        if not self._near(ep, t):
+        if not self.near(ep, t):
             self.node.count_drop("stale_step")
             return
         self.lost_reports.setdefault((ep, t), set()).add(j)
         self._gossip(msg, now)
         if self.view.leader == self.i and self.coord is not None:
             if msg["epoch"] < self.view.epoch:  # it does not know us yet
-                self._send(msg.src, "COORD", epoch=self.view.epoch, leader=self.i)
+                self.send(msg.src, "COORD", epoch=self.view.epoch, leader=self.i)
             self.coord.on_loss(ep, t, j, now)
         else:
             self._maybe_claim(ep, t)
@@ -354,7 +322,7 @@ class Agent:
         self._become(View.of(self.max_epoch, self.i))
         for peer in self.peers:
             if peer not in self.live.down:
-                self._send(peer, "COORD", epoch=self.view.epoch, leader=self.i)
+                self.send(peer, "COORD", epoch=self.view.epoch, leader=self.i)
         assert self.coord is not None
         for j in sorted(reports):
             self.coord.on_loss(ep, t, j, now)
@@ -375,7 +343,7 @@ class Agent:
             self.coord.close()
             self.coord = None
 
-    def _near(self, ep: int, t: int) -> bool:
+    def near(self, ep: int, t: int) -> bool:
         """A step a peer may legitimately talk about now: ours, one either side, or the next episode's start."""
         return (ep == self.ep and self.t - 1 <= t <= self.t + 1) or (ep == self.ep + 1 and t <= 1)
 
@@ -405,7 +373,7 @@ class Agent:
         elif self._from_coordinator(msg):
             return
         if View.of(msg["epoch"], msg["leader"]) < self.view:  # tell the stale claimer what we know
-            self._send(msg.src, "COORD", epoch=self.view.epoch, leader=self.view.leader)
+            self.send(msg.src, "COORD", epoch=self.view.epoch, leader=self.view.leader)
 
     def _on_liveness(self, msg: Message, now: float) -> None:
         if msg.type == "HELLO":
@@ -416,40 +384,19 @@ class Agent:
                     self.counts["peer_rejoined"] += 1
                     if self.coord is not None:
                         self.coord.forget(int(msg.src[1:]))
-                self._send(msg.src, "HELLO", inc=self.inc, role="agent", epoch=self.view.epoch,
+                self.send(msg.src, "HELLO", inc=self.inc, role="agent", epoch=self.view.epoch,
                            leader=self.view.leader)
         self._gossip(msg, now)
 
     # -- history sync (every agent) and reconstruction (blind agents) ----------------------
 
     def _on_gather(self, msg: Message, now: float) -> None:
-        if not self._from_coordinator(msg):
-            return
-        t, lo = msg["step"], min(msg["obs_from"], msg["act_from"])
-        if not self._near(msg["ep"], t) or t - lo > self.l + 1 or lo > t:
-            self.node.count_drop("bad_range", f"gather {msg['ep']}/{lo}..{t}")
-            return
-        self.pending_gathers.append(msg)
-        if msg["stream"] >= 0:  # stream the steps after this one; GATHER answers cover up to it
-            self.stream = (msg.src, msg["epoch"], (msg["ep"], t), msg["stream"])
-        elif self.stream is not None and self.stream[0] == msg.src:
-            self.stream = None
-        self._answer_gathers()
+        if self._from_coordinator(msg):
+            self.sync.on_gather(msg)
 
-    def _answer_gathers(self) -> None:
-        keep = []
-        for msg in self.pending_gathers:
-            ep, t = msg["ep"], msg["step"]
-            if (ep, t) > (self.ep, self.t):
-                if ep == self.ep or ep == self.ep + 1:
-                    keep.append(msg)  # our step t has not arrived yet: answer when it does
-                continue
-            if ep != self.ep:
-                continue
-            seen, known, obs, act = self.ring.serve(msg["obs_from"], msg["act_from"], t)
-            self._send(msg.src, "HISTORY", (obs, act), ep=ep, step=t, epoch=msg["epoch"], obs_from=msg["obs_from"],
-                       act_from=msg["act_from"], seen=seen, known=known, push=False)
-        self.pending_gathers = keep[-8:]
+    def _on_stream(self, msg: Message, now: float) -> None:
+        if self._from_coordinator(msg):
+            self.sync.on_stream(msg)
 
     def _on_history(self, msg: Message, now: float) -> None:
         if self.coord is None:
@@ -497,7 +444,7 @@ class Agent:
             for key, values in self.coord.samples.data.items():
                 samples.data[key] = values
         names, arrays = samples.arrays()
-        self._send(msg.src, "STATS", tuple(arrays), counts=counts, names=names)
+        self.send(msg.src, "STATS", tuple(arrays), counts=counts, names=names)
 
     def _on_bye(self, msg: Message, now: float) -> None:
         self.running = False

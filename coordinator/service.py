@@ -182,7 +182,7 @@ class Coordinator:
         obs_from, act_from = self.cache.need(j, r.t)
         until = seq_t + self.stream_steps if self.stream_steps > 0 else -1
         agent = self.agent
-        if agent._send(f"a{j}", "GATHER", ep=r.ep, step=r.t, epoch=agent.view.epoch, obs_from=obs_from,
+        if agent.send(f"a{j}", "GATHER", ep=r.ep, step=r.t, epoch=agent.view.epoch, obs_from=obs_from,
                        act_from=act_from, stream=until):
             r.asked[j] = (obs_from, act_from)
             r.waiting.add(j)
@@ -196,7 +196,7 @@ class Coordinator:
         until = self.streaming.get(j, -1)
         if self.stream_steps > 0 and until - seq_t < self.stream_steps // 2:
             until = seq_t + self.stream_steps
-            if self.agent._send(f"a{j}", "STREAM", epoch=self.agent.view.epoch, until=until):
+            if self.agent.send(f"a{j}", "STREAM", epoch=self.agent.view.epoch, until=until):
                 self.streaming[j] = until
 
     def own_step(self, ep: int, t: int, now: float) -> None:
@@ -341,7 +341,7 @@ class Coordinator:
         self._rid += 1
         r.rid = self._rid
         arrays = (obs_w, act_w, masks) + ((state.h[0], state.z[0]) if state is not None else ())
-        if not self.agent._send("wm", "WM_REQ", arrays, ep=r.ep, step=r.t, rid=r.rid, cont=state is not None):
+        if not self.agent.send("wm", "WM_REQ", arrays, ep=r.ep, step=r.t, rid=r.rid, cont=state is not None):
             self.counts["wm_node_unreachable"] += 1
             return False
         r.state = "wm"
@@ -391,6 +391,6 @@ class Coordinator:
         if j == agent.i:
             agent.deliver_recon(r.ep, r.t, row.copy(), r.chain_start, agent.view.epoch)
             self.counts["recon_self"] += 1
-        elif agent._send(f"a{j}", "RECON", (row,), ep=r.ep, step=r.t, epoch=agent.view.epoch, start=r.chain_start):
+        elif agent.send(f"a{j}", "RECON", (row,), ep=r.ep, step=r.t, epoch=agent.view.epoch, start=r.chain_start):
             self.counts["recon_sent"] += 1
 

@@ -43,7 +43,8 @@ _COUNT = struct.Struct("<H")
 
 class PlainNode:
     """Node's interface (send, poll, connect, endpoint, close) over one bound Unix datagram socket: the
-    kernel keeps each message whole, the same codec fills it, and no thread runs but the caller's."""
+    kernel keeps each message whole, the same codec fills it, and no thread runs but the caller's.
+    Enough for the skeleton (one machine, messages under 64 KiB, no reconnection or monitoring)."""
 
     def __init__(self, name: str, directory: str) -> None:
         self.name, self.endpoint = name, os.path.join(directory, f"{name}.sock")
@@ -249,7 +250,7 @@ def skeleton_round(n: int, steps: int, obs_dim: int = 17, warmup: int = 50,
                 leftover.unlink()
             os.rmdir(plain_dir)
     return {"p50": float(np.percentile(rounds, 50)), "p99": float(np.percentile(rounds, 99)),
-            "steps_per_s": steps / elapsed}
+            "steps_per_s": steps / elapsed, "rounds": len(rounds)}
 
 
 def main() -> None:

@@ -113,7 +113,7 @@ class Agent:
         while "env" in todo or (todo and time.monotonic() < start + 3.0):
             for peer in sorted(todo):
                 if self.send(peer, "HELLO", inc=self.inc, role="agent", epoch=self.view.epoch,
-                              leader=self.view.leader):
+                             leader=self.view.leader):
                     todo.discard(peer)
             if "env" in todo and time.monotonic() > start + self.settings.startup_timeout_s:
                 raise Stop("env host unreachable")
@@ -258,7 +258,7 @@ class Agent:
         self.ring.put_action(t, action)
         tx = sum(self.node.stats.tx_msgs.values()) - self.node.stats.tx_msgs["ACTION"]
         self.send("env", "ACTION", (action,), ep=ep, step=t, kind=kind, epoch=self.view.epoch,
-                   leader=self.view.leader, tx=tx)
+                  leader=self.view.leader, tx=tx)
         if timeline.ENABLED:
             timeline.mark("acted", self.seq)
         end = now_ns()
@@ -284,7 +284,7 @@ class Agent:
                 self.coord.on_loss(ep, t, self.i, time.monotonic())
                 return
             if self.send(f"a{self.view.leader}", "LOST", ep=ep, step=t, epoch=self.view.epoch,
-                          leader=self.view.leader, bcast=False) or self.awaiting == (ep, t):
+                         leader=self.view.leader, bcast=False) or self.awaiting == (ep, t):
                 return  # sent; or the coordinator is unreachable and _peer_down already told everyone
         self.counts["lost_broadcast"] += 1
         for peer in self.peers:
@@ -385,7 +385,7 @@ class Agent:
                     if self.coord is not None:
                         self.coord.forget(int(msg.src[1:]))
                 self.send(msg.src, "HELLO", inc=self.inc, role="agent", epoch=self.view.epoch,
-                           leader=self.view.leader)
+                          leader=self.view.leader)
         self._gossip(msg, now)
 
     # -- history sync (every agent) and reconstruction (blind agents) ----------------------

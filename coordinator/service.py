@@ -183,7 +183,7 @@ class Coordinator:
         until = seq_t + self.stream_steps if self.stream_steps > 0 else -1
         agent = self.agent
         if agent.send(f"a{j}", "GATHER", ep=r.ep, step=r.t, epoch=agent.view.epoch, obs_from=obs_from,
-                       act_from=act_from, stream=until):
+                      act_from=act_from, stream=until):
             r.asked[j] = (obs_from, act_from)
             r.waiting.add(j)
             if until >= 0:

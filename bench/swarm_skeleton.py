@@ -62,11 +62,16 @@ class PlainNode:
     def send(self, to: str, msg_type: str, arrays: tuple = (), **fields: Any) -> bool:
         frames = encode(msg_type, self.name, arrays, **fields)
         head = _COUNT.pack(len(frames)) + b"".join(struct.pack("<I", len(f)) for f in frames)
-        try:
-            self.sock.sendto(head + b"".join(frames), self.peers[to])
-        except (BlockingIOError, FileNotFoundError, ConnectionRefusedError, KeyError):
-            return False
-        return True
+        data, path = head + b"".join(frames), self.peers.get(to)
+        for _ in range(1000):
+            try:
+                self.sock.sendto(data, path)
+                return True
+            except BlockingIOError:  # the peer's queue (net.unix.max_dgram_qlen, often 10) is full
+                time.sleep(0.001)
+            except (FileNotFoundError, ConnectionRefusedError, TypeError):  # gone, or never connected
+                return False
+        return False
 
     def poll(self, timeout_ms: float) -> list[Message]:
         out = []

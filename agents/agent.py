@@ -28,14 +28,14 @@ from rmio.runtime.metrics import Samples
 from rmio.runtime.models import ActorRunner, WorldModelRunner
 from rmio.runtime.proc import Stop
 from rmio.runtime.settings import SwarmSettings
-from rmio.runtime.transport import Node, now_ns
+from rmio.runtime.transport import NodeBase, now_ns
 from rmio.runtime.wire import Message, WireError, encode
 
 log = logging.getLogger(__name__)
 
 
 class Agent:
-    def __init__(self, index: int, settings: SwarmSettings, node: Node, inc: int = 0) -> None:
+    def __init__(self, index: int, settings: SwarmSettings, node: NodeBase, inc: int = 0) -> None:
         self.i, self.name, self.settings, self.node, self.inc = index, f"a{index}", settings, node, inc
         scenario = settings.env.get("family", "") + "/" + settings.env.get("scenario", "")
         self.manifest = load_manifest(settings.bundle, expect_scenario=scenario)

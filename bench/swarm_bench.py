@@ -10,9 +10,11 @@ measured piece by piece with the same transport and codec: one gather round trip
 processes, one world-model window replay (l + 1 steps), one coordinator-to-agent message (half a
 round trip). Two skeleton swarms (bench/swarm_skeleton.py) give the floor of a whole streamed round
 when every process wakes for every step: the same processes and messages doing nothing else, and the
-same plus the compute a round cannot avoid (environment, actors, one world-model step). Longer runs
-then compare the streamed incremental round over tcp and over ipc (the launcher's default). Everything
-runs on this machine over loopback; other load on it shows in every number.
+same plus the compute a round cannot avoid (environment, actors, one world-model step). The round
+and its floors are measured over ZeroMQ (tcp) and over the UDP transport, which wakes one thread per
+message instead of three. Longer runs then compare the streamed incremental round over tcp, ipc (the
+launcher's default) and udp. Everything runs on this machine over loopback; other load on it shows
+in every number.
 """
 
 from __future__ import annotations
@@ -62,12 +64,14 @@ def run_swarm(bundle: Path, out: Path, **kw: Any) -> dict[str, Any]:
 # -- floors ---------------------------------------------------------------------------------
 
 
+BIND = {"tcp": "tcp://127.0.0.1:*", "udp": "udp://127.0.0.1:0"}
+
 ECHO = """
 import sys, time
-from rmio.runtime.transport import Node
+from rmio.runtime.transport import make_node
 import numpy as np
-name, ep_ctl, obs_dim = sys.argv[1], sys.argv[2], int(sys.argv[3])
-node = Node(name, "tcp://127.0.0.1:*", lambda s: True)
+name, ep_ctl, obs_dim, bind = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+node = make_node(name, bind, lambda s: True)
 node.connect("ctl", ep_ctl)
 while not node.send("ctl", "REGISTER", role="agent", endpoint=node.endpoint, pid=0, inc=0):
     node.poll(10)
@@ -85,16 +89,17 @@ while True:
 """
 
 
-def floors(n: int, bundle: Path, rounds: int) -> dict[str, tuple[float, float]]:
+def floors(n: int, bundle: Path, rounds: int, transport: str = "tcp") -> dict[str, tuple[float, float]]:
     """Gather round trip to n - 1 processes, a window replay, and a one-way message, each alone (ms)."""
     from rmio.runtime.models import WorldModelRunner
-    from rmio.runtime.transport import Node
+    from rmio.runtime.transport import make_node
 
     wm = WorldModelRunner(bundle)
     man = wm.manifest
     d, window = man.spec.obs_dim, man.history_window
-    ctl = Node("ctl", "tcp://127.0.0.1:*", lambda s: True)
-    procs = [subprocess.Popen([sys.executable, "-c", ECHO, f"a{i}", ctl.endpoint, str(d)]) for i in range(1, n)]
+    ctl = make_node("ctl", BIND[transport], lambda s: True)
+    procs = [subprocess.Popen([sys.executable, "-c", ECHO, f"a{i}", ctl.endpoint, str(d), BIND[transport]])
+             for i in range(1, n)]
     try:
         peers = set()
         deadline = time.monotonic() + 60
@@ -208,44 +213,49 @@ def main() -> None:
     print(f"\nraw numbers: {args.out / 'results.json'}")
 
 
-ROUND_MODES = (("window", None), ("incremental", None), ("incremental", 0))
-"""(wm_mode, stream_steps): streamed window replay, streamed incremental, incremental pull-only (a GATHER
-every round, the first version's protocol)."""
+ROUND_MODES = (("tcp", "window", None), ("tcp", "incremental", None), ("tcp", "incremental", 0),
+               ("udp", "incremental", None))
+"""(transport, wm_mode, stream_steps): over ZeroMQ, streamed window replay, streamed incremental and
+incremental pull-only (a GATHER every round, the first version's protocol); over UDP, streamed incremental."""
 
 
 def rounds_table(bundles: dict[int, Path], out: Path, steps: int, rounds: int, results: dict[str, Any]) -> None:
     from swarm_skeleton import skeleton_round
 
     print("## Reconstruction round (p_loss 0.2, free-running, deadline 100 ms) against its floors\n")
-    print("| agents | mode | round p50 / p99 ms | rounds without GATHER | gather RTT | wm replay (window / 1 step) | "
-          "one-way msg | floor p50 / p99 ms | skeleton swarm p50 / p99 ms | skeleton + compute p50 / p99 ms |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("| agents | transport | mode | round p50 / p99 ms | rounds without GATHER | gather RTT | "
+          "wm replay (window / 1 step) | one-way msg | floor p50 / p99 ms | skeleton swarm p50 / p99 ms | "
+          "skeleton + compute p50 / p99 ms |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for n, bundle in bundles.items():
-        fl = floors(n, bundle, rounds)
-        sk = skeleton_round(n, max(steps, 1000), obs_dim=fl["obs_dim"])
-        skc = skeleton_round(n, max(steps, 1000), bundle=bundle)
-        results[f"floor_{n}"], results[f"skeleton_{n}"], results[f"skeleton_compute_{n}"] = fl, sk, skc
-        for mode, stream in ROUND_MODES:
-            name = f"{mode}, {'pull only' if stream == 0 else 'streamed'}"
-            rep = run_swarm(bundle, out / f"round-{n}-{mode}-{stream}", steps=steps, transport="tcp", wm_mode=mode,
-                            stream_steps=stream, loss={"model": "bernoulli", "p_loss": 0.2})
-            r = lat(rep, "reconstruction_round (blind agent)")
-            ev = rep["events"]
-            wm_key = "wm_window_replay" if mode == "window" else "wm_one_step"
-            floor = tuple(fl["gather_rtt"][i] + fl[wm_key][i] + fl["one_way_message"][i] for i in (0, 1))
-            no_gather = ev.get("agents.rounds_without_gather", 0) / max(ev.get("agents.rounds", 0), 1)
-            results[f"round_{n}_{mode}_{stream}"] = {"round": r, "floor": floor, "no_gather": no_gather,
-                                                     "misses": ev.get("agents.recon_miss", 0)}
-            print(f"| {n} | {name} | {r[0]:.2f} / {r[1]:.2f} | {100 * no_gather:.0f}% | "
-                  f"{fl['gather_rtt'][0]:.2f} / {fl['gather_rtt'][1]:.2f} | "
-                  f"{fl['wm_window_replay'][0]:.2f} / {fl['wm_one_step'][0]:.3f} | "
-                  f"{fl['one_way_message'][0]:.3f} | {floor[0]:.2f} / {floor[1]:.2f} | "
-                  f"{sk['p50']:.2f} / {sk['p99']:.2f} | {skc['p50']:.2f} / {skc['p99']:.2f} |")
+        for transport in sorted({mode[0] for mode in ROUND_MODES}):
+            fl = floors(n, bundle, rounds, transport)
+            sk = skeleton_round(n, max(steps, 1000), obs_dim=fl["obs_dim"], transport=transport)
+            skc = skeleton_round(n, max(steps, 1000), bundle=bundle, transport=transport)
+            key = f"{n}_{transport}"
+            results[f"floor_{key}"], results[f"skeleton_{key}"], results[f"skeleton_compute_{key}"] = fl, sk, skc
+            for _, mode, stream in (m for m in ROUND_MODES if m[0] == transport):
+                name = f"{mode}, {'pull only' if stream == 0 else 'streamed'}"
+                rep = run_swarm(bundle, out / f"round-{n}-{transport}-{mode}-{stream}", steps=steps,
+                                transport=transport, wm_mode=mode, stream_steps=stream,
+                                loss={"model": "bernoulli", "p_loss": 0.2})
+                r = lat(rep, "reconstruction_round (blind agent)")
+                ev = rep["events"]
+                wm_key = "wm_window_replay" if mode == "window" else "wm_one_step"
+                floor = tuple(fl["gather_rtt"][i] + fl[wm_key][i] + fl["one_way_message"][i] for i in (0, 1))
+                no_gather = ev.get("agents.rounds_without_gather", 0) / max(ev.get("agents.rounds", 0), 1)
+                results[f"round_{key}_{mode}_{stream}"] = {"round": r, "floor": floor, "no_gather": no_gather,
+                                                           "misses": ev.get("agents.recon_miss", 0)}
+                print(f"| {n} | {transport} | {name} | {r[0]:.2f} / {r[1]:.2f} | {100 * no_gather:.0f}% | "
+                      f"{fl['gather_rtt'][0]:.2f} / {fl['gather_rtt'][1]:.2f} | "
+                      f"{fl['wm_window_replay'][0]:.2f} / {fl['wm_one_step'][0]:.3f} | "
+                      f"{fl['one_way_message'][0]:.3f} | {floor[0]:.2f} / {floor[1]:.2f} | "
+                      f"{sk['p50']:.2f} / {sk['p99']:.2f} | {skc['p50']:.2f} / {skc['p99']:.2f} |")
 
 
 def transport_table(bundles: dict[int, Path], out: Path, steps: int, repeats: int, results: dict[str, Any]) -> None:
-    """Longer runs (3 episodes of ``steps``) of the streamed incremental round, tcp and ipc alternating, so
-    that host load hits both alike; each run shows the share of CPU time the hypervisor took (steal)."""
+    """Longer runs (3 episodes of ``steps``) of the streamed incremental round, tcp, ipc and udp alternating,
+    so that host load hits all alike; each run shows the share of CPU time the hypervisor took (steal)."""
     from swarm_timeline import cpu_ticks, steal_percent
 
     print(f"\n## Streamed incremental round by transport (p_loss 0.2, {3 * steps} steps per run, runs alternating)\n")
@@ -253,7 +263,7 @@ def transport_table(bundles: dict[int, Path], out: Path, steps: int, repeats: in
     print("|---|---|---|---|---|---|---|")
     for n, bundle in bundles.items():
         for k in range(repeats):
-            for transport in ("tcp", "ipc"):
+            for transport in ("tcp", "ipc", "udp"):
                 ticks = cpu_ticks()
                 rep = run_swarm(bundle, out / f"transport-{n}-{transport}-{k}", steps=steps, transport=transport,
                                 wm_mode="incremental", loss={"model": "bernoulli", "p_loss": 0.2})

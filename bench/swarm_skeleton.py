@@ -9,96 +9,35 @@ agent's STEP-to-RECON time is what a round costs on this machine when all n + 1 
 for every step, which is what the real swarm does; the gap to the real round is our own work
 (onnxruntime calls, MuJoCo, bookkeeping).
 
-With ``--plain`` the same skeleton runs over plain Unix datagram sockets, one event loop per process
-and no other thread, instead of ZeroMQ: a ZeroMQ message wakes three threads (the sender's and the
-receiver's I/O threads, then the receiver's loop), a plain datagram one. The difference is what the
-I/O threads cost a round on this machine.
+With ``--transport udp`` the same skeleton runs over the runtime's UDP transport
+(``rmio.runtime.datagram``): one event loop per process and no other thread, where a ZeroMQ message
+wakes three threads (the sender's and the receiver's I/O threads, then the receiver's loop) and a
+datagram one. The difference is what the I/O threads cost a round on this machine.
 
     python bench/swarm_skeleton.py --agents 6 --steps 2000
-    python bench/swarm_skeleton.py --agents 6 --steps 2000 --plain
+    python bench/swarm_skeleton.py --agents 6 --steps 2000 --transport udp
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import select
-import socket
-import struct
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from rmio.runtime.transport import Node
-from rmio.runtime.wire import Message, decode, encode
+from rmio.runtime.transport import NodeBase
+from rmio.runtime.transport import make_node as runtime_node
 
-_COUNT = struct.Struct("<H")
-
-
-class PlainNode:
-    """Node's interface (send, poll, connect, endpoint, close) over one bound Unix datagram socket: the
-    kernel keeps each message whole, the same codec fills it, and no thread runs but the caller's.
-    Enough for the skeleton (one machine, messages under 64 KiB, no reconnection or monitoring)."""
-
-    def __init__(self, name: str, directory: str) -> None:
-        self.name, self.endpoint = name, os.path.join(directory, f"{name}.sock")
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
-        self.sock.bind(self.endpoint)
-        self.sock.setblocking(False)
-        self.poller = select.epoll()
-        self.poller.register(self.sock.fileno(), select.EPOLLIN)
-        self.peers: dict[str, str] = {}
-
-    def connect(self, peer: str, endpoint: str) -> None:
-        self.peers[peer] = endpoint
-
-    def send(self, to: str, msg_type: str, arrays: tuple = (), **fields: Any) -> bool:
-        frames = encode(msg_type, self.name, arrays, **fields)
-        head = _COUNT.pack(len(frames)) + b"".join(struct.pack("<I", len(f)) for f in frames)
-        data, path = head + b"".join(frames), self.peers.get(to)
-        for _ in range(1000):
-            try:
-                self.sock.sendto(data, path)
-                return True
-            except BlockingIOError:  # the peer's queue (net.unix.max_dgram_qlen, often 10) is full
-                time.sleep(0.001)
-            except (FileNotFoundError, ConnectionRefusedError, TypeError):  # gone, or never connected
-                return False
-        return False
-
-    def poll(self, timeout_ms: float) -> list[Message]:
-        out = []
-        if self.poller.poll(timeout_ms / 1000.0):
-            while True:
-                try:
-                    data, sender = self.sock.recvfrom(1 << 16)
-                except BlockingIOError:
-                    break
-                (count,), at = _COUNT.unpack_from(data), _COUNT.size
-                sizes = struct.unpack_from(f"<{count}I", data, at)
-                at += 4 * count
-                frames = []
-                for size in sizes:
-                    frames.append(data[at:at + size])
-                    at += size
-                out.append(decode(frames, sender=os.path.basename(sender)[:-5]))
-        return out
-
-    def close(self) -> None:
-        self.poller.close()
-        self.sock.close()
-        os.unlink(self.endpoint)
+ENDPOINTS = {"tcp": "tcp://127.0.0.1:*", "udp": "udp://127.0.0.1:0"}
 
 
-def make_node(name: str, plain_dir: str | None) -> Node | PlainNode:
-    return PlainNode(name, plain_dir) if plain_dir else Node(name, "tcp://127.0.0.1:*", lambda s: True)
+def make_node(name: str, transport: str) -> NodeBase:
+    return runtime_node(name, ENDPOINTS[transport], lambda s: True)
 
 
 class Compute:
@@ -128,8 +67,8 @@ class Compute:
 
 
 def agent(name: str, env_endpoint: str, n: int, obs_dim: int, bundle: str | None = None,
-          plain_dir: str | None = None) -> None:
-    node = make_node(name, plain_dir)
+          transport: str = "tcp") -> None:
+    node = make_node(name, transport)
     node.connect("env", env_endpoint)
     while not node.send("env", "REGISTER", role="agent", endpoint=node.endpoint, pid=0, inc=0):
         node.poll(10)
@@ -202,16 +141,14 @@ class Observations:
 
 
 def skeleton_round(n: int, steps: int, obs_dim: int = 17, warmup: int = 50,
-                   bundle: str | Path | None = None, plain: bool = False) -> dict[str, float]:
+                   bundle: str | Path | None = None, transport: str = "tcp") -> dict[str, float]:
     """Round p50/p99 (ms) at the blind agent and the steps per second of a free-running skeleton swarm;
-    with ``bundle``, also doing the round's unavoidable compute; with ``plain``, over Unix datagram
-    sockets instead of ZeroMQ (see the module docstring)."""
+    with ``bundle``, also doing the round's unavoidable compute; ``transport`` tcp (ZeroMQ) or udp."""
     bundle = None if bundle is None else str(bundle)
     source = Observations(n, obs_dim, bundle)
     obs_dim = source.obs.shape[1]
-    plain_dir = tempfile.mkdtemp(prefix="rmio-plain-") if plain else None
-    extra = (["--bundle", bundle] if bundle is not None else []) + (["--plain-dir", plain_dir] if plain_dir else [])
-    env = make_node("env", plain_dir)
+    extra = (["--bundle", bundle] if bundle is not None else []) + ["--transport", transport]
+    env = make_node("env", transport)
     procs = [subprocess.Popen([sys.executable, __file__, "--agent", f"a{i}", "--env", env.endpoint, "--agents", str(n),
                                "--obs-dim", str(obs_dim), *extra], stdout=subprocess.PIPE, text=True)
              for i in range(n)]
@@ -250,10 +187,6 @@ def skeleton_round(n: int, steps: int, obs_dim: int = 17, warmup: int = 50,
             proc.wait(timeout=5)
         env.close()
         source.close()
-        if plain_dir:
-            for leftover in Path(plain_dir).glob("*.sock"):
-                leftover.unlink()
-            os.rmdir(plain_dir)
     return {"p50": float(np.percentile(rounds, 50)), "p99": float(np.percentile(rounds, 99)),
             "steps_per_s": steps / elapsed, "rounds": len(rounds)}
 
@@ -264,16 +197,15 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--obs-dim", type=int, default=17)
     parser.add_argument("--bundle", default=None, help="also run the bundle's actor, world model and environment")
-    parser.add_argument("--plain", action="store_true", help="Unix datagram sockets instead of ZeroMQ")
-    parser.add_argument("--plain-dir", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--transport", choices=sorted(ENDPOINTS), default="tcp", help="ZeroMQ over tcp, or UDP")
     parser.add_argument("--agent", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--env", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.agent is not None:
-        agent(args.agent, args.env, args.agents, args.obs_dim, args.bundle, args.plain_dir)
+        agent(args.agent, args.env, args.agents, args.obs_dim, args.bundle, args.transport)
         return
-    r = skeleton_round(args.agents, args.steps, args.obs_dim, bundle=args.bundle, plain=args.plain)
-    what = (" with compute" if args.bundle else "") + (", plain sockets" if args.plain else "")
+    r = skeleton_round(args.agents, args.steps, args.obs_dim, bundle=args.bundle, transport=args.transport)
+    what = (" with compute" if args.bundle else "") + f", {args.transport}"
     print(f"{args.agents} agents{what}: skeleton round p50 {r['p50']:.2f} / p99 {r['p99']:.2f} ms, "
           f"{r['steps_per_s']:.0f} steps/s")
 

@@ -136,7 +136,7 @@ def main() -> None:
     parser.add_argument("--bundle", type=Path, default=None, help="6-agent bundle (default: tiny random, l = 20)")
     parser.add_argument("--steps", type=int, default=1000, help="steps per episode (3 episodes)")
     parser.add_argument("--p-loss", type=float, default=0.2)
-    parser.add_argument("--transport", choices=("tcp", "ipc"), default="tcp",
+    parser.add_argument("--transport", choices=("tcp", "ipc", "udp"), default="tcp",
                         help="tcp (loopback, as the bench reports) or ipc (the launcher's default)")
     parser.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "rmio-swarm-timeline")
     args = parser.parse_args()

@@ -21,14 +21,14 @@ from rmio.runtime.metrics import Samples
 from rmio.runtime.models import LatentState, WorldModelRunner
 from rmio.runtime.proc import Stop
 from rmio.runtime.settings import SwarmSettings
-from rmio.runtime.transport import Node, now_ns
+from rmio.runtime.transport import NodeBase, now_ns
 from rmio.runtime.wire import Message, WireError
 
 log = logging.getLogger(__name__)
 
 
 class WorldModelNode:
-    def __init__(self, settings: SwarmSettings, node: Node, inc: int = 0, device: str = "cuda") -> None:
+    def __init__(self, settings: SwarmSettings, node: NodeBase, inc: int = 0, device: str = "cuda") -> None:
         self.settings, self.node, self.inc = settings, node, inc
         self.manifest = load_manifest(settings.bundle)
         self.wm = WorldModelRunner(settings.bundle, self.manifest, device=device)

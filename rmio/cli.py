@@ -150,7 +150,7 @@ def collect(cfg: Any, out: Path | None, steps: int | None) -> None:
 @click.option("--episodes", type=click.IntRange(min=1), default=1, show_default=True,
               help="Episodes per setting (seeds 0, 1, ...).")
 @click.option("--steps", type=click.IntRange(min=1), default=300, show_default=True, help="Steps per episode.")
-@click.option("--transport", type=click.Choice(["ipc", "tcp"]), default="ipc", show_default=True)
+@click.option("--transport", type=click.Choice(["ipc", "tcp", "udp"]), default="ipc", show_default=True)
 @click.option("--out", type=click.Path(path_type=Path), default=Path("results"), show_default=True)
 def demo(bundle: Path | None, p_loss: str, episodes: int, steps: int, transport: str, out: Path) -> None:
     """Launch the real swarm on the committed HalfCheetah 6x1 bundle under observation loss: world-model
@@ -199,7 +199,8 @@ def _swarm_run_options(fn: Callable) -> Callable:
                      metavar="STEP", help="Fault injection: the coordinator SIGKILLs itself mid-round at/after STEP."),
         click.option("--rejoin-after", "rejoin_after_s", type=float, default=None,
                      help="Seconds before a killed agent is restarted (negative: never) [0.5]."),
-        click.option("--transport", type=click.Choice(["ipc", "tcp"]), default="ipc", show_default=True),
+        click.option("--transport", type=click.Choice(["ipc", "tcp", "udp"]), default="ipc", show_default=True,
+                     help="ZeroMQ over Unix sockets or tcp, or one UDP datagram per message (fewest wake-ups)."),
         click.option("--step-deadline-ms", type=click.FloatRange(min=1.0), default=None,
                      help="The env host's wait for actions [100]."),
         click.option("--rate", "rate_hz", type=click.FloatRange(min=0.0), default=None,

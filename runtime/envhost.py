@@ -27,14 +27,14 @@ from rmio.runtime.membership import View
 from rmio.runtime.metrics import Samples, category_totals, centralised_baseline, summary, traffic_table, write_report
 from rmio.runtime.proc import Stop
 from rmio.runtime.settings import SwarmSettings
-from rmio.runtime.transport import Node, now_ns
+from rmio.runtime.transport import NodeBase, now_ns
 from rmio.runtime.wire import Message, WireError, encode, frames_size
 
 log = logging.getLogger(__name__)
 
 
 class EnvHost:
-    def __init__(self, settings: SwarmSettings, node: Node) -> None:
+    def __init__(self, settings: SwarmSettings, node: NodeBase) -> None:
         self.settings, self.node = settings, node
         self.manifest = load_manifest(settings.bundle)
         self.spec = self.manifest.spec

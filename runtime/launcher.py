@@ -27,7 +27,7 @@ from typing import Any
 
 from rmio.errors import RmioError
 from rmio.runtime.settings import SwarmSettings
-from rmio.runtime.transport import Node, local_endpoint
+from rmio.runtime.transport import NodeBase, local_endpoint, make_node
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ class Launcher:
         self.log_level = log_level
         self.children: dict[str, Child] = {}
         self.ipc_dir: str | None = None
-        self.ctl: Node | None = None
+        self.ctl: NodeBase | None = None
         self.report_path: Path | None = None
         self.roster: dict[str, str] = {}
 
@@ -75,10 +75,12 @@ class Launcher:
         self.settings.out_dir = str(self.run_dir)
         self.settings_path = self.settings.save(self.run_dir / "settings.json")
         _interruptible()
+        check_transport(self.settings)
         try:
             if self.settings.transport == "ipc":
                 self.ipc_dir = tempfile.mkdtemp(prefix="rmio-")
-            self.ctl = Node("ctl", local_endpoint(self.settings.transport, "ctl", self.ipc_dir), self.settings.known)
+            bind = local_endpoint(self.settings.transport, "ctl", self.ipc_dir)
+            self.ctl = make_node("ctl", bind, self.settings.known)
             names = [("env", "env-host"), *((a, "agent") for a in self.settings.agent_names())]
             if self.settings.world_model == "node":
                 names.append(("wm", "wm-node"))
@@ -238,6 +240,15 @@ class Launcher:
 # -- command-line support (rmio swarm launch / roster) --------------------------------------
 
 
+def check_transport(settings: SwarmSettings) -> None:
+    """A bundle whose messages the chosen transport cannot carry is refused before anything starts."""
+    if settings.transport == "udp":
+        from rmio.runtime.bundle import load_manifest
+        from rmio.runtime.datagram import check_fits
+
+        check_fits(load_manifest(settings.bundle))
+
+
 def build_settings(bundle: Path, *, scenario: str | None = None, agents: int | None = None,
                    steps: int | None = None, p_loss: float | None = None, loss_model: Path | None = None,
                    kill_agent: tuple[str, ...] = (), **options: Any) -> SwarmSettings:
@@ -350,8 +361,9 @@ def write_roster(settings: SwarmSettings, path: Path, host: str = "127.0.0.1", b
     from rmio.runtime.settings import Roster
 
     names = ["env", *settings.agent_names(), *(["wm"] if settings.world_model == "node" else [])]
-    endpoints = {name: f"tcp://{host}:{base_port + k}" for k, name in enumerate(names)}
-    settings.transport = "tcp"
+    settings.transport = "udp" if settings.transport == "udp" else "tcp"  # ipc does not leave the machine
+    check_transport(settings)
+    endpoints = {name: f"{settings.transport}://{host}:{base_port + k}" for k, name in enumerate(names)}
     Roster(endpoints, settings).save(path)
     cmds = [f"rmio swarm env-host --roster {path}"]
     cmds += [f"rmio swarm agent --id {i} --roster {path}" for i in range(settings.n_agents)]

@@ -19,7 +19,7 @@ from pathlib import Path
 from rmio.errors import RmioError
 from rmio.runtime import timeline
 from rmio.runtime.settings import Roster, SwarmSettings
-from rmio.runtime.transport import Node
+from rmio.runtime.transport import NodeBase, make_node
 
 log = logging.getLogger(__name__)
 PR_SET_PDEATHSIG = 1
@@ -49,9 +49,9 @@ def install_signal_handlers() -> None:
 
 
 def join_swarm(name: str, settings: SwarmSettings, bind: str, *, control: str | None = None,
-               endpoints: dict[str, str] | None = None, role: str = "agent", inc: int = 0) -> Node:
+               endpoints: dict[str, str] | None = None, role: str = "agent", inc: int = 0) -> NodeBase:
     """Bind, then learn everyone's endpoint (from the launcher's ROSTER or a roster file) and connect."""
-    node = Node(name, bind, settings.known)
+    node = make_node(name, bind, settings.known)
     try:
         if control is not None:
             node.connect("ctl", control)
@@ -66,7 +66,7 @@ def join_swarm(name: str, settings: SwarmSettings, bind: str, *, control: str | 
     return node
 
 
-def _register(node: Node, settings: SwarmSettings, role: str, inc: int) -> dict[str, str]:
+def _register(node: NodeBase, settings: SwarmSettings, role: str, inc: int) -> dict[str, str]:
     deadline = time.monotonic() + settings.startup_timeout_s
     registered = False
     while time.monotonic() < deadline:
@@ -97,6 +97,11 @@ def run_role(role: str, settings: SwarmSettings, name: str, bind: str, *, contro
     inc = time.time_ns() // 1000
     if timeline.ENABLED:
         timeline.watch_gc()
+    if bind.startswith("udp://"):
+        from rmio.runtime.bundle import load_manifest
+        from rmio.runtime.datagram import check_fits
+
+        check_fits(load_manifest(settings.bundle))
     try:
         node = join_swarm(name, settings, bind, control=control, endpoints=endpoints,
                           role={"env-host": "env", "wm-node": "wm"}.get(role, "agent"), inc=inc)

@@ -19,7 +19,7 @@ from rmio.yamlio import load_yaml
 RECON_MODES = ("wm", "zero", "hold")
 WM_MODES = ("window", "incremental")
 PLACEMENTS = ("on-agent", "node")
-TRANSPORTS = ("ipc", "tcp")
+TRANSPORTS = ("ipc", "tcp", "udp")
 
 
 @dataclass

@@ -72,21 +72,86 @@ def local_endpoint(transport: str, name: str, ipc_dir: str | Path | None = None)
     """Where a process of this machine binds: a random loopback port, or a socket file in ``ipc_dir``."""
     if transport == "tcp":
         return "tcp://127.0.0.1:*"
+    if transport == "udp":
+        return "udp://127.0.0.1:0"
     if transport == "ipc":
         if ipc_dir is None:
             raise ValueError("ipc transport needs a directory for its socket files")
         return f"ipc://{Path(ipc_dir) / name}.sock"
-    raise ValueError(f"unknown transport '{transport}' (tcp or ipc)")
+    raise ValueError(f"unknown transport '{transport}' (tcp, ipc or udp)")
 
 
-class Node:
-    """One process's sockets. Not thread-safe: a role runs one event loop around :meth:`poll`."""
+def make_node(name: str, bind: str, known: Callable[[str], bool]) -> NodeBase:
+    """The node for an endpoint's scheme: ZeroMQ for ``tcp://`` and ``ipc://``, datagrams for ``udp://``."""
+    if bind.startswith("udp://"):
+        from rmio.runtime.datagram import DatagramNode
 
-    def __init__(self, name: str, bind: str, known: Callable[[str], bool], *, hwm: int = 1000,
-                 reconnect_ms: int = 20) -> None:
+        return DatagramNode(name, bind, known)
+    return Node(name, bind, known)
+
+
+class NodeBase:
+    """What every transport shares: counted traffic, validated decoding, link events."""
+
+    endpoint: str
+
+    def __init__(self, name: str, known: Callable[[str], bool]) -> None:
         self.name = name
         self.known = known
         self.stats = TrafficStats()
+        self.peers: dict[str, str] = {}
+        self.link_events: list[tuple[str, bool]] = []
+        """(peer, up) for peers that came up or dropped since the caller last cleared it."""
+        self.closed = False
+
+    def connect(self, name: str, endpoint: str) -> None:
+        raise NotImplementedError
+
+    def send_frames(self, to: str, msg_type: str, frames: Sequence[bytes | memoryview]) -> bool:
+        raise NotImplementedError
+
+    def poll(self, timeout_ms: float) -> list[Message]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def send(self, to: str, msg_type: str, arrays: Sequence[np.ndarray] = (), **fields: object) -> bool:
+        """Send without ever blocking; False when the peer is unreachable or its queue is full."""
+        frames = encode(msg_type, self.name, arrays, **fields)
+        return self.send_frames(to, msg_type, frames)
+
+    def count_sent(self, msg_type: str, frames: Sequence[bytes | memoryview]) -> None:
+        size = sum(len(f) for f in frames)
+        self.stats.tx_msgs[msg_type] += 1
+        self.stats.tx_bytes[msg_type] += size
+        self.stats.tx_payload[msg_type] += size - len(frames[0])
+
+    def decode(self, frames: Sequence[bytes | memoryview], sender: str | None) -> Message | None:
+        """A valid message, or None with the drop counted by reason."""
+        try:
+            msg = decode(frames, sender=sender, known=self.known)
+        except WireError as exc:
+            self.stats.dropped[exc.reason] += 1
+            log.debug("%s dropped a message from %r: %s", self.name, (sender or "?")[:16], exc)
+            return None
+        self.stats.rx_msgs[msg.type] += 1
+        self.stats.rx_bytes[msg.type] += msg.nbytes
+        return msg
+
+    def count_drop(self, reason: str, detail: str = "") -> None:
+        """For roles: a message that decoded but makes no sense here (wrong shape, stale epoch...)."""
+        self.stats.dropped[reason] += 1
+        if detail:
+            log.debug("%s dropped: %s %s", self.name, reason, detail)
+
+
+class Node(NodeBase):
+    """One process's ZeroMQ sockets. Not thread-safe: a role runs one event loop around :meth:`poll`."""
+
+    def __init__(self, name: str, bind: str, known: Callable[[str], bool], *, hwm: int = 1000,
+                 reconnect_ms: int = 20) -> None:
+        super().__init__(name, known)
         self.ctx = zmq.Context()
         self.inbox = self.ctx.socket(zmq.ROUTER)
         self.out = self.ctx.socket(zmq.ROUTER)
@@ -112,11 +177,7 @@ class Node:
         self.poller = zmq.Poller()
         self.poller.register(self.inbox, zmq.POLLIN)
         self.poller.register(self.monitor, zmq.POLLIN)
-        self.peers: dict[str, str] = {}
         self._by_endpoint: dict[str, str] = {}
-        self.link_events: list[tuple[str, bool]] = []
-        """(peer, up) for connections that came up or dropped since the caller last cleared it."""
-        self.closed = False
 
     # -- connections ------------------------------------------------------------------------
 
@@ -136,11 +197,6 @@ class Node:
 
     # -- sending ----------------------------------------------------------------------------
 
-    def send(self, to: str, msg_type: str, arrays: Sequence[np.ndarray] = (), **fields: object) -> bool:
-        """Send without ever blocking; False when the peer is unreachable or its queue is full."""
-        frames = encode(msg_type, self.name, arrays, **fields)
-        return self.send_frames(to, msg_type, frames)
-
     def send_frames(self, to: str, msg_type: str, frames: Sequence[bytes | memoryview]) -> bool:
         try:
             # frame by frame with plain int flags: send_multipart's flag arithmetic builds enum objects
@@ -152,10 +208,7 @@ class Node:
             reason = "unreachable" if exc.errno == zmq.EHOSTUNREACH else "hwm" if exc.errno == zmq.EAGAIN else "error"
             self.stats.send_fail[reason] += 1
             return False
-        size = sum(len(f) for f in frames)
-        self.stats.tx_msgs[msg_type] += 1
-        self.stats.tx_bytes[msg_type] += size
-        self.stats.tx_payload[msg_type] += size - len(frames[0])
+        self.count_sent(msg_type, frames)
         return True
 
     # -- receiving --------------------------------------------------------------------------
@@ -196,21 +249,7 @@ class Node:
         except UnicodeDecodeError:
             self.stats.dropped["unknown_sender"] += 1
             return None
-        try:
-            msg = decode(frames[1:], sender=sender, known=self.known)
-        except WireError as exc:
-            self.stats.dropped[exc.reason] += 1
-            log.debug("%s dropped a message from %r: %s", self.name, sender[:16], exc)
-            return None
-        self.stats.rx_msgs[msg.type] += 1
-        self.stats.rx_bytes[msg.type] += msg.nbytes
-        return msg
-
-    def count_drop(self, reason: str, detail: str = "") -> None:
-        """For roles: a message that decoded but makes no sense here (wrong shape, stale epoch...)."""
-        self.stats.dropped[reason] += 1
-        if detail:
-            log.debug("%s dropped: %s %s", self.name, reason, detail)
+        return self.decode(frames[1:], sender)
 
     def _drain_monitor(self) -> None:
         while True:

@@ -1,4 +1,4 @@
-"""The skeleton swarm that bench/swarm_skeleton.py times, over ZeroMQ and over plain Unix datagram sockets:
+"""The skeleton swarm that bench/swarm_skeleton.py times, over ZeroMQ and over UDP:
 real processes, every step's messages delivered, a round measured for every step after the warm-up."""
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 from swarm_skeleton import skeleton_round
 
 
-@pytest.mark.parametrize("plain", [False, True], ids=["zeromq", "plain"])
-def test_skeleton_swarm_runs_every_round(plain: bool) -> None:
-    result = skeleton_round(4, 80, warmup=10, plain=plain)
+@pytest.mark.parametrize("transport", ["tcp", "udp"])
+def test_skeleton_swarm_runs_every_round(transport: str) -> None:
+    result = skeleton_round(4, 80, warmup=10, transport=transport)
     assert result["rounds"] == 70
     assert 0 < result["p50"] <= result["p99"] < 1000
     assert result["steps_per_s"] > 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import glob
+import socket
 import threading
 import time
 from pathlib import Path
@@ -16,6 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from swarm_helpers import TEMPLATES, frames_of, swarm_settings
 
+from rmio.runtime.datagram import pack, parse_endpoint
 from rmio.runtime.launcher import Launcher
 from rmio.runtime.wire import encode
 
@@ -32,9 +34,11 @@ def recon_epochs(run_dir: Path) -> list[tuple[int, int]]:
     return sorted(out)
 
 
-def test_coordinator_sigkill_mid_round_is_survived_with_a_new_epoch(bundle: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("transport", ["tcp", "udp"])
+def test_coordinator_sigkill_mid_round_is_survived_with_a_new_epoch(bundle: Path, tmp_path: Path,
+                                                                    transport: str) -> None:
     run = tmp_path / "run"
-    s = swarm_settings(bundle, run, steps=60, record=True, kill_coordinator_at=10, transport="tcp",
+    s = swarm_settings(bundle, run, steps=60, record=True, kill_coordinator_at=10, transport=transport,
                        loss={"model": "bernoulli", "p_loss": 0.4})
     report = Launcher(s, run).run()
     ev = report["events"]
@@ -49,10 +53,12 @@ def test_coordinator_sigkill_mid_round_is_survived_with_a_new_epoch(bundle: Path
     assert killed
 
 
-def test_agent_sigkill_is_survived_and_the_restarted_agent_rejoins(bundle: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("transport", ["ipc", "udp"])
+def test_agent_sigkill_is_survived_and_the_restarted_agent_rejoins(bundle: Path, tmp_path: Path,
+                                                                   transport: str) -> None:
     run = tmp_path / "run"
     s = swarm_settings(bundle, run, steps=100, record=True, kill_agents=[[3, 10]], rate_hz=30.0, rejoin_after_s=0.1,
-                       transport="ipc")
+                       transport=transport)
     report = Launcher(s, run).run()
     ev = report["events"]
     assert report["episodes"][0]["steps"] == 100 and ev.get("agents.internal_errors", 0) == 0
@@ -84,14 +90,41 @@ def _mutated(msg_type: str, changes: dict[str, Any], src: str) -> list[bytes]:
         return frames[:1]
 
 
-def test_fuzzed_messages_crash_nothing(bundle: Path, tmp_path: Path) -> None:
-    run = tmp_path / "run"
-    s = swarm_settings(bundle, run, steps=240, rate_hz=40.0, transport="tcp",
+def _fuzz_target(bundle: Path, run: Path, transport: str) -> tuple[Launcher, threading.Thread, dict[str, Any]]:
+    """A 240-step swarm at 40 steps/s, returned once every process has registered."""
+    s = swarm_settings(bundle, run, steps=240, rate_hz=40.0, transport=transport,
                        loss={"model": "bernoulli", "p_loss": 0.3})
     launcher, thread, result = _start(s, run)
     deadline = time.monotonic() + 60
     while len(launcher.roster) < 7 and time.monotonic() < deadline:
         time.sleep(0.05)
+    return launcher, thread, result
+
+
+def assert_survived(launcher: Launcher, thread: threading.Thread, result: dict[str, Any], sent: int) -> None:
+    """The fuzzed swarm finished its run with every process exiting cleanly, and dropped what it got."""
+    thread.join(timeout=100)
+    assert not thread.is_alive()
+    report = result["report"]
+    assert sent > 100
+    assert report["episodes"][0]["steps"] == 240
+    assert all(c.proc.returncode == 0 for c in launcher.children.values())  # nobody crashed
+    ev = report["events"]
+    assert ev.get("agents.internal_errors", 0) == 0
+    assert sum(v for k, v in ev.items() if k.startswith("dropped.")) > 50
+
+
+MUTATED = st.builds(_mutated, st.sampled_from(sorted(TEMPLATES)),
+                    st.dictionaries(st.sampled_from(["v", "ep", "step", "epoch", "leader", "seen", "arr", "obs_from",
+                                                     "kind", "t", "src", "rid", "counts"]),
+                                    st.one_of(st.integers(-5, 1 << 40), st.booleans(), st.text(max_size=4),
+                                              st.lists(st.integers(-2, 12), max_size=3)), max_size=2),
+                    st.sampled_from(["wm", "a1", "env", "zz"]))
+"""Real messages with one or two header fields changed to something else (often invalid)."""
+
+
+def test_fuzzed_messages_crash_nothing(bundle: Path, tmp_path: Path) -> None:
+    launcher, thread, result = _fuzz_target(bundle, tmp_path / "run", "tcp")
     targets = dict(launcher.roster)
     assert len(targets) == 7
     ctx = zmq.Context()
@@ -142,16 +175,32 @@ def test_fuzzed_messages_crash_nothing(bundle: Path, tmp_path: Path) -> None:
         for sock in socks.values():
             sock.close(0)
         ctx.term()
-    thread.join(timeout=100)
-    assert not thread.is_alive()
-    report = result["report"]
-    assert sent[0] > 100
-    assert report["episodes"][0]["steps"] == 240
-    assert all(c.proc.returncode == 0 for c in launcher.children.values())  # nobody crashed
-    ev = report["events"]
-    assert ev.get("agents.internal_errors", 0) == 0
-    drops = sum(v for k, v in ev.items() if k.startswith("dropped."))
-    assert drops > 50
+    assert_survived(launcher, thread, result, sent[0])
+
+
+def test_fuzzed_datagrams_crash_nothing(bundle: Path, tmp_path: Path) -> None:
+    """The UDP swarm under a stream of hostile datagrams: raw bytes, broken layouts, mutated messages."""
+    launcher, thread, result = _fuzz_target(bundle, tmp_path / "run", "udp")
+    targets = {name: parse_endpoint(endpoint) for name, endpoint in launcher.roster.items()}
+    assert len(targets) == 7
+    raw = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sent = [0]
+
+    @settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+    @given(st.sampled_from(sorted(targets)), st.one_of(
+        st.binary(max_size=60),
+        st.lists(st.binary(max_size=40), min_size=1, max_size=5).map(pack),
+        MUTATED.map(pack)))
+    def fuzz(target: str, data: bytes) -> None:
+        raw.sendto(data, targets[target])
+        sent[0] += 1
+        time.sleep(0.002)
+
+    try:
+        fuzz()
+    finally:
+        raw.close()
+    assert_survived(launcher, thread, result, sent[0])
 
 
 def test_stale_epochs_are_rejected(bundle: Path, tmp_path: Path) -> None:

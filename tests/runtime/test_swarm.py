@@ -1,4 +1,4 @@
-"""Real swarms on loopback (ipc and tcp): reconstruction, silence at p_loss 0, blackout, the world-model node."""
+"""Real swarms on loopback (ipc, tcp, udp): reconstruction, silence at p_loss 0, blackout, the world-model node."""
 
 from __future__ import annotations
 
@@ -59,10 +59,11 @@ def reference_returns(settings: Any, recon: str = "wm") -> list[float]:
     return [r["return"] for r in rows]
 
 
-@pytest.mark.parametrize("stream_steps", [None, 0], ids=["streamed", "pull-only"])
-def test_reconstruction_reaches_exactly_the_blind_agents_ipc(bundle: Path, tmp_path: Path,
-                                                             stream_steps: int | None) -> None:
-    settings = swarm_settings(bundle, tmp_path, steps=40, episodes=2, record=True, transport="ipc",
+@pytest.mark.parametrize(("transport", "stream_steps"), [("ipc", None), ("ipc", 0), ("udp", None)],
+                         ids=["ipc-streamed", "ipc-pull-only", "udp-streamed"])
+def test_reconstruction_reaches_exactly_the_blind_agents(bundle: Path, tmp_path: Path, transport: str,
+                                                         stream_steps: int | None) -> None:
+    settings = swarm_settings(bundle, tmp_path, steps=40, episodes=2, record=True, transport=transport,
                               step_deadline_ms=1000.0, stream_steps=stream_steps)
     report, _ = run_swarm(settings, tmp_path / "run")
     assert_clean(report)
@@ -84,9 +85,10 @@ def test_reconstruction_reaches_exactly_the_blind_agents_ipc(bundle: Path, tmp_p
     assert (tmp_path / "run" / "report.md").is_file()
 
 
-def test_no_communication_beyond_heartbeats_at_p_loss_0_tcp(bundle: Path, tmp_path: Path) -> None:
-    settings = swarm_settings(bundle, tmp_path, steps=40, transport="tcp", loss={"model": "bernoulli", "p_loss": 0.0},
-                              step_deadline_ms=1000.0)
+@pytest.mark.parametrize("transport", ["tcp", "udp"])
+def test_no_communication_beyond_heartbeats_at_p_loss_0(bundle: Path, tmp_path: Path, transport: str) -> None:
+    settings = swarm_settings(bundle, tmp_path, steps=40, transport=transport,
+                              loss={"model": "bernoulli", "p_loss": 0.0}, step_deadline_ms=1000.0)
     report, _ = run_swarm(settings, tmp_path / "run")
     assert_clean(report)
     agent_types = set()

@@ -108,13 +108,18 @@ class Agent:
     def _greet(self) -> None:
         """Say hello to the env host (from then on it waits for our actions) and to every peer, retrying
         while connections come up; a peer still unreachable after 3 s is greeted when its link comes up."""
-        start = time.monotonic()
+        start = resend = time.monotonic()
         todo = {"env", *self.peers} | ({"wm"} if "wm" in self.node.peers else set())
+        confirmed = self.node.confirms_delivery  # else a greeting counts once the peer answered
         while "env" in todo or (todo and time.monotonic() < start + 3.0):
-            for peer in sorted(todo):
-                if self.send(peer, "HELLO", inc=self.inc, role="agent", epoch=self.view.epoch,
-                             leader=self.view.leader):
-                    todo.discard(peer)
+            if not confirmed:
+                todo -= self.live.last_heard.keys()
+            if time.monotonic() >= resend:
+                for peer in sorted(todo):
+                    if self.send(peer, "HELLO", inc=self.inc, role="agent", epoch=self.view.epoch,
+                                 leader=self.view.leader) and confirmed:
+                        todo.discard(peer)
+                resend = time.monotonic() + (0.0 if confirmed else 0.05)
             if "env" in todo and time.monotonic() > start + self.settings.startup_timeout_s:
                 raise Stop("env host unreachable")
             self._pump(0.01)

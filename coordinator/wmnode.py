@@ -40,19 +40,28 @@ class WorldModelNode:
 
     def run(self) -> None:
         deadline = time.monotonic() + self.settings.startup_timeout_s
-        while not self.node.send("env", "HELLO", inc=self.inc, role="wm", epoch=0, leader=-1):
+        # until a send goes through (ZeroMQ), or until the env host answers (datagrams prove nothing)
+        while not (self.node.send("env", "HELLO", inc=self.inc, role="wm", epoch=0, leader=-1)
+                   and self.node.confirms_delivery):
             if time.monotonic() > deadline:
                 raise Stop("env host unreachable")
-            self.node.poll(10)
+            msgs = self.node.poll(10 if self.node.confirms_delivery else 50)
+            for msg in msgs:
+                self._handle_safely(msg)
+            if any(msg.src == "env" for msg in msgs):
+                break
         while self.running:
             for msg in self.node.poll(500):
-                try:
-                    self._handle(msg)
-                except WireError as exc:
-                    self.node.count_drop(exc.reason, str(exc))
+                self._handle_safely(msg)
             self.node.link_events.clear()
             if time.monotonic() - self.last_env > self.settings.orphan_timeout_s:
                 raise Stop("env host silent")
+
+    def _handle_safely(self, msg: Message) -> None:
+        try:
+            self._handle(msg)
+        except WireError as exc:
+            self.node.count_drop(exc.reason, str(exc))
 
     def _handle(self, msg: Message) -> None:
         if msg.src == "ctl":

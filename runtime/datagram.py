@@ -15,6 +15,9 @@ unordered on a real network; the protocol already treats every message as one th
   brings back; the socket then polls ``POLLERR`` and the error names the destination, which becomes
   a ``(peer, False)`` link event, as a dropped ZeroMQ connection does;
 * a (re)started peer: :meth:`DatagramNode.connect` to a new endpoint is a ``(peer, True)`` link event;
+* greetings: a sent datagram proves nothing (the peer may not be up yet, as when the roles of a
+  roster start in any order), so ``confirms_delivery`` is False and a role repeats its ``HELLO``
+  until the peer answers (the env host answers every new incarnation's ``HELLO``);
 * high-water mark: the kernel's socket buffers; a full one fails the send (counted as ``hwm``);
 * message size: one datagram carries at most :data:`MAX_DATAGRAM` bytes; a larger message fails its
   send (``too_big``). The launcher refuses the transport when the bundle's largest message (a
@@ -115,6 +118,8 @@ def check_fits(manifest: Manifest) -> None:
 
 class DatagramNode(NodeBase):
     """One process's UDP socket. Not thread-safe: a role runs one event loop around :meth:`poll`."""
+
+    confirms_delivery = False
 
     def __init__(self, name: str, bind: str, known: Callable[[str], bool]) -> None:
         super().__init__(name, known)

@@ -226,6 +226,8 @@ class EnvHost:
                 if old is not None and old != msg["inc"]:
                     self.counts["agent_rejoins" if src in self.names else "wm_rejoins"] += 1
                     log.info("%s rejoined", src)
+                if old != msg["inc"]:  # answered: over datagrams the greeting repeats until it is
+                    self.node.send(src, "HELLO", inc=0, role="env", epoch=0, leader=-1)
                 self.incarnations[src] = msg["inc"]
                 self.reachable.add(src)
             return None

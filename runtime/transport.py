@@ -94,6 +94,9 @@ class NodeBase:
     """What every transport shares: counted traffic, validated decoding, link events."""
 
     endpoint: str
+    confirms_delivery = True
+    """A successful send means a live connection to the peer (ZeroMQ with ROUTER_MANDATORY). Without
+    it (datagrams) a greeting counts only once the peer has answered."""
 
     def __init__(self, name: str, known: Callable[[str], bool]) -> None:
         self.name = name

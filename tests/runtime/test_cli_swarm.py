@@ -98,9 +98,10 @@ def _free_ports(count: int) -> int:
         socks = []
         try:
             for k in range(count):
-                s = socket.socket()
-                s.bind(("127.0.0.1", base + k))
-                socks.append(s)
+                for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
+                    s = socket.socket(socket.AF_INET, kind)
+                    socks.append(s)
+                    s.bind(("127.0.0.1", base + k))
             return base
         except OSError:
             continue
@@ -110,19 +111,26 @@ def _free_ports(count: int) -> int:
     raise RuntimeError("no free ports")
 
 
-def test_roster_roles_started_one_by_one(bundle: Path, tmp_path: Path) -> None:
-    """The multi-host path on loopback: a roster, then each role as its own `rmio swarm ...` command."""
+@pytest.mark.parametrize("transport", ["tcp", "udp"])
+def test_roster_roles_started_one_by_one(bundle: Path, tmp_path: Path, transport: str) -> None:
+    """The multi-host path on loopback: a roster, then each role as its own `rmio swarm ...` command,
+    started in reverse order (the env host last), so that greetings must wait for their peers."""
     schedule = tmp_path / "loss.yaml"
     schedule.write_text("- {steps: '5-9', agents: [0, 2]}\n- {steps: '12', agents: all}\n")
     roster = tmp_path / "roster.yaml"
     proc = rmio("swarm", "roster", str(bundle), "--episodes", "1", "--steps", "20", "--loss-model", str(schedule),
                 "--world-model", "node", "--base-port", str(_free_ports(8)), "--no-baselines", "-o", str(roster),
-                cwd=tmp_path)
+                "--transport", transport, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     commands = proc.stdout.strip().splitlines()
     assert len(commands) == 8 and commands[0].startswith("rmio swarm env-host")
-    procs = [subprocess.Popen([sys.executable, "-m", "rmio.cli", *cmd.split()[1:]], cwd=tmp_path,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for cmd in commands]
+    assert f"{transport}://127.0.0.1:" in roster.read_text()
+    procs = []
+    for cmd in commands[::-1]:
+        if cmd == commands[0]:  # the env host starts once the others are up and have greeted it in vain
+            time.sleep(4.0)
+        procs.insert(0, subprocess.Popen([sys.executable, "-m", "rmio.cli", *cmd.split()[1:]], cwd=tmp_path,
+                                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
     try:
         for p in procs:
             p.wait(timeout=90)

@@ -39,7 +39,7 @@ SECTIONS: list[tuple[str, str, str]] = [
     ("World-model training and inference speed", "world_model_speed.md",
      "python bench/world_model.py speed && python bench/world_model.py latency"),
     ("Swarm communication and latency", "swarm.md",
-     "python bench/swarm_bench.py --sections rounds,overhead,bytes,sync,scale"),
+     "python bench/swarm_bench.py"),
     ("Where a reconstruction round's time goes", "swarm_timeline.md", "python bench/swarm_timeline.py"),
     ("What a call costs right after a sleep", "cold_calls.md", "python bench/cold_calls.py"),
     ("Environment throughput", "env_throughput.md", "python bench/env_throughput.py"),

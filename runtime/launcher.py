@@ -27,7 +27,7 @@ from typing import Any
 
 from rmio.errors import RmioError
 from rmio.runtime.settings import SwarmSettings
-from rmio.runtime.transport import NodeBase, local_endpoint, make_node
+from rmio.runtime.transport import NodeBase, check_bundle_fits, local_endpoint, make_node
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ class Launcher:
         self.settings.out_dir = str(self.run_dir)
         self.settings_path = self.settings.save(self.run_dir / "settings.json")
         _interruptible()
-        check_transport(self.settings)
+        check_bundle_fits(self.settings.transport, self.settings.bundle)
         try:
             if self.settings.transport == "ipc":
                 self.ipc_dir = tempfile.mkdtemp(prefix="rmio-")
@@ -240,15 +240,6 @@ class Launcher:
 # -- command-line support (rmio swarm launch / roster) --------------------------------------
 
 
-def check_transport(settings: SwarmSettings) -> None:
-    """A bundle whose messages the chosen transport cannot carry is refused before anything starts."""
-    if settings.transport == "udp":
-        from rmio.runtime.bundle import load_manifest
-        from rmio.runtime.datagram import check_fits
-
-        check_fits(load_manifest(settings.bundle))
-
-
 def build_settings(bundle: Path, *, scenario: str | None = None, agents: int | None = None,
                    steps: int | None = None, p_loss: float | None = None, loss_model: Path | None = None,
                    kill_agent: tuple[str, ...] = (), **options: Any) -> SwarmSettings:
@@ -362,7 +353,7 @@ def write_roster(settings: SwarmSettings, path: Path, host: str = "127.0.0.1", b
 
     names = ["env", *settings.agent_names(), *(["wm"] if settings.world_model == "node" else [])]
     settings.transport = "udp" if settings.transport == "udp" else "tcp"  # ipc does not leave the machine
-    check_transport(settings)
+    check_bundle_fits(settings.transport, settings.bundle)
     endpoints = {name: f"{settings.transport}://{host}:{base_port + k}" for k, name in enumerate(names)}
     Roster(endpoints, settings).save(path)
     cmds = [f"rmio swarm env-host --roster {path}"]

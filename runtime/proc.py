@@ -19,7 +19,7 @@ from pathlib import Path
 from rmio.errors import RmioError
 from rmio.runtime import timeline
 from rmio.runtime.settings import Roster, SwarmSettings
-from rmio.runtime.transport import NodeBase, make_node
+from rmio.runtime.transport import NodeBase, check_bundle_fits, make_node
 
 log = logging.getLogger(__name__)
 PR_SET_PDEATHSIG = 1
@@ -97,11 +97,7 @@ def run_role(role: str, settings: SwarmSettings, name: str, bind: str, *, contro
     inc = time.time_ns() // 1000
     if timeline.ENABLED:
         timeline.watch_gc()
-    if bind.startswith("udp://"):
-        from rmio.runtime.bundle import load_manifest
-        from rmio.runtime.datagram import check_fits
-
-        check_fits(load_manifest(settings.bundle))
+    check_bundle_fits(bind.partition("://")[0], settings.bundle)
     try:
         node = join_swarm(name, settings, bind, control=control, endpoints=endpoints,
                           role={"env-host": "env", "wm-node": "wm"}.get(role, "agent"), inc=inc)

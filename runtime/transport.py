@@ -90,6 +90,15 @@ def make_node(name: str, bind: str, known: Callable[[str], bool]) -> NodeBase:
     return Node(name, bind, known)
 
 
+def check_bundle_fits(transport: str, bundle: str | Path) -> None:
+    """Refuse, before anything starts, a bundle whose largest message the transport cannot carry."""
+    if transport == "udp":
+        from rmio.runtime.bundle import load_manifest
+        from rmio.runtime.datagram import check_fits
+
+        check_fits(load_manifest(bundle))
+
+
 class NodeBase:
     """What every transport shares: counted traffic, validated decoding, link events."""
 

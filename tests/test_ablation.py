@@ -48,12 +48,14 @@ def test_debug_fusion_sweep_end_to_end(tmp_path: Path) -> None:
     assert [r["variant"] for r in rows] == ["rmiov2", "rmiov2-no-obs-fusion"]
     for r in rows:
         assert 0 < r["lrec_lost"] < 10 and len(r["curve"]) == 3
-        assert json.loads((Path(r["run"]) / "bundle" / "manifest.json").read_text())["budget"]["policy_source"] == \
+        (run,) = r["runs"]
+        assert not Path(run).is_absolute()
+        assert json.loads((out / run / "bundle" / "manifest.json").read_text())["budget"]["policy_source"] == \
             str(policy)
     # the same real data for both methods (hard links or copies of the first run's files)
-    a, b = (out / v / "data" / "train.npz" for v in ("rmiov2", "rmiov2-no-obs-fusion"))
+    a, b = (out / "seed0" / v / "data" / "train.npz" for v in ("rmiov2", "rmiov2-no-obs-fusion"))
     assert a.read_bytes() == b.read_bytes()
     assert "L_rec lost agents" in (out / "ablation.md").read_text()
-    before = (out / "rmiov2" / "wm_finetune.pt").stat().st_mtime_ns
+    before = (out / "seed0" / "rmiov2" / "wm_finetune.pt").stat().st_mtime_ns
     run_ablation(sweep, out, True, console)  # resumes: nothing is retrained
-    assert (out / "rmiov2" / "wm_finetune.pt").stat().st_mtime_ns == before
+    assert (out / "seed0" / "rmiov2" / "wm_finetune.pt").stat().st_mtime_ns == before

@@ -202,3 +202,9 @@ def test_a_shipped_bundle_collects_world_model_data_with_exploration_noise() -> 
 
     greedy = ActorRunner(default_bundle()).act(obs, np.arange(6))
     assert 0.05 < np.abs(a - greedy).mean() < 0.6  # noise of std 0.3 around the greedy action (clipped)
+    # collect() calls it with every copy of a vector env at once: (num_envs, n, obs_dim)
+    batch = np.stack([obs, -obs, 2 * obs, obs[::-1]])
+    acts = act(batch, np.ones((4, 6), bool), None)
+    assert acts.shape == (4, 6, 1)
+    greedy_batch = np.stack([ActorRunner(default_bundle()).act(o, np.arange(6)) for o in batch])
+    assert 0.05 < np.abs(acts - greedy_batch).mean() < 0.6

@@ -55,6 +55,9 @@ class AblationConfig:
     set: list[str] = field(default_factory=list)
     """Config overrides (key=value) applied to every variant."""
     robustness: SweepRobustness = field(default_factory=SweepRobustness)
+    seeds: list[int] = field(default_factory=lambda: [0])
+    """Training seeds (``run.seed``): every variant is trained once per seed, and the table reports the mean
+    and spread over them. Each seed's runs live in ``OUT/seed<S>/``."""
 
 
 def resolve_sweep(name_or_path: str | Path) -> Path:
@@ -81,6 +84,8 @@ def load_ablation(path: Path) -> AblationConfig:
         raise ConfigError(f"{path}: p_mask variants must be numbers in [0, 1], got {cfg.variants}")
     if not cfg.variants:
         raise ConfigError(f"{path}: no variants")
+    if not cfg.seeds or len(set(cfg.seeds)) != len(cfg.seeds) or not all(type(s) is int and s >= 0 for s in cfg.seeds):
+        raise ConfigError(f"{path}: seeds must be distinct non-negative integers, got {cfg.seeds}")
     return cfg
 
 
@@ -103,37 +108,16 @@ def _link(src: str | Path, dst: str | Path) -> None:
 
 
 def run_ablation(path: Path, out: Path, debug: bool, console: Console, device: str = "cpu") -> dict[str, Any]:
-    from rmio.train.wm_train import finetune_world_model, prepare_run_dir, train_world_model
-
     ab = load_ablation(path)
-    preset = "debug" if debug else None
-    runs: list[tuple[str, Path]] = []
-    if ab.vary == "algo":
-        first: Path | None = None
-        for algo in ab.variants:
-            cfg = load_config(ab.scenario, preset=preset, overrides=ab.set, algo=algo)
-            run = prepare_run_dir(cfg, out / algo, algo)
-            if first is not None:  # the same real data for every method
-                _share(first / "data", run / "data")
-            console.rule(f"[bold]{ab.name}: {algo}")
-            train_world_model(cfg, run, device, console)
-            finetune_world_model(run, ab.p_mask, device, console, ab.finetune_updates)
-            first = first or run
-            runs.append((algo, run))
-    else:
-        cfg = load_config(ab.scenario, preset=preset, overrides=ab.set)
-        pre = prepare_run_dir(cfg, out / "pretrain", "rmiov2")
-        console.rule(f"[bold]{ab.name}: pre-training")
-        train_world_model(cfg, pre, device, console)
-        for p in ab.variants:
-            run = out / f"p_mask_{p:g}"
-            for name in ("config.yaml", "data", "wm_pretrain.pt"):  # the same pre-trained model for every p_mask
-                _share(pre / name, run / name)
-            console.rule(f"[bold]{ab.name}: fine-tuning at p_mask {p:g}")
-            finetune_world_model(run, float(p), device, console, ab.finetune_updates)
-            runs.append((f"p_mask {p:g}", run))
-    rows = [_evaluate(label, run, ab, device, console) for label, run in runs]
-    result = {"name": ab.name, "scenario": ab.scenario, "vary": ab.vary, "policy": ab.policy,
+    per_seed = {seed: _train_seed(ab, out / f"seed{seed}", seed, debug, console, device) for seed in ab.seeds}
+    labels = [label for label, _ in per_seed[ab.seeds[0]]]
+    rows = []
+    for k, label in enumerate(labels):
+        seed_rows = [_evaluate(label, per_seed[seed][k][1], ab, device, console) for seed in ab.seeds]
+        for r in seed_rows:  # results name their runs relative to the sweep directory, never by absolute path
+            r["run"] = Path(r["run"]).relative_to(out).as_posix()
+        rows.append(_aggregate(label, seed_rows))
+    result = {"name": ab.name, "scenario": ab.scenario, "vary": ab.vary, "policy": ab.policy, "seeds": ab.seeds,
               "report_p_mask": ab.p_mask, "robustness": ab.robustness.__dict__, "rows": rows}
     (out / "ablation.json").write_text(json.dumps(result, indent=1))
     md = markdown(result)
@@ -141,6 +125,59 @@ def run_ablation(path: Path, out: Path, debug: bool, console: Console, device: s
     console.print(Markdown(md))
     console.print(f"wrote {out / 'ablation.md'} and ablation.json")
     return result
+
+
+def _train_seed(ab: AblationConfig, out: Path, seed: int, debug: bool, console: Console,
+                device: str) -> list[tuple[str, Path]]:
+    """Train (or resume) every variant of one training seed; returns (label, run directory) in table order."""
+    from rmio.train.wm_train import finetune_world_model, prepare_run_dir, train_world_model
+
+    preset = "debug" if debug else None
+    overrides = [*ab.set, f"run.seed={seed}"]
+    runs: list[tuple[str, Path]] = []
+    if ab.vary == "algo":
+        first: Path | None = None
+        for algo in ab.variants:
+            cfg = load_config(ab.scenario, preset=preset, overrides=overrides, algo=algo)
+            run = prepare_run_dir(cfg, out / algo, algo)
+            if first is not None:  # the same real data for every method
+                _share(first / "data", run / "data")
+            console.rule(f"[bold]{ab.name}: {algo}, seed {seed}")
+            train_world_model(cfg, run, device, console)
+            finetune_world_model(run, ab.p_mask, device, console, ab.finetune_updates)
+            first = first or run
+            runs.append((algo, run))
+    else:
+        cfg = load_config(ab.scenario, preset=preset, overrides=overrides)
+        pre = prepare_run_dir(cfg, out / "pretrain", "rmiov2")
+        console.rule(f"[bold]{ab.name}: pre-training, seed {seed}")
+        train_world_model(cfg, pre, device, console)
+        for p in ab.variants:
+            run = out / f"p_mask_{p:g}"
+            for name in ("config.yaml", "data", "wm_pretrain.pt"):  # the same pre-trained model for every p_mask
+                _share(pre / name, run / name)
+            console.rule(f"[bold]{ab.name}: fine-tuning at p_mask {p:g}, seed {seed}")
+            finetune_world_model(run, float(p), device, console, ab.finetune_updates)
+            runs.append((f"p_mask {p:g}", run))
+    return runs
+
+
+def _aggregate(label: str, seed_rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """One table row: the mean and the spread over training seeds (each seed's AUC is itself a mean over the
+    robustness sweep's seed families)."""
+    import numpy as np
+
+    def stats(key: str) -> tuple[float, float]:
+        v = np.array([r[key] for r in seed_rows], dtype=np.float64)
+        return float(v.mean()), float(v.std()) if len(v) > 1 else 0.0
+
+    lrec, lrec_std = stats("lrec_lost")
+    auc, auc_std = stats("auc_mean")
+    curve = np.mean([r["curve"] for r in seed_rows], axis=0).tolist()
+    first = seed_rows[0]
+    return {"variant": label, "runs": [r["run"] for r in seed_rows], "lrec_lost": lrec, "lrec_lost_std": lrec_std,
+            "lrec_p_mask": first["lrec_p_mask"], "auc_mean": auc, "auc_std": auc_std, "curve": curve,
+            "p_loss": first["p_loss"], "metric": first["metric"], "per_seed": seed_rows}
 
 
 def _evaluate(label: str, run: Path, ab: AblationConfig, device: str, console: Console) -> dict[str, Any]:
@@ -180,12 +217,14 @@ def markdown(result: dict[str, Any]) -> str:
     lines = [f"# {result['name']}", "",
              f"{result['scenario']}, varying {result['vary']}; policy {result['policy']}. L_rec: lost agents, "
              f"held-out episodes, test-time p_mask {rows[0]['lrec_p_mask']:g} (lower is better). AUC: world-model "
-             f"strategy, mean ± std over {result['robustness']['seeds']} seed families.", "",
+             f"strategy. Mean ± std over {len(result.get('seeds', [0]))} training seed(s); each seed's AUC is the mean "
+             f"over {result['robustness']['seeds']} evaluation seed families.", "",
              "| variant | L_rec lost agents | AUC | " + " | ".join(f"{rows[0]['metric']} @ {p:g}" for p in p_loss)
              + " |",
              "|---|---|---|" + "---|" * len(p_loss)]
     for r in rows:
         auc = "n/a" if not math.isfinite(r["auc_mean"]) else f"{r['auc_mean']:.1f} ± {r['auc_std']:.1f}"
         curve = " | ".join(f"{v:.2f}" for v in r["curve"])
-        lines.append(f"| {r['variant']} | {r['lrec_lost']:.4f} | {auc} | {curve} |")
+        lrec = f"{r['lrec_lost']:.4f}" + (f" ± {r['lrec_lost_std']:.4f}" if r.get("lrec_lost_std") else "")
+        lines.append(f"| {r['variant']} | {lrec} | {auc} | {curve} |")
     return "\n".join(lines) + "\n"

@@ -323,9 +323,13 @@ def _bundle_policy(cfg: Config, bundle: Path, console: Console) -> Any:
     console.print(f"collecting with the actor of bundle {bundle} plus exploration noise")
 
     def act(obs: np.ndarray, observed: np.ndarray, avail: np.ndarray | None) -> np.ndarray:
-        action = runner.act(obs, ids, avail)
+        """``obs`` is ``(num_envs, n, d)``: every agent of every copy in one batched actor call."""
+        lead = obs.shape[:-2]
+        flat_avail = None if avail is None else avail.reshape(-1, avail.shape[-1])
+        action = runner.act(obs.reshape(-1, obs.shape[-1]), np.tile(ids, int(np.prod(lead))), flat_avail)
+        action = action.reshape(*obs.shape[:-1], *action.shape[1:])
         if spec.discrete:
-            explore = rng.random(spec.n_agents) < 0.1
+            explore = rng.random(action.shape) < 0.1
             return np.where(explore, spec.random_actions(rng, avail), action)
         noisy = action + rng.normal(0.0, 0.3, action.shape).astype(np.float32)
         return np.clip(noisy, spec.action_low, spec.action_high) * np.asarray(spec.action_feature_mask, np.float32)

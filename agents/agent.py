@@ -128,7 +128,7 @@ class Agent:
         log.info("%s: greeted in %.3f s%s", self.name, time.monotonic() - start,
                  f", not {sorted(todo)}" if todo else "")
 
-    def send(self, to: str, msg_type: str, arrays: tuple = (), **fields: object) -> bool:
+    def send(self, to: str, msg_type: str, arrays: dict[str, np.ndarray] | None = None, **fields: object) -> bool:
         """Send to a peer; a send that fails (no live connection) marks an agent down at once."""
         ok = self.node.send(to, msg_type, arrays, **fields)
         if ok:
@@ -217,8 +217,8 @@ class Agent:
         if (ep, t) <= (self.ep, self.t):
             self.node.count_drop("stale_step")
             return
-        obs = msg.array(0, (self.spec.obs_dim,), "<f4").copy() if msg["seen"] else None
-        avail = msg.array(int(msg["seen"]), (self.spec.action_dim,), "|b1") if self.spec.discrete else None
+        obs = msg.array("obs", (self.spec.obs_dim,), "<f4").copy() if msg["seen"] else None
+        avail = msg.array("avail", (self.spec.action_dim,), "|b1") if self.spec.discrete else None
         if msg["seq"] in self.kill_at:
             log.warning("%s: fault injection, SIGKILL at step %d", self.name, msg["seq"])
             os.kill(os.getpid(), signal.SIGKILL)
@@ -262,7 +262,7 @@ class Agent:
             self.ring.obs[t] = np.asarray(obs, np.float32)
         self.ring.put_action(t, action)
         tx = sum(self.node.stats.tx_msgs.values()) - self.node.stats.tx_msgs["ACTION"]
-        self.send("env", "ACTION", (action,), ep=ep, step=t, kind=kind, epoch=self.view.epoch,
+        self.send("env", "ACTION", {"action": action}, ep=ep, step=t, kind=kind, epoch=self.view.epoch,
                   leader=self.view.leader, tx=tx)
         if timeline.ENABLED:
             timeline.mark("acted", self.seq)
@@ -415,7 +415,7 @@ class Agent:
     def _on_recon(self, msg: Message, now: float) -> None:
         if not self._from_coordinator(msg):
             return
-        row = msg.array(0, (self.spec.obs_dim,), "<f4")
+        row = msg.array("obs", (self.spec.obs_dim,), "<f4")
         self.deliver_recon(msg["ep"], msg["step"], row.copy(), msg["start"], msg["epoch"])
 
     def deliver_recon(self, ep: int, t: int, row: np.ndarray, start: int, epoch: int) -> None:
@@ -449,7 +449,7 @@ class Agent:
             for key, values in self.coord.samples.data.items():
                 samples.data[key] = values
         names, arrays = samples.arrays()
-        self.send(msg.src, "STATS", tuple(arrays), counts=counts, names=names)
+        self.send(msg.src, "STATS", arrays, counts=counts, names=names)
 
     def _on_bye(self, msg: Message, now: float) -> None:
         self.running = False

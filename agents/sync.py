@@ -43,7 +43,7 @@ class HistorySync:
         if (ep, t) <= after:
             return False
         seen, known, obs, act = agent.ring.serve_step(t)
-        if not agent.send(leader, "HISTORY", (obs, act), ep=ep, step=t, epoch=epoch, obs_from=t,
+        if not agent.send(leader, "HISTORY", {"obs": obs, "act": act}, ep=ep, step=t, epoch=epoch, obs_from=t,
                           act_from=max(0, t - 1), seen=seen, known=known, push=True):
             return False
         agent.counts["pushes"] += 1
@@ -88,6 +88,6 @@ class HistorySync:
             if ep != agent.ep:
                 continue
             seen, known, obs, act = agent.ring.serve(msg["obs_from"], msg["act_from"], t)
-            agent.send(msg.src, "HISTORY", (obs, act), ep=ep, step=t, epoch=msg["epoch"], obs_from=msg["obs_from"],
-                       act_from=msg["act_from"], seen=seen, known=known, push=False)
+            agent.send(msg.src, "HISTORY", {"obs": obs, "act": act}, ep=ep, step=t, epoch=msg["epoch"],
+                       obs_from=msg["obs_from"], act_from=msg["act_from"], seen=seen, known=known, push=False)
         self.pending = keep[-8:]

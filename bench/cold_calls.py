@@ -125,7 +125,7 @@ def main() -> None:
     n, d = man.spec.n_agents, man.spec.obs_dim
     rng = np.random.default_rng(0)
     obs = rng.normal(size=d).astype(np.float32)
-    step = encode("STEP", "env", (obs,), ep=0, step=5, seq=5, seen=True, dflt=False)
+    step = encode("STEP", "env", {"obs": obs}, ep=0, step=5, seq=5, seen=True, dflt=False)
     state = wm.initial_state(1)
     feed = {"h": state.h, "z": state.z, "prev_action": np.zeros((1, n, man.act_width), np.float32),
             "obs": rng.normal(size=(1, n, d)).astype(np.float32), "mask": np.ones((1, n), np.float32)}

@@ -79,8 +79,8 @@ obs, act = np.zeros((1, obs_dim), np.float32), np.zeros((1, 1), np.float32)
 while True:
     for m in node.poll(1000):
         if m.type == "GATHER":
-            node.send("ctl", "HISTORY", (obs, act), ep=0, step=m["step"], epoch=m["epoch"], obs_from=m["step"],
-                      act_from=m["step"] - 1, seen=[True], known=[True], push=False)
+            node.send("ctl", "HISTORY", {"obs": obs, "act": act}, ep=0, step=m["step"], epoch=m["epoch"],
+                      obs_from=m["step"], act_from=m["step"] - 1, seen=[True], known=[True], push=False)
         elif m.type == "RECON":
             node.send("ctl", "HB", epoch=0, leader=0)
         elif m.type == "BYE":
@@ -122,7 +122,7 @@ def floors(n: int, bundle: Path, rounds: int, transport: str = "tcp") -> dict[st
             if k >= 20:
                 gather.append((time.perf_counter() - start) * 1e3)
             start = time.perf_counter()
-            ctl.send("a1", "RECON", (np.zeros(d, np.float32),), ep=0, step=k, epoch=1, start=0)
+            ctl.send("a1", "RECON", {"obs": np.zeros(d, np.float32)}, ep=0, step=k, epoch=1, start=0)
             while not any(m.type == "HB" for m in ctl.poll(100)):
                 pass
             if k >= 20:

@@ -92,24 +92,24 @@ def agent(name: str, env_endpoint: str, n: int, obs_dim: int, bundle: str | None
                 t, rx_ns = m["step"], time.monotonic_ns()
                 if coordinator:
                     own_step = t
-                    compute.act(m.arrays[0], i)
+                    compute.act(m.arrays["obs"], i)
                 else:
-                    obs = m.arrays[0][None] if m["seen"] else none
-                    node.send("a0", "HISTORY", (obs, act[None]), ep=0, step=t + 1, epoch=1, obs_from=t + 1,
-                              act_from=t, seen=[bool(m["seen"])], known=[True], push=True)
+                    obs = m.arrays["obs"][None] if m["seen"] else none
+                    node.send("a0", "HISTORY", {"obs": obs, "act": act[None]}, ep=0, step=t + 1, epoch=1,
+                              obs_from=t + 1, act_from=t, seen=[bool(m["seen"])], known=[True], push=True)
                     if not blind:
-                        compute.act(m.arrays[0], i)
-                        node.send("env", "ACTION", (act,), ep=0, step=t, kind="obs", epoch=1, leader=0, tx=0)
+                        compute.act(m.arrays["obs"], i)
+                        node.send("env", "ACTION", {"action": act}, ep=0, step=t, kind="obs", epoch=1, leader=0, tx=0)
             elif m.type == "HISTORY":
                 pushes += 1
             elif m.type == "RECON":
                 rounds_ms.append((time.monotonic_ns() - rx_ns) / 1e6)
-                compute.act(m.arrays[0], i)
-                node.send("env", "ACTION", (act,), ep=0, step=m["step"], kind="wm", epoch=1, leader=0, tx=0)
+                compute.act(m.arrays["obs"], i)
+                node.send("env", "ACTION", {"action": act}, ep=0, step=m["step"], kind="wm", epoch=1, leader=0, tx=0)
             if coordinator and own_step >= 0 and pushes == n - 1:
                 compute.reconstruct()
-                node.send(f"a{n - 1}", "RECON", (row,), ep=0, step=own_step, epoch=1, start=0)
-                node.send("env", "ACTION", (act,), ep=0, step=own_step, kind="obs", epoch=1, leader=0, tx=0)
+                node.send(f"a{n - 1}", "RECON", {"obs": row}, ep=0, step=own_step, epoch=1, start=0)
+                node.send("env", "ACTION", {"action": act}, ep=0, step=own_step, kind="obs", epoch=1, leader=0, tx=0)
                 own_step, pushes = -1, 0
 
 
@@ -171,7 +171,7 @@ def skeleton_round(n: int, steps: int, obs_dim: int = 17, warmup: int = 50,
             obs = source.step()
             for i in range(n):
                 seen = i != n - 1
-                env.send(f"a{i}", "STEP", (obs[i],) if seen else (), ep=0, step=t, seq=t, seen=seen, dflt=False)
+                env.send(f"a{i}", "STEP", {"obs": obs[i]} if seen else None, ep=0, step=t, seq=t, seen=seen, dflt=False)
             got, wait_until = 0, time.monotonic() + 5
             while got < n and time.monotonic() < wait_until:
                 got += sum(m.type == "ACTION" for m in env.poll(1000))

@@ -221,8 +221,8 @@ class Coordinator:
         if ep > self.cache.ep:
             self.cache.reset(ep)
             self.chain = None
-        obs = msg.array(0, (sum(seen), self.manifest.spec.obs_dim), "<f4")
-        act = msg.array(1, (len(known), *self.codec.shape), self.codec.dtype.str)
+        obs = msg.array("obs", (sum(seen), self.manifest.spec.obs_dim), "<f4")
+        act = msg.array("act", (len(known), *self.codec.shape), self.codec.dtype.str)
         self.cache.put(j, t, act_from, t, seen, known, obs, act)
         self.counts["pushes_received"] += 1
         if timeline.ENABLED:
@@ -245,8 +245,8 @@ class Coordinator:
         seen, known = msg["seen"], msg["known"]
         if len(seen) != r.t - obs_from + 1 or len(known) != r.t - act_from:
             raise WireError("bad_field", "HISTORY flags do not cover the asked steps")
-        obs = msg.array(0, (sum(seen), self.manifest.spec.obs_dim), "<f4")
-        act = msg.array(1, (len(known), *self.codec.shape), self.codec.dtype.str)
+        obs = msg.array("obs", (sum(seen), self.manifest.spec.obs_dim), "<f4")
+        act = msg.array("act", (len(known), *self.codec.shape), self.codec.dtype.str)
         self.cache.put(j, obs_from, act_from, r.t, seen, known, obs, act)
         r.replied.add(j)
         (r.observed if seen[-1] else r.lost).add(j)
@@ -340,7 +340,9 @@ class Coordinator:
         obs_w, act_w, masks, state, _ = r.request
         self._rid += 1
         r.rid = self._rid
-        arrays = (obs_w, act_w, masks) + ((state.h[0], state.z[0]) if state is not None else ())
+        arrays = {"obs": obs_w, "act": act_w, "mask": masks}
+        if state is not None:
+            arrays.update(h=state.h[0], z=state.z[0])
         if not self.agent.send("wm", "WM_REQ", arrays, ep=r.ep, step=r.t, rid=r.rid, cont=state is not None):
             self.counts["wm_node_unreachable"] += 1
             return False
@@ -356,9 +358,9 @@ class Coordinator:
                 self._finish_locally(r)
             return
         spec = self.manifest.spec
-        recon = msg.array(0, (self.n, spec.obs_dim), "<f4")
-        h = msg.array(1, (self.n, self.manifest.deter), "<f4")
-        z = msg.array(2, (self.n, self.manifest.stoch), "<f4")
+        recon = msg.array("obs", (self.n, spec.obs_dim), "<f4")
+        h = msg.array("h", (self.n, self.manifest.deter), "<f4")
+        z = msg.array("z", (self.n, self.manifest.stoch), "<f4")
         self.samples.add("wm_us", float(msg["us"]))
         self._finish(r, recon.copy(), LatentState(h[None].copy(), z[None].copy()))
 
@@ -391,6 +393,6 @@ class Coordinator:
         if j == agent.i:
             agent.deliver_recon(r.ep, r.t, row.copy(), r.chain_start, agent.view.epoch)
             self.counts["recon_self"] += 1
-        elif agent.send(f"a{j}", "RECON", (row,), ep=r.ep, step=r.t, epoch=agent.view.epoch, start=r.chain_start):
+        elif agent.send(f"a{j}", "RECON", {"obs": row}, ep=r.ep, step=r.t, epoch=agent.view.epoch, start=r.chain_start):
             self.counts["recon_sent"] += 1
 

@@ -13,8 +13,6 @@ import logging
 import time
 from collections import Counter
 
-import numpy as np
-
 from rmio.runtime.bundle import load_manifest
 from rmio.runtime.history import ActionCodec
 from rmio.runtime.metrics import Samples
@@ -79,7 +77,7 @@ class WorldModelNode:
             elif msg.type == "STATS_REQ":
                 counts = {**self.node.stats.flat(), **{f"wm.{k}": int(v) for k, v in self.counts.items()}}
                 names, arrays = self.samples.arrays()
-                self.node.send("env", "STATS", tuple(arrays), counts=counts, names=names)
+                self.node.send("env", "STATS", arrays, counts=counts, names=names)
             return
         if msg.src.startswith("a") and msg.type == "WM_REQ":
             self._serve(msg)
@@ -89,21 +87,21 @@ class WorldModelNode:
     def _serve(self, msg: Message) -> None:
         m = self.manifest
         n, d = m.spec.n_agents, m.spec.obs_dim
-        obs = msg.array(0, (None, n, d), "<f4")
+        obs = msg.array("obs", (None, n, d), "<f4")
         T = obs.shape[0]
         if not 1 <= T <= m.history_window + 1:
             raise WireError("bad_array", f"window of {T} steps")
-        acts = msg.array(1, (T, n, *self.codec.shape), self.codec.dtype.str)
-        masks = msg.array(2, (T, n), "<f4")
+        acts = msg.array("act", (T, n, *self.codec.shape), self.codec.dtype.str)
+        masks = msg.array("mask", (T, n), "<f4")
         state = None
         if msg["cont"]:
-            h = msg.array(3, (n, m.deter), "<f4")
-            z = msg.array(4, (n, m.stoch), "<f4")
+            h = msg.array("h", (n, m.deter), "<f4")
+            z = msg.array("z", (n, m.stoch), "<f4")
             state = LatentState(h[None].copy(), z[None].copy())
         start = now_ns()
         new_state, recons = self.wm.replay(obs, acts, masks, state)
         us = (now_ns() - start) // 1000
         self.samples.add("wm_node_us", float(us))
         self.counts["requests"] += 1
-        self.node.send(msg.src, "WM_REP", (np.ascontiguousarray(recons[-1]), new_state.h[0], new_state.z[0]),
+        self.node.send(msg.src, "WM_REP", {"obs": recons[-1], "h": new_state.h[0], "z": new_state.z[0]},
                        rid=msg["rid"], ok=True, us=int(us))

@@ -99,9 +99,9 @@ def largest_message_bytes(manifest: Manifest) -> int:
     """The datagram of the swarm's largest message: a world-model request over a whole window, with state."""
     spec, codec = manifest.spec, ActionCodec.of(manifest.spec)
     n, steps = spec.n_agents, manifest.history_window + 1
-    arrays = (np.zeros((steps, n, spec.obs_dim), np.float32), np.zeros((steps, n, *codec.shape), codec.dtype),
-              np.zeros((steps, n), np.float32), np.zeros((n, manifest.deter), np.float32),
-              np.zeros((n, manifest.stoch), np.float32))
+    arrays = {"obs": np.zeros((steps, n, spec.obs_dim), np.float32),
+              "act": np.zeros((steps, n, *codec.shape), codec.dtype), "mask": np.zeros((steps, n), np.float32),
+              "h": np.zeros((n, manifest.deter), np.float32), "z": np.zeros((n, manifest.stoch), np.float32)}
     big = 1 << 52  # the widest integers the header can carry
     return len(pack(encode("WM_REQ", "a9999", arrays, ep=big, step=big, rid=big, cont=True)))
 

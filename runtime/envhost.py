@@ -143,9 +143,9 @@ class EnvHost:
         messages = []
         for i in range(self.n):
             seen = bool(ts.observed[i])
-            arrays: tuple = (ts.obs[i],) if seen else ()
+            arrays = {"obs": ts.obs[i]} if seen else {}
             if self.spec.discrete:
-                arrays = (*arrays, np.asarray(ts.avail_actions[i], bool))
+                arrays["avail"] = np.asarray(ts.avail_actions[i], bool)
             messages.append(encode("STEP", self.node.name, arrays, ep=ep, step=t, seq=seq, seen=seen,
                                    dflt=bool(defaulted[i])))
         # all encoded first, then sent in one burst: the first agents to wake compete for the CPU with the
@@ -178,6 +178,8 @@ class EnvHost:
             for peer, up in self._links():
                 if not up and peer in self.names:
                     waiting.discard(self.names.index(peer))
+        if self.spec.discrete:  # the agents act on the available actions their STEP carried, blind or not
+            self.counts["unavailable_actions"] += sum(not ts.avail_actions[i][int(a)] for i, a in self.pending.items())
         actions = np.stack([self.pending.get(i, self.codec.default()) for i in range(self.n)])
         if self.low is not None:
             np.clip(actions, self.low, self.high, out=actions)
@@ -234,7 +236,8 @@ class EnvHost:
         if msg.type in ("HB", "BYE"):
             return None
         if msg.type == "STATS" and (src in self.names or src == "wm"):
-            self.stats[src] = {"counts": msg["counts"], "samples": dict(zip(msg["names"], msg.arrays, strict=False))}
+            samples = dict(zip(msg["names"], msg.arrays.values(), strict=False))
+            self.stats[src] = {"counts": msg["counts"], "samples": samples}
             return None
         if msg.type != "ACTION" or src not in self.names:
             self.node.count_drop("unexpected", f"{msg.type} from {src}")
@@ -245,7 +248,7 @@ class EnvHost:
         if step is None or (msg["ep"], msg["step"]) != step or i in self.pending:
             self.counts["late_actions"] += 1
             return None
-        action = msg.array(0, self.codec.shape, self.codec.dtype.str)
+        action = msg.array("action", self.codec.shape, self.codec.dtype.str)
         if self.spec.discrete and not 0 <= int(action) < self.spec.action_sizes[i]:
             self.counts["invalid_actions"] += 1
             return None
@@ -290,8 +293,8 @@ class EnvHost:
         table = traffic_table(per_process, steps)
         by_cat = category_totals(table)
         action = self.codec.default()[None]
-        probe = encode("HISTORY", "a0", (np.zeros((1, self.spec.obs_dim), np.float32), action), ep=0, step=1,
-                       epoch=1, obs_from=1, act_from=0, seen=[True], known=[True], push=True)
+        probe = encode("HISTORY", "a0", {"obs": np.zeros((1, self.spec.obs_dim), np.float32), "act": action},
+                       ep=0, step=1, epoch=1, obs_from=1, act_from=0, seen=[True], known=[True], push=True)
         base = centralised_baseline(self.n, self.spec.obs_dim, action.nbytes, frames_size(probe))
         proto = by_cat.get("protocol", {"payload_bytes_per_step": 0.0, "bytes_per_step": 0.0})
 

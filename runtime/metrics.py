@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from rmio.runtime.transport import category
+from rmio.runtime.wire import STATS_SAMPLES
 
 
 class Samples:
@@ -28,9 +29,11 @@ class Samples:
     def add(self, name: str, us: float) -> None:
         self.data[name].append(float(us))
 
-    def arrays(self, limit: int = 100_000) -> tuple[list[str], list[np.ndarray]]:
-        names = sorted(self.data)[:8]
-        return names, [np.asarray(self.data[n][-limit:], np.float32) for n in names]
+    def arrays(self, limit: int = 100_000) -> tuple[list[str], dict[str, np.ndarray]]:
+        """(names, arrays) for a STATS message: its ``names`` field and its arrays s0, s1, ... in that order."""
+        names = sorted(self.data)[: len(STATS_SAMPLES)]
+        return names, {k: np.asarray(self.data[n][-limit:], np.float32)
+                       for k, n in zip(STATS_SAMPLES, names, strict=False)}
 
 
 def pctl(values: Iterable[float], q: float) -> float | None:

@@ -91,8 +91,10 @@ class ReferencePolicy:
 
 
 def evaluate(bundle: str | Path, env_cfg: EnvConfig, loss_cfg: LossConfig, *, episodes: int, seed: int = 0,
-             recon: str = "wm", wm_mode: str = "window") -> list[dict[str, Any]]:
-    """Episode k seeded with seed + k, loss model seeded with seed (as rmio.envs.rollout.run_episodes)."""
+             recon: str = "wm", wm_mode: str = "window", trace: bool = False) -> list[dict[str, Any]]:
+    """Episode k seeded with seed + k, loss model seeded with seed (as rmio.envs.rollout.run_episodes).
+    With ``trace``, each row also holds the episode's joint actions and observation masks, step by step
+    (what a swarm run's env host records), so a swarm can be compared with it action for action."""
     policy = ReferencePolicy(bundle, recon, wm_mode)
     out = []
     with make_env(env_cfg) as base:
@@ -102,13 +104,20 @@ def evaluate(bundle: str | Path, env_cfg: EnvConfig, loss_cfg: LossConfig, *, ep
             policy.reset()
             ts = env.reset(seed=seed + k)
             ret, steps, lost = 0.0, 0, 0
+            actions, masks = [], []
             while True:
                 lost += int((~ts.observed).sum())
-                ts = env.step(policy.act(ts.obs, ts.observed, ts.avail_actions))
+                joint = policy.act(ts.obs, ts.observed, ts.avail_actions)
+                if trace:
+                    actions.append(joint)
+                    masks.append(ts.observed.copy())
+                ts = env.step(joint)
                 ret += ts.reward
                 steps += 1
                 if ts.done:
                     break
             out.append({"episode": k, "seed": seed + k, "return": ret, "steps": steps,
                         "lost_fraction": lost / (steps * base.spec.n_agents), "seconds": time.perf_counter() - start})
+            if trace:
+                out[-1].update(actions=np.stack(actions), observed=np.stack(masks))
     return out

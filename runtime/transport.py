@@ -17,7 +17,7 @@ import math
 import os
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -128,7 +128,7 @@ class NodeBase:
     def close(self) -> None:
         raise NotImplementedError
 
-    def send(self, to: str, msg_type: str, arrays: Sequence[np.ndarray] = (), **fields: object) -> bool:
+    def send(self, to: str, msg_type: str, arrays: Mapping[str, np.ndarray] | None = None, **fields: object) -> bool:
         """Send without ever blocking; False when the peer is unreachable or its queue is full."""
         frames = encode(msg_type, self.name, arrays, **fields)
         return self.send_frames(to, msg_type, frames)

@@ -2,7 +2,9 @@
 
 A message is ``[header, array_0, array_1, ...]``. The header is a msgpack map with the protocol
 version ``v``, the type ``t``, the sender ``src``, the type's own fields and ``arr``, a list of
-``[dtype, shape]`` describing each following frame. Arrays never go through msgpack (no copies, no
+``[name, dtype, shape]`` describing each following frame. Every array is named, so a message whose
+arrays are optional (a STEP for a blind agent carries available actions but no observation) says
+which ones it carries and is never read by position. Arrays never go through msgpack (no copies, no
 pickle). Decoding checks everything a peer could get wrong or forge: sizes, version, sender, type,
 every field's type and range, array dtypes, shapes and byte counts. Anything off raises
 :class:`WireError` with a short reason that the receiver counts before dropping the message; the
@@ -16,14 +18,14 @@ import functools
 import math
 import re
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import msgpack
 import numpy as np
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 MAX_MESSAGE_BYTES = 4 << 20
 MAX_HEADER_BYTES = 32 << 10
 MAX_FRAMES = 8
@@ -105,51 +107,70 @@ ACT_KINDS = ("obs", "wm", "zero", "hold", "fallback")
 
 @dataclass(frozen=True)
 class ArraySpec:
+    """One named array a message type may carry: its dtypes, its numbers of dimensions, and whether it is
+    always there."""
+
+    name: str
     dtypes: tuple[str, ...]
     ndims: tuple[int, ...]
+    optional: bool = False
 
 
 F32 = ("<f4",)
 ACTION = ("<f4", "<i8")
+BOOL = ("|b1",)
+
+
+def _arr(name: str, dtypes: tuple[str, ...], *ndims: int, optional: bool = False) -> ArraySpec:
+    return ArraySpec(name, dtypes, ndims, optional)
 
 
 @dataclass(frozen=True)
 class Schema:
+    """A message type: its fields with their validators, and its arrays in the order they travel."""
+
     fields: dict[str, Callable[[Any], bool]]
     arrays: tuple[ArraySpec, ...] = ()
-    min_arrays: int = 0
+    index: dict[str, int] = field(init=False, repr=False, compare=False)
+    """Array name -> its position in ``arrays``."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "index", {a.name: k for k, a in enumerate(self.arrays)})
 
 
 _EPOCH = {"epoch": _uint, "leader": _agent_or_none}
 _AT = {"ep": _uint, "step": _uint}
+STATS_SAMPLES = tuple(f"s{k}" for k in range(MAX_FRAMES))
+"""STATS carries up to MAX_FRAMES latency-sample arrays, named s0, s1, ...; its ``names`` field says what each is."""
 
 SCHEMAS: dict[str, Schema] = {
     # membership
     "HELLO": Schema({"inc": _uint, "role": _one_of(*ROLES), **_EPOCH}),
     "HB": Schema(dict(_EPOCH)),
     "BYE": Schema({"reason": _short_str}),
-    # env host <-> agent
+    # env host <-> agent: the observation only when the agent observes, available actions only when discrete
     "STEP": Schema({**_AT, "seq": _uint, "seen": _bool, "dflt": _bool},
-                   (ArraySpec(F32, (1,)), ArraySpec(("|b1",), (1,))), 0),
-    "ACTION": Schema({**_AT, "kind": _one_of(*ACT_KINDS), **_EPOCH, "tx": _uint}, (ArraySpec(ACTION, (0, 1)),), 1),
+                   (_arr("obs", F32, 1, optional=True), _arr("avail", BOOL, 1, optional=True))),
+    "ACTION": Schema({**_AT, "kind": _one_of(*ACT_KINDS), **_EPOCH, "tx": _uint}, (_arr("action", ACTION, 0, 1),)),
     # loss handling, election, history sync
     "LOST": Schema({**_AT, **_EPOCH, "bcast": _bool}),
     "COORD": Schema(dict(_EPOCH)),
     "GATHER": Schema({**_AT, "epoch": _uint, "obs_from": _uint, "act_from": _uint, "stream": _int}),
     "STREAM": Schema({"epoch": _uint, "until": _int}),
     "HISTORY": Schema({**_AT, "epoch": _uint, "obs_from": _uint, "act_from": _uint, "seen": _bool_list,
-                       "known": _bool_list, "push": _bool}, (ArraySpec(F32, (2,)), ArraySpec(ACTION, (1, 2))), 2),
-    "RECON": Schema({**_AT, "epoch": _uint, "start": _uint}, (ArraySpec(F32, (1,)),), 1),
-    # world-model node
+                       "known": _bool_list, "push": _bool}, (_arr("obs", F32, 2), _arr("act", ACTION, 1, 2))),
+    "RECON": Schema({**_AT, "epoch": _uint, "start": _uint}, (_arr("obs", F32, 1),)),
+    # world-model node: the latent state travels only when the request continues a chain
     "WM_REQ": Schema({**_AT, "rid": _uint, "cont": _bool},
-                     (ArraySpec(F32, (3,)), ArraySpec(ACTION, (2, 3)), ArraySpec(F32, (2,)),
-                      ArraySpec(F32, (2,)), ArraySpec(F32, (2,))), 3),
+                     (_arr("obs", F32, 3), _arr("act", ACTION, 2, 3), _arr("mask", F32, 2),
+                      _arr("h", F32, 2, optional=True), _arr("z", F32, 2, optional=True))),
     "WM_REP": Schema({"rid": _uint, "ok": _bool, "us": _uint},
-                     (ArraySpec(F32, (2,)), ArraySpec(F32, (2,)), ArraySpec(F32, (2,))), 0),
+                     (_arr("obs", F32, 2, optional=True), _arr("h", F32, 2, optional=True),
+                      _arr("z", F32, 2, optional=True))),
     # metrics and control
     "STATS_REQ": Schema({}),
-    "STATS": Schema({"counts": _scalar_map, "names": _str_list}, tuple(ArraySpec(F32, (1,)) for _ in range(MAX_FRAMES)),
-                    0),
+    "STATS": Schema({"counts": _scalar_map, "names": _str_list},
+                    tuple(_arr(name, F32, 1, optional=True) for name in STATS_SAMPLES)),
     "REGISTER": Schema({"role": _one_of(*ROLES), "endpoint": _short_str, "pid": _uint, "inc": _uint}),
     "ROSTER": Schema({"version": _uint, "endpoints": _scalar_map}),
     "STATUS": Schema({"status": _scalar_map}),
@@ -162,33 +183,44 @@ class Message:
     type: str
     src: str
     fields: dict[str, Any]
-    arrays: list[np.ndarray] = field(default_factory=list)
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)
+    """The arrays the message carries, by name (in the order they travelled)."""
     nbytes: int = 0
 
     def __getitem__(self, key: str) -> Any:
         return self.fields[key]
 
-    def array(self, i: int, shape: Sequence[int | None], dtype: str | None = None) -> np.ndarray:
-        """The i-th array, checked against an exact shape (None = any length on that axis)."""
-        if i >= len(self.arrays):
-            raise WireError("bad_array", f"{self.type} lacks array {i}")
-        a = self.arrays[i]
+    def has(self, name: str) -> bool:
+        return name in self.arrays
+
+    def array(self, name: str, shape: Sequence[int | None], dtype: str | None = None) -> np.ndarray:
+        """The named array, checked against an exact shape (None = any length on that axis)."""
+        a = self.arrays.get(name)
+        if a is None:
+            raise WireError("bad_array", f"{self.type} lacks array {name!r}")
         if a.ndim != len(shape) or any(s is not None and s != d for s, d in zip(shape, a.shape, strict=True)):
-            raise WireError("bad_array", f"{self.type} array {i} has shape {a.shape}, expected {tuple(shape)}")
+            raise WireError("bad_array", f"{self.type}.{name} has shape {a.shape}, expected {tuple(shape)}")
         if dtype is not None and a.dtype.str != dtype:
-            raise WireError("bad_array", f"{self.type} array {i} has dtype {a.dtype.str}, expected {dtype}")
+            raise WireError("bad_array", f"{self.type}.{name} has dtype {a.dtype.str}, expected {dtype}")
         return a
 
 
-def encode(msg_type: str, src: str, arrays: Sequence[np.ndarray] = (), **fields: Any) -> list[bytes]:
-    """Frames for one message; validated like an incoming one so a bug never reaches the wire."""
+def encode(msg_type: str, src: str, arrays: Mapping[str, np.ndarray] | None = None, **fields: Any) -> list[bytes]:
+    """Frames for one message; validated like an incoming one so a bug never reaches the wire. ``arrays``
+    maps array names to arrays (any order; they travel in the schema's order)."""
     schema = SCHEMAS[msg_type]
     _check_fields(msg_type, schema, fields)
-    arrs = [np.ascontiguousarray(a) for a in arrays]
+    arrays = arrays or {}
+    if not isinstance(arrays, Mapping):
+        raise TypeError(f"{msg_type}: arrays must map array names to arrays, got {type(arrays).__name__}")
+    unknown = [name for name in arrays if name not in schema.index]
+    if unknown:
+        raise WireError("bad_array", f"{msg_type} has no array {unknown[0]!r}")
+    arrs = [(spec.name, np.asarray(arrays[spec.name], order="C")) for spec in schema.arrays if spec.name in arrays]
     header = {"v": PROTOCOL_VERSION, "t": msg_type, "src": src, **fields,
-              "arr": [[a.dtype.str, list(a.shape)] for a in arrs]}
+              "arr": [[name, a.dtype.str, list(a.shape)] for name, a in arrs]}
     _check_arrays(msg_type, schema, header["arr"])
-    return [msgpack.packb(header, use_bin_type=True), *(a.tobytes() for a in arrs)]
+    return [msgpack.packb(header, use_bin_type=True), *(a.tobytes() for _, a in arrs)]
 
 
 def frames_size(frames: Sequence[bytes | memoryview]) -> int:
@@ -242,16 +274,16 @@ def _decode(frames: Sequence[bytes], sender: str | None, known: Callable[[str], 
     _check_arrays(msg_type, schema, specs)
     if len(specs) != len(frames) - 1:
         raise WireError("bad_array", f"{len(specs)} array headers for {len(frames) - 1} frames")
-    arrays = []
-    for (dtype, shape), frame in zip(specs, frames[1:], strict=True):
+    arrays = {}
+    for (name, dtype, shape), frame in zip(specs, frames[1:], strict=True):
         dt = _NP_DTYPES[dtype]
         if len(frame) != dt.itemsize * math.prod(shape):
             raise WireError("bad_array", f"frame of {len(frame)} bytes for {dtype}{shape}")
         if dt.kind == "f" and not _finite(frame):
             raise WireError("bad_array", "non-finite values")
-        if dt.kind == "b" and frame.translate(None, b"\x00\x01"):
+        if dt.kind == "b" and bytes(frame).translate(None, b"\x00\x01"):  # frames may be memoryviews (udp)
             raise WireError("bad_array", "booleans other than 0 and 1")
-        arrays.append(np.frombuffer(frame, dtype=dt).reshape(shape))
+        arrays[name] = np.frombuffer(frame, dtype=dt).reshape(shape)
     return Message(msg_type, src, header, arrays, total)
 
 
@@ -279,15 +311,31 @@ def _check_fields(msg_type: str, schema: Schema, fields: dict[str, Any]) -> None
 
 
 def _check_arrays(msg_type: str, schema: Schema, specs: list[Any]) -> None:
-    if not schema.min_arrays <= len(specs) <= len(schema.arrays):
+    """Each entry is ``[name, dtype, shape]``; names follow the schema's order, once each, and every array
+    that is not optional is there."""
+    if len(specs) > len(schema.arrays):
         raise WireError("bad_array", f"{msg_type} carries {len(specs)} arrays")
-    for spec, entry in zip(schema.arrays, specs, strict=False):
-        if type(entry) is not list or len(entry) != 2:
-            raise WireError("bad_array", "array header is not [dtype, shape]")
-        dtype, shape = entry
+    last = -1
+    for entry in specs:
+        if type(entry) is not list or len(entry) != 3:
+            raise WireError("bad_array", "array header is not [name, dtype, shape]")
+        name, dtype, shape = entry
+        k = schema.index.get(name) if type(name) is str else None
+        if k is None:
+            raise WireError("bad_array", f"{msg_type} has no array {name!r}"[:80])
+        if k <= last:
+            raise WireError("bad_array", f"{msg_type} array {name!r} out of order or repeated"[:80])
+        for skipped in schema.arrays[last + 1:k]:
+            if not skipped.optional:
+                raise WireError("bad_array", f"{msg_type} lacks array {skipped.name!r}")
+        last = k
+        spec = schema.arrays[k]
         if dtype not in spec.dtypes:
-            raise WireError("bad_array", f"{msg_type} dtype {dtype!r}"[:80])
+            raise WireError("bad_array", f"{msg_type}.{name} dtype {dtype!r}"[:80])
         if type(shape) is not list or len(shape) not in spec.ndims:
-            raise WireError("bad_array", f"{msg_type} shape {shape!r}"[:80])
+            raise WireError("bad_array", f"{msg_type}.{name} shape {shape!r}"[:80])
         if not all(type(d) is int and 0 <= d <= MAX_DIM for d in shape):
-            raise WireError("bad_array", f"{msg_type} shape {shape!r}"[:80])
+            raise WireError("bad_array", f"{msg_type}.{name} shape {shape!r}"[:80])
+    for spec in schema.arrays[last + 1:]:
+        if not spec.optional:
+            raise WireError("bad_array", f"{msg_type} lacks array {spec.name!r}")

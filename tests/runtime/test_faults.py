@@ -225,7 +225,7 @@ def test_stale_epochs_are_rejected(bundle: Path, tmp_path: Path) -> None:
     time.sleep(0.3)
     stale = [encode("COORD", "a5", epoch=0, leader=5),
              encode("GATHER", "a5", ep=0, step=1, epoch=0, obs_from=0, act_from=0, stream=-1),
-             encode("RECON", "a5", (np.zeros(9, np.float32),), ep=0, step=1, epoch=0, start=0)]
+             encode("RECON", "a5", {"obs": np.zeros(9, np.float32)}, ep=0, step=1, epoch=0, start=0)]
     try:
         for name in targets:
             for frames in stale:

@@ -32,6 +32,10 @@ SECTIONS: list[tuple[str, str, str]] = [
      "robustness_smax_2s3z/robustness.md",
      "rmio eval robustness models/smax_2s3z --seeds 3 --episodes 10 "
      "--strategies world-model,hold-last,zero-fill,no-finetune --out bench/results/robustness_smax_2s3z"),
+    ("Robustness through the real swarm: SMAX 2s3z (discrete actions)",
+     "robustness_smax_2s3z_swarm/robustness.md",
+     "rmio eval robustness models/smax_2s3z --p-loss 0,0.3,0.6 --seeds 1 --episodes 5 --swarm "
+     "--strategies world-model,hold-last,zero-fill --out bench/results/robustness_smax_2s3z_swarm"),
     ("Policy training: HalfCheetah 6x1", "training_halfcheetah_6x1.md", "see the command line inside"),
     ("Policy training: SMAX 2s3z", "training_smax_2s3z.md", "see the command line inside"),
     ("World-model reconstruction (L_rec, GPE, GCI)", "world_model_reconstruction.md",

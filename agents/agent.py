@@ -26,9 +26,9 @@ from rmio.runtime.history import ActionCodec, HistoryRing
 from rmio.runtime.membership import Liveness, View, should_claim
 from rmio.runtime.metrics import Samples
 from rmio.runtime.models import ActorRunner, WorldModelRunner
-from rmio.runtime.proc import Stop
+from rmio.runtime.node import NodeBase, now_ns
 from rmio.runtime.settings import SwarmSettings
-from rmio.runtime.transport import NodeBase, now_ns
+from rmio.runtime.stop import Stop
 from rmio.runtime.wire import Message, WireError, encode
 
 log = logging.getLogger(__name__)

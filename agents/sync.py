@@ -10,19 +10,16 @@ describes both.
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
 
+from rmio.coordinator.host import AgentHost
 from rmio.runtime import timeline
 from rmio.runtime.wire import Message
-
-if TYPE_CHECKING:
-    from rmio.agents.agent import Agent
 
 
 class HistorySync:
     """Pending GATHERs and the current stream subscription of one agent."""
 
-    def __init__(self, agent: Agent) -> None:
+    def __init__(self, agent: AgentHost) -> None:
         self.agent = agent
         self.pending: list[Message] = []
         """GATHERs for a step whose STEP has not reached us yet: answered when it does."""

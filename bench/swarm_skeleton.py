@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from rmio.runtime.transport import NodeBase
+from rmio.runtime.node import NodeBase
 from rmio.runtime.transport import make_node as runtime_node
 
 ENDPOINTS = {"tcp": "tcp://127.0.0.1:*", "udp": "udp://127.0.0.1:0"}

@@ -24,20 +24,17 @@ import signal
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
+from rmio.coordinator.host import AgentHost
 from rmio.runtime import timeline
 from rmio.runtime.bundle import Manifest
 from rmio.runtime.history import ActionCodec, WindowCache, window_start
 from rmio.runtime.metrics import Samples
 from rmio.runtime.models import LatentState, WorldModelRunner
-from rmio.runtime.transport import now_ns
+from rmio.runtime.node import now_ns
 from rmio.runtime.wire import Message, WireError
-
-if TYPE_CHECKING:
-    from rmio.agents.agent import Agent
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +90,7 @@ def _claim_fault(out_dir: str, name: str) -> bool:
 
 
 class Coordinator:
-    def __init__(self, agent: Agent, manifest: Manifest) -> None:
+    def __init__(self, agent: AgentHost, manifest: Manifest) -> None:
         self.agent = agent
         self.settings = agent.settings
         self.manifest = manifest

@@ -17,9 +17,9 @@ from rmio.runtime.bundle import load_manifest
 from rmio.runtime.history import ActionCodec
 from rmio.runtime.metrics import Samples
 from rmio.runtime.models import LatentState, WorldModelRunner
-from rmio.runtime.proc import Stop
+from rmio.runtime.node import NodeBase, now_ns
 from rmio.runtime.settings import SwarmSettings
-from rmio.runtime.transport import NodeBase, now_ns
+from rmio.runtime.stop import Stop
 from rmio.runtime.wire import Message, WireError
 
 log = logging.getLogger(__name__)

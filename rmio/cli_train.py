@@ -38,7 +38,7 @@ def _start_run(cfg: Any, run_dir: Path | None, algo: str, device: str, module: s
     import importlib
 
     _require_torch()
-    from rmio.train.wm_train import prepare_run_dir
+    from rmio.train.common import prepare_run_dir
 
     run_dir = prepare_run_dir(cfg, run_dir, algo)
     _console().print(f"run directory: {run_dir}")

@@ -41,7 +41,7 @@ from rmio.errors import ConfigError
 from rmio.runtime import timeline
 from rmio.runtime.bundle import Manifest
 from rmio.runtime.history import ActionCodec
-from rmio.runtime.transport import NodeBase
+from rmio.runtime.node import NodeBase
 from rmio.runtime.wire import MAX_FRAMES, Message, encode
 
 log = logging.getLogger(__name__)

@@ -25,9 +25,9 @@ from rmio.runtime.bundle import load_manifest
 from rmio.runtime.history import ActionCodec
 from rmio.runtime.membership import View
 from rmio.runtime.metrics import Samples, category_totals, centralised_baseline, summary, traffic_table, write_report
-from rmio.runtime.proc import Stop
+from rmio.runtime.node import NodeBase, now_ns
 from rmio.runtime.settings import SwarmSettings
-from rmio.runtime.transport import NodeBase, now_ns
+from rmio.runtime.stop import Stop
 from rmio.runtime.wire import Message, WireError, encode, frames_size
 
 log = logging.getLogger(__name__)

@@ -26,8 +26,9 @@ from pathlib import Path
 from typing import Any
 
 from rmio.errors import RmioError
+from rmio.runtime.node import NodeBase, local_endpoint
 from rmio.runtime.settings import SwarmSettings
-from rmio.runtime.transport import NodeBase, check_bundle_fits, local_endpoint, make_node
+from rmio.runtime.transport import check_bundle_fits, make_node
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Metrics of a swarm run, defined once: latency samples, per-type traffic, the centralised baseline, the report.
 
-Traffic is what each process sent (``tx_*`` counters of runtime.transport.TrafficStats), summed over
+Traffic is what each process sent (``tx_*`` counters of runtime.node.TrafficStats), summed over
 processes and divided by env steps. The centralised baseline is every agent sending its
 observation and its action to every other agent at every step: n (n - 1) messages of
 ``obs_dim * 4 + action bytes`` payload per step.
@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from rmio.runtime.transport import category
+from rmio.runtime.node import category
 from rmio.runtime.wire import STATS_SAMPLES
 
 

@@ -18,8 +18,10 @@ from pathlib import Path
 
 from rmio.errors import RmioError
 from rmio.runtime import timeline
+from rmio.runtime.node import NodeBase
 from rmio.runtime.settings import Roster, SwarmSettings
-from rmio.runtime.transport import NodeBase, check_bundle_fits, make_node
+from rmio.runtime.stop import Stop
+from rmio.runtime.transport import check_bundle_fits, make_node
 
 log = logging.getLogger(__name__)
 PR_SET_PDEATHSIG = 1
@@ -34,10 +36,6 @@ def die_with_parent(parent_pid: int) -> None:
         log.debug("prctl(PR_SET_PDEATHSIG) unavailable")
     if os.getppid() != parent_pid:  # the launcher died before we armed the signal
         os._exit(1)
-
-
-class Stop(Exception):
-    """Raised from a signal handler to unwind a role's event loop cleanly."""
 
 
 def install_signal_handlers() -> None:

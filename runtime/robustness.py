@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from rmio.defaults import DEFAULT_P_LOSS as DEFAULT_P_LOSS
 from rmio.envs.loss import LossConfig, LossyEnv, make_loss_model
 from rmio.envs.registry import EnvConfig, make_env
 from rmio.errors import RmioError
@@ -38,7 +39,6 @@ SEED_STRIDE = 1000
 STRATEGIES = ("world-model", "hold-last", "zero-fill", "no-finetune")
 """What a blind agent acts on: the fine-tuned world model's reconstruction, its last real observation,
 zeros, or the reconstruction of the world model before masked fine-tuning."""
-DEFAULT_P_LOSS = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 
 
 @dataclass

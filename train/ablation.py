@@ -130,7 +130,8 @@ def run_ablation(path: Path, out: Path, debug: bool, console: Console, device: s
 def _train_seed(ab: AblationConfig, out: Path, seed: int, debug: bool, console: Console,
                 device: str) -> list[tuple[str, Path]]:
     """Train (or resume) every variant of one training seed; returns (label, run directory) in table order."""
-    from rmio.train.wm_train import finetune_world_model, prepare_run_dir, train_world_model
+    from rmio.train.common import prepare_run_dir
+    from rmio.train.wm_train import finetune_world_model, train_world_model
 
     preset = "debug" if debug else None
     overrides = [*ab.set, f"run.seed={seed}"]

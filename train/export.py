@@ -26,6 +26,7 @@ from rmio.envs.trajectory import TrajectoryBuffer
 from rmio.errors import RmioError
 from rmio.runtime.bundle import SCHEMA_VERSION, WM_INPUTS, WM_OUTPUTS, Manifest, load_manifest
 from rmio.runtime.models import WorldModelRunner
+from rmio.train.common import load_actor, load_model
 from rmio.train.policy import Actor
 from rmio.train.world_model import RMIOWorldModel
 
@@ -43,21 +44,6 @@ class ActorGraph(nn.Module):
 
     def forward(self, obs, agent_id, avail_actions=None):
         return self.actor(obs, agent_id, avail_actions)
-
-
-def load_actor(path: Path) -> tuple[Actor, dict[str, Any]]:
-    """The trained actor of a `policy.pt` (MAPPO or RMIOv2 pre-training)."""
-    from rmio.config import Config, build_dataclass
-    from rmio.train.runlog import load_checkpoint
-
-    ckpt = load_checkpoint(path)
-    cfg = build_dataclass(Config, ckpt["config"], str(path))
-    spec = EnvSpec.from_dict(ckpt["spec"])
-    p = cfg.policy.ppo
-    actor = Actor(spec, p.hidden, p.log_std_init, np.asarray(ckpt["obs_mean"], np.float32),
-                  np.asarray(ckpt["obs_std"], np.float32))
-    actor.load_state_dict(ckpt["ppo"]["actor"])
-    return actor.eval(), ckpt
 
 
 def export_actor(actor: Actor, out: Path) -> float:
@@ -161,7 +147,6 @@ def replay_parity(model: RMIOWorldModel, runner: WorldModelRunner, holdout: Traj
 def export_run(run_dir: Path, out: Path, console: Console, policy: Path | None = None) -> Path:
     """World model of ``run_dir`` (fine-tuned if it was) plus the actor of ``policy`` (default: the run's own
     policy.pt), checked against PyTorch."""
-    from rmio.train.wm_train import load_model
 
     path = run_dir / "wm_finetune.pt"
     if not path.exists():

@@ -22,12 +22,13 @@ from rmio.envs.collect import collect
 from rmio.envs.loss import LossConfig
 from rmio.envs.trajectory import TrajectoryBuffer
 from rmio.envs.vector import make_vector_env
+from rmio.train.common import begin_training, build_model, progress
 from rmio.train.imagination import imagine, start_states
 from rmio.train.mappo import build_agents, evaluate_and_log
 from rmio.train.policy import actor_policy
 from rmio.train.runlog import MetricLog, load_checkpoint, restore_rng, rng_state, save_checkpoint
 from rmio.train.wm_data import SequenceSampler, observation_stats, world_model_loss
-from rmio.train.wm_train import HOLDOUT_SEED_OFFSET, _extra, _progress, begin_training, build_model
+from rmio.train.wm_train import HOLDOUT_SEED_OFFSET, _extra
 
 NO_LOSS = LossConfig("none")  # pre-training sees complete observations (paper section 5)
 
@@ -77,7 +78,7 @@ def train_joint(cfg: Config, run_dir: Path, device: str, console: Console) -> Pa
                 "np_rng": rng.bit_generator.state, "gen_rng": gen.get_state(), "torch_rng": rng_state(),
                 "obs_mean": stats[0].tolist(), "obs_std": stats[1].tolist()}
 
-    with _progress(console, "RMIOv2 pre-training", im.env_steps) as (bar, task), \
+    with progress(console, "RMIOv2 pre-training", im.env_steps) as (bar, task), \
             make_vector_env(cfg.env, im.num_envs, cfg.run.vector_mode) as venv:  # built (and jitted) once
         bar.update(task, completed=env_steps)
         while env_steps < im.env_steps:

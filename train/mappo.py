@@ -21,12 +21,12 @@ from rmio.config import Config
 from rmio.envs.collect import collect
 from rmio.envs.loss import LossConfig
 from rmio.envs.vector import BatchStep, make_vector_env
+from rmio.train.common import begin_training, progress
 from rmio.train.evaluate import evaluate_policy, plot_curves
 from rmio.train.policy import Actor, Critic, joint_act
 from rmio.train.ppo import PPO, Rollout
 from rmio.train.runlog import MetricLog, load_checkpoint, restore_rng, rng_state, save_checkpoint
 from rmio.train.wm_data import observation_stats
-from rmio.train.wm_train import _progress, begin_training
 
 
 def build_agents(cfg: Config, spec: Any, obs_mean: np.ndarray, obs_std: np.ndarray,
@@ -87,7 +87,7 @@ def train_mappo(cfg: Config, run_dir: Path, device: str, console: Console) -> Pa
         episode_returns: list[float] = []
         running = np.zeros(venv.num_envs)
         t0 = time.perf_counter()
-        with _progress(console, "MAPPO", m.env_steps) as (bar, task):
+        with progress(console, "MAPPO", m.env_steps) as (bar, task):
             bar.update(task, completed=steps_done)
             while steps_done < m.env_steps:
                 if steps_done >= next_eval:

@@ -131,7 +131,7 @@ def evaluate_model(model: RMIOWorldModel, episodes: list[Batch], cfg: Any, seed:
 
 
 def evaluate_run(run_dir: Path, which: str, device: str, console: Console) -> dict[str, Any]:
-    from rmio.train.wm_train import load_model, resolve_device
+    from rmio.train.common import load_model, resolve_device
 
     cfg = load_config(run_dir / "config.yaml")
     dev = resolve_device(device)

@@ -16,14 +16,22 @@ from typing import Any
 import numpy as np
 import torch
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from rmio.config import Config, load_config, save_config
+from rmio.config import Config, load_config
 from rmio.envs.base import EnvSpec
 from rmio.envs.collect import collect
 from rmio.envs.loss import LossConfig
 from rmio.envs.trajectory import TrajectoryBuffer
 from rmio.errors import RmioError
+from rmio.train.common import (
+    begin_training,
+    build_model,
+    load_actor,
+    load_model,
+    progress,
+    resolve_device,
+    seed_everything,
+)
 from rmio.train.runlog import MetricLog, load_checkpoint, restore_rng, rng_state, save_checkpoint
 from rmio.train.wm_data import SequenceSampler, observation_stats, sample_masks, world_model_loss
 from rmio.train.world_model import RMIOWorldModel
@@ -33,29 +41,6 @@ log = logging.getLogger(__name__)
 PRETRAIN, FINETUNE = "pretrain", "finetune"
 HOLDOUT_SEED_OFFSET = 10_000_000
 """Held-out episodes use seeds far from any collection seed, so they are never training episodes."""
-
-
-def seed_everything(seed: int) -> None:
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def begin_training(cfg: Config, final: Path, device: str, what: str, console: Console) -> torch.device | None:
-    """None when ``final`` already exists (a finished run is never retrained by accident); otherwise
-    the torch device, with threads and seeds set from the config."""
-    if final.exists():
-        console.print(f"{final} exists: {what} already finished (delete it to train again)")
-        return None
-    dev = resolve_device(device)
-    torch.set_num_threads(cfg.world_model.train.threads)
-    seed_everything(cfg.run.seed)
-    return dev
-
-
-def resolve_device(name: str) -> torch.device:
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RmioError(f"--device {name} asked for, but torch sees no CUDA device on this machine")
-    return torch.device(name)
 
 
 # ---------------------------------------------------------------------------------------------- data
@@ -69,7 +54,7 @@ def ensure_data(cfg: Config, run_dir: Path, console: Console) -> tuple[Trajector
     policy = _data_policy(cfg, console)
     if not train_path.exists():
         steps = cfg.run.collect_steps
-        with _progress(console, "collecting real trajectories", steps) as (bar, task):
+        with progress(console, "collecting real trajectories", steps) as (bar, task):
             buf, stats = collect(cfg.env, no_loss, steps=steps, num_envs=cfg.run.num_envs,
                                  vector_mode=cfg.run.vector_mode, seed=cfg.run.seed, policy=policy,
                                  progress=lambda k: bar.advance(task, k))
@@ -93,7 +78,6 @@ def _data_policy(cfg: Config, console: Console) -> Any:
     if cfg.run.data_policy is None:
         return None
     from rmio.models import resolve_model_path
-    from rmio.train.export import load_actor
     from rmio.train.policy import actor_policy
 
     source = resolve_model_path(cfg.run.data_policy)
@@ -112,46 +96,6 @@ def _data_policy(cfg: Config, console: Console) -> Any:
 # ---------------------------------------------------------------------------------------------- runs
 
 
-def prepare_run_dir(cfg: Config, run_dir: Path | None, algo: str) -> Path:
-    """A new run directory, or an existing one whose saved config matches (resume)."""
-    from rmio.rundir import new_run_dir
-
-    if run_dir is None:
-        run_dir = new_run_dir(cfg, algo)
-        save_config(cfg, run_dir)
-        return run_dir
-    saved = run_dir / "config.yaml"
-    if saved.exists():
-        old = load_config(saved)
-        if (old.env.family, old.env.scenario) != (cfg.env.family, cfg.env.scenario):
-            raise RmioError(f"run directory '{run_dir}' belongs to {old.env.family}/{old.env.scenario}, "
-                            f"not {cfg.env.family}/{cfg.env.scenario}; pick another --run-dir")
-        if old.digest() != cfg.digest():
-            raise RmioError(f"run directory '{run_dir}' was made with a different config (hash {old.digest()} "
-                            f"vs {cfg.digest()}); resume with the same config and overrides, or use a new --run-dir")
-        return run_dir
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, run_dir)
-    return run_dir
-
-
-def build_model(cfg: Config, spec: EnvSpec, stats: tuple[np.ndarray, ...]) -> RMIOWorldModel:
-    return RMIOWorldModel(spec, cfg.world_model.model, *stats)
-
-
-def load_model(path: Path, device: torch.device | str = "cpu") -> tuple[RMIOWorldModel, dict[str, Any]]:
-    """A world model from a checkpoint (its config and statistics travel with it)."""
-    from rmio.config import Config, build_dataclass
-
-    ckpt = load_checkpoint(path, device)
-    cfg = build_dataclass(Config, ckpt["config"], str(path))
-    spec = EnvSpec.from_dict(ckpt["spec"])
-    stats = [np.asarray(ckpt["stats"][k], np.float32) for k in ("obs_mean", "obs_std", "state_mean", "state_std")]
-    model = build_model(cfg, spec, tuple(stats)).to(device)
-    model.load_state_dict(ckpt["model"])
-    return model, ckpt
-
-
 @dataclass
 class Phase:
     name: str
@@ -160,20 +104,6 @@ class Phase:
     p_mask: float
     patience: int | None = None
     min_delta: float = 0.0
-
-
-def _progress(console: Console, label: str, total: int):
-    class _Ctx:
-        def __enter__(self):
-            self.p = Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                              TextColumn("{task.fields[info]}"), console=console, transient=False)
-            self.p.__enter__()
-            return self.p, self.p.add_task(label, total=total, info="")
-
-        def __exit__(self, *exc):
-            return self.p.__exit__(*exc)
-
-    return _Ctx()
 
 
 def optimise(model: RMIOWorldModel, cfg: Config, phase: Phase, run_dir: Path, sampler: SequenceSampler,
@@ -203,7 +133,7 @@ def optimise(model: RMIOWorldModel, cfg: Config, phase: Phase, run_dir: Path, sa
 
     t0, done_at_start = time.perf_counter(), step
     stopped_early = False
-    with _progress(console, f"world model {phase.name}", phase.updates) as (bar, task):
+    with progress(console, f"world model {phase.name}", phase.updates) as (bar, task):
         bar.update(task, completed=step)
         while step < phase.updates:
             batch = sampler.sample(rng, tcfg.batch_size, tcfg.seq_len)

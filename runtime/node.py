@@ -1,0 +1,131 @@
+"""What every swarm transport shares, apart from any one transport: counted traffic, validated decoding,
+link events, the clock, and where a process of this machine binds.
+
+``transport.Node`` (ZeroMQ) and ``datagram.DatagramNode`` (UDP) both derive from :class:`NodeBase`, so
+the roles (env host, agents, world-model node) are written against this module only.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from rmio.runtime.wire import Message, WireError, decode, encode
+
+log = logging.getLogger(__name__)
+
+CATEGORIES = {
+    "HB": "liveness", "HELLO": "liveness",
+    "STEP": "env", "ACTION": "env",
+    "LOST": "protocol", "COORD": "protocol", "GATHER": "protocol", "STREAM": "protocol", "HISTORY": "protocol",
+    "RECON": "protocol",
+    "WM_REQ": "protocol", "WM_REP": "protocol",
+}
+"""Report grouping: protocol = what loss handling costs; env = sensor/actuator traffic; the rest is control."""
+
+
+def category(msg_type: str) -> str:
+    return CATEGORIES.get(msg_type, "control")
+
+
+@dataclass
+class TrafficStats:
+    """What one process sent and received, per message type; drops per reason."""
+
+    tx_msgs: Counter = field(default_factory=Counter)
+    tx_bytes: Counter = field(default_factory=Counter)
+    tx_payload: Counter = field(default_factory=Counter)
+    rx_msgs: Counter = field(default_factory=Counter)
+    rx_bytes: Counter = field(default_factory=Counter)
+    dropped: Counter = field(default_factory=Counter)
+    send_fail: Counter = field(default_factory=Counter)
+
+    def flat(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for name in ("tx_msgs", "tx_bytes", "tx_payload", "rx_msgs", "rx_bytes", "dropped", "send_fail"):
+            for key, value in getattr(self, name).items():
+                out[f"{name}.{key}"] = int(value)
+        return out
+
+
+def local_endpoint(transport: str, name: str, ipc_dir: str | Path | None = None) -> str:
+    """Where a process of this machine binds: a random loopback port, or a socket file in ``ipc_dir``."""
+    if transport == "tcp":
+        return "tcp://127.0.0.1:*"
+    if transport == "udp":
+        return "udp://127.0.0.1:0"
+    if transport == "ipc":
+        if ipc_dir is None:
+            raise ValueError("ipc transport needs a directory for its socket files")
+        return f"ipc://{Path(ipc_dir) / name}.sock"
+    raise ValueError(f"unknown transport '{transport}' (tcp, ipc or udp)")
+
+
+class NodeBase:
+    """What every transport shares: counted traffic, validated decoding, link events."""
+
+    endpoint: str
+    confirms_delivery = True
+    """A successful send means a live connection to the peer (ZeroMQ with ROUTER_MANDATORY). Without
+    it (datagrams) a greeting counts only once the peer has answered."""
+
+    def __init__(self, name: str, known: Callable[[str], bool]) -> None:
+        self.name = name
+        self.known = known
+        self.stats = TrafficStats()
+        self.peers: dict[str, str] = {}
+        self.link_events: list[tuple[str, bool]] = []
+        """(peer, up) for peers that came up or dropped since the caller last cleared it."""
+        self.closed = False
+
+    def connect(self, name: str, endpoint: str) -> None:
+        raise NotImplementedError
+
+    def send_frames(self, to: str, msg_type: str, frames: Sequence[bytes | memoryview]) -> bool:
+        raise NotImplementedError
+
+    def poll(self, timeout_ms: float) -> list[Message]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def send(self, to: str, msg_type: str, arrays: Mapping[str, np.ndarray] | None = None, **fields: object) -> bool:
+        """Send without ever blocking; False when the peer is unreachable or its queue is full."""
+        frames = encode(msg_type, self.name, arrays, **fields)
+        return self.send_frames(to, msg_type, frames)
+
+    def count_sent(self, msg_type: str, frames: Sequence[bytes | memoryview]) -> None:
+        size = sum(len(f) for f in frames)
+        self.stats.tx_msgs[msg_type] += 1
+        self.stats.tx_bytes[msg_type] += size
+        self.stats.tx_payload[msg_type] += size - len(frames[0])
+
+    def decode(self, frames: Sequence[bytes | memoryview], sender: str | None) -> Message | None:
+        """A valid message, or None with the drop counted by reason."""
+        try:
+            msg = decode(frames, sender=sender, known=self.known)
+        except WireError as exc:
+            self.stats.dropped[exc.reason] += 1
+            log.debug("%s dropped a message from %r: %s", self.name, (sender or "?")[:16], exc)
+            return None
+        self.stats.rx_msgs[msg.type] += 1
+        self.stats.rx_bytes[msg.type] += msg.nbytes
+        return msg
+
+    def count_drop(self, reason: str, detail: str = "") -> None:
+        """For roles: a message that decoded but makes no sense here (wrong shape, stale epoch...)."""
+        self.stats.dropped[reason] += 1
+        if detail:
+            log.debug("%s dropped: %s %s", self.name, reason, detail)
+
+
+def now_ns() -> int:
+    """System-wide monotonic clock: comparable between processes of one machine (one-way latencies)."""
+    return time.monotonic_ns()

@@ -30,7 +30,7 @@ import numpy as np
 from rmio.coordinator.host import AgentHost
 from rmio.runtime import timeline
 from rmio.runtime.bundle import Manifest
-from rmio.runtime.history import ActionCodec, WindowCache, window_start
+from rmio.runtime.history import ActionCodec, WindowCache, replay_plan
 from rmio.runtime.metrics import Samples
 from rmio.runtime.models import LatentState, WorldModelRunner
 from rmio.runtime.node import now_ns
@@ -319,9 +319,8 @@ class Coordinator:
             (r.observed if seen[-1] else r.lost).add(me)
         r.observed |= {j for j in range(self.n) if self.cache.obs[j].get(r.t) is not None}
         chain = self.chain
-        cont = (self.settings.wm_mode == "incremental" and chain is not None and chain.ep == r.ep
-                and 0 < r.t - chain.t <= self.l)
-        r.start = chain.t + 1 if cont and chain is not None else window_start(r.t, self.l)
+        chain_t = chain.t if chain is not None and chain.ep == r.ep else None
+        cont, r.start = replay_plan(r.t, self.l, chain_t, self.settings.wm_mode == "incremental")
         r.chain_start = chain.start if cont and chain is not None else r.start
         obs_w, act_w, masks, complete = self.cache.window(r.t, r.start)
         state = chain.state if cont and chain is not None else None

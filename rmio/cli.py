@@ -13,13 +13,12 @@ from typing import Any
 
 import click
 import yaml
-from rich.console import Console
 from rich.table import Table
 
 from rmio import __version__
+from rmio.console import console, make_console  # noqa: F401 - make_console: for callers
 from rmio.errors import RmioError
 
-console = Console(stderr=False)
 DEFAULT_SCENARIO = "halfcheetah_6x1"
 
 
@@ -227,7 +226,8 @@ def swarm() -> None:
 @click.option("--out", type=click.Path(path_type=Path), default=Path("results"), show_default=True)
 def swarm_launch(out: Path, **options: Any) -> None:
     """Start the whole swarm on this machine, show a live status line, write a report (JSON + markdown)."""
-    from rmio.runtime.launcher import build_settings, run_launch
+    from rmio.cli_swarm import run_launch
+    from rmio.runtime.launcher import build_settings
 
     run_launch(build_settings(**options), out, console)
 

@@ -7,6 +7,7 @@ from typing import Any
 
 import click
 
+from rmio.defaults import DEFAULT_P_LOSS
 from rmio.errors import RmioError
 
 
@@ -28,7 +29,8 @@ def run_robustness(target: Path, *, p_loss: list[float], episodes: int, seeds: i
     from rich.markdown import Markdown
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from rmio.runtime import robustness, robustness_report
+    from rmio.evaluation import report as robustness_report
+    from rmio.evaluation import robustness
 
     bundle = robustness.resolve_bundle(target, console)
     runs = seeds * (1 + len(set(p_loss)) * len(strategies))
@@ -55,7 +57,7 @@ def run_robustness(target: Path, *, p_loss: list[float], episodes: int, seeds: i
 def register(eval_group: click.Group) -> None:
     @eval_group.command("robustness")
     @click.argument("target", metavar="BUNDLE_OR_RUN", type=click.Path(path_type=Path, exists=True, file_okay=False))
-    @click.option("--p-loss", default="0,0.2,0.4,0.6,0.8,1.0", show_default=True,
+    @click.option("--p-loss", default=",".join(f"{p:g}" for p in DEFAULT_P_LOSS), show_default=True,
                   help="Comma-separated observation-loss probabilities.")
     @click.option("--episodes", type=click.IntRange(min=1), default=5, show_default=True,
                   help="Episodes per seed family (stepped in parallel).")
@@ -73,7 +75,7 @@ def register(eval_group: click.Group) -> None:
     def robustness_cmd(target: Path, p_loss: str, episodes: int, seeds: int, strategies: str, wm_mode: str,
                        loss_model: str, steps: int | None, swarm: bool, transport: str, out: Path | None) -> None:
         """Return (win rate on SMAX/SMAC) against p_loss per strategy, with AUC; JSON, markdown and a PNG."""
-        from rmio.cli import console
+        from rmio.console import console
 
         names = [s.strip() for s in strategies.split(",") if s.strip()]
         if out is None:

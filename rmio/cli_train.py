@@ -18,7 +18,7 @@ def _require_torch() -> None:
 
 
 def _console():
-    from rmio.cli import console
+    from rmio.console import console
 
     return console
 
@@ -124,14 +124,16 @@ def register(cli: click.Group, config_options: Any) -> None:
                   help="Ship the actor of this policy.pt instead of RUN_DIR's own (same scenario).")
     def export(run_dir: Path | None, out: Path | None, check_dir: Path | None, policy: Path | None) -> None:
         """Export the (fine-tuned) world model as a one-step ONNX graph plus manifest, checked against PyTorch."""
-        _require_torch()
-        from rmio.train.export import check_bundle, export_run
+        if check_dir is not None:  # onnxruntime alone: a deployment can check a bundle without torch
+            from rmio.runtime.validate import check_bundle
 
-        if check_dir is not None:
-            check_bundle(check_dir, _console())
+            _console().print(check_bundle(check_dir))
             return
         if run_dir is None:
             raise click.UsageError("give RUN_DIR to export, or --check BUNDLE")
+        _require_torch()
+        from rmio.train.export import export_run
+
         export_run(run_dir, out or run_dir / "bundle", _console(), policy)
 
     @click.command("ablate")

@@ -1,10 +1,12 @@
 """Scenario configs: YAML files validated against typed dataclasses.
 
-A config file has one mapping per section (``env``, ``loss``, ``run``, ...) and an optional
-``debug`` mapping with the same shape that overrides it for tiny CI-sized runs. Single keys can be
-overridden from the command line (``--set loss.p_loss=0.3``). Unknown keys and wrong types are
-errors that name the file and the dotted key. The resolved config is saved next to a run's outputs
-together with a hash, so any result can be traced back to exactly what produced it.
+A config file has one mapping per section (``env``, ``loss``, ``run``, ...). The ``debug`` preset
+(tiny CI-sized runs, ``--debug``) is defined once per task family, in ``configs/debug/<family>.yaml``
+with the same shape, and merged over the config; a config may add an optional ``debug`` mapping of its
+own exceptions, merged last. Single keys can be overridden from the command line
+(``--set loss.p_loss=0.3``). Unknown keys and wrong types are errors that name the file and the dotted
+key. The resolved config is saved next to a run's outputs together with a hash, so any result can be
+traced back to exactly what produced it.
 """
 
 from __future__ import annotations
@@ -41,6 +43,14 @@ ALGORITHMS: dict[str, dict[str, Any]] = {
     "gawm": {"world_model": {"smoothing": {"mode": "fixed"}, "finetune": {"p_mask": 0.0}}},
 }
 _EXPONENT_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+")
+
+# Keys configs no longer have, and why. A scenario file or a --set override that names one is refused like
+# any unknown key; configs recorded before it was retired (a run directory's config.yaml, a checkpoint's
+# config) still load without it, since it never had an effect.
+RETIRED_KEYS: dict[str, str] = {
+    "world_model.train.device": "it was never read; the device is each command's --device option",
+}
+_RECORDED_HEADER = "# resolved rmio config"
 
 
 @dataclass
@@ -217,12 +227,29 @@ def build_dataclass(cls: type, data: Any, src: str, prefix: str = "") -> Any:
         raise ConfigError(f"{src}: '{where}' must be a mapping, got {data!r}")
     hints = get_type_hints(cls)
     names = [f.name for f in fields(cls)]
-    for key in data:
-        if key not in names:
-            dotted = f"{prefix}.{key}" if prefix else str(key)
+    kwargs = {}
+    for key, value in data.items():
+        dotted = f"{prefix}.{key}" if prefix else str(key)
+        if key in names:
+            kwargs[key] = _coerce(hints[key], value, dotted, src)
+        elif dotted not in RETIRED_KEYS:  # a retired key here comes from a recorded config: dropped
             raise ConfigError(f"{src}: unknown key '{dotted}' (known here: {', '.join(names)})")
-    kwargs = {k: _coerce(hints[k], v, f"{prefix}.{k}" if prefix else k, src) for k, v in data.items()}
     return cls(**kwargs)
+
+
+def _holds(raw: dict[str, Any], dotted: str) -> bool:
+    node: Any = raw
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+    return True
+
+
+def _refuse_retired(raw: dict[str, Any], src: str) -> None:
+    for key, why in RETIRED_KEYS.items():
+        if _holds(raw, key):
+            raise ConfigError(f"{src}: unknown key '{key}' (removed: {why})")
 
 
 def validate(cfg: Config, src: str) -> None:
@@ -252,6 +279,43 @@ def validate(cfg: Config, src: str) -> None:
         raise ConfigError(f"{src}: env.episode_limit must be >= 1, got {cfg.env.episode_limit}")
 
 
+def family_preset_path(preset: str, family: str) -> Path | None:
+    """``configs/<preset>/<family>.yaml``: the preset every config of that task family shares, if any."""
+    candidate = resources.files("rmio.configs") / preset / f"{family}.yaml"
+    return Path(str(candidate)) if candidate.is_file() else None
+
+
+def _preset_layers(preset: str, raw: dict[str, Any], own: Any, path: Path) -> list[dict[str, Any]]:
+    """What ``preset`` merges over a config, in order: its task family's preset, then the config's own
+    ``<preset>:`` block (the scenario's exceptions, if it has any)."""
+    if preset not in PRESETS:
+        raise ConfigError(f"unknown preset '{preset}' (known: {', '.join(PRESETS)})")
+    env = raw.get("env")
+    family = env.get("family", EnvConfig.family) if isinstance(env, dict) else EnvConfig.family
+    if not isinstance(family, str) or family not in FAMILIES:
+        return []  # validation names the bad env.family
+    layers = []
+    shared = family_preset_path(preset, family)
+    if shared is not None:
+        body = read_yaml(shared)
+        _refuse_retired(body, str(shared))
+        build_dataclass(Config, body, str(shared))  # unknown keys and wrong types name the preset's file
+        layers.append(body)
+    if own is not None:
+        if not isinstance(own, dict):
+            raise ConfigError(f"{path}: preset '{preset}' must be a mapping of sections")
+        layers.append(own)
+    if not layers:
+        raise ConfigError(f"{path}: has no '{preset}' preset, and task family '{family}' has none either")
+    return layers
+
+
+def _is_recorded(path: Path) -> bool:
+    """A resolved config that :func:`save_config` wrote into a run directory (not one a user edits)."""
+    with path.open(encoding="utf-8", errors="replace") as f:
+        return f.readline().startswith(_RECORDED_HEADER)
+
+
 def load_config(name_or_path: str | Path, *, preset: str | None = None, overrides: tuple[str, ...] | list[str] = (),
                 schema: type = Config, algo: str | None = None) -> Config:
     """Read, merge the preset, the algorithm variant and the overrides (in that order), validate.
@@ -260,19 +324,22 @@ def load_config(name_or_path: str | Path, *, preset: str | None = None, override
     """
     path = resolve_config_path(name_or_path)
     raw = read_yaml(path)
-    presets = {name: raw.pop(name) for name in PRESETS if name in raw}
+    own = {name: raw.pop(name) for name in PRESETS if name in raw}
+    if not _is_recorded(path):
+        for section in (raw, *(v for v in own.values() if isinstance(v, dict))):
+            _refuse_retired(section, str(path))
     if preset is not None:
-        if preset not in presets:
-            raise ConfigError(f"{path}: has no '{preset}' preset (it has: {', '.join(presets) or 'none'})")
-        if not isinstance(presets[preset], dict):
-            raise ConfigError(f"{path}: preset '{preset}' must be a mapping of sections")
-        raw = deep_merge(raw, presets[preset])
+        for layer in _preset_layers(preset, raw, own.get(preset), path):
+            raw = deep_merge(raw, layer)
     if algo is not None:
         if algo not in ALGORITHMS:
             raise ConfigError(f"unknown algorithm '{algo}' (known: {', '.join(ALGORITHMS)})")
         raw = deep_merge(raw, ALGORITHMS[algo])
+    given: dict[str, Any] = {}
     for assignment in overrides:
         apply_override(raw, assignment)
+        apply_override(given, assignment)
+    _refuse_retired(given, "--set")
     src = (str(path) + (f" (preset {preset})" if preset else "") + (f" (algo {algo})" if algo else "")
            + (" with --set overrides" if overrides else ""))
     cfg = build_dataclass(schema, raw, src)
@@ -285,5 +352,5 @@ def save_config(cfg: Config, run_dir: str | Path) -> Path:
     out = Path(run_dir) / "config.yaml"
     out.parent.mkdir(parents=True, exist_ok=True)
     body = yaml.safe_dump(cfg.to_dict(), sort_keys=False)
-    out.write_text(f"# resolved rmio config, hash {cfg.digest()}\n{body}")
+    out.write_text(f"{_RECORDED_HEADER}, hash {cfg.digest()}\n{body}")
     return out

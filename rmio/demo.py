@@ -22,8 +22,8 @@ from rmio.models import default_bundle
 def run_demo(bundle: Path | None, p_loss: list[float], episodes: int, steps: int, out_root: Path, console: Console,
              transport: str = "ipc") -> dict[str, Any]:
     from rmio.cli_eval import run_robustness
+    from rmio.evaluation.robustness import swarm_auc
     from rmio.runtime.bundle import load_manifest
-    from rmio.runtime.robustness import swarm_auc
 
     bundle = bundle or default_bundle()
     manifest = load_manifest(bundle)

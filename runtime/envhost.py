@@ -336,21 +336,7 @@ class EnvHost:
             "protocol_vs_baseline_bytes": proto["bytes_per_step"] / max(base["bytes_per_step"], 1e-9),
             "latency": latency, "events": events, "processes": per_process,
         }
-        if s.baselines:
-            report["baselines"] = self._baselines()
         return report
-
-    def _baselines(self) -> dict[str, Any]:
-        from rmio.runtime.reference import evaluate
-
-        s = self.settings
-        out = {}
-        for recon in ("wm", "zero", "hold"):
-            rows = evaluate(s.bundle, s.env_config(), s.loss_config(), episodes=s.episodes, seed=s.seed, recon=recon,
-                            wm_mode=s.wm_mode)
-            out[recon] = {"mean_return": float(np.mean([r["return"] for r in rows])),
-                          "returns": [r["return"] for r in rows]}
-        return out
 
     def _save_records(self) -> None:
         out = Path(self.settings.out_dir) / "records"

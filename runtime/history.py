@@ -54,6 +54,17 @@ def window_start(t: int, window: int) -> int:
     return max(0, t - window)
 
 
+def replay_plan(t: int, window: int, chain_t: int | None, incremental: bool) -> tuple[bool, int]:
+    """How the reconstruction of step t is computed, the one rule that the coordinator, the in-process
+    reference and the batched robustness sweep share (so the swarm reproduces them exactly):
+    ``(continue, start)``. In incremental mode, a latent chain last advanced at step ``chain_t`` of the
+    same episode continues when 0 < t - chain_t <= window, replaying steps chain_t + 1..t from its
+    state; otherwise the window t - l..t (clipped at 0) is replayed from the initial state (Algorithm 2,
+    line 31)."""
+    cont = incremental and chain_t is not None and 0 < t - chain_t <= window
+    return cont, (chain_t + 1 if cont and chain_t is not None else window_start(t, window))
+
+
 class HistoryRing:
     """An agent's own last steps of the current episode: what it saw (or was given), and what it did."""
 

@@ -181,10 +181,7 @@ class Launcher:
             for msg in self.ctl.poll(100):
                 heard = time.monotonic() if msg.src == "env" else heard
                 if msg.type == "STATUS" and msg.src == "env":
-                    status = dict(msg["status"])
-                    if status.get("phase") == "report":  # in-process baselines can take minutes
-                        patience = max(patience, 1800.0)
-                    self.on_status(status)
+                    self.on_status(dict(msg["status"]))
                 elif msg.type == "DONE" and msg.src == "env":
                     self.report_path = Path(msg["report"])
                     return
@@ -293,58 +290,6 @@ def _loss_from_file(path: Path) -> dict[str, Any]:
     if unknown:
         raise RmioError(f"loss model '{path}': unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(known))})")
     return data
-
-
-def run_launch(settings: SwarmSettings, out_root: Path, console: Any) -> dict[str, Any]:
-    """`rmio swarm launch`: run with a live status line, then print the summary and the report's paths."""
-    from rich.live import Live
-    from rich.text import Text
-
-    run_dir = Path(out_root) / f"swarm-{time.strftime('%Y%m%d-%H%M%S')}"
-    console.print(f"[bold]rmio swarm[/]: {settings.env.get('scenario')} with {settings.n_agents} agent processes, "
-                  f"loss {settings.loss}, world model {settings.world_model}, transport {settings.transport}")
-    line = Text("starting processes...")
-    with Live(line, console=console, transient=True, refresh_per_second=8) as live:
-        def on_status(st: dict[str, Any]) -> None:
-            if st.get("phase") == "report":
-                live.update(Text("collecting statistics, evaluating in-process baselines..."))
-                return
-            text = (f"episode {st['episode']} step {st['step']}  return {st['return']:.2f}  blind {st['blind']}  "
-                    f"dead {st['dead']}  coordinator a{st['coordinator']} (epoch {st['epoch']})  "
-                    f"{st['msgs_per_step']:.1f} msgs/step")
-            if st.get("done"):
-                live.console.print(f"episode {st['episode']}: return {st['return']:.2f} in {st['step']} steps")
-            live.update(Text(text))
-
-        report = Launcher(settings, run_dir, on_status=on_status).run()
-    print_summary(report, console)
-    console.print(f"report: {run_dir / 'report.json'} and {run_dir / 'report.md'}")
-    return report
-
-
-def print_summary(report: dict[str, Any], console: Any) -> None:
-    from rich.table import Table
-
-    table = Table(title=f"swarm: {report['scenario']}, {report['env_steps']} steps")
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    table.add_row("mean return (swarm)", f"{report['mean_return']:.2f}")
-    for name, row in (report.get("baselines") or {}).items():
-        table.add_row(f"mean return (in-process {name})", f"{row['mean_return']:.2f}")
-    proto = report["traffic_by_category"].get("protocol", {"msgs_per_step": 0.0, "bytes_per_step": 0.0})
-    live = report["traffic_by_category"].get("liveness", {"msgs_per_step": 0.0, "bytes_per_step": 0.0})
-    base = report["centralised_baseline"]
-    table.add_row("protocol msgs / bytes per step", f"{proto['msgs_per_step']:.2f} / {proto['bytes_per_step']:.0f}")
-    table.add_row("heartbeat msgs / bytes per step", f"{live['msgs_per_step']:.2f} / {live['bytes_per_step']:.0f}")
-    table.add_row("centralised baseline msgs / bytes per step", f"{base['msgs_per_step']:.0f} / "
-                  f"{base['bytes_per_step']:.0f}")
-    for name, row in report["latency"].items():
-        if row["n"]:
-            table.add_row(f"{name} p50 / p99 ms", f"{row['p50_ms']:.2f} / {row['p99_ms']:.2f}")
-    ev = report["events"]
-    for key in ("deadline_misses", "agents.recon_miss", "elections", "coordinator_changes_seen", "agent_rejoins"):
-        table.add_row(key, str(ev.get(key, 0)))
-    console.print(table)
 
 
 def write_roster(settings: SwarmSettings, path: Path, host: str = "127.0.0.1", base_port: int = 5550) -> list[str]:

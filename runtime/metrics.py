@@ -90,13 +90,13 @@ def write_report(report: dict[str, Any], out_dir: str | Path) -> tuple[Path, Pat
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     jpath = out / "report.json"
-    jpath.write_text(json.dumps(report, indent=2, default=_jsonable))
+    jpath.write_text(json.dumps(report, indent=2, default=jsonable))
     mpath = out / "report.md"
     mpath.write_text(markdown(report))
     return jpath, mpath
 
 
-def _jsonable(x: Any) -> Any:
+def jsonable(x: Any) -> Any:
     if isinstance(x, np.generic):
         return x.item()
     if isinstance(x, np.ndarray):

@@ -68,6 +68,21 @@ def test_collect_writes_a_loadable_buffer(tmp_path: Path) -> None:
     assert "p_loss: 0.3" in (tmp_path / "config.yaml").read_text()
 
 
+def test_printed_paths_and_errors_are_never_folded(tmp_path: Path) -> None:
+    """Off a terminal (here a pipe) rich would fold text at 80 columns; a path or a message must stay on its line."""
+    deep = tmp_path / ("a-directory-name-long-enough-to-pass-eighty-columns-" * 2) / "and-one-more-level"
+    out = deep / "trajectories.npz"
+    proc = rmio("collect", "hopper_3x1", "--debug", "--steps", "1", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert len(f"wrote {out}") > 160
+    assert f"wrote {out}" in proc.stdout.splitlines()
+    assert any(line.endswith("observations lost") and "env steps" in line for line in proc.stdout.splitlines())
+    missing = deep / "no-such-config.yaml"
+    proc = rmio("config", "show", str(missing))
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines() == [f"rmio: error: config file '{missing}' does not exist"]
+
+
 def test_config_show_applies_preset_and_overrides() -> None:
     proc = rmio("config", "show", "ant_4x2", "--debug", "--set", "loss.p_loss=0.7")
     assert proc.returncode == 0, proc.stderr

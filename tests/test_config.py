@@ -3,8 +3,19 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
-from rmio.config import Config, builtin_config_names, load_config, save_config
+from rmio.config import (
+    Config,
+    RunConfig,
+    build_dataclass,
+    builtin_config_names,
+    family_preset_path,
+    load_config,
+    resolve_config_path,
+    save_config,
+)
+from rmio.envs.registry import FAMILIES
 from rmio.errors import ConfigError
 
 ALL = builtin_config_names()
@@ -95,9 +106,45 @@ def test_missing_preset_and_unknown_name() -> None:
         load_config("halfcheetah_7x1")
 
 
-def test_missing_debug_preset(tmp_path: Path) -> None:
+def test_debug_preset_is_the_task_family_s(tmp_path: Path) -> None:
+    """One `debug` preset per task family (configs/debug/<family>.yaml), for built-in and user configs alike;
+    a config's own `debug:` block holds its exceptions and is merged over the family's."""
+    assert all(family_preset_path("debug", family) for family in FAMILIES)
+    assert not [name for name in ALL if "debug" in yaml.safe_load(resolve_config_path(name).read_text())]
+    mine = load_config(_write(tmp_path, "env: {family: smax, scenario: 3m}\n"), preset="debug")
+    builtin = load_config("smax_3m", preset="debug")
+    assert (mine.env.episode_limit, mine.run.num_envs, mine.run.collect_steps, mine.world_model, mine.policy) == \
+        (builtin.env.episode_limit, builtin.run.num_envs, builtin.run.collect_steps, builtin.world_model,
+         builtin.policy)
+    text = "env: {family: smax, scenario: 3m}\ndebug:\n  run: {collect_steps: 123}\n"
+    exception = load_config(_write(tmp_path, text), preset="debug")
+    assert exception.run.collect_steps == 123 and exception.run.num_envs == builtin.run.num_envs
+    assert load_config(_write(tmp_path, text)).run.collect_steps == RunConfig().collect_steps  # only with --debug
+
+
+def test_missing_debug_preset(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(FAMILIES, "toy", FAMILIES["mamujoco"])  # a family without configs/debug/toy.yaml
     with pytest.raises(ConfigError, match="has no 'debug' preset"):
-        load_config(_write(tmp_path, "env: {}\n"), preset="debug")
+        load_config(_write(tmp_path, "env: {family: toy}\n"), preset="debug")
+    with pytest.raises(ConfigError, match="unknown preset 'tiny'"):
+        load_config("ant_4x2", preset="tiny")
+
+
+def test_retired_key_is_refused_but_recorded_configs_still_load(tmp_path: Path) -> None:
+    """world_model.train.device was never read (the device is --device): setting it is an error, while
+    run directories and checkpoints recorded with it still load, to the same hash."""
+    with pytest.raises(ConfigError, match=r"unknown key 'world_model\.train\.device' \(removed: .*--device"):
+        load_config("halfcheetah_6x1", overrides=["world_model.train.device=cuda"])
+    with pytest.raises(ConfigError, match=r"cfg\.yaml: unknown key 'world_model\.train\.device'"):
+        load_config(_write(tmp_path, "world_model:\n  train: {device: cuda}\n"))
+    cfg = load_config("ant_4x2", preset="debug")
+    path = save_config(cfg, tmp_path / "run")
+    path.write_text(path.read_text().replace("    threads: 2\n", "    device: cpu\n    threads: 2\n"))
+    assert "device: cpu" in path.read_text()
+    assert load_config(path).digest() == cfg.digest()
+    checkpoint = cfg.to_dict()
+    checkpoint["world_model"]["train"]["device"] = "cpu"
+    assert build_dataclass(Config, checkpoint, "wm_pretrain.pt") == cfg
 
 
 def test_saved_config_reloads_to_same_hash(tmp_path: Path) -> None:

@@ -183,7 +183,7 @@ def _aggregate(label: str, seed_rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 def _evaluate(label: str, run: Path, ab: AblationConfig, device: str, console: Console) -> dict[str, Any]:
     """L_rec of lost agents at the reporting p_mask, then the robustness AUC of the policy with this world model."""
-    from rmio.runtime import robustness
+    from rmio.evaluation import robustness
     from rmio.train.export import export_run
     from rmio.train.wm_eval import evaluate_run
 

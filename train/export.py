@@ -238,23 +238,3 @@ def _env_steps(run_dir: Path) -> int | None:
         return None
     meta: dict[str, Any] = TrajectoryBuffer.load(path).meta
     return meta.get("env_steps")
-
-
-def check_bundle(bundle: Path, console: Console) -> None:
-    """Re-validate a bundle: manifest schema, files, graph signatures, and that the graphs run."""
-    manifest = load_manifest(bundle)
-    n, d = manifest.spec.n_agents, manifest.spec.obs_dim
-    for role in ("wm_step", "wm_step_pretrain"):
-        if role not in manifest.files:
-            continue
-        runner = WorldModelRunner(bundle, manifest, file=manifest.files[role])
-        _, recon = runner.step(runner.initial_state(3), np.zeros((3, n, manifest.act_width), np.float32),
-                               np.zeros((3, n, d), np.float32), np.ones((3, n), np.float32))
-        if recon.shape != (3, n, d) or not np.isfinite(recon).all():
-            raise RmioError(f"bundle '{bundle}': {manifest.files[role]} returns {recon.shape} or non-finite values")
-    if "actor" in manifest.files:
-        from rmio.runtime.models import ActorRunner
-
-        ActorRunner(bundle, manifest)
-    console.print(f"bundle {bundle} is valid: {manifest.spec.name}, {n} agents, window {manifest.history_window}, "
-                  f"files {', '.join(manifest.files.values())}")

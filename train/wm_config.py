@@ -59,8 +59,6 @@ class WMTrainConfig:
     """Episodes collected separately (other seeds) to evaluate reconstruction on unseen data."""
     log_every: int = 50
     checkpoint_every: int = 500
-    device: str = "cpu"
-    """cpu or cuda."""
     threads: int = 2
     """torch intra-op threads on the CPU."""
 

@@ -15,9 +15,9 @@ from rmio.cli import cli
 from rmio.envs.loss import LossConfig
 from rmio.envs.registry import EnvConfig
 from rmio.errors import RmioError
-from rmio.runtime import robustness
+from rmio.evaluation import robustness
+from rmio.evaluation.reference import evaluate
 from rmio.runtime.bundle import load_manifest
-from rmio.runtime.reference import evaluate
 from rmio.runtime.settings import env_config_for
 
 STEPS = 30
@@ -99,10 +99,15 @@ def test_cli_writes_json_markdown_png_and_runs_the_swarm(bundle: Path, tmp_path:
     assert swarm[("world-model", 0.0)]["bytes_per_step"] == 0.0  # nothing lost, nothing sent but heartbeats
     assert swarm[("world-model", 0.5)]["bytes_per_step"] > 0.0
     assert swarm[("zero-fill", 0.5)]["bytes_per_step"] == 0.0
+    compared = 0
     for (strategy, p), row in swarm.items():
         in_process = result["summary"][strategy]["curve"][[0.0, 0.5].index(p)]["mean"]
         if row["deadline_misses"] == 0:
             assert row["mean"] == pytest.approx(in_process, rel=1e-4, abs=1e-4), (strategy, p)
+            compared += 1
+    # a run that missed a deadline acted on a fallback somewhere and is not compared; on this tiny bundle misses
+    # are rare, so at least half of the runs must have been compared (else the test checked nothing)
+    assert compared >= len(swarm) // 2, {k: r["deadline_misses"] for k, r in swarm.items()}
 
 
 def test_discrete_smax_sweep_scores_win_rate_and_return(tmp_path: Path) -> None:
@@ -117,6 +122,6 @@ def test_discrete_smax_sweep_scores_win_rate_and_return(tmp_path: Path) -> None:
     assert set(result["summary"]["also"]) == {"metric", "world-model", "zero-fill"}
     for row in result["rows"]:
         assert all(e["steps"] <= 12 and e["won"] in (True, False) for e in row["episodes"])
-    from rmio.runtime import robustness_report
+    from rmio.evaluation import report as robustness_report
 
     assert "Also measured (return)" in robustness_report.markdown(result)

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from swarm_helpers import run_swarm, swarm_settings
 
+from rmio.evaluation.reference import evaluate
 from rmio.runtime.models import WorldModelRunner
-from rmio.runtime.reference import evaluate
 
 pytestmark = [pytest.mark.timeout(120), pytest.mark.slow]
 
@@ -91,11 +91,11 @@ def test_no_communication_beyond_heartbeats_at_p_loss_0(bundle: Path, tmp_path: 
                               loss={"model": "bernoulli", "p_loss": 0.0}, step_deadline_ms=1000.0)
     report, _ = run_swarm(settings, tmp_path / "run")
     assert_clean(report)
-    agent_types = set()
-    for name, counts in report["processes"].items():
-        if name.startswith("a"):
-            agent_types |= {k.split(".")[1] for k, v in counts.items() if k.startswith("tx_msgs.") and v}
-    assert agent_types <= {"HB", "HELLO", "ACTION", "REGISTER"}, agent_types
+    agents = {name: counts for name, counts in report["processes"].items() if name.startswith("a")}
+    assert len(agents) == 6
+    agent_types = {k.split(".")[1] for counts in agents.values() for k, v in counts.items()
+                   if k.startswith("tx_msgs.") and v}
+    assert "ACTION" in agent_types and agent_types <= {"HB", "HELLO", "ACTION", "REGISTER"}, agent_types
     assert "protocol" not in report["traffic_by_category"]
     assert [ep["return"] for ep in report["episodes"]] == reference_returns(settings)
 
@@ -123,7 +123,7 @@ def test_world_model_node(bundle: Path, tmp_path: Path) -> None:
     assert_clean(report)
     assert report["processes"]["wm"]["wm.requests"] == report["events"]["agents.rounds"] > 10
     assert report["events"].get("agents.wm_node_timeout", 0) == 0
-    check_reconstructions(bundle, tmp_path / "run")
+    assert check_reconstructions(bundle, tmp_path / "run") > 10
 
 
 def test_idle_processes_do_not_spin(bundle: Path, tmp_path: Path) -> None:
@@ -133,9 +133,10 @@ def test_idle_processes_do_not_spin(bundle: Path, tmp_path: Path) -> None:
     report, _ = run_swarm(settings, tmp_path / "run")
     assert_clean(report)
     assert report["seconds"] > 2.5
-    for name, counts in report["processes"].items():
-        if name.startswith("a"):
-            assert counts["agent.loop_cpu_ms"] < 0.25 * 1000 * report["seconds"], (name, counts["agent.loop_cpu_ms"])
+    agents = {name: counts for name, counts in report["processes"].items() if name.startswith("a")}
+    assert len(agents) == 6
+    for name, counts in agents.items():
+        assert counts["agent.loop_cpu_ms"] < 0.25 * 1000 * report["seconds"], (name, counts["agent.loop_cpu_ms"])
 
 
 def test_traced_swarm_writes_a_consistent_timeline(bundle: Path, tmp_path: Path, monkeypatch: Any) -> None:
@@ -165,9 +166,23 @@ def test_traced_swarm_writes_a_consistent_timeline(bundle: Path, tmp_path: Path,
     assert checked == report["events"]["agents.recon_received"] > 5
     computes = sum(e[1] == "compute" for events in traces.values() for e in events)
     assert computes == report["events"]["agents.rounds"]  # one world-model run per round, at its coordinator
-    first_fanout = min(fanout.values())
-    for name, events in traces.items():  # each process ran a full collection before its loop, then froze
+
+
+@pytest.mark.tracing
+def test_traced_processes_record_collections_and_scheduler_counters(bundle: Path, tmp_path: Path,
+                                                                    monkeypatch: Any) -> None:
+    """Linux internals, apart from the protocol tests: each process ran a full collection before its loop,
+    then froze, and recorded its threads' scheduler counters (/proc/self/task/*/schedstat) around the loop."""
+    import json
+
+    monkeypatch.setenv("RMIO_TRACE", str(tmp_path / "trace"))
+    settings = swarm_settings(bundle, tmp_path, steps=20, transport="tcp", step_deadline_ms=1000.0)
+    report, _ = run_swarm(settings, tmp_path / "run")
+    assert_clean(report)
+    traces = {p.stem: json.loads(p.read_text()) for p in (tmp_path / "trace").glob("*.json")}
+    assert set(traces) == {"env", *(f"a{i}" for i in range(6))}
+    first_fanout = min(e[0] for e in traces["env"] if e[1] == "fanout")
+    for name, events in traces.items():
         assert any(e[1] == "gc" and e[2] == 2 and e[0] < first_fanout for e in events), name
-        # and recorded its threads' scheduler counters around the loop: the loop's thread ran in between
         loop = [e for e in events if e[1] == "sched" and e[2] == "loop"]
         assert len(loop) == 2 and loop[0][0] < first_fanout < loop[1][0] and loop[1][3] > loop[0][3], (name, loop)

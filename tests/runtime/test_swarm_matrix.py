@@ -19,8 +19,8 @@ import pytest
 from swarm_helpers import run_swarm, swarm_settings
 from tiny_bundle import make_tiny_bundle
 
+from rmio.evaluation.reference import evaluate
 from rmio.models import resolve_model_path
-from rmio.runtime.reference import evaluate
 from rmio.runtime.settings import TRANSPORTS
 
 pytestmark = [pytest.mark.timeout(240), pytest.mark.slow]

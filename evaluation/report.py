@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from rmio.runtime.metrics import _jsonable
+from rmio.runtime.metrics import jsonable
 
 
 def _pm(mean: float, std: float, digits: int) -> str:
@@ -38,7 +38,7 @@ def markdown(result: dict[str, Any]) -> str:
         f"**{_pm(summary[s]['auc_mean'], summary[s]['auc_std'], 1)}**" for s in strategies) + " |")
     rnd = summary["random"]
     lines += ["", f"Random policy: {_pm(rnd['mean'], rnd['std'], digits)}. AUC = 100 x trapezoid over p_loss of "
-              "(R(p) - R_random) / (R(0) - R_random), per seed family, then mean ± std (ARCHITECTURE.md).",
+              "(R(p) - R_random) / (R(0) - R_random), per seed family, then mean ± std (docs/ARCHITECTURE.md).",
               "At p_loss 0 nothing is lost, so every strategy is the plain policy (run once)."]
     if "also" in summary:
         lines += ["", f"Also measured ({summary['also']['metric'].replace('_', ' ')}):", ""]
@@ -48,7 +48,7 @@ def markdown(result: dict[str, Any]) -> str:
             cells = [_pm(also[s][i]["mean"], also[s][i]["std"], 1) for s in strategies]
             lines.append(f"| {p:g} | " + " | ".join(cells) + " |")
     if result.get("swarm"):
-        from rmio.runtime.robustness import swarm_auc
+        from rmio.evaluation.robustness import swarm_auc
 
         aucs = swarm_auc(result)
         lines += ["", "## Through the swarm (real processes)", "",
@@ -102,7 +102,7 @@ def plot(result: dict[str, Any], path: Path) -> Path:
 def write(result: dict[str, Any], out_dir: Path) -> dict[str, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {"json": out_dir / "robustness.json", "md": out_dir / "robustness.md", "png": out_dir / "robustness.png"}
-    paths["json"].write_text(json.dumps(result, indent=1, default=_jsonable))
+    paths["json"].write_text(json.dumps(result, indent=1, default=jsonable))
     paths["md"].write_text(markdown(result))
     plot(result, paths["png"])
     return paths

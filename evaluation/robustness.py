@@ -1,10 +1,10 @@
 """Robustness under observation loss, in-process: return (or win rate) against p_loss for each strategy.
 
 This is the paper's headline measurement (RMIOv2 Fig. 8, Tables 1-2) with the metric of
-ARCHITECTURE.md. It runs the bundle's own ONNX graphs with onnxruntime, exactly what the swarm
+docs/ARCHITECTURE.md. It runs the bundle's own ONNX graphs with onnxruntime, exactly what the swarm
 runs, but batched: the ``episodes`` of a seed family step in lockstep, one actor call serves every
 agent of every environment, and one world-model call per window step serves every environment that
-has a blind agent. The semantics are the swarm's (rmio.runtime.reference): episode k of seed family
+has a blind agent. The semantics are the swarm's (rmio.evaluation.reference): episode k of seed family
 s uses env seed ``s * SEED_STRIDE + k`` and the loss masks that seed implies, and a reconstruction
 replays the last ``l`` steps from zeros (``window``) or continues the previous chain (``incremental``).
 Numbers therefore line up with ``rmio swarm launch`` run on the same seeds.
@@ -29,7 +29,7 @@ from rmio.envs.loss import LossConfig, LossyEnv, make_loss_model
 from rmio.envs.registry import EnvConfig, make_env
 from rmio.errors import RmioError
 from rmio.runtime.bundle import Manifest, load_manifest
-from rmio.runtime.history import ActionCodec, window_start
+from rmio.runtime.history import ActionCodec, replay_plan
 from rmio.runtime.models import ActorRunner, LatentState, WorldModelRunner
 
 log = logging.getLogger(__name__)
@@ -85,13 +85,9 @@ class BatchedPolicy:
         incremental = self.wm_mode == "incremental"
         if incremental and self.chain is None:
             self.chain = self.wm.initial_state(len(self.last_real))
-        starts = np.full(len(envs), window_start(t, self.l))
-        if incremental:
-            gap = t - self.chain_t[envs]
-            cont = (gap > 0) & (gap <= self.l)
-            starts = np.where(cont, self.chain_t[envs] + 1, starts)
-        else:
-            cont = np.zeros(len(envs), bool)
+        plans = [replay_plan(t, self.l, int(c) if c >= 0 else None, incremental) for c in self.chain_t[envs]]
+        cont = np.array([c for c, _ in plans], bool)
+        starts = np.array([s for _, s in plans], np.int64)
         began = time.perf_counter()
         for start in np.unique(starts):
             sel = starts == start
@@ -204,7 +200,7 @@ def score(episodes: list[dict[str, Any]], metric: str) -> float:
 
 
 def auc(p_loss: list[float], values: list[float], at_zero: float, random: float) -> float:
-    """ARCHITECTURE.md: R~(p) = (R(p) - R_random) / (R(0) - R_random); trapezoid over p, times 100.
+    """docs/ARCHITECTURE.md: R~(p) = (R(p) - R_random) / (R(0) - R_random); trapezoid over p, times 100.
 
     NaN when the policy is no better than random at p_loss 0 (the normalisation is undefined)."""
     span = at_zero - random

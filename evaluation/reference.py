@@ -19,7 +19,7 @@ import numpy as np
 from rmio.envs.loss import LossConfig, LossyEnv, make_loss_model
 from rmio.envs.registry import EnvConfig, make_env
 from rmio.runtime.bundle import load_manifest
-from rmio.runtime.history import ActionCodec, window_start
+from rmio.runtime.history import ActionCodec, replay_plan
 from rmio.runtime.models import ActorRunner, LatentState, WorldModelRunner
 
 
@@ -61,8 +61,7 @@ class ReferencePolicy:
     def reconstruct(self, t: int) -> np.ndarray:
         assert self.wm is not None
         chain = self.chain
-        cont = self.wm_mode == "incremental" and chain is not None and 0 < t - chain.t <= self.l
-        start = chain.t + 1 if cont and chain is not None else window_start(t, self.l)
+        cont, start = replay_plan(t, self.l, None if chain is None else chain.t, self.wm_mode == "incremental")
         obs, prev, masks = self.window(t, start)
         state, recons = self.wm.replay(obs, prev, masks, chain.state if cont and chain is not None else None)
         if self.wm_mode == "incremental":

@@ -21,6 +21,7 @@ from rich.console import Console
 from rich.markdown import Markdown
 
 from rmio.config import ALGORITHMS, build_dataclass, load_config
+from rmio.defaults import DEFAULT_P_LOSS
 from rmio.errors import ConfigError
 from rmio.yamlio import load_yaml
 
@@ -29,7 +30,7 @@ from rmio.yamlio import load_yaml
 class SweepRobustness:
     """The robustness sweep each variant's bundle gets (world-model strategy)."""
 
-    p_loss: list[float] = field(default_factory=lambda: [0.0, 0.2, 0.4, 0.6, 0.8, 1.0])
+    p_loss: list[float] = field(default_factory=lambda: list(DEFAULT_P_LOSS))
     seeds: int = 3
     episodes: int = 5
     steps: int | None = None

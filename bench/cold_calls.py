@@ -25,8 +25,6 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
 
 def timed(fn: Callable[[], object], calls: int, sleep_s: float) -> tuple[float, float]:
     """p50 and p90 of one call in microseconds, each call after ``sleep_s`` of sleep (0: back to back)."""
@@ -114,10 +112,9 @@ def main() -> None:
     parser.add_argument("--sleep-ms", type=float, default=5.0, help="sleep before each cold call")
     parser.add_argument("--calls", type=int, default=300)
     args = parser.parse_args()
-    from swarm_bench import tiny_bundle
-
     from rmio.runtime.models import ActorRunner, WorldModelRunner
     from rmio.runtime.wire import decode, encode
+    from rmio.testing import tiny_bundle
 
     bundle = args.bundle or tiny_bundle(Path(tempfile.gettempdir()) / "rmio-cold-calls", "mamujoco/HalfCheetah-6x1", 20)
     actor, wm = ActorRunner(bundle), WorldModelRunner(bundle)

@@ -4,7 +4,7 @@
     python bench/swarm_bench.py --quick         # fewer steps, fewer swarm sizes
     python bench/swarm_bench.py --bundle DIR    # a real bundle for the 6-agent rows (else tiny random ones)
 
-Bundles: tiny randomly initialised ones (tests/runtime/tiny_bundle.py, needs torch) with history window
+Bundles: tiny randomly initialised ones (rmio.testing.tiny_bundle, needs torch) with history window
 l = 20 for HalfCheetah 6x1 (6 agents) and ManySegmentSwimmer Nx2 (N agents). The floor of a round is
 measured piece by piece with the same transport and codec: one gather round trip to n - 1 echo
 processes, one world-model window replay (l + 1 steps), one coordinator-to-agent message (half a
@@ -31,34 +31,12 @@ from typing import Any
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def tiny_bundle(cache: Path, scenario: str, window: int) -> Path:
-    sys.path.insert(0, str(ROOT / "tests" / "runtime"))
-    from tiny_bundle import make_tiny_bundle
-
-    out = cache / scenario.replace("/", "_")
-    if not (out / "manifest.json").is_file():
-        make_tiny_bundle(out, scenario, window)
-    return out
+from rmio.testing import launch, tiny_bundle
 
 
 def pct(values: list[float]) -> tuple[float, float]:
     arr = np.asarray(values, np.float64)
     return float(np.percentile(arr, 50)), float(np.percentile(arr, 99))
-
-
-def run_swarm(bundle: Path, out: Path, **kw: Any) -> dict[str, Any]:
-    from rmio.runtime.bundle import load_manifest
-    from rmio.runtime.launcher import Launcher
-    from rmio.runtime.settings import SwarmSettings, env_config_for
-
-    man = load_manifest(bundle)
-    steps = kw.pop("steps", 200)
-    kw.setdefault("baselines", False)
-    settings = SwarmSettings(bundle=str(bundle), n_agents=man.spec.n_agents, env=env_config_for(man, steps), **kw)
-    return Launcher(settings, out).run()
 
 
 # -- floors ---------------------------------------------------------------------------------
@@ -196,7 +174,6 @@ def main() -> None:
     results: dict[str, Any] = {"machine": f"{os.cpu_count()} cores, load {os.getloadavg()[0]:.1f} at start"}
     print(f"# swarm bench ({results['machine']}), l = 20, loopback tcp unless said, {steps} steps per run\n")
 
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
     if "rounds" in sections:
         rounds_table(bundles, args.out, steps, rounds, results)
     if "transport" in sections:
@@ -220,7 +197,7 @@ incremental pull-only (a GATHER every round, the first version's protocol); over
 
 
 def rounds_table(bundles: dict[int, Path], out: Path, steps: int, rounds: int, results: dict[str, Any]) -> None:
-    from swarm_skeleton import skeleton_round
+    from rmio.skeleton import skeleton_round
 
     print("## Reconstruction round (p_loss 0.2, free-running, deadline 100 ms) against its floors\n")
     print("| agents | transport | mode | round p50 / p99 ms | rounds without GATHER | gather RTT | "
@@ -236,7 +213,7 @@ def rounds_table(bundles: dict[int, Path], out: Path, steps: int, rounds: int, r
             results[f"floor_{key}"], results[f"skeleton_{key}"], results[f"skeleton_compute_{key}"] = fl, sk, skc
             for _, mode, stream in (m for m in ROUND_MODES if m[0] == transport):
                 name = f"{mode}, {'pull only' if stream == 0 else 'streamed'}"
-                rep = run_swarm(bundle, out / f"round-{n}-{transport}-{mode}-{stream}", steps=steps,
+                rep = launch(bundle, out / f"round-{n}-{transport}-{mode}-{stream}", steps=steps,
                                 transport=transport, wm_mode=mode, stream_steps=stream,
                                 loss={"model": "bernoulli", "p_loss": 0.2})
                 r = lat(rep, "reconstruction_round (blind agent)")
@@ -256,7 +233,7 @@ def rounds_table(bundles: dict[int, Path], out: Path, steps: int, rounds: int, r
 def transport_table(bundles: dict[int, Path], out: Path, steps: int, repeats: int, results: dict[str, Any]) -> None:
     """Longer runs (3 episodes of ``steps``) of the streamed incremental round, tcp, ipc and udp alternating,
     so that host load hits all alike; each run shows the share of CPU time the hypervisor took (steal)."""
-    from swarm_timeline import cpu_ticks, steal_percent
+    from rmio.runtime.timeline import cpu_ticks, steal_percent
 
     print(f"\n## Streamed incremental round by transport (p_loss 0.2, {3 * steps} steps per run, runs alternating)\n")
     print("| agents | run | transport | round p50 / p99 ms | rounds | steps/s | host steal |")
@@ -265,7 +242,7 @@ def transport_table(bundles: dict[int, Path], out: Path, steps: int, repeats: in
         for k in range(repeats):
             for transport in ("tcp", "ipc", "udp"):
                 ticks = cpu_ticks()
-                rep = run_swarm(bundle, out / f"transport-{n}-{transport}-{k}", steps=steps, transport=transport,
+                rep = launch(bundle, out / f"transport-{n}-{transport}-{k}", steps=steps, transport=transport,
                                 wm_mode="incremental", loss={"model": "bernoulli", "p_loss": 0.2})
                 share = steal_percent(ticks, cpu_ticks())
                 steal = "?" if share is None else f"{share:.1f}%"
@@ -281,7 +258,7 @@ def overhead_table(bundles: dict[int, Path], out: Path, steps: int, results: dic
     print("| agents | decision p50 / p99 ms | bare onnxruntime actor p50 / p99 ms | overhead p50 ms |")
     print("|---|---|---|---|")
     for n, bundle in bundles.items():
-        rep = run_swarm(bundle, out / f"p0-{n}", steps=steps, transport="tcp",
+        rep = launch(bundle, out / f"p0-{n}", steps=steps, transport="tcp",
                         loss={"model": "bernoulli", "p_loss": 0.0})
         d = lat(rep, "decision_observing (env host)")
         b = bare_actor(bundle)
@@ -296,7 +273,7 @@ def bytes_table(bundles: dict[int, Path], out: Path, steps: int, results: dict[s
     print("|---|---|---|---|---|---|---|---|")
     for n, bundle in bundles.items():
         for p in (0.0, 0.2, 0.5, 1.0):
-            rep = run_swarm(bundle, out / f"bytes-{n}-{p}", steps=steps, transport="tcp",
+            rep = launch(bundle, out / f"bytes-{n}-{p}", steps=steps, transport="tcp",
                             loss={"model": "bernoulli", "p_loss": p})
             cat = rep["traffic_by_category"]
             pr = cat.get("protocol", {"msgs_per_step": 0.0, "bytes_per_step": 0.0, "payload_bytes_per_step": 0.0})
@@ -318,7 +295,7 @@ def sync_table(bundles: dict[int, Path], out: Path, steps: int, results: dict[st
     for n, bundle in bundles.items():
         sizes = []
         for full, stream in ((False, None), (False, 0), (True, 0)):
-            rep = run_swarm(bundle, out / f"sync-{n}-{full}-{stream}", steps=steps, transport="tcp",
+            rep = launch(bundle, out / f"sync-{n}-{full}-{stream}", steps=steps, transport="tcp",
                             full_resync=full, stream_steps=stream, loss={"model": "bernoulli", "p_loss": 0.5})
             sizes.append(sum(rep["traffic"].get(t, {"bytes_per_step": 0.0})["bytes_per_step"]
                              for t in ("GATHER", "STREAM", "HISTORY")))
@@ -337,7 +314,7 @@ def scale_table(args: argparse.Namespace, steps: int, results: dict[str, Any]) -
     clean = True
     for n in sizes:
         bundle = tiny_bundle(args.out / "bundles", f"mamujoco/ManySegmentSwimmer-{n}x2", 20)
-        rep = run_swarm(bundle, args.out / f"rate-{n}", steps=steps // 2 if args.quick else 200, transport="tcp",
+        rep = launch(bundle, args.out / f"rate-{n}", steps=steps // 2 if args.quick else 200, transport="tcp",
                         rate_hz=20.0, step_deadline_ms=50.0, loss={"model": "bernoulli", "p_loss": 0.2})
         ev = rep["events"]
         misses, rmiss = ev.get("deadline_misses", 0), ev.get("agents.recon_miss", 0)

@@ -15,14 +15,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import tempfile
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from rmio.runtime.timeline import cpu_ticks, steal_percent
+from rmio.testing import launch, tiny_bundle
 
 MILESTONES = (
     ("fanned", "env host has sent every STEP"),
@@ -110,22 +110,6 @@ def cpu_and_queue(traces: dict[str, list[list]], steps: int) -> list[str]:
     return lines
 
 
-def cpu_ticks() -> list[int] | None:
-    """The machine's CPU time counters (Linux /proc/stat), to tell how much the host took from this VM."""
-    try:
-        return [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    except (OSError, ValueError):
-        return None
-
-
-def steal_percent(before: list[int] | None, after: list[int] | None) -> float | None:
-    """Share (%) of the run's CPU time the hypervisor gave to others (steal, the 8th counter), when known."""
-    if before is None or after is None or len(before) < 8:
-        return None
-    delta = [b - a for a, b in zip(before, after, strict=True)]
-    return 100 * delta[7] / max(1, sum(delta))
-
-
 def steal_share(before: list[int] | None, after: list[int] | None) -> str:
     share = steal_percent(before, after)
     return "" if share is None else f"; host steal {share:.1f}%"
@@ -140,7 +124,6 @@ def main() -> None:
                         help="tcp (loopback, as the bench reports) or ipc (the launcher's default)")
     parser.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "rmio-swarm-timeline")
     args = parser.parse_args()
-    from swarm_bench import run_swarm, tiny_bundle
 
     bundle = args.bundle or tiny_bundle(args.out / "bundles", "mamujoco/HalfCheetah-6x1", 20)
     trace_dir = args.out / "trace"
@@ -148,7 +131,7 @@ def main() -> None:
         old.unlink()
     os.environ["RMIO_TRACE"] = str(trace_dir)
     ticks = cpu_ticks()
-    rep = run_swarm(bundle, args.out / "run", steps=args.steps, transport=args.transport, wm_mode="incremental",
+    rep = launch(bundle, args.out / "run", steps=args.steps, transport=args.transport, wm_mode="incremental",
                     loss={"model": "bernoulli", "p_loss": args.p_loss})
     steal = steal_share(ticks, cpu_ticks())
     traces = load(trace_dir)

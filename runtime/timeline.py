@@ -62,3 +62,19 @@ def dump(name: str) -> None:
         out = Path(os.environ["RMIO_TRACE"])
         out.mkdir(parents=True, exist_ok=True)
         (out / f"{name}.json").write_text(json.dumps(_events))
+
+
+def cpu_ticks() -> list[int] | None:
+    """The machine's CPU time counters (Linux /proc/stat), to tell how much the host took from this VM."""
+    try:
+        return [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return None
+
+
+def steal_percent(before: list[int] | None, after: list[int] | None) -> float | None:
+    """Share (%) of the run's CPU time the hypervisor gave to others (steal, the 8th counter), when known."""
+    if before is None or after is None or len(before) < 8:
+        return None
+    delta = [b - a for a, b in zip(before, after, strict=True)]
+    return 100 * delta[7] / max(1, sum(delta))

@@ -4,17 +4,14 @@ L_rec and AUC side by side; re-running resumes instead of retraining."""
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 from rich.console import Console
 
 from rmio.errors import ConfigError
+from rmio.testing import make_tiny_bundle
 from rmio.train.ablation import load_ablation, run_ablation
-
-sys.path.insert(0, str(Path(__file__).resolve().parent / "runtime"))
-from tiny_bundle import make_tiny_bundle
 
 
 @pytest.mark.parametrize("name", ["fusion_halfcheetah_6x1", "p_mask_halfcheetah_6x1"])

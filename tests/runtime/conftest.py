@@ -12,7 +12,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from tiny_bundle import make_tiny_bundle
+from rmio.testing import make_tiny_bundle
 
 
 @pytest.fixture(scope="session")

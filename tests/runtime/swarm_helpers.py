@@ -1,16 +1,14 @@
-"""Helpers shared by the swarm tests: settings for a tiny run, running it, and message templates."""
+"""Helpers shared by the swarm tests: message templates, and (from rmio.testing) settings for a tiny run and
+running it."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from rmio.runtime.bundle import load_manifest
-from rmio.runtime.launcher import Launcher
-from rmio.runtime.settings import SwarmSettings, env_config_for
 from rmio.runtime.wire import encode
+from rmio.testing import run_swarm, swarm_settings
 
 KNOWN = {"env", "ctl", "wm", "a0", "a1", "a2"}.__contains__
 OBS = np.arange(9, dtype=np.float32)
@@ -53,16 +51,4 @@ def frames_of(msg_type: str, src: str = "a1") -> list[bytes]:
     return [bytes(f) for f in encode(msg_type, src, arrays, **fields)]
 
 
-def swarm_settings(bundle: Path, out_dir: Path, *, steps: int = 40, **kw: Any) -> SwarmSettings:
-    man = load_manifest(bundle)
-    kw.setdefault("loss", {"model": "bernoulli", "p_loss": 0.3})
-    kw.setdefault("episodes", 1)
-    kw.setdefault("baselines", False)
-    return SwarmSettings(bundle=str(bundle), n_agents=man.spec.n_agents, env=env_config_for(man, steps),
-                         out_dir=str(out_dir), **kw)
-
-
-def run_swarm(settings: SwarmSettings, run_dir: Path) -> tuple[dict[str, Any], Launcher]:
-    launcher = Launcher(settings, run_dir)
-    report = launcher.run()
-    return report, launcher
+__all__ = ["KNOWN", "OBS", "TEMPLATES", "frames_of", "run_swarm", "swarm_settings"]

@@ -1,16 +1,11 @@
-"""The skeleton swarm that bench/swarm_skeleton.py times, over ZeroMQ and over UDP:
+"""The skeleton swarm (rmio.skeleton) that bench/swarm_skeleton.py times, over ZeroMQ and over UDP:
 real processes, every step's messages delivered, a round measured for every step after the warm-up."""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
-
-from swarm_skeleton import skeleton_round
+from rmio.skeleton import skeleton_round
 
 
 @pytest.mark.parametrize("transport", ["tcp", "udp"])

@@ -113,7 +113,7 @@ def test_cli_writes_json_markdown_png_and_runs_the_swarm(bundle: Path, tmp_path:
 def test_discrete_smax_sweep_scores_win_rate_and_return(tmp_path: Path) -> None:
     """Available actions batched per agent; SMAX is scored by win rate, with the dense return alongside."""
     pytest.importorskip("jaxmarl")
-    from tiny_bundle import make_tiny_bundle
+    from rmio.testing import make_tiny_bundle
 
     smax = make_tiny_bundle(tmp_path / "smax", "smax/3m", 4)
     result = robustness.sweep(smax, p_loss=[0.0, 0.5], episodes=2, seeds=1, strategies=["world-model", "zero-fill"],

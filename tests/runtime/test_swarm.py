@@ -139,17 +139,23 @@ def test_idle_processes_do_not_spin(bundle: Path, tmp_path: Path) -> None:
         assert counts["agent.loop_cpu_ms"] < 0.25 * 1000 * report["seconds"], (name, counts["agent.loop_cpu_ms"])
 
 
-def test_traced_swarm_writes_a_consistent_timeline(bundle: Path, tmp_path: Path, monkeypatch: Any) -> None:
-    """RMIO_TRACE makes every process write its milestones; for every reconstruction a blind agent got,
-    the env host's fan-out of that step came first, then the agent's STEP, then its RECON, then its ACTION."""
+def traced_run(bundle: Path, tmp_path: Path, monkeypatch: Any, steps: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A clean tcp run with RMIO_TRACE set: its report and every process's timeline (env host, 6 agents)."""
     import json
 
     monkeypatch.setenv("RMIO_TRACE", str(tmp_path / "trace"))
-    settings = swarm_settings(bundle, tmp_path, steps=30, transport="tcp", step_deadline_ms=1000.0)
+    settings = swarm_settings(bundle, tmp_path, steps=steps, transport="tcp", step_deadline_ms=1000.0)
     report, _ = run_swarm(settings, tmp_path / "run")
     assert_clean(report)
     traces = {p.stem: json.loads(p.read_text()) for p in (tmp_path / "trace").glob("*.json")}
     assert set(traces) == {"env", *(f"a{i}" for i in range(6))}
+    return report, traces
+
+
+def test_traced_swarm_writes_a_consistent_timeline(bundle: Path, tmp_path: Path, monkeypatch: Any) -> None:
+    """RMIO_TRACE makes every process write its milestones; for every reconstruction a blind agent got,
+    the env host's fan-out of that step came first, then the agent's STEP, then its RECON, then its ACTION."""
+    report, traces = traced_run(bundle, tmp_path, monkeypatch, steps=30)
     fanout = {e[2]: e[0] for e in traces["env"] if e[1] == "fanout"}
     action = {(e[2], e[3]): e[0] for e in traces["env"] if e[1] == "action"}
     assert len(fanout) == report["env_steps"]
@@ -173,14 +179,7 @@ def test_traced_processes_record_collections_and_scheduler_counters(bundle: Path
                                                                     monkeypatch: Any) -> None:
     """Linux internals, apart from the protocol tests: each process ran a full collection before its loop,
     then froze, and recorded its threads' scheduler counters (/proc/self/task/*/schedstat) around the loop."""
-    import json
-
-    monkeypatch.setenv("RMIO_TRACE", str(tmp_path / "trace"))
-    settings = swarm_settings(bundle, tmp_path, steps=20, transport="tcp", step_deadline_ms=1000.0)
-    report, _ = run_swarm(settings, tmp_path / "run")
-    assert_clean(report)
-    traces = {p.stem: json.loads(p.read_text()) for p in (tmp_path / "trace").glob("*.json")}
-    assert set(traces) == {"env", *(f"a{i}" for i in range(6))}
+    _, traces = traced_run(bundle, tmp_path, monkeypatch, steps=20)
     first_fanout = min(e[0] for e in traces["env"] if e[1] == "fanout")
     for name, events in traces.items():
         assert any(e[1] == "gc" and e[2] == 2 and e[0] < first_fanout for e in events), name

@@ -17,11 +17,11 @@ from typing import Any
 import numpy as np
 import pytest
 from swarm_helpers import run_swarm, swarm_settings
-from tiny_bundle import make_tiny_bundle
 
 from rmio.evaluation.reference import evaluate
 from rmio.models import resolve_model_path
 from rmio.runtime.settings import TRANSPORTS
+from rmio.testing import make_tiny_bundle
 
 pytestmark = [pytest.mark.timeout(240), pytest.mark.slow]
 

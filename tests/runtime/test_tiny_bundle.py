@@ -31,7 +31,7 @@ def test_graphs_run_with_any_batch(bundle: Path, batch: int) -> None:
 def test_discrete_bundle(tmp_path: Path) -> None:
     """A discrete task too (LBF): the actor honours available actions; -1 ("no action") encodes as zeros."""
     pytest.importorskip("lbforaging")
-    from tiny_bundle import make_tiny_bundle
+    from rmio.testing import make_tiny_bundle
 
     path = make_tiny_bundle(tmp_path / "lbf", "lbf/Foraging-8x8-2p-2f-coop-v3", 4)
     man = load_manifest(path)

@@ -1,15 +1,20 @@
-"""A small, randomly initialised model bundle that honours runtime/bundle.py's contract exactly.
+"""What the tests and the benchmarks both need, in the package so that neither imports the other:
+a small randomly initialised bundle for any real scenario, and a swarm run of one.
 
-Protocol tests need real ONNX graphs of the right shapes, not a trained policy: the actor is a tiny
-MLP and the world-model step a GRU cell with a deterministic categorical latent (one-hot of the
-argmax), a cross-agent mean and a decoder, so reconstructions depend on the window, on the other
-agents and on the mask the way a real model's do. Torch is fine here: this is a test fixture.
+The bundle honours runtime/bundle.py's contract exactly. Protocol tests and benchmarks need real ONNX
+graphs of the right shapes, not a trained policy: the actor is a tiny MLP and the world-model step a
+GRU cell with a deterministic categorical latent (one-hot of the argmax), a cross-agent mean and a
+decoder, so reconstructions depend on the window, on the other agents and on the mask the way a real
+model's do. Building one needs torch (the ``train`` extra); running one does not. Not part of the
+torch-free runtime.
 """
+
 
 from __future__ import annotations
 
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -17,7 +22,9 @@ from torch import nn
 
 from rmio.envs.base import EnvSpec
 from rmio.envs.registry import EnvConfig, make_env
-from rmio.runtime.bundle import ACTOR_OUTPUTS, SCHEMA_VERSION, WM_INPUTS, WM_OUTPUTS, Manifest
+from rmio.runtime.bundle import ACTOR_OUTPUTS, SCHEMA_VERSION, WM_INPUTS, WM_OUTPUTS, Manifest, load_manifest
+from rmio.runtime.launcher import Launcher
+from rmio.runtime.settings import SwarmSettings, env_config_for
 
 DETER, CATS, CLASSES, HIDDEN = 16, 4, 4, 32
 
@@ -110,3 +117,36 @@ def make_tiny_bundle(out_dir: str | Path, scenario: str = "mamujoco/HalfCheetah-
              stoch=CATS * CLASSES, act_width=act_width, obs_mean=mean.tolist(), obs_std=std.tolist(),
              config={"fixture": "tiny_bundle", "seed": seed}, metrics={"trained": False}).save(out)
     return out
+
+
+def tiny_bundle(cache: str | Path, scenario: str, window: int) -> Path:
+    """``make_tiny_bundle`` once per scenario under ``cache`` (reused by later calls)."""
+    out = Path(cache) / scenario.replace("/", "_")
+    if not (out / "manifest.json").is_file():
+        make_tiny_bundle(out, scenario, window)
+    return out
+
+
+def swarm_settings(bundle: str | Path, out_dir: str | Path, *, steps: int = 40, **kw: Any) -> SwarmSettings:
+    """Settings for a short run of ``bundle`` (Bernoulli p_loss 0.3, one episode, no baselines unless given)."""
+    man = load_manifest(bundle)
+    kw.setdefault("loss", {"model": "bernoulli", "p_loss": 0.3})
+    kw.setdefault("episodes", 1)
+    kw.setdefault("baselines", False)
+    return SwarmSettings(bundle=str(bundle), n_agents=man.spec.n_agents, env=env_config_for(man, steps),
+                         out_dir=str(out_dir), **kw)
+
+
+def run_swarm(settings: SwarmSettings, run_dir: str | Path) -> tuple[dict[str, Any], Launcher]:
+    """Run the real swarm (real processes) to completion; its report and the launcher."""
+    launcher = Launcher(settings, Path(run_dir))
+    return launcher.run(), launcher
+
+
+def launch(bundle: str | Path, out: str | Path, *, steps: int = 200, **kw: Any) -> dict[str, Any]:
+    """One swarm run of ``bundle`` with SwarmSettings' own defaults (only baselines off), for benchmarks;
+    returns its report."""
+    man = load_manifest(bundle)
+    kw.setdefault("baselines", False)
+    settings = SwarmSettings(bundle=str(bundle), n_agents=man.spec.n_agents, env=env_config_for(man, steps), **kw)
+    return Launcher(settings, Path(out)).run()

@@ -135,7 +135,8 @@ def main() -> None:
         "world-model step, IO-bound buffers (WorldModelRunner.step)":
             lambda: wm.step(state, feed["prev_action"], feed["obs"], feed["mask"]),
     }
-    print(f"# One call warm and after {args.sleep_ms:g} ms of sleep ({args.calls} calls each; bundle {bundle})\n")
+    what = args.bundle or "a tiny random HalfCheetah-6x1 bundle from rmio.testing, l = 20"
+    print(f"# One call warm and after {args.sleep_ms:g} ms of sleep ({args.calls} calls each; bundle: {what})\n")
     print("| call | warm p50 / p90 us | after a sleep p50 / p90 us | cold / warm (p50) |")
     print("|---|---|---|---|")
     for name, fn in calls.items():

@@ -187,7 +187,7 @@ def main() -> None:
     if "scale" in sections:
         scale_table(args, steps, results)
     (args.out / "results.json").write_text(json.dumps(results, indent=2, default=str))
-    print(f"\nraw numbers: {args.out / 'results.json'}")
+    print(f"\nraw numbers: results.json in --out (default $TMPDIR/{args.out.name})")
 
 
 ROUND_MODES = (("tcp", "window", None), ("tcp", "incremental", None), ("tcp", "incremental", 0),

@@ -109,22 +109,33 @@ def _link(src: str | Path, dst: str | Path) -> None:
 
 
 def run_ablation(path: Path, out: Path, debug: bool, console: Console, device: str = "cpu") -> dict[str, Any]:
+    """Train and evaluate every variant seed by seed; after each seed the table so far is written
+    (``ablation.md`` / ``ablation.json`` with the seeds done), so a long sweep reports as it goes."""
     ab = load_ablation(path)
-    per_seed = {seed: _train_seed(ab, out / f"seed{seed}", seed, debug, console, device) for seed in ab.seeds}
-    labels = [label for label, _ in per_seed[ab.seeds[0]]]
-    rows = []
-    for k, label in enumerate(labels):
-        seed_rows = [_evaluate(label, per_seed[seed][k][1], ab, device, console) for seed in ab.seeds]
-        for r in seed_rows:  # results name their runs relative to the sweep directory, never by absolute path
+    evaluated: dict[int, list[dict[str, Any]]] = {}
+    result: dict[str, Any] = {}
+    for seed in ab.seeds:
+        runs = _train_seed(ab, out / f"seed{seed}", seed, debug, console, device)
+        evaluated[seed] = [_evaluate(label, run, ab, device, console) for label, run in runs]
+        for r in evaluated[seed]:  # results name their runs relative to the sweep directory, never absolutely
             r["run"] = Path(r["run"]).relative_to(out).as_posix()
-        rows.append(_aggregate(label, seed_rows))
-    result = {"name": ab.name, "scenario": ab.scenario, "vary": ab.vary, "policy": ab.policy, "seeds": ab.seeds,
-              "report_p_mask": ab.p_mask, "robustness": ab.robustness.__dict__, "rows": rows}
+        result = _write_table(ab, out, evaluated, console)
+    return result
+
+
+def _write_table(ab: AblationConfig, out: Path, evaluated: dict[int, list[dict[str, Any]]],
+                 console: Console) -> dict[str, Any]:
+    seeds = list(evaluated)
+    labels = [r["variant"] for r in evaluated[seeds[0]]]
+    rows = [_aggregate(label, [evaluated[s][k] for s in seeds]) for k, label in enumerate(labels)]
+    result = {"name": ab.name, "scenario": ab.scenario, "vary": ab.vary, "policy": ab.policy, "seeds": seeds,
+              "seeds_planned": ab.seeds, "report_p_mask": ab.p_mask, "robustness": ab.robustness.__dict__,
+              "rows": rows}
     (out / "ablation.json").write_text(json.dumps(result, indent=1))
     md = markdown(result)
     (out / "ablation.md").write_text(md)
     console.print(Markdown(md))
-    console.print(f"wrote {out / 'ablation.md'} and ablation.json")
+    console.print(f"wrote {out / 'ablation.md'} and ablation.json (seeds {seeds} of {ab.seeds})")
     return result
 
 
@@ -213,14 +224,19 @@ def _evaluate(label: str, run: Path, ab: AblationConfig, device: str, console: C
             "curve": [c["mean"] for c in summary["curve"]], "p_loss": rob["p_loss"], "metric": rob["metric"]}
 
 
+def _partial(result: dict[str, Any]) -> str:
+    planned = result.get("seeds_planned", result.get("seeds", [0]))
+    return "" if planned == result.get("seeds", [0]) else f" (of {planned} planned: the sweep is still running)"
+
+
 def markdown(result: dict[str, Any]) -> str:
     rows = result["rows"]
     p_loss = rows[0]["p_loss"]
     lines = [f"# {result['name']}", "",
              f"{result['scenario']}, varying {result['vary']}; policy {result['policy']}. L_rec: lost agents, "
              f"held-out episodes, test-time p_mask {rows[0]['lrec_p_mask']:g} (lower is better). AUC: world-model "
-             f"strategy. Mean ± std over {len(result.get('seeds', [0]))} training seed(s); each seed's AUC is the mean "
-             f"over {result['robustness']['seeds']} evaluation seed families.", "",
+             f"strategy. Mean ± std over training seeds {result.get('seeds', [0])}{_partial(result)}; each seed's "
+             f"AUC is the mean over {result['robustness']['seeds']} evaluation seed families.", "",
              "| variant | L_rec lost agents | AUC | " + " | ".join(f"{rows[0]['metric']} @ {p:g}" for p in p_loss)
              + " |",
              "|---|---|---|" + "---|" * len(p_loss)]

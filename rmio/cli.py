@@ -16,6 +16,7 @@ import yaml
 from rich.table import Table
 
 from rmio import __version__
+from rmio.cli_params import BUNDLE
 from rmio.console import console, make_console  # noqa: F401 - make_console: for callers
 from rmio.errors import RmioError
 
@@ -76,6 +77,22 @@ def scenarios() -> None:
         table.add_row(fam.name, _availability(fam.name), ", ".join(fam.scenarios), fam.description)
     console.print(table)
     console.print("built-in configs: " + ", ".join(builtin_config_names()))
+
+
+@cli.command()
+def models() -> None:
+    """List the bundles shipped with rmio; their names work wherever a BUNDLE is asked for."""
+    from rmio.models import find_bundle, shipped_bundles
+    from rmio.runtime.bundle import load_manifest
+
+    table = Table(title="shipped bundles")
+    for col in ("name", "scenario", "agents", "window", "files"):
+        table.add_column(col)
+    for name in shipped_bundles():
+        man = load_manifest(find_bundle(name))
+        table.add_row(name, man.spec.name, str(man.spec.n_agents), str(man.history_window),
+                      ", ".join(man.files.values()))
+    console.print(table)
 
 
 def _availability(family: str) -> str:
@@ -144,7 +161,7 @@ def collect(cfg: Any, out: Path | None, steps: int | None) -> None:
 
 
 @cli.command()
-@click.argument("bundle", type=click.Path(path_type=Path), required=False)
+@click.argument("bundle", type=BUNDLE, required=False)
 @click.option("--p-loss", default="0,0.3,0.6", show_default=True, help="Comma-separated loss probabilities.")
 @click.option("--episodes", type=click.IntRange(min=1), default=1, show_default=True,
               help="Episodes per setting (seeds 0, 1, ...).")
@@ -171,7 +188,7 @@ _register_training(cli, config_options)
 def _swarm_run_options(fn: Callable) -> Callable:
     """Options shared by `swarm launch` and `swarm roster` (everything the processes must agree on)."""
     options = [
-        click.argument("bundle", type=click.Path(exists=True, file_okay=False, path_type=Path)),
+        click.argument("bundle", type=BUNDLE),
         click.option("--scenario", default=None, help="Refuse the bundle unless it was made for this scenario."),
         click.option("--agents", type=click.IntRange(min=1), default=None,
                      help="Refuse the bundle unless it has this many agents."),

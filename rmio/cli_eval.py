@@ -7,6 +7,7 @@ from typing import Any
 
 import click
 
+from rmio.cli_params import BUNDLE_OR_RUN
 from rmio.defaults import DEFAULT_P_LOSS
 from rmio.errors import RmioError
 
@@ -56,7 +57,7 @@ def run_robustness(target: Path, *, p_loss: list[float], episodes: int, seeds: i
 
 def register(eval_group: click.Group) -> None:
     @eval_group.command("robustness")
-    @click.argument("target", metavar="BUNDLE_OR_RUN", type=click.Path(path_type=Path, exists=True, file_okay=False))
+    @click.argument("target", metavar="BUNDLE_OR_RUN", type=BUNDLE_OR_RUN)
     @click.option("--p-loss", default=",".join(f"{p:g}" for p in DEFAULT_P_LOSS), show_default=True,
                   help="Comma-separated observation-loss probabilities.")
     @click.option("--episodes", type=click.IntRange(min=1), default=5, show_default=True,

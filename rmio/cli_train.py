@@ -7,6 +7,7 @@ from typing import Any
 
 import click
 
+from rmio.cli_params import BUNDLE
 from rmio.errors import MissingExtraError
 
 
@@ -118,7 +119,7 @@ def register(cli: click.Group, config_options: Any) -> None:
     @click.argument("run_dir", type=click.Path(path_type=Path, exists=True, file_okay=False), required=False)
     @click.option("--out", type=click.Path(path_type=Path), default=None,
                   help="Bundle directory (default RUN_DIR/bundle).")
-    @click.option("--check", "check_dir", type=click.Path(path_type=Path, exists=True, file_okay=False), default=None,
+    @click.option("--check", "check_dir", type=BUNDLE, default=None,
                   help="Re-validate an existing bundle instead of exporting.")
     @click.option("--policy", type=click.Path(path_type=Path, exists=True, dir_okay=False), default=None,
                   help="Ship the actor of this policy.pt instead of RUN_DIR's own (same scenario).")

@@ -96,7 +96,7 @@ BAD_INPUTS = {
     "p_loss above 1": (["collect", "halfcheetah_6x1", "--set", "loss.p_loss=1.5"], "p_loss must be in [0, 1]"),
     "unknown key": (["collect", "halfcheetah_6x1", "--set", "loss.ploss=0.1"], "unknown key 'loss.ploss'"),
     "smac not installed": (["collect", "smac_8m", "--steps", "5"], "oxwhirl"),
-    "demo of a missing bundle": (["demo", "/nonexistent/bundle"], "not a model bundle"),
+    "demo of a missing bundle": (["demo", "/nonexistent/bundle"], "no bundle '/nonexistent/bundle'"),
     "demo with bad p_loss": (["demo", "--p-loss", "0,lots"], "comma-separated"),
 }
 
@@ -129,3 +129,15 @@ def test_missing_optional_extra_is_named() -> None:
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr
     assert "pip install" in proc.stderr and "[smax]" in proc.stderr
+
+
+def test_shipped_bundles_are_found_by_name_from_any_directory(tmp_path: Path) -> None:
+    """`rmio models` lists the shipped bundles, and a name (or models/NAME) works as a BUNDLE outside a checkout
+    directory; an unknown one is one usage error naming what is shipped."""
+    listing = rmio("models", cwd=tmp_path)
+    assert listing.returncode == 0 and "halfcheetah_6x1" in listing.stdout and "smax_2s3z" in listing.stdout
+    for name in ("halfcheetah_6x1", "models/smax_2s3z"):
+        proc = rmio("export", "--check", name, cwd=tmp_path)
+        assert proc.returncode == 0 and "is valid" in proc.stdout, proc.stderr
+    bad = rmio("export", "--check", "nope", cwd=tmp_path)
+    assert bad.returncode == 2 and "no bundle 'nope'" in bad.stderr and "halfcheetah_6x1" in bad.stderr

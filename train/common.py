@@ -72,6 +72,13 @@ def build_model(cfg: Config, spec: EnvSpec, stats: tuple[np.ndarray, ...]) -> RM
     return RMIOWorldModel(spec, cfg.world_model.model, *stats)
 
 
+def checkpoint_meta(cfg: Config, spec: EnvSpec, stats: tuple[np.ndarray, ...]) -> dict[str, Any]:
+    """What every checkpoint carries so that it can be loaded alone: config (and hash), spec, statistics."""
+    keys = ("obs_mean", "obs_std", "state_mean", "state_std")
+    return {"config": cfg.to_dict(), "config_hash": cfg.digest(), "spec": spec.to_dict(),
+            "stats": {k: v.tolist() for k, v in zip(keys, stats, strict=True)}}
+
+
 def load_model(path: Path, device: torch.device | str = "cpu") -> tuple[RMIOWorldModel, dict[str, Any]]:
     """A world model from a checkpoint (its config and statistics travel with it)."""
     from rmio.config import Config, build_dataclass

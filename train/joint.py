@@ -22,18 +22,20 @@ from rmio.envs.collect import collect
 from rmio.envs.loss import LossConfig
 from rmio.envs.trajectory import TrajectoryBuffer
 from rmio.envs.vector import make_vector_env
-from rmio.train.common import begin_training, build_model, progress
+from rmio.train.common import begin_training, build_model, checkpoint_meta, progress
 from rmio.train.imagination import imagine, start_states
 from rmio.train.mappo import build_agents, evaluate_and_log
 from rmio.train.policy import actor_policy
 from rmio.train.runlog import MetricLog, load_checkpoint, restore_rng, rng_state, save_checkpoint
 from rmio.train.wm_data import SequenceSampler, observation_stats, world_model_loss
-from rmio.train.wm_train import HOLDOUT_SEED_OFFSET, _extra
+from rmio.train.wm_train import HOLDOUT_SEED_OFFSET
 
 NO_LOSS = LossConfig("none")  # pre-training sees complete observations (paper section 5)
 
 
 def train_joint(cfg: Config, run_dir: Path, device: str, console: Console) -> Path:
+    """Algorithm 1: alternate real collection with the current actor (line 1), world-model updates on all real
+    data (lines 2-9) and PPO updates in imagination (lines 10-19); evaluate in the real env; resume by re-running."""
     final = run_dir / "policy.pt"
     dev = begin_training(cfg, final, device, "joint pre-training", console)
     if dev is None:
@@ -42,19 +44,7 @@ def train_joint(cfg: Config, run_dir: Path, device: str, console: Console) -> Pa
     data_dir = run_dir / "data"
     ckpt_path = run_dir / "ckpt_joint.pt"
     start = load_checkpoint(ckpt_path, dev) if ckpt_path.exists() else None
-    if start is None:
-        real, _ = collect(cfg.env, NO_LOSS, steps=im.warmup_steps, num_envs=im.num_envs,
-                          vector_mode=cfg.run.vector_mode, seed=cfg.run.seed)
-        holdout, _ = collect(cfg.env, NO_LOSS, steps=wt.holdout_episodes * (cfg.env.episode_limit or 1000),
-                             num_envs=1, seed=cfg.run.seed + HOLDOUT_SEED_OFFSET)
-        holdout.save(data_dir / "holdout.npz")
-        stats = observation_stats(real)  # fixed from the random warm-up, shared by world model and actor
-        env_steps, next_eval, next_ckpt = len(real) - real.num_episodes, 0, im.checkpoint_every
-    else:
-        real = TrajectoryBuffer.load(data_dir / "train.npz")
-        stats = tuple(np.asarray(start["stats"][k], np.float32) for k in ("obs_mean", "obs_std", "state_mean",
-                                                                            "state_std"))
-        env_steps, next_eval, next_ckpt = start["env_steps"], start["next_eval"], start["next_ckpt"]
+    real, stats, counters = _initial_data(cfg, data_dir, start)
     model = build_model(cfg, real.spec, stats).to(dev)
     wm_opt = torch.optim.Adam(model.parameters(), lr=wt.lr, eps=1e-6)
     ppo = build_agents(cfg, real.spec, stats[0], stats[1], dev)
@@ -67,69 +57,109 @@ def train_joint(cfg: Config, run_dir: Path, device: str, console: Console) -> Pa
         rng.bit_generator.state = start["np_rng"]
         gen.set_state(start["gen_rng"].cpu())
         restore_rng(start["torch_rng"])
-        console.print(f"resuming joint pre-training at {env_steps} env steps")
+        console.print(f"resuming joint pre-training at {counters['env_steps']} env steps")
     log = MetricLog(run_dir, "joint")
     t0 = time.perf_counter()
     timing = {"collect_s": 0.0, "wm_s": 0.0, "imagine_s": 0.0, "imagined_steps": 0}
 
     def state() -> dict[str, Any]:
-        return {**_extra(cfg, real.spec, stats), "model": model.state_dict(), "wm_opt": wm_opt.state_dict(),
-                "ppo": ppo.state_dict(), "env_steps": env_steps, "next_eval": next_eval, "next_ckpt": next_ckpt,
+        return {**checkpoint_meta(cfg, real.spec, stats), "model": model.state_dict(),
+                "wm_opt": wm_opt.state_dict(), "ppo": ppo.state_dict(), **counters,
                 "np_rng": rng.bit_generator.state, "gen_rng": gen.get_state(), "torch_rng": rng_state(),
                 "obs_mean": stats[0].tolist(), "obs_std": stats[1].tolist()}
 
     with progress(console, "RMIOv2 pre-training", im.env_steps) as (bar, task), \
             make_vector_env(cfg.env, im.num_envs, cfg.run.vector_mode) as venv:  # built (and jitted) once
-        bar.update(task, completed=env_steps)
-        while env_steps < im.env_steps:
-            if env_steps >= next_eval:
-                evaluate_and_log(cfg, ppo.actor, run_dir, env_steps, console)
-                next_eval += im.eval_every
+        bar.update(task, completed=counters["env_steps"])
+        while counters["env_steps"] < im.env_steps:
+            if counters["env_steps"] >= counters["next_eval"]:
+                evaluate_and_log(cfg, ppo.actor, run_dir, counters["env_steps"], console)
+                counters["next_eval"] += im.eval_every
             tc = time.perf_counter()
             new, cstats = collect(cfg.env, NO_LOSS, steps=im.collect_steps, num_envs=im.num_envs,
                                   vector_mode=cfg.run.vector_mode,
-                                  seed=cfg.run.seed + 1 + env_steps, policy=actor_policy(ppo.actor),
+                                  seed=cfg.run.seed + 1 + counters["env_steps"], policy=actor_policy(ppo.actor),
                                   venv=venv)  # line 1
             real.extend(new)
-            env_steps += cstats.env_steps
+            counters["env_steps"] += cstats.env_steps
             timing["collect_s"] += time.perf_counter() - tc
             tw = time.perf_counter()
             sampler = SequenceSampler(real, cfg.world_model.smoothing, dev)
-            for _ in range(im.wm_updates):  # lines 2-9
-                batch = sampler.sample(rng, wt.batch_size, wt.seq_len)
-                loss, wm_metrics = world_model_loss(model, batch, torch.ones(batch.obs.shape[:3], device=dev))
-                wm_opt.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), wt.grad_clip)
-                wm_opt.step()
+            wm_metrics = _world_model_updates(model, wm_opt, sampler, rng, cfg)
             timing["wm_s"] += time.perf_counter() - tw
             ti = time.perf_counter()
-            for _ in range(im.policy_updates):  # lines 10-19
-                h, z = start_states(model, sampler, rng, im.starts, im.context)
-                rollout = imagine(model, ppo, h, z, im.horizon)
-                ppo_metrics = ppo.update(rollout, gen)
-                timing["imagined_steps"] += im.starts * im.horizon
+            ppo_metrics, rollout = _policy_updates(model, ppo, sampler, rng, gen, cfg)
+            timing["imagined_steps"] += im.policy_updates * im.starts * im.horizon
             timing["imagine_s"] += time.perf_counter() - ti
-            returns = new.episode_returns()
+            env_steps = counters["env_steps"]
             row = {**{f"wm_{k}": v for k, v in wm_metrics.items()}, **ppo_metrics,
-                   "imagined_reward": float(rollout.rewards.mean()), "train_return": float(returns.mean()),
+                   "imagined_reward": float(rollout.rewards.mean()),
+                   "train_return": float(new.episode_returns().mean()),
                    "real_steps_per_s": env_steps / max(time.perf_counter() - t0, 1e-9),
                    "collect_steps_per_s": cstats.steps_per_second,
                    "imagined_steps_per_s": timing["imagined_steps"] / max(timing["imagine_s"], 1e-9)}
             log.log(env_steps, row)
             bar.update(task, completed=min(env_steps, im.env_steps),
                        info=f"return {row['train_return']:.1f} wm {wm_metrics['loss']:.2f}")
-            if env_steps >= next_ckpt:
-                next_ckpt += im.checkpoint_every
+            if env_steps >= counters["next_ckpt"]:
+                counters["next_ckpt"] += im.checkpoint_every
                 real.save(data_dir / "train.npz")
                 save_checkpoint(ckpt_path, state())
+    env_steps = counters["env_steps"]
     result = evaluate_and_log(cfg, ppo.actor, run_dir, env_steps, console)
     log.close()
     real.meta["env_steps"] = env_steps
     real.save(data_dir / "train.npz")
     save_checkpoint(ckpt_path, state())
-    save_checkpoint(run_dir / "wm_pretrain.pt", {**_extra(cfg, real.spec, stats), "phase": "pretrain",
+    save_checkpoint(run_dir / "wm_pretrain.pt", {**checkpoint_meta(cfg, real.spec, stats), "phase": "pretrain",
                                                  "model": model.state_dict(), "env_steps": env_steps})
     save_checkpoint(final, {**state(), "algo": "rmiov2", "final_eval": result, "timing": timing})
     console.print(f"joint pre-training done: {env_steps} env steps; wrote {final} and wm_pretrain.pt")
     return final
+
+
+def _initial_data(cfg: Config, data_dir: Path,
+                  start: dict[str, Any] | None) -> tuple[TrajectoryBuffer, tuple[np.ndarray, ...], dict[str, int]]:
+    """The real data, the normalisation statistics and the step counters: a random warm-up (and a held-out
+    set) on a new run, else what the checkpoint recorded."""
+    im, wt = cfg.policy.imagination, cfg.world_model.train
+    if start is None:
+        real, _ = collect(cfg.env, NO_LOSS, steps=im.warmup_steps, num_envs=im.num_envs,
+                          vector_mode=cfg.run.vector_mode, seed=cfg.run.seed)
+        holdout, _ = collect(cfg.env, NO_LOSS, steps=wt.holdout_episodes * (cfg.env.episode_limit or 1000),
+                             num_envs=1, seed=cfg.run.seed + HOLDOUT_SEED_OFFSET)
+        holdout.save(data_dir / "holdout.npz")
+        stats = observation_stats(real)  # fixed from the random warm-up, shared by world model and actor
+        return real, stats, {"env_steps": len(real) - real.num_episodes, "next_eval": 0,
+                             "next_ckpt": im.checkpoint_every}
+    real = TrajectoryBuffer.load(data_dir / "train.npz")
+    stats = tuple(np.asarray(start["stats"][k], np.float32) for k in ("obs_mean", "obs_std", "state_mean", "state_std"))
+    return real, stats, {k: start[k] for k in ("env_steps", "next_eval", "next_ckpt")}
+
+
+def _world_model_updates(model: torch.nn.Module, opt: torch.optim.Optimizer, sampler: SequenceSampler,
+                         rng: np.random.Generator, cfg: Config) -> dict[str, float]:
+    """Algorithm 1, lines 2-9: world-model updates on sequences of all real data (no masking)."""
+    wt = cfg.world_model.train
+    metrics: dict[str, float] = {}
+    for _ in range(cfg.policy.imagination.wm_updates):
+        batch = sampler.sample(rng, wt.batch_size, wt.seq_len)
+        loss, metrics = world_model_loss(model, batch, torch.ones(batch.obs.shape[:3], device=batch.obs.device))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), wt.grad_clip)
+        opt.step()
+    return metrics
+
+
+def _policy_updates(model: Any, ppo: Any, sampler: SequenceSampler, rng: np.random.Generator,
+                    gen: torch.Generator, cfg: Config) -> tuple[dict[str, float], Any]:
+    """Algorithm 1, lines 10-19: PPO on rollouts imagined from posterior states of real sequences."""
+    im = cfg.policy.imagination
+    metrics: dict[str, float] = {}
+    rollout = None
+    for _ in range(im.policy_updates):
+        h, z = start_states(model, sampler, rng, im.starts, im.context)
+        rollout = imagine(model, ppo, h, z, im.horizon)
+        metrics = ppo.update(rollout, gen)
+    return metrics, rollout

@@ -18,7 +18,6 @@ import torch
 from rich.console import Console
 
 from rmio.config import Config, load_config
-from rmio.envs.base import EnvSpec
 from rmio.envs.collect import collect
 from rmio.envs.loss import LossConfig
 from rmio.envs.trajectory import TrajectoryBuffer
@@ -26,6 +25,7 @@ from rmio.errors import RmioError
 from rmio.train.common import (
     begin_training,
     build_model,
+    checkpoint_meta,
     load_actor,
     load_model,
     progress,
@@ -171,12 +171,6 @@ def optimise(model: RMIOWorldModel, cfg: Config, phase: Phase, run_dir: Path, sa
             "final_loss_ema": ema, "stopped_early": stopped_early}
 
 
-def _extra(cfg: Config, spec: EnvSpec, stats: tuple[np.ndarray, ...]) -> dict[str, Any]:
-    keys = ("obs_mean", "obs_std", "state_mean", "state_std")
-    return {"config": cfg.to_dict(), "config_hash": cfg.digest(), "spec": spec.to_dict(),
-            "stats": {k: v.tolist() for k, v in zip(keys, stats, strict=True)}}
-
-
 def train_world_model(cfg: Config, run_dir: Path, device: str, console: Console) -> Path:
     """Pre-train on complete observations; returns the path of ``wm_pretrain.pt``."""
     final = run_dir / "wm_pretrain.pt"
@@ -193,9 +187,10 @@ def train_world_model(cfg: Config, run_dir: Path, device: str, console: Console)
         console.print(f"resuming pre-training from update {start['step']}")
     w = cfg.world_model.train
     summary = optimise(model, cfg, Phase(PRETRAIN, w.updates, w.lr, 0.0), run_dir, sampler, console, start,
-                       _extra(cfg, train_buf.spec, stats))
-    save_checkpoint(final, {**_extra(cfg, train_buf.spec, stats), "phase": PRETRAIN, "model": model.state_dict(),
-                            "summary": summary, "env_steps": int(train_buf.meta.get("env_steps", len(train_buf)))})
+                       checkpoint_meta(cfg, train_buf.spec, stats))
+    save_checkpoint(final, {**checkpoint_meta(cfg, train_buf.spec, stats), "phase": PRETRAIN,
+                            "model": model.state_dict(), "summary": summary,
+                            "env_steps": int(train_buf.meta.get("env_steps", len(train_buf)))})
     console.print(f"pre-training done: {summary['updates']} updates at {summary['updates_per_s']:.2f}/s; wrote {final}")
     return final
 

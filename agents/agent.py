@@ -15,9 +15,11 @@ import os
 import signal
 import time
 from collections import Counter
+from collections.abc import Callable
 
 import numpy as np
 
+from rmio.agents.records import save_records
 from rmio.agents.sync import HistorySync
 from rmio.coordinator.service import Coordinator
 from rmio.runtime import timeline
@@ -35,8 +37,11 @@ log = logging.getLogger(__name__)
 
 
 class Agent:
-    def __init__(self, index: int, settings: SwarmSettings, node: NodeBase, inc: int = 0) -> None:
+    def __init__(self, index: int, settings: SwarmSettings, node: NodeBase, inc: int = 0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.i, self.name, self.settings, self.node, self.inc = index, f"a{index}", settings, node, inc
+        self.clock = clock
+        """Every deadline and liveness time is read from this (a test drives it by hand)."""
         scenario = settings.env.get("family", "") + "/" + settings.env.get("scenario", "")
         self.manifest = load_manifest(settings.bundle, expect_scenario=scenario)
         self.spec = self.manifest.spec
@@ -58,7 +63,7 @@ class Agent:
         self.lost_reports: dict[tuple[int, int], set[int]] = {}
         self.sync = HistorySync(self)
         self.peer_inc: dict[str, int] = {}
-        self.last_env = time.monotonic()
+        self.last_env = clock()
         self.samples = Samples()
         self.counts: Counter = Counter()
         self.kill_at = {seq for agent, seq in settings.kill_agents if agent == index}
@@ -82,14 +87,18 @@ class Agent:
         self.cpu_start = time.process_time()
         self._greet()
         while self.running:
-            self._pump(self._timeout(time.monotonic()))
-            self._timers(time.monotonic())
-        self._save_records()
+            self._pump(self._timeout(self.clock()))
+            self.tick(self.clock())
+        if self.settings.record:
+            save_records(self.settings.out_dir, f"{self.name}-{self.inc}", self.records, self.spec.obs_dim)
 
     def _pump(self, timeout_s: float) -> None:
-        """Wait for traffic (at most ``timeout_s``) and handle it; a message that makes no sense is dropped."""
+        """Wait for traffic (at most ``timeout_s``) and handle it."""
         msgs = self.node.poll(1000.0 * timeout_s)
-        now = time.monotonic()
+        self.receive(msgs, self.clock())
+
+    def receive(self, msgs: list[Message], now: float) -> None:
+        """Handle the link events and messages of one wake-up; a message that makes no sense is dropped."""
         self._links(now)
         for msg in msgs:
             try:
@@ -124,7 +133,7 @@ class Agent:
                 raise Stop("env host unreachable")
             self._pump(0.01)
             if self.coord is not None:  # rounds are polled after messages are handled, here as in run()
-                self.coord.poll(time.monotonic())
+                self.coord.poll(self.clock())
         log.info("%s: greeted in %.3f s%s", self.name, time.monotonic() - start,
                  f", not {sorted(todo)}" if todo else "")
 
@@ -132,7 +141,7 @@ class Agent:
         """Send to a peer; a send that fails (no live connection) marks an agent down at once."""
         ok = self.node.send(to, msg_type, arrays, **fields)
         if ok:
-            self.live.sent(to, time.monotonic())
+            self.live.sent(to, self.clock())
         elif to.startswith("a"):
             self._peer_down(to)
         return ok
@@ -161,7 +170,8 @@ class Agent:
                 self._report_loss(*self.awaiting, force_broadcast=True)
             self._maybe_claim(self.ep, self.t)
 
-    def _timers(self, now: float) -> None:
+    def tick(self, now: float) -> None:
+        """Timers, after every wake-up: heartbeats and expiries, the reconstruction deadline, rounds."""
         if now >= self._live_due:
             self._liveness(now)
             # Heartbeat and expiry bookkeeping is O(peers): run it when something is due (hearing or
@@ -279,14 +289,14 @@ class Agent:
 
     def _leader_alive(self) -> bool:
         leader = self.view.leader
-        return leader == self.i or (leader >= 0 and self.live.alive(f"a{leader}", time.monotonic()))
+        return leader == self.i or (leader >= 0 and self.live.alive(f"a{leader}", self.clock()))
 
     def _report_loss(self, ep: int, t: int, force_broadcast: bool = False) -> None:
         self.lost_reports.setdefault((ep, t), set()).add(self.i)
         if not force_broadcast and self._leader_alive():
             if self.view.leader == self.i:
                 assert self.coord is not None
-                self.coord.on_loss(ep, t, self.i, time.monotonic())
+                self.coord.on_loss(ep, t, self.i, self.clock())
                 return
             if self.send(f"a{self.view.leader}", "LOST", ep=ep, step=t, epoch=self.view.epoch,
                          leader=self.view.leader, bcast=False) or self.awaiting == (ep, t):
@@ -317,7 +327,7 @@ class Agent:
         reports = self.lost_reports.get((ep, t), set())
         if not reports:
             return
-        now = time.monotonic()
+        now = self.clock()
         live = [self.i] + [j for j in range(self.spec.n_agents) if j != self.i and self.live.alive(f"a{j}", now)]
         if not should_claim(self.i, self.seen, reports, live):
             return
@@ -458,24 +468,6 @@ class Agent:
         for peer, endpoint in msg["endpoints"].items():
             if peer != self.name and isinstance(endpoint, str) and self.settings.known(peer):
                 self.node.connect(peer, endpoint)
-
-    def _save_records(self) -> None:
-        if not self.settings.record or not self.records:
-            return
-        from pathlib import Path
-
-        out = Path(self.settings.out_dir) / "records"
-        out.mkdir(parents=True, exist_ok=True)
-        recon = [r for r in self.records if r[2] == "recon"]
-        acts = [r for r in self.records if r[2] != "recon"]
-        np.savez(out / f"{self.name}-{self.inc}.npz",
-                 act_ep=np.array([r[0] for r in acts], np.int64), act_t=np.array([r[1] for r in acts], np.int64),
-                 act_kind=np.array([r[2] for r in acts]), act_obs=np.array([r[3] for r in acts], np.float32),
-                 recon_ep=np.array([r[0] for r in recon], np.int64),
-                 recon_t=np.array([r[1] for r in recon], np.int64),
-                 recon_obs=np.array([r[3] for r in recon], np.float32).reshape(len(recon), self.spec.obs_dim),
-                 recon_start=np.array([r[4][0] for r in recon], np.int64),
-                 recon_epoch=np.array([r[4][1] for r in recon], np.int64))
 
 
 _HANDLERS = {

@@ -9,8 +9,6 @@ describes both.
 
 from __future__ import annotations
 
-import time
-
 from rmio.coordinator.host import AgentHost
 from rmio.runtime import timeline
 from rmio.runtime.wire import Message
@@ -34,7 +32,7 @@ class HistorySync:
         agent = self.agent
         leader, epoch, after, until = self.stream
         if agent.seq > until or epoch != agent.view.epoch or leader != f"a{agent.view.leader}" \
-                or not agent.live.alive(leader, time.monotonic()):
+                or not agent.live.alive(leader, agent.clock()):
             self.stream = None
             return False
         if (ep, t) <= after:

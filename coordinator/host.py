@@ -8,6 +8,7 @@ builds them), and a test can drive them with any object that has these members.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from typing import Protocol
 
 import numpy as np
@@ -38,6 +39,8 @@ class AgentHost(Protocol):
     counts: Counter
     lost_reports: dict[tuple[int, int], set[int]]
     """(ep, t) -> the blind agents that reported that step to this agent."""
+    clock: Callable[[], float]
+    """The monotonic clock in seconds that deadlines and liveness use (a test's hand-driven one)."""
 
     def send(self, to: str, msg_type: str, arrays: dict[str, np.ndarray] | None = None, **fields: object) -> bool:
         """Send to a peer; False (and the peer marked down) when it cannot be reached."""

@@ -49,11 +49,15 @@ class WorldModelNode:
             if any(msg.src == "env" for msg in msgs):
                 break
         while self.running:
-            for msg in self.node.poll(500):
-                self._handle_safely(msg)
-            self.node.link_events.clear()
+            self.receive(self.node.poll(500))
             if time.monotonic() - self.last_env > self.settings.orphan_timeout_s:
                 raise Stop("env host silent")
+
+    def receive(self, msgs: list[Message]) -> None:
+        """Serve the messages of one wake-up (the node keeps no link state: it only answers)."""
+        for msg in msgs:
+            self._handle_safely(msg)
+        self.node.link_events.clear()
 
     def _handle_safely(self, msg: Message) -> None:
         try:

@@ -55,6 +55,10 @@ class EnvHost:
         self.stats: dict[str, dict[str, Any]] = {}
         self.pending: dict[int, np.ndarray] = {}
         self.incarnations: dict[str, int] = {}
+        self.waiting: set[int] = set()
+        """Agents whose action for the open step has not come yet."""
+        self.current: tuple[int, int, int, Any, np.ndarray] | None = None
+        """The open step: (ep, t, seq, timestep, send time of each STEP)."""
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -136,6 +140,18 @@ class EnvHost:
                 self._handle(msg, None)
 
     def _step(self, ep: int, t: int, seq: int, ts: Any, defaulted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        self.begin_step(ep, t, seq, ts, defaulted)
+        deadline = time.monotonic() + self.settings.deadline_s("step")
+        while self.waiting:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            self.receive(self.node.poll(1000 * left))
+        return self.end_step()
+
+    def begin_step(self, ep: int, t: int, seq: int, ts: Any, defaulted: np.ndarray) -> None:
+        """Send every agent its STEP; then :meth:`receive` collects actions until the step deadline (the
+        caller's clock) or until ``waiting`` is empty, and :meth:`end_step` closes the step."""
         sent_ns = np.zeros(self.n, np.int64)
         if timeline.ENABLED:
             timeline.mark("fanout", seq)
@@ -161,23 +177,32 @@ class EnvHost:
         if timeline.ENABLED:
             timeline.mark("fanned", seq)
         self.pending = {}
-        deadline = time.monotonic() + self.settings.deadline_s("step")
-        step = (ep, t)
-        while waiting:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                break
-            for msg in self.node.poll(1000 * left):
-                i = self._handle(msg, step)
-                if i is not None and i in waiting:
-                    if timeline.ENABLED:
-                        timeline.mark("action", seq, i)
-                    waiting.discard(i)
-                    lat = (now_ns() - sent_ns[i]) / 1e3
-                    self.samples.add("decision_observing_us" if ts.observed[i] else "decision_lost_us", lat)
-            for peer, up in self._links():
-                if not up and peer in self.names:
-                    waiting.discard(self.names.index(peer))
+        self.waiting = waiting
+        self.current = (ep, t, seq, ts, sent_ns)
+
+    def receive(self, msgs: list[Message]) -> None:
+        """Handle the messages of one wake-up (actions for the current step, if one is open), then the link events."""
+        cur = self.current
+        step = None if cur is None else (cur[0], cur[1])
+        for msg in msgs:
+            i = self._handle(msg, step)
+            if cur is not None and i is not None and i in self.waiting:
+                if timeline.ENABLED:
+                    timeline.mark("action", cur[2], i)
+                self.waiting.discard(i)
+                lat = (now_ns() - cur[4][i]) / 1e3
+                self.samples.add("decision_observing_us" if cur[3].observed[i] else "decision_lost_us", lat)
+        for peer, up in self._links():
+            if not up and peer in self.names:
+                self.waiting.discard(self.names.index(peer))
+
+    def end_step(self) -> tuple[np.ndarray, np.ndarray]:
+        """The joint action of the open step (the safe default for every agent that has not acted) and
+        which agents got the default."""
+        assert self.current is not None
+        ep, t, seq, ts, _ = self.current
+        self.current = None
+        self.waiting = set()
         if self.spec.discrete:  # the agents act on the available actions their STEP carried, blind or not
             self.counts["unavailable_actions"] += sum(not ts.avail_actions[i][int(a)] for i, a in self.pending.items())
         actions = np.stack([self.pending.get(i, self.codec.default()) for i in range(self.n)])

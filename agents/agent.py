@@ -37,9 +37,21 @@ log = logging.getLogger(__name__)
 
 
 class Agent:
-    def __init__(self, index: int, settings: SwarmSettings, node: NodeBase, inc: int = 0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        self.i, self.name, self.settings, self.node, self.inc = index, f"a{index}", settings, node, inc
+    def __init__(
+        self,
+        index: int,
+        settings: SwarmSettings,
+        node: NodeBase,
+        inc: int = 0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.i, self.name, self.settings, self.node, self.inc = (
+            index,
+            f"a{index}",
+            settings,
+            node,
+            inc,
+        )
         self.clock = clock
         """Every deadline and liveness time is read from this (a test drives it by hand)."""
         scenario = settings.env.get("family", "") + "/" + settings.env.get("scenario", "")
@@ -90,7 +102,9 @@ class Agent:
             self._pump(self._timeout(self.clock()))
             self.tick(self.clock())
         if self.settings.record:
-            save_records(self.settings.out_dir, f"{self.name}-{self.inc}", self.records, self.spec.obs_dim)
+            save_records(
+                self.settings.out_dir, f"{self.name}-{self.inc}", self.records, self.spec.obs_dim
+            )
 
     def _pump(self, timeout_s: float) -> None:
         """Wait for traffic (at most ``timeout_s``) and handle it."""
@@ -125,19 +139,36 @@ class Agent:
                 todo -= self.live.last_heard.keys()
             if time.monotonic() >= resend:
                 for peer in sorted(todo):
-                    if self.send(peer, "HELLO", inc=self.inc, role="agent", epoch=self.view.epoch,
-                                 leader=self.view.leader) and confirmed:
+                    if (
+                        self.send(
+                            peer,
+                            "HELLO",
+                            inc=self.inc,
+                            role="agent",
+                            epoch=self.view.epoch,
+                            leader=self.view.leader,
+                        )
+                        and confirmed
+                    ):
                         todo.discard(peer)
                 resend = time.monotonic() + (0.0 if confirmed else 0.05)
             if "env" in todo and time.monotonic() > start + self.settings.startup_timeout_s:
                 raise Stop("env host unreachable")
             self._pump(0.01)
-            if self.coord is not None:  # rounds are polled after messages are handled, here as in run()
+            if (
+                self.coord is not None
+            ):  # rounds are polled after messages are handled, here as in run()
                 self.coord.poll(self.clock())
-        log.info("%s: greeted in %.3f s%s", self.name, time.monotonic() - start,
-                 f", not {sorted(todo)}" if todo else "")
+        log.info(
+            "%s: greeted in %.3f s%s",
+            self.name,
+            time.monotonic() - start,
+            f", not {sorted(todo)}" if todo else "",
+        )
 
-    def send(self, to: str, msg_type: str, arrays: dict[str, np.ndarray] | None = None, **fields: object) -> bool:
+    def send(
+        self, to: str, msg_type: str, arrays: dict[str, np.ndarray] | None = None, **fields: object
+    ) -> bool:
         """Send to a peer; a send that fails (no live connection) marks an agent down at once."""
         ok = self.node.send(to, msg_type, arrays, **fields)
         if ok:
@@ -154,8 +185,14 @@ class Agent:
             if not up:
                 self._peer_down(peer)
             elif peer not in self.live.last_heard or peer in self.live.down:  # a (re)started peer
-                self.node.send(peer, "HELLO", inc=self.inc, role="agent", epoch=self.view.epoch,
-                               leader=self.view.leader)
+                self.node.send(
+                    peer,
+                    "HELLO",
+                    inc=self.inc,
+                    role="agent",
+                    epoch=self.view.epoch,
+                    leader=self.view.leader,
+                )
 
     def _peer_down(self, peer: str) -> None:
         if peer in self.live.down or peer not in self.live.last_heard:
@@ -166,7 +203,9 @@ class Agent:
         if peer == f"a{self.view.leader}":
             self.counts["leader_lost"] += 1
             log.info("%s: coordinator %s is gone", self.name, peer)
-            if self.awaiting is not None:  # our round died with it: ask everyone, which elects a new one
+            if (
+                self.awaiting is not None
+            ):  # our round died with it: ask everyone, which elects a new one
                 self._report_loss(*self.awaiting, force_broadcast=True)
             self._maybe_claim(self.ep, self.t)
 
@@ -176,7 +215,9 @@ class Agent:
             self._liveness(now)
             # Heartbeat and expiry bookkeeping is O(peers): run it when something is due (hearing or
             # sending only moves deadlines later), and at least every half interval as a backstop.
-            self._live_due = now + min(self.live.next_deadline(self.peers, now), 0.5 * self.live.interval_s)
+            self._live_due = now + min(
+                self.live.next_deadline(self.peers, now), 0.5 * self.live.interval_s
+            )
         if self.awaiting is not None and now >= self.await_deadline:
             self.counts["recon_miss"] += 1
             ep, t = self.awaiting
@@ -191,7 +232,9 @@ class Agent:
             if peer.startswith("a"):
                 self._peer_down(peer)
         due = self.live.heartbeat_due(self.peers, now)
-        frames = encode("HB", self.name, epoch=self.view.epoch, leader=self.view.leader) if due else []
+        frames = (
+            encode("HB", self.name, epoch=self.view.epoch, leader=self.view.leader) if due else []
+        )
         for peer in due:
             if self.live.alive(peer, now) or peer not in self.live.last_heard:
                 if self.node.send_frames(peer, "HB", frames):
@@ -199,7 +242,9 @@ class Agent:
                 else:
                     self._peer_down(peer)
             else:
-                self.live.sent(peer, now)  # a dead peer gets no heartbeat; it says HELLO when it is back
+                self.live.sent(
+                    peer, now
+                )  # a dead peer gets no heartbeat; it says HELLO when it is back
 
     # -- dispatch ---------------------------------------------------------------------------
 
@@ -216,7 +261,9 @@ class Agent:
             handler(self, msg, now)
         except (WireError, Stop):
             raise
-        except Exception:  # a bug must not take the agent down mid-episode; it is counted and reported
+        except (
+            Exception
+        ):  # a bug must not take the agent down mid-episode; it is counted and reported
             log.exception("%s: error handling %s from %s", self.name, msg.type, src)
             self.counts["internal_errors"] += 1
 
@@ -232,15 +279,25 @@ class Agent:
         if msg["seq"] in self.kill_at:
             log.warning("%s: fault injection, SIGKILL at step %d", self.name, msg["seq"])
             os.kill(os.getpid(), signal.SIGKILL)
-        if self.awaiting is not None:  # a new step overtook an unanswered loss: the env host used its default
+        if (
+            self.awaiting is not None
+        ):  # a new step overtook an unanswered loss: the env host used its default
             self.counts["recon_overtaken"] += 1
             self.ring.put_action(self.awaiting[1], self.codec.default())
             self.awaiting = None
         if ep != self.ep:
             self.ring.reset(ep)
         elif msg["dflt"] and t > 0:
-            self.ring.put_action(t - 1, self.codec.default())  # the env host applied its default instead
-        self.ep, self.t, self.seen, self.avail, self.step_rx_ns = ep, t, msg["seen"], avail, now_ns()
+            self.ring.put_action(
+                t - 1, self.codec.default()
+            )  # the env host applied its default instead
+        self.ep, self.t, self.seen, self.avail, self.step_rx_ns = (
+            ep,
+            t,
+            msg["seen"],
+            avail,
+            now_ns(),
+        )
         self.seq = msg["seq"]
         if timeline.ENABLED:
             timeline.mark("step", self.seq, bool(msg["seen"]))
@@ -263,7 +320,9 @@ class Agent:
             if not self.sync.push(ep, t):  # a streamed blind step is our loss report
                 self._report_loss(ep, t)
         self.sync.answer()
-        self._maybe_claim(ep, t)  # the event loop then polls the coordinator's rounds, as after every message
+        self._maybe_claim(
+            ep, t
+        )  # the event loop then polls the coordinator's rounds, as after every message
 
     def _act(self, ep: int, t: int, obs: np.ndarray, kind: str) -> None:
         start = now_ns()
@@ -272,18 +331,31 @@ class Agent:
             self.ring.obs[t] = np.asarray(obs, np.float32)
         self.ring.put_action(t, action)
         tx = sum(self.node.stats.tx_msgs.values()) - self.node.stats.tx_msgs["ACTION"]
-        self.send("env", "ACTION", {"action": action}, ep=ep, step=t, kind=kind, epoch=self.view.epoch,
-                  leader=self.view.leader, tx=tx)
+        self.send(
+            "env",
+            "ACTION",
+            {"action": action},
+            ep=ep,
+            step=t,
+            kind=kind,
+            epoch=self.view.epoch,
+            leader=self.view.leader,
+            tx=tx,
+        )
         if timeline.ENABLED:
             timeline.mark("acted", self.seq)
         end = now_ns()
         self.samples.add("actor_us", (end - start) / 1e3)
-        self.samples.add("decide_obs_us" if kind == "obs" else "decide_lost_us", (end - self.step_rx_ns) / 1e3)
+        self.samples.add(
+            "decide_obs_us" if kind == "obs" else "decide_lost_us", (end - self.step_rx_ns) / 1e3
+        )
         if self.awaiting == (ep, t):
             self.awaiting = None
         self.counts[f"act_{kind}"] += 1
         if self.settings.record:
-            self.records.append((ep, t, kind, np.asarray(obs, np.float32).copy(), np.asarray(action).copy()))
+            self.records.append(
+                (ep, t, kind, np.asarray(obs, np.float32).copy(), np.asarray(action).copy())
+            )
 
     # -- loss reports and election --------------------------------------------------------
 
@@ -298,13 +370,28 @@ class Agent:
                 assert self.coord is not None
                 self.coord.on_loss(ep, t, self.i, self.clock())
                 return
-            if self.send(f"a{self.view.leader}", "LOST", ep=ep, step=t, epoch=self.view.epoch,
-                         leader=self.view.leader, bcast=False) or self.awaiting == (ep, t):
+            if self.send(
+                f"a{self.view.leader}",
+                "LOST",
+                ep=ep,
+                step=t,
+                epoch=self.view.epoch,
+                leader=self.view.leader,
+                bcast=False,
+            ) or self.awaiting == (ep, t):
                 return  # sent; or the coordinator is unreachable and _peer_down already told everyone
         self.counts["lost_broadcast"] += 1
         for peer in self.peers:
             if peer not in self.live.down:
-                self.send(peer, "LOST", ep=ep, step=t, epoch=self.view.epoch, leader=self.view.leader, bcast=True)
+                self.send(
+                    peer,
+                    "LOST",
+                    ep=ep,
+                    step=t,
+                    epoch=self.view.epoch,
+                    leader=self.view.leader,
+                    bcast=True,
+                )
         self._maybe_claim(ep, t)
 
     def _on_lost(self, msg: Message, now: float) -> None:
@@ -328,7 +415,9 @@ class Agent:
         if not reports:
             return
         now = self.clock()
-        live = [self.i] + [j for j in range(self.spec.n_agents) if j != self.i and self.live.alive(f"a{j}", now)]
+        live = [self.i] + [
+            j for j in range(self.spec.n_agents) if j != self.i and self.live.alive(f"a{j}", now)
+        ]
         if not should_claim(self.i, self.seen, reports, live):
             return
         self.max_epoch += 1
@@ -366,8 +455,12 @@ class Agent:
         """Learn a newer coordinator from any peer's view, if that coordinator is alive (or is the sender)."""
         epoch, leader = msg["epoch"], msg["leader"]
         self.max_epoch = max(self.max_epoch, epoch)
-        if 0 <= leader < self.spec.n_agents and leader != self.i and View.of(epoch, leader) > self.view \
-                and (msg.src == f"a{leader}" or self.live.alive(f"a{leader}", now)):
+        if (
+            0 <= leader < self.spec.n_agents
+            and leader != self.i
+            and View.of(epoch, leader) > self.view
+            and (msg.src == f"a{leader}" or self.live.alive(f"a{leader}", now))
+        ):
             self._become(View.of(epoch, leader))
 
     def _from_coordinator(self, msg: Message) -> bool:
@@ -395,12 +488,20 @@ class Agent:
             old = self.peer_inc.get(msg.src)
             if old != msg["inc"]:
                 self.peer_inc[msg.src] = msg["inc"]
-                if old is not None:  # a restarted peer; what we cached of its predecessor is still true
+                if (
+                    old is not None
+                ):  # a restarted peer; what we cached of its predecessor is still true
                     self.counts["peer_rejoined"] += 1
                     if self.coord is not None:
                         self.coord.forget(int(msg.src[1:]))
-                self.send(msg.src, "HELLO", inc=self.inc, role="agent", epoch=self.view.epoch,
-                          leader=self.view.leader)
+                self.send(
+                    msg.src,
+                    "HELLO",
+                    inc=self.inc,
+                    role="agent",
+                    epoch=self.view.epoch,
+                    leader=self.view.leader,
+                )
         self._gossip(msg, now)
 
     # -- history sync (every agent) and reconstruction (blind agents) ----------------------
@@ -431,8 +532,11 @@ class Agent:
     def deliver_recon(self, ep: int, t: int, row: np.ndarray, start: int, epoch: int) -> None:
         """A reconstruction for us (from the wire, or from our own coordinator when we are blind)."""
         if self.awaiting != (ep, t):
-            self.counts["recon_unexpected_observing" if (ep, t) == (self.ep, self.t) and self.seen
-                        else "recon_late"] += 1
+            self.counts[
+                "recon_unexpected_observing"
+                if (ep, t) == (self.ep, self.t) and self.seen
+                else "recon_late"
+            ] += 1
             return
         self.counts["recon_received"] += 1
         if timeline.ENABLED:
@@ -451,7 +555,10 @@ class Agent:
     # -- end of run -----------------------------------------------------------------------
 
     def _on_stats_req(self, msg: Message, now: float) -> None:
-        counts = {**self.node.stats.flat(), **{f"agent.{k}": int(v) for k, v in self.counts.items()}}
+        counts = {
+            **self.node.stats.flat(),
+            **{f"agent.{k}": int(v) for k, v in self.counts.items()},
+        }
         counts["agent.epoch"] = self.view.epoch
         counts["agent.loop_cpu_ms"] = int(1000 * (time.process_time() - self.cpu_start))
         samples = self.samples

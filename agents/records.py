@@ -20,11 +20,15 @@ def save_records(out_dir: str | Path, stem: str, records: list[tuple], obs_dim: 
     out.mkdir(parents=True, exist_ok=True)
     recon = [r for r in records if r[2] == "recon"]
     acts = [r for r in records if r[2] != "recon"]
-    np.savez(out / f"{stem}.npz",
-             act_ep=np.array([r[0] for r in acts], np.int64), act_t=np.array([r[1] for r in acts], np.int64),
-             act_kind=np.array([r[2] for r in acts]), act_obs=np.array([r[3] for r in acts], np.float32),
-             recon_ep=np.array([r[0] for r in recon], np.int64),
-             recon_t=np.array([r[1] for r in recon], np.int64),
-             recon_obs=np.array([r[3] for r in recon], np.float32).reshape(len(recon), obs_dim),
-             recon_start=np.array([r[4][0] for r in recon], np.int64),
-             recon_epoch=np.array([r[4][1] for r in recon], np.int64))
+    np.savez(
+        out / f"{stem}.npz",
+        act_ep=np.array([r[0] for r in acts], np.int64),
+        act_t=np.array([r[1] for r in acts], np.int64),
+        act_kind=np.array([r[2] for r in acts]),
+        act_obs=np.array([r[3] for r in acts], np.float32),
+        recon_ep=np.array([r[0] for r in recon], np.int64),
+        recon_t=np.array([r[1] for r in recon], np.int64),
+        recon_obs=np.array([r[3] for r in recon], np.float32).reshape(len(recon), obs_dim),
+        recon_start=np.array([r[4][0] for r in recon], np.int64),
+        recon_epoch=np.array([r[4][1] for r in recon], np.int64),
+    )

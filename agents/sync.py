@@ -31,15 +31,30 @@ class HistorySync:
             return False
         agent = self.agent
         leader, epoch, after, until = self.stream
-        if agent.seq > until or epoch != agent.view.epoch or leader != f"a{agent.view.leader}" \
-                or not agent.live.alive(leader, agent.clock()):
+        if (
+            agent.seq > until
+            or epoch != agent.view.epoch
+            or leader != f"a{agent.view.leader}"
+            or not agent.live.alive(leader, agent.clock())
+        ):
             self.stream = None
             return False
         if (ep, t) <= after:
             return False
         seen, known, obs, act = agent.ring.serve_step(t)
-        if not agent.send(leader, "HISTORY", {"obs": obs, "act": act}, ep=ep, step=t, epoch=epoch, obs_from=t,
-                          act_from=max(0, t - 1), seen=seen, known=known, push=True):
+        if not agent.send(
+            leader,
+            "HISTORY",
+            {"obs": obs, "act": act},
+            ep=ep,
+            step=t,
+            epoch=epoch,
+            obs_from=t,
+            act_from=max(0, t - 1),
+            seen=seen,
+            known=known,
+            push=True,
+        ):
             return False
         agent.counts["pushes"] += 1
         if timeline.ENABLED:
@@ -50,7 +65,9 @@ class HistorySync:
         """A coordinator renews (``until`` = a later step) or ends (``until`` < 0) our subscription."""
         if msg["until"] < 0:
             self.stream = None
-        elif self.stream is not None and self.stream[0] == msg.src and self.stream[1] == msg["epoch"]:
+        elif (
+            self.stream is not None and self.stream[0] == msg.src and self.stream[1] == msg["epoch"]
+        ):
             self.stream = (msg.src, msg["epoch"], self.stream[2], msg["until"])
         else:  # a renewal for a subscription we do not hold (we restarted): start from our next step
             self.stream = (msg.src, msg["epoch"], (self.agent.ep, self.agent.t), msg["until"])
@@ -83,6 +100,17 @@ class HistorySync:
             if ep != agent.ep:
                 continue
             seen, known, obs, act = agent.ring.serve(msg["obs_from"], msg["act_from"], t)
-            agent.send(msg.src, "HISTORY", {"obs": obs, "act": act}, ep=ep, step=t, epoch=msg["epoch"],
-                       obs_from=msg["obs_from"], act_from=msg["act_from"], seen=seen, known=known, push=False)
+            agent.send(
+                msg.src,
+                "HISTORY",
+                {"obs": obs, "act": act},
+                ep=ep,
+                step=t,
+                epoch=msg["epoch"],
+                obs_from=msg["obs_from"],
+                act_from=msg["act_from"],
+                seen=seen,
+                known=known,
+                push=False,
+            )
         self.pending = keep[-8:]

@@ -17,49 +17,80 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 
 SECTIONS: list[tuple[str, str, str]] = [
-    ("Robustness under observation loss: HalfCheetah 6x1 (committed bundle)",
-     "robustness_halfcheetah_6x1/robustness.md",
-     "rmio eval robustness models/halfcheetah_6x1 --seeds 3 --episodes 5 "
-     "--strategies world-model,hold-last,zero-fill,no-finetune --out bench/results/robustness_halfcheetah_6x1"),
-    ("Robustness through the real swarm: HalfCheetah 6x1",
-     "robustness_halfcheetah_6x1_swarm/robustness.md",
-     "rmio eval robustness models/halfcheetah_6x1 --p-loss 0,0.3,0.6 --seeds 1 --episodes 2 --swarm "
-     "--strategies world-model,hold-last,zero-fill --out bench/results/robustness_halfcheetah_6x1_swarm"),
-    ("The swarm on the committed HalfCheetah 6x1 bundle at p_loss 0.3",
-     "swarm_halfcheetah_6x1_p03/report.md",
-     "rmio swarm launch models/halfcheetah_6x1 --p-loss 0.3 --episodes 3"),
-    ("Robustness under observation loss: SMAX 2s3z (committed bundle)",
-     "robustness_smax_2s3z/robustness.md",
-     "rmio eval robustness models/smax_2s3z --seeds 3 --episodes 10 "
-     "--strategies world-model,hold-last,zero-fill,no-finetune --out bench/results/robustness_smax_2s3z"),
-    ("Robustness through the real swarm: SMAX 2s3z (discrete actions)",
-     "robustness_smax_2s3z_swarm/robustness.md",
-     "rmio eval robustness models/smax_2s3z --p-loss 0,0.3,0.6 --seeds 1 --episodes 5 --swarm "
-     "--strategies world-model,hold-last,zero-fill --out bench/results/robustness_smax_2s3z_swarm"),
-    ("Policy training: HalfCheetah 6x1", "training_halfcheetah_6x1.md", "see the command line inside"),
+    (
+        "Robustness under observation loss: HalfCheetah 6x1 (committed bundle)",
+        "robustness_halfcheetah_6x1/robustness.md",
+        "rmio eval robustness models/halfcheetah_6x1 --seeds 3 --episodes 5 "
+        "--strategies world-model,hold-last,zero-fill,no-finetune --out bench/results/robustness_halfcheetah_6x1",
+    ),
+    (
+        "Robustness through the real swarm: HalfCheetah 6x1",
+        "robustness_halfcheetah_6x1_swarm/robustness.md",
+        "rmio eval robustness models/halfcheetah_6x1 --p-loss 0,0.3,0.6 --seeds 1 --episodes 2 --swarm "
+        "--strategies world-model,hold-last,zero-fill --out bench/results/robustness_halfcheetah_6x1_swarm",
+    ),
+    (
+        "The swarm on the committed HalfCheetah 6x1 bundle at p_loss 0.3",
+        "swarm_halfcheetah_6x1_p03/report.md",
+        "rmio swarm launch models/halfcheetah_6x1 --p-loss 0.3 --episodes 3",
+    ),
+    (
+        "Robustness under observation loss: SMAX 2s3z (committed bundle)",
+        "robustness_smax_2s3z/robustness.md",
+        "rmio eval robustness models/smax_2s3z --seeds 3 --episodes 10 "
+        "--strategies world-model,hold-last,zero-fill,no-finetune --out bench/results/robustness_smax_2s3z",
+    ),
+    (
+        "Robustness through the real swarm: SMAX 2s3z (discrete actions)",
+        "robustness_smax_2s3z_swarm/robustness.md",
+        "rmio eval robustness models/smax_2s3z --p-loss 0,0.3,0.6 --seeds 1 --episodes 5 --swarm "
+        "--strategies world-model,hold-last,zero-fill --out bench/results/robustness_smax_2s3z_swarm",
+    ),
+    (
+        "Policy training: HalfCheetah 6x1",
+        "training_halfcheetah_6x1.md",
+        "see the command line inside",
+    ),
     ("Policy training: SMAX 2s3z", "training_smax_2s3z.md", "see the command line inside"),
-    ("World-model reconstruction (L_rec, GPE, GCI)", "world_model_reconstruction.md",
-     "python bench/world_model.py reconstruction RUN_DIR..."),
-    ("World-model training and inference speed", "world_model_speed.md",
-     "python bench/world_model.py speed && python bench/world_model.py latency"),
-    ("Swarm communication and latency", "swarm.md",
-     "python bench/swarm_bench.py"),
-    ("Where a reconstruction round's time goes", "swarm_timeline.md", "python bench/swarm_timeline.py"),
+    (
+        "World-model reconstruction (L_rec, GPE, GCI)",
+        "world_model_reconstruction.md",
+        "python bench/world_model.py reconstruction RUN_DIR...",
+    ),
+    (
+        "World-model training and inference speed",
+        "world_model_speed.md",
+        "python bench/world_model.py speed && python bench/world_model.py latency",
+    ),
+    ("Swarm communication and latency", "swarm.md", "python bench/swarm_bench.py"),
+    (
+        "Where a reconstruction round's time goes",
+        "swarm_timeline.md",
+        "python bench/swarm_timeline.py",
+    ),
     ("What a call costs right after a sleep", "cold_calls.md", "python bench/cold_calls.py"),
     ("Environment throughput", "env_throughput.md", "python bench/env_throughput.py"),
 ]
 
 
 def _commit_date(path: Path) -> str:
-    out = subprocess.run(["git", "log", "-1", "--format=%cs", "--", str(path)], capture_output=True, text=True,
-                         cwd=ROOT)
+    out = subprocess.run(
+        ["git", "log", "-1", "--format=%cs", "--", str(path)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
     return out.stdout.strip() or "not committed yet"
 
 
 def render() -> str:
-    parts = ["# Benchmarks", "",
-             "Generated by `python bench/benchmarks.py` from the files in `bench/results/`; do not edit by hand.",
-             "Every number was measured, on the machine the section names; nothing is typed in.", ""]
+    parts = [
+        "# Benchmarks",
+        "",
+        "Generated by `python bench/benchmarks.py` from the files in `bench/results/`; do not edit by hand.",
+        "Every number was measured, on the machine the section names; nothing is typed in.",
+        "",
+    ]
     for title, rel, command in SECTIONS:
         path = RESULTS / rel
         parts += [f"## {title}", ""]
@@ -67,12 +98,22 @@ def render() -> str:
             parts += [f"_Not measured yet: `{rel}` is missing._", ""]
             continue
         lines = path.read_text().splitlines()
-        if lines and lines[0].startswith("# "):  # a title: keep what it says (machine, load...) as text
+        if lines and lines[0].startswith(
+            "# "
+        ):  # a title: keep what it says (machine, load...) as text
             lines = [lines[0][2:].rstrip() + ".", *lines[1:]]
-        lines = ["#" + ln if ln.startswith("#") else ln for ln in lines]  # the file's sections nest under ours
-        parts += [f"Command: `{command}`  ", f"Source: `bench/results/{rel}` (last changed {_commit_date(path)})", ""]
-        parts += [ln.replace("](", f"](bench/results/{Path(rel).parent}/") if ln.startswith("![") else ln
-                  for ln in lines]
+        lines = [
+            "#" + ln if ln.startswith("#") else ln for ln in lines
+        ]  # the file's sections nest under ours
+        parts += [
+            f"Command: `{command}`  ",
+            f"Source: `bench/results/{rel}` (last changed {_commit_date(path)})",
+            "",
+        ]
+        parts += [
+            ln.replace("](", f"](bench/results/{Path(rel).parent}/") if ln.startswith("![") else ln
+            for ln in lines
+        ]
         png = path.with_suffix(".png")
         if png.is_file():
             parts += ["", f"![{title}](bench/results/{png.relative_to(RESULTS)})"]

@@ -71,8 +71,10 @@ def wake_cpu(kind: str, events: int, gap_s: float) -> tuple[float, float]:
     out: list[float] = []
     if kind == "pipe":
         read_fd, write_fd = os.pipe()
-        waker = subprocess.Popen([sys.executable, "-c", WAKER, kind, str(write_fd), str(events), str(gap_s)],
-                                 pass_fds=(write_fd,))
+        waker = subprocess.Popen(
+            [sys.executable, "-c", WAKER, kind, str(write_fd), str(events), str(gap_s)],
+            pass_fds=(write_fd,),
+        )
         poller = select.epoll()
         poller.register(read_fd, select.EPOLLIN)
         for _ in range(events):
@@ -91,8 +93,9 @@ def wake_cpu(kind: str, events: int, gap_s: float) -> tuple[float, float]:
         port = inbox.bind_to_random_port("tcp://127.0.0.1")
         zpoller = zmq.Poller()
         zpoller.register(inbox, zmq.POLLIN)
-        waker = subprocess.Popen([sys.executable, "-c", WAKER, kind, f"tcp://127.0.0.1:{port}", str(events),
-                                  str(gap_s)])
+        waker = subprocess.Popen(
+            [sys.executable, "-c", WAKER, kind, f"tcp://127.0.0.1:{port}", str(events), str(gap_s)]
+        )
         for _ in range(events):
             start = time.thread_time_ns()
             if not zpoller.poll(2000):
@@ -102,13 +105,15 @@ def wake_cpu(kind: str, events: int, gap_s: float) -> tuple[float, float]:
         inbox.close()
         ctx.term()
     waker.wait(timeout=10)
-    p50, p90 = np.percentile(out[len(out) // 10:], [50, 90]) / 1e3
+    p50, p90 = np.percentile(out[len(out) // 10 :], [50, 90]) / 1e3
     return float(p50), float(p90)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--bundle", type=Path, default=None, help="bundle (default: tiny random HalfCheetah 6x1)")
+    parser.add_argument(
+        "--bundle", type=Path, default=None, help="bundle (default: tiny random HalfCheetah 6x1)"
+    )
     parser.add_argument("--sleep-ms", type=float, default=5.0, help="sleep before each cold call")
     parser.add_argument("--calls", type=int, default=300)
     args = parser.parse_args()
@@ -116,7 +121,9 @@ def main() -> None:
     from rmio.runtime.wire import decode, encode
     from rmio.testing import tiny_bundle
 
-    bundle = args.bundle or tiny_bundle(Path(tempfile.gettempdir()) / "rmio-cold-calls", "mamujoco/HalfCheetah-6x1", 20)
+    bundle = args.bundle or tiny_bundle(
+        Path(tempfile.gettempdir()) / "rmio-cold-calls", "mamujoco/HalfCheetah-6x1", 20
+    )
     actor, wm = ActorRunner(bundle), WorldModelRunner(bundle)
     man = actor.manifest
     n, d = man.spec.n_agents, man.spec.obs_dim
@@ -124,30 +131,49 @@ def main() -> None:
     obs = rng.normal(size=d).astype(np.float32)
     step = encode("STEP", "env", {"obs": obs}, ep=0, step=5, seq=5, seen=True, dflt=False)
     state = wm.initial_state(1)
-    feed = {"h": state.h, "z": state.z, "prev_action": np.zeros((1, n, man.act_width), np.float32),
-            "obs": rng.normal(size=(1, n, d)).astype(np.float32), "mask": np.ones((1, n), np.float32)}
+    feed = {
+        "h": state.h,
+        "z": state.z,
+        "prev_action": np.zeros((1, n, man.act_width), np.float32),
+        "obs": rng.normal(size=(1, n, d)).astype(np.float32),
+        "mask": np.ones((1, n), np.float32),
+    }
     one_id = np.zeros(1, np.int64)
     calls = {
         "STEP decode (msgpack header, checks, array)": lambda: decode(step, sender="env"),
-        "actor, session.run": lambda: actor.session.run(["action"], {"obs": obs[None], "agent_id": one_id}),
+        "actor, session.run": lambda: actor.session.run(
+            ["action"], {"obs": obs[None], "agent_id": one_id}
+        ),
         "actor, IO-bound buffers (ActorRunner.act)": lambda: actor.act(obs, 0),
-        "world-model step, session.run": lambda: wm.session.run(["h_next", "z_next", "obs_recon"], feed),
-        "world-model step, IO-bound buffers (WorldModelRunner.step)":
-            lambda: wm.step(state, feed["prev_action"], feed["obs"], feed["mask"]),
+        "world-model step, session.run": lambda: wm.session.run(
+            ["h_next", "z_next", "obs_recon"], feed
+        ),
+        "world-model step, IO-bound buffers (WorldModelRunner.step)": lambda: wm.step(
+            state, feed["prev_action"], feed["obs"], feed["mask"]
+        ),
     }
     what = args.bundle or "a tiny random HalfCheetah-6x1 bundle from rmio.testing, l = 20"
-    print(f"# One call warm and after {args.sleep_ms:g} ms of sleep ({args.calls} calls each; bundle: {what})\n")
+    print(
+        f"# One call warm and after {args.sleep_ms:g} ms of sleep ({args.calls} calls each; bundle: {what})\n"
+    )
     print("| call | warm p50 / p90 us | after a sleep p50 / p90 us | cold / warm (p50) |")
     print("|---|---|---|---|")
     for name, fn in calls.items():
         warm = timed(fn, args.calls, 0.0)
         cold = timed(fn, args.calls, args.sleep_ms / 1e3)
-        print(f"| {name} | {warm[0]:.1f} / {warm[1]:.1f} | {cold[0]:.1f} / {cold[1]:.1f} | {cold[0] / warm[0]:.1f}x |")
-    print(f"\n# CPU time of being woken by another process, one event every {args.sleep_ms:g} ms "
-          f"({args.calls} events)\n")
+        print(
+            f"| {name} | {warm[0]:.1f} / {warm[1]:.1f} | {cold[0]:.1f} / {cold[1]:.1f} | {cold[0] / warm[0]:.1f}x |"
+        )
+    print(
+        f"\n# CPU time of being woken by another process, one event every {args.sleep_ms:g} ms "
+        f"({args.calls} events)\n"
+    )
     print("| wait | CPU p50 / p90 us |")
     print("|---|---|")
-    for kind, text in (("pipe", "epoll on a pipe"), ("zmq", "zmq.Poller on a ROUTER socket + recv_multipart (tcp)")):
+    for kind, text in (
+        ("pipe", "epoll on a pipe"),
+        ("zmq", "zmq.Poller on a ROUTER socket + recv_multipart (tcp)"),
+    ):
         p50, p90 = wake_cpu(kind, args.calls, args.sleep_ms / 1e3)
         print(f"| {text} | {p50:.1f} / {p90:.1f} |")
 

@@ -19,17 +19,28 @@ import numpy as np
 from rmio.envs import EnvConfig, make_env
 from rmio.envs.vector import make_vector_env
 
-DEFAULT = ",".join([
-    "mamujoco/HalfCheetah-6x1", "mamujoco/Ant-4x2", "mamujoco/ManySegmentSwimmer-10x2",
-    "lbf/Foraging-8x8-2p-2f-coop-v3", "smax/2s3z",  # SMAX last: forking after JAX has started is unsafe
-])
+DEFAULT = ",".join(
+    [
+        "mamujoco/HalfCheetah-6x1",
+        "mamujoco/Ant-4x2",
+        "mamujoco/ManySegmentSwimmer-10x2",
+        "lbf/Foraging-8x8-2p-2f-coop-v3",
+        "smax/2s3z",  # SMAX last: forking after JAX has started is unsafe
+    ]
+)
 
 
-def _actions(spec, rng: np.random.Generator, count: int, batch: int | None, avail) -> list[np.ndarray]:
+def _actions(
+    spec, rng: np.random.Generator, count: int, batch: int | None, avail
+) -> list[np.ndarray]:
     if batch is None:
         return [spec.random_actions(rng, avail) for _ in range(count)]
-    return [np.stack([spec.random_actions(rng, None if avail is None else avail[b]) for b in range(batch)])
-            for _ in range(count)]
+    return [
+        np.stack(
+            [spec.random_actions(rng, None if avail is None else avail[b]) for b in range(batch)]
+        )
+        for _ in range(count)
+    ]
 
 
 def single(cfg: EnvConfig, steps: int) -> float:
@@ -77,13 +88,21 @@ def main() -> None:
             rows.append(f"| {item} | skipped: {str(exc).splitlines()[0][:80]} | | |")
             continue
         if family == "smax":
-            cells = [f"{vectorised(cfg, n, args.steps):,.0f} ({n} copies, one vmapped call)" for n in (64, 256)]
+            cells = [
+                f"{vectorised(cfg, n, args.steps):,.0f} ({n} copies, one vmapped call)"
+                for n in (64, 256)
+            ]
         else:
-            cells = [f"{vectorised(cfg, 4, args.steps, mode):,.0f} (4 copies, {mode})" for mode in ("sync", "subproc")]
+            cells = [
+                f"{vectorised(cfg, 4, args.steps, mode):,.0f} (4 copies, {mode})"
+                for mode in ("sync", "subproc")
+            ]
         rows.append(f"| {item} | {one:,.0f} | " + " | ".join(cells) + " |")
     cores = os.cpu_count()
-    print(f"Environment throughput, random actions: {platform.processor() or platform.machine()}, {cores} cores, "
-          f"Python {sys.version.split()[0]}, {time.strftime('%Y-%m-%d')}")
+    print(
+        f"Environment throughput, random actions: {platform.processor() or platform.machine()}, {cores} cores, "
+        f"Python {sys.version.split()[0]}, {time.strftime('%Y-%m-%d')}"
+    )
     print()
     print("| scenario | single env steps/s | vectorised steps/s | vectorised steps/s |")
     print("|---|---|---|---|")

@@ -41,7 +41,9 @@ def load(trace_dir: Path) -> dict[str, list[list]]:
     return {p.stem: json.loads(p.read_text()) for p in sorted(trace_dir.glob("*.json"))}
 
 
-def milestones(traces: dict[str, list[list]], skip: int = 100) -> tuple[dict[str, list[float]], dict[str, float]]:
+def milestones(
+    traces: dict[str, list[list]], skip: int = 100
+) -> tuple[dict[str, list[float]], dict[str, float]]:
     """Per milestone, its time (ms after the fan-out began) in every step with a blind agent; wake-ups per step."""
     fanout = {e[2]: e[0] for e in traces["env"] if e[1] == "fanout"}
     at: dict[int, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
@@ -67,29 +69,43 @@ def milestones(traces: dict[str, list[list]], skip: int = 100) -> tuple[dict[str
     for seq, m in at.items():
         if seq < skip or not m["blind"] or not m["recon"]:
             continue
-        pick = {"fanned": min(m["fanned"]), "first_step": min(m["step"]), "last_step": max(m["step"]),
-                "last_push": max(m["pushed"], default=np.nan), "last_push_rx": max(m["push_rx"], default=np.nan),
-                "compute": min(m["compute"], default=np.nan), "recon_sent": max(m["recon_sent"], default=np.nan),
-                "recon": max(m["recon"]), "last_action": max(m["action"], default=np.nan)}
+        pick = {
+            "fanned": min(m["fanned"]),
+            "first_step": min(m["step"]),
+            "last_step": max(m["step"]),
+            "last_push": max(m["pushed"], default=np.nan),
+            "last_push_rx": max(m["push_rx"], default=np.nan),
+            "compute": min(m["compute"], default=np.nan),
+            "recon_sent": max(m["recon_sent"], default=np.nan),
+            "recon": max(m["recon"]),
+            "last_action": max(m["action"], default=np.nan),
+        }
         for key, value in pick.items():
             rows[key].append(value)
     steps = max(len(fanout), 1)
-    wakes = {name: sum(1 for e in events if e[1] == "wake") / steps for name, events in traces.items()}
+    wakes = {
+        name: sum(1 for e in events if e[1] == "wake") / steps for name, events in traces.items()
+    }
     return rows, wakes
 
 
 def gc_pauses(traces: dict[str, list[list]]) -> str:
     """Garbage collections after the first fan-out, over all processes: how many, and the longest."""
     start = min((e[0] for e in traces["env"] if e[1] == "fanout"), default=0)
-    pauses = [e[3] / 1e3 for events in traces.values() for e in events if e[1] == "gc" and e[0] > start]
+    pauses = [
+        e[3] / 1e3 for events in traces.values() for e in events if e[1] == "gc" and e[0] > start
+    ]
     return f"garbage collections during the run: {len(pauses)}, longest {max(pauses, default=0.0):.2f} ms"
 
 
 def cpu_and_queue(traces: dict[str, list[list]], steps: int) -> list[str]:
     """Per process, ms per env step that its event-loop thread and its ZeroMQ I/O thread ran on a CPU and
     waited, runnable, for one (the two schedstat snapshots around the loop), and their time slices."""
-    lines = ["| process | loop thread: CPU / waiting for a CPU (ms per step) | ZeroMQ I/O thread: CPU / waiting |"
-             " slices per step (both) |", "|---|---|---|---|"]
+    lines = [
+        "| process | loop thread: CPU / waiting for a CPU (ms per step) | ZeroMQ I/O thread: CPU / waiting |"
+        " slices per step (both) |",
+        "|---|---|---|---|",
+    ]
     for name, events in sorted(traces.items()):
         snaps: dict[str, list[list]] = defaultdict(list)
         for e in events:
@@ -117,12 +133,20 @@ def steal_share(before: list[int] | None, after: list[int] | None) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--bundle", type=Path, default=None, help="6-agent bundle (default: tiny random, l = 20)")
+    parser.add_argument(
+        "--bundle", type=Path, default=None, help="6-agent bundle (default: tiny random, l = 20)"
+    )
     parser.add_argument("--steps", type=int, default=1000, help="steps per episode (3 episodes)")
     parser.add_argument("--p-loss", type=float, default=0.2)
-    parser.add_argument("--transport", choices=("tcp", "ipc", "udp"), default="tcp",
-                        help="tcp (loopback, as the bench reports) or ipc (the launcher's default)")
-    parser.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "rmio-swarm-timeline")
+    parser.add_argument(
+        "--transport",
+        choices=("tcp", "ipc", "udp"),
+        default="tcp",
+        help="tcp (loopback, as the bench reports) or ipc (the launcher's default)",
+    )
+    parser.add_argument(
+        "--out", type=Path, default=Path(tempfile.gettempdir()) / "rmio-swarm-timeline"
+    )
     args = parser.parse_args()
 
     bundle = args.bundle or tiny_bundle(args.out / "bundles", "mamujoco/HalfCheetah-6x1", 20)
@@ -131,15 +155,23 @@ def main() -> None:
         old.unlink()
     os.environ["RMIO_TRACE"] = str(trace_dir)
     ticks = cpu_ticks()
-    rep = launch(bundle, args.out / "run", steps=args.steps, transport=args.transport, wm_mode="incremental",
-                    loss={"model": "bernoulli", "p_loss": args.p_loss})
+    rep = launch(
+        bundle,
+        args.out / "run",
+        steps=args.steps,
+        transport=args.transport,
+        wm_mode="incremental",
+        loss={"model": "bernoulli", "p_loss": args.p_loss},
+    )
     steal = steal_share(ticks, cpu_ticks())
     traces = load(trace_dir)
     rows, wakes = milestones(traces)
     r = rep["latency"]["reconstruction_round (blind agent)"]
-    print(f"# Timeline of {len(rows['recon'])} loss steps ({os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}; "
-          f"{rep['env_steps'] / rep['seconds']:.0f} steps/s; round at the blind agent p50 {r['p50_ms']:.2f} / "
-          f"p99 {r['p99_ms']:.2f} ms{steal})\n")
+    print(
+        f"# Timeline of {len(rows['recon'])} loss steps ({os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}; "
+        f"{rep['env_steps'] / rep['seconds']:.0f} steps/s; round at the blind agent p50 {r['p50_ms']:.2f} / "
+        f"p99 {r['p99_ms']:.2f} ms{steal})\n"
+    )
     print("| milestone (ms after the env host starts the STEP fan-out) | p50 | p90 | p99 |")
     print("|---|---|---|---|")
     for key, text in MILESTONES:
@@ -148,7 +180,10 @@ def main() -> None:
         if v.size:
             p50, p90, p99 = np.percentile(v, [50, 90, 99])
             print(f"| {text} | {p50:.2f} | {p90:.2f} | {p99:.2f} |")
-    print("\nevent-loop wake-ups per env step: " + ", ".join(f"{k} {v:.1f}" for k, v in sorted(wakes.items())))
+    print(
+        "\nevent-loop wake-ups per env step: "
+        + ", ".join(f"{k} {v:.1f}" for k, v in sorted(wakes.items()))
+    )
     print(gc_pauses(traces))
     print("\nwhere each process's time went, from the scheduler's counters over the whole run:\n")
     print("\n".join(cpu_and_queue(traces, max(1, rep["env_steps"]))))

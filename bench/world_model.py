@@ -27,12 +27,17 @@ from pathlib import Path
 
 import numpy as np
 
-SCENARIOS = {"halfcheetah_6x1": "HalfCheetah 6x1 (6 agents)", "swimmer_10x2": "ManySegmentSwimmer 10x2 (10 agents)"}
+SCENARIOS = {
+    "halfcheetah_6x1": "HalfCheetah 6x1 (6 agents)",
+    "swimmer_10x2": "ManySegmentSwimmer 10x2 (10 agents)",
+}
 
 
 def machine() -> str:
-    return (f"{platform.machine()}, {os.cpu_count()} cores, Python {sys.version.split()[0]}, "
-            f"{time.strftime('%Y-%m-%d')}")
+    return (
+        f"{platform.machine()}, {os.cpu_count()} cores, Python {sys.version.split()[0]}, "
+        f"{time.strftime('%Y-%m-%d')}"
+    )
 
 
 def _speed_child(scenario: str, device: str, updates: int, threads: int) -> None:
@@ -41,7 +46,12 @@ def _speed_child(scenario: str, device: str, updates: int, threads: int) -> None
     from rmio.config import load_config
     from rmio.envs.collect import collect
     from rmio.envs.loss import LossConfig
-    from rmio.train.wm_data import SequenceSampler, observation_stats, sample_masks, world_model_loss
+    from rmio.train.wm_data import (
+        SequenceSampler,
+        observation_stats,
+        sample_masks,
+        world_model_loss,
+    )
     from rmio.train.world_model import RMIOWorldModel
 
     torch.set_num_threads(threads)
@@ -59,7 +69,9 @@ def _speed_child(scenario: str, device: str, updates: int, threads: int) -> None
                 torch.cuda.synchronize()
             t0 = time.perf_counter()
         b = sampler.sample(rng, tc.batch_size, tc.seq_len)
-        loss, _ = world_model_loss(model, b, sample_masks(gen, tuple(b.obs.shape[:3]), 0.5, b.obs.device))
+        loss, _ = world_model_loss(
+            model, b, sample_masks(gen, tuple(b.obs.shape[:3]), 0.5, b.obs.device)
+        )
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -69,21 +81,39 @@ def _speed_child(scenario: str, device: str, updates: int, threads: int) -> None
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     gpu = torch.cuda.max_memory_allocated() / 2**20 if device.startswith("cuda") else 0.0
     params = sum(p.numel() for p in model.parameters())
-    print(json.dumps({"rate": rate, "peak_rss_mib": peak, "gpu_mib": gpu, "params": params,
-                      "batch": tc.batch_size, "seq_len": tc.seq_len}))
+    print(
+        json.dumps(
+            {
+                "rate": rate,
+                "peak_rss_mib": peak,
+                "gpu_mib": gpu,
+                "params": params,
+                "batch": tc.batch_size,
+                "seq_len": tc.seq_len,
+            }
+        )
+    )
 
 
 def speed(device: str, updates: int, threads: int) -> None:
     print(f"World-model updates per second ({device}, {threads} torch threads): {machine()}\n")
-    print("| scenario | params | batch x seq_len | updates/s | peak RSS (MiB) | peak GPU memory (MiB) |")
+    print(
+        "| scenario | params | batch x seq_len | updates/s | peak RSS (MiB) | peak GPU memory (MiB) |"
+    )
     print("|---|---|---|---|---|---|")
     for scenario, label in SCENARIOS.items():
-        proc = subprocess.run([sys.executable, __file__, "_speed", scenario, device, str(updates), str(threads)],
-                              capture_output=True, text=True, check=True)
+        proc = subprocess.run(
+            [sys.executable, __file__, "_speed", scenario, device, str(updates), str(threads)],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         r = json.loads(proc.stdout.strip().splitlines()[-1])
         gpu = f"{r['gpu_mib']:.0f}" if device.startswith("cuda") else "-"
-        print(f"| {label} | {r['params']:,} | {r['batch']} x {r['seq_len']} | {r['rate']:.2f} | "
-              f"{r['peak_rss_mib']:.0f} | {gpu} |")
+        print(
+            f"| {label} | {r['params']:,} | {r['batch']} x {r['seq_len']} | {r['rate']:.2f} | "
+            f"{r['peak_rss_mib']:.0f} | {gpu} |"
+        )
 
 
 def latency(repeats: int = 300) -> None:
@@ -108,10 +138,24 @@ def latency(repeats: int = 300) -> None:
         model = RMIOWorldModel(spec, cfg.world_model.model, mean, np.ones_like(mean)).eval()
         with tempfile.TemporaryDirectory() as tmp:
             out = Path(tmp)
-            export_onnx(WorldModelStep(model), _random_inputs(model, 2, torch.Generator().manual_seed(0)),
-                        out / "wm_step.onnx", WM_INPUTS, WM_OUTPUTS)
-            man = Manifest(SCHEMA_VERSION, spec, 20, model.cfg.deter, model.stoch, model.act_width,
-                           mean.tolist(), np.ones_like(mean).tolist(), files={"wm_step": "wm_step.onnx"})
+            export_onnx(
+                WorldModelStep(model),
+                _random_inputs(model, 2, torch.Generator().manual_seed(0)),
+                out / "wm_step.onnx",
+                WM_INPUTS,
+                WM_OUTPUTS,
+            )
+            man = Manifest(
+                SCHEMA_VERSION,
+                spec,
+                20,
+                model.cfg.deter,
+                model.stoch,
+                model.act_width,
+                mean.tolist(),
+                np.ones_like(mean).tolist(),
+                files={"wm_step": "wm_step.onnx"},
+            )
             man.save(out)
             runner = WorldModelRunner(out, man)
             n, d = spec.n_agents, spec.obs_dim
@@ -135,8 +179,10 @@ def latency(repeats: int = 300) -> None:
                 runner.replay(window, prev, masks)
                 win_t.append(time.perf_counter() - t0)
             win_t = np.array(win_t[5:]) * 1e3
-        print(f"| {label} | {np.percentile(step_t, 50):.0f} / {np.percentile(step_t, 99):.0f} | "
-              f"{np.percentile(win_t, 50):.2f} / {np.percentile(win_t, 99):.2f} |")
+        print(
+            f"| {label} | {np.percentile(step_t, 50):.0f} / {np.percentile(step_t, 99):.0f} | "
+            f"{np.percentile(win_t, 50):.2f} / {np.percentile(win_t, 99):.2f} |"
+        )
 
 
 def reconstruction(run_dirs: list[str], p_mask: float = 0.5) -> None:
@@ -144,9 +190,13 @@ def reconstruction(run_dirs: list[str], p_mask: float = 0.5) -> None:
     from rmio.envs.trajectory import TrajectoryBuffer
 
     print(f"Reconstruction of lost agents' observations on held-out episodes: {machine()}\n")
-    print(f"L_rec = SmoothL1 on lost agents, normalised units, test-time p_mask {p_mask}; lower is better.\n")
-    print("| run | scenario | fusion (obs/act) | data (env steps) | strategy | L_rec lost agents | "
-          "L_rec all agents (decoder) | GPE | GCI |")
+    print(
+        f"L_rec = SmoothL1 on lost agents, normalised units, test-time p_mask {p_mask}; lower is better.\n"
+    )
+    print(
+        "| run | scenario | fusion (obs/act) | data (env steps) | strategy | L_rec lost agents | "
+        "L_rec all agents (decoder) | GPE | GCI |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     for run in map(Path, run_dirs):
         res = json.loads((run / "eval_reconstruction.json").read_text())
@@ -155,10 +205,16 @@ def reconstruction(run_dirs: list[str], p_mask: float = 0.5) -> None:
         m = cfg.world_model.model
         steps = TrajectoryBuffer.load(run / "data" / "train.npz").meta.get("env_steps", "?")
         for name, row in res["strategies"].items():
-            cells = ["-" if key not in row or row[key][k] is None else f"{row[key][k]:.4f}"
-                     for key in ("lrec_masked", "lrec_decoder_all", "gpe", "gci")]
-            print(f"| {run.name} | {cfg.env.scenario} | {'on' if m.obs_fusion else 'off'}/"
-                  f"{'on' if m.action_fusion else 'off'} | {steps} | {name} | " + " | ".join(cells) + " |")
+            cells = [
+                "-" if key not in row or row[key][k] is None else f"{row[key][k]:.4f}"
+                for key in ("lrec_masked", "lrec_decoder_all", "gpe", "gci")
+            ]
+            print(
+                f"| {run.name} | {cfg.env.scenario} | {'on' if m.obs_fusion else 'off'}/"
+                f"{'on' if m.action_fusion else 'off'} | {steps} | {name} | "
+                + " | ".join(cells)
+                + " |"
+            )
 
 
 def main() -> None:

@@ -42,7 +42,9 @@ class AgentHost(Protocol):
     clock: Callable[[], float]
     """The monotonic clock in seconds that deadlines and liveness use (a test's hand-driven one)."""
 
-    def send(self, to: str, msg_type: str, arrays: dict[str, np.ndarray] | None = None, **fields: object) -> bool:
+    def send(
+        self, to: str, msg_type: str, arrays: dict[str, np.ndarray] | None = None, **fields: object
+    ) -> bool:
         """Send to a peer; False (and the peer marked down) when it cannot be reached."""
         ...
 

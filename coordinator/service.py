@@ -131,7 +131,9 @@ class Coordinator:
         if r is None:
             r = self._start(ep, t, now)
         if r.state == "done":
-            if j not in r.observed and j not in r.lost:  # a late report: its row was computed as lost
+            if (
+                j not in r.observed and j not in r.lost
+            ):  # a late report: its row was computed as lost
                 r.lost.add(j)
                 self._deliver_one(r, j)
             return
@@ -166,8 +168,14 @@ class Coordinator:
         if not r.asked:
             self.counts["rounds_without_gather"] += 1
         kill_at = self.settings.kill_coordinator_at
-        if kill_at is not None and agent.seq >= kill_at and _claim_fault(self.settings.out_dir, "coordinator-kill"):
-            log.warning("a%d: fault injection, coordinator SIGKILL mid-round at step %d", agent.i, agent.seq)
+        if (
+            kill_at is not None
+            and agent.seq >= kill_at
+            and _claim_fault(self.settings.out_dir, "coordinator-kill")
+        ):
+            log.warning(
+                "a%d: fault injection, coordinator SIGKILL mid-round at step %d", agent.i, agent.seq
+            )
             os.kill(os.getpid(), signal.SIGKILL)
         return r
 
@@ -179,8 +187,16 @@ class Coordinator:
         obs_from, act_from = self.cache.need(j, r.t)
         until = seq_t + self.stream_steps if self.stream_steps > 0 else -1
         agent = self.agent
-        if agent.send(f"a{j}", "GATHER", ep=r.ep, step=r.t, epoch=agent.view.epoch, obs_from=obs_from,
-                      act_from=act_from, stream=until):
+        if agent.send(
+            f"a{j}",
+            "GATHER",
+            ep=r.ep,
+            step=r.t,
+            epoch=agent.view.epoch,
+            obs_from=obs_from,
+            act_from=act_from,
+            stream=until,
+        ):
             r.asked[j] = (obs_from, act_from)
             r.waiting.add(j)
             if until >= 0:
@@ -209,11 +225,18 @@ class Coordinator:
         j, ep, t, epoch = int(msg.src[1:]), f["ep"], f["step"], f["epoch"]
         if epoch != self.agent.view.epoch or ep < self.cache.ep:
             self.counts["push_stale"] += 1
-            self.agent.node.count_drop("stale_epoch" if epoch != self.agent.view.epoch else "stale_step")
+            self.agent.node.count_drop(
+                "stale_epoch" if epoch != self.agent.view.epoch else "stale_step"
+            )
             return
         act_from = t - 1 if t > 0 else 0
         seen, known = f["seen"], f["known"]
-        if f["obs_from"] != t or f["act_from"] != act_from or len(seen) != 1 or len(known) != t - act_from:
+        if (
+            f["obs_from"] != t
+            or f["act_from"] != act_from
+            or len(seen) != 1
+            or len(known) != t - act_from
+        ):
             raise WireError("bad_field", "a streamed HISTORY carries exactly its own step")
         if ep > self.cache.ep:
             self.cache.reset(ep)
@@ -231,8 +254,13 @@ class Coordinator:
     def on_history(self, msg: Message, now: float) -> None:
         j = int(msg.src[1:])
         r = self.rounds.get((msg["ep"], msg["step"]))
-        if r is None or r.state != "gather" or j not in r.asked or j in r.replied \
-                or msg["epoch"] != self.agent.view.epoch:
+        if (
+            r is None
+            or r.state != "gather"
+            or j not in r.asked
+            or j in r.replied
+            or msg["epoch"] != self.agent.view.epoch
+        ):
             self.counts["history_late"] += 1
             self.agent.node.count_drop("late")
             return
@@ -257,7 +285,8 @@ class Coordinator:
             if r.state == "gather":
                 own_ready = (agent.ep, agent.t) >= (r.ep, r.t)
                 if (own_ready and (self._complete(r) or now >= r.deadline)) or now >= r.deadline + (
-                        r.deadline - r.started):  # our own step never came: reconstruct without it
+                    r.deadline - r.started
+                ):  # our own step never came: reconstruct without it
                     self._compute(r, now)
                 elif now >= r.push_deadline and r.push_deadline > 0:
                     self._pull_missing(r)
@@ -339,7 +368,9 @@ class Coordinator:
         arrays = {"obs": obs_w, "act": act_w, "mask": masks}
         if state is not None:
             arrays.update(h=state.h[0], z=state.z[0])
-        if not self.agent.send("wm", "WM_REQ", arrays, ep=r.ep, step=r.t, rid=r.rid, cont=state is not None):
+        if not self.agent.send(
+            "wm", "WM_REQ", arrays, ep=r.ep, step=r.t, rid=r.rid, cont=state is not None
+        ):
             self.counts["wm_node_unreachable"] += 1
             return False
         r.state = "wm"
@@ -369,7 +400,9 @@ class Coordinator:
 
     def _finish(self, r: Round, recon: np.ndarray, state: LatentState) -> None:
         complete = r.request[4] if r.request is not None else False
-        if self.settings.wm_mode == "incremental":  # continue next time only from a window nothing was missing in
+        if (
+            self.settings.wm_mode == "incremental"
+        ):  # continue next time only from a window nothing was missing in
             self.chain = Chain(r.ep, r.t, r.chain_start, state) if complete else None
         r.recon = recon
         r.state = "done"
@@ -389,6 +422,13 @@ class Coordinator:
         if j == agent.i:
             agent.deliver_recon(r.ep, r.t, row.copy(), r.chain_start, agent.view.epoch)
             self.counts["recon_self"] += 1
-        elif agent.send(f"a{j}", "RECON", {"obs": row}, ep=r.ep, step=r.t, epoch=agent.view.epoch, start=r.chain_start):
+        elif agent.send(
+            f"a{j}",
+            "RECON",
+            {"obs": row},
+            ep=r.ep,
+            step=r.t,
+            epoch=agent.view.epoch,
+            start=r.chain_start,
+        ):
             self.counts["recon_sent"] += 1
-

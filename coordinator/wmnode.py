@@ -26,7 +26,9 @@ log = logging.getLogger(__name__)
 
 
 class WorldModelNode:
-    def __init__(self, settings: SwarmSettings, node: NodeBase, inc: int = 0, device: str = "cuda") -> None:
+    def __init__(
+        self, settings: SwarmSettings, node: NodeBase, inc: int = 0, device: str = "cuda"
+    ) -> None:
         self.settings, self.node, self.inc = settings, node, inc
         self.manifest = load_manifest(settings.bundle)
         self.wm = WorldModelRunner(settings.bundle, self.manifest, device=device)
@@ -39,8 +41,10 @@ class WorldModelNode:
     def run(self) -> None:
         deadline = time.monotonic() + self.settings.startup_timeout_s
         # until a send goes through (ZeroMQ), or until the env host answers (datagrams prove nothing)
-        while not (self.node.send("env", "HELLO", inc=self.inc, role="wm", epoch=0, leader=-1)
-                   and self.node.confirms_delivery):
+        while not (
+            self.node.send("env", "HELLO", inc=self.inc, role="wm", epoch=0, leader=-1)
+            and self.node.confirms_delivery
+        ):
             if time.monotonic() > deadline:
                 raise Stop("env host unreachable")
             msgs = self.node.poll(10 if self.node.confirms_delivery else 50)
@@ -79,7 +83,10 @@ class WorldModelNode:
             if msg.type == "BYE":
                 self.running = False
             elif msg.type == "STATS_REQ":
-                counts = {**self.node.stats.flat(), **{f"wm.{k}": int(v) for k, v in self.counts.items()}}
+                counts = {
+                    **self.node.stats.flat(),
+                    **{f"wm.{k}": int(v) for k, v in self.counts.items()},
+                }
                 names, arrays = self.samples.arrays()
                 self.node.send("env", "STATS", arrays, counts=counts, names=names)
             return
@@ -107,5 +114,11 @@ class WorldModelNode:
         us = (now_ns() - start) // 1000
         self.samples.add("wm_node_us", float(us))
         self.counts["requests"] += 1
-        self.node.send(msg.src, "WM_REP", {"obs": recons[-1], "h": new_state.h[0], "z": new_state.z[0]},
-                       rid=msg["rid"], ok=True, us=int(us))
+        self.node.send(
+            msg.src,
+            "WM_REP",
+            {"obs": recons[-1], "h": new_state.h[0], "z": new_state.z[0]},
+            rid=msg["rid"],
+            ok=True,
+            us=int(us),
+        )

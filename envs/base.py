@@ -99,10 +99,16 @@ class EnvSpec:
         """Continuous joint actions as the environment applies them (clipped, padding zeroed)."""
         if self.discrete:
             return np.asarray(actions)
-        clipped = np.clip(actions, np.asarray(self.action_low, np.float32), np.asarray(self.action_high, np.float32))
+        clipped = np.clip(
+            actions,
+            np.asarray(self.action_low, np.float32),
+            np.asarray(self.action_high, np.float32),
+        )
         return (clipped * self.action_feature_mask).astype(np.float32)
 
-    def random_actions(self, rng: np.random.Generator, avail: np.ndarray | None = None) -> np.ndarray:
+    def random_actions(
+        self, rng: np.random.Generator, avail: np.ndarray | None = None
+    ) -> np.ndarray:
         """Uniform random joint action; respects ``avail`` for discrete tasks."""
         if self.discrete:
             if avail is None:
@@ -176,7 +182,9 @@ class MultiAgentEnv(abc.ABC):
         actions = np.asarray(actions)
         if spec.discrete:
             if actions.shape != (spec.n_agents,):
-                raise ValueError(f"{spec.name}: expected actions of shape ({spec.n_agents},), got {actions.shape}")
+                raise ValueError(
+                    f"{spec.name}: expected actions of shape ({spec.n_agents},), got {actions.shape}"
+                )
             return actions.astype(np.int64)
         if actions.shape != (spec.n_agents, spec.action_dim):
             raise ValueError(

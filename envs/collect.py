@@ -23,7 +23,9 @@ def random_policy(spec: EnvSpec, seed: int) -> Policy:
     rng = np.random.default_rng(seed)
 
     def act(obs: np.ndarray, observed: np.ndarray, avail: np.ndarray | None) -> np.ndarray:
-        return np.stack([spec.random_actions(rng, None if avail is None else avail[b]) for b in range(len(obs))])
+        return np.stack(
+            [spec.random_actions(rng, None if avail is None else avail[b]) for b in range(len(obs))]
+        )
 
     return act
 
@@ -64,13 +66,21 @@ def collect(
     owned = venv is None
     if venv is not None and venv.num_envs != num_envs:
         raise ValueError(f"venv has {venv.num_envs} copies, num_envs is {num_envs}")
-    with make_vector_env(env_cfg, num_envs, vector_mode) if owned else contextlib.nullcontext(venv) as venv:
+    with (
+        make_vector_env(env_cfg, num_envs, vector_mode)
+        if owned
+        else contextlib.nullcontext(venv) as venv
+    ):
         spec = venv.spec
         policy = policy or random_policy(spec, seed)
-        losses = [make_loss_model(loss_cfg, spec.n_agents, seed + 1000 + k) for k in range(num_envs)]
+        losses = [
+            make_loss_model(loss_cfg, spec.n_agents, seed + 1000 + k) for k in range(num_envs)
+        ]
         for k, lm in enumerate(losses):
             lm.reset(seed=seed + 1000 + k)
-        buf = TrajectoryBuffer(spec, meta={"env": env_cfg.__dict__, "loss": loss_cfg.__dict__, "seed": seed})
+        buf = TrajectoryBuffer(
+            spec, meta={"env": env_cfg.__dict__, "loss": loss_cfg.__dict__, "seed": seed}
+        )
         bstep = venv.reset(seed=seed)
         observed = np.stack([lm.sample() for lm in losses])
         builders = [EpisodeBuilder(spec) for _ in range(num_envs)]
@@ -90,12 +100,21 @@ def collect(
                 if not active[k]:
                     continue
                 done = bool(bstep.done[k])
-                final_state = bstep.final_state[k] if bstep.final_state is not None else bstep.state[k]
+                final_state = (
+                    bstep.final_state[k] if bstep.final_state is not None else bstep.state[k]
+                )
                 obs_k = bstep.final_obs[k] if done else bstep.obs[k]
                 state_k = final_state if done else bstep.state[k]
-                b.add(spec.executed_actions(actions[k]), obs_k, state_k, float(bstep.reward[k]),
-                      bool(bstep.terminated[k]), bool(bstep.truncated[k]), new_observed[k],
-                      None if done else _avail(bstep.avail_actions, k))
+                b.add(
+                    spec.executed_actions(actions[k]),
+                    obs_k,
+                    state_k,
+                    float(bstep.reward[k]),
+                    bool(bstep.terminated[k]),
+                    bool(bstep.truncated[k]),
+                    new_observed[k],
+                    None if done else _avail(bstep.avail_actions, k),
+                )
                 if done:
                     buf.add_episode(b.finish())
                     losses[k].reset()
@@ -103,9 +122,16 @@ def collect(
                     if taken >= steps:
                         active[k] = False
                     else:
-                        b.start(bstep.obs[k], bstep.state[k], new_observed[k], _avail(bstep.avail_actions, k))
+                        b.start(
+                            bstep.obs[k],
+                            bstep.state[k],
+                            new_observed[k],
+                            _avail(bstep.avail_actions, k),
+                        )
             observed = new_observed
-    stats = CollectStats(env_steps=taken, episodes=buf.num_episodes, seconds=time.perf_counter() - start)
+    stats = CollectStats(
+        env_steps=taken, episodes=buf.num_episodes, seconds=time.perf_counter() - start
+    )
     return buf, stats
 
 

@@ -100,8 +100,14 @@ class LBFEnv(MultiAgentEnv):
                 avail[i, action.value] = True
         return avail
 
-    def _timestep(self, nobs: tuple, reward: float = 0.0, terminated: bool = False,
-                  truncated: bool = False, info: dict | None = None) -> TimeStep:
+    def _timestep(
+        self,
+        nobs: tuple,
+        reward: float = 0.0,
+        terminated: bool = False,
+        truncated: bool = False,
+        info: dict | None = None,
+    ) -> TimeStep:
         obs = self._pad_obs(list(nobs))
         return TimeStep(
             obs=obs,

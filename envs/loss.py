@@ -112,7 +112,9 @@ class BurstLoss(LossModel):
     it has probability q = p/(1-p) * 1/L, which makes p the stationary fraction of lost steps.
     """
 
-    def __init__(self, n_agents: int, p: float, mean_burst_length: float, seed: int | None = None) -> None:
+    def __init__(
+        self, n_agents: int, p: float, mean_burst_length: float, seed: int | None = None
+    ) -> None:
         super().__init__(n_agents, seed)
         self.p = p
         self.recover = 1.0 / mean_burst_length
@@ -173,10 +175,14 @@ class ScheduleLoss(LossModel):
         return cls(n_agents, entries)
 
     @staticmethod
-    def _parse_entry(path: Path, k: int, entry: Any, n_agents: int) -> tuple[int, int | None, np.ndarray]:
+    def _parse_entry(
+        path: Path, k: int, entry: Any, n_agents: int
+    ) -> tuple[int, int | None, np.ndarray]:
         where = f"loss schedule '{path}' entry {k}"
         if not isinstance(entry, dict) or set(entry) != {"steps", "agents"}:
-            raise ConfigError(f"{where}: expected a mapping with exactly the keys 'steps' and 'agents'")
+            raise ConfigError(
+                f"{where}: expected a mapping with exactly the keys 'steps' and 'agents'"
+            )
         steps, agents = entry["steps"], entry["agents"]
         try:
             if isinstance(steps, int):
@@ -192,10 +198,14 @@ class ScheduleLoss(LossModel):
         lost = np.zeros(n_agents, dtype=bool)
         if agents == "all":
             lost[:] = True
-        elif isinstance(agents, list) and all(isinstance(a, int) and 0 <= a < n_agents for a in agents):
+        elif isinstance(agents, list) and all(
+            isinstance(a, int) and 0 <= a < n_agents for a in agents
+        ):
             lost[agents] = True
         else:
-            raise ConfigError(f"{where}: agents must be 'all' or a list of agent indices in [0, {n_agents})")
+            raise ConfigError(
+                f"{where}: agents must be 'all' or a list of agent indices in [0, {n_agents})"
+            )
         return first, last, lost
 
     def _sample(self) -> np.ndarray:
@@ -219,7 +229,9 @@ def make_loss_model(cfg: LossConfig, n_agents: int, seed: int | None = None) -> 
     if cfg.model == "schedule":
         assert cfg.schedule is not None
         return ScheduleLoss.from_file(cfg.schedule, n_agents)
-    raise ConfigError(f"unknown loss.model '{cfg.model}' (known: none, bernoulli, burst, blackout, schedule)")
+    raise ConfigError(
+        f"unknown loss.model '{cfg.model}' (known: none, bernoulli, burst, blackout, schedule)"
+    )
 
 
 class LossyEnv(MultiAgentEnv):

@@ -81,7 +81,9 @@ class MaMuJoCoEnv(MultiAgentEnv):
         try:
             with warnings.catch_warnings(), _asset_lock(robot):
                 warnings.simplefilter("ignore")
-                self._env = mamujoco_v1.parallel_env(robot, conf, agent_obsk=cfg.agent_obsk, **cfg.options)
+                self._env = mamujoco_v1.parallel_env(
+                    robot, conf, agent_obsk=cfg.agent_obsk, **cfg.options
+                )
         except Exception as exc:  # the library raises many kinds for a bad name or partition
             raise ConfigError(
                 f"MaMuJoCo cannot build scenario '{cfg.scenario}' (robot '{robot}', agent_conf '{conf}'): {exc}. "
@@ -115,8 +117,14 @@ class MaMuJoCoEnv(MultiAgentEnv):
         self._t = 0
         self._low, self._high = low.astype(np.float32), high.astype(np.float32)
 
-    def _timestep(self, obs: dict, reward: float = 0.0, terminated: bool = False, truncated: bool = False,
-                  info: dict | None = None) -> TimeStep:
+    def _timestep(
+        self,
+        obs: dict,
+        reward: float = 0.0,
+        terminated: bool = False,
+        truncated: bool = False,
+        info: dict | None = None,
+    ) -> TimeStep:
         return TimeStep(
             obs=self._pad_obs([obs[a] for a in self._agents]),
             state=np.asarray(self._env.state(), dtype=np.float32),
@@ -139,7 +147,9 @@ class MaMuJoCoEnv(MultiAgentEnv):
         first = self._agents[0]
         terminated = bool(any(term.values()))
         truncated = bool(any(trunc.values())) or self._t >= self.spec.episode_limit
-        return self._timestep(obs, rew[first], terminated, truncated and not terminated, info.get(first, {}))
+        return self._timestep(
+            obs, rew[first], terminated, truncated and not terminated, info.get(first, {})
+        )
 
     def close(self) -> None:
         self._env.close()

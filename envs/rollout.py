@@ -42,9 +42,15 @@ class EpisodeRecord:
         return best
 
 
-def run_episodes(env_cfg: EnvConfig, loss_cfg: LossConfig, policy_factory: Callable[[object], StepPolicy], *,
-                 episodes: int, seed: int = 0,
-                 on_step: Callable[[int, int, float, np.ndarray], None] | None = None) -> list[EpisodeRecord]:
+def run_episodes(
+    env_cfg: EnvConfig,
+    loss_cfg: LossConfig,
+    policy_factory: Callable[[object], StepPolicy],
+    *,
+    episodes: int,
+    seed: int = 0,
+    on_step: Callable[[int, int, float, np.ndarray], None] | None = None,
+) -> list[EpisodeRecord]:
     """Episode k is seeded with ``seed + k`` (environment and loss model), so runs are reproducible."""
     records = []
     with make_env(env_cfg) as base:
@@ -66,7 +72,16 @@ def run_episodes(env_cfg: EnvConfig, loss_cfg: LossConfig, policy_factory: Calla
                 if ts.done:
                     break
             won = ts.info.get("won")
-            records.append(EpisodeRecord(k, seed + k, ret, steps, ts.terminated,
-                                         None if won is None else bool(won), np.stack(masks),
-                                         time.perf_counter() - start))
+            records.append(
+                EpisodeRecord(
+                    k,
+                    seed + k,
+                    ret,
+                    steps,
+                    ts.terminated,
+                    None if won is None else bool(won),
+                    np.stack(masks),
+                    time.perf_counter() - start,
+                )
+            )
     return records

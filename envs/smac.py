@@ -170,8 +170,13 @@ class SMACEnv(MultiAgentEnv):
         self._t = 0
         self._avail = np.zeros((n_agents, self.spec.action_dim), dtype=bool)
 
-    def _timestep(self, reward: float = 0.0, terminated: bool = False, truncated: bool = False,
-                  info: dict | None = None) -> TimeStep:
+    def _timestep(
+        self,
+        reward: float = 0.0,
+        terminated: bool = False,
+        truncated: bool = False,
+        info: dict | None = None,
+    ) -> TimeStep:
         self._avail = np.asarray(self._env.get_avail_actions(), dtype=bool).reshape(
             self.spec.n_agents, self.spec.action_dim
         )

@@ -25,7 +25,17 @@ from rmio.envs.base import EnvSpec
 from rmio.errors import RmioError
 
 FORMAT_VERSION = 1
-FIELDS = ("obs", "state", "observed", "action", "avail_actions", "reward", "is_first", "is_last", "is_terminal")
+FIELDS = (
+    "obs",
+    "state",
+    "observed",
+    "action",
+    "avail_actions",
+    "reward",
+    "is_first",
+    "is_last",
+    "is_terminal",
+)
 
 
 def _empty_fields(spec: EnvSpec, n: int) -> dict[str, np.ndarray]:
@@ -34,7 +44,9 @@ def _empty_fields(spec: EnvSpec, n: int) -> dict[str, np.ndarray]:
         "obs": np.zeros((n, a, spec.obs_dim), np.float32),
         "state": np.zeros((n, spec.state_dim), np.float32),
         "observed": np.ones((n, a), bool),
-        "action": np.zeros((n, a), np.int64) if spec.discrete else np.zeros((n, a, spec.action_dim), np.float32),
+        "action": np.zeros((n, a), np.int64)
+        if spec.discrete
+        else np.zeros((n, a, spec.action_dim), np.float32),
         "avail_actions": np.ones((n, a, spec.action_dim if spec.discrete else 0), bool),
         "reward": np.zeros((n,), np.float32),
         "is_first": np.zeros((n,), bool),
@@ -50,18 +62,47 @@ class EpisodeBuilder:
     spec: EnvSpec
     rows: list[dict[str, Any]] = field(default_factory=list)
 
-    def start(self, obs: np.ndarray, state: np.ndarray, observed: np.ndarray | None = None,
-              avail: np.ndarray | None = None) -> None:
+    def start(
+        self,
+        obs: np.ndarray,
+        state: np.ndarray,
+        observed: np.ndarray | None = None,
+        avail: np.ndarray | None = None,
+    ) -> None:
         self.rows = [self._row(obs, state, observed, avail, reward=0.0)]
         self.rows[0]["is_first"] = True
 
-    def _row(self, obs: np.ndarray, state: np.ndarray, observed: np.ndarray | None, avail: np.ndarray | None,
-             reward: float) -> dict[str, Any]:
-        return {"obs": obs, "state": state, "observed": observed, "avail_actions": avail, "reward": reward,
-                "action": None, "is_first": False, "is_last": False, "is_terminal": False}
+    def _row(
+        self,
+        obs: np.ndarray,
+        state: np.ndarray,
+        observed: np.ndarray | None,
+        avail: np.ndarray | None,
+        reward: float,
+    ) -> dict[str, Any]:
+        return {
+            "obs": obs,
+            "state": state,
+            "observed": observed,
+            "avail_actions": avail,
+            "reward": reward,
+            "action": None,
+            "is_first": False,
+            "is_last": False,
+            "is_terminal": False,
+        }
 
-    def add(self, action: np.ndarray, obs: np.ndarray, state: np.ndarray, reward: float, terminated: bool,
-            truncated: bool, observed: np.ndarray | None = None, avail: np.ndarray | None = None) -> bool:
+    def add(
+        self,
+        action: np.ndarray,
+        obs: np.ndarray,
+        state: np.ndarray,
+        reward: float,
+        terminated: bool,
+        truncated: bool,
+        observed: np.ndarray | None = None,
+        avail: np.ndarray | None = None,
+    ) -> bool:
         """Record the action taken at the last row and the step's outcome; True when the episode ended."""
         if not self.rows:
             raise RuntimeError("EpisodeBuilder.add before start")
@@ -95,8 +136,12 @@ class EpisodeBuilder:
 class TrajectoryBuffer:
     """Episodes stored back to back; ``is_first`` marks where each one starts."""
 
-    def __init__(self, spec: EnvSpec, data: dict[str, np.ndarray] | None = None,
-                 meta: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        spec: EnvSpec,
+        data: dict[str, np.ndarray] | None = None,
+        meta: dict[str, Any] | None = None,
+    ) -> None:
         self.spec = spec
         self.data = data if data is not None else _empty_fields(spec, 0)
         self.meta = meta or {}
@@ -119,7 +164,9 @@ class TrajectoryBuffer:
         return {name: arr[start:stop] for name, arr in self.data.items()}
 
     def episode_returns(self) -> np.ndarray:
-        return np.array([self.data["reward"][a:b].sum() for a, b in self.episode_bounds()], dtype=np.float64)
+        return np.array(
+            [self.data["reward"][a:b].sum() for a, b in self.episode_bounds()], dtype=np.float64
+        )
 
     def add_episode(self, episode: dict[str, np.ndarray]) -> None:
         if not episode["is_first"][0]:
@@ -128,14 +175,18 @@ class TrajectoryBuffer:
 
     def extend(self, other: TrajectoryBuffer) -> None:
         if other.spec != self.spec:
-            raise RmioError(f"cannot merge trajectories of {other.spec.name} into a buffer of {self.spec.name}")
+            raise RmioError(
+                f"cannot merge trajectories of {other.spec.name} into a buffer of {self.spec.name}"
+            )
         self.data = {name: np.concatenate([self.data[name], other.data[name]]) for name in FIELDS}
 
     def _validate_shapes(self, where: str) -> None:
         ref = _empty_fields(self.spec, 0)
         missing = [f for f in FIELDS if f not in self.data]
         if missing:
-            raise RmioError(f"trajectory file {where} lacks the fields {missing}; it is not an rmio buffer")
+            raise RmioError(
+                f"trajectory file {where} lacks the fields {missing}; it is not an rmio buffer"
+            )
         n = len(self.data["reward"])
         for name in FIELDS:
             arr = self.data[name]
@@ -178,7 +229,9 @@ class TrajectoryBuffer:
             raise RmioError(f"trajectory file '{path}' is unreadable or corrupt: {exc}") from None
         version = header.get("format_version")
         if version != FORMAT_VERSION:
-            raise RmioError(f"trajectory file '{path}' has format version {version}, this rmio reads {FORMAT_VERSION}")
+            raise RmioError(
+                f"trajectory file '{path}' has format version {version}, this rmio reads {FORMAT_VERSION}"
+            )
         buf = cls.__new__(cls)
         buf.spec = EnvSpec.from_dict(header["spec"])
         buf.data = data

@@ -109,7 +109,11 @@ def _worker(conn: Connection, cfg: EnvConfig) -> None:
                     fresh = env.reset(seed=next_seed)
                     if next_seed is not None:
                         next_seed += 1
-                    fresh.reward, fresh.terminated, fresh.truncated = ts.reward, ts.terminated, ts.truncated
+                    fresh.reward, fresh.terminated, fresh.truncated = (
+                        ts.reward,
+                        ts.terminated,
+                        ts.truncated,
+                    )
                     fresh.info = ts.info  # the finished episode's info (e.g. "won")
                     ts = fresh
                 conn.send(("ok", (ts, final)))
@@ -176,7 +180,9 @@ class SubprocVectorEnv(VectorEnv):
 
     def step(self, actions: np.ndarray) -> BatchStep:
         if len(actions) != self.num_envs:
-            raise ValueError(f"expected actions for {self.num_envs} environments, got {len(actions)}")
+            raise ValueError(
+                f"expected actions for {self.num_envs} environments, got {len(actions)}"
+            )
         for conn, act in zip(self._conns, actions, strict=True):
             conn.send(("step", act))
         results = [self._recv(c) for c in self._conns]
@@ -215,13 +221,17 @@ class SyncVectorEnv(VectorEnv):
         steps = []
         for k, env in enumerate(self.envs):
             s = None if seed is None else seed + k
-            self._next_seed[k] = None if s is None else s + 100_003  # same seeding as the subprocess workers
+            self._next_seed[k] = (
+                None if s is None else s + 100_003
+            )  # same seeding as the subprocess workers
             steps.append(env.reset(seed=s))
         return stack_steps(steps, steps)
 
     def step(self, actions: np.ndarray) -> BatchStep:
         if len(actions) != self.num_envs:
-            raise ValueError(f"expected actions for {self.num_envs} environments, got {len(actions)}")
+            raise ValueError(
+                f"expected actions for {self.num_envs} environments, got {len(actions)}"
+            )
         steps, finals = [], []
         for k, (env, act) in enumerate(zip(self.envs, actions, strict=True)):
             ts = env.step(act)
@@ -230,7 +240,11 @@ class SyncVectorEnv(VectorEnv):
                 fresh = env.reset(seed=self._next_seed[k])
                 if self._next_seed[k] is not None:
                     self._next_seed[k] += 1
-                fresh.reward, fresh.terminated, fresh.truncated = ts.reward, ts.terminated, ts.truncated
+                fresh.reward, fresh.terminated, fresh.truncated = (
+                    ts.reward,
+                    ts.terminated,
+                    ts.truncated,
+                )
                 fresh.info = ts.info
                 ts = fresh
             steps.append(ts)

@@ -22,14 +22,25 @@ def baselines(settings: SwarmSettings) -> dict[str, Any]:
     s = settings
     out = {}
     for recon in RECONS:
-        rows = evaluate(s.bundle, s.env_config(), s.loss_config(), episodes=s.episodes, seed=s.seed, recon=recon,
-                        wm_mode=s.wm_mode)
-        out[recon] = {"mean_return": float(np.mean([r["return"] for r in rows])),
-                      "returns": [r["return"] for r in rows]}
+        rows = evaluate(
+            s.bundle,
+            s.env_config(),
+            s.loss_config(),
+            episodes=s.episodes,
+            seed=s.seed,
+            recon=recon,
+            wm_mode=s.wm_mode,
+        )
+        out[recon] = {
+            "mean_return": float(np.mean([r["return"] for r in rows])),
+            "returns": [r["return"] for r in rows],
+        }
     return out
 
 
-def add_baselines(report: dict[str, Any], settings: SwarmSettings, run_dir: str | Path) -> dict[str, Any]:
+def add_baselines(
+    report: dict[str, Any], settings: SwarmSettings, run_dir: str | Path
+) -> dict[str, Any]:
     """Add ``baselines`` to a finished swarm's report and rewrite its report.json and report.md."""
     report["baselines"] = baselines(settings)
     write_report(report, run_dir)

@@ -52,8 +52,8 @@ class ReferencePolicy:
 
     def window(self, t: int, start: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """obs (T, n, d), prev actions a_{start-1..t-1} (T, n, ...), masks (T, n) for steps start..t."""
-        obs = np.stack(self.obs[start:t + 1])
-        masks = np.stack(self.masks[start:t + 1]).astype(np.float32)
+        obs = np.stack(self.obs[start : t + 1])
+        masks = np.stack(self.masks[start : t + 1]).astype(np.float32)
         none = np.stack([self.codec.none()] * self.spec.n_agents)
         prev = [self.acts[h] if h >= 0 else none for h in range(start - 1, t)]
         return obs, np.stack(prev), masks
@@ -61,9 +61,13 @@ class ReferencePolicy:
     def reconstruct(self, t: int) -> np.ndarray:
         assert self.wm is not None
         chain = self.chain
-        cont, start = replay_plan(t, self.l, None if chain is None else chain.t, self.wm_mode == "incremental")
+        cont, start = replay_plan(
+            t, self.l, None if chain is None else chain.t, self.wm_mode == "incremental"
+        )
         obs, prev, masks = self.window(t, start)
-        state, recons = self.wm.replay(obs, prev, masks, chain.state if cont and chain is not None else None)
+        state, recons = self.wm.replay(
+            obs, prev, masks, chain.state if cont and chain is not None else None
+        )
         if self.wm_mode == "incremental":
             self.chain = _Chain(t, state)
         return recons[-1]
@@ -82,15 +86,26 @@ class ReferencePolicy:
                 inputs[~observed] = recon[~observed]
             elif self.recon == "hold":
                 inputs[~observed] = self.last_real[~observed]
-        actions = [self.codec.check(self.actor.act(inputs[i], i, None if avail is None else avail[i]))
-                   for i in range(self.spec.n_agents)]
+        actions = [
+            self.codec.check(self.actor.act(inputs[i], i, None if avail is None else avail[i]))
+            for i in range(self.spec.n_agents)
+        ]
         joint = np.stack(actions)
         self.acts.append(joint)
         return joint
 
 
-def evaluate(bundle: str | Path, env_cfg: EnvConfig, loss_cfg: LossConfig, *, episodes: int, seed: int = 0,
-             recon: str = "wm", wm_mode: str = "window", trace: bool = False) -> list[dict[str, Any]]:
+def evaluate(
+    bundle: str | Path,
+    env_cfg: EnvConfig,
+    loss_cfg: LossConfig,
+    *,
+    episodes: int,
+    seed: int = 0,
+    recon: str = "wm",
+    wm_mode: str = "window",
+    trace: bool = False,
+) -> list[dict[str, Any]]:
     """Episode k seeded with seed + k, loss model seeded with seed (as rmio.envs.rollout.run_episodes).
     With ``trace``, each row also holds the episode's joint actions and observation masks, step by step
     (what a swarm run's env host records), so a swarm can be compared with it action for action."""
@@ -115,8 +130,16 @@ def evaluate(bundle: str | Path, env_cfg: EnvConfig, loss_cfg: LossConfig, *, ep
                 steps += 1
                 if ts.done:
                     break
-            out.append({"episode": k, "seed": seed + k, "return": ret, "steps": steps,
-                        "lost_fraction": lost / (steps * base.spec.n_agents), "seconds": time.perf_counter() - start})
+            out.append(
+                {
+                    "episode": k,
+                    "seed": seed + k,
+                    "return": ret,
+                    "steps": steps,
+                    "lost_fraction": lost / (steps * base.spec.n_agents),
+                    "seconds": time.perf_counter() - start,
+                }
+            )
             if trace:
                 out[-1].update(actions=np.stack(actions), observed=np.stack(masks))
     return out

@@ -24,22 +24,38 @@ def markdown(result: dict[str, Any]) -> str:
     strategies = result["strategies"]
     summary = result["summary"]
     length = result["episode_limit"] or "as the environment ends it"
-    lines = [f"# Robustness: {result['scenario']}", "",
-             f"{metric.replace('_', ' ')} against p_loss ({result['loss_model']} loss), mean ± std over "
-             f"{result['seeds']} seed families of {result['episodes']} episodes each; world model in "
-             f"{result['wm_mode']} mode, episode length {length}. Measured on "
-             f"{result.get('machine', '?')}, {result.get('date', '?')}.", "",
-             "| p_loss | " + " | ".join(strategies) + " |", "|---|" + "---|" * len(strategies)]
+    lines = [
+        f"# Robustness: {result['scenario']}",
+        "",
+        f"{metric.replace('_', ' ')} against p_loss ({result['loss_model']} loss), mean ± std over "
+        f"{result['seeds']} seed families of {result['episodes']} episodes each; world model in "
+        f"{result['wm_mode']} mode, episode length {length}. Measured on "
+        f"{result.get('machine', '?')}, {result.get('date', '?')}.",
+        "",
+        "| p_loss | " + " | ".join(strategies) + " |",
+        "|---|" + "---|" * len(strategies),
+    ]
     for i, p in enumerate(result["p_loss"]):
-        cells = [_pm(summary[s]["curve"][i]["mean"], summary[s]["curve"][i]["std"], digits) for s in strategies]
+        cells = [
+            _pm(summary[s]["curve"][i]["mean"], summary[s]["curve"][i]["std"], digits)
+            for s in strategies
+        ]
         lines.append(f"| {p:g} | " + " | ".join(cells) + " |")
     lo, hi = result["auc_range"]
-    lines.append(f"| **AUC** ({lo:g}-{hi:g}) | " + " | ".join(
-        f"**{_pm(summary[s]['auc_mean'], summary[s]['auc_std'], 1)}**" for s in strategies) + " |")
+    lines.append(
+        f"| **AUC** ({lo:g}-{hi:g}) | "
+        + " | ".join(
+            f"**{_pm(summary[s]['auc_mean'], summary[s]['auc_std'], 1)}**" for s in strategies
+        )
+        + " |"
+    )
     rnd = summary["random"]
-    lines += ["", f"Random policy: {_pm(rnd['mean'], rnd['std'], digits)}. AUC = 100 x trapezoid over p_loss of "
-              "(R(p) - R_random) / (R(0) - R_random), per seed family, then mean ± std (docs/ARCHITECTURE.md).",
-              "At p_loss 0 nothing is lost, so every strategy is the plain policy (run once)."]
+    lines += [
+        "",
+        f"Random policy: {_pm(rnd['mean'], rnd['std'], digits)}. AUC = 100 x trapezoid over p_loss of "
+        "(R(p) - R_random) / (R(0) - R_random), per seed family, then mean ± std (docs/ARCHITECTURE.md).",
+        "At p_loss 0 nothing is lost, so every strategy is the plain policy (run once).",
+    ]
     if "also" in summary:
         lines += ["", f"Also measured ({summary['also']['metric'].replace('_', ' ')}):", ""]
         lines += ["| p_loss | " + " | ".join(strategies) + " |", "|---|" + "---|" * len(strategies)]
@@ -51,15 +67,26 @@ def markdown(result: dict[str, Any]) -> str:
         from rmio.evaluation.robustness import swarm_auc
 
         aucs = swarm_auc(result)
-        lines += ["", "## Through the swarm (real processes)", "",
-                  "AUC of the swarm's curve: " + ", ".join(f"{s} {aucs[s]:.1f}" for s in strategies if s in aucs)
-                  + f" (p_loss {lo:g}-{hi:g}, same normalisation).", "",
-                  "| strategy | p_loss | " + metric.replace("_", " ") + " | protocol bytes/step | msgs/step | "
-                  "recon round p50 / p99 ms | deadline misses |", "|---|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            "## Through the swarm (real processes)",
+            "",
+            "AUC of the swarm's curve: "
+            + ", ".join(f"{s} {aucs[s]:.1f}" for s in strategies if s in aucs)
+            + f" (p_loss {lo:g}-{hi:g}, same normalisation).",
+            "",
+            "| strategy | p_loss | "
+            + metric.replace("_", " ")
+            + " | protocol bytes/step | msgs/step | "
+            "recon round p50 / p99 ms | deadline misses |",
+            "|---|---|---|---|---|---|---|",
+        ]
         for row in result["swarm"]:
-            lines.append(f"| {row['strategy']} | {row['p_loss']:g} | {_pm(row['mean'], row['std'], digits)} | "
-                         f"{row['bytes_per_step']:.0f} | {row['msgs_per_step']:.2f} | {_ms(row, 'p50')} / "
-                         f"{_ms(row, 'p99')} | {row['deadline_misses']} |")
+            lines.append(
+                f"| {row['strategy']} | {row['p_loss']:g} | {_pm(row['mean'], row['std'], digits)} | "
+                f"{row['bytes_per_step']:.0f} | {row['msgs_per_step']:.2f} | {_ms(row, 'p50')} / "
+                f"{_ms(row, 'p99')} | {row['deadline_misses']} |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -80,14 +107,20 @@ def plot(result: dict[str, Any], path: Path) -> Path:
         s = result["summary"][strategy]
         mean = np.array([c["mean"] for c in s["curve"]])
         std = np.array([c["std"] for c in s["curve"]])
-        label = f"{strategy} (AUC {s['auc_mean']:.1f})" if math.isfinite(s["auc_mean"]) else strategy
+        label = (
+            f"{strategy} (AUC {s['auc_mean']:.1f})" if math.isfinite(s["auc_mean"]) else strategy
+        )
         ax.plot(p, mean, marker="o", label=label)
         ax.fill_between(p, mean - std, mean + std, alpha=0.15)
     for row in result.get("swarm") or []:
-        ax.errorbar([row["p_loss"]], [row["mean"]], yerr=[row["std"]], fmt="x", color="black", capsize=3)
+        ax.errorbar(
+            [row["p_loss"]], [row["mean"]], yerr=[row["std"]], fmt="x", color="black", capsize=3
+        )
     if result.get("swarm"):
         ax.plot([], [], "x", color="black", label="through the swarm")
-    ax.axhline(result["summary"]["random"]["mean"], color="grey", ls="--", lw=1, label="random policy")
+    ax.axhline(
+        result["summary"]["random"]["mean"], color="grey", ls="--", lw=1, label="random policy"
+    )
     ax.set_xlabel("observation-loss probability p_loss")
     ax.set_ylabel(result["metric"].replace("_", " "))
     ax.set_title(result["scenario"])
@@ -101,7 +134,11 @@ def plot(result: dict[str, Any], path: Path) -> Path:
 
 def write(result: dict[str, Any], out_dir: Path) -> dict[str, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths = {"json": out_dir / "robustness.json", "md": out_dir / "robustness.md", "png": out_dir / "robustness.png"}
+    paths = {
+        "json": out_dir / "robustness.json",
+        "md": out_dir / "robustness.md",
+        "png": out_dir / "robustness.png",
+    }
     paths["json"].write_text(json.dumps(result, indent=1, default=jsonable))
     paths["md"].write_text(markdown(result))
     plot(result, paths["png"])

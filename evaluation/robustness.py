@@ -53,11 +53,23 @@ class Episode:
 class BatchedPolicy:
     """The joint policy of ``n_envs`` environments under loss, one strategy, batched over environments."""
 
-    def __init__(self, actor: ActorRunner, manifest: Manifest, strategy: str, wm: WorldModelRunner | None = None,
-                 wm_mode: str = "window") -> None:
+    def __init__(
+        self,
+        actor: ActorRunner,
+        manifest: Manifest,
+        strategy: str,
+        wm: WorldModelRunner | None = None,
+        wm_mode: str = "window",
+    ) -> None:
         if strategy in ("world-model", "no-finetune") and wm is None:
             raise ValueError(f"strategy {strategy} needs a world model")
-        self.actor, self.manifest, self.strategy, self.wm, self.wm_mode = actor, manifest, strategy, wm, wm_mode
+        self.actor, self.manifest, self.strategy, self.wm, self.wm_mode = (
+            actor,
+            manifest,
+            strategy,
+            wm,
+            wm_mode,
+        )
         self.spec = manifest.spec
         self.codec = ActionCodec.of(self.spec)
         self.l = manifest.history_window
@@ -70,13 +82,17 @@ class BatchedPolicy:
         self.masks: list[np.ndarray] = []  # per step: (E, n) bool
         self.acts: list[np.ndarray] = []  # per step: (E, n, ...) executed joint actions
         self.last_real = np.zeros((n_envs, n, d), np.float32)
-        self.chain_t = np.full(n_envs, -10**9)
+        self.chain_t = np.full(n_envs, -(10**9))
         self.chain: LatentState | None = None
         self.none = np.stack([self.codec.none()] * n)
 
     def _prev_actions(self, start: int, t: int, envs: np.ndarray) -> np.ndarray:
-        rows = [self.acts[h][envs] if h >= 0 else np.broadcast_to(self.none, (len(envs), *self.none.shape))
-                for h in range(start - 1, t)]
+        rows = [
+            self.acts[h][envs]
+            if h >= 0
+            else np.broadcast_to(self.none, (len(envs), *self.none.shape))
+            for h in range(start - 1, t)
+        ]
         return np.stack(rows)
 
     def _reconstruct(self, t: int, envs: np.ndarray, out: np.ndarray) -> None:
@@ -85,15 +101,18 @@ class BatchedPolicy:
         incremental = self.wm_mode == "incremental"
         if incremental and self.chain is None:
             self.chain = self.wm.initial_state(len(self.last_real))
-        plans = [replay_plan(t, self.l, int(c) if c >= 0 else None, incremental) for c in self.chain_t[envs]]
+        plans = [
+            replay_plan(t, self.l, int(c) if c >= 0 else None, incremental)
+            for c in self.chain_t[envs]
+        ]
         cont = np.array([c for c, _ in plans], bool)
         starts = np.array([s for _, s in plans], np.int64)
         began = time.perf_counter()
         for start in np.unique(starts):
             sel = starts == start
             group = envs[sel]
-            obs = np.stack([o[group] for o in self.obs[start:t + 1]])
-            masks = np.stack([m[group] for m in self.masks[start:t + 1]]).astype(np.float32)
+            obs = np.stack([o[group] for o in self.obs[start : t + 1]])
+            masks = np.stack([m[group] for m in self.masks[start : t + 1]]).astype(np.float32)
             prev = self._prev_actions(int(start), t, group)
             state = None
             if incremental and cont[sel].all():
@@ -108,8 +127,9 @@ class BatchedPolicy:
                 self.chain_t[group] = t
         self.recon_seconds += time.perf_counter() - began
 
-    def act(self, obs: np.ndarray, observed: np.ndarray, avail: np.ndarray | None,
-            active: np.ndarray) -> np.ndarray:
+    def act(
+        self, obs: np.ndarray, observed: np.ndarray, avail: np.ndarray | None, active: np.ndarray
+    ) -> np.ndarray:
         """Joint actions (E, n, ...) for step t; rows of inactive (finished) environments are ignored."""
         t = len(self.obs)
         seen = np.asarray(obs, np.float32) * observed[..., None]
@@ -154,20 +174,32 @@ class Lockstep:
     def spec(self) -> Any:
         return self.envs[0].spec
 
-    def run(self, act: Callable[[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray], np.ndarray],
-            loss: LossConfig, seed_family: int) -> list[Episode]:
+    def run(
+        self,
+        act: Callable[[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray], np.ndarray],
+        loss: LossConfig,
+        seed_family: int,
+    ) -> list[Episode]:
         """One episode per environment; env k uses seed ``seed_family * SEED_STRIDE + k``."""
         n = self.spec.n_agents
         lossy = [LossyEnv(env, make_loss_model(loss, n, seed_family)) for env in self.envs]
         seeds = [seed_family * SEED_STRIDE + k for k in range(self.episodes)]
         steps = [env.reset(seed=s) for env, s in zip(lossy, seeds, strict=True)]
         active = np.ones(self.episodes, bool)
-        ret, length, lost = np.zeros(self.episodes), np.zeros(self.episodes, int), np.zeros(self.episodes)
+        ret, length, lost = (
+            np.zeros(self.episodes),
+            np.zeros(self.episodes, int),
+            np.zeros(self.episodes),
+        )
         won: list[bool | None] = [None] * self.episodes
         while active.any():
             obs = np.stack([ts.obs for ts in steps])
             observed = np.stack([np.asarray(ts.observed, bool) for ts in steps])
-            avail = None if steps[0].avail_actions is None else np.stack([ts.avail_actions for ts in steps])
+            avail = (
+                None
+                if steps[0].avail_actions is None
+                else np.stack([ts.avail_actions for ts in steps])
+            )
             actions = act(obs, observed, avail, active)
             for k in np.flatnonzero(active):
                 lost[k] += int((~observed[k]).sum())
@@ -179,16 +211,24 @@ class Lockstep:
                     active[k] = False
                     w = ts.info.get("won")
                     won[k] = None if w is None else bool(w)
-        return [Episode(seeds[k], float(ret[k]), int(length[k]), won[k], float(lost[k] / (length[k] * n)))
-                for k in range(self.episodes)]
+        return [
+            Episode(
+                seeds[k], float(ret[k]), int(length[k]), won[k], float(lost[k] / (length[k] * n))
+            )
+            for k in range(self.episodes)
+        ]
 
 
 def random_policy(spec: Any, seed: int) -> Callable[..., np.ndarray]:
     """Uniform random joint actions: the R_random of the normalised robustness score."""
     rng = np.random.default_rng(seed)
 
-    def act(obs: np.ndarray, observed: np.ndarray, avail: np.ndarray | None, active: np.ndarray) -> np.ndarray:
-        return np.stack([spec.random_actions(rng, None if avail is None else avail[k]) for k in range(len(obs))])
+    def act(
+        obs: np.ndarray, observed: np.ndarray, avail: np.ndarray | None, active: np.ndarray
+    ) -> np.ndarray:
+        return np.stack(
+            [spec.random_actions(rng, None if avail is None else avail[k]) for k in range(len(obs))]
+        )
 
     return act
 
@@ -223,15 +263,28 @@ def resolve_bundle(path: Path, console: Any = None) -> Path:
 
                 from rmio.train.export import export_run
             except ImportError as exc:
-                raise RmioError(f"'{path}' is a run directory; exporting it needs the train extra ({exc})") from None
+                raise RmioError(
+                    f"'{path}' is a run directory; exporting it needs the train extra ({exc})"
+                ) from None
             export_run(path, bundle, console or Console(stderr=True))
         return bundle
-    raise RmioError(f"'{path}' is neither a model bundle (manifest.json) nor a training run (config.yaml)")
+    raise RmioError(
+        f"'{path}' is neither a model bundle (manifest.json) nor a training run (config.yaml)"
+    )
 
 
-def sweep(bundle: Path, *, p_loss: list[float], episodes: int, seeds: int, strategies: list[str],
-          loss_model: str = "bernoulli", wm_mode: str = "window", episode_limit: int | None = None,
-          progress: Callable[[str, int], None] | None = None) -> dict[str, Any]:
+def sweep(
+    bundle: Path,
+    *,
+    p_loss: list[float],
+    episodes: int,
+    seeds: int,
+    strategies: list[str],
+    loss_model: str = "bernoulli",
+    wm_mode: str = "window",
+    episode_limit: int | None = None,
+    progress: Callable[[str, int], None] | None = None,
+) -> dict[str, Any]:
     """Every strategy at every p_loss for every seed family; returns the JSON-ready result."""
     from rmio.runtime.settings import env_config_for
 
@@ -242,18 +295,27 @@ def sweep(bundle: Path, *, p_loss: list[float], episodes: int, seeds: int, strat
     if "actor" not in manifest.files:
         raise RmioError(f"bundle '{bundle}' has no actor.onnx: export a run that trained a policy")
     if "no-finetune" in strategies and "wm_step_pretrain" not in manifest.files:
-        raise RmioError(f"bundle '{bundle}' has no pre-fine-tuning world model (wm_step_pretrain.onnx), which the "
-                        "no-finetune strategy needs: re-export a run that has both wm_pretrain.pt and wm_finetune.pt")
+        raise RmioError(
+            f"bundle '{bundle}' has no pre-fine-tuning world model (wm_step_pretrain.onnx), which the "
+            "no-finetune strategy needs: re-export a run that has both wm_pretrain.pt and wm_finetune.pt"
+        )
     if any(not 0.0 <= p <= 1.0 for p in p_loss):
         raise RmioError(f"p_loss values must lie in [0, 1], got {p_loss}")
     p_loss = sorted(set(p_loss))
     env_cfg = EnvConfig(**env_config_for(manifest, episode_limit))
     actor = ActorRunner(bundle, manifest)
-    models = {"world-model": WorldModelRunner(bundle, manifest) if "world-model" in strategies else None}
+    models = {
+        "world-model": WorldModelRunner(bundle, manifest) if "world-model" in strategies else None
+    }
     if "no-finetune" in strategies:
-        models["no-finetune"] = WorldModelRunner(bundle, manifest, file=manifest.files["wm_step_pretrain"])
-    metric = "win_rate" if manifest.spec.discrete and manifest.spec.name.split("/")[0] in ("smax", "smac") \
+        models["no-finetune"] = WorldModelRunner(
+            bundle, manifest, file=manifest.files["wm_step_pretrain"]
+        )
+    metric = (
+        "win_rate"
+        if manifest.spec.discrete and manifest.spec.name.split("/")[0] in ("smax", "smac")
         else "return"
+    )
     rows: list[dict[str, Any]] = []
     tick = progress or (lambda what, k: None)
     timing: dict[str, float] = {}
@@ -267,8 +329,12 @@ def sweep(bundle: Path, *, p_loss: list[float], episodes: int, seeds: int, strat
                 loss = LossConfig(loss_model, p_loss=p)
                 plain: dict[str, Any] | None = None
                 for strategy in strategies:
-                    if p == 0.0 and plain is not None:  # nothing is lost: every strategy is the plain policy
-                        rows.append({**plain, "strategy": strategy, "shared_with": plain["strategy"]})
+                    if (
+                        p == 0.0 and plain is not None
+                    ):  # nothing is lost: every strategy is the plain policy
+                        rows.append(
+                            {**plain, "strategy": strategy, "shared_with": plain["strategy"]}
+                        )
                         tick(strategy, 1)
                         continue
                     policy = BatchedPolicy(actor, manifest, strategy, models.get(strategy), wm_mode)
@@ -277,23 +343,51 @@ def sweep(bundle: Path, *, p_loss: list[float], episodes: int, seeds: int, strat
                     eps = envs.run(policy.act, loss, seed)
                     row = _row(strategy, p, seed, eps, time.perf_counter() - began)
                     row["reconstructions"] = policy.recon_calls
-                    row["recon_ms_per_env_step"] = 1e3 * policy.recon_seconds / max(1, sum(e.steps for e in eps))
+                    row["recon_ms_per_env_step"] = (
+                        1e3 * policy.recon_seconds / max(1, sum(e.steps for e in eps))
+                    )
                     rows.append(row)
                     timing[strategy] = timing.get(strategy, 0.0) + row["seconds"]
                     plain = plain or (row if p == 0.0 else None)
                     tick(strategy, 1)
     machine = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
-    return summarise({"bundle": str(bundle), "scenario": manifest.spec.name, "metric": metric,
-                      "machine": machine, "date": time.strftime("%Y-%m-%d"),
-                      "p_loss": p_loss, "episodes": episodes, "seeds": seeds, "strategies": strategies,
-                      "loss_model": loss_model, "wm_mode": wm_mode, "episode_limit": env_cfg.episode_limit,
-                      "rows": rows, "seconds_by_strategy": timing})
+    return summarise(
+        {
+            "bundle": str(bundle),
+            "scenario": manifest.spec.name,
+            "metric": metric,
+            "machine": machine,
+            "date": time.strftime("%Y-%m-%d"),
+            "p_loss": p_loss,
+            "episodes": episodes,
+            "seeds": seeds,
+            "strategies": strategies,
+            "loss_model": loss_model,
+            "wm_mode": wm_mode,
+            "episode_limit": env_cfg.episode_limit,
+            "rows": rows,
+            "seconds_by_strategy": timing,
+        }
+    )
 
 
 def _row(strategy: str, p: float, seed: int, eps: list[Episode], seconds: float) -> dict[str, Any]:
-    return {"strategy": strategy, "p_loss": p, "seed": seed, "seconds": seconds,
-            "episodes": [{"seed": e.seed, "return": e.ret, "steps": e.steps, "won": e.won,
-                          "lost_fraction": e.lost_fraction} for e in eps]}
+    return {
+        "strategy": strategy,
+        "p_loss": p,
+        "seed": seed,
+        "seconds": seconds,
+        "episodes": [
+            {
+                "seed": e.seed,
+                "return": e.ret,
+                "steps": e.steps,
+                "won": e.won,
+                "lost_fraction": e.lost_fraction,
+            }
+            for e in eps
+        ],
+    }
 
 
 def summarise(result: dict[str, Any]) -> dict[str, Any]:
@@ -302,25 +396,60 @@ def summarise(result: dict[str, Any]) -> dict[str, Any]:
     seeds = sorted({r["seed"] for r in rows})
     value = {(r["strategy"], r["p_loss"], r["seed"]): score(r["episodes"], metric) for r in rows}
     random = {s: value[("random", 0.0, s)] for s in seeds}
-    summary: dict[str, Any] = {"random": {"mean": float(np.mean(list(random.values()))),
-                                          "std": float(np.std(list(random.values())))}}
+    summary: dict[str, Any] = {
+        "random": {
+            "mean": float(np.mean(list(random.values()))),
+            "std": float(np.std(list(random.values()))),
+        }
+    }
     for strategy in result["strategies"]:
         curve = []
         for p in p_loss:
             vals = [value[(strategy, p, s)] for s in seeds]
-            curve.append({"p_loss": p, "mean": float(np.mean(vals)), "std": float(np.std(vals)), "per_seed": vals})
-        aucs = [auc(p_loss, [value[(strategy, p, s)] for p in p_loss], value[(strategy, p_loss[0], s)], random[s])
-                for s in seeds] if p_loss[0] == 0.0 else []
+            curve.append(
+                {
+                    "p_loss": p,
+                    "mean": float(np.mean(vals)),
+                    "std": float(np.std(vals)),
+                    "per_seed": vals,
+                }
+            )
+        aucs = (
+            [
+                auc(
+                    p_loss,
+                    [value[(strategy, p, s)] for p in p_loss],
+                    value[(strategy, p_loss[0], s)],
+                    random[s],
+                )
+                for s in seeds
+            ]
+            if p_loss[0] == 0.0
+            else []
+        )
         finite = [a for a in aucs if math.isfinite(a)]
-        summary[strategy] = {"curve": curve, "auc_per_seed": aucs,
-                             "auc_mean": float(np.mean(finite)) if finite else float("nan"),
-                             "auc_std": float(np.std(finite)) if finite else float("nan")}
+        summary[strategy] = {
+            "curve": curve,
+            "auc_per_seed": aucs,
+            "auc_mean": float(np.mean(finite)) if finite else float("nan"),
+            "auc_std": float(np.std(finite)) if finite else float("nan"),
+        }
     if metric == "win_rate":  # the dense return as well: it moves where the win rate sits at 0 or 1
         ret = {k: score(r["episodes"], "return") for k, r in zip(value, rows, strict=True)}
-        summary["also"] = {"metric": "return", **{
-            strategy: [{"p_loss": p, "mean": float(np.mean([ret[(strategy, p, s)] for s in seeds])),
-                        "std": float(np.std([ret[(strategy, p, s)] for s in seeds]))} for p in p_loss]
-            for strategy in result["strategies"]}}
+        summary["also"] = {
+            "metric": "return",
+            **{
+                strategy: [
+                    {
+                        "p_loss": p,
+                        "mean": float(np.mean([ret[(strategy, p, s)] for s in seeds])),
+                        "std": float(np.std([ret[(strategy, p, s)] for s in seeds])),
+                    }
+                    for p in p_loss
+                ]
+                for strategy in result["strategies"]
+            },
+        }
     result["summary"] = summary
     result["auc_range"] = [p_loss[0], p_loss[-1]]
     return result
@@ -329,8 +458,14 @@ def summarise(result: dict[str, Any]) -> dict[str, Any]:
 SWARM_RECON = {"world-model": "wm", "hold-last": "hold", "zero-fill": "zero"}
 
 
-def swarm_sweep(bundle: Path, result: dict[str, Any], out_dir: Path, *, transport: str = "ipc",
-                progress: Callable[[str, int], None] | None = None) -> list[dict[str, Any]]:
+def swarm_sweep(
+    bundle: Path,
+    result: dict[str, Any],
+    out_dir: Path,
+    *,
+    transport: str = "ipc",
+    progress: Callable[[str, int], None] | None = None,
+) -> list[dict[str, Any]]:
     """The same sweep through `rmio swarm launch` (real processes): one swarm per strategy, p_loss and seed
     family, on the same episode seeds; adds communication and latency. no-finetune has no swarm mode."""
     from rmio.runtime.launcher import Launcher, build_settings
@@ -341,10 +476,17 @@ def swarm_sweep(bundle: Path, result: dict[str, Any], out_dir: Path, *, transpor
         for p in result["p_loss"]:
             per_seed, traffic, msgs, p50, p99, misses = [], [], [], [], [], 0
             for seed in range(result["seeds"]):
-                settings = build_settings(bundle, steps=result["episode_limit"], p_loss=p,
-                                          episodes=result["episodes"], seed=seed * SEED_STRIDE,
-                                          recon=SWARM_RECON[strategy], wm_mode=result["wm_mode"],
-                                          transport=transport, baselines=False)
+                settings = build_settings(
+                    bundle,
+                    steps=result["episode_limit"],
+                    p_loss=p,
+                    episodes=result["episodes"],
+                    seed=seed * SEED_STRIDE,
+                    recon=SWARM_RECON[strategy],
+                    wm_mode=result["wm_mode"],
+                    transport=transport,
+                    baselines=False,
+                )
                 if result["loss_model"] != "bernoulli":
                     settings.loss = {"model": result["loss_model"], "p_loss": p}
                 report = Launcher(settings, out_dir / f"{strategy}-p{p:g}-s{seed}").run()
@@ -358,11 +500,20 @@ def swarm_sweep(bundle: Path, result: dict[str, Any], out_dir: Path, *, transpor
                     p99.append(rnd["p99_ms"])
                 misses += int(report["events"].get("deadline_misses", 0))
                 tick(f"swarm {strategy}", 1)
-            rows.append({"strategy": strategy, "p_loss": p, "mean": float(np.mean(per_seed)),
-                         "std": float(np.std(per_seed)), "per_seed": per_seed,
-                         "bytes_per_step": float(np.mean(traffic)), "msgs_per_step": float(np.mean(msgs)),
-                         "round_p50_ms": float(np.mean(p50)) if p50 else None,
-                         "round_p99_ms": float(np.max(p99)) if p99 else None, "deadline_misses": misses})
+            rows.append(
+                {
+                    "strategy": strategy,
+                    "p_loss": p,
+                    "mean": float(np.mean(per_seed)),
+                    "std": float(np.std(per_seed)),
+                    "per_seed": per_seed,
+                    "bytes_per_step": float(np.mean(traffic)),
+                    "msgs_per_step": float(np.mean(msgs)),
+                    "round_p50_ms": float(np.mean(p50)) if p50 else None,
+                    "round_p99_ms": float(np.max(p99)) if p99 else None,
+                    "deadline_misses": misses,
+                }
+            )
     return rows
 
 
@@ -376,4 +527,3 @@ def swarm_auc(result: dict[str, Any]) -> dict[str, float]:
         if curve and curve[0][0] == 0.0:
             out[strategy] = auc([p for p, _ in curve], [v for _, v in curve], curve[0][1], random)
     return out
-

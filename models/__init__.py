@@ -14,7 +14,9 @@ def default_bundle() -> Path:
     """The bundle shipped in the package (``models/halfcheetah_6x1`` of the repository)."""
     path = HERE / DEFAULT_BUNDLE
     if not (path / "manifest.json").is_file():
-        raise RmioError(f"the default bundle is missing from {path}; pass a bundle directory to `rmio demo`")
+        raise RmioError(
+            f"the default bundle is missing from {path}; pass a bundle directory to `rmio demo`"
+        )
     return path
 
 
@@ -29,11 +31,15 @@ def find_bundle(name_or_path: str | Path) -> Path:
     path = Path(name_or_path)
     if path.is_dir():
         return path
-    name = path.name if path.parts[:1] == ("models",) and len(path.parts) == 2 else str(name_or_path)
+    name = (
+        path.name if path.parts[:1] == ("models",) and len(path.parts) == 2 else str(name_or_path)
+    )
     if name in shipped_bundles():
         return HERE / name
-    raise RmioError(f"no bundle '{name_or_path}': not a directory here, and not a shipped bundle "
-                    f"(shipped: {', '.join(shipped_bundles())}; `rmio models` lists them)")
+    raise RmioError(
+        f"no bundle '{name_or_path}': not a directory here, and not a shipped bundle "
+        f"(shipped: {', '.join(shipped_bundles())}; `rmio models` lists them)"
+    )
 
 
 def resolve_model_path(path: str | Path) -> Path:

@@ -28,21 +28,40 @@ def config_options(default: str | None = None) -> Callable:
 
     def decorate(fn: Callable) -> Callable:
         @click.argument("config", required=default is None, default=default)
-        @click.option("--debug", is_flag=True, help="Apply the config's tiny `debug` preset (what CI runs).")
-        @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
-                      help="Override one key, e.g. --set loss.p_loss=0.3 (repeatable).")
+        @click.option(
+            "--debug", is_flag=True, help="Apply the config's tiny `debug` preset (what CI runs)."
+        )
+        @click.option(
+            "--set",
+            "overrides",
+            multiple=True,
+            metavar="KEY=VALUE",
+            help="Override one key, e.g. --set loss.p_loss=0.3 (repeatable).",
+        )
         @click.option("--seed", type=int, default=None, help="Shortcut for --set run.seed=N.")
-        @click.option("--algo", default=None, metavar="NAME",
-                      help="Method variant: rmiov2, gawm, rmiov2-no-obs-fusion, rmiov2-no-action-fusion, "
-                           "rmiov2-no-fusion.")
+        @click.option(
+            "--algo",
+            default=None,
+            metavar="NAME",
+            help="Method variant: rmiov2, gawm, rmiov2-no-obs-fusion, rmiov2-no-action-fusion, "
+            "rmiov2-no-fusion.",
+        )
         @functools.wraps(fn)
-        def wrapper(config: str, debug: bool, overrides: tuple[str, ...], seed: int | None, algo: str | None,
-                    **kwargs: Any) -> Any:
+        def wrapper(
+            config: str,
+            debug: bool,
+            overrides: tuple[str, ...],
+            seed: int | None,
+            algo: str | None,
+            **kwargs: Any,
+        ) -> Any:
             from rmio.config import load_config
 
             if seed is not None:
                 overrides = (*overrides, f"run.seed={seed}")
-            cfg = load_config(config, preset="debug" if debug else None, overrides=overrides, algo=algo)
+            cfg = load_config(
+                config, preset="debug" if debug else None, overrides=overrides, algo=algo
+            )
             if "algo" in inspect.signature(fn).parameters:
                 kwargs["algo"] = algo
             return fn(cfg=cfg, **kwargs)
@@ -90,16 +109,29 @@ def models() -> None:
         table.add_column(col)
     for name in shipped_bundles():
         man = load_manifest(find_bundle(name))
-        table.add_row(name, man.spec.name, str(man.spec.n_agents), str(man.history_window),
-                      ", ".join(man.files.values()))
+        table.add_row(
+            name,
+            man.spec.name,
+            str(man.spec.n_agents),
+            str(man.history_window),
+            ", ".join(man.files.values()),
+        )
     console.print(table)
 
 
 def _availability(family: str) -> str:
-    probe = {"mamujoco": "gymnasium_robotics", "smax": "jaxmarl", "lbf": "lbforaging", "smac": "smac"}[family]
+    probe = {
+        "mamujoco": "gymnasium_robotics",
+        "smax": "jaxmarl",
+        "lbf": "lbforaging",
+        "smac": "smac",
+    }[family]
     if importlib.util.find_spec(probe) is None:
-        return {"smax": "no: install extra [smax]", "lbf": "no: install extra [lbf]",
-                "smac": "no: oxwhirl/smac + StarCraft II"}.get(family, "no")
+        return {
+            "smax": "no: install extra [smax]",
+            "lbf": "no: install extra [lbf]",
+            "smac": "no: oxwhirl/smac + StarCraft II",
+        }.get(family, "no")
     if family == "smac":
         try:
             importlib.import_module("smac.env")
@@ -123,16 +155,30 @@ def config_show(cfg: Any) -> None:
 
 @cli.command()
 @config_options()
-@click.option("--out", type=click.Path(path_type=Path), default=None,
-              help="Output .npz file (default: a new run directory under run.runs_dir).")
-@click.option("--steps", type=click.IntRange(min=1), default=None,
-              help="Environment steps (default run.collect_steps).")
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Output .npz file (default: a new run directory under run.runs_dir).",
+)
+@click.option(
+    "--steps",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Environment steps (default run.collect_steps).",
+)
 def collect(cfg: Any, out: Path | None, steps: int | None) -> None:
     """Collect real trajectories with a uniform random policy under the config's loss model.
 
     Writes a trajectory buffer (.npz) that world-model training reads, and the resolved config next to it.
     """
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
 
     from rmio.config import save_config
     from rmio.envs.collect import collect as run_collect
@@ -141,12 +187,25 @@ def collect(cfg: Any, out: Path | None, steps: int | None) -> None:
     steps = steps or cfg.run.collect_steps
     if out is None:
         out = new_run_dir(cfg, "collect") / "trajectories.npz"
-    with Progress(TextColumn("collecting"), BarColumn(), MofNCompleteColumn(), TextColumn("env steps"),
-                  TimeRemainingColumn(), console=console, transient=True) as bar:
+    with Progress(
+        TextColumn("collecting"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("env steps"),
+        TimeRemainingColumn(),
+        console=console,
+        transient=True,
+    ) as bar:
         task = bar.add_task("collect", total=steps)
-        buf, stats = run_collect(cfg.env, cfg.loss, steps=steps, num_envs=cfg.run.num_envs,
-                                 vector_mode=cfg.run.vector_mode, seed=cfg.run.seed,
-                                 progress=lambda n: bar.advance(task, n))
+        buf, stats = run_collect(
+            cfg.env,
+            cfg.loss,
+            steps=steps,
+            num_envs=cfg.run.num_envs,
+            vector_mode=cfg.run.vector_mode,
+            seed=cfg.run.seed,
+            progress=lambda n: bar.advance(task, n),
+        )
     buf.meta["config_hash"] = cfg.digest()
     buf.save(out)
     save_config(cfg, out.parent)
@@ -162,13 +221,26 @@ def collect(cfg: Any, out: Path | None, steps: int | None) -> None:
 
 @cli.command()
 @click.argument("bundle", type=BUNDLE, required=False)
-@click.option("--p-loss", default="0,0.3,0.6", show_default=True, help="Comma-separated loss probabilities.")
-@click.option("--episodes", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Episodes per setting (seeds 0, 1, ...).")
-@click.option("--steps", type=click.IntRange(min=1), default=300, show_default=True, help="Steps per episode.")
-@click.option("--transport", type=click.Choice(["ipc", "tcp", "udp"]), default="ipc", show_default=True)
+@click.option(
+    "--p-loss", default="0,0.3,0.6", show_default=True, help="Comma-separated loss probabilities."
+)
+@click.option(
+    "--episodes",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Episodes per setting (seeds 0, 1, ...).",
+)
+@click.option(
+    "--steps", type=click.IntRange(min=1), default=300, show_default=True, help="Steps per episode."
+)
+@click.option(
+    "--transport", type=click.Choice(["ipc", "tcp", "udp"]), default="ipc", show_default=True
+)
 @click.option("--out", type=click.Path(path_type=Path), default=Path("results"), show_default=True)
-def demo(bundle: Path | None, p_loss: str, episodes: int, steps: int, transport: str, out: Path) -> None:
+def demo(
+    bundle: Path | None, p_loss: str, episodes: int, steps: int, transport: str, out: Path
+) -> None:
     """Launch the real swarm on the committed HalfCheetah 6x1 bundle under observation loss: world-model
     reconstruction against zero-fill, with return, AUC, bytes per step and reconstruction latency."""
     from rmio.cli_eval import parse_floats
@@ -189,44 +261,125 @@ def _swarm_run_options(fn: Callable) -> Callable:
     """Options shared by `swarm launch` and `swarm roster` (everything the processes must agree on)."""
     options = [
         click.argument("bundle", type=BUNDLE),
-        click.option("--scenario", default=None, help="Refuse the bundle unless it was made for this scenario."),
-        click.option("--agents", type=click.IntRange(min=1), default=None,
-                     help="Refuse the bundle unless it has this many agents."),
+        click.option(
+            "--scenario",
+            default=None,
+            help="Refuse the bundle unless it was made for this scenario.",
+        ),
+        click.option(
+            "--agents",
+            type=click.IntRange(min=1),
+            default=None,
+            help="Refuse the bundle unless it has this many agents.",
+        ),
         click.option("--episodes", type=click.IntRange(min=1), default=3, show_default=True),
-        click.option("--steps", type=click.IntRange(min=1), default=None,
-                     help="Steps per episode (default: the task's limit)."),
-        click.option("--seed", type=int, default=0, show_default=True, help="Episode k uses seed + k."),
-        click.option("--p-loss", type=click.FloatRange(0.0, 1.0), default=None,
-                     help="Bernoulli observation-loss probability."),
-        click.option("--loss-model", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
-                     help="YAML: a mapping of loss settings (model, p_loss, ...) or a list of schedule entries."),
-        click.option("--world-model", "world_model", type=click.Choice(["on-agent", "node"]), default="on-agent",
-                     show_default=True, help="Run the world model on the coordinating agent or on a wm-node."),
-        click.option("--recon", type=click.Choice(["wm", "zero", "hold"]), default="wm", show_default=True,
-                     help="Blind agents act on the world model's reconstruction, on zeros or on hold-last."),
-        click.option("--wm-mode", type=click.Choice(["window", "incremental"]), default="window", show_default=True,
-                     help="Replay the window every round, or continue the latent state across rounds."),
-        click.option("--stream-steps", type=click.IntRange(min=0), default=None,
-                     help="After a round, agents stream each new step to the coordinator for this many steps, "
-                          "so rounds need no GATHER (0: pull only) [the bundle's window]."),
-        click.option("--kill-agent", multiple=True, metavar="I@STEP",
-                     help="Fault injection: agent I SIGKILLs itself at global step STEP (repeatable)."),
-        click.option("--kill-coordinator", "kill_coordinator_at", type=click.IntRange(min=0), default=None,
-                     metavar="STEP", help="Fault injection: the coordinator SIGKILLs itself mid-round at/after STEP."),
-        click.option("--rejoin-after", "rejoin_after_s", type=float, default=None,
-                     help="Seconds before a killed agent is restarted (negative: never) [0.5]."),
-        click.option("--transport", type=click.Choice(["ipc", "tcp", "udp"]), default="ipc", show_default=True,
-                     help="ZeroMQ over Unix sockets or tcp, or one UDP datagram per message (fewest wake-ups)."),
-        click.option("--step-deadline-ms", type=click.FloatRange(min=1.0), default=None,
-                     help="The env host's wait for actions [100]."),
-        click.option("--rate", "rate_hz", type=click.FloatRange(min=0.0), default=None,
-                     help="Env steps per second (0: as fast as the agents act) [0]."),
+        click.option(
+            "--steps",
+            type=click.IntRange(min=1),
+            default=None,
+            help="Steps per episode (default: the task's limit).",
+        ),
+        click.option(
+            "--seed", type=int, default=0, show_default=True, help="Episode k uses seed + k."
+        ),
+        click.option(
+            "--p-loss",
+            type=click.FloatRange(0.0, 1.0),
+            default=None,
+            help="Bernoulli observation-loss probability.",
+        ),
+        click.option(
+            "--loss-model",
+            type=click.Path(exists=True, dir_okay=False, path_type=Path),
+            default=None,
+            help="YAML: a mapping of loss settings (model, p_loss, ...) or a list of schedule entries.",
+        ),
+        click.option(
+            "--world-model",
+            "world_model",
+            type=click.Choice(["on-agent", "node"]),
+            default="on-agent",
+            show_default=True,
+            help="Run the world model on the coordinating agent or on a wm-node.",
+        ),
+        click.option(
+            "--recon",
+            type=click.Choice(["wm", "zero", "hold"]),
+            default="wm",
+            show_default=True,
+            help="Blind agents act on the world model's reconstruction, on zeros or on hold-last.",
+        ),
+        click.option(
+            "--wm-mode",
+            type=click.Choice(["window", "incremental"]),
+            default="window",
+            show_default=True,
+            help="Replay the window every round, or continue the latent state across rounds.",
+        ),
+        click.option(
+            "--stream-steps",
+            type=click.IntRange(min=0),
+            default=None,
+            help="After a round, agents stream each new step to the coordinator for this many steps, "
+            "so rounds need no GATHER (0: pull only) [the bundle's window].",
+        ),
+        click.option(
+            "--kill-agent",
+            multiple=True,
+            metavar="I@STEP",
+            help="Fault injection: agent I SIGKILLs itself at global step STEP (repeatable).",
+        ),
+        click.option(
+            "--kill-coordinator",
+            "kill_coordinator_at",
+            type=click.IntRange(min=0),
+            default=None,
+            metavar="STEP",
+            help="Fault injection: the coordinator SIGKILLs itself mid-round at/after STEP.",
+        ),
+        click.option(
+            "--rejoin-after",
+            "rejoin_after_s",
+            type=float,
+            default=None,
+            help="Seconds before a killed agent is restarted (negative: never) [0.5].",
+        ),
+        click.option(
+            "--transport",
+            type=click.Choice(["ipc", "tcp", "udp"]),
+            default="ipc",
+            show_default=True,
+            help="ZeroMQ over Unix sockets or tcp, or one UDP datagram per message (fewest wake-ups).",
+        ),
+        click.option(
+            "--step-deadline-ms",
+            type=click.FloatRange(min=1.0),
+            default=None,
+            help="The env host's wait for actions [100].",
+        ),
+        click.option(
+            "--rate",
+            "rate_hz",
+            type=click.FloatRange(min=0.0),
+            default=None,
+            help="Env steps per second (0: as fast as the agents act) [0].",
+        ),
         click.option("--heartbeat-ms", type=click.FloatRange(min=1.0), default=None, help="[100]"),
-        click.option("--liveness", type=click.IntRange(min=1), default=None,
-                     help="Heartbeat intervals of silence before a peer is dead [3]."),
-        click.option("--baselines/--no-baselines", default=True, show_default=True,
-                     help="Also evaluate in-process with the world model, zero-fill and hold-last."),
-        click.option("--record", is_flag=True, help="Write per-process step records next to the report."),
+        click.option(
+            "--liveness",
+            type=click.IntRange(min=1),
+            default=None,
+            help="Heartbeat intervals of silence before a peer is dead [3].",
+        ),
+        click.option(
+            "--baselines/--no-baselines",
+            default=True,
+            show_default=True,
+            help="Also evaluate in-process with the world model, zero-fill and hold-last.",
+        ),
+        click.option(
+            "--record", is_flag=True, help="Write per-process step records next to the report."
+        ),
     ]
     for option in reversed(options):
         fn = option(fn)
@@ -251,10 +404,20 @@ def swarm_launch(out: Path, **options: Any) -> None:
 
 @swarm.command("roster")
 @_swarm_run_options
-@click.option("--host", default="127.0.0.1", show_default=True, help="Host written for every role (edit after).")
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Host written for every role (edit after).",
+)
 @click.option("--base-port", type=click.IntRange(1024, 65000), default=5550, show_default=True)
-@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), default=Path("roster.yaml"),
-              show_default=True)
+@click.option(
+    "--output",
+    "-o",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=Path("roster.yaml"),
+    show_default=True,
+)
 def swarm_roster(host: str, base_port: int, output: Path, **options: Any) -> None:
     """Write a roster for a run across machines and print the command that starts each role."""
     from rmio.runtime.launcher import build_settings, write_roster
@@ -278,8 +441,12 @@ def _run_role(role: str, name: str, roster: Path) -> None:
     sys.exit(code)
 
 
-_ROSTER = click.option("--roster", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True,
-                       help="Roster file naming every role's endpoint (see `rmio swarm roster`).")
+_ROSTER = click.option(
+    "--roster",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    required=True,
+    help="Roster file naming every role's endpoint (see `rmio swarm roster`).",
+)
 
 
 @swarm.command("env-host")

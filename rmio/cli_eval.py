@@ -22,10 +22,22 @@ def parse_floats(text: str) -> list[float]:
     return values
 
 
-def run_robustness(target: Path, *, p_loss: list[float], episodes: int, seeds: int, strategies: list[str],
-                   out: Path, console: Any, swarm: bool = False, wm_mode: str = "window",
-                   loss_model: str = "bernoulli", episode_limit: int | None = None,
-                   transport: str = "ipc", quiet: bool = False) -> dict[str, Any]:
+def run_robustness(
+    target: Path,
+    *,
+    p_loss: list[float],
+    episodes: int,
+    seeds: int,
+    strategies: list[str],
+    out: Path,
+    console: Any,
+    swarm: bool = False,
+    wm_mode: str = "window",
+    loss_model: str = "bernoulli",
+    episode_limit: int | None = None,
+    transport: str = "ipc",
+    quiet: bool = False,
+) -> dict[str, Any]:
     """Sweep in-process (and through the swarm), write JSON / markdown / PNG into ``out``, print the table."""
     from rich.markdown import Markdown
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -35,19 +47,38 @@ def run_robustness(target: Path, *, p_loss: list[float], episodes: int, seeds: i
 
     bundle = robustness.resolve_bundle(target, console)
     runs = seeds * (1 + len(set(p_loss)) * len(strategies))
-    swarm_runs = seeds * len(set(p_loss)) * len([s for s in strategies if s in robustness.SWARM_RECON])
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  TextColumn("{task.fields[what]}"), console=console, transient=True) as bar:
+    swarm_runs = (
+        seeds * len(set(p_loss)) * len([s for s in strategies if s in robustness.SWARM_RECON])
+    )
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[what]}"),
+        console=console,
+        transient=True,
+    ) as bar:
         task = bar.add_task("robustness sweep", total=runs + (swarm_runs if swarm else 0), what="")
 
         def tick(what: str, k: int) -> None:
             bar.update(task, advance=k, what=what)
 
-        result = robustness.sweep(bundle, p_loss=p_loss, episodes=episodes, seeds=seeds, strategies=strategies,
-                                  loss_model=loss_model, wm_mode=wm_mode, episode_limit=episode_limit, progress=tick)
+        result = robustness.sweep(
+            bundle,
+            p_loss=p_loss,
+            episodes=episodes,
+            seeds=seeds,
+            strategies=strategies,
+            loss_model=loss_model,
+            wm_mode=wm_mode,
+            episode_limit=episode_limit,
+            progress=tick,
+        )
         if swarm:
-            result["swarm"] = robustness.swarm_sweep(bundle, result, out / "swarm", transport=transport,
-                                                     progress=tick)
+            result["swarm"] = robustness.swarm_sweep(
+                bundle, result, out / "swarm", transport=transport, progress=tick
+            )
     paths = robustness_report.write(result, out)
     if not quiet:
         console.print(Markdown(robustness_report.markdown(result)))
@@ -58,29 +89,87 @@ def run_robustness(target: Path, *, p_loss: list[float], episodes: int, seeds: i
 def register(eval_group: click.Group) -> None:
     @eval_group.command("robustness")
     @click.argument("target", metavar="BUNDLE_OR_RUN", type=BUNDLE_OR_RUN)
-    @click.option("--p-loss", default=",".join(f"{p:g}" for p in DEFAULT_P_LOSS), show_default=True,
-                  help="Comma-separated observation-loss probabilities.")
-    @click.option("--episodes", type=click.IntRange(min=1), default=5, show_default=True,
-                  help="Episodes per seed family (stepped in parallel).")
-    @click.option("--seeds", type=click.IntRange(min=1), default=3, show_default=True, help="Seed families.")
-    @click.option("--strategies", default="world-model,hold-last,zero-fill", show_default=True,
-                  help="Comma-separated: world-model, hold-last, zero-fill, no-finetune.")
-    @click.option("--wm-mode", type=click.Choice(["window", "incremental"]), default="window", show_default=True,
-                  help="Replay the l-step window every step (as the swarm) or continue the latent chain.")
-    @click.option("--loss-model", type=click.Choice(["bernoulli", "burst"]), default="bernoulli", show_default=True)
-    @click.option("--steps", type=click.IntRange(min=1), default=None, help="Episode length (default: the env's).")
+    @click.option(
+        "--p-loss",
+        default=",".join(f"{p:g}" for p in DEFAULT_P_LOSS),
+        show_default=True,
+        help="Comma-separated observation-loss probabilities.",
+    )
+    @click.option(
+        "--episodes",
+        type=click.IntRange(min=1),
+        default=5,
+        show_default=True,
+        help="Episodes per seed family (stepped in parallel).",
+    )
+    @click.option(
+        "--seeds", type=click.IntRange(min=1), default=3, show_default=True, help="Seed families."
+    )
+    @click.option(
+        "--strategies",
+        default="world-model,hold-last,zero-fill",
+        show_default=True,
+        help="Comma-separated: world-model, hold-last, zero-fill, no-finetune.",
+    )
+    @click.option(
+        "--wm-mode",
+        type=click.Choice(["window", "incremental"]),
+        default="window",
+        show_default=True,
+        help="Replay the l-step window every step (as the swarm) or continue the latent chain.",
+    )
+    @click.option(
+        "--loss-model",
+        type=click.Choice(["bernoulli", "burst"]),
+        default="bernoulli",
+        show_default=True,
+    )
+    @click.option(
+        "--steps",
+        type=click.IntRange(min=1),
+        default=None,
+        help="Episode length (default: the env's).",
+    )
     @click.option("--swarm", is_flag=True, help="Also run the sweep through real swarm processes.")
-    @click.option("--transport", type=click.Choice(["ipc", "tcp"]), default="ipc", show_default=True)
-    @click.option("--out", type=click.Path(path_type=Path), default=None,
-                  help="Results folder (default: results/robustness-<scenario>).")
-    def robustness_cmd(target: Path, p_loss: str, episodes: int, seeds: int, strategies: str, wm_mode: str,
-                       loss_model: str, steps: int | None, swarm: bool, transport: str, out: Path | None) -> None:
+    @click.option(
+        "--transport", type=click.Choice(["ipc", "tcp"]), default="ipc", show_default=True
+    )
+    @click.option(
+        "--out",
+        type=click.Path(path_type=Path),
+        default=None,
+        help="Results folder (default: results/robustness-<scenario>).",
+    )
+    def robustness_cmd(
+        target: Path,
+        p_loss: str,
+        episodes: int,
+        seeds: int,
+        strategies: str,
+        wm_mode: str,
+        loss_model: str,
+        steps: int | None,
+        swarm: bool,
+        transport: str,
+        out: Path | None,
+    ) -> None:
         """Return (win rate on SMAX/SMAC) against p_loss per strategy, with AUC; JSON, markdown and a PNG."""
         from rmio.console import console
 
         names = [s.strip() for s in strategies.split(",") if s.strip()]
         if out is None:
             out = Path("results") / f"robustness-{target.resolve().name}"
-        run_robustness(target, p_loss=parse_floats(p_loss), episodes=episodes, seeds=seeds, strategies=names,
-                       out=out, console=console, swarm=swarm, wm_mode=wm_mode, loss_model=loss_model,
-                       episode_limit=steps, transport=transport)
+        run_robustness(
+            target,
+            p_loss=parse_floats(p_loss),
+            episodes=episodes,
+            seeds=seeds,
+            strategies=names,
+            out=out,
+            console=console,
+            swarm=swarm,
+            wm_mode=wm_mode,
+            loss_model=loss_model,
+            episode_limit=steps,
+            transport=transport,
+        )

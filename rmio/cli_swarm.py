@@ -19,19 +19,26 @@ def run_launch(settings: SwarmSettings, out_root: Path, console: Any) -> dict[st
     from rich.text import Text
 
     run_dir = Path(out_root) / f"swarm-{time.strftime('%Y%m%d-%H%M%S')}"
-    console.print(f"[bold]rmio swarm[/]: {settings.env.get('scenario')} with {settings.n_agents} agent processes, "
-                  f"loss {settings.loss}, world model {settings.world_model}, transport {settings.transport}")
+    console.print(
+        f"[bold]rmio swarm[/]: {settings.env.get('scenario')} with {settings.n_agents} agent processes, "
+        f"loss {settings.loss}, world model {settings.world_model}, transport {settings.transport}"
+    )
     line = Text("starting processes...")
     with Live(line, console=console, transient=True, refresh_per_second=8) as live:
+
         def on_status(st: dict[str, Any]) -> None:
             if st.get("phase") == "report":
                 live.update(Text("collecting statistics..."))
                 return
-            text = (f"episode {st['episode']} step {st['step']}  return {st['return']:.2f}  blind {st['blind']}  "
-                    f"dead {st['dead']}  coordinator a{st['coordinator']} (epoch {st['epoch']})  "
-                    f"{st['msgs_per_step']:.1f} msgs/step")
+            text = (
+                f"episode {st['episode']} step {st['step']}  return {st['return']:.2f}  blind {st['blind']}  "
+                f"dead {st['dead']}  coordinator a{st['coordinator']} (epoch {st['epoch']})  "
+                f"{st['msgs_per_step']:.1f} msgs/step"
+            )
             if st.get("done"):
-                live.console.print(f"episode {st['episode']}: return {st['return']:.2f} in {st['step']} steps")
+                live.console.print(
+                    f"episode {st['episode']}: return {st['return']:.2f} in {st['step']} steps"
+                )
             live.update(Text(text))
 
         report = Launcher(settings, run_dir, on_status=on_status).run()
@@ -52,17 +59,35 @@ def print_summary(report: dict[str, Any], console: Any) -> None:
     table.add_row("mean return (swarm)", f"{report['mean_return']:.2f}")
     for name, row in (report.get("baselines") or {}).items():
         table.add_row(f"mean return (in-process {name})", f"{row['mean_return']:.2f}")
-    proto = report["traffic_by_category"].get("protocol", {"msgs_per_step": 0.0, "bytes_per_step": 0.0})
-    live = report["traffic_by_category"].get("liveness", {"msgs_per_step": 0.0, "bytes_per_step": 0.0})
+    proto = report["traffic_by_category"].get(
+        "protocol", {"msgs_per_step": 0.0, "bytes_per_step": 0.0}
+    )
+    live = report["traffic_by_category"].get(
+        "liveness", {"msgs_per_step": 0.0, "bytes_per_step": 0.0}
+    )
     base = report["centralised_baseline"]
-    table.add_row("protocol msgs / bytes per step", f"{proto['msgs_per_step']:.2f} / {proto['bytes_per_step']:.0f}")
-    table.add_row("heartbeat msgs / bytes per step", f"{live['msgs_per_step']:.2f} / {live['bytes_per_step']:.0f}")
-    table.add_row("centralised baseline msgs / bytes per step", f"{base['msgs_per_step']:.0f} / "
-                  f"{base['bytes_per_step']:.0f}")
+    table.add_row(
+        "protocol msgs / bytes per step",
+        f"{proto['msgs_per_step']:.2f} / {proto['bytes_per_step']:.0f}",
+    )
+    table.add_row(
+        "heartbeat msgs / bytes per step",
+        f"{live['msgs_per_step']:.2f} / {live['bytes_per_step']:.0f}",
+    )
+    table.add_row(
+        "centralised baseline msgs / bytes per step",
+        f"{base['msgs_per_step']:.0f} / {base['bytes_per_step']:.0f}",
+    )
     for name, row in report["latency"].items():
         if row["n"]:
             table.add_row(f"{name} p50 / p99 ms", f"{row['p50_ms']:.2f} / {row['p99_ms']:.2f}")
     ev = report["events"]
-    for key in ("deadline_misses", "agents.recon_miss", "elections", "coordinator_changes_seen", "agent_rejoins"):
+    for key in (
+        "deadline_misses",
+        "agents.recon_miss",
+        "elections",
+        "coordinator_changes_seen",
+        "agent_rejoins",
+    ):
         table.add_row(key, str(ev.get(key, 0)))
     console.print(table)

@@ -24,9 +24,15 @@ def _console():
     return console
 
 
-device_option = click.option("--device", default="cpu", show_default=True, help="cpu or cuda (cuda:N).")
-run_dir_option = click.option("--run-dir", type=click.Path(path_type=Path), default=None,
-                              help="Run directory; an existing one is resumed (default: a new one under run.runs_dir).")
+device_option = click.option(
+    "--device", default="cpu", show_default=True, help="cpu or cuda (cuda:N)."
+)
+run_dir_option = click.option(
+    "--run-dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Run directory; an existing one is resumed (default: a new one under run.runs_dir).",
+)
 
 
 @click.group()
@@ -34,7 +40,9 @@ def train() -> None:
     """Train world models (and, later, policies)."""
 
 
-def _start_run(cfg: Any, run_dir: Path | None, algo: str, device: str, module: str, function: str) -> None:
+def _start_run(
+    cfg: Any, run_dir: Path | None, algo: str, device: str, module: str, function: str
+) -> None:
     """New or resumed run directory, then the trainer ``module.function(cfg, run_dir, device, console)``."""
     import importlib
 
@@ -59,7 +67,14 @@ def register(cli: click.Group, config_options: Any) -> None:
 
         Re-running with the same --run-dir resumes from the last checkpoint.
         """
-        _start_run(cfg, run_dir, f"{algo or 'rmiov2'}-wm", device, "rmio.train.wm_train", "train_world_model")
+        _start_run(
+            cfg,
+            run_dir,
+            f"{algo or 'rmiov2'}-wm",
+            device,
+            "rmio.train.wm_train",
+            "train_world_model",
+        )
 
     @train.command("pretrain")
     @config_options()
@@ -83,9 +98,15 @@ def register(cli: click.Group, config_options: Any) -> None:
 
     @train.command("finetune")
     @click.argument("run_dir", type=click.Path(path_type=Path, exists=True, file_okay=False))
-    @click.option("--p-mask", type=click.FloatRange(0.0, 1.0), default=None,
-                  help="Masking probability per agent and step (default world_model.finetune.p_mask).")
-    @click.option("--updates", type=click.IntRange(min=1), default=None, help="Upper bound on updates.")
+    @click.option(
+        "--p-mask",
+        type=click.FloatRange(0.0, 1.0),
+        default=None,
+        help="Masking probability per agent and step (default world_model.finetune.p_mask).",
+    )
+    @click.option(
+        "--updates", type=click.IntRange(min=1), default=None, help="Upper bound on updates."
+    )
     @device_option
     def finetune(run_dir: Path, p_mask: float | None, updates: int | None, device: str) -> None:
         """Masked fine-tuning of a pre-trained world model (Algorithm 2, lines 20-27)."""
@@ -100,8 +121,12 @@ def register(cli: click.Group, config_options: Any) -> None:
 
     @eval_group.command("reconstruction")
     @click.argument("run_dir", type=click.Path(path_type=Path, exists=True, file_okay=False))
-    @click.option("--checkpoint", type=click.Choice(["finetune", "pretrain", "both"]), default="both",
-                  show_default=True)
+    @click.option(
+        "--checkpoint",
+        type=click.Choice(["finetune", "pretrain", "both"]),
+        default="both",
+        show_default=True,
+    )
     @device_option
     def reconstruction(run_dir: Path, checkpoint: str, device: str) -> None:
         """L_rec on held-out trajectories for every test-time p_mask, GPE, GCI, and the zero-fill and
@@ -116,16 +141,35 @@ def register(cli: click.Group, config_options: Any) -> None:
     register_robustness(eval_group)
 
     @click.command("export")
-    @click.argument("run_dir", type=click.Path(path_type=Path, exists=True, file_okay=False), required=False)
-    @click.option("--out", type=click.Path(path_type=Path), default=None,
-                  help="Bundle directory (default RUN_DIR/bundle).")
-    @click.option("--check", "check_dir", type=BUNDLE, default=None,
-                  help="Re-validate an existing bundle instead of exporting.")
-    @click.option("--policy", type=click.Path(path_type=Path, exists=True, dir_okay=False), default=None,
-                  help="Ship the actor of this policy.pt instead of RUN_DIR's own (same scenario).")
-    def export(run_dir: Path | None, out: Path | None, check_dir: Path | None, policy: Path | None) -> None:
+    @click.argument(
+        "run_dir", type=click.Path(path_type=Path, exists=True, file_okay=False), required=False
+    )
+    @click.option(
+        "--out",
+        type=click.Path(path_type=Path),
+        default=None,
+        help="Bundle directory (default RUN_DIR/bundle).",
+    )
+    @click.option(
+        "--check",
+        "check_dir",
+        type=BUNDLE,
+        default=None,
+        help="Re-validate an existing bundle instead of exporting.",
+    )
+    @click.option(
+        "--policy",
+        type=click.Path(path_type=Path, exists=True, dir_okay=False),
+        default=None,
+        help="Ship the actor of this policy.pt instead of RUN_DIR's own (same scenario).",
+    )
+    def export(
+        run_dir: Path | None, out: Path | None, check_dir: Path | None, policy: Path | None
+    ) -> None:
         """Export the (fine-tuned) world model as a one-step ONNX graph plus manifest, checked against PyTorch."""
-        if check_dir is not None:  # onnxruntime alone: a deployment can check a bundle without torch
+        if (
+            check_dir is not None
+        ):  # onnxruntime alone: a deployment can check a bundle without torch
             from rmio.runtime.validate import check_bundle
 
             _console().print(check_bundle(check_dir))
@@ -139,9 +183,15 @@ def register(cli: click.Group, config_options: Any) -> None:
 
     @click.command("ablate")
     @click.argument("sweep")
-    @click.option("--debug", is_flag=True, help="The scenario's tiny debug preset for every variant.")
-    @click.option("--out", type=click.Path(path_type=Path), default=None,
-                  help="Sweep directory (default runs/ablation-<sweep name>); re-run to resume.")
+    @click.option(
+        "--debug", is_flag=True, help="The scenario's tiny debug preset for every variant."
+    )
+    @click.option(
+        "--out",
+        type=click.Path(path_type=Path),
+        default=None,
+        help="Sweep directory (default runs/ablation-<sweep name>); re-run to resume.",
+    )
     @device_option
     def ablate(sweep: str, debug: bool, out: Path | None, device: str) -> None:
         """Run an ablation table (configs/ablations: fusion_halfcheetah_6x1, p_mask_halfcheetah_6x1, or a YAML):
@@ -149,16 +199,35 @@ def register(cli: click.Group, config_options: Any) -> None:
         _require_torch()
         from rmio.train.ablation import run_ablation
 
-        run_ablation(Path(sweep), out or Path("runs") / f"ablation-{Path(sweep).stem}", debug, _console(), device)
+        run_ablation(
+            Path(sweep),
+            out or Path("runs") / f"ablation-{Path(sweep).stem}",
+            debug,
+            _console(),
+            device,
+        )
 
     cli.add_command(ablate)
 
     @click.command("plot")
-    @click.argument("run_dirs", nargs=-1, required=True,
-                    type=click.Path(path_type=Path, exists=True, file_okay=False))
-    @click.option("--out", type=click.Path(path_type=Path), default=Path("learning_curves.png"), show_default=True)
-    @click.option("--metric", type=click.Choice(["return_mean", "win_rate"]), default="return_mean",
-                  show_default=True)
+    @click.argument(
+        "run_dirs",
+        nargs=-1,
+        required=True,
+        type=click.Path(path_type=Path, exists=True, file_okay=False),
+    )
+    @click.option(
+        "--out",
+        type=click.Path(path_type=Path),
+        default=Path("learning_curves.png"),
+        show_default=True,
+    )
+    @click.option(
+        "--metric",
+        type=click.Choice(["return_mean", "win_rate"]),
+        default="return_mean",
+        show_default=True,
+    )
     def plot(run_dirs: tuple[Path, ...], out: Path, metric: str) -> None:
         """Overlay the learning curves (evaluation metric vs real environment steps) of several runs."""
         from rmio.errors import RmioError

@@ -97,7 +97,9 @@ class Config:
 
 
 def builtin_config_names() -> list[str]:
-    return sorted(p.name[:-5] for p in resources.files("rmio.configs").iterdir() if p.name.endswith(".yaml"))
+    return sorted(
+        p.name[:-5] for p in resources.files("rmio.configs").iterdir() if p.name.endswith(".yaml")
+    )
 
 
 def resolve_config_path(name_or_path: str | Path) -> Path:
@@ -111,7 +113,9 @@ def resolve_config_path(name_or_path: str | Path) -> Path:
     if candidate.is_file():
         return Path(str(candidate))
     known = ", ".join(builtin_config_names())
-    raise ConfigError(f"unknown scenario config '{name_or_path}': give a YAML path or one of: {known}")
+    raise ConfigError(
+        f"unknown scenario config '{name_or_path}': give a YAML path or one of: {known}"
+    )
 
 
 def read_yaml(path: Path) -> dict[str, Any]:
@@ -119,7 +123,9 @@ def read_yaml(path: Path) -> dict[str, Any]:
     if raw is None:
         return {}
     if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping of sections, got {type(raw).__name__}")
+        raise ConfigError(
+            f"{path}: the top level must be a mapping of sections, got {type(raw).__name__}"
+        )
     return raw
 
 
@@ -161,8 +167,15 @@ def apply_override(raw: dict[str, Any], assignment: str, source: str = "--set") 
 # Typed validation
 
 
-_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false", list: "a list",
-          tuple: "a list", dict: "a mapping"}
+_NAMES = {
+    int: "an integer",
+    float: "a number",
+    str: "a string",
+    bool: "true or false",
+    list: "a list",
+    tuple: "a list",
+    dict: "a mapping",
+}
 
 
 def _type_name(tp: Any) -> str:
@@ -255,24 +268,37 @@ def _refuse_retired(raw: dict[str, Any], src: str) -> None:
 def validate(cfg: Config, src: str) -> None:
     """Checks that need more than types: ranges and names."""
     if cfg.env.family not in FAMILIES:
-        raise ConfigError(f"{src}: unknown env.family '{cfg.env.family}' (known: {', '.join(FAMILIES)})")
+        raise ConfigError(
+            f"{src}: unknown env.family '{cfg.env.family}' (known: {', '.join(FAMILIES)})"
+        )
     try:
         cfg.loss.validate()
     except ConfigError as exc:
         raise ConfigError(f"{src}: {exc}") from None
-    for key, value, low in (("run.num_envs", cfg.run.num_envs, 1), ("run.eval_episodes", cfg.run.eval_episodes, 1),
-                            ("run.collect_steps", cfg.run.collect_steps, 1), ("env.agent_obsk", cfg.env.agent_obsk, 0)):
+    for key, value, low in (
+        ("run.num_envs", cfg.run.num_envs, 1),
+        ("run.eval_episodes", cfg.run.eval_episodes, 1),
+        ("run.collect_steps", cfg.run.collect_steps, 1),
+        ("env.agent_obsk", cfg.env.agent_obsk, 0),
+    ):
         if value < low:
             raise ConfigError(f"{src}: {key} must be >= {low}, got {value}")
     fm = cfg.world_model
     if not 0.0 <= fm.finetune.p_mask <= 1.0:
-        raise ConfigError(f"{src}: world_model.finetune.p_mask must be in [0, 1], got {fm.finetune.p_mask}")
+        raise ConfigError(
+            f"{src}: world_model.finetune.p_mask must be in [0, 1], got {fm.finetune.p_mask}"
+        )
     if fm.model.fusion_dim % fm.model.fusion_heads:
-        raise ConfigError(f"{src}: world_model.model.fusion_dim ({fm.model.fusion_dim}) must be divisible by "
-                          f"fusion_heads ({fm.model.fusion_heads})")
-    for key, value in (("world_model.train.updates", fm.train.updates), ("world_model.train.batch_size",
-                       fm.train.batch_size), ("world_model.train.seq_len", fm.train.seq_len),
-                       ("world_model.history_window", fm.history_window)):
+        raise ConfigError(
+            f"{src}: world_model.model.fusion_dim ({fm.model.fusion_dim}) must be divisible by "
+            f"fusion_heads ({fm.model.fusion_heads})"
+        )
+    for key, value in (
+        ("world_model.train.updates", fm.train.updates),
+        ("world_model.train.batch_size", fm.train.batch_size),
+        ("world_model.train.seq_len", fm.train.seq_len),
+        ("world_model.history_window", fm.history_window),
+    ):
         if value < 1:
             raise ConfigError(f"{src}: {key} must be >= 1, got {value}")
     if cfg.env.episode_limit is not None and cfg.env.episode_limit < 1:
@@ -299,14 +325,18 @@ def _preset_layers(preset: str, raw: dict[str, Any], own: Any, path: Path) -> li
     if shared is not None:
         body = read_yaml(shared)
         _refuse_retired(body, str(shared))
-        build_dataclass(Config, body, str(shared))  # unknown keys and wrong types name the preset's file
+        build_dataclass(
+            Config, body, str(shared)
+        )  # unknown keys and wrong types name the preset's file
         layers.append(body)
     if own is not None:
         if not isinstance(own, dict):
             raise ConfigError(f"{path}: preset '{preset}' must be a mapping of sections")
         layers.append(own)
     if not layers:
-        raise ConfigError(f"{path}: has no '{preset}' preset, and task family '{family}' has none either")
+        raise ConfigError(
+            f"{path}: has no '{preset}' preset, and task family '{family}' has none either"
+        )
     return layers
 
 
@@ -316,8 +346,14 @@ def _is_recorded(path: Path) -> bool:
         return f.readline().startswith(_RECORDED_HEADER)
 
 
-def load_config(name_or_path: str | Path, *, preset: str | None = None, overrides: tuple[str, ...] | list[str] = (),
-                schema: type = Config, algo: str | None = None) -> Config:
+def load_config(
+    name_or_path: str | Path,
+    *,
+    preset: str | None = None,
+    overrides: tuple[str, ...] | list[str] = (),
+    schema: type = Config,
+    algo: str | None = None,
+) -> Config:
     """Read, merge the preset, the algorithm variant and the overrides (in that order), validate.
 
     Every failure is one clear ConfigError.
@@ -340,8 +376,12 @@ def load_config(name_or_path: str | Path, *, preset: str | None = None, override
         apply_override(raw, assignment)
         apply_override(given, assignment)
     _refuse_retired(given, "--set")
-    src = (str(path) + (f" (preset {preset})" if preset else "") + (f" (algo {algo})" if algo else "")
-           + (" with --set overrides" if overrides else ""))
+    src = (
+        str(path)
+        + (f" (preset {preset})" if preset else "")
+        + (f" (algo {algo})" if algo else "")
+        + (" with --set overrides" if overrides else "")
+    )
     cfg = build_dataclass(schema, raw, src)
     validate(cfg, src)
     return cfg

@@ -19,8 +19,15 @@ from rich.table import Table
 from rmio.models import default_bundle
 
 
-def run_demo(bundle: Path | None, p_loss: list[float], episodes: int, steps: int, out_root: Path, console: Console,
-             transport: str = "ipc") -> dict[str, Any]:
+def run_demo(
+    bundle: Path | None,
+    p_loss: list[float],
+    episodes: int,
+    steps: int,
+    out_root: Path,
+    console: Console,
+    transport: str = "ipc",
+) -> dict[str, Any]:
     from rmio.cli_eval import run_robustness
     from rmio.evaluation.robustness import swarm_auc
     from rmio.runtime.bundle import load_manifest
@@ -29,36 +36,74 @@ def run_demo(bundle: Path | None, p_loss: list[float], episodes: int, steps: int
     manifest = load_manifest(bundle)
     out = Path(out_root) / f"demo-{time.strftime('%Y%m%d-%H%M%S')}"
     trained = manifest.budget.get("policy_env_steps")
-    console.print(f"[bold]rmio demo[/]: {manifest.spec.name}, {manifest.spec.n_agents} agent processes + env host, "
-                  f"bundle {bundle}" + (f" (policy trained on {trained} real env steps)" if trained else ""))
-    console.print(f"p_loss {', '.join(f'{p:g}' for p in p_loss)}; {episodes} episode(s) of {steps} steps per setting; "
-                  "world-model reconstruction vs zero-fill; every agent is its own OS process")
-    result = run_robustness(bundle, p_loss=p_loss, episodes=episodes, seeds=1, strategies=["world-model", "zero-fill"],
-                            out=out, console=console, swarm=True, episode_limit=steps, transport=transport,
-                            quiet=True)
+    console.print(
+        f"[bold]rmio demo[/]: {manifest.spec.name}, {manifest.spec.n_agents} agent processes + env host, "
+        f"bundle {bundle}" + (f" (policy trained on {trained} real env steps)" if trained else "")
+    )
+    console.print(
+        f"p_loss {', '.join(f'{p:g}' for p in p_loss)}; {episodes} episode(s) of {steps} steps per setting; "
+        "world-model reconstruction vs zero-fill; every agent is its own OS process"
+    )
+    result = run_robustness(
+        bundle,
+        p_loss=p_loss,
+        episodes=episodes,
+        seeds=1,
+        strategies=["world-model", "zero-fill"],
+        out=out,
+        console=console,
+        swarm=True,
+        episode_limit=steps,
+        transport=transport,
+        quiet=True,
+    )
     aucs = swarm_auc(result)
     result["swarm_auc"] = aucs
     _print_table(result, aucs, console)
-    console.print(f"results: {out}/robustness.md, robustness.png, robustness.json; one swarm report per run in "
-                  f"{out}/swarm/")
+    console.print(
+        f"results: {out}/robustness.md, robustness.png, robustness.json; one swarm report per run in "
+        f"{out}/swarm/"
+    )
     return result
 
 
 def _print_table(result: dict[str, Any], aucs: dict[str, float], console: Console) -> None:
     metric = result["metric"].replace("_", " ")
-    table = Table(title=f"{result['scenario']} through the swarm (random policy: "
-                        f"{result['summary']['random']['mean']:.1f})")
-    table.caption = (f"{metric}: the swarm's, and in-process on the same seeds and loss masks; bytes/step: protocol "
-                     "traffic between agents; round ms: reconstruction round p50/p99")
+    table = Table(
+        title=f"{result['scenario']} through the swarm (random policy: "
+        f"{result['summary']['random']['mean']:.1f})"
+    )
+    table.caption = (
+        f"{metric}: the swarm's, and in-process on the same seeds and loss masks; bytes/step: protocol "
+        "traffic between agents; round ms: reconstruction round p50/p99"
+    )
     for col in ("strategy", "p_loss", metric, "in-process", "bytes/step", "round ms"):
         table.add_column(col, justify="left" if col == "strategy" else "right", no_wrap=True)
-    curves = {s: {c["p_loss"]: c["mean"] for c in result["summary"][s]["curve"]} for s in result["strategies"]}
+    curves = {
+        s: {c["p_loss"]: c["mean"] for c in result["summary"][s]["curve"]}
+        for s in result["strategies"]
+    }
     for row in result["swarm"]:
-        lat = "-" if row["round_p50_ms"] is None else f"{row['round_p50_ms']:.1f}/{row['round_p99_ms']:.1f}"
-        table.add_row(row["strategy"], f"{row['p_loss']:g}", f"{row['mean']:.1f}",
-                      f"{curves[row['strategy']][row['p_loss']]:.1f}", f"{row['bytes_per_step']:.0f}", lat)
+        lat = (
+            "-"
+            if row["round_p50_ms"] is None
+            else f"{row['round_p50_ms']:.1f}/{row['round_p99_ms']:.1f}"
+        )
+        table.add_row(
+            row["strategy"],
+            f"{row['p_loss']:g}",
+            f"{row['mean']:.1f}",
+            f"{curves[row['strategy']][row['p_loss']]:.1f}",
+            f"{row['bytes_per_step']:.0f}",
+            lat,
+        )
     console.print(table)
     lo, hi = result["auc_range"]
-    parts = [f"{s} {aucs[s]:.1f}" if math.isfinite(aucs.get(s, math.nan)) else f"{s} n/a" for s in sorted(aucs)]
-    console.print(f"AUC over p_loss {lo:g}-{hi:g} (100 = no loss at all, 0 = random policy), swarm: "
-                  + ", ".join(parts))
+    parts = [
+        f"{s} {aucs[s]:.1f}" if math.isfinite(aucs.get(s, math.nan)) else f"{s} n/a"
+        for s in sorted(aucs)
+    ]
+    console.print(
+        f"AUC over p_loss {lo:g}-{hi:g} (100 = no loss at all, 0 = random policy), swarm: "
+        + ", ".join(parts)
+    )

@@ -56,8 +56,11 @@ class Compute:
         if coordinator:
             self.wm = WorldModelRunner(bundle)
             man, n = self.wm.manifest, self.wm.manifest.spec.n_agents
-            self.window = (np.zeros((1, n, man.spec.obs_dim), np.float32),
-                           np.zeros((1, n, man.spec.action_dim), np.float32), np.ones((1, n), np.float32))
+            self.window = (
+                np.zeros((1, n, man.spec.obs_dim), np.float32),
+                np.zeros((1, n, man.spec.action_dim), np.float32),
+                np.ones((1, n), np.float32),
+            )
             self.state = self.wm.initial_state(1)
 
     def act(self, obs: np.ndarray, i: int) -> None:
@@ -69,8 +72,14 @@ class Compute:
             self.state, _ = self.wm.replay(*self.window, self.state)
 
 
-def agent(name: str, env_endpoint: str, n: int, obs_dim: int, bundle: str | None = None,
-          transport: str = "tcp") -> None:
+def agent(
+    name: str,
+    env_endpoint: str,
+    n: int,
+    obs_dim: int,
+    bundle: str | None = None,
+    transport: str = "tcp",
+) -> None:
     node = make_node(name, transport)
     node.connect("env", env_endpoint)
     while not node.send("env", "REGISTER", role="agent", endpoint=node.endpoint, pid=0, inc=0):
@@ -78,7 +87,11 @@ def agent(name: str, env_endpoint: str, n: int, obs_dim: int, bundle: str | None
     i = int(name[1:])
     blind, coordinator = i == n - 1, i == 0
     compute = Compute(bundle, coordinator)
-    act, row, none = np.zeros(1, np.float32), np.zeros(obs_dim, np.float32), np.zeros((0, obs_dim), np.float32)
+    act, row, none = (
+        np.zeros(1, np.float32),
+        np.zeros(obs_dim, np.float32),
+        np.zeros((0, obs_dim), np.float32),
+    )
     pushes, own_step, rx_ns, rounds_ms = 0, -1, 0, []
     while True:
         for m in node.poll(5000):
@@ -98,21 +111,62 @@ def agent(name: str, env_endpoint: str, n: int, obs_dim: int, bundle: str | None
                     compute.act(m.arrays["obs"], i)
                 else:
                     obs = m.arrays["obs"][None] if m["seen"] else none
-                    node.send("a0", "HISTORY", {"obs": obs, "act": act[None]}, ep=0, step=t + 1, epoch=1,
-                              obs_from=t + 1, act_from=t, seen=[bool(m["seen"])], known=[True], push=True)
+                    node.send(
+                        "a0",
+                        "HISTORY",
+                        {"obs": obs, "act": act[None]},
+                        ep=0,
+                        step=t + 1,
+                        epoch=1,
+                        obs_from=t + 1,
+                        act_from=t,
+                        seen=[bool(m["seen"])],
+                        known=[True],
+                        push=True,
+                    )
                     if not blind:
                         compute.act(m.arrays["obs"], i)
-                        node.send("env", "ACTION", {"action": act}, ep=0, step=t, kind="obs", epoch=1, leader=0, tx=0)
+                        node.send(
+                            "env",
+                            "ACTION",
+                            {"action": act},
+                            ep=0,
+                            step=t,
+                            kind="obs",
+                            epoch=1,
+                            leader=0,
+                            tx=0,
+                        )
             elif m.type == "HISTORY":
                 pushes += 1
             elif m.type == "RECON":
                 rounds_ms.append((time.monotonic_ns() - rx_ns) / 1e6)
                 compute.act(m.arrays["obs"], i)
-                node.send("env", "ACTION", {"action": act}, ep=0, step=m["step"], kind="wm", epoch=1, leader=0, tx=0)
+                node.send(
+                    "env",
+                    "ACTION",
+                    {"action": act},
+                    ep=0,
+                    step=m["step"],
+                    kind="wm",
+                    epoch=1,
+                    leader=0,
+                    tx=0,
+                )
             if coordinator and own_step >= 0 and pushes == n - 1:
                 compute.reconstruct()
                 node.send(f"a{n - 1}", "RECON", {"obs": row}, ep=0, step=own_step, epoch=1, start=0)
-                node.send("env", "ACTION", {"action": act}, ep=0, step=own_step, kind="obs", epoch=1, leader=0, tx=0)
+                node.send(
+                    "env",
+                    "ACTION",
+                    {"action": act},
+                    ep=0,
+                    step=own_step,
+                    kind="obs",
+                    epoch=1,
+                    leader=0,
+                    tx=0,
+                )
                 own_step, pushes = -1, 0
 
 
@@ -143,8 +197,14 @@ class Observations:
         return self.obs
 
 
-def skeleton_round(n: int, steps: int, obs_dim: int = 17, warmup: int = 50,
-                   bundle: str | Path | None = None, transport: str = "tcp") -> dict[str, float]:
+def skeleton_round(
+    n: int,
+    steps: int,
+    obs_dim: int = 17,
+    warmup: int = 50,
+    bundle: str | Path | None = None,
+    transport: str = "tcp",
+) -> dict[str, float]:
     """Round p50/p99 (ms) at the blind agent and the steps per second of a free-running skeleton swarm;
     with ``bundle``, also doing the round's unavoidable compute; ``transport`` tcp (ZeroMQ) or udp."""
     bundle = None if bundle is None else str(bundle)
@@ -152,10 +212,27 @@ def skeleton_round(n: int, steps: int, obs_dim: int = 17, warmup: int = 50,
     obs_dim = source.obs.shape[1]
     extra = (["--bundle", bundle] if bundle is not None else []) + ["--transport", transport]
     env = make_node("env", transport)
-    procs = [subprocess.Popen([sys.executable, "-m", "rmio.skeleton", "--agent", f"a{i}", "--env", env.endpoint,
-                               "--agents", str(n), "--obs-dim", str(obs_dim), *extra],
-                              stdout=subprocess.PIPE, text=True)
-             for i in range(n)]
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "rmio.skeleton",
+                "--agent",
+                f"a{i}",
+                "--env",
+                env.endpoint,
+                "--agents",
+                str(n),
+                "--obs-dim",
+                str(obs_dim),
+                *extra,
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(n)
+    ]
     try:
         endpoints: dict[str, str] = {}
         deadline = time.monotonic() + 60
@@ -175,7 +252,16 @@ def skeleton_round(n: int, steps: int, obs_dim: int = 17, warmup: int = 50,
             obs = source.step()
             for i in range(n):
                 seen = i != n - 1
-                env.send(f"a{i}", "STEP", {"obs": obs[i]} if seen else None, ep=0, step=t, seq=t, seen=seen, dflt=False)
+                env.send(
+                    f"a{i}",
+                    "STEP",
+                    {"obs": obs[i]} if seen else None,
+                    ep=0,
+                    step=t,
+                    seq=t,
+                    seen=seen,
+                    dflt=False,
+                )
             got, wait_until = 0, time.monotonic() + 5
             while got < n and time.monotonic() < wait_until:
                 got += sum(m.type == "ACTION" for m in env.poll(1000))
@@ -191,8 +277,12 @@ def skeleton_round(n: int, steps: int, obs_dim: int = 17, warmup: int = 50,
             proc.wait(timeout=5)
         env.close()
         source.close()
-    return {"p50": float(np.percentile(rounds, 50)), "p99": float(np.percentile(rounds, 99)),
-            "steps_per_s": steps / elapsed, "rounds": len(rounds)}
+    return {
+        "p50": float(np.percentile(rounds, 50)),
+        "p99": float(np.percentile(rounds, 99)),
+        "steps_per_s": steps / elapsed,
+        "rounds": len(rounds),
+    }
 
 
 def main() -> None:
@@ -200,18 +290,26 @@ def main() -> None:
     parser.add_argument("--agents", type=int, default=6)
     parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--obs-dim", type=int, default=17)
-    parser.add_argument("--bundle", default=None, help="also run the bundle's actor, world model and environment")
-    parser.add_argument("--transport", choices=sorted(ENDPOINTS), default="tcp", help="ZeroMQ over tcp, or UDP")
+    parser.add_argument(
+        "--bundle", default=None, help="also run the bundle's actor, world model and environment"
+    )
+    parser.add_argument(
+        "--transport", choices=sorted(ENDPOINTS), default="tcp", help="ZeroMQ over tcp, or UDP"
+    )
     parser.add_argument("--agent", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--env", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.agent is not None:
         agent(args.agent, args.env, args.agents, args.obs_dim, args.bundle, args.transport)
         return
-    r = skeleton_round(args.agents, args.steps, args.obs_dim, bundle=args.bundle, transport=args.transport)
+    r = skeleton_round(
+        args.agents, args.steps, args.obs_dim, bundle=args.bundle, transport=args.transport
+    )
     what = (" with compute" if args.bundle else "") + f", {args.transport}"
-    print(f"{args.agents} agents{what}: skeleton round p50 {r['p50']:.2f} / p99 {r['p99']:.2f} ms, "
-          f"{r['steps_per_s']:.0f} steps/s")
+    print(
+        f"{args.agents} agents{what}: skeleton round p50 {r['p50']:.2f} / p99 {r['p99']:.2f} ms, "
+        f"{r['steps_per_s']:.0f} steps/s"
+    )
 
 
 if __name__ == "__main__":

@@ -9,7 +9,6 @@ model's do. Building one needs torch (the ``train`` extra); running one does not
 torch-free runtime.
 """
 
-
 from __future__ import annotations
 
 import warnings
@@ -22,7 +21,14 @@ from torch import nn
 
 from rmio.envs.base import EnvSpec
 from rmio.envs.registry import EnvConfig, make_env
-from rmio.runtime.bundle import ACTOR_OUTPUTS, SCHEMA_VERSION, WM_INPUTS, WM_OUTPUTS, Manifest, load_manifest
+from rmio.runtime.bundle import (
+    ACTOR_OUTPUTS,
+    SCHEMA_VERSION,
+    WM_INPUTS,
+    WM_OUTPUTS,
+    Manifest,
+    load_manifest,
+)
 from rmio.runtime.launcher import Launcher
 from rmio.runtime.settings import SwarmSettings, env_config_for
 
@@ -34,13 +40,17 @@ class TinyActor(nn.Module):
         super().__init__()
         self.spec = spec
         n, d = spec.n_agents, spec.obs_dim
-        self.net = nn.Sequential(nn.Linear(d + n, HIDDEN), nn.Tanh(), nn.Linear(HIDDEN, spec.action_dim))
+        self.net = nn.Sequential(
+            nn.Linear(d + n, HIDDEN), nn.Tanh(), nn.Linear(HIDDEN, spec.action_dim)
+        )
         self.register_buffer("ids", torch.arange(n))
         if not spec.discrete:
             self.register_buffer("low", torch.tensor(spec.action_low, dtype=torch.float32))
             self.register_buffer("high", torch.tensor(spec.action_high, dtype=torch.float32))
 
-    def forward(self, obs: torch.Tensor, agent_id: torch.Tensor, avail_actions: torch.Tensor | None = None):
+    def forward(
+        self, obs: torch.Tensor, agent_id: torch.Tensor, avail_actions: torch.Tensor | None = None
+    ):
         onehot = (agent_id[:, None] == self.ids[None, :]).float()
         out = self.net(torch.cat([obs, onehot], -1))
         if self.spec.discrete:
@@ -66,22 +76,38 @@ class TinyWorldModelStep(nn.Module):
         m = mask[..., None]
         norm = (obs - self.mean) / self.std * m
         shared = norm.sum(1, keepdim=True) / (m.sum(1, keepdim=True) + 1.0)
-        logits = self.post(torch.cat([norm, shared.expand(-1, n, -1), h_next, m], -1)).reshape(b, n, CATS, CLASSES)
+        logits = self.post(torch.cat([norm, shared.expand(-1, n, -1), h_next, m], -1)).reshape(
+            b, n, CATS, CLASSES
+        )
         z_next = (logits == logits.amax(-1, keepdim=True)).float().reshape(b, n, CATS * CLASSES)
         recon = self.dec(torch.cat([h_next, z_next], -1)) * self.std + self.mean
         return h_next, z_next, recon
 
 
-def _export(module: nn.Module, args: tuple, path: Path, inputs: list[str], outputs: list[str]) -> None:
+def _export(
+    module: nn.Module, args: tuple, path: Path, inputs: list[str], outputs: list[str]
+) -> None:
     axes = {name: {0: "batch"} for name in inputs + outputs}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(module, args, str(path), input_names=inputs, output_names=outputs, dynamic_axes=axes,
-                          opset_version=17, dynamo=False)
+        torch.onnx.export(
+            module,
+            args,
+            str(path),
+            input_names=inputs,
+            output_names=outputs,
+            dynamic_axes=axes,
+            opset_version=17,
+            dynamo=False,
+        )
 
 
-def make_tiny_bundle(out_dir: str | Path, scenario: str = "mamujoco/HalfCheetah-6x1", history_window: int = 8,
-                     seed: int = 0) -> Path:
+def make_tiny_bundle(
+    out_dir: str | Path,
+    scenario: str = "mamujoco/HalfCheetah-6x1",
+    history_window: int = 8,
+    seed: int = 0,
+) -> Path:
     """Build a randomly initialised bundle for a real scenario's spec; returns the bundle directory."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -110,12 +136,26 @@ def make_tiny_bundle(out_dir: str | Path, scenario: str = "mamujoco/HalfCheetah-
         actor_inputs.append("avail_actions")
     _export(actor, actor_args, out / "actor.onnx", actor_inputs, list(ACTOR_OUTPUTS))
     wm = TinyWorldModelStep(spec, act_width, mean, std).eval()
-    wm_args = (torch.zeros(batch, n, DETER), torch.zeros(batch, n, CATS * CLASSES), torch.zeros(batch, n, act_width),
-               torch.randn(batch, n, d), torch.ones(batch, n))
+    wm_args = (
+        torch.zeros(batch, n, DETER),
+        torch.zeros(batch, n, CATS * CLASSES),
+        torch.zeros(batch, n, act_width),
+        torch.randn(batch, n, d),
+        torch.ones(batch, n),
+    )
     _export(wm, wm_args, out / "wm_step.onnx", list(WM_INPUTS), list(WM_OUTPUTS))
-    Manifest(schema_version=SCHEMA_VERSION, spec=spec, history_window=history_window, deter=DETER,
-             stoch=CATS * CLASSES, act_width=act_width, obs_mean=mean.tolist(), obs_std=std.tolist(),
-             config={"fixture": "tiny_bundle", "seed": seed}, metrics={"trained": False}).save(out)
+    Manifest(
+        schema_version=SCHEMA_VERSION,
+        spec=spec,
+        history_window=history_window,
+        deter=DETER,
+        stoch=CATS * CLASSES,
+        act_width=act_width,
+        obs_mean=mean.tolist(),
+        obs_std=std.tolist(),
+        config={"fixture": "tiny_bundle", "seed": seed},
+        metrics={"trained": False},
+    ).save(out)
     return out
 
 
@@ -127,14 +167,21 @@ def tiny_bundle(cache: str | Path, scenario: str, window: int) -> Path:
     return out
 
 
-def swarm_settings(bundle: str | Path, out_dir: str | Path, *, steps: int = 40, **kw: Any) -> SwarmSettings:
+def swarm_settings(
+    bundle: str | Path, out_dir: str | Path, *, steps: int = 40, **kw: Any
+) -> SwarmSettings:
     """Settings for a short run of ``bundle`` (Bernoulli p_loss 0.3, one episode, no baselines unless given)."""
     man = load_manifest(bundle)
     kw.setdefault("loss", {"model": "bernoulli", "p_loss": 0.3})
     kw.setdefault("episodes", 1)
     kw.setdefault("baselines", False)
-    return SwarmSettings(bundle=str(bundle), n_agents=man.spec.n_agents, env=env_config_for(man, steps),
-                         out_dir=str(out_dir), **kw)
+    return SwarmSettings(
+        bundle=str(bundle),
+        n_agents=man.spec.n_agents,
+        env=env_config_for(man, steps),
+        out_dir=str(out_dir),
+        **kw,
+    )
 
 
 def run_swarm(settings: SwarmSettings, run_dir: str | Path) -> tuple[dict[str, Any], Launcher]:
@@ -148,5 +195,7 @@ def launch(bundle: str | Path, out: str | Path, *, steps: int = 200, **kw: Any) 
     returns its report."""
     man = load_manifest(bundle)
     kw.setdefault("baselines", False)
-    settings = SwarmSettings(bundle=str(bundle), n_agents=man.spec.n_agents, env=env_config_for(man, steps), **kw)
+    settings = SwarmSettings(
+        bundle=str(bundle), n_agents=man.spec.n_agents, env=env_config_for(man, steps), **kw
+    )
     return Launcher(settings, Path(out)).run()

@@ -59,7 +59,9 @@ class Manifest:
     """Width of an agent's action as the world model consumes it (one-hot size for discrete)."""
     obs_mean: list[list[float]]
     obs_std: list[list[float]]
-    files: dict[str, str] = field(default_factory=lambda: {"actor": "actor.onnx", "wm_step": "wm_step.onnx"})
+    files: dict[str, str] = field(
+        default_factory=lambda: {"actor": "actor.onnx", "wm_step": "wm_step.onnx"}
+    )
     config: dict[str, Any] = field(default_factory=dict)
     config_hash: str = ""
     budget: dict[str, Any] = field(default_factory=dict)
@@ -77,7 +79,9 @@ class Manifest:
         try:
             version = int(data["schema_version"])
             if version != SCHEMA_VERSION:
-                raise RmioError(f"{where}: schema version {version}, this rmio reads {SCHEMA_VERSION}")
+                raise RmioError(
+                    f"{where}: schema version {version}, this rmio reads {SCHEMA_VERSION}"
+                )
             fields = {k: v for k, v in data.items() if k != "spec"}
             man = cls(spec=EnvSpec.from_dict(data["spec"]), **fields)
         except (KeyError, TypeError, ValueError) as exc:
@@ -108,8 +112,12 @@ def load_manifest(bundle_dir: str | Path, expect_scenario: str | None = None) ->
         raise RmioError(f"{path}: not valid JSON ({exc})") from None
     man = Manifest.from_dict(data, str(path))
     if expect_scenario is not None and man.spec.name != expect_scenario:
-        raise RmioError(f"bundle '{bundle_dir}' was trained for {man.spec.name}, not {expect_scenario}")
+        raise RmioError(
+            f"bundle '{bundle_dir}' was trained for {man.spec.name}, not {expect_scenario}"
+        )
     for role, name in man.files.items():
         if not (bundle_dir / name).is_file():
-            raise RmioError(f"bundle '{bundle_dir}': the manifest names {role} file '{name}', which is missing")
+            raise RmioError(
+                f"bundle '{bundle_dir}': the manifest names {role} file '{name}', which is missing"
+            )
     return man

@@ -58,7 +58,7 @@ def parse_endpoint(endpoint: str) -> tuple[str, int]:
     """``udp://host:port`` -> (host, port); port 0 or ``*`` binds a free one."""
     if not endpoint.startswith("udp://"):
         raise ValueError(f"not a udp endpoint: '{endpoint}'")
-    host, sep, port = endpoint[len("udp://"):].rpartition(":")
+    host, sep, port = endpoint[len("udp://") :].rpartition(":")
     if not sep or not host:
         raise ValueError(f"a udp endpoint is udp://host:port, got '{endpoint}'")
     if port == "*":
@@ -90,7 +90,7 @@ def unpack(data: bytes) -> list[memoryview] | None:
     frames, at = [], body
     for k in range(count):
         (length,) = _LENGTH.unpack_from(data, 1 + 4 * k)
-        frames.append(view[at:at + length])
+        frames.append(view[at : at + length])
         at += length
     return frames if at == len(data) else None
 
@@ -99,9 +99,13 @@ def largest_message_bytes(manifest: Manifest) -> int:
     """The datagram of the swarm's largest message: a world-model request over a whole window, with state."""
     spec, codec = manifest.spec, ActionCodec.of(manifest.spec)
     n, steps = spec.n_agents, manifest.history_window + 1
-    arrays = {"obs": np.zeros((steps, n, spec.obs_dim), np.float32),
-              "act": np.zeros((steps, n, *codec.shape), codec.dtype), "mask": np.zeros((steps, n), np.float32),
-              "h": np.zeros((n, manifest.deter), np.float32), "z": np.zeros((n, manifest.stoch), np.float32)}
+    arrays = {
+        "obs": np.zeros((steps, n, spec.obs_dim), np.float32),
+        "act": np.zeros((steps, n, *codec.shape), codec.dtype),
+        "mask": np.zeros((steps, n), np.float32),
+        "h": np.zeros((n, manifest.deter), np.float32),
+        "z": np.zeros((n, manifest.stoch), np.float32),
+    }
     big = 1 << 52  # the widest integers the header can carry
     return len(pack(encode("WM_REQ", "a9999", arrays, ep=big, step=big, rid=big, cont=True)))
 
@@ -111,9 +115,11 @@ def check_fits(manifest: Manifest) -> None:
     size = largest_message_bytes(manifest)
     if size > MAX_DATAGRAM:
         spec = manifest.spec
-        raise ConfigError(f"the udp transport carries messages up to {MAX_DATAGRAM} bytes, but this bundle's "
-                          f"world-model window ({manifest.history_window + 1} steps x {spec.n_agents} agents x "
-                          f"{spec.obs_dim} observation values) takes {size}: use tcp or ipc")
+        raise ConfigError(
+            f"the udp transport carries messages up to {MAX_DATAGRAM} bytes, but this bundle's "
+            f"world-model window ({manifest.history_window + 1} steps x {spec.n_agents} agents x "
+            f"{spec.obs_dim} observation values) takes {size}: use tcp or ipc"
+        )
 
 
 class DatagramNode(NodeBase):
@@ -163,7 +169,9 @@ class DatagramNode(NodeBase):
         data = pack(frames)
         if len(data) > MAX_DATAGRAM:
             self.stats.send_fail["too_big"] += 1
-            log.warning("%s: a %s of %d bytes does not fit in a datagram", self.name, msg_type, len(data))
+            log.warning(
+                "%s: a %s of %d bytes does not fit in a datagram", self.name, msg_type, len(data)
+            )
             return False
         for attempt in range(2):
             try:
@@ -179,8 +187,11 @@ class DatagramNode(NodeBase):
                 self.stats.send_fail["hwm"] += 1
                 return False
             except OSError as exc:
-                self.stats.send_fail["unreachable" if exc.errno in (errno.EHOSTUNREACH, errno.ENETUNREACH)
-                                     else "error"] += 1
+                self.stats.send_fail[
+                    "unreachable"
+                    if exc.errno in (errno.EHOSTUNREACH, errno.ENETUNREACH)
+                    else "error"
+                ] += 1
                 return False
         self.count_sent(msg_type, frames)
         return True

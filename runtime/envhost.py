@@ -24,7 +24,14 @@ from rmio.runtime import timeline
 from rmio.runtime.bundle import load_manifest
 from rmio.runtime.history import ActionCodec
 from rmio.runtime.membership import View
-from rmio.runtime.metrics import Samples, category_totals, centralised_baseline, summary, traffic_table, write_report
+from rmio.runtime.metrics import (
+    Samples,
+    category_totals,
+    centralised_baseline,
+    summary,
+    traffic_table,
+    write_report,
+)
 from rmio.runtime.node import NodeBase, now_ns
 from rmio.runtime.settings import SwarmSettings
 from rmio.runtime.stop import Stop
@@ -42,7 +49,9 @@ class EnvHost:
         self.names = settings.agent_names()
         self.codec = ActionCodec.of(self.spec)
         self.low = np.asarray(self.spec.action_low, np.float32) if not self.spec.discrete else None
-        self.high = np.asarray(self.spec.action_high, np.float32) if not self.spec.discrete else None
+        self.high = (
+            np.asarray(self.spec.action_high, np.float32) if not self.spec.discrete else None
+        )
         self.samples = Samples()
         self.counts: Counter = Counter()
         self.reachable = set()
@@ -91,8 +100,11 @@ class EnvHost:
                 self._handle(msg, None)
         missing = sorted(want - self.reachable)
         if missing:
-            log.warning("env host: starting without %s (no hello within %.0f s)", missing,
-                        self.settings.startup_timeout_s)
+            log.warning(
+                "env host: starting without %s (no hello within %.0f s)",
+                missing,
+                self.settings.startup_timeout_s,
+            )
             self.counts["missing_at_start"] = len(missing)
 
     # -- stepping -------------------------------------------------------------------------
@@ -127,9 +139,17 @@ class EnvHost:
                         next_tick = max(next_tick + period, time.monotonic() - period)
                         self._idle_until(next_tick)
                 won = ts.info.get("won")
-                episodes.append({"episode": k, "seed": s.seed + k, "return": ret, "steps": t,
-                                 "won": None if won is None else bool(won),
-                                 "lost_fraction": lost / max(1, t * self.n), "default_actions": defaults})
+                episodes.append(
+                    {
+                        "episode": k,
+                        "seed": s.seed + k,
+                        "return": ret,
+                        "steps": t,
+                        "won": None if won is None else bool(won),
+                        "lost_fraction": lost / max(1, t * self.n),
+                        "default_actions": defaults,
+                    }
+                )
                 log.info("episode %d: return %.2f in %d steps", k, ret, t)
             seconds = time.monotonic() - start
         return episodes, seq, seconds
@@ -139,7 +159,9 @@ class EnvHost:
             for msg in self.node.poll(1000 * left):
                 self._handle(msg, None)
 
-    def _step(self, ep: int, t: int, seq: int, ts: Any, defaulted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _step(
+        self, ep: int, t: int, seq: int, ts: Any, defaulted: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
         self.begin_step(ep, t, seq, ts, defaulted)
         deadline = time.monotonic() + self.settings.deadline_s("step")
         while self.waiting:
@@ -162,8 +184,18 @@ class EnvHost:
             arrays = {"obs": ts.obs[i]} if seen else {}
             if self.spec.discrete:
                 arrays["avail"] = np.asarray(ts.avail_actions[i], bool)
-            messages.append(encode("STEP", self.node.name, arrays, ep=ep, step=t, seq=seq, seen=seen,
-                                   dflt=bool(defaulted[i])))
+            messages.append(
+                encode(
+                    "STEP",
+                    self.node.name,
+                    arrays,
+                    ep=ep,
+                    step=t,
+                    seq=seq,
+                    seen=seen,
+                    dflt=bool(defaulted[i]),
+                )
+            )
         # all encoded first, then sent in one burst: the first agents to wake compete for the CPU with the
         # env host, and would otherwise delay the encoding of the last agents' STEPs
         for i, (name, frames) in enumerate(zip(self.names, messages, strict=True)):
@@ -191,7 +223,9 @@ class EnvHost:
                     timeline.mark("action", cur[2], i)
                 self.waiting.discard(i)
                 lat = (now_ns() - cur[4][i]) / 1e3
-                self.samples.add("decision_observing_us" if cur[3].observed[i] else "decision_lost_us", lat)
+                self.samples.add(
+                    "decision_observing_us" if cur[3].observed[i] else "decision_lost_us", lat
+                )
         for peer, up in self._links():
             if not up and peer in self.names:
                 self.waiting.discard(self.names.index(peer))
@@ -203,19 +237,34 @@ class EnvHost:
         ep, t, seq, ts, _ = self.current
         self.current = None
         self.waiting = set()
-        if self.spec.discrete:  # the agents act on the available actions their STEP carried, blind or not
-            self.counts["unavailable_actions"] += sum(not ts.avail_actions[i][int(a)] for i, a in self.pending.items())
+        if (
+            self.spec.discrete
+        ):  # the agents act on the available actions their STEP carried, blind or not
+            self.counts["unavailable_actions"] += sum(
+                not ts.avail_actions[i][int(a)] for i, a in self.pending.items()
+            )
         actions = np.stack([self.pending.get(i, self.codec.default()) for i in range(self.n)])
         if self.low is not None:
             np.clip(actions, self.low, self.high, out=actions)
         new_defaulted = np.array([i not in self.pending for i in range(self.n)])
-        reachable_late = [i for i in range(self.n) if new_defaulted[i] and self.names[i] in self.reachable]
+        reachable_late = [
+            i for i in range(self.n) if new_defaulted[i] and self.names[i] in self.reachable
+        ]
         self.counts["deadline_misses"] += len(reachable_late)
         self.counts["dead_agent_steps"] += int(new_defaulted.sum()) - len(reachable_late)
         if self.settings.record:
-            self.records.append({"ep": ep, "t": t, "seq": seq, "time": time.time(), "obs": ts.obs.copy(),
-                                 "observed": ts.observed.copy(),
-                                 "actions": actions.copy(), "defaulted": new_defaulted})
+            self.records.append(
+                {
+                    "ep": ep,
+                    "t": t,
+                    "seq": seq,
+                    "time": time.time(),
+                    "obs": ts.obs.copy(),
+                    "observed": ts.observed.copy(),
+                    "actions": actions.copy(),
+                    "defaulted": new_defaulted,
+                }
+            )
         return actions, new_defaulted
 
     def _links(self) -> list[tuple[str, bool]]:
@@ -277,7 +326,9 @@ class EnvHost:
         if self.spec.discrete and not 0 <= int(action) < self.spec.action_sizes[i]:
             self.counts["invalid_actions"] += 1
             return None
-        self.pending[i] = action  # continuous actions are clipped to the bounds once per step, in _step
+        self.pending[i] = (
+            action  # continuous actions are clipped to the bounds once per step, in _step
+        )
         self.counts[f"actions_{msg['kind']}"] += 1
         view = View.of(msg["epoch"], msg["leader"])
         if view > self.view and msg["leader"] >= 0:
@@ -286,7 +337,9 @@ class EnvHost:
             self.view = view
         return i
 
-    def _status(self, ep: int, t: int, seq: int, ret: float, observed: np.ndarray, force: bool = False) -> None:
+    def _status(
+        self, ep: int, t: int, seq: int, ret: float, observed: np.ndarray, force: bool = False
+    ) -> None:
         now = time.monotonic()
         if not self.has_ctl or (now - self.last_status < 0.2 and not force):
             return
@@ -295,9 +348,20 @@ class EnvHost:
         self.status_tx = (total_tx, seq)
         self.last_status = now
         dead = sum(1 for n in self.names if n not in self.reachable)
-        self._to_ctl("STATUS", status={"episode": ep, "step": t, "return": float(ret), "blind": int((~observed).sum()),
-                                       "dead": dead, "coordinator": self.view.leader, "epoch": self.view.epoch,
-                                       "msgs_per_step": d_tx / d_steps, "done": bool(force)})
+        self._to_ctl(
+            "STATUS",
+            status={
+                "episode": ep,
+                "step": t,
+                "return": float(ret),
+                "blind": int((~observed).sum()),
+                "dead": dead,
+                "coordinator": self.view.leader,
+                "epoch": self.view.epoch,
+                "msgs_per_step": d_tx / d_steps,
+                "done": bool(force),
+            },
+        )
 
     def _collect_stats(self) -> None:
         want = [n for n in [*self.names, "wm"] if n in self.node.peers]
@@ -318,8 +382,19 @@ class EnvHost:
         table = traffic_table(per_process, steps)
         by_cat = category_totals(table)
         action = self.codec.default()[None]
-        probe = encode("HISTORY", "a0", {"obs": np.zeros((1, self.spec.obs_dim), np.float32), "act": action},
-                       ep=0, step=1, epoch=1, obs_from=1, act_from=0, seen=[True], known=[True], push=True)
+        probe = encode(
+            "HISTORY",
+            "a0",
+            {"obs": np.zeros((1, self.spec.obs_dim), np.float32), "act": action},
+            ep=0,
+            step=1,
+            epoch=1,
+            obs_from=1,
+            act_from=0,
+            seen=[True],
+            known=[True],
+            push=True,
+        )
         base = centralised_baseline(self.n, self.spec.obs_dim, action.nbytes, frames_size(probe))
         proto = by_cat.get("protocol", {"payload_bytes_per_step": 0.0, "bytes_per_step": 0.0})
 
@@ -331,7 +406,9 @@ class EnvHost:
             return out
 
         latency = {
-            "decision_observing (env host)": summary(self.samples.data.get("decision_observing_us", [])),
+            "decision_observing (env host)": summary(
+                self.samples.data.get("decision_observing_us", [])
+            ),
             "decision_lost (env host)": summary(self.samples.data.get("decision_lost_us", [])),
             "reconstruction_round (blind agent)": summary(pooled("recon_round_us")),
             "coordinator_round": summary(pooled("coord_round_us")),
@@ -344,22 +421,35 @@ class EnvHost:
         for counts in per_process.values():
             for key, value in counts.items():
                 if key.startswith("agent."):
-                    agent_counts[key[len("agent."):]] += value
+                    agent_counts[key[len("agent.") :]] += value
                 elif key.startswith("dropped."):
-                    dropped[key[len("dropped."):]] += value
+                    dropped[key[len("dropped.") :]] += value
         events = {k: int(v) for k, v in sorted(self.counts.items())}
-        events.update({f"agents.{k}": int(v) for k, v in sorted(agent_counts.items()) if k != "epoch"})
+        events.update(
+            {f"agents.{k}": int(v) for k, v in sorted(agent_counts.items()) if k != "epoch"}
+        )
         events["elections"] = int(agent_counts["claims"])
         events["final_epoch"] = int(self.view.epoch)
         events.update({f"dropped.{k}": int(v) for k, v in sorted(dropped.items())})
         report: dict[str, Any] = {
-            "scenario": self.spec.name, "n_agents": self.n, "bundle": str(Path(s.bundle).resolve()),
-            "settings": s.to_dict(), "env_steps": steps, "seconds": seconds,
-            "episodes": episodes, "mean_return": float(np.mean([e["return"] for e in episodes])),
-            "traffic": table, "traffic_by_category": by_cat, "centralised_baseline": base,
-            "protocol_vs_baseline_payload": proto["payload_bytes_per_step"] / max(base["payload_bytes_per_step"], 1e-9),
-            "protocol_vs_baseline_bytes": proto["bytes_per_step"] / max(base["bytes_per_step"], 1e-9),
-            "latency": latency, "events": events, "processes": per_process,
+            "scenario": self.spec.name,
+            "n_agents": self.n,
+            "bundle": str(Path(s.bundle).resolve()),
+            "settings": s.to_dict(),
+            "env_steps": steps,
+            "seconds": seconds,
+            "episodes": episodes,
+            "mean_return": float(np.mean([e["return"] for e in episodes])),
+            "traffic": table,
+            "traffic_by_category": by_cat,
+            "centralised_baseline": base,
+            "protocol_vs_baseline_payload": proto["payload_bytes_per_step"]
+            / max(base["payload_bytes_per_step"], 1e-9),
+            "protocol_vs_baseline_bytes": proto["bytes_per_step"]
+            / max(base["bytes_per_step"], 1e-9),
+            "latency": latency,
+            "events": events,
+            "processes": per_process,
         }
         return report
 
@@ -369,8 +459,14 @@ class EnvHost:
         r = self.records
         if not r:
             return
-        np.savez(out / "env.npz", ep=np.array([x["ep"] for x in r]), t=np.array([x["t"] for x in r]),
-                 seq=np.array([x["seq"] for x in r]), time=np.array([x["time"] for x in r]),
-                 obs=np.stack([x["obs"] for x in r]),
-                 observed=np.stack([x["observed"] for x in r]), actions=np.stack([x["actions"] for x in r]),
-                 defaulted=np.stack([x["defaulted"] for x in r]))
+        np.savez(
+            out / "env.npz",
+            ep=np.array([x["ep"] for x in r]),
+            t=np.array([x["t"] for x in r]),
+            seq=np.array([x["seq"] for x in r]),
+            time=np.array([x["time"] for x in r]),
+            obs=np.stack([x["obs"] for x in r]),
+            observed=np.stack([x["observed"] for x in r]),
+            actions=np.stack([x["actions"] for x in r]),
+            defaulted=np.stack([x["defaulted"] for x in r]),
+        )

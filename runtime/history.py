@@ -115,14 +115,24 @@ class HistoryRing:
         case's list building: an agent sends this on every step while it streams."""
         obs = self.obs.get(t)
         seen = obs is not None and self.seen.get(t, False)
-        rows = obs.reshape(1, self.obs_dim).astype(np.float32) if seen else np.zeros((0, self.obs_dim), np.float32)
+        rows = (
+            obs.reshape(1, self.obs_dim).astype(np.float32)
+            if seen
+            else np.zeros((0, self.obs_dim), np.float32)
+        )
         if t == 0:
             return [seen], [], rows, np.zeros((0, *self.codec.shape), self.codec.dtype)
         a = self.act.get(t - 1)
-        act = (self.codec.default() if a is None else a).astype(self.codec.dtype).reshape(1, *self.codec.shape)
+        act = (
+            (self.codec.default() if a is None else a)
+            .astype(self.codec.dtype)
+            .reshape(1, *self.codec.shape)
+        )
         return [seen], [a is not None], rows, act
 
-    def serve(self, obs_from: int, act_from: int, upto: int) -> tuple[list[bool], list[bool], np.ndarray, np.ndarray]:
+    def serve(
+        self, obs_from: int, act_from: int, upto: int
+    ) -> tuple[list[bool], list[bool], np.ndarray, np.ndarray]:
         """Answer a gather: observed flags for obs_from..upto, the real observations of observed
         steps, and the actions of act_from..upto-1 with flags saying which ones this agent knows."""
         seen = [bool(self.seen.get(h, False)) and h in self.obs for h in range(obs_from, upto + 1)]
@@ -188,14 +198,24 @@ class WindowCache:
             complete = obs_from == t and t in self.obs[j] and act_from == t
         else:
             obs, act = self.obs[j], self.act[j]
-            complete = all(h in obs for h in range(max(ok + 1, s), t + 1)) and \
-                all(h in act for h in range(max(ok, s - 1, 0), t))
+            complete = all(h in obs for h in range(max(ok + 1, s), t + 1)) and all(
+                h in act for h in range(max(ok, s - 1, 0), t)
+            )
         if complete and t > ok:
             self._complete_at[j] = t
         return complete
 
-    def put(self, j: int, obs_from: int, act_from: int, upto: int, seen: list[bool], known: list[bool],
-            obs: np.ndarray, act: np.ndarray) -> None:
+    def put(
+        self,
+        j: int,
+        obs_from: int,
+        act_from: int,
+        upto: int,
+        seen: list[bool],
+        known: list[bool],
+        obs: np.ndarray,
+        act: np.ndarray,
+    ) -> None:
         rows = iter(obs)
         for h, s in zip(range(obs_from, upto + 1), seen, strict=True):
             self.obs[j][h] = next(rows) if s else None
@@ -216,7 +236,9 @@ class WindowCache:
                 for k in [k for k in d if k < old]:
                     del d[k]
 
-    def window(self, t: int, start: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool]:
+    def window(
+        self, t: int, start: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool]:
         """(obs (T, n, d), prev actions (T, n, ...), masks (T, n), complete) for steps start..t.
 
         ``complete`` is False when some agent's data is missing or unvouched (filled with a lost

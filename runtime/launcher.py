@@ -55,8 +55,13 @@ def _interruptible() -> None:
 
 
 class Launcher:
-    def __init__(self, settings: SwarmSettings, run_dir: Path, on_status: Any = None,
-                 log_level: str = "WARNING") -> None:
+    def __init__(
+        self,
+        settings: SwarmSettings,
+        run_dir: Path,
+        on_status: Any = None,
+        log_level: str = "WARNING",
+    ) -> None:
         self.settings = settings
         self.run_dir = Path(run_dir)
         self.on_status = on_status or (lambda status: None)
@@ -93,7 +98,9 @@ class Launcher:
         finally:
             self.shutdown()
         if self.report_path is None or not self.report_path.is_file():
-            raise RmioError(f"the swarm ended without a report; see the logs in {self.run_dir / 'logs'}")
+            raise RmioError(
+                f"the swarm ended without a report; see the logs in {self.run_dir / 'logs'}"
+            )
         return json.loads(self.report_path.read_text())
 
     def shutdown(self) -> None:
@@ -128,14 +135,35 @@ class Launcher:
     def _spawn(self, name: str, role: str, bind: str | None = None) -> Child:
         assert self.ctl is not None
         bind = bind or local_endpoint(self.settings.transport, name, self.ipc_dir)
-        cmd = [sys.executable, "-m", "rmio.runtime.proc", role, "--name", name, "--settings", str(self.settings_path),
-               "--bind", bind, "--control", self.ctl.endpoint, "--parent-pid", str(os.getpid()),
-               "--log-level", self.log_level]
+        cmd = [
+            sys.executable,
+            "-m",
+            "rmio.runtime.proc",
+            role,
+            "--name",
+            name,
+            "--settings",
+            str(self.settings_path),
+            "--bind",
+            bind,
+            "--control",
+            self.ctl.endpoint,
+            "--parent-pid",
+            str(os.getpid()),
+            "--log-level",
+            self.log_level,
+        ]
         log_path = self.run_dir / "logs" / f"{name}.log"
         env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
         with open(log_path, "ab") as out:
-            proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                    start_new_session=True, env=env)
+            proc = subprocess.Popen(
+                cmd,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                env=env,
+            )
         old = self.children.get(name)
         child = Child(name, role, proc, log_path, restarts=old.restarts + 1 if old else 0)
         self.children[name] = child
@@ -146,7 +174,9 @@ class Launcher:
         deadline = time.monotonic() + self.settings.startup_timeout_s
         while any(c.endpoint is None for c in self.children.values()):
             if time.monotonic() > deadline:
-                raise RmioError(f"swarm processes did not start within {self.settings.startup_timeout_s:.0f} s")
+                raise RmioError(
+                    f"swarm processes did not start within {self.settings.startup_timeout_s:.0f} s"
+                )
             self._check_early_exit()
             for msg in self.ctl.poll(50):
                 if msg.type == "REGISTER" and msg.src in self.children:
@@ -167,8 +197,14 @@ class Launcher:
     def _check_early_exit(self) -> None:
         for child in self.children.values():
             if child.proc.poll() is not None:
-                tail = child.log_path.read_text(errors="replace")[-2000:] if child.log_path.is_file() else ""
-                raise RmioError(f"{child.name} exited with code {child.proc.returncode} at startup:\n{tail}")
+                tail = (
+                    child.log_path.read_text(errors="replace")[-2000:]
+                    if child.log_path.is_file()
+                    else ""
+                )
+                raise RmioError(
+                    f"{child.name} exited with code {child.proc.returncode} at startup:\n{tail}"
+                )
 
     def _supervise(self) -> None:
         """Until the env host is done: status, restarts, and a watchdog on the env host's silence."""
@@ -177,7 +213,9 @@ class Launcher:
         patience = self.settings.orphan_timeout_s
         while True:
             if time.monotonic() - heard > patience:
-                raise RmioError(f"the env host said nothing for {patience:.0f} s; see {self.run_dir / 'logs'}")
+                raise RmioError(
+                    f"the env host said nothing for {patience:.0f} s; see {self.run_dir / 'logs'}"
+                )
             for msg in self.ctl.poll(100):
                 heard = time.monotonic() if msg.src == "env" else heard
                 if msg.type == "STATUS" and msg.src == "env":
@@ -238,9 +276,17 @@ class Launcher:
 # -- command-line support (rmio swarm launch / roster) --------------------------------------
 
 
-def build_settings(bundle: Path, *, scenario: str | None = None, agents: int | None = None,
-                   steps: int | None = None, p_loss: float | None = None, loss_model: Path | None = None,
-                   kill_agent: tuple[str, ...] = (), **options: Any) -> SwarmSettings:
+def build_settings(
+    bundle: Path,
+    *,
+    scenario: str | None = None,
+    agents: int | None = None,
+    steps: int | None = None,
+    p_loss: float | None = None,
+    loss_model: Path | None = None,
+    kill_agent: tuple[str, ...] = (),
+    **options: Any,
+) -> SwarmSettings:
     """Settings for a run of ``bundle``, refusing a scenario or agent count the bundle was not made for."""
     from rmio.runtime.bundle import load_manifest
     from rmio.runtime.settings import env_config_for
@@ -248,8 +294,10 @@ def build_settings(bundle: Path, *, scenario: str | None = None, agents: int | N
     man = load_manifest(bundle)
     missing = [role for role in ("actor", "wm_step") if role not in man.files]
     if missing:
-        raise RmioError(f"bundle '{bundle}' has no {' and no '.join(missing)} graph; the swarm needs both "
-                        f"(export a run that trained a policy and a world model)")
+        raise RmioError(
+            f"bundle '{bundle}' has no {' and no '.join(missing)} graph; the swarm needs both "
+            f"(export a run that trained a policy and a world model)"
+        )
     name = man.spec.name
     if scenario is not None and scenario not in (name, name.partition("/")[2]):
         raise RmioError(f"bundle '{bundle}' was trained for {name}, not {scenario}")
@@ -264,11 +312,18 @@ def build_settings(bundle: Path, *, scenario: str | None = None, agents: int | N
     for spec in kill_agent:
         who, sep, when = spec.partition("@")
         if not sep or not who.isdigit() or not when.isdigit() or int(who) >= man.spec.n_agents:
-            raise RmioError(f"--kill-agent wants AGENT@STEP with AGENT < {man.spec.n_agents}, got '{spec}'")
+            raise RmioError(
+                f"--kill-agent wants AGENT@STEP with AGENT < {man.spec.n_agents}, got '{spec}'"
+            )
         kills.append([int(who), int(when)])
-    return SwarmSettings(bundle=str(Path(bundle).resolve()), n_agents=man.spec.n_agents,
-                         env=env_config_for(man, steps), loss=loss, kill_agents=kills,
-                         **{k: v for k, v in options.items() if v is not None})
+    return SwarmSettings(
+        bundle=str(Path(bundle).resolve()),
+        n_agents=man.spec.n_agents,
+        env=env_config_for(man, steps),
+        loss=loss,
+        kill_agents=kills,
+        **{k: v for k, v in options.items() if v is not None},
+    )
 
 
 def _loss_from_file(path: Path) -> dict[str, Any]:
@@ -284,23 +339,33 @@ def _loss_from_file(path: Path) -> dict[str, Any]:
     if isinstance(data, list):
         return {"model": "schedule", "schedule": str(Path(path).resolve())}
     if not isinstance(data, dict):
-        raise RmioError(f"loss model '{path}' must be a mapping of loss settings or a list of schedule entries")
+        raise RmioError(
+            f"loss model '{path}' must be a mapping of loss settings or a list of schedule entries"
+        )
     known = set(LossConfig.__dataclass_fields__)
     unknown = sorted(set(data) - known)
     if unknown:
-        raise RmioError(f"loss model '{path}': unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+        raise RmioError(
+            f"loss model '{path}': unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(known))})"
+        )
     return data
 
 
-def write_roster(settings: SwarmSettings, path: Path, host: str = "127.0.0.1", base_port: int = 5550) -> list[str]:
+def write_roster(
+    settings: SwarmSettings, path: Path, host: str = "127.0.0.1", base_port: int = 5550
+) -> list[str]:
     """A roster for runs across machines (every role on ``host`` at consecutive ports: edit the hosts),
     and the command that starts each role."""
     from rmio.runtime.settings import Roster
 
     names = ["env", *settings.agent_names(), *(["wm"] if settings.world_model == "node" else [])]
-    settings.transport = "udp" if settings.transport == "udp" else "tcp"  # ipc does not leave the machine
+    settings.transport = (
+        "udp" if settings.transport == "udp" else "tcp"
+    )  # ipc does not leave the machine
     check_bundle_fits(settings.transport, settings.bundle)
-    endpoints = {name: f"{settings.transport}://{host}:{base_port + k}" for k, name in enumerate(names)}
+    endpoints = {
+        name: f"{settings.transport}://{host}:{base_port + k}" for k, name in enumerate(names)
+    }
     Roster(endpoints, settings).save(path)
     cmds = [f"rmio swarm env-host --roster {path}"]
     cmds += [f"rmio swarm agent --id {i} --roster {path}" for i in range(settings.n_agents)]

@@ -68,14 +68,22 @@ class Liveness:
 
     def expired(self, now: float) -> list[str]:
         """Peers not yet marked dead that have been silent for longer than their expiry."""
-        return [p for p, seen in self.last_heard.items() if p not in self.down and now - seen > self.expiry(p)]
+        return [
+            p
+            for p, seen in self.last_heard.items()
+            if p not in self.down and now - seen > self.expiry(p)
+        ]
 
     def heartbeat_due(self, peers: Iterable[str], now: float) -> list[str]:
         """Peers due a heartbeat; when any is, those due within half an interval go along (fewer wake-ups)."""
         peers = list(peers)
         if not any(now - self.last_sent.get(p, -1e18) >= self.interval(p) for p in peers):
             return []
-        return [p for p in peers if now - self.last_sent.get(p, -1e18) >= self.interval(p) - 0.5 * self.interval_s]
+        return [
+            p
+            for p in peers
+            if now - self.last_sent.get(p, -1e18) >= self.interval(p) - 0.5 * self.interval_s
+        ]
 
     def next_deadline(self, peers: Iterable[str], now: float) -> float:
         """Seconds until the next heartbeat to one of ``peers`` is due or one of them could expire (an
@@ -109,7 +117,9 @@ class View:
         return -self.rank if self.rank > _NOBODY else -1
 
 
-def should_claim(me: int, i_observe: bool, lost_reports: set[int], live_agents: Iterable[int]) -> bool:
+def should_claim(
+    me: int, i_observe: bool, lost_reports: set[int], live_agents: Iterable[int]
+) -> bool:
     """Agent ``me`` takes over at step t (no live coordinator known): see the module docstring."""
     others = [j for j in live_agents if j != me]
     if i_observe:

@@ -43,8 +43,14 @@ Match = Callable[[Envelope], bool]
 
 def where(type: str | None = None, src: str | None = None, dst: str | None = None) -> Match:
     """A predicate accepting the envelopes whose given attributes all equal these (None: any)."""
+
     def match(e: Envelope) -> bool:
-        return (type is None or e.type == type) and (src is None or e.src == src) and (dst is None or e.dst == dst)
+        return (
+            (type is None or e.type == type)
+            and (src is None or e.src == src)
+            and (dst is None or e.dst == dst)
+        )
+
     return match
 
 

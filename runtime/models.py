@@ -48,7 +48,9 @@ class BoundCall:
 
     def __init__(self, session) -> None:
         def buffer(meta) -> np.ndarray:  # every symbolic axis (the batch) has size 1
-            return np.zeros(tuple(d if isinstance(d, int) else 1 for d in meta.shape), _ORT_DTYPES[meta.type])
+            return np.zeros(
+                tuple(d if isinstance(d, int) else 1 for d in meta.shape), _ORT_DTYPES[meta.type]
+            )
 
         import onnxruntime as ort
 
@@ -89,13 +91,20 @@ class ActorRunner:
         self._one = BoundCall(self.session)
         self._one_obs = self._one.inputs["obs"]
 
-    def act(self, obs: np.ndarray, agent_id: np.ndarray | int, avail: np.ndarray | None = None) -> np.ndarray:
+    def act(
+        self, obs: np.ndarray, agent_id: np.ndarray | int, avail: np.ndarray | None = None
+    ) -> np.ndarray:
         obs = np.asarray(obs, np.float32)
         one = self._one
         avail_row = one.inputs.get("avail_actions")
-        if (obs.shape == self._one_obs.shape[1:] and type(agent_id) is int  # an agent's own step: the short path
-                and (avail is None or (avail_row is not None and np.size(avail) == avail_row.size))):
-            self._one_obs[0] = obs  # exact shapes only: a buffer write would broadcast a wrong one silently
+        if (
+            obs.shape == self._one_obs.shape[1:]
+            and type(agent_id) is int  # an agent's own step: the short path
+            and (avail is None or (avail_row is not None and np.size(avail) == avail_row.size))
+        ):
+            self._one_obs[0] = (
+                obs  # exact shapes only: a buffer write would broadcast a wrong one silently
+            )
             one.inputs["agent_id"][0] = agent_id
             if avail_row is not None:
                 avail_row[0] = True if avail is None else np.asarray(avail, bool).reshape(-1)
@@ -124,10 +133,17 @@ class LatentState:
 class WorldModelRunner:
     """The fine-tuned world model's one-step graph, replayed over a window or run incrementally."""
 
-    def __init__(self, bundle_dir: str | Path, manifest: Manifest | None = None, device: str = "cpu",
-                 file: str | None = None) -> None:
+    def __init__(
+        self,
+        bundle_dir: str | Path,
+        manifest: Manifest | None = None,
+        device: str = "cpu",
+        file: str | None = None,
+    ) -> None:
         self.manifest = manifest or load_manifest(bundle_dir)
-        self.session = make_session(Path(bundle_dir) / (file or self.manifest.files["wm_step"]), device=device)
+        self.session = make_session(
+            Path(bundle_dir) / (file or self.manifest.files["wm_step"]), device=device
+        )
         names = [i.name for i in self.session.get_inputs()]
         if sorted(names) != sorted(WM_INPUTS):
             raise ValueError(f"wm_step.onnx inputs are {names}, expected {list(WM_INPUTS)}")
@@ -136,7 +152,9 @@ class WorldModelRunner:
     def initial_state(self, batch: int = 1) -> LatentState:
         m = self.manifest
         n = m.spec.n_agents
-        return LatentState(np.zeros((batch, n, m.deter), np.float32), np.zeros((batch, n, m.stoch), np.float32))
+        return LatentState(
+            np.zeros((batch, n, m.deter), np.float32), np.zeros((batch, n, m.stoch), np.float32)
+        )
 
     def encode_actions(self, actions: np.ndarray) -> np.ndarray:
         """Joint actions as the world model consumes them: one-hot for discrete tasks, padded floats otherwise.
@@ -151,30 +169,52 @@ class WorldModelRunner:
             return (ids == np.arange(self.manifest.act_width)).astype(np.float32)
         return actions.astype(np.float32)
 
-    def step(self, state: LatentState, prev_action: np.ndarray, obs: np.ndarray,
-             mask: np.ndarray) -> tuple[LatentState, np.ndarray]:
+    def step(
+        self, state: LatentState, prev_action: np.ndarray, obs: np.ndarray, mask: np.ndarray
+    ) -> tuple[LatentState, np.ndarray]:
         """One step for a batch: ``prev_action`` already encoded (B, n, act_width)."""
         feeds = {"h": state.h, "z": state.z, "prev_action": prev_action, "obs": obs, "mask": mask}
-        if self._one is not None and self._one.fits(feeds):  # a coordinator's round: batch 1, bound buffers
+        if self._one is not None and self._one.fits(
+            feeds
+        ):  # a coordinator's round: batch 1, bound buffers
             out = self._one.run(feeds)
             return LatentState(out["h_next"].copy(), out["z_next"].copy()), out["obs_recon"].copy()
-        h, z, recon = self.session.run(list(WM_OUTPUTS), {
-            "h": state.h, "z": state.z, "prev_action": prev_action.astype(np.float32),
-            "obs": obs.astype(np.float32), "mask": mask.astype(np.float32)})
+        h, z, recon = self.session.run(
+            list(WM_OUTPUTS),
+            {
+                "h": state.h,
+                "z": state.z,
+                "prev_action": prev_action.astype(np.float32),
+                "obs": obs.astype(np.float32),
+                "mask": mask.astype(np.float32),
+            },
+        )
         return LatentState(h, z), recon
 
-    def replay(self, obs: np.ndarray, prev_actions: np.ndarray, masks: np.ndarray,
-               state: LatentState | None = None) -> tuple[LatentState, np.ndarray]:
+    def replay(
+        self,
+        obs: np.ndarray,
+        prev_actions: np.ndarray,
+        masks: np.ndarray,
+        state: LatentState | None = None,
+    ) -> tuple[LatentState, np.ndarray]:
         """Run the window o_{t-l..t} (T, n, obs_dim) with a_{t-l-1..t-1} (T, n, ...) and m (T, n).
 
         Returns the final latent state and the reconstruction of every step (T, n, obs_dim). Lost
         rows of ``obs`` are zeroed here, whatever the caller put in them.
         """
-        state, recons = self.replay_batch(obs[:, None], prev_actions[:, None], masks[:, None], state)
+        state, recons = self.replay_batch(
+            obs[:, None], prev_actions[:, None], masks[:, None], state
+        )
         return state, recons[:, 0]
 
-    def replay_batch(self, obs: np.ndarray, prev_actions: np.ndarray, masks: np.ndarray,
-                     state: LatentState | None = None) -> tuple[LatentState, np.ndarray]:
+    def replay_batch(
+        self,
+        obs: np.ndarray,
+        prev_actions: np.ndarray,
+        masks: np.ndarray,
+        state: LatentState | None = None,
+    ) -> tuple[LatentState, np.ndarray]:
         """``replay`` for B windows of the same length at once: (T, B, n, ...) in, (T, B, n, obs_dim) out."""
         state = state or self.initial_state(obs.shape[1])
         enc = self.encode_actions(prev_actions)

@@ -21,11 +21,18 @@ from rmio.runtime.wire import Message, WireError, decode, encode
 log = logging.getLogger(__name__)
 
 CATEGORIES = {
-    "HB": "liveness", "HELLO": "liveness",
-    "STEP": "env", "ACTION": "env",
-    "LOST": "protocol", "COORD": "protocol", "GATHER": "protocol", "STREAM": "protocol", "HISTORY": "protocol",
+    "HB": "liveness",
+    "HELLO": "liveness",
+    "STEP": "env",
+    "ACTION": "env",
+    "LOST": "protocol",
+    "COORD": "protocol",
+    "GATHER": "protocol",
+    "STREAM": "protocol",
+    "HISTORY": "protocol",
     "RECON": "protocol",
-    "WM_REQ": "protocol", "WM_REP": "protocol",
+    "WM_REQ": "protocol",
+    "WM_REP": "protocol",
 }
 """Report grouping: protocol = what loss handling costs; env = sensor/actuator traffic; the rest is control."""
 
@@ -48,7 +55,15 @@ class TrafficStats:
 
     def flat(self) -> dict[str, int]:
         out: dict[str, int] = {}
-        for name in ("tx_msgs", "tx_bytes", "tx_payload", "rx_msgs", "rx_bytes", "dropped", "send_fail"):
+        for name in (
+            "tx_msgs",
+            "tx_bytes",
+            "tx_payload",
+            "rx_msgs",
+            "rx_bytes",
+            "dropped",
+            "send_fail",
+        ):
             for key, value in getattr(self, name).items():
                 out[f"{name}.{key}"] = int(value)
         return out
@@ -96,7 +111,13 @@ class NodeBase:
     def close(self) -> None:
         raise NotImplementedError
 
-    def send(self, to: str, msg_type: str, arrays: Mapping[str, np.ndarray] | None = None, **fields: object) -> bool:
+    def send(
+        self,
+        to: str,
+        msg_type: str,
+        arrays: Mapping[str, np.ndarray] | None = None,
+        **fields: object,
+    ) -> bool:
         """Send without ever blocking; False when the peer is unreachable or its queue is full."""
         frames = encode(msg_type, self.name, arrays, **fields)
         return self.send_frames(to, msg_type, frames)

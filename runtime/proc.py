@@ -46,8 +46,16 @@ def install_signal_handlers() -> None:
     signal.signal(signal.SIGINT, handler)
 
 
-def join_swarm(name: str, settings: SwarmSettings, bind: str, *, control: str | None = None,
-               endpoints: dict[str, str] | None = None, role: str = "agent", inc: int = 0) -> NodeBase:
+def join_swarm(
+    name: str,
+    settings: SwarmSettings,
+    bind: str,
+    *,
+    control: str | None = None,
+    endpoints: dict[str, str] | None = None,
+    role: str = "agent",
+    inc: int = 0,
+) -> NodeBase:
     """Bind, then learn everyone's endpoint (from the launcher's ROSTER or a roster file) and connect."""
     node = make_node(name, bind, settings.known)
     try:
@@ -69,13 +77,17 @@ def _register(node: NodeBase, settings: SwarmSettings, role: str, inc: int) -> d
     registered = False
     while time.monotonic() < deadline:
         if not registered:
-            registered = node.send("ctl", "REGISTER", role=role, endpoint=node.endpoint, pid=os.getpid(), inc=inc)
+            registered = node.send(
+                "ctl", "REGISTER", role=role, endpoint=node.endpoint, pid=os.getpid(), inc=inc
+            )
         for msg in node.poll(10 if not registered else 100):
             if msg.src == "ctl" and msg.type == "ROSTER":
                 return {str(k): str(v) for k, v in msg["endpoints"].items()}
             if msg.src == "ctl" and msg.type == "BYE":
                 raise Stop("launcher said bye")
-    raise RmioError(f"{node.name}: no roster from the launcher within {settings.startup_timeout_s:.0f} s")
+    raise RmioError(
+        f"{node.name}: no roster from the launcher within {settings.startup_timeout_s:.0f} s"
+    )
 
 
 def _freeze_startup_objects() -> None:
@@ -89,16 +101,30 @@ def _freeze_startup_objects() -> None:
     gc.freeze()
 
 
-def run_role(role: str, settings: SwarmSettings, name: str, bind: str, *, control: str | None = None,
-             endpoints: dict[str, str] | None = None) -> int:
+def run_role(
+    role: str,
+    settings: SwarmSettings,
+    name: str,
+    bind: str,
+    *,
+    control: str | None = None,
+    endpoints: dict[str, str] | None = None,
+) -> int:
     """Run one role to completion; returns the process exit code."""
     inc = time.time_ns() // 1000
     if timeline.ENABLED:
         timeline.watch_gc()
     check_bundle_fits(bind.partition("://")[0], settings.bundle)
     try:
-        node = join_swarm(name, settings, bind, control=control, endpoints=endpoints,
-                          role={"env-host": "env", "wm-node": "wm"}.get(role, "agent"), inc=inc)
+        node = join_swarm(
+            name,
+            settings,
+            bind,
+            control=control,
+            endpoints=endpoints,
+            role={"env-host": "env", "wm-node": "wm"}.get(role, "agent"),
+            inc=inc,
+        )
     except Stop:
         return 0
     try:
@@ -141,7 +167,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--parent-pid", type=int, default=None)
     parser.add_argument("--log-level", default="WARNING")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level, format=f"%(asctime)s {args.name} %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=args.log_level, format=f"%(asctime)s {args.name} %(levelname)s %(name)s: %(message)s"
+    )
     if args.parent_pid is not None:
         die_with_parent(args.parent_pid)
     install_signal_handlers()
@@ -154,7 +182,9 @@ def main(argv: list[str] | None = None) -> int:
             if args.settings is None or args.bind is None:
                 parser.error("--settings and --bind are needed without --roster")
             settings, endpoints, bind = SwarmSettings.load(args.settings), None, args.bind
-        return run_role(args.role, settings, args.name, bind, control=args.control, endpoints=endpoints)
+        return run_role(
+            args.role, settings, args.name, bind, control=args.control, endpoints=endpoints
+        )
     except Stop:
         return 0
     except RmioError as exc:

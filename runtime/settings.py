@@ -75,20 +75,36 @@ class SwarmSettings:
     """A process that hears nothing from the env host for this long exits."""
 
     def __post_init__(self) -> None:
-        for name, value, allowed in (("recon", self.recon, RECON_MODES), ("wm_mode", self.wm_mode, WM_MODES),
-                                     ("world_model", self.world_model, PLACEMENTS),
-                                     ("transport", self.transport, TRANSPORTS)):
+        for name, value, allowed in (
+            ("recon", self.recon, RECON_MODES),
+            ("wm_mode", self.wm_mode, WM_MODES),
+            ("world_model", self.world_model, PLACEMENTS),
+            ("transport", self.transport, TRANSPORTS),
+        ):
             if value not in allowed:
-                raise ConfigError(f"swarm {name} must be one of {', '.join(allowed)}, got '{value}'")
+                raise ConfigError(
+                    f"swarm {name} must be one of {', '.join(allowed)}, got '{value}'"
+                )
         if self.stream_steps is not None and self.stream_steps < 0:
             raise ConfigError(f"swarm stream_steps must be >= 0, got {self.stream_steps}")
-        if self.step_deadline_ms <= 0 or self.heartbeat_ms <= 0 or self.liveness < 1 or self.episodes < 1:
-            raise ConfigError("swarm deadlines and heartbeat interval must be > 0, liveness and episodes >= 1")
+        if (
+            self.step_deadline_ms <= 0
+            or self.heartbeat_ms <= 0
+            or self.liveness < 1
+            or self.episodes < 1
+        ):
+            raise ConfigError(
+                "swarm deadlines and heartbeat interval must be > 0, liveness and episodes >= 1"
+            )
         self.loss_config().validate()
 
     def deadline_s(self, which: str) -> float:
         fraction = {"recon": 0.8, "gather": 0.4, "wm": 0.25, "step": 1.0}[which]
-        value = getattr(self, f"{which}_deadline_ms", None) if which != "step" else self.step_deadline_ms
+        value = (
+            getattr(self, f"{which}_deadline_ms", None)
+            if which != "step"
+            else self.step_deadline_ms
+        )
         return (value if value is not None else fraction * self.step_deadline_ms) / 1000.0
 
     def env_config(self) -> EnvConfig:
@@ -159,7 +175,11 @@ class Roster:
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)
-        data = {"version": self.version, "endpoints": self.endpoints, "settings": self.settings.to_dict()}
+        data = {
+            "version": self.version,
+            "endpoints": self.endpoints,
+            "settings": self.settings.to_dict(),
+        }
         path.write_text(yaml.safe_dump(data, sort_keys=False))
         return path
 
@@ -175,5 +195,7 @@ class Roster:
         if missing:
             raise ConfigError(f"roster '{path}' names no endpoint for {', '.join(missing)}")
         if settings.world_model == "node" and "wm" not in endpoints:
-            raise ConfigError(f"roster '{path}': world_model is 'node' but no 'wm' endpoint is named")
+            raise ConfigError(
+                f"roster '{path}': world_model is 'node' but no 'wm' endpoint is named"
+            )
         return cls(endpoints, settings, int(data.get("version", 1)))

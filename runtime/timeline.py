@@ -34,7 +34,12 @@ def watch_gc() -> None:
         if phase == "start":
             started[0] = time.monotonic_ns()
         else:
-            mark("gc", info["generation"], (time.monotonic_ns() - started[0]) // 1000, info["collected"])
+            mark(
+                "gc",
+                info["generation"],
+                (time.monotonic_ns() - started[0]) // 1000,
+                info["collected"],
+            )
 
     gc.callbacks.append(on_gc)
 
@@ -51,10 +56,18 @@ def sched_snapshot() -> None:
     for tid in tids:
         try:
             comm = Path(f"/proc/self/task/{tid}/comm").read_text().strip()
-            cpu, wait, slices = (int(x) for x in Path(f"/proc/self/task/{tid}/schedstat").read_text().split()[:3])
+            cpu, wait, slices = (
+                int(x) for x in Path(f"/proc/self/task/{tid}/schedstat").read_text().split()[:3]
+            )
         except (OSError, ValueError):  # the thread ended, or no schedstat in this kernel
             continue
-        mark("sched", "loop" if int(tid) == threading.get_native_id() else f"{comm}/{tid}", cpu, wait, slices)
+        mark(
+            "sched",
+            "loop" if int(tid) == threading.get_native_id() else f"{comm}/{tid}",
+            cpu,
+            wait,
+            slices,
+        )
 
 
 def dump(name: str) -> None:

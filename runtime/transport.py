@@ -52,8 +52,15 @@ def check_bundle_fits(transport: str, bundle: str | Path) -> None:
 class Node(NodeBase):
     """One process's ZeroMQ sockets. Not thread-safe: a role runs one event loop around :meth:`poll`."""
 
-    def __init__(self, name: str, bind: str, known: Callable[[str], bool], *, hwm: int = 1000,
-                 reconnect_ms: int = 20) -> None:
+    def __init__(
+        self,
+        name: str,
+        bind: str,
+        known: Callable[[str], bool],
+        *,
+        hwm: int = 1000,
+        reconnect_ms: int = 20,
+    ) -> None:
         super().__init__(name, known)
         self.ctx = zmq.Context()
         self.inbox = self.ctx.socket(zmq.ROUTER)
@@ -70,13 +77,15 @@ class Node(NodeBase):
         self.out.setsockopt(zmq.RECONNECT_IVL, reconnect_ms)
         self.out.setsockopt(zmq.RECONNECT_IVL_MAX, 20 * reconnect_ms)
         if bind.startswith("ipc://"):
-            path = Path(bind[len("ipc://"):])
+            path = Path(bind[len("ipc://") :])
             path.parent.mkdir(parents=True, exist_ok=True)
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()  # a stale file of a killed predecessor
         self.inbox.bind(bind)
         self.endpoint = self.inbox.getsockopt(zmq.LAST_ENDPOINT).decode()
-        self.monitor = self.out.get_monitor_socket(zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_SUCCEEDED)
+        self.monitor = self.out.get_monitor_socket(
+            zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_SUCCEEDED
+        )
         self.poller = zmq.Poller()
         self.poller.register(self.inbox, zmq.POLLIN)
         self.poller.register(self.monitor, zmq.POLLIN)
@@ -108,7 +117,13 @@ class Node(NodeBase):
                 self.out.send(frame, _MORE)
             self.out.send(frames[-1], _LAST)
         except zmq.ZMQError as exc:
-            reason = "unreachable" if exc.errno == zmq.EHOSTUNREACH else "hwm" if exc.errno == zmq.EAGAIN else "error"
+            reason = (
+                "unreachable"
+                if exc.errno == zmq.EHOSTUNREACH
+                else "hwm"
+                if exc.errno == zmq.EAGAIN
+                else "error"
+            )
             self.stats.send_fail[reason] += 1
             return False
         self.count_sent(msg_type, frames)
@@ -180,4 +195,4 @@ class Node(NodeBase):
         self.ctx.term()
         if self.endpoint.startswith("ipc://"):
             with contextlib.suppress(OSError):
-                os.unlink(self.endpoint[len("ipc://"):])
+                os.unlink(self.endpoint[len("ipc://") :])

@@ -21,11 +21,19 @@ def check_bundle(bundle: str | Path) -> str:
         if role not in manifest.files:
             continue
         runner = WorldModelRunner(bundle, manifest, file=manifest.files[role])
-        _, recon = runner.step(runner.initial_state(3), np.zeros((3, n, manifest.act_width), np.float32),
-                               np.zeros((3, n, d), np.float32), np.ones((3, n), np.float32))
+        _, recon = runner.step(
+            runner.initial_state(3),
+            np.zeros((3, n, manifest.act_width), np.float32),
+            np.zeros((3, n, d), np.float32),
+            np.ones((3, n), np.float32),
+        )
         if recon.shape != (3, n, d) or not np.isfinite(recon).all():
-            raise RmioError(f"bundle '{bundle}': {manifest.files[role]} returns {recon.shape} or non-finite values")
+            raise RmioError(
+                f"bundle '{bundle}': {manifest.files[role]} returns {recon.shape} or non-finite values"
+            )
     if "actor" in manifest.files:
         ActorRunner(bundle, manifest)
-    return (f"bundle {bundle} is valid: {manifest.spec.name}, {n} agents, window {manifest.history_window}, "
-            f"files {', '.join(manifest.files.values())}")
+    return (
+        f"bundle {bundle} is valid: {manifest.spec.name}, {n} agents, window {manifest.history_window}, "
+        f"files {', '.join(manifest.files.values())}"
+    )

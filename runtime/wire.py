@@ -34,7 +34,15 @@ DTYPES = ("<f4", "<i8", "|b1")
 _NP_DTYPES = {d: np.dtype(d) for d in DTYPES}
 NAME_RE = re.compile(r"^(env|ctl|wm|a\d{1,4})$")
 _LITTLE = sys.byteorder == "little"
-REASONS = ("oversized", "malformed", "version", "unknown_type", "unknown_sender", "bad_field", "bad_array")
+REASONS = (
+    "oversized",
+    "malformed",
+    "version",
+    "unknown_type",
+    "unknown_sender",
+    "bad_field",
+    "bad_array",
+)
 
 
 class WireError(Exception):
@@ -149,29 +157,59 @@ SCHEMAS: dict[str, Schema] = {
     "HB": Schema(dict(_EPOCH)),
     "BYE": Schema({"reason": _short_str}),
     # env host <-> agent: the observation only when the agent observes, available actions only when discrete
-    "STEP": Schema({**_AT, "seq": _uint, "seen": _bool, "dflt": _bool},
-                   (_arr("obs", F32, 1, optional=True), _arr("avail", BOOL, 1, optional=True))),
-    "ACTION": Schema({**_AT, "kind": _one_of(*ACT_KINDS), **_EPOCH, "tx": _uint}, (_arr("action", ACTION, 0, 1),)),
+    "STEP": Schema(
+        {**_AT, "seq": _uint, "seen": _bool, "dflt": _bool},
+        (_arr("obs", F32, 1, optional=True), _arr("avail", BOOL, 1, optional=True)),
+    ),
+    "ACTION": Schema(
+        {**_AT, "kind": _one_of(*ACT_KINDS), **_EPOCH, "tx": _uint}, (_arr("action", ACTION, 0, 1),)
+    ),
     # loss handling, election, history sync
     "LOST": Schema({**_AT, **_EPOCH, "bcast": _bool}),
     "COORD": Schema(dict(_EPOCH)),
     "GATHER": Schema({**_AT, "epoch": _uint, "obs_from": _uint, "act_from": _uint, "stream": _int}),
     "STREAM": Schema({"epoch": _uint, "until": _int}),
-    "HISTORY": Schema({**_AT, "epoch": _uint, "obs_from": _uint, "act_from": _uint, "seen": _bool_list,
-                       "known": _bool_list, "push": _bool}, (_arr("obs", F32, 2), _arr("act", ACTION, 1, 2))),
+    "HISTORY": Schema(
+        {
+            **_AT,
+            "epoch": _uint,
+            "obs_from": _uint,
+            "act_from": _uint,
+            "seen": _bool_list,
+            "known": _bool_list,
+            "push": _bool,
+        },
+        (_arr("obs", F32, 2), _arr("act", ACTION, 1, 2)),
+    ),
     "RECON": Schema({**_AT, "epoch": _uint, "start": _uint}, (_arr("obs", F32, 1),)),
     # world-model node: the latent state travels only when the request continues a chain
-    "WM_REQ": Schema({**_AT, "rid": _uint, "cont": _bool},
-                     (_arr("obs", F32, 3), _arr("act", ACTION, 2, 3), _arr("mask", F32, 2),
-                      _arr("h", F32, 2, optional=True), _arr("z", F32, 2, optional=True))),
-    "WM_REP": Schema({"rid": _uint, "ok": _bool, "us": _uint},
-                     (_arr("obs", F32, 2, optional=True), _arr("h", F32, 2, optional=True),
-                      _arr("z", F32, 2, optional=True))),
+    "WM_REQ": Schema(
+        {**_AT, "rid": _uint, "cont": _bool},
+        (
+            _arr("obs", F32, 3),
+            _arr("act", ACTION, 2, 3),
+            _arr("mask", F32, 2),
+            _arr("h", F32, 2, optional=True),
+            _arr("z", F32, 2, optional=True),
+        ),
+    ),
+    "WM_REP": Schema(
+        {"rid": _uint, "ok": _bool, "us": _uint},
+        (
+            _arr("obs", F32, 2, optional=True),
+            _arr("h", F32, 2, optional=True),
+            _arr("z", F32, 2, optional=True),
+        ),
+    ),
     # metrics and control
     "STATS_REQ": Schema({}),
-    "STATS": Schema({"counts": _scalar_map, "names": _str_list},
-                    tuple(_arr(name, F32, 1, optional=True) for name in STATS_SAMPLES)),
-    "REGISTER": Schema({"role": _one_of(*ROLES), "endpoint": _short_str, "pid": _uint, "inc": _uint}),
+    "STATS": Schema(
+        {"counts": _scalar_map, "names": _str_list},
+        tuple(_arr(name, F32, 1, optional=True) for name in STATS_SAMPLES),
+    ),
+    "REGISTER": Schema(
+        {"role": _one_of(*ROLES), "endpoint": _short_str, "pid": _uint, "inc": _uint}
+    ),
     "ROSTER": Schema({"version": _uint, "endpoints": _scalar_map}),
     "STATUS": Schema({"status": _scalar_map}),
     "DONE": Schema({"report": _short_str, "ok": _bool}),
@@ -198,27 +236,46 @@ class Message:
         a = self.arrays.get(name)
         if a is None:
             raise WireError("bad_array", f"{self.type} lacks array {name!r}")
-        if a.ndim != len(shape) or any(s is not None and s != d for s, d in zip(shape, a.shape, strict=True)):
-            raise WireError("bad_array", f"{self.type}.{name} has shape {a.shape}, expected {tuple(shape)}")
+        if a.ndim != len(shape) or any(
+            s is not None and s != d for s, d in zip(shape, a.shape, strict=True)
+        ):
+            raise WireError(
+                "bad_array", f"{self.type}.{name} has shape {a.shape}, expected {tuple(shape)}"
+            )
         if dtype is not None and a.dtype.str != dtype:
-            raise WireError("bad_array", f"{self.type}.{name} has dtype {a.dtype.str}, expected {dtype}")
+            raise WireError(
+                "bad_array", f"{self.type}.{name} has dtype {a.dtype.str}, expected {dtype}"
+            )
         return a
 
 
-def encode(msg_type: str, src: str, arrays: Mapping[str, np.ndarray] | None = None, **fields: Any) -> list[bytes]:
+def encode(
+    msg_type: str, src: str, arrays: Mapping[str, np.ndarray] | None = None, **fields: Any
+) -> list[bytes]:
     """Frames for one message; validated like an incoming one so a bug never reaches the wire. ``arrays``
     maps array names to arrays (any order; they travel in the schema's order)."""
     schema = SCHEMAS[msg_type]
     _check_fields(msg_type, schema, fields)
     arrays = arrays or {}
     if not isinstance(arrays, Mapping):
-        raise TypeError(f"{msg_type}: arrays must map array names to arrays, got {type(arrays).__name__}")
+        raise TypeError(
+            f"{msg_type}: arrays must map array names to arrays, got {type(arrays).__name__}"
+        )
     unknown = [name for name in arrays if name not in schema.index]
     if unknown:
         raise WireError("bad_array", f"{msg_type} has no array {unknown[0]!r}")
-    arrs = [(spec.name, np.asarray(arrays[spec.name], order="C")) for spec in schema.arrays if spec.name in arrays]
-    header = {"v": PROTOCOL_VERSION, "t": msg_type, "src": src, **fields,
-              "arr": [[name, a.dtype.str, list(a.shape)] for name, a in arrs]}
+    arrs = [
+        (spec.name, np.asarray(arrays[spec.name], order="C"))
+        for spec in schema.arrays
+        if spec.name in arrays
+    ]
+    header = {
+        "v": PROTOCOL_VERSION,
+        "t": msg_type,
+        "src": src,
+        **fields,
+        "arr": [[name, a.dtype.str, list(a.shape)] for name, a in arrs],
+    }
     _check_arrays(msg_type, schema, header["arr"])
     return [msgpack.packb(header, use_bin_type=True), *(a.tobytes() for _, a in arrs)]
 
@@ -227,8 +284,12 @@ def frames_size(frames: Sequence[bytes | memoryview]) -> int:
     return sum(map(len, frames))
 
 
-def decode(frames: Sequence[bytes], sender: str | None = None, known: Callable[[str], bool] | None = None,
-           max_bytes: int = MAX_MESSAGE_BYTES) -> Message:
+def decode(
+    frames: Sequence[bytes],
+    sender: str | None = None,
+    known: Callable[[str], bool] | None = None,
+    max_bytes: int = MAX_MESSAGE_BYTES,
+) -> Message:
     """Parse and validate one message; ``sender`` is the transport's identity for it, ``known`` says
     whether a sender name belongs to this swarm. Raises WireError only."""
     try:
@@ -239,14 +300,23 @@ def decode(frames: Sequence[bytes], sender: str | None = None, known: Callable[[
         raise WireError("malformed", f"{type(exc).__name__}: {exc}") from None
 
 
-_unpack = functools.partial(msgpack.unpackb, raw=False, strict_map_key=True, use_list=True,
-                            max_str_len=MAX_HEADER_BYTES, max_bin_len=0, max_array_len=MAX_DIM, max_map_len=1024,
-                            max_ext_len=0)
+_unpack = functools.partial(
+    msgpack.unpackb,
+    raw=False,
+    strict_map_key=True,
+    use_list=True,
+    max_str_len=MAX_HEADER_BYTES,
+    max_bin_len=0,
+    max_array_len=MAX_DIM,
+    max_map_len=1024,
+    max_ext_len=0,
+)
 """The header parser, with limits that keep a hostile header from allocating much."""
 
 
-def _decode(frames: Sequence[bytes], sender: str | None, known: Callable[[str], bool] | None,
-            max_bytes: int) -> Message:
+def _decode(
+    frames: Sequence[bytes], sender: str | None, known: Callable[[str], bool] | None, max_bytes: int
+) -> Message:
     if not frames or len(frames) > MAX_FRAMES + 1:
         raise WireError("malformed", f"{len(frames)} frames")
     total = frames_size(frames)
@@ -259,14 +329,22 @@ def _decode(frames: Sequence[bytes], sender: str | None, known: Callable[[str], 
     if type(header) is not dict:
         raise WireError("malformed", "header is not a map")
     # what remains of the header once the common keys are popped is the type's own fields
-    version, msg_type, src, specs = header.pop("v", None), header.pop("t", None), header.pop("src", None), \
-        header.pop("arr", None)
+    version, msg_type, src, specs = (
+        header.pop("v", None),
+        header.pop("t", None),
+        header.pop("src", None),
+        header.pop("arr", None),
+    )
     if version != PROTOCOL_VERSION or type(version) is not int:
         raise WireError("version", f"version {version!r}")
     schema = SCHEMAS.get(msg_type) if type(msg_type) is str else None
     if schema is None:
         raise WireError("unknown_type", repr(msg_type)[:40])
-    if not _name(src) or (sender is not None and src != sender) or (known is not None and not known(src)):
+    if (
+        not _name(src)
+        or (sender is not None and src != sender)
+        or (known is not None and not known(src))
+    ):
         raise WireError("unknown_sender", repr(src)[:40])
     _check_fields(msg_type, schema, header)
     if type(specs) is not list:
@@ -281,7 +359,9 @@ def _decode(frames: Sequence[bytes], sender: str | None, known: Callable[[str], 
             raise WireError("bad_array", f"frame of {len(frame)} bytes for {dtype}{shape}")
         if dt.kind == "f" and not _finite(frame):
             raise WireError("bad_array", "non-finite values")
-        if dt.kind == "b" and bytes(frame).translate(None, b"\x00\x01"):  # frames may be memoryviews (udp)
+        if dt.kind == "b" and bytes(frame).translate(
+            None, b"\x00\x01"
+        ):  # frames may be memoryviews (udp)
             raise WireError("bad_array", "booleans other than 0 and 1")
         arrays[name] = np.frombuffer(frame, dtype=dt).reshape(shape)
     return Message(msg_type, src, header, arrays, total)
@@ -325,7 +405,7 @@ def _check_arrays(msg_type: str, schema: Schema, specs: list[Any]) -> None:
             raise WireError("bad_array", f"{msg_type} has no array {name!r}"[:80])
         if k <= last:
             raise WireError("bad_array", f"{msg_type} array {name!r} out of order or repeated"[:80])
-        for skipped in schema.arrays[last + 1:k]:
+        for skipped in schema.arrays[last + 1 : k]:
             if not skipped.optional:
                 raise WireError("bad_array", f"{msg_type} lacks array {skipped.name!r}")
         last = k
@@ -336,6 +416,6 @@ def _check_arrays(msg_type: str, schema: Schema, specs: list[Any]) -> None:
             raise WireError("bad_array", f"{msg_type}.{name} shape {shape!r}"[:80])
         if not all(type(d) is int and 0 <= d <= MAX_DIM for d in shape):
             raise WireError("bad_array", f"{msg_type}.{name} shape {shape!r}"[:80])
-    for spec in schema.arrays[last + 1:]:
+    for spec in schema.arrays[last + 1 :]:
         if not spec.optional:
             raise WireError("bad_array", f"{msg_type} lacks array {spec.name!r}")

@@ -20,11 +20,14 @@ def test_shipped_sweeps_validate(name: str) -> None:
     assert ab.variants and ab.robustness.p_loss[0] == 0.0 and ab.robustness.p_loss[-1] == 1.0
 
 
-@pytest.mark.parametrize("body,needle", [
-    ("vary: algo\nvariants: [rmiov2, telepathy]", "unknown method"),
-    ("vary: p_mask\nvariants: [0.5, 1.5]", "p_mask variants"),
-    ("vary: seeds\nvariants: [1]", "vary"),
-])
+@pytest.mark.parametrize(
+    "body,needle",
+    [
+        ("vary: algo\nvariants: [rmiov2, telepathy]", "unknown method"),
+        ("vary: p_mask\nvariants: [0.5, 1.5]", "p_mask variants"),
+        ("vary: seeds\nvariants: [1]", "vary"),
+    ],
+)
 def test_bad_sweeps_are_refused(tmp_path: Path, body: str, needle: str) -> None:
     path = tmp_path / "sweep.yaml"
     path.write_text(f"name: x\nscenario: halfcheetah_6x1\npolicy: p\n{body}\n")
@@ -35,9 +38,11 @@ def test_bad_sweeps_are_refused(tmp_path: Path, body: str, needle: str) -> None:
 def test_debug_fusion_sweep_end_to_end(tmp_path: Path) -> None:
     policy = make_tiny_bundle(tmp_path / "policy", "mamujoco/HalfCheetah-6x1", 8)
     sweep = tmp_path / "sweep.yaml"
-    sweep.write_text(f"name: debug fusion\nscenario: halfcheetah_6x1\nvary: algo\n"
-                     f"variants: [rmiov2, rmiov2-no-obs-fusion]\npolicy: {policy}\n"
-                     "robustness: {p_loss: [0, 0.5, 1.0], seeds: 1, episodes: 2, steps: 20}\n")
+    sweep.write_text(
+        f"name: debug fusion\nscenario: halfcheetah_6x1\nvary: algo\n"
+        f"variants: [rmiov2, rmiov2-no-obs-fusion]\npolicy: {policy}\n"
+        "robustness: {p_loss: [0, 0.5, 1.0], seeds: 1, episodes: 2, steps: 20}\n"
+    )
     out = tmp_path / "out"
     console = Console(file=open(tmp_path / "log.txt", "w"))  # noqa: SIM115 - closed with the test's tmp dir
     result = run_ablation(sweep, out, True, console)
@@ -47,8 +52,9 @@ def test_debug_fusion_sweep_end_to_end(tmp_path: Path) -> None:
         assert 0 < r["lrec_lost"] < 10 and len(r["curve"]) == 3
         (run,) = r["runs"]
         assert not Path(run).is_absolute()
-        assert json.loads((out / run / "bundle" / "manifest.json").read_text())["budget"]["policy_source"] == \
-            str(policy)
+        assert json.loads((out / run / "bundle" / "manifest.json").read_text())["budget"][
+            "policy_source"
+        ] == str(policy)
     # the same real data for both methods (hard links or copies of the first run's files)
     a, b = (out / "seed0" / v / "data" / "train.npz" for v in ("rmiov2", "rmiov2-no-obs-fusion"))
     assert a.read_bytes() == b.read_bytes()

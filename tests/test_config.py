@@ -21,11 +21,24 @@ from rmio.errors import ConfigError
 ALL = builtin_config_names()
 
 
-REQUIRED = [("mamujoco", sc) for sc in ("HalfCheetah-2x3", "HalfCheetah-6x1", "Ant-4x2", "Walker2d-2x3", "Hopper-3x1",
-                                        "ManySegmentSwimmer-4x2", "ManySegmentSwimmer-10x2")]
+REQUIRED = [
+    ("mamujoco", sc)
+    for sc in (
+        "HalfCheetah-2x3",
+        "HalfCheetah-6x1",
+        "Ant-4x2",
+        "Walker2d-2x3",
+        "Hopper-3x1",
+        "ManySegmentSwimmer-4x2",
+        "ManySegmentSwimmer-10x2",
+    )
+]
 REQUIRED += [("smax", m) for m in ("2s3z", "3s_vs_5z", "3m", "8m", "3s5z")]
 REQUIRED += [("lbf", "Foraging-8x8-2p-2f-coop-v3")]
-REQUIRED += [("smac", m) for m in ("2s_vs_1sc", "3s_vs_3z", "2s3z", "3s_vs_4z", "3s_vs_5z", "1c3s5z", "8m", "corridor")]
+REQUIRED += [
+    ("smac", m)
+    for m in ("2s_vs_1sc", "3s_vs_3z", "2s3z", "3s_vs_4z", "3s_vs_5z", "1c3s5z", "8m", "corridor")
+]
 
 
 def test_every_scenario_of_the_spec_has_a_config() -> None:
@@ -91,7 +104,9 @@ def test_range_checks(tmp_path: Path) -> None:
 
 
 def test_overrides_keep_yaml_types() -> None:
-    cfg = load_config("halfcheetah_6x1", overrides=["loss.p_loss=3e-1", "run.seed=7", "env.options={a: 1}"])
+    cfg = load_config(
+        "halfcheetah_6x1", overrides=["loss.p_loss=3e-1", "run.seed=7", "env.options={a: 1}"]
+    )
     assert cfg.loss.p_loss == pytest.approx(0.3)
     assert cfg.run.seed == 7
     assert cfg.env.options == {"a": 1}
@@ -110,20 +125,36 @@ def test_debug_preset_is_the_task_family_s(tmp_path: Path) -> None:
     """One `debug` preset per task family (configs/debug/<family>.yaml), for built-in and user configs alike;
     a config's own `debug:` block holds its exceptions and is merged over the family's."""
     assert all(family_preset_path("debug", family) for family in FAMILIES)
-    assert not [name for name in ALL if "debug" in yaml.safe_load(resolve_config_path(name).read_text())]
+    assert not [
+        name for name in ALL if "debug" in yaml.safe_load(resolve_config_path(name).read_text())
+    ]
     mine = load_config(_write(tmp_path, "env: {family: smax, scenario: 3m}\n"), preset="debug")
     builtin = load_config("smax_3m", preset="debug")
-    assert (mine.env.episode_limit, mine.run.num_envs, mine.run.collect_steps, mine.world_model, mine.policy) == \
-        (builtin.env.episode_limit, builtin.run.num_envs, builtin.run.collect_steps, builtin.world_model,
-         builtin.policy)
+    assert (
+        mine.env.episode_limit,
+        mine.run.num_envs,
+        mine.run.collect_steps,
+        mine.world_model,
+        mine.policy,
+    ) == (
+        builtin.env.episode_limit,
+        builtin.run.num_envs,
+        builtin.run.collect_steps,
+        builtin.world_model,
+        builtin.policy,
+    )
     text = "env: {family: smax, scenario: 3m}\ndebug:\n  run: {collect_steps: 123}\n"
     exception = load_config(_write(tmp_path, text), preset="debug")
     assert exception.run.collect_steps == 123 and exception.run.num_envs == builtin.run.num_envs
-    assert load_config(_write(tmp_path, text)).run.collect_steps == RunConfig().collect_steps  # only with --debug
+    assert (
+        load_config(_write(tmp_path, text)).run.collect_steps == RunConfig().collect_steps
+    )  # only with --debug
 
 
 def test_missing_debug_preset(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(FAMILIES, "toy", FAMILIES["mamujoco"])  # a family without configs/debug/toy.yaml
+    monkeypatch.setitem(
+        FAMILIES, "toy", FAMILIES["mamujoco"]
+    )  # a family without configs/debug/toy.yaml
     with pytest.raises(ConfigError, match="has no 'debug' preset"):
         load_config(_write(tmp_path, "env: {family: toy}\n"), preset="debug")
     with pytest.raises(ConfigError, match="unknown preset 'tiny'"):
@@ -133,13 +164,17 @@ def test_missing_debug_preset(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
 def test_retired_key_is_refused_but_recorded_configs_still_load(tmp_path: Path) -> None:
     """world_model.train.device was never read (the device is --device): setting it is an error, while
     run directories and checkpoints recorded with it still load, to the same hash."""
-    with pytest.raises(ConfigError, match=r"unknown key 'world_model\.train\.device' \(removed: .*--device"):
+    with pytest.raises(
+        ConfigError, match=r"unknown key 'world_model\.train\.device' \(removed: .*--device"
+    ):
         load_config("halfcheetah_6x1", overrides=["world_model.train.device=cuda"])
     with pytest.raises(ConfigError, match=r"cfg\.yaml: unknown key 'world_model\.train\.device'"):
         load_config(_write(tmp_path, "world_model:\n  train: {device: cuda}\n"))
     cfg = load_config("ant_4x2", preset="debug")
     path = save_config(cfg, tmp_path / "run")
-    path.write_text(path.read_text().replace("    threads: 2\n", "    device: cpu\n    threads: 2\n"))
+    path.write_text(
+        path.read_text().replace("    threads: 2\n", "    device: cpu\n    threads: 2\n")
+    )
     assert "device: cpu" in path.read_text()
     assert load_config(path).digest() == cfg.digest()
     checkpoint = cfg.to_dict()
@@ -159,7 +194,9 @@ def test_saved_config_reloads_to_same_hash(tmp_path: Path) -> None:
 def test_algorithm_variants() -> None:
     gawm = load_config("halfcheetah_6x1", algo="gawm")
     assert gawm.world_model.smoothing.mode == "fixed" and gawm.world_model.finetune.p_mask == 0.0
-    ablation = load_config("halfcheetah_6x1", algo="rmiov2-no-obs-fusion", overrides=["loss.p_loss=0.1"])
+    ablation = load_config(
+        "halfcheetah_6x1", algo="rmiov2-no-obs-fusion", overrides=["loss.p_loss=0.1"]
+    )
     assert not ablation.world_model.model.obs_fusion and ablation.world_model.model.action_fusion
     assert load_config("halfcheetah_6x1", algo="rmiov2") == load_config("halfcheetah_6x1")
     with pytest.raises(ConfigError, match="unknown algorithm 'dreamer'"):

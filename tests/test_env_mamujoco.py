@@ -10,8 +10,15 @@ from rmio.envs.registry import FAMILIES
 from rmio.errors import ConfigError
 
 SCENARIOS = FAMILIES["mamujoco"].scenarios
-EXPECTED_AGENTS = {"HalfCheetah-2x3": 2, "HalfCheetah-6x1": 6, "Ant-4x2": 4, "Walker2d-2x3": 2, "Hopper-3x1": 3,
-                   "ManySegmentSwimmer-4x2": 4, "ManySegmentSwimmer-10x2": 10}
+EXPECTED_AGENTS = {
+    "HalfCheetah-2x3": 2,
+    "HalfCheetah-6x1": 6,
+    "Ant-4x2": 4,
+    "Walker2d-2x3": 2,
+    "Hopper-3x1": 3,
+    "ManySegmentSwimmer-4x2": 4,
+    "ManySegmentSwimmer-10x2": 10,
+}
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS)

@@ -43,7 +43,9 @@ def imports_of(name: str, path: Path, modules: dict[str, Path]) -> set[str]:
             if node.level:
                 parent = package.split(".")[: len(package.split(".")) - node.level + 1]
                 base = ".".join([*parent, *([base] if base else [])])
-            targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base for a in node.names]
+            targets = [
+                f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base for a in node.names
+            ]
         else:
             continue
         for target in targets:
@@ -52,7 +54,9 @@ def imports_of(name: str, path: Path, modules: dict[str, Path]) -> set[str]:
             elif target in modules:
                 found.add(target)
             elif target.startswith("rmio."):  # a name inside a module: the module it lives in
-                owner = max((m for m in modules if target.startswith(m + ".")), key=len, default=None)
+                owner = max(
+                    (m for m in modules if target.startswith(m + ".")), key=len, default=None
+                )
                 if owner is not None:
                     found.add(owner)
     found.discard(name)
@@ -119,10 +123,21 @@ def test_cycle_finder_finds_a_cycle() -> None:
 
 
 @pytest.mark.parametrize("layer", TORCH_FREE)
-def test_deployed_layers_never_import_training_or_torch(graph: dict[str, set[str]], layer: str) -> None:
-    bad = {name: sorted(m for m in deps if m == "torch" or m.startswith("rmio.train") or m.startswith("rmio.evaluation")
-                        or m in ("rmio.cli", "rmio.cli_train", "rmio.cli_eval", "rmio.demo"))
-           for name, deps in graph.items() if name == layer or name.startswith(layer + ".")}
+def test_deployed_layers_never_import_training_or_torch(
+    graph: dict[str, set[str]], layer: str
+) -> None:
+    bad = {
+        name: sorted(
+            m
+            for m in deps
+            if m == "torch"
+            or m.startswith("rmio.train")
+            or m.startswith("rmio.evaluation")
+            or m in ("rmio.cli", "rmio.cli_train", "rmio.cli_eval", "rmio.demo")
+        )
+        for name, deps in graph.items()
+        if name == layer or name.startswith(layer + ".")
+    }
     assert {k: v for k, v in bad.items() if v} == {}
 
 
@@ -141,19 +156,60 @@ main(sys.argv[1:])
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-@pytest.mark.parametrize(("args", "made"), [
-    (["export", "--check", "{bundle}"], None),
-    (["eval", "robustness", "{bundle}", "--episodes", "1", "--seeds", "1", "--steps", "20", "--p-loss", "0,0.5",
-      "--out", "{tmp}/robustness"], "robustness/robustness.json"),
-    (["swarm", "launch", "{bundle}", "--episodes", "1", "--steps", "20", "--p-loss", "0.5", "--out", "{tmp}/swarm"],
-     "swarm/*/report.json"),
-], ids=["export-check", "eval-robustness", "swarm-launch"])
-def test_deployment_commands_run_without_torch(tmp_path: Path, args: list[str], made: str | None) -> None:
+@pytest.mark.parametrize(
+    ("args", "made"),
+    [
+        (["export", "--check", "{bundle}"], None),
+        (
+            [
+                "eval",
+                "robustness",
+                "{bundle}",
+                "--episodes",
+                "1",
+                "--seeds",
+                "1",
+                "--steps",
+                "20",
+                "--p-loss",
+                "0,0.5",
+                "--out",
+                "{tmp}/robustness",
+            ],
+            "robustness/robustness.json",
+        ),
+        (
+            [
+                "swarm",
+                "launch",
+                "{bundle}",
+                "--episodes",
+                "1",
+                "--steps",
+                "20",
+                "--p-loss",
+                "0.5",
+                "--out",
+                "{tmp}/swarm",
+            ],
+            "swarm/*/report.json",
+        ),
+    ],
+    ids=["export-check", "eval-robustness", "swarm-launch"],
+)
+def test_deployment_commands_run_without_torch(
+    tmp_path: Path, args: list[str], made: str | None
+) -> None:
     from rmio.models import default_bundle
 
     argv = [a.format(bundle=default_bundle(), tmp=tmp_path) for a in args]
-    proc = subprocess.run([sys.executable, "-c", BLOCK_TORCH, *argv], capture_output=True, text=True, timeout=280,
-                          cwd=tmp_path)
+    proc = subprocess.run(
+        [sys.executable, "-c", BLOCK_TORCH, *argv],
+        capture_output=True,
+        text=True,
+        timeout=280,
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     assert "torch is blocked" not in proc.stdout + proc.stderr
     if made is None:

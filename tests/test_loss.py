@@ -85,8 +85,14 @@ def test_blackout_hits_every_agent_for_its_length() -> None:
     assert lost_all.mean() == pytest.approx(0.05 * 7 / (1 + 0.05 * 7), rel=0.1)
 
 
-@pytest.mark.parametrize("cfg", [LossConfig("bernoulli", 0.4), LossConfig("burst", 0.4, 6.0),
-                                 LossConfig("blackout", blackout_rate=0.1)])
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        LossConfig("bernoulli", 0.4),
+        LossConfig("burst", 0.4, 6.0),
+        LossConfig("blackout", blackout_rate=0.1),
+    ],
+)
 def test_same_seed_same_masks_different_seed_different(cfg: LossConfig) -> None:
     a = _masks(make_loss_model(cfg, 6, seed=11), 500, episode_len=100)
     b = _masks(make_loss_model(cfg, 6, seed=11), 500, episode_len=100)
@@ -116,7 +122,9 @@ def test_bernoulli_masks_are_well_formed(p: float, seed: int, n: int) -> None:
 
 def test_schedule_file(tmp_path: Path) -> None:
     path = tmp_path / "sched.yaml"
-    path.write_text('- {steps: 2, agents: [0]}\n- {steps: "4-6", agents: [1, 2]}\n- {steps: "9-", agents: all}\n')
+    path.write_text(
+        '- {steps: 2, agents: [0]}\n- {steps: "4-6", agents: [1, 2]}\n- {steps: "9-", agents: all}\n'
+    )
     model = make_loss_model(LossConfig("schedule", schedule=str(path)), 3)
     for _ in range(2):  # the same in every episode
         lost = ~_masks(model, 12)
@@ -127,14 +135,17 @@ def test_schedule_file(tmp_path: Path) -> None:
         np.testing.assert_array_equal(lost, expected)
 
 
-@pytest.mark.parametrize(("text", "match"), [
-    ("steps: 3\n", "must be a list"),
-    ("- {steps: 3}\n", "exactly the keys"),
-    ("- {steps: 'x-y', agents: all}\n", "steps must be"),
-    ("- {steps: '5-2', agents: all}\n", "bad step range"),
-    ("- {steps: 1, agents: [7]}\n", r"agent indices in \[0, 3\)"),
-    ("- {steps: [1, agents: all}\n", "malformed YAML at line 1"),
-])
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        ("steps: 3\n", "must be a list"),
+        ("- {steps: 3}\n", "exactly the keys"),
+        ("- {steps: 'x-y', agents: all}\n", "steps must be"),
+        ("- {steps: '5-2', agents: all}\n", "bad step range"),
+        ("- {steps: 1, agents: [7]}\n", r"agent indices in \[0, 3\)"),
+        ("- {steps: [1, agents: all}\n", "malformed YAML at line 1"),
+    ],
+)
 def test_schedule_errors(tmp_path: Path, text: str, match: str) -> None:
     path = tmp_path / "bad.yaml"
     path.write_text(text)
@@ -156,8 +167,10 @@ def test_config_validation() -> None:
 def test_lossy_env_zeroes_lost_agents_and_keeps_truth() -> None:
     from rmio.envs import EnvConfig, make_env
 
-    env = LossyEnv(make_env(EnvConfig(scenario="HalfCheetah-6x1", episode_limit=20)),
-                   make_loss_model(LossConfig("bernoulli", 0.5), 6, seed=0))
+    env = LossyEnv(
+        make_env(EnvConfig(scenario="HalfCheetah-6x1", episode_limit=20)),
+        make_loss_model(LossConfig("bernoulli", 0.5), 6, seed=0),
+    )
     rng = np.random.default_rng(0)
     ts = env.reset(seed=3)
     seen_lost = 0

@@ -47,7 +47,9 @@ def test_actor_sees_only_its_own_observation(spec: EnvSpec) -> None:
             torch.testing.assert_close(d1.logits[:, i], d2.logits[:, i])
         else:
             torch.testing.assert_close(d1.mean[:, i], d2.mean[:, i])
-    assert actor.net[0].in_features == spec.obs_dim + spec.n_agents  # one observation + the id, nothing else
+    assert (
+        actor.net[0].in_features == spec.obs_dim + spec.n_agents
+    )  # one observation + the id, nothing else
 
 
 def test_unavailable_actions_are_never_taken() -> None:
@@ -70,12 +72,22 @@ def test_continuous_greedy_action_is_clipped_and_padding_zero() -> None:
 
 
 def test_gae_matches_a_hand_computation() -> None:
-    r = Rollout(obs=torch.zeros(3, 1, 1, 1), actions=torch.zeros(3, 1, 1), logp=torch.zeros(3, 1, 1),
-                values=torch.tensor([[1.0], [2.0], [3.0]]), rewards=torch.tensor([[1.0], [0.0], [2.0]]),
-                next_values=torch.tensor([[2.0], [0.0], [5.0]]), dones=torch.tensor([[0.0], [1.0], [0.0]]))
+    r = Rollout(
+        obs=torch.zeros(3, 1, 1, 1),
+        actions=torch.zeros(3, 1, 1),
+        logp=torch.zeros(3, 1, 1),
+        values=torch.tensor([[1.0], [2.0], [3.0]]),
+        rewards=torch.tensor([[1.0], [0.0], [2.0]]),
+        next_values=torch.tensor([[2.0], [0.0], [5.0]]),
+        dones=torch.tensor([[0.0], [1.0], [0.0]]),
+    )
     adv, ret = gae(r, gamma=0.9, lam=0.5)
     d = [1 + 0.9 * 2 - 1, 0 + 0 - 2, 2 + 0.9 * 5 - 3]
-    expected = [d[0] + 0.45 * d[1], d[1], d[2]]  # no bootstrapping across the episode end after step 1
+    expected = [
+        d[0] + 0.45 * d[1],
+        d[1],
+        d[2],
+    ]  # no bootstrapping across the episode end after step 1
     torch.testing.assert_close(adv[:, 0], torch.tensor(expected))
     torch.testing.assert_close(ret, adv + r.values)
 
@@ -85,32 +97,53 @@ def test_ppo_learns_a_bandit() -> None:
     torch.manual_seed(0)
     actor = _actor(DISCRETE)
     zeros = np.zeros((3, DISCRETE.obs_dim), np.float32)
-    ppo = PPO(actor, Critic(DISCRETE, 32, zeros, np.ones_like(zeros)), PPOConfig(actor_lr=3e-3, critic_lr=3e-3))
+    ppo = PPO(
+        actor,
+        Critic(DISCRETE, 32, zeros, np.ones_like(zeros)),
+        PPOConfig(actor_lr=3e-3, critic_lr=3e-3),
+    )
     obs = torch.randn(1, 64, 3, DISCRETE.obs_dim)
     for _ in range(15):
         with torch.no_grad():
             act, logp = joint_act(actor, obs)
             value = ppo.value(obs)
         reward = (act == 2).float().mean(-1)
-        ppo.update(Rollout(obs, act, logp, value, reward, torch.zeros_like(reward), torch.ones_like(reward)))
+        ppo.update(
+            Rollout(
+                obs, act, logp, value, reward, torch.zeros_like(reward), torch.ones_like(reward)
+            )
+        )
     greedy, _ = joint_act(actor, obs, deterministic=True)
     assert (greedy == 2).float().mean() > 0.9
 
 
 def test_imagined_rollouts_have_the_right_shapes() -> None:
-    buf, _ = collect(EnvConfig("mamujoco", "HalfCheetah-6x1", episode_limit=40), LossConfig("none"), steps=120,
-                     num_envs=1, seed=0)
+    buf, _ = collect(
+        EnvConfig("mamujoco", "HalfCheetah-6x1", episode_limit=40),
+        LossConfig("none"),
+        steps=120,
+        num_envs=1,
+        seed=0,
+    )
     stats = observation_stats(buf)
     torch.manual_seed(0)
     cfg = WorldModelConfig(deter=16, hidden=16, fusion_dim=8, fusion_heads=2, groups=2, classes=4)
     model = RMIOWorldModel(buf.spec, cfg, *stats)
-    ppo = PPO(Actor(buf.spec, 16, -0.5, stats[0], stats[1]), Critic(buf.spec, 16, stats[0], stats[1]), PPOConfig())
+    ppo = PPO(
+        Actor(buf.spec, 16, -0.5, stats[0], stats[1]),
+        Critic(buf.spec, 16, stats[0], stats[1]),
+        PPOConfig(),
+    )
     sampler = SequenceSampler(buf, load_config("halfcheetah_6x1").world_model.smoothing)
     h, z = start_states(model, sampler, np.random.default_rng(0), starts=5, context=4)
     assert h.shape == (5, 6, 16) and z.shape == (5, 6, 8)
     roll = imagine(model, ppo, h, z, horizon=7)
     assert roll.obs.shape == (7, 5, 6, 9) and roll.actions.shape == (7, 5, 6, 1)
-    assert roll.logp.shape == (7, 5, 6) and roll.rewards.shape == (7, 5) and roll.values.shape == (7, 5)
+    assert (
+        roll.logp.shape == (7, 5, 6)
+        and roll.rewards.shape == (7, 5)
+        and roll.values.shape == (7, 5)
+    )
     assert (roll.weights[1:] <= roll.weights[:-1] + 1e-6).all() and (roll.weights <= 1).all()
     # the actor acted on reconstructed observations: padding features stay zero as in real ones
     np.testing.assert_array_equal(roll.obs[..., [2, 5], 8].numpy(), 0.0)
@@ -126,16 +159,20 @@ def test_exported_actor_matches_pytorch(spec: EnvSpec, tmp_path: Path) -> None:
 
 
 def rmio(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "rmio.cli", *args], capture_output=True, text=True, timeout=900)
+    return subprocess.run(
+        [sys.executable, "-m", "rmio.cli", *args], capture_output=True, text=True, timeout=900
+    )
 
 
 def test_pretrain_finetune_export_end_to_end(tmp_path: Path) -> None:
     """The debug preset of HalfCheetah 6x1: Algorithm 1, masked fine-tuning, a full bundle, both runtimes."""
     run = tmp_path / "run"
-    for args in (("train", "pretrain", "halfcheetah_6x1", "--debug", "--run-dir", str(run)),
-                 ("train", "finetune", str(run)),
-                 ("export", str(run), "--out", str(tmp_path / "bundle")),
-                 ("export", "--check", str(tmp_path / "bundle"))):
+    for args in (
+        ("train", "pretrain", "halfcheetah_6x1", "--debug", "--run-dir", str(run)),
+        ("train", "finetune", str(run)),
+        ("export", str(run), "--out", str(tmp_path / "bundle")),
+        ("export", "--check", str(tmp_path / "bundle")),
+    ):
         proc = rmio(*args)
         assert proc.returncode == 0, (args, proc.stderr[-2000:])
     evals = [json.loads(line) for line in (run / "eval.jsonl").read_text().splitlines()]
@@ -143,8 +180,11 @@ def test_pretrain_finetune_export_end_to_end(tmp_path: Path) -> None:
     rows = [json.loads(line) for line in (run / "joint.jsonl").read_text().splitlines()]
     assert rows and all(r["imagined_steps_per_s"] > 0 for r in rows)
     manifest = json.loads((tmp_path / "bundle" / "manifest.json").read_text())
-    assert manifest["files"] == {"wm_step": "wm_step.onnx", "actor": "actor.onnx",
-                                 "wm_step_pretrain": "wm_step_pretrain.onnx"}  # the no-finetune baseline
+    assert manifest["files"] == {
+        "wm_step": "wm_step.onnx",
+        "actor": "actor.onnx",
+        "wm_step_pretrain": "wm_step_pretrain.onnx",
+    }  # the no-finetune baseline
     assert manifest["metrics"]["actor_parity"] < 1e-5
     from rmio.runtime.models import ActorRunner
 
@@ -154,7 +194,9 @@ def test_pretrain_finetune_export_end_to_end(tmp_path: Path) -> None:
 
 
 def test_imagination_never_starts_from_an_episodes_last_row() -> None:
-    buf, _ = collect(EnvConfig("mamujoco", "Hopper-3x1", episode_limit=6), LossConfig("none"), steps=60, seed=1)
+    buf, _ = collect(
+        EnvConfig("mamujoco", "Hopper-3x1", episode_limit=6), LossConfig("none"), steps=60, seed=1
+    )
     sampler = SequenceSampler(buf, load_config("hopper_3x1").world_model.smoothing)
     rng = np.random.default_rng(0)
     for _ in range(20):
@@ -164,23 +206,54 @@ def test_imagination_never_starts_from_an_episodes_last_row() -> None:
     assert any(plain)  # without the option such windows do occur, so the test above is not vacuous
 
 
-def test_world_model_data_from_a_trained_actor_and_export_with_another_policy(tmp_path: Path) -> None:
+def test_world_model_data_from_a_trained_actor_and_export_with_another_policy(
+    tmp_path: Path,
+) -> None:
     """run.data_policy collects the world model's data with a trained actor; export --policy ships that actor."""
     mappo, wm = tmp_path / "mappo", tmp_path / "wm"
-    for args in (("train", "mappo", "halfcheetah_6x1", "--debug", "--run-dir", str(mappo)),
-                 ("train", "world-model", "halfcheetah_6x1", "--debug", "--run-dir", str(wm),
-                  "--set", f"run.data_policy={mappo / 'policy.pt'}"),
-                 ("export", str(wm), "--policy", str(mappo / "policy.pt"), "--out", str(tmp_path / "bundle"))):
+    for args in (
+        ("train", "mappo", "halfcheetah_6x1", "--debug", "--run-dir", str(mappo)),
+        (
+            "train",
+            "world-model",
+            "halfcheetah_6x1",
+            "--debug",
+            "--run-dir",
+            str(wm),
+            "--set",
+            f"run.data_policy={mappo / 'policy.pt'}",
+        ),
+        (
+            "export",
+            str(wm),
+            "--policy",
+            str(mappo / "policy.pt"),
+            "--out",
+            str(tmp_path / "bundle"),
+        ),
+    ):
         proc = rmio(*args)
         assert proc.returncode == 0, (args, proc.stderr[-2000:])
     from rmio.envs.trajectory import TrajectoryBuffer
 
-    assert TrajectoryBuffer.load(wm / "data" / "train.npz").meta["policy"] == str(mappo / "policy.pt")
+    assert TrajectoryBuffer.load(wm / "data" / "train.npz").meta["policy"] == str(
+        mappo / "policy.pt"
+    )
     manifest = json.loads((tmp_path / "bundle" / "manifest.json").read_text())
     assert manifest["budget"]["policy_source"] == str(mappo / "policy.pt")
-    assert manifest["budget"]["policy_algo"] == "mappo" and manifest["metrics"]["actor_parity"] < 1e-5
-    wrong = rmio("train", "world-model", "ant_4x2", "--debug", "--run-dir", str(tmp_path / "ant"),
-                 "--set", f"run.data_policy={mappo / 'policy.pt'}")
+    assert (
+        manifest["budget"]["policy_algo"] == "mappo" and manifest["metrics"]["actor_parity"] < 1e-5
+    )
+    wrong = rmio(
+        "train",
+        "world-model",
+        "ant_4x2",
+        "--debug",
+        "--run-dir",
+        str(tmp_path / "ant"),
+        "--set",
+        f"run.data_policy={mappo / 'policy.pt'}",
+    )
     assert wrong.returncode == 2 and "was trained for mamujoco/HalfCheetah-6x1" in wrong.stderr
 
 
@@ -201,7 +274,9 @@ def test_a_shipped_bundle_collects_world_model_data_with_exploration_noise() -> 
     from rmio.models import default_bundle
 
     greedy = ActorRunner(default_bundle()).act(obs, np.arange(6))
-    assert 0.05 < np.abs(a - greedy).mean() < 0.6  # noise of std 0.3 around the greedy action (clipped)
+    assert (
+        0.05 < np.abs(a - greedy).mean() < 0.6
+    )  # noise of std 0.3 around the greedy action (clipped)
     # collect() calls it with every copy of a vector env at once: (num_envs, n, obs_dim)
     batch = np.stack([obs, -obs, 2 * obs, obs[::-1]])
     acts = act(batch, np.ones((4, 6), bool), None)

@@ -26,8 +26,12 @@ sys.exit(1 if loaded else 0)
 
 def test_runtime_packages_never_import_torch() -> None:
     """Every module of the torch-free packages (and the CLI) is imported in a fresh interpreter."""
-    proc = subprocess.run([sys.executable, "-c", PROBE.format(roots=TORCH_FREE)], capture_output=True, text=True,
-                          timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", PROBE.format(roots=TORCH_FREE)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "no torch" in proc.stdout
     assert int(proc.stdout.split()[0]) >= 10  # the walk really found the modules

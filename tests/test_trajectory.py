@@ -14,8 +14,13 @@ from rmio.errors import RmioError
 
 @pytest.fixture(scope="module")
 def buffer() -> TrajectoryBuffer:
-    buf, stats = collect(EnvConfig("mamujoco", "HalfCheetah-6x1", episode_limit=25), LossConfig("bernoulli", 0.4),
-                         steps=100, num_envs=2, seed=3)
+    buf, stats = collect(
+        EnvConfig("mamujoco", "HalfCheetah-6x1", episode_limit=25),
+        LossConfig("bernoulli", 0.4),
+        steps=100,
+        num_envs=2,
+        seed=3,
+    )
     assert stats.env_steps >= 100
     return buf
 
@@ -33,12 +38,19 @@ def test_collected_episodes_are_whole(buffer: TrajectoryBuffer) -> None:
         assert not ep["is_terminal"].any()  # HalfCheetah only truncates
     lost = 1 - buffer.data["observed"].mean()
     assert 0.3 < lost < 0.5
-    assert np.abs(buffer.data["obs"][~buffer.data["observed"]]).sum() > 0  # the truth is kept for lost agents
+    assert (
+        np.abs(buffer.data["obs"][~buffer.data["observed"]]).sum() > 0
+    )  # the truth is kept for lost agents
 
 
 def test_collection_is_reproducible(buffer: TrajectoryBuffer) -> None:
-    again, _ = collect(EnvConfig("mamujoco", "HalfCheetah-6x1", episode_limit=25), LossConfig("bernoulli", 0.4),
-                       steps=100, num_envs=2, seed=3)
+    again, _ = collect(
+        EnvConfig("mamujoco", "HalfCheetah-6x1", episode_limit=25),
+        LossConfig("bernoulli", 0.4),
+        steps=100,
+        num_envs=2,
+        seed=3,
+    )
     for name in buffer.data:
         np.testing.assert_array_equal(buffer.data[name], again.data[name])
 
@@ -72,7 +84,9 @@ def test_load_rejects_bad_files(buffer: TrajectoryBuffer, tmp_path: Path) -> Non
 
 
 def test_merge_checks_the_task(buffer: TrajectoryBuffer) -> None:
-    other, _ = collect(EnvConfig("mamujoco", "Hopper-3x1", episode_limit=5), LossConfig("none"), steps=5)
+    other, _ = collect(
+        EnvConfig("mamujoco", "Hopper-3x1", episode_limit=5), LossConfig("none"), steps=5
+    )
     with pytest.raises(RmioError, match="cannot merge"):
         buffer.extend(other)
     twice = TrajectoryBuffer(buffer.spec, dict(buffer.data))
@@ -86,7 +100,11 @@ def test_buffer_stores_the_actions_the_environment_executed() -> None:
     def wild(obs, observed, avail):
         return np.full((obs.shape[0], 6, 1), 3.0, np.float32)
 
-    buf, _ = collect(EnvConfig("mamujoco", "HalfCheetah-6x1", episode_limit=5), LossConfig("none"), steps=5,
-                     policy=wild)
+    buf, _ = collect(
+        EnvConfig("mamujoco", "HalfCheetah-6x1", episode_limit=5),
+        LossConfig("none"),
+        steps=5,
+        policy=wild,
+    )
     acted = buf.data["action"][~buf.data["is_last"]]
     np.testing.assert_array_equal(acted, 1.0)

@@ -14,7 +14,9 @@ def test_subproc_vector_env_matches_single_envs_and_auto_resets() -> None:
         singles = [make_env(cfg) for _ in range(3)]
         b = venv.reset(seed=10)
         for k, env in enumerate(singles):
-            np.testing.assert_array_equal(b.obs[k], env.reset(seed=10 + k).obs)  # copy k is seeded seed + k
+            np.testing.assert_array_equal(
+                b.obs[k], env.reset(seed=10 + k).obs
+            )  # copy k is seeded seed + k
         assert b.obs.shape == (3, 6, 9) and b.state.shape == (3, 17)
         for _ in range(5):
             actions = np.stack([venv.spec.random_actions(rng) for _ in range(3)])

@@ -14,7 +14,9 @@ pytest.importorskip("torch")
 
 
 def rmio(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "rmio.cli", *args], capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "rmio.cli", *args], capture_output=True, text=True, timeout=timeout
+    )
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +71,10 @@ def test_reconstruction_eval_and_export(run_dir: Path) -> None:
     manifest = json.loads((bundle / "manifest.json").read_text())
     assert manifest["metrics"]["parity_max_abs_random"] < 1e-3
     assert manifest["metrics"]["parity_max_abs_replay"] < 1e-3
-    assert manifest["spec"]["name"] == "mamujoco/HalfCheetah-6x1" and manifest["budget"]["p_mask"] == 0.5
+    assert (
+        manifest["spec"]["name"] == "mamujoco/HalfCheetah-6x1"
+        and manifest["budget"]["p_mask"] == 0.5
+    )
     proc = rmio("export", "--check", str(bundle))
     assert proc.returncode == 0 and "is valid" in proc.stdout
 
@@ -88,8 +93,16 @@ def test_reconstruction_eval_and_export(run_dir: Path) -> None:
 def test_bad_inputs_are_one_clear_line(run_dir: Path, tmp_path: Path) -> None:
     proc = rmio("train", "world-model", "ant_4x2", "--debug", "--run-dir", str(run_dir))
     assert proc.returncode == 2 and "belongs to mamujoco/HalfCheetah-6x1" in proc.stderr
-    proc = rmio("train", "world-model", "halfcheetah_6x1", "--debug", "--set", "world_model.train.lr=1e-3",
-                "--run-dir", str(run_dir))
+    proc = rmio(
+        "train",
+        "world-model",
+        "halfcheetah_6x1",
+        "--debug",
+        "--set",
+        "world_model.train.lr=1e-3",
+        "--run-dir",
+        str(run_dir),
+    )
     assert proc.returncode == 2 and "different config" in proc.stderr
     corrupt = tmp_path / "run"
     (corrupt / "data").mkdir(parents=True)

@@ -22,8 +22,13 @@ TINY = WorldModelConfig(deter=32, hidden=32, fusion_dim=16, fusion_heads=2, grou
 
 @pytest.fixture(scope="module")
 def buffer():
-    buf, _ = collect(EnvConfig("mamujoco", "HalfCheetah-6x1", episode_limit=60), LossConfig("none"), steps=600,
-                     num_envs=2, seed=0)
+    buf, _ = collect(
+        EnvConfig("mamujoco", "HalfCheetah-6x1", episode_limit=60),
+        LossConfig("none"),
+        steps=600,
+        num_envs=2,
+        seed=0,
+    )
     return buf
 
 
@@ -42,7 +47,9 @@ def test_shapes_of_a_filtered_sequence(buffer) -> None:
     out = model.heads(post.h, post.z)
     assert out["obs"].shape == (3, 10, 6, 9) and out["reward"].shape == (3, 10)
     assert out["state"].shape == (3, 10, 6, 17)
-    np.testing.assert_array_equal(out["obs"][..., 8].detach()[:, :, [2, 5]], 0.0)  # padding stays zero
+    np.testing.assert_array_equal(
+        out["obs"][..., 8].detach()[:, :, [2, 5]], 0.0
+    )  # padding stays zero
 
 
 @pytest.mark.parametrize("fusion", [True, False])
@@ -109,7 +116,9 @@ def test_loss_falls_and_masked_finetuning_improves_masked_reconstruction(buffer)
     masked_before = evaluate(fixed_mask)["obs_masked"]
     for _ in range(80):
         b = sampler.sample(rng, 8, 16)
-        loss, _ = world_model_loss(model, b, sample_masks(gen, tuple(b.obs.shape[:3]), 0.5, b.obs.device))
+        loss, _ = world_model_loss(
+            model, b, sample_masks(gen, tuple(b.obs.shape[:3]), 0.5, b.obs.device)
+        )
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -132,8 +141,12 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path: Path, b
     optimise(part, cfg, Phase("pretrain", 20, 1e-3, 0.3), tmp_path / "b", sampler, quiet, None, {})
     resumed = _model(buffer)
     start = load_checkpoint(tmp_path / "b" / "ckpt_pretrain.pt")
-    optimise(resumed, cfg, Phase("pretrain", 40, 1e-3, 0.3), tmp_path / "b", sampler, quiet, start, {})
+    optimise(
+        resumed, cfg, Phase("pretrain", 40, 1e-3, 0.3), tmp_path / "b", sampler, quiet, start, {}
+    )
     for (name, p), q in zip(full.state_dict().items(), resumed.state_dict().values(), strict=True):
         torch.testing.assert_close(p, q, msg=f"{name} differs after resume")
     lines = (tmp_path / "b" / "wm_pretrain.jsonl").read_text().splitlines()
-    assert len(lines) == 4  # logged at 10, 20 (first run) then 30, 40 (resumed): one continuous history
+    assert (
+        len(lines) == 4
+    )  # logged at 10, 20 (first run) then 30, 40 (resumed): one continuous history

@@ -71,7 +71,9 @@ def resolve_sweep(name_or_path: str | Path) -> Path:
     shipped = Path(str(resources.files("rmio.configs"))) / "ablations" / f"{path.stem}.yaml"
     if shipped.is_file():
         return shipped
-    raise ConfigError(f"ablation sweep '{name_or_path}' is neither a file nor one of the shipped sweeps")
+    raise ConfigError(
+        f"ablation sweep '{name_or_path}' is neither a file nor one of the shipped sweeps"
+    )
 
 
 def load_ablation(path: Path) -> AblationConfig:
@@ -80,12 +82,18 @@ def load_ablation(path: Path) -> AblationConfig:
     if cfg.vary == "algo":
         unknown = [v for v in cfg.variants if v not in ALGORITHMS]
         if unknown:
-            raise ConfigError(f"{path}: unknown method(s) {unknown} (known: {', '.join(ALGORITHMS)})")
+            raise ConfigError(
+                f"{path}: unknown method(s) {unknown} (known: {', '.join(ALGORITHMS)})"
+            )
     elif not all(isinstance(v, int | float) and 0.0 <= v <= 1.0 for v in cfg.variants):
         raise ConfigError(f"{path}: p_mask variants must be numbers in [0, 1], got {cfg.variants}")
     if not cfg.variants:
         raise ConfigError(f"{path}: no variants")
-    if not cfg.seeds or len(set(cfg.seeds)) != len(cfg.seeds) or not all(type(s) is int and s >= 0 for s in cfg.seeds):
+    if (
+        not cfg.seeds
+        or len(set(cfg.seeds)) != len(cfg.seeds)
+        or not all(type(s) is int and s >= 0 for s in cfg.seeds)
+    ):
         raise ConfigError(f"{path}: seeds must be distinct non-negative integers, got {cfg.seeds}")
     return cfg
 
@@ -108,7 +116,9 @@ def _link(src: str | Path, dst: str | Path) -> None:
         shutil.copy2(src, dst)
 
 
-def run_ablation(path: Path, out: Path, debug: bool, console: Console, device: str = "cpu") -> dict[str, Any]:
+def run_ablation(
+    path: Path, out: Path, debug: bool, console: Console, device: str = "cpu"
+) -> dict[str, Any]:
     """Train and evaluate every variant seed by seed; after each seed the table so far is written
     (``ablation.md`` / ``ablation.json`` with the seeds done), so a long sweep reports as it goes."""
     ab = load_ablation(path)
@@ -117,20 +127,31 @@ def run_ablation(path: Path, out: Path, debug: bool, console: Console, device: s
     for seed in ab.seeds:
         runs = _train_seed(ab, out / f"seed{seed}", seed, debug, console, device)
         evaluated[seed] = [_evaluate(label, run, ab, device, console) for label, run in runs]
-        for r in evaluated[seed]:  # results name their runs relative to the sweep directory, never absolutely
+        for r in evaluated[
+            seed
+        ]:  # results name their runs relative to the sweep directory, never absolutely
             r["run"] = Path(r["run"]).relative_to(out).as_posix()
         result = _write_table(ab, out, evaluated, console)
     return result
 
 
-def _write_table(ab: AblationConfig, out: Path, evaluated: dict[int, list[dict[str, Any]]],
-                 console: Console) -> dict[str, Any]:
+def _write_table(
+    ab: AblationConfig, out: Path, evaluated: dict[int, list[dict[str, Any]]], console: Console
+) -> dict[str, Any]:
     seeds = list(evaluated)
     labels = [r["variant"] for r in evaluated[seeds[0]]]
     rows = [_aggregate(label, [evaluated[s][k] for s in seeds]) for k, label in enumerate(labels)]
-    result = {"name": ab.name, "scenario": ab.scenario, "vary": ab.vary, "policy": ab.policy, "seeds": seeds,
-              "seeds_planned": ab.seeds, "report_p_mask": ab.p_mask, "robustness": ab.robustness.__dict__,
-              "rows": rows}
+    result = {
+        "name": ab.name,
+        "scenario": ab.scenario,
+        "vary": ab.vary,
+        "policy": ab.policy,
+        "seeds": seeds,
+        "seeds_planned": ab.seeds,
+        "report_p_mask": ab.p_mask,
+        "robustness": ab.robustness.__dict__,
+        "rows": rows,
+    }
     (out / "ablation.json").write_text(json.dumps(result, indent=1))
     md = markdown(result)
     (out / "ablation.md").write_text(md)
@@ -139,8 +160,9 @@ def _write_table(ab: AblationConfig, out: Path, evaluated: dict[int, list[dict[s
     return result
 
 
-def _train_seed(ab: AblationConfig, out: Path, seed: int, debug: bool, console: Console,
-                device: str) -> list[tuple[str, Path]]:
+def _train_seed(
+    ab: AblationConfig, out: Path, seed: int, debug: bool, console: Console, device: str
+) -> list[tuple[str, Path]]:
     """Train (or resume) every variant of one training seed; returns (label, run directory) in table order."""
     from rmio.train.common import prepare_run_dir
     from rmio.train.wm_train import finetune_world_model, train_world_model
@@ -167,7 +189,11 @@ def _train_seed(ab: AblationConfig, out: Path, seed: int, debug: bool, console: 
         train_world_model(cfg, pre, device, console)
         for p in ab.variants:
             run = out / f"p_mask_{p:g}"
-            for name in ("config.yaml", "data", "wm_pretrain.pt"):  # the same pre-trained model for every p_mask
+            for name in (
+                "config.yaml",
+                "data",
+                "wm_pretrain.pt",
+            ):  # the same pre-trained model for every p_mask
                 _share(pre / name, run / name)
             console.rule(f"[bold]{ab.name}: fine-tuning at p_mask {p:g}, seed {seed}")
             finetune_world_model(run, float(p), device, console, ab.finetune_updates)
@@ -188,19 +214,35 @@ def _aggregate(label: str, seed_rows: list[dict[str, Any]]) -> dict[str, Any]:
     auc, auc_std = stats("auc_mean")
     curve = np.mean([r["curve"] for r in seed_rows], axis=0).tolist()
     first = seed_rows[0]
-    return {"variant": label, "runs": [r["run"] for r in seed_rows], "lrec_lost": lrec, "lrec_lost_std": lrec_std,
-            "lrec_p_mask": first["lrec_p_mask"], "auc_mean": auc, "auc_std": auc_std, "curve": curve,
-            "p_loss": first["p_loss"], "metric": first["metric"], "per_seed": seed_rows}
+    return {
+        "variant": label,
+        "runs": [r["run"] for r in seed_rows],
+        "lrec_lost": lrec,
+        "lrec_lost_std": lrec_std,
+        "lrec_p_mask": first["lrec_p_mask"],
+        "auc_mean": auc,
+        "auc_std": auc_std,
+        "curve": curve,
+        "p_loss": first["p_loss"],
+        "metric": first["metric"],
+        "per_seed": seed_rows,
+    }
 
 
-def _evaluate(label: str, run: Path, ab: AblationConfig, device: str, console: Console) -> dict[str, Any]:
+def _evaluate(
+    label: str, run: Path, ab: AblationConfig, device: str, console: Console
+) -> dict[str, Any]:
     """L_rec of lost agents at the reporting p_mask, then the robustness AUC of the policy with this world model."""
     from rmio.evaluation import robustness
     from rmio.train.export import export_run
     from rmio.train.wm_eval import evaluate_run
 
     rec_path = run / "eval_reconstruction.json"
-    rec = json.loads(rec_path.read_text()) if rec_path.exists() else evaluate_run(run, "finetune", device, console)
+    rec = (
+        json.loads(rec_path.read_text())
+        if rec_path.exists()
+        else evaluate_run(run, "finetune", device, console)
+    )
     (key,) = [k for k in rec["strategies"] if k.startswith("wm fine-tuned")]
     masks = rec["p_masks"]
     nearest = min(range(len(masks)), key=lambda i: abs(masks[i] - ab.p_mask))
@@ -215,34 +257,63 @@ def _evaluate(label: str, run: Path, ab: AblationConfig, device: str, console: C
         rob = json.loads(rob_path.read_text())
     else:
         r = ab.robustness
-        rob = robustness.sweep(bundle, p_loss=r.p_loss, episodes=r.episodes, seeds=r.seeds,
-                               strategies=["world-model"], episode_limit=r.steps)
+        rob = robustness.sweep(
+            bundle,
+            p_loss=r.p_loss,
+            episodes=r.episodes,
+            seeds=r.seeds,
+            strategies=["world-model"],
+            episode_limit=r.steps,
+        )
         rob_path.write_text(json.dumps(rob, indent=1))
     summary = rob["summary"]["world-model"]
-    return {"variant": label, "run": str(run), "lrec_lost": lrec, "lrec_p_mask": masks[nearest],
-            "auc_mean": summary["auc_mean"], "auc_std": summary["auc_std"],
-            "curve": [c["mean"] for c in summary["curve"]], "p_loss": rob["p_loss"], "metric": rob["metric"]}
+    return {
+        "variant": label,
+        "run": str(run),
+        "lrec_lost": lrec,
+        "lrec_p_mask": masks[nearest],
+        "auc_mean": summary["auc_mean"],
+        "auc_std": summary["auc_std"],
+        "curve": [c["mean"] for c in summary["curve"]],
+        "p_loss": rob["p_loss"],
+        "metric": rob["metric"],
+    }
 
 
 def _partial(result: dict[str, Any]) -> str:
     planned = result.get("seeds_planned", result.get("seeds", [0]))
-    return "" if planned == result.get("seeds", [0]) else f" (of {planned} planned: the sweep is still running)"
+    return (
+        ""
+        if planned == result.get("seeds", [0])
+        else f" (of {planned} planned: the sweep is still running)"
+    )
 
 
 def markdown(result: dict[str, Any]) -> str:
     rows = result["rows"]
     p_loss = rows[0]["p_loss"]
-    lines = [f"# {result['name']}", "",
-             f"{result['scenario']}, varying {result['vary']}; policy {result['policy']}. L_rec: lost agents, "
-             f"held-out episodes, test-time p_mask {rows[0]['lrec_p_mask']:g} (lower is better). AUC: world-model "
-             f"strategy. Mean ± std over training seeds {result.get('seeds', [0])}{_partial(result)}; each seed's "
-             f"AUC is the mean over {result['robustness']['seeds']} evaluation seed families.", "",
-             "| variant | L_rec lost agents | AUC | " + " | ".join(f"{rows[0]['metric']} @ {p:g}" for p in p_loss)
-             + " |",
-             "|---|---|---|" + "---|" * len(p_loss)]
+    lines = [
+        f"# {result['name']}",
+        "",
+        f"{result['scenario']}, varying {result['vary']}; policy {result['policy']}. L_rec: lost agents, "
+        f"held-out episodes, test-time p_mask {rows[0]['lrec_p_mask']:g} (lower is better). AUC: world-model "
+        f"strategy. Mean ± std over training seeds {result.get('seeds', [0])}{_partial(result)}; each seed's "
+        f"AUC is the mean over {result['robustness']['seeds']} evaluation seed families.",
+        "",
+        "| variant | L_rec lost agents | AUC | "
+        + " | ".join(f"{rows[0]['metric']} @ {p:g}" for p in p_loss)
+        + " |",
+        "|---|---|---|" + "---|" * len(p_loss),
+    ]
     for r in rows:
-        auc = "n/a" if not math.isfinite(r["auc_mean"]) else f"{r['auc_mean']:.1f} ± {r['auc_std']:.1f}"
+        auc = (
+            "n/a"
+            if not math.isfinite(r["auc_mean"])
+            else f"{r['auc_mean']:.1f} ± {r['auc_std']:.1f}"
+        )
         curve = " | ".join(f"{v:.2f}" for v in r["curve"])
-        lrec = f"{r['lrec_lost']:.4f}" + (f" ± {r['lrec_lost_std']:.4f}" if r.get("lrec_lost_std") else "")
+        lrec = f"{r['lrec_lost']:.4f}" + (
+            f" ± {r['lrec_lost_std']:.4f}" if r.get("lrec_lost_std") else ""
+        )
         lines.append(f"| {r['variant']} | {lrec} | {auc} | {curve} |")
     return "\n".join(lines) + "\n"

@@ -27,7 +27,9 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def begin_training(cfg: Config, final: Path, device: str, what: str, console: Console) -> torch.device | None:
+def begin_training(
+    cfg: Config, final: Path, device: str, what: str, console: Console
+) -> torch.device | None:
     """None when ``final`` already exists (a finished run is never retrained by accident); otherwise
     the torch device, with threads and seeds set from the config."""
     if final.exists():
@@ -57,11 +59,15 @@ def prepare_run_dir(cfg: Config, run_dir: Path | None, algo: str) -> Path:
     if saved.exists():
         old = load_config(saved)
         if (old.env.family, old.env.scenario) != (cfg.env.family, cfg.env.scenario):
-            raise RmioError(f"run directory '{run_dir}' belongs to {old.env.family}/{old.env.scenario}, "
-                            f"not {cfg.env.family}/{cfg.env.scenario}; pick another --run-dir")
+            raise RmioError(
+                f"run directory '{run_dir}' belongs to {old.env.family}/{old.env.scenario}, "
+                f"not {cfg.env.family}/{cfg.env.scenario}; pick another --run-dir"
+            )
         if old.digest() != cfg.digest():
-            raise RmioError(f"run directory '{run_dir}' was made with a different config (hash {old.digest()} "
-                            f"vs {cfg.digest()}); resume with the same config and overrides, or use a new --run-dir")
+            raise RmioError(
+                f"run directory '{run_dir}' was made with a different config (hash {old.digest()} "
+                f"vs {cfg.digest()}); resume with the same config and overrides, or use a new --run-dir"
+            )
         return run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir)
@@ -75,18 +81,27 @@ def build_model(cfg: Config, spec: EnvSpec, stats: tuple[np.ndarray, ...]) -> RM
 def checkpoint_meta(cfg: Config, spec: EnvSpec, stats: tuple[np.ndarray, ...]) -> dict[str, Any]:
     """What every checkpoint carries so that it can be loaded alone: config (and hash), spec, statistics."""
     keys = ("obs_mean", "obs_std", "state_mean", "state_std")
-    return {"config": cfg.to_dict(), "config_hash": cfg.digest(), "spec": spec.to_dict(),
-            "stats": {k: v.tolist() for k, v in zip(keys, stats, strict=True)}}
+    return {
+        "config": cfg.to_dict(),
+        "config_hash": cfg.digest(),
+        "spec": spec.to_dict(),
+        "stats": {k: v.tolist() for k, v in zip(keys, stats, strict=True)},
+    }
 
 
-def load_model(path: Path, device: torch.device | str = "cpu") -> tuple[RMIOWorldModel, dict[str, Any]]:
+def load_model(
+    path: Path, device: torch.device | str = "cpu"
+) -> tuple[RMIOWorldModel, dict[str, Any]]:
     """A world model from a checkpoint (its config and statistics travel with it)."""
     from rmio.config import Config, build_dataclass
 
     ckpt = load_checkpoint(path, device)
     cfg = build_dataclass(Config, ckpt["config"], str(path))
     spec = EnvSpec.from_dict(ckpt["spec"])
-    stats = [np.asarray(ckpt["stats"][k], np.float32) for k in ("obs_mean", "obs_std", "state_mean", "state_std")]
+    stats = [
+        np.asarray(ckpt["stats"][k], np.float32)
+        for k in ("obs_mean", "obs_std", "state_mean", "state_std")
+    ]
     model = build_model(cfg, spec, tuple(stats)).to(device)
     model.load_state_dict(ckpt["model"])
     return model, ckpt
@@ -101,18 +116,31 @@ def load_actor(path: Path) -> tuple[Actor, dict[str, Any]]:
     cfg = build_dataclass(Config, ckpt["config"], str(path))
     spec = EnvSpec.from_dict(ckpt["spec"])
     p = cfg.policy.ppo
-    actor = Actor(spec, p.hidden, p.log_std_init, np.asarray(ckpt["obs_mean"], np.float32),
-                  np.asarray(ckpt["obs_std"], np.float32))
+    actor = Actor(
+        spec,
+        p.hidden,
+        p.log_std_init,
+        np.asarray(ckpt["obs_mean"], np.float32),
+        np.asarray(ckpt["obs_std"], np.float32),
+    )
     actor.load_state_dict(ckpt["ppo"]["actor"])
     return actor.eval(), ckpt
 
 
 def progress(console: Console, label: str, total: int):
     """A progress bar with an info column, as a context manager yielding (progress, task)."""
+
     class _Ctx:
         def __enter__(self):
-            self.p = Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                              TextColumn("{task.fields[info]}"), console=console, transient=False)
+            self.p = Progress(
+                TextColumn(label),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                TextColumn("{task.fields[info]}"),
+                console=console,
+                transient=False,
+            )
             self.p.__enter__()
             return self.p, self.p.add_task(label, total=total, info="")
 

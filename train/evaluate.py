@@ -15,11 +15,19 @@ from rmio.train.policy import Actor, actor_policy
 
 def evaluate_policy(actor: Actor, env_cfg: EnvConfig, episodes: int, seed: int) -> dict[str, float]:
     """Greedy actions, complete observations; the seed family is disjoint from training's."""
-    records = run_episodes(env_cfg, LossConfig("none"), lambda spec: actor_policy(actor, deterministic=True),
-                           episodes=episodes, seed=seed)
+    records = run_episodes(
+        env_cfg,
+        LossConfig("none"),
+        lambda spec: actor_policy(actor, deterministic=True),
+        episodes=episodes,
+        seed=seed,
+    )
     rets = np.array([r.ret for r in records])
-    out = {"return_mean": float(rets.mean()), "return_std": float(rets.std()),
-           "episode_length": float(np.mean([r.steps for r in records]))}
+    out = {
+        "return_mean": float(rets.mean()),
+        "return_std": float(rets.std()),
+        "episode_length": float(np.mean([r.steps for r in records])),
+    }
     won = [r.won for r in records if r.won is not None]
     if won:
         out["win_rate"] = float(np.mean(won))
@@ -28,7 +36,13 @@ def evaluate_policy(actor: Actor, env_cfg: EnvConfig, episodes: int, seed: int) 
 
 def run_label(run: Path) -> str:
     """'<algorithm> seed <s> (<dir>)', read from what the run directory holds."""
-    algo = "rmiov2" if (run / "joint.jsonl").exists() else "mappo" if (run / "mappo.jsonl").exists() else "?"
+    algo = (
+        "rmiov2"
+        if (run / "joint.jsonl").exists()
+        else "mappo"
+        if (run / "mappo.jsonl").exists()
+        else "?"
+    )
     seed = "?"
     cfg_path = run / "config.yaml"
     if cfg_path.exists():

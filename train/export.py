@@ -53,7 +53,9 @@ def export_actor(actor: Actor, out: Path) -> float:
     spec = actor.spec
     gen = torch.Generator().manual_seed(2)
     n = spec.n_agents
-    obs = actor.obs_mean.repeat(2, 1) + torch.randn(2 * n, spec.obs_dim, generator=gen) * actor.obs_std.repeat(2, 1)
+    obs = actor.obs_mean.repeat(2, 1) + torch.randn(
+        2 * n, spec.obs_dim, generator=gen
+    ) * actor.obs_std.repeat(2, 1)
     ids = torch.arange(n).repeat(2)
     args: tuple[torch.Tensor, ...] = (obs, ids)
     names: tuple[str, ...] = ("obs", "agent_id")
@@ -80,25 +82,42 @@ class WorldModelStep(nn.Module):
         return self.model.step(h, z, prev_action, obs, mask)
 
 
-def export_onnx(module: nn.Module, args: tuple[torch.Tensor, ...], path: Path, inputs: tuple[str, ...],
-                outputs: tuple[str, ...]) -> None:
+def export_onnx(
+    module: nn.Module,
+    args: tuple[torch.Tensor, ...],
+    path: Path,
+    inputs: tuple[str, ...],
+    outputs: tuple[str, ...],
+) -> None:
     """Export with a dynamic batch axis (the example batch must be >= 2, or the exporter fixes it to 1)."""
     if args[0].shape[0] < 2:
         raise ValueError("export needs an example batch of at least 2")
     batch = torch.export.Dim("batch", min=1, max=4096)
     dynamic = {name: {0: batch} for name in inputs}
     path.parent.mkdir(parents=True, exist_ok=True)
-    logging.getLogger("torch.onnx").setLevel(logging.ERROR)  # torchvision-missing notices are not ours
+    logging.getLogger("torch.onnx").setLevel(
+        logging.ERROR
+    )  # torchvision-missing notices are not ours
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        prog = torch.onnx.export(module, args, input_names=list(inputs), output_names=list(outputs),
-                                 dynamic_shapes=dynamic, opset_version=18, dynamo=True, verbose=False)
+        prog = torch.onnx.export(
+            module,
+            args,
+            input_names=list(inputs),
+            output_names=list(outputs),
+            dynamic_shapes=dynamic,
+            opset_version=18,
+            dynamo=True,
+            verbose=False,
+        )
     if prog is None:
         raise RuntimeError("torch.onnx.export returned no program")
     prog.save(str(path))
 
 
-def _random_inputs(model: RMIOWorldModel, batch: int, gen: torch.Generator) -> tuple[torch.Tensor, ...]:
+def _random_inputs(
+    model: RMIOWorldModel, batch: int, gen: torch.Generator
+) -> tuple[torch.Tensor, ...]:
     n, d = model.n_agents, model.obs_dim
     h = torch.randn(batch, n, model.cfg.deter, generator=gen)
     z = torch.zeros(batch, n, model.stoch)
@@ -114,12 +133,19 @@ def random_parity(model: RMIOWorldModel, runner: WorldModelRunner, batch: int = 
     args = _random_inputs(model, batch, gen)
     with torch.no_grad():
         ref = [t.numpy() for t in model.step(*args)]
-    got = runner.session.run(list(WM_OUTPUTS), {k: v.numpy() for k, v in zip(WM_INPUTS, args, strict=True)})
+    got = runner.session.run(
+        list(WM_OUTPUTS), {k: v.numpy() for k, v in zip(WM_INPUTS, args, strict=True)}
+    )
     return max(float(np.abs(a - b).max()) for a, b in zip(ref, got, strict=True))
 
 
-def replay_parity(model: RMIOWorldModel, runner: WorldModelRunner, holdout: TrajectoryBuffer, steps: int = 200,
-                  p_mask: float = 0.5) -> float:
+def replay_parity(
+    model: RMIOWorldModel,
+    runner: WorldModelRunner,
+    holdout: TrajectoryBuffer,
+    steps: int = 200,
+    p_mask: float = 0.5,
+) -> float:
     """Replay the start of each held-out episode with random masks in both runtimes; max abs difference."""
     rng = np.random.default_rng(0)
     worst = 0.0
@@ -127,7 +153,11 @@ def replay_parity(model: RMIOWorldModel, runner: WorldModelRunner, holdout: Traj
         ep = holdout.episode(k)
         T = min(steps, len(ep["obs"]))
         obs = ep["obs"][:T]
-        prev = np.full_like(ep["action"][:T], -1) if model.spec.discrete else np.zeros_like(ep["action"][:T])
+        prev = (
+            np.full_like(ep["action"][:T], -1)
+            if model.spec.discrete
+            else np.zeros_like(ep["action"][:T])
+        )
         prev[1:] = ep["action"][: T - 1]  # -1 (discrete) / zeros: no action before the first step
         masks = (rng.random((T, obs.shape[1])) >= p_mask).astype(np.float32)
         _, onnx_rec = runner.replay(obs, prev, masks)
@@ -153,8 +183,10 @@ def export_run(run_dir: Path, out: Path, console: Console, policy: Path | None =
         path = run_dir / "wm_pretrain.pt"
         if not path.exists():
             raise RmioError(f"'{run_dir}' has no trained world model to export")
-        console.print("[yellow]no fine-tuned world model in this run: exporting the pre-trained one; it was never "
-                      "trained to fill in lost observations[/]")
+        console.print(
+            "[yellow]no fine-tuned world model in this run: exporting the pre-trained one; it was never "
+            "trained to fill in lost observations[/]"
+        )
     model, ckpt = load_model(path, "cpu")
     model.eval()
     cfg = load_config(run_dir / "config.yaml")
@@ -164,13 +196,25 @@ def export_run(run_dir: Path, out: Path, console: Console, policy: Path | None =
     stats = ckpt["stats"]
     summary = ckpt.get("summary", {})
     manifest = Manifest(
-        schema_version=SCHEMA_VERSION, spec=model.spec, history_window=cfg.world_model.history_window,
-        deter=model.cfg.deter, stoch=model.stoch, act_width=model.act_width,
-        obs_mean=stats["obs_mean"], obs_std=stats["obs_std"], files={"wm_step": "wm_step.onnx"},
-        config=ckpt["config"], config_hash=ckpt["config_hash"],
-        budget={"env_steps": _env_steps(run_dir), "wm_checkpoint": path.name, "p_mask": ckpt.get("p_mask"),
-                "updates": summary.get("updates")},
-        metrics={})
+        schema_version=SCHEMA_VERSION,
+        spec=model.spec,
+        history_window=cfg.world_model.history_window,
+        deter=model.cfg.deter,
+        stoch=model.stoch,
+        act_width=model.act_width,
+        obs_mean=stats["obs_mean"],
+        obs_std=stats["obs_std"],
+        files={"wm_step": "wm_step.onnx"},
+        config=ckpt["config"],
+        config_hash=ckpt["config_hash"],
+        budget={
+            "env_steps": _env_steps(run_dir),
+            "wm_checkpoint": path.name,
+            "p_mask": ckpt.get("p_mask"),
+            "updates": summary.get("updates"),
+        },
+        metrics={},
+    )
     manifest.save(out)
     runner = WorldModelRunner(out, manifest)
     err_random = random_parity(model, runner)
@@ -178,13 +222,18 @@ def export_run(run_dir: Path, out: Path, console: Console, policy: Path | None =
     err_replay = replay_parity(model, runner, holdout)
     manifest.metrics = {"parity_max_abs_random": err_random, "parity_max_abs_replay": err_replay}
     before = run_dir / "wm_pretrain.pt"
-    if path.name == "wm_finetune.pt" and before.exists():  # for the no-finetune strategy of `rmio eval robustness`
+    if (
+        path.name == "wm_finetune.pt" and before.exists()
+    ):  # for the no-finetune strategy of `rmio eval robustness`
         pre, _ = load_model(before, "cpu")
         pre.eval()
-        export_onnx(WorldModelStep(pre), example, out / "wm_step_pretrain.onnx", WM_INPUTS, WM_OUTPUTS)
+        export_onnx(
+            WorldModelStep(pre), example, out / "wm_step_pretrain.onnx", WM_INPUTS, WM_OUTPUTS
+        )
         manifest.files["wm_step_pretrain"] = "wm_step_pretrain.onnx"
         manifest.metrics["parity_max_abs_random_pretrain"] = random_parity(
-            pre, WorldModelRunner(out, manifest, file="wm_step_pretrain.onnx"))
+            pre, WorldModelRunner(out, manifest, file="wm_step_pretrain.onnx")
+        )
     policy = policy or run_dir / "policy.pt"
     if policy.is_dir():  # another bundle's actor.onnx, as it is
         other = load_manifest(policy)
@@ -192,14 +241,21 @@ def export_run(run_dir: Path, out: Path, console: Console, policy: Path | None =
             raise RmioError(f"bundle '{policy}' has no actor for {model.spec.name}")
         shutil.copy2(policy / other.files["actor"], out / "actor.onnx")
         manifest.files["actor"] = "actor.onnx"
-        manifest.budget.update({"policy_source": str(policy), "policy_algo": other.budget.get("policy_algo"),
-                                "policy_env_steps": other.budget.get("policy_env_steps")})
+        manifest.budget.update(
+            {
+                "policy_source": str(policy),
+                "policy_algo": other.budget.get("policy_algo"),
+                "policy_env_steps": other.budget.get("policy_env_steps"),
+            }
+        )
         manifest.metrics["actor_parity"] = other.metrics.get("actor_parity")
     elif policy.exists():
         actor, pckpt = load_actor(policy)
         if not _same_agents(EnvSpec.from_dict(pckpt["spec"]), model.spec):
-            raise RmioError(f"the actor of {policy} was trained for another environment spec than {run_dir}'s "
-                            "world model")
+            raise RmioError(
+                f"the actor of {policy} was trained for another environment spec than {run_dir}'s "
+                "world model"
+            )
         manifest.budget["policy_source"] = str(policy)
         err_actor = export_actor(actor, out)
         manifest.files["actor"] = "actor.onnx"
@@ -209,25 +265,44 @@ def export_run(run_dir: Path, out: Path, console: Console, policy: Path | None =
         manifest.budget["policy_algo"] = pckpt.get("algo")
         console.print(f"actor parity onnxruntime vs torch: {err_actor:.2e}")
         if err_actor > PARITY_TOLERANCE:
-            raise RmioError(f"exported actor drifts from PyTorch by {err_actor:.2e}; the bundle must not be used")
+            raise RmioError(
+                f"exported actor drifts from PyTorch by {err_actor:.2e}; the bundle must not be used"
+            )
     else:
-        console.print("[yellow]no policy.pt in this run: the bundle has the world model only (no actor.onnx)[/]")
+        console.print(
+            "[yellow]no policy.pt in this run: the bundle has the world model only (no actor.onnx)[/]"
+        )
     eval_json = run_dir / "eval_reconstruction.json"
     if eval_json.exists():
         manifest.metrics["reconstruction"] = json.loads(eval_json.read_text())
     manifest.save(out)
-    console.print(f"parity onnxruntime vs torch: max |diff| {err_random:.2e} (random inputs, batch 3), "
-                  f"{err_replay:.2e} (held-out replay with masks)")
-    if max(err_random, err_replay, manifest.metrics.get("parity_max_abs_random_pretrain", 0.0)) > PARITY_TOLERANCE:
-        raise RmioError(f"exported world model drifts from PyTorch by {max(err_random, err_replay):.2e} "
-                        f"(tolerance {PARITY_TOLERANCE}); the bundle in '{out}' must not be used")
+    console.print(
+        f"parity onnxruntime vs torch: max |diff| {err_random:.2e} (random inputs, batch 3), "
+        f"{err_replay:.2e} (held-out replay with masks)"
+    )
+    if (
+        max(err_random, err_replay, manifest.metrics.get("parity_max_abs_random_pretrain", 0.0))
+        > PARITY_TOLERANCE
+    ):
+        raise RmioError(
+            f"exported world model drifts from PyTorch by {max(err_random, err_replay):.2e} "
+            f"(tolerance {PARITY_TOLERANCE}); the bundle in '{out}' must not be used"
+        )
     console.print(f"wrote bundle {out}")
     return out
 
 
 def _same_agents(a: EnvSpec, b: EnvSpec) -> bool:
     """Same scenario and the same observation and action layout (the episode length may differ)."""
-    keys = ("name", "n_agents", "obs_sizes", "action_kind", "action_sizes", "action_low", "action_high")
+    keys = (
+        "name",
+        "n_agents",
+        "obs_sizes",
+        "action_kind",
+        "action_sizes",
+        "action_low",
+        "action_high",
+    )
     da, db = a.to_dict(), b.to_dict()
     return all(da.get(k) == db.get(k) for k in keys)
 

@@ -20,17 +20,26 @@ from rmio.train.world_model import RMIOWorldModel
 
 
 @torch.no_grad()
-def start_states(model: RMIOWorldModel, sampler: SequenceSampler, rng: np.random.Generator, starts: int,
-                 context: int) -> tuple[torch.Tensor, torch.Tensor]:
+def start_states(
+    model: RMIOWorldModel,
+    sampler: SequenceSampler,
+    rng: np.random.Generator,
+    starts: int,
+    context: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Posterior (h, z) at the last step of ``starts`` real windows of ``context`` steps (line 12)."""
     batch = sampler.sample(rng, starts, context, end_mid_episode=True)
     mask = torch.ones(batch.obs.shape[:3], device=batch.obs.device)
-    post = model.observe(model.normalize_obs(batch.obs), batch.prev_action, mask, batch.is_first, sample=False)
+    post = model.observe(
+        model.normalize_obs(batch.obs), batch.prev_action, mask, batch.is_first, sample=False
+    )
     return post.h[:, -1], post.z[:, -1]
 
 
 @torch.no_grad()
-def imagine(model: RMIOWorldModel, ppo: PPO, h: torch.Tensor, z: torch.Tensor, horizon: int) -> Rollout:
+def imagine(
+    model: RMIOWorldModel, ppo: PPO, h: torch.Tensor, z: torch.Tensor, horizon: int
+) -> Rollout:
     """Roll the prior for ``horizon`` steps under the current policy (lines 13-15), as a PPO rollout."""
     discrete = model.spec.discrete
     obs_l, act_l, logp_l, val_l, rew_l, cont_l, avail_l = [], [], [], [], [], [], []
@@ -46,7 +55,9 @@ def imagine(model: RMIOWorldModel, ppo: PPO, h: torch.Tensor, z: torch.Tensor, h
         if avail is not None:
             avail_l.append(avail)
         executed = ppo.actor.executed(action)  # what the environment would really apply
-        h = model.transition(h, z, model.encode_actions(executed))  # h_{t+1} = f_rec(h_t, f_af(z_t, a_t))
+        h = model.transition(
+            h, z, model.encode_actions(executed)
+        )  # h_{t+1} = f_rec(h_t, f_af(z_t, a_t))
         z = model.prior(h).sample()  # z^_{t+1} ~ p_prior(. | h_{t+1})
         heads = model.heads(h, z)
         rew_l.append(heads["reward"])
@@ -58,10 +69,20 @@ def imagine(model: RMIOWorldModel, ppo: PPO, h: torch.Tensor, z: torch.Tensor, h
     values = torch.stack(val_l)
     nxt = torch.cat([values[1:], value[None]], 0)
     cont = torch.stack(cont_l)
-    alive = torch.cumprod(torch.cat([torch.ones_like(cont[:1]), cont[:-1]], 0), 0)  # P(still running at t)
-    return Rollout(obs=torch.stack(obs_l), actions=torch.stack(act_l), logp=torch.stack(logp_l), values=values,
-                   rewards=torch.stack(rew_l), next_values=cont * nxt, dones=1.0 - cont, avail=(
-                       torch.stack(avail_l) if avail_l else None), weights=alive)
+    alive = torch.cumprod(
+        torch.cat([torch.ones_like(cont[:1]), cont[:-1]], 0), 0
+    )  # P(still running at t)
+    return Rollout(
+        obs=torch.stack(obs_l),
+        actions=torch.stack(act_l),
+        logp=torch.stack(logp_l),
+        values=values,
+        rewards=torch.stack(rew_l),
+        next_values=cont * nxt,
+        dones=1.0 - cont,
+        avail=(torch.stack(avail_l) if avail_l else None),
+        weights=alive,
+    )
 
 
 def _avail(model: RMIOWorldModel, h: torch.Tensor, z: torch.Tensor) -> torch.Tensor:

@@ -63,23 +63,39 @@ def train_joint(cfg: Config, run_dir: Path, device: str, console: Console) -> Pa
     timing = {"collect_s": 0.0, "wm_s": 0.0, "imagine_s": 0.0, "imagined_steps": 0}
 
     def state() -> dict[str, Any]:
-        return {**checkpoint_meta(cfg, real.spec, stats), "model": model.state_dict(),
-                "wm_opt": wm_opt.state_dict(), "ppo": ppo.state_dict(), **counters,
-                "np_rng": rng.bit_generator.state, "gen_rng": gen.get_state(), "torch_rng": rng_state(),
-                "obs_mean": stats[0].tolist(), "obs_std": stats[1].tolist()}
+        return {
+            **checkpoint_meta(cfg, real.spec, stats),
+            "model": model.state_dict(),
+            "wm_opt": wm_opt.state_dict(),
+            "ppo": ppo.state_dict(),
+            **counters,
+            "np_rng": rng.bit_generator.state,
+            "gen_rng": gen.get_state(),
+            "torch_rng": rng_state(),
+            "obs_mean": stats[0].tolist(),
+            "obs_std": stats[1].tolist(),
+        }
 
-    with progress(console, "RMIOv2 pre-training", im.env_steps) as (bar, task), \
-            make_vector_env(cfg.env, im.num_envs, cfg.run.vector_mode) as venv:  # built (and jitted) once
+    with (
+        progress(console, "RMIOv2 pre-training", im.env_steps) as (bar, task),
+        make_vector_env(cfg.env, im.num_envs, cfg.run.vector_mode) as venv,
+    ):  # built (and jitted) once
         bar.update(task, completed=counters["env_steps"])
         while counters["env_steps"] < im.env_steps:
             if counters["env_steps"] >= counters["next_eval"]:
                 evaluate_and_log(cfg, ppo.actor, run_dir, counters["env_steps"], console)
                 counters["next_eval"] += im.eval_every
             tc = time.perf_counter()
-            new, cstats = collect(cfg.env, NO_LOSS, steps=im.collect_steps, num_envs=im.num_envs,
-                                  vector_mode=cfg.run.vector_mode,
-                                  seed=cfg.run.seed + 1 + counters["env_steps"], policy=actor_policy(ppo.actor),
-                                  venv=venv)  # line 1
+            new, cstats = collect(
+                cfg.env,
+                NO_LOSS,
+                steps=im.collect_steps,
+                num_envs=im.num_envs,
+                vector_mode=cfg.run.vector_mode,
+                seed=cfg.run.seed + 1 + counters["env_steps"],
+                policy=actor_policy(ppo.actor),
+                venv=venv,
+            )  # line 1
             real.extend(new)
             counters["env_steps"] += cstats.env_steps
             timing["collect_s"] += time.perf_counter() - tc
@@ -92,15 +108,21 @@ def train_joint(cfg: Config, run_dir: Path, device: str, console: Console) -> Pa
             timing["imagined_steps"] += im.policy_updates * im.starts * im.horizon
             timing["imagine_s"] += time.perf_counter() - ti
             env_steps = counters["env_steps"]
-            row = {**{f"wm_{k}": v for k, v in wm_metrics.items()}, **ppo_metrics,
-                   "imagined_reward": float(rollout.rewards.mean()),
-                   "train_return": float(new.episode_returns().mean()),
-                   "real_steps_per_s": env_steps / max(time.perf_counter() - t0, 1e-9),
-                   "collect_steps_per_s": cstats.steps_per_second,
-                   "imagined_steps_per_s": timing["imagined_steps"] / max(timing["imagine_s"], 1e-9)}
+            row = {
+                **{f"wm_{k}": v for k, v in wm_metrics.items()},
+                **ppo_metrics,
+                "imagined_reward": float(rollout.rewards.mean()),
+                "train_return": float(new.episode_returns().mean()),
+                "real_steps_per_s": env_steps / max(time.perf_counter() - t0, 1e-9),
+                "collect_steps_per_s": cstats.steps_per_second,
+                "imagined_steps_per_s": timing["imagined_steps"] / max(timing["imagine_s"], 1e-9),
+            }
             log.log(env_steps, row)
-            bar.update(task, completed=min(env_steps, im.env_steps),
-                       info=f"return {row['train_return']:.1f} wm {wm_metrics['loss']:.2f}")
+            bar.update(
+                task,
+                completed=min(env_steps, im.env_steps),
+                info=f"return {row['train_return']:.1f} wm {wm_metrics['loss']:.2f}",
+            )
             if env_steps >= counters["next_ckpt"]:
                 counters["next_ckpt"] += im.checkpoint_every
                 real.save(data_dir / "train.npz")
@@ -111,40 +133,80 @@ def train_joint(cfg: Config, run_dir: Path, device: str, console: Console) -> Pa
     real.meta["env_steps"] = env_steps
     real.save(data_dir / "train.npz")
     save_checkpoint(ckpt_path, state())
-    save_checkpoint(run_dir / "wm_pretrain.pt", {**checkpoint_meta(cfg, real.spec, stats), "phase": "pretrain",
-                                                 "model": model.state_dict(), "env_steps": env_steps})
+    save_checkpoint(
+        run_dir / "wm_pretrain.pt",
+        {
+            **checkpoint_meta(cfg, real.spec, stats),
+            "phase": "pretrain",
+            "model": model.state_dict(),
+            "env_steps": env_steps,
+        },
+    )
     save_checkpoint(final, {**state(), "algo": "rmiov2", "final_eval": result, "timing": timing})
-    console.print(f"joint pre-training done: {env_steps} env steps; wrote {final} and wm_pretrain.pt")
+    console.print(
+        f"joint pre-training done: {env_steps} env steps; wrote {final} and wm_pretrain.pt"
+    )
     return final
 
 
-def _initial_data(cfg: Config, data_dir: Path,
-                  start: dict[str, Any] | None) -> tuple[TrajectoryBuffer, tuple[np.ndarray, ...], dict[str, int]]:
+def _initial_data(
+    cfg: Config, data_dir: Path, start: dict[str, Any] | None
+) -> tuple[TrajectoryBuffer, tuple[np.ndarray, ...], dict[str, int]]:
     """The real data, the normalisation statistics and the step counters: a random warm-up (and a held-out
     set) on a new run, else what the checkpoint recorded."""
     im, wt = cfg.policy.imagination, cfg.world_model.train
     if start is None:
-        real, _ = collect(cfg.env, NO_LOSS, steps=im.warmup_steps, num_envs=im.num_envs,
-                          vector_mode=cfg.run.vector_mode, seed=cfg.run.seed)
-        holdout, _ = collect(cfg.env, NO_LOSS, steps=wt.holdout_episodes * (cfg.env.episode_limit or 1000),
-                             num_envs=1, seed=cfg.run.seed + HOLDOUT_SEED_OFFSET)
+        real, _ = collect(
+            cfg.env,
+            NO_LOSS,
+            steps=im.warmup_steps,
+            num_envs=im.num_envs,
+            vector_mode=cfg.run.vector_mode,
+            seed=cfg.run.seed,
+        )
+        holdout, _ = collect(
+            cfg.env,
+            NO_LOSS,
+            steps=wt.holdout_episodes * (cfg.env.episode_limit or 1000),
+            num_envs=1,
+            seed=cfg.run.seed + HOLDOUT_SEED_OFFSET,
+        )
         holdout.save(data_dir / "holdout.npz")
-        stats = observation_stats(real)  # fixed from the random warm-up, shared by world model and actor
-        return real, stats, {"env_steps": len(real) - real.num_episodes, "next_eval": 0,
-                             "next_ckpt": im.checkpoint_every}
+        stats = observation_stats(
+            real
+        )  # fixed from the random warm-up, shared by world model and actor
+        return (
+            real,
+            stats,
+            {
+                "env_steps": len(real) - real.num_episodes,
+                "next_eval": 0,
+                "next_ckpt": im.checkpoint_every,
+            },
+        )
     real = TrajectoryBuffer.load(data_dir / "train.npz")
-    stats = tuple(np.asarray(start["stats"][k], np.float32) for k in ("obs_mean", "obs_std", "state_mean", "state_std"))
+    stats = tuple(
+        np.asarray(start["stats"][k], np.float32)
+        for k in ("obs_mean", "obs_std", "state_mean", "state_std")
+    )
     return real, stats, {k: start[k] for k in ("env_steps", "next_eval", "next_ckpt")}
 
 
-def _world_model_updates(model: torch.nn.Module, opt: torch.optim.Optimizer, sampler: SequenceSampler,
-                         rng: np.random.Generator, cfg: Config) -> dict[str, float]:
+def _world_model_updates(
+    model: torch.nn.Module,
+    opt: torch.optim.Optimizer,
+    sampler: SequenceSampler,
+    rng: np.random.Generator,
+    cfg: Config,
+) -> dict[str, float]:
     """Algorithm 1, lines 2-9: world-model updates on sequences of all real data (no masking)."""
     wt = cfg.world_model.train
     metrics: dict[str, float] = {}
     for _ in range(cfg.policy.imagination.wm_updates):
         batch = sampler.sample(rng, wt.batch_size, wt.seq_len)
-        loss, metrics = world_model_loss(model, batch, torch.ones(batch.obs.shape[:3], device=batch.obs.device))
+        loss, metrics = world_model_loss(
+            model, batch, torch.ones(batch.obs.shape[:3], device=batch.obs.device)
+        )
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), wt.grad_clip)
@@ -152,8 +214,14 @@ def _world_model_updates(model: torch.nn.Module, opt: torch.optim.Optimizer, sam
     return metrics
 
 
-def _policy_updates(model: Any, ppo: Any, sampler: SequenceSampler, rng: np.random.Generator,
-                    gen: torch.Generator, cfg: Config) -> tuple[dict[str, float], Any]:
+def _policy_updates(
+    model: Any,
+    ppo: Any,
+    sampler: SequenceSampler,
+    rng: np.random.Generator,
+    gen: torch.Generator,
+    cfg: Config,
+) -> tuple[dict[str, float], Any]:
     """Algorithm 1, lines 10-19: PPO on rollouts imagined from posterior states of real sequences."""
     im = cfg.policy.imagination
     metrics: dict[str, float] = {}

@@ -29,8 +29,9 @@ from rmio.train.runlog import MetricLog, load_checkpoint, restore_rng, rng_state
 from rmio.train.wm_data import observation_stats
 
 
-def build_agents(cfg: Config, spec: Any, obs_mean: np.ndarray, obs_std: np.ndarray,
-                 device: torch.device) -> PPO:
+def build_agents(
+    cfg: Config, spec: Any, obs_mean: np.ndarray, obs_std: np.ndarray, device: torch.device
+) -> PPO:
     p = cfg.policy.ppo
     actor = Actor(spec, p.hidden, p.log_std_init, obs_mean, obs_std).to(device)
     critic = Critic(spec, p.hidden, obs_mean, obs_std).to(device)
@@ -42,10 +43,14 @@ def log_eval(run_dir: Path, step: int, result: dict[str, float], console: Consol
         fh.write(json.dumps({"step": step, **result}) + "\n")
     plot_curves([run_dir], run_dir / "learning_curve.png")
     extra = f", win rate {result['win_rate']:.2f}" if "win_rate" in result else ""
-    console.print(f"eval @ {step} env steps: return {result['return_mean']:.2f} ± {result['return_std']:.2f}{extra}")
+    console.print(
+        f"eval @ {step} env steps: return {result['return_mean']:.2f} ± {result['return_std']:.2f}{extra}"
+    )
 
 
-def evaluate_and_log(cfg: Config, actor: Any, run_dir: Path, step: int, console: Console) -> dict[str, float]:
+def evaluate_and_log(
+    cfg: Config, actor: Any, run_dir: Path, step: int, console: Console
+) -> dict[str, float]:
     """Deterministic evaluation episodes (seed family apart from training's), appended to eval.jsonl."""
     result = evaluate_policy(actor, cfg.env, cfg.run.eval_episodes, cfg.run.seed + 900_000)
     log_eval(run_dir, step, result, console)
@@ -54,7 +59,9 @@ def evaluate_and_log(cfg: Config, actor: Any, run_dir: Path, step: int, console:
 
 def _tensors(b: BatchStep, device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
     obs = torch.as_tensor(b.obs, device=device)
-    avail = None if b.avail_actions is None else torch.as_tensor(b.avail_actions, device=device).float()
+    avail = (
+        None if b.avail_actions is None else torch.as_tensor(b.avail_actions, device=device).float()
+    )
     return obs, avail
 
 
@@ -67,13 +74,25 @@ def train_mappo(cfg: Config, run_dir: Path, device: str, console: Console) -> Pa
     ckpt_path = run_dir / "ckpt_mappo.pt"
     start = load_checkpoint(ckpt_path, dev) if ckpt_path.exists() else None
     if start is None:
-        warm, _ = collect(cfg.env, LossConfig("none"), steps=cfg.policy.stats_steps, num_envs=1,
-                          seed=cfg.run.seed + 50_000)
+        warm, _ = collect(
+            cfg.env,
+            LossConfig("none"),
+            steps=cfg.policy.stats_steps,
+            num_envs=1,
+            seed=cfg.run.seed + 50_000,
+        )
         mean, std, _, _ = observation_stats(warm)
         steps_done, next_eval, next_ckpt = len(warm) - warm.num_episodes, 0, m.checkpoint_every
     else:
-        mean, std = np.asarray(start["obs_mean"], np.float32), np.asarray(start["obs_std"], np.float32)
-        steps_done, next_eval, next_ckpt = start["env_steps"], start["next_eval"], start["next_ckpt"]
+        mean, std = (
+            np.asarray(start["obs_mean"], np.float32),
+            np.asarray(start["obs_std"], np.float32),
+        )
+        steps_done, next_eval, next_ckpt = (
+            start["env_steps"],
+            start["next_eval"],
+            start["next_ckpt"],
+        )
     gen = torch.Generator(device=dev).manual_seed(cfg.run.seed)
     with make_vector_env(cfg.env, cfg.run.num_envs, cfg.run.vector_mode) as venv:
         ppo = build_agents(cfg, venv.spec, mean, std, dev)
@@ -93,9 +112,19 @@ def train_mappo(cfg: Config, run_dir: Path, device: str, console: Console) -> Pa
                 if steps_done >= next_eval:
                     evaluate_and_log(cfg, ppo.actor, run_dir, steps_done, console)
                     next_eval += m.eval_every
-                cols: dict[str, list[torch.Tensor]] = {k: [] for k in
-                                                       ("obs", "actions", "logp", "values", "rewards", "next", "dones",
-                                                        "avail")}
+                cols: dict[str, list[torch.Tensor]] = {
+                    k: []
+                    for k in (
+                        "obs",
+                        "actions",
+                        "logp",
+                        "values",
+                        "rewards",
+                        "next",
+                        "dones",
+                        "avail",
+                    )
+                }
                 for _ in range(m.rollout):
                     obs, avail = _tensors(b, dev)
                     with torch.no_grad():
@@ -103,11 +132,19 @@ def train_mappo(cfg: Config, run_dir: Path, device: str, console: Console) -> Pa
                         value = ppo.value(obs)
                     b = venv.step(act.cpu().numpy())
                     with torch.no_grad():
-                        boot = ppo.value(torch.as_tensor(b.final_obs, device=dev))  # V of the true next state
+                        boot = ppo.value(
+                            torch.as_tensor(b.final_obs, device=dev)
+                        )  # V of the true next state
                     term = torch.as_tensor(b.terminated, device=dev).float()
-                    for k, v in (("obs", obs), ("actions", act), ("logp", logp), ("values", value),
-                                 ("rewards", torch.as_tensor(b.reward, device=dev)), ("next", boot * (1 - term)),
-                                 ("dones", torch.as_tensor(b.done, device=dev).float())):
+                    for k, v in (
+                        ("obs", obs),
+                        ("actions", act),
+                        ("logp", logp),
+                        ("values", value),
+                        ("rewards", torch.as_tensor(b.reward, device=dev)),
+                        ("next", boot * (1 - term)),
+                        ("dones", torch.as_tensor(b.done, device=dev).float()),
+                    ):
                         cols[k].append(v)
                     if avail is not None:
                         cols["avail"].append(avail)
@@ -117,19 +154,34 @@ def train_mappo(cfg: Config, run_dir: Path, device: str, console: Console) -> Pa
                         running[k] = 0.0
                     steps_done += venv.num_envs
                     bar.update(task, completed=min(steps_done, m.env_steps))
-                roll = Rollout(*(torch.stack(cols[k]) for k in ("obs", "actions", "logp", "values", "rewards", "next",
-                                                                 "dones")),
-                               avail=torch.stack(cols["avail"]) if cols["avail"] else None)
+                roll = Rollout(
+                    *(
+                        torch.stack(cols[k])
+                        for k in ("obs", "actions", "logp", "values", "rewards", "next", "dones")
+                    ),
+                    avail=torch.stack(cols["avail"]) if cols["avail"] else None,
+                )
                 stats = ppo.update(roll, gen)
                 recent = episode_returns[-20:]
-                stats.update({"train_return": float(np.mean(recent)) if recent else float("nan"),
-                              "env_steps_per_s": steps_done / max(time.perf_counter() - t0, 1e-9)})
+                stats.update(
+                    {
+                        "train_return": float(np.mean(recent)) if recent else float("nan"),
+                        "env_steps_per_s": steps_done / max(time.perf_counter() - t0, 1e-9),
+                    }
+                )
                 metrics.log(steps_done, stats)
-                bar.update(task, info=f"return {stats['train_return']:.1f} value loss {stats['value_loss']:.3f}")
+                bar.update(
+                    task,
+                    info=f"return {stats['train_return']:.1f} value loss {stats['value_loss']:.3f}",
+                )
                 if steps_done >= next_ckpt:
                     next_ckpt += m.checkpoint_every
-                    save_checkpoint(ckpt_path, _state(cfg, venv.spec, ppo, mean, std, steps_done, next_eval,
-                                                      next_ckpt, gen))
+                    save_checkpoint(
+                        ckpt_path,
+                        _state(
+                            cfg, venv.spec, ppo, mean, std, steps_done, next_eval, next_ckpt, gen
+                        ),
+                    )
         result = evaluate_and_log(cfg, ppo.actor, run_dir, steps_done, console)
         metrics.close()
         state = _state(cfg, venv.spec, ppo, mean, std, steps_done, next_eval, next_ckpt, gen)
@@ -139,8 +191,27 @@ def train_mappo(cfg: Config, run_dir: Path, device: str, console: Console) -> Pa
     return final
 
 
-def _state(cfg: Config, spec: Any, ppo: PPO, mean: np.ndarray, std: np.ndarray, steps: int, next_eval: int,
-           next_ckpt: int, gen: torch.Generator) -> dict[str, Any]:
-    return {"config": cfg.to_dict(), "config_hash": cfg.digest(), "spec": spec.to_dict(), "ppo": ppo.state_dict(),
-            "obs_mean": mean.tolist(), "obs_std": std.tolist(), "env_steps": steps, "next_eval": next_eval,
-            "next_ckpt": next_ckpt, "torch_rng": rng_state(), "gen_rng": gen.get_state()}
+def _state(
+    cfg: Config,
+    spec: Any,
+    ppo: PPO,
+    mean: np.ndarray,
+    std: np.ndarray,
+    steps: int,
+    next_eval: int,
+    next_ckpt: int,
+    gen: torch.Generator,
+) -> dict[str, Any]:
+    return {
+        "config": cfg.to_dict(),
+        "config_hash": cfg.digest(),
+        "spec": spec.to_dict(),
+        "ppo": ppo.state_dict(),
+        "obs_mean": mean.tolist(),
+        "obs_std": std.tolist(),
+        "env_steps": steps,
+        "next_eval": next_eval,
+        "next_ckpt": next_ckpt,
+        "torch_rng": rng_state(),
+        "gen_rng": gen.get_state(),
+    }

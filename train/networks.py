@@ -14,7 +14,11 @@ def mlp(inp: int, hidden: int, out: int, layers: int = 2, norm: bool = True) -> 
     mods: list[nn.Module] = []
     width = inp
     for _ in range(layers):
-        mods += [nn.Linear(width, hidden), nn.LayerNorm(hidden) if norm else nn.Identity(), nn.SiLU()]
+        mods += [
+            nn.Linear(width, hidden),
+            nn.LayerNorm(hidden) if norm else nn.Identity(),
+            nn.SiLU(),
+        ]
         width = hidden
     mods.append(nn.Linear(width, out))
     return nn.Sequential(*mods)
@@ -36,7 +40,9 @@ class AgentAttentionLayer(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim)
         self.out = nn.Linear(dim, dim)  # W_O
         self.norm1 = nn.LayerNorm(dim)
-        self.ff = nn.Sequential(nn.Linear(dim, ff_mult * dim), nn.SiLU(), nn.Linear(ff_mult * dim, dim))
+        self.ff = nn.Sequential(
+            nn.Linear(dim, ff_mult * dim), nn.SiLU(), nn.Linear(ff_mult * dim, dim)
+        )
         self.norm2 = nn.LayerNorm(dim)
 
     def forward(self, e: torch.Tensor) -> torch.Tensor:
@@ -65,7 +71,9 @@ class AgentFusion(nn.Module):
             self.blocks = nn.ModuleList(AgentAttentionLayer(dim, heads) for _ in range(layers))
         else:
             self.blocks = nn.ModuleList(
-                nn.Sequential(nn.Linear(dim, dim), nn.LayerNorm(dim), nn.SiLU()) for _ in range(layers))
+                nn.Sequential(nn.Linear(dim, dim), nn.LayerNorm(dim), nn.SiLU())
+                for _ in range(layers)
+            )
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         x = self.embed(tokens)
@@ -81,7 +89,9 @@ class Categorical:
     probability and the KL stays finite.
     """
 
-    def __init__(self, logits: torch.Tensor, groups: int, classes: int, unimix: float = 0.01) -> None:
+    def __init__(
+        self, logits: torch.Tensor, groups: int, classes: int, unimix: float = 0.01
+    ) -> None:
         self.groups, self.classes = groups, classes
         logits = logits.reshape(*logits.shape[:-1], groups, classes)
         probs = torch.softmax(logits, dim=-1)

@@ -18,16 +18,26 @@ from rmio.train.networks import mlp
 
 
 class Actor(nn.Module):
-    def __init__(self, spec: EnvSpec, hidden: int, log_std_init: float, obs_mean: np.ndarray,
-                 obs_std: np.ndarray) -> None:
+    def __init__(
+        self,
+        spec: EnvSpec,
+        hidden: int,
+        log_std_init: float,
+        obs_mean: np.ndarray,
+        obs_std: np.ndarray,
+    ) -> None:
         super().__init__()
         self.spec = spec
         self.n_agents, self.obs_dim, self.act_dim = spec.n_agents, spec.obs_dim, spec.action_dim
         self.net = mlp(self.obs_dim + self.n_agents, hidden, self.act_dim, layers=2)
         self.register_buffer("obs_mean", torch.as_tensor(obs_mean, dtype=torch.float32))
         self.register_buffer("obs_std", torch.as_tensor(obs_std, dtype=torch.float32))
-        self.register_buffer("feature_mask", torch.as_tensor(spec.obs_feature_mask, dtype=torch.float32))
-        self.register_buffer("action_mask", torch.as_tensor(spec.action_feature_mask, dtype=torch.float32))
+        self.register_buffer(
+            "feature_mask", torch.as_tensor(spec.obs_feature_mask, dtype=torch.float32)
+        )
+        self.register_buffer(
+            "action_mask", torch.as_tensor(spec.action_feature_mask, dtype=torch.float32)
+        )
         if not spec.discrete:
             self.log_std = nn.Parameter(torch.full((self.act_dim,), float(log_std_init)))
             self.register_buffer("low", torch.as_tensor(spec.action_low, dtype=torch.float32))
@@ -42,7 +52,9 @@ class Actor(nn.Module):
         x = x.clamp(-10.0, 10.0) * self.feature_mask[agent_id]
         return self.net(torch.cat([x, F.one_hot(agent_id, self.n_agents).float()], -1))
 
-    def dist(self, obs: torch.Tensor, agent_id: torch.Tensor, avail: torch.Tensor | None = None) -> D.Distribution:
+    def dist(
+        self, obs: torch.Tensor, agent_id: torch.Tensor, avail: torch.Tensor | None = None
+    ) -> D.Distribution:
         """The action distribution of agent ``agent_id`` given only its own observation."""
         out = self._head(obs, agent_id)
         if self.spec.discrete:
@@ -51,21 +63,34 @@ class Actor(nn.Module):
             return D.Categorical(logits=out)
         return D.Normal(out, self.log_std.exp().expand_as(out))
 
-    def log_prob(self, dist: D.Distribution, action: torch.Tensor, agent_id: torch.Tensor) -> torch.Tensor:
+    def log_prob(
+        self, dist: D.Distribution, action: torch.Tensor, agent_id: torch.Tensor
+    ) -> torch.Tensor:
         if self.spec.discrete:
             return dist.log_prob(action.long())
-        return (dist.log_prob(action) * self.action_mask[agent_id.long()]).sum(-1)  # padding dims ignored
+        return (dist.log_prob(action) * self.action_mask[agent_id.long()]).sum(
+            -1
+        )  # padding dims ignored
 
     def entropy(self, dist: D.Distribution, agent_id: torch.Tensor) -> torch.Tensor:
         if self.spec.discrete:
             return dist.entropy()
         return (dist.entropy() * self.action_mask[agent_id.long()]).sum(-1)
 
-    def act(self, obs: torch.Tensor, agent_id: torch.Tensor, avail: torch.Tensor | None = None,
-            deterministic: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    def act(
+        self,
+        obs: torch.Tensor,
+        agent_id: torch.Tensor,
+        avail: torch.Tensor | None = None,
+        deterministic: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Sampled (or greedy) action and its log-probability."""
         dist = self.dist(obs, agent_id, avail)
-        action = (dist.probs.argmax(-1) if self.spec.discrete else dist.mean) if deterministic else dist.sample()
+        action = (
+            (dist.probs.argmax(-1) if self.spec.discrete else dist.mean)
+            if deterministic
+            else dist.sample()
+        )
         return action, self.log_prob(dist, action, agent_id)
 
     def executed(self, action: torch.Tensor) -> torch.Tensor:
@@ -75,18 +100,24 @@ class Actor(nn.Module):
             return action
         return torch.minimum(torch.maximum(action, self.low), self.high) * self.action_mask
 
-    def forward(self, obs: torch.Tensor, agent_id: torch.Tensor, avail: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, obs: torch.Tensor, agent_id: torch.Tensor, avail: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """The exported greedy policy: best available action, or the mean clipped to the action box."""
         out = self._head(obs, agent_id)
         if self.spec.discrete:
             if avail is not None:
                 out = out.masked_fill(~avail.bool(), -1e9)
             return out.argmax(-1)
-        return torch.minimum(torch.maximum(out, self.low), self.high) * self.action_mask[agent_id.long()]
+        return (
+            torch.minimum(torch.maximum(out, self.low), self.high)
+            * self.action_mask[agent_id.long()]
+        )
 
 
-def joint_act(actor: Actor, obs: torch.Tensor, avail: torch.Tensor | None = None,
-              deterministic: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+def joint_act(
+    actor: Actor, obs: torch.Tensor, avail: torch.Tensor | None = None, deterministic: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Every agent acts on its own row of ``obs`` (..., n, D); returns actions and log-probs (..., n)."""
     n = obs.shape[-2]
     ids = torch.arange(n, device=obs.device).expand(obs.shape[:-1])
@@ -109,7 +140,9 @@ def actor_policy(actor: Actor, deterministic: bool = False):
 class Critic(nn.Module):
     """V(s) from all agents' observations (centralised training, Eq. 14)."""
 
-    def __init__(self, spec: EnvSpec, hidden: int, obs_mean: np.ndarray, obs_std: np.ndarray) -> None:
+    def __init__(
+        self, spec: EnvSpec, hidden: int, obs_mean: np.ndarray, obs_std: np.ndarray
+    ) -> None:
         super().__init__()
         self.net = mlp(spec.n_agents * spec.obs_dim, hidden, 1, layers=2)
         self.register_buffer("obs_mean", torch.as_tensor(obs_mean, dtype=torch.float32))

@@ -23,7 +23,9 @@ class Rollout:
     next_values: torch.Tensor  # (T, B) value of the next state; 0 where the episode truly ended
     dones: torch.Tensor  # (T, B) 1 where the episode ended (terminated or truncated) after step t
     avail: torch.Tensor | None = None  # (T, B, n, A)
-    weights: torch.Tensor | None = None  # (T, B) imagination: probability the trajectory is still alive
+    weights: torch.Tensor | None = (
+        None  # (T, B) imagination: probability the trajectory is still alive
+    )
 
 
 def gae(r: Rollout, gamma: float, lam: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -61,7 +63,9 @@ class PPO:
         obs, actions, logp_old, w = flat(r.obs), flat(r.actions), flat(r.logp), flat(weights)
         adv, returns = flat(adv), flat(returns)
         avail = flat(r.avail) if r.avail is not None else None
-        mean = (adv * w).sum() / w.sum()  # imagined steps count by their probability of still running
+        mean = (
+            adv * w
+        ).sum() / w.sum()  # imagined steps count by their probability of still running
         std = (((adv - mean) ** 2 * w).sum() / w.sum()).sqrt()
         adv = (adv - mean) / (std + 1e-8)
         if cfg.value_norm:
@@ -70,19 +74,27 @@ class PPO:
         else:
             targets = returns
         ids = torch.arange(n, device=obs.device).expand(T * B, n)
-        stats = {"policy_loss": 0.0, "value_loss": 0.0, "entropy": 0.0, "clip_frac": 0.0, "approx_kl": 0.0}
+        stats = {
+            "policy_loss": 0.0,
+            "value_loss": 0.0,
+            "entropy": 0.0,
+            "clip_frac": 0.0,
+            "approx_kl": 0.0,
+        }
         count = 0
         size = T * B
         mb = max(size // cfg.minibatches, 1)
         for _ in range(cfg.epochs):
             perm = torch.randperm(size, generator=generator, device=obs.device)
             for start in range(0, size, mb):
-                i = perm[start: start + mb]
+                i = perm[start : start + mb]
                 dist = self.actor.dist(obs[i], ids[i], None if avail is None else avail[i])
                 logp = self.actor.log_prob(dist, actions[i], ids[i])
                 ratio = (logp - logp_old[i]).exp()
                 a = adv[i].unsqueeze(-1)
-                surrogate = torch.min(ratio * a, ratio.clamp(1 - cfg.clip, 1 + cfg.clip) * a)  # Eq. 13
+                surrogate = torch.min(
+                    ratio * a, ratio.clamp(1 - cfg.clip, 1 + cfg.clip) * a
+                )  # Eq. 13
                 wi = w[i].unsqueeze(-1)
                 entropy = (self.actor.entropy(dist, ids[i]) * wi).sum() / (wi.sum() * n)
                 policy_loss = -(surrogate * wi).sum() / (wi.sum() * n) - cfg.entropy_coef * entropy
@@ -90,7 +102,9 @@ class PPO:
                 policy_loss.backward()
                 nn.utils.clip_grad_norm_(self.actor.parameters(), cfg.grad_clip)
                 self.actor_opt.step()
-                value_loss = ((self.critic(obs[i]) - targets[i]) ** 2 * w[i]).sum() / w[i].sum()  # Eq. 14
+                value_loss = ((self.critic(obs[i]) - targets[i]) ** 2 * w[i]).sum() / w[
+                    i
+                ].sum()  # Eq. 14
                 self.critic_opt.zero_grad(set_to_none=True)
                 (cfg.value_coef * value_loss).backward()
                 nn.utils.clip_grad_norm_(self.critic.parameters(), cfg.grad_clip)
@@ -105,9 +119,13 @@ class PPO:
         return {k: v / max(count, 1) for k, v in stats.items()}
 
     def state_dict(self) -> dict:
-        return {"actor": self.actor.state_dict(), "critic": self.critic.state_dict(),
-                "value_norm": self.value_norm.state_dict(), "actor_opt": self.actor_opt.state_dict(),
-                "critic_opt": self.critic_opt.state_dict()}
+        return {
+            "actor": self.actor.state_dict(),
+            "critic": self.critic.state_dict(),
+            "value_norm": self.value_norm.state_dict(),
+            "actor_opt": self.actor_opt.state_dict(),
+            "critic_opt": self.critic_opt.state_dict(),
+        }
 
     def load_state_dict(self, state: dict) -> None:
         self.actor.load_state_dict(state["actor"])

@@ -90,8 +90,12 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=False)
     except Exception as exc:  # torch raises many kinds for a truncated or foreign file
-        raise RmioError(f"checkpoint '{path}' is corrupt or not an rmio checkpoint ({type(exc).__name__}: "
-                        f"{str(exc).splitlines()[0][:120]}); delete it to restart from the previous one") from None
+        raise RmioError(
+            f"checkpoint '{path}' is corrupt or not an rmio checkpoint ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0][:120]}); delete it to restart from the previous one"
+        ) from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise RmioError(f"checkpoint '{path}' is not an rmio checkpoint of format {CHECKPOINT_FORMAT}")
+        raise RmioError(
+            f"checkpoint '{path}' is not an rmio checkpoint of format {CHECKPOINT_FORMAT}"
+        )
     return ckpt

@@ -56,7 +56,7 @@ def adaptive_windows(rewards: np.ndarray, cfg: SmoothingConfig) -> np.ndarray:
     T = len(rewards)
     windows = np.empty(T, dtype=np.int64)
     for t in range(T):
-        local = rewards[max(0, t - cfg.h_base): min(T, t + cfg.h_base + 1)]
+        local = rewards[max(0, t - cfg.h_base) : min(T, t + cfg.h_base + 1)]
         var = float(local.var()) if len(local) > 1 else 0.0
         windows[t] = max(cfg.h_min, min(cfg.h_max, int(np.floor(cfg.alpha * var))))
     return windows
@@ -68,19 +68,25 @@ def smooth_episode(rewards: np.ndarray, cfg: SmoothingConfig) -> np.ndarray:
     T = len(rewards)
     if cfg.mode == "off" or T <= 1:
         return rewards.astype(np.float32)
-    windows = np.full(T, cfg.window, dtype=np.int64) if cfg.mode == "fixed" else adaptive_windows(rewards, cfg)
+    windows = (
+        np.full(T, cfg.window, dtype=np.int64)
+        if cfg.mode == "fixed"
+        else adaptive_windows(rewards, cfg)
+    )
     out = np.zeros(T, dtype=np.float64)
     for s in range(T):
         H = int(windows[s])
         sigma = cfg.sigma if cfg.mode == "fixed" else max(H / 2.0, 0.5)
         k = _kernel(H, sigma)
         lo, hi = max(0, s - H), min(T, s + H + 1)
-        weights = k[lo - (s - H): hi - (s - H)]
+        weights = k[lo - (s - H) : hi - (s - H)]
         out[lo:hi] += rewards[s] * weights / weights.sum()
     return out.astype(np.float32)
 
 
-def smooth_buffer_rewards(reward: np.ndarray, is_first: np.ndarray, cfg: SmoothingConfig) -> np.ndarray:
+def smooth_buffer_rewards(
+    reward: np.ndarray, is_first: np.ndarray, cfg: SmoothingConfig
+) -> np.ndarray:
     """Smooth a trajectory buffer's reward column episode by episode.
 
     Row 0 of an episode carries no reward (nothing led to the first observation), so only rows
@@ -90,5 +96,5 @@ def smooth_buffer_rewards(reward: np.ndarray, is_first: np.ndarray, cfg: Smoothi
     starts = [*np.flatnonzero(is_first).tolist(), len(reward)]
     for a, b in itertools.pairwise(starts):
         if b - a > 1:
-            out[a + 1: b] = smooth_episode(reward[a + 1: b], cfg)
+            out[a + 1 : b] = smooth_episode(reward[a + 1 : b], cfg)
     return out

@@ -15,7 +15,9 @@ from rmio.train.smoothing import SmoothingConfig, smooth_buffer_rewards
 from rmio.train.world_model import RMIOWorldModel
 
 
-def observation_stats(buf: TrajectoryBuffer) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def observation_stats(
+    buf: TrajectoryBuffer,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Per agent and feature mean/std of observations (padding: 0/1), and of the global state."""
     obs = buf.data["obs"].astype(np.float64)
     mean = obs.mean(axis=0)
@@ -25,7 +27,12 @@ def observation_stats(buf: TrajectoryBuffer) -> tuple[np.ndarray, np.ndarray, np
     state = buf.data["state"].astype(np.float64)
     s_mean = state.mean(axis=0) if len(state) else np.zeros(buf.spec.state_dim)
     s_std = np.maximum(state.std(axis=0), 1e-2) if len(state) else np.ones(buf.spec.state_dim)
-    return mean.astype(np.float32), std.astype(np.float32), s_mean.astype(np.float32), s_std.astype(np.float32)
+    return (
+        mean.astype(np.float32),
+        std.astype(np.float32),
+        s_mean.astype(np.float32),
+        s_std.astype(np.float32),
+    )
 
 
 @dataclass
@@ -37,7 +44,9 @@ class Batch:
     is_first: torch.Tensor  # (B, T)
     is_terminal: torch.Tensor  # (B, T)
     avail: torch.Tensor | None  # (B, T, n, A)
-    raw_reward: torch.Tensor | None = None  # (B, T) the true reward (smoothing is a training target only)
+    raw_reward: torch.Tensor | None = (
+        None  # (B, T) the true reward (smoothing is a training target only)
+    )
     is_last: torch.Tensor | None = None  # (B, T) last row of an episode
 
 
@@ -45,7 +54,9 @@ class SequenceSampler:
     """Uniformly sampled windows of L consecutive rows; windows may straddle episodes, and the model
     restarts its state at every ``is_first`` inside a window, so nothing leaks across episodes."""
 
-    def __init__(self, buf: TrajectoryBuffer, smoothing: SmoothingConfig, device: str | torch.device = "cpu") -> None:
+    def __init__(
+        self, buf: TrajectoryBuffer, smoothing: SmoothingConfig, device: str | torch.device = "cpu"
+    ) -> None:
         data = buf.data
         if len(buf) < 2:
             raise RmioError("the trajectory buffer holds fewer than 2 rows; collect more data")
@@ -74,7 +85,9 @@ class SequenceSampler:
         self.tensors = {k: torch.as_tensor(v, device=self.device) for k, v in self.arrays.items()}
         self.rows = len(buf)
 
-    def sample(self, rng: np.random.Generator, batch: int, length: int, end_mid_episode: bool = False) -> Batch:
+    def sample(
+        self, rng: np.random.Generator, batch: int, length: int, end_mid_episode: bool = False
+    ) -> Batch:
         """``end_mid_episode``: resample windows whose last row ends an episode (imagination starts
         from there, and nothing was ever learned about what follows an episode's last row)."""
         length = min(length, self.rows)
@@ -92,26 +105,41 @@ class SequenceSampler:
     def episodes(self) -> list[Batch]:
         """Every whole episode as a batch of one (for evaluation)."""
         firsts = [*np.flatnonzero(self.arrays["is_first"]).tolist(), self.rows]
-        return [self._gather(torch.arange(a, b, device=self.device)[None], first_is_start=True)
-                for a, b in itertools.pairwise(firsts)]
+        return [
+            self._gather(torch.arange(a, b, device=self.device)[None], first_is_start=True)
+            for a, b in itertools.pairwise(firsts)
+        ]
 
     def _gather(self, idx: torch.Tensor, first_is_start: bool) -> Batch:
         t = {k: v[idx] for k, v in self.tensors.items()}
         if first_is_start:  # the first row of a window starts from the zero state
             t["is_first"] = t["is_first"].clone()
             t["is_first"][:, 0] = 1.0
-        return Batch(t["obs"], t["prev_action"], t["state"], t["reward"], t["is_first"], t["is_terminal"],
-                     t.get("avail"), t["raw_reward"], t["is_last"])
+        return Batch(
+            t["obs"],
+            t["prev_action"],
+            t["state"],
+            t["reward"],
+            t["is_first"],
+            t["is_terminal"],
+            t.get("avail"),
+            t["raw_reward"],
+            t["is_last"],
+        )
 
 
-def sample_masks(rng: torch.Generator, shape: tuple[int, ...], p_mask: float, device: torch.device) -> torch.Tensor:
+def sample_masks(
+    rng: torch.Generator, shape: tuple[int, ...], p_mask: float, device: torch.device
+) -> torch.Tensor:
     """m_t ~ Bernoulli(1 - p_mask)^n for every step (Algorithm 2, line 22): 1 = observed."""
     if p_mask <= 0:
         return torch.ones(shape, device=device)
     return (torch.rand(shape, generator=rng, device=device) >= p_mask).float()
 
 
-def world_model_loss(model: RMIOWorldModel, batch: Batch, mask: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+def world_model_loss(
+    model: RMIOWorldModel, batch: Batch, mask: torch.Tensor
+) -> tuple[torch.Tensor, dict[str, float]]:
     """L_M = L_rec + beta * L_KL (Eq. 8-9), with KL balancing and free nats.
 
     The observation target is always the true observation, also for agents whose input was masked:
@@ -133,8 +161,12 @@ def world_model_loss(model: RMIOWorldModel, batch: Batch, mask: torch.Tensor) ->
     if lost.sum() > 0:
         metrics["obs_masked"] = ((per_agent * lost).sum() / lost.sum()).item()
     if batch.avail is not None and "avail_logit" in out:
-        per = F.binary_cross_entropy_with_logits(out["avail_logit"], batch.avail, reduction="none").mean(-1)
-        keep = 1.0 - batch.is_last.unsqueeze(-1) if batch.is_last is not None else torch.ones_like(per)
+        per = F.binary_cross_entropy_with_logits(
+            out["avail_logit"], batch.avail, reduction="none"
+        ).mean(-1)
+        keep = (
+            1.0 - batch.is_last.unsqueeze(-1) if batch.is_last is not None else torch.ones_like(per)
+        )
         avail_loss = (per * keep).sum() / (keep.expand_as(per).sum()).clamp(min=1.0)
         rec = rec + avail_loss
         metrics["avail"] = avail_loss.item()
@@ -144,10 +176,14 @@ def world_model_loss(model: RMIOWorldModel, batch: Batch, mask: torch.Tensor) ->
         rec = rec + cfg.state_loss_weight * state_loss
         metrics["state"] = state_loss.item()
     dyn = post.post.detach().kl(post.prior).mean()  # trains the prior towards the posterior
-    rep = post.post.kl(post.prior.detach()).mean()  # keeps the posterior close to what is predictable
+    rep = post.post.kl(
+        post.prior.detach()
+    ).mean()  # keeps the posterior close to what is predictable
     # Free nats on the batch mean (DreamerV2). Clamping every step instead (DreamerV3) was tried: in
     # fine-tuning it pulled the KL from ~1 to ~0.5 nats and made reconstructions of lost agents worse.
-    kl = cfg.kl_balance * dyn.clamp(min=cfg.free_nats) + (1 - cfg.kl_balance) * rep.clamp(min=cfg.free_nats)
+    kl = cfg.kl_balance * dyn.clamp(min=cfg.free_nats) + (1 - cfg.kl_balance) * rep.clamp(
+        min=cfg.free_nats
+    )
     total = rec + cfg.kl_beta * kl
     metrics.update({"kl": dyn.item(), "rec": rec.item(), "loss": total.item()})
     return total, metrics

@@ -57,8 +57,15 @@ def _smooth_l1(pred: torch.Tensor, target: torch.Tensor, fm: torch.Tensor) -> to
 
 
 @torch.no_grad()
-def evaluate_episode(model: RMIOWorldModel, ep: Batch, p_masks: list[float], seeds: int, seed: int,
-                     eps_r: float, eps_g: float) -> dict[str, dict[str, np.ndarray]]:
+def evaluate_episode(
+    model: RMIOWorldModel,
+    ep: Batch,
+    p_masks: list[float],
+    seeds: int,
+    seed: int,
+    eps_r: float,
+    eps_g: float,
+) -> dict[str, dict[str, np.ndarray]]:
     """Sums (and counts) of every metric for one episode, batched over p_masks x seeds."""
     P = len(p_masks)
     B = P * seeds
@@ -76,7 +83,8 @@ def evaluate_episode(model: RMIOWorldModel, ep: Batch, p_masks: list[float], see
     decoded = out["obs"]
     joint = {
         "model": mask.unsqueeze(-1) * obs_n + lost.unsqueeze(-1) * decoded,
-        "zero-fill": mask.unsqueeze(-1) * obs_n + lost.unsqueeze(-1) * model.normalize_obs(torch.zeros_like(obs)),
+        "zero-fill": mask.unsqueeze(-1) * obs_n
+        + lost.unsqueeze(-1) * model.normalize_obs(torch.zeros_like(obs)),
         "hold-last": model.normalize_obs(hold_last(obs, mask)),
     }
     res: dict[str, dict[str, np.ndarray]] = {}
@@ -108,11 +116,15 @@ def evaluate_episode(model: RMIOWorldModel, ep: Batch, p_masks: list[float], see
     return res
 
 
-def evaluate_model(model: RMIOWorldModel, episodes: list[Batch], cfg: Any, seed: int) -> dict[str, Any]:
+def evaluate_model(
+    model: RMIOWorldModel, episodes: list[Batch], cfg: Any, seed: int
+) -> dict[str, Any]:
     ev = cfg.world_model.eval
     totals: dict[str, dict[str, np.ndarray]] = {}
     for k, ep in enumerate(episodes):
-        res = evaluate_episode(model, ep, ev.p_masks, ev.seeds, seed + k, ev.gci_reward_eps, ev.gci_discount_eps)
+        res = evaluate_episode(
+            model, ep, ev.p_masks, ev.seeds, seed + k, ev.gci_reward_eps, ev.gci_discount_eps
+        )
         for name, sums in res.items():
             acc = totals.setdefault(name, {key: np.zeros_like(v) for key, v in sums.items()})
             for key, v in sums.items():
@@ -120,13 +132,17 @@ def evaluate_model(model: RMIOWorldModel, episodes: list[Batch], cfg: Any, seed:
     out: dict[str, Any] = {}
     with np.errstate(invalid="ignore", divide="ignore"):
         for name, acc in totals.items():
-            row = {"lrec_masked": acc["masked_sum"] / acc["masked_count"],
-                   "lrec_all": acc["all_sum"] / acc["all_count"]}
+            row = {
+                "lrec_masked": acc["masked_sum"] / acc["masked_count"],
+                "lrec_all": acc["all_sum"] / acc["all_count"],
+            }
             if name == "model":
                 row["lrec_decoder_all"] = acc["decoder_all_sum"] / acc["all_count"]
                 row["gpe"] = acc["gpe_sum"] / acc["steps"]
                 row["gci"] = acc["gci_sum"] / acc["steps"]
-            out[name] = {k: [None if not np.isfinite(x) else float(x) for x in v] for k, v in row.items()}
+            out[name] = {
+                k: [None if not np.isfinite(x) else float(x) for x in v] for k, v in row.items()
+            }
     return out
 
 
@@ -140,9 +156,16 @@ def evaluate_run(run_dir: Path, which: str, device: str, console: Console) -> di
     if not holdout_path.exists():
         raise RmioError(f"'{run_dir}' has no held-out data; train a world model in it first")
     holdout = TrajectoryBuffer.load(holdout_path)
-    names = {"finetune": ["finetune"], "pretrain": ["pretrain"], "both": ["finetune", "pretrain"]}[which]
-    results: dict[str, Any] = {"p_masks": cfg.world_model.eval.p_masks, "seeds": cfg.world_model.eval.seeds,
-                               "holdout_episodes": holdout.num_episodes, "holdout_rows": len(holdout), "strategies": {}}
+    names = {"finetune": ["finetune"], "pretrain": ["pretrain"], "both": ["finetune", "pretrain"]}[
+        which
+    ]
+    results: dict[str, Any] = {
+        "p_masks": cfg.world_model.eval.p_masks,
+        "seeds": cfg.world_model.eval.seeds,
+        "holdout_episodes": holdout.num_episodes,
+        "holdout_rows": len(holdout),
+        "strategies": {},
+    }
     for name in names:
         path = run_dir / f"wm_{name}.pt"
         if not path.exists():
@@ -151,14 +174,20 @@ def evaluate_run(run_dir: Path, which: str, device: str, console: Console) -> di
             raise RmioError(f"'{run_dir}' has no {path.name}")
         model, ckpt = load_model(path, dev)
         if ckpt["spec"] != holdout.spec.to_dict():
-            raise RmioError(f"{path} was trained for {ckpt['spec']['name']}, the held-out data is {holdout.spec.name}")
+            raise RmioError(
+                f"{path} was trained for {ckpt['spec']['name']}, the held-out data is {holdout.spec.name}"
+            )
         model.eval()
         sampler = SequenceSampler(holdout, cfg.world_model.smoothing, dev)
         res = evaluate_model(model, sampler.episodes(), cfg, cfg.run.seed + 555)
-        label = f"wm fine-tuned (p_mask {ckpt['p_mask']:g})" if name == "finetune" else "wm pre-trained"
+        label = (
+            f"wm fine-tuned (p_mask {ckpt['p_mask']:g})" if name == "finetune" else "wm pre-trained"
+        )
         results["strategies"][label] = res["model"]
         for b in BASELINES:
-            results["strategies"][b] = res[b]  # identical for both checkpoints: same masks, same data
+            results["strategies"][b] = res[
+                b
+            ]  # identical for both checkpoints: same masks, same data
     if not results["strategies"]:
         raise RmioError(f"'{run_dir}' has no trained world model (wm_pretrain.pt / wm_finetune.pt)")
     (run_dir / "eval_reconstruction.json").write_text(json.dumps(results, indent=2))
@@ -172,8 +201,10 @@ def evaluate_run(run_dir: Path, which: str, device: str, console: Console) -> di
 
 def reconstruction_table(results: dict[str, Any]) -> str:
     p = results["p_masks"]
-    lines = ["| strategy | metric | " + " | ".join(f"p_mask {x:g}" for x in p) + " |",
-             "|---|---|" + "---|" * len(p)]
+    lines = [
+        "| strategy | metric | " + " | ".join(f"p_mask {x:g}" for x in p) + " |",
+        "|---|---|" + "---|" * len(p),
+    ]
     for name, row in results["strategies"].items():
         for metric in ("lrec_masked", "lrec_all", "lrec_decoder_all", "gpe", "gci"):
             if metric in row:
@@ -183,7 +214,9 @@ def reconstruction_table(results: dict[str, Any]) -> str:
 
 
 def _print(results: dict[str, Any], console: Console) -> None:
-    table = Table(title="L_rec on lost agents (held-out episodes, normalised units; lower is better)")
+    table = Table(
+        title="L_rec on lost agents (held-out episodes, normalised units; lower is better)"
+    )
     table.add_column("strategy")
     for x in results["p_masks"]:
         table.add_column(f"p_mask {x:g}", justify="right")
@@ -200,7 +233,11 @@ def plot_reconstruction(results: dict[str, Any], path: Path, title: str) -> None
 
     fig, ax = plt.subplots(figsize=(6.5, 4))
     for name, row in results["strategies"].items():
-        pts = [(p, v) for p, v in zip(results["p_masks"], row["lrec_masked"], strict=True) if v is not None]
+        pts = [
+            (p, v)
+            for p, v in zip(results["p_masks"], row["lrec_masked"], strict=True)
+            if v is not None
+        ]
         if pts:
             ax.plot(*zip(*pts, strict=True), marker="o", label=name)
     ax.set_xlabel("test-time p_mask")

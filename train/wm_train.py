@@ -46,7 +46,9 @@ HOLDOUT_SEED_OFFSET = 10_000_000
 # ---------------------------------------------------------------------------------------------- data
 
 
-def ensure_data(cfg: Config, run_dir: Path, console: Console) -> tuple[TrajectoryBuffer, TrajectoryBuffer]:
+def ensure_data(
+    cfg: Config, run_dir: Path, console: Console
+) -> tuple[TrajectoryBuffer, TrajectoryBuffer]:
     """Real trajectories for training and a held-out set (other seeds); collected once, then reused."""
     data_dir = run_dir / "data"
     train_path, holdout_path = data_dir / "train.npz", data_dir / "holdout.npz"
@@ -55,20 +57,35 @@ def ensure_data(cfg: Config, run_dir: Path, console: Console) -> tuple[Trajector
     if not train_path.exists():
         steps = cfg.run.collect_steps
         with progress(console, "collecting real trajectories", steps) as (bar, task):
-            buf, stats = collect(cfg.env, no_loss, steps=steps, num_envs=cfg.run.num_envs,
-                                 vector_mode=cfg.run.vector_mode, seed=cfg.run.seed, policy=policy,
-                                 progress=lambda k: bar.advance(task, k))
+            buf, stats = collect(
+                cfg.env,
+                no_loss,
+                steps=steps,
+                num_envs=cfg.run.num_envs,
+                vector_mode=cfg.run.vector_mode,
+                seed=cfg.run.seed,
+                policy=policy,
+                progress=lambda k: bar.advance(task, k),
+            )
         buf.meta["policy"] = cfg.run.data_policy or "uniform-random"
         buf.meta["steps_per_second"] = stats.steps_per_second
         buf.meta["env_steps"] = stats.env_steps
         buf.save(train_path)
-        console.print(f"collected {stats.env_steps} env steps ({stats.episodes} episodes) at "
-                      f"{stats.steps_per_second:.0f} steps/s")
+        console.print(
+            f"collected {stats.env_steps} env steps ({stats.episodes} episodes) at "
+            f"{stats.steps_per_second:.0f} steps/s"
+        )
     if not holdout_path.exists():
         limit = cfg.env.episode_limit or 1000
         steps = cfg.world_model.train.holdout_episodes * limit
-        buf, _ = collect(cfg.env, no_loss, steps=steps, num_envs=1, seed=cfg.run.seed + HOLDOUT_SEED_OFFSET,
-                         policy=policy)
+        buf, _ = collect(
+            cfg.env,
+            no_loss,
+            steps=steps,
+            num_envs=1,
+            seed=cfg.run.seed + HOLDOUT_SEED_OFFSET,
+            policy=policy,
+        )
         buf.save(holdout_path)
     return TrajectoryBuffer.load(train_path), TrajectoryBuffer.load(holdout_path)
 
@@ -86,10 +103,14 @@ def _data_policy(cfg: Config, console: Console) -> Any:
     actor, ckpt = load_actor(source)
     trained = ckpt["config"]["env"]
     if (trained["family"], trained["scenario"]) != (cfg.env.family, cfg.env.scenario):
-        raise RmioError(f"{cfg.run.data_policy} was trained for {trained['family']}/{trained['scenario']}, "
-                        f"not {cfg.env.family}/{cfg.env.scenario}")
-    console.print(f"collecting with the {ckpt.get('algo', '?')} actor of {cfg.run.data_policy} "
-                  f"({ckpt.get('env_steps')} env steps)")
+        raise RmioError(
+            f"{cfg.run.data_policy} was trained for {trained['family']}/{trained['scenario']}, "
+            f"not {cfg.env.family}/{cfg.env.scenario}"
+        )
+    console.print(
+        f"collecting with the {ckpt.get('algo', '?')} actor of {cfg.run.data_policy} "
+        f"({ckpt.get('env_steps')} env steps)"
+    )
     return actor_policy(actor)
 
 
@@ -106,8 +127,16 @@ class Phase:
     min_delta: float = 0.0
 
 
-def optimise(model: RMIOWorldModel, cfg: Config, phase: Phase, run_dir: Path, sampler: SequenceSampler,
-             console: Console, start: dict[str, Any] | None, extra: dict[str, Any]) -> dict[str, Any]:
+def optimise(
+    model: RMIOWorldModel,
+    cfg: Config,
+    phase: Phase,
+    run_dir: Path,
+    sampler: SequenceSampler,
+    console: Console,
+    start: dict[str, Any] | None,
+    extra: dict[str, Any],
+) -> dict[str, Any]:
     """The shared loop: sample sequences, mask with p_mask, minimise L_M; checkpoint and resume."""
     tcfg = cfg.world_model.train
     device = next(model.parameters()).device
@@ -118,7 +147,12 @@ def optimise(model: RMIOWorldModel, cfg: Config, phase: Phase, run_dir: Path, sa
     if start is not None:  # resume exactly: weights, optimiser, step and every random stream
         model.load_state_dict(start["model"])
         opt.load_state_dict(start["optim"])
-        step, best, since_best, ema = start["step"], start["best"], start["since_best"], start["ema"]
+        step, best, since_best, ema = (
+            start["step"],
+            start["best"],
+            start["since_best"],
+            start["ema"],
+        )
         rng.bit_generator.state = start["np_rng"]
         mask_gen.set_state(start["mask_rng"].cpu())
         restore_rng(start["torch_rng"])
@@ -126,10 +160,22 @@ def optimise(model: RMIOWorldModel, cfg: Config, phase: Phase, run_dir: Path, sa
     ckpt_path = run_dir / f"ckpt_{phase.name}.pt"
 
     def checkpoint() -> None:
-        save_checkpoint(ckpt_path, {**extra, "phase": phase.name, "model": model.state_dict(),
-                                    "optim": opt.state_dict(), "step": step, "best": best, "since_best": since_best,
-                                    "ema": ema, "np_rng": rng.bit_generator.state, "mask_rng": mask_gen.get_state(),
-                                    "torch_rng": rng_state()})
+        save_checkpoint(
+            ckpt_path,
+            {
+                **extra,
+                "phase": phase.name,
+                "model": model.state_dict(),
+                "optim": opt.state_dict(),
+                "step": step,
+                "best": best,
+                "since_best": since_best,
+                "ema": ema,
+                "np_rng": rng.bit_generator.state,
+                "mask_rng": mask_gen.get_state(),
+                "torch_rng": rng_state(),
+            },
+        )
 
     t0, done_at_start = time.perf_counter(), step
     stopped_early = False
@@ -140,8 +186,10 @@ def optimise(model: RMIOWorldModel, cfg: Config, phase: Phase, run_dir: Path, sa
             mask = sample_masks(mask_gen, tuple(batch.obs.shape[:3]), phase.p_mask, device)
             loss, metrics = world_model_loss(model, batch, mask)
             if not torch.isfinite(loss):
-                raise RmioError(f"the {phase.name} loss became {loss.item()} at update {step}; lower the learning "
-                                f"rate (--set world_model.train.lr=...) or check the data for extreme values")
+                raise RmioError(
+                    f"the {phase.name} loss became {loss.item()} at update {step}; lower the learning "
+                    f"rate (--set world_model.train.lr=...) or check the data for extreme values"
+                )
             opt.zero_grad(set_to_none=True)
             loss.backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.grad_clip)
@@ -154,11 +202,21 @@ def optimise(model: RMIOWorldModel, cfg: Config, phase: Phase, run_dir: Path, sa
                 since_best += 1
             if step % tcfg.log_every == 0 or step == phase.updates:
                 rate = (step - done_at_start) / (time.perf_counter() - t0)
-                metrics_log.log(step, {**metrics, "grad_norm": float(grad_norm), "loss_ema": ema,
-                                       "updates_per_s": rate})
-            bar.update(task, completed=step,
-                       info=f"loss {metrics['loss']:.3f} obs {metrics['obs']:.3f} rew {metrics['reward']:.3f} "
-                            f"kl {metrics['kl']:.2f}")
+                metrics_log.log(
+                    step,
+                    {
+                        **metrics,
+                        "grad_norm": float(grad_norm),
+                        "loss_ema": ema,
+                        "updates_per_s": rate,
+                    },
+                )
+            bar.update(
+                task,
+                completed=step,
+                info=f"loss {metrics['loss']:.3f} obs {metrics['obs']:.3f} rew {metrics['reward']:.3f} "
+                f"kl {metrics['kl']:.2f}",
+            )
             if step % tcfg.checkpoint_every == 0:
                 checkpoint()
             if phase.patience is not None and since_best >= phase.patience:
@@ -167,8 +225,13 @@ def optimise(model: RMIOWorldModel, cfg: Config, phase: Phase, run_dir: Path, sa
     checkpoint()
     metrics_log.close()
     elapsed = time.perf_counter() - t0
-    return {"updates": step, "seconds": elapsed, "updates_per_s": (step - done_at_start) / max(elapsed, 1e-9),
-            "final_loss_ema": ema, "stopped_early": stopped_early}
+    return {
+        "updates": step,
+        "seconds": elapsed,
+        "updates_per_s": (step - done_at_start) / max(elapsed, 1e-9),
+        "final_loss_ema": ema,
+        "stopped_early": stopped_early,
+    }
 
 
 def train_world_model(cfg: Config, run_dir: Path, device: str, console: Console) -> Path:
@@ -186,27 +249,49 @@ def train_world_model(cfg: Config, run_dir: Path, device: str, console: Console)
     if start is not None:
         console.print(f"resuming pre-training from update {start['step']}")
     w = cfg.world_model.train
-    summary = optimise(model, cfg, Phase(PRETRAIN, w.updates, w.lr, 0.0), run_dir, sampler, console, start,
-                       checkpoint_meta(cfg, train_buf.spec, stats))
-    save_checkpoint(final, {**checkpoint_meta(cfg, train_buf.spec, stats), "phase": PRETRAIN,
-                            "model": model.state_dict(), "summary": summary,
-                            "env_steps": int(train_buf.meta.get("env_steps", len(train_buf)))})
-    console.print(f"pre-training done: {summary['updates']} updates at {summary['updates_per_s']:.2f}/s; wrote {final}")
+    summary = optimise(
+        model,
+        cfg,
+        Phase(PRETRAIN, w.updates, w.lr, 0.0),
+        run_dir,
+        sampler,
+        console,
+        start,
+        checkpoint_meta(cfg, train_buf.spec, stats),
+    )
+    save_checkpoint(
+        final,
+        {
+            **checkpoint_meta(cfg, train_buf.spec, stats),
+            "phase": PRETRAIN,
+            "model": model.state_dict(),
+            "summary": summary,
+            "env_steps": int(train_buf.meta.get("env_steps", len(train_buf))),
+        },
+    )
+    console.print(
+        f"pre-training done: {summary['updates']} updates at {summary['updates_per_s']:.2f}/s; wrote {final}"
+    )
     return final
 
 
-def finetune_world_model(run_dir: Path, p_mask: float | None, device: str, console: Console,
-                         updates: int | None = None) -> Path:
+def finetune_world_model(
+    run_dir: Path, p_mask: float | None, device: str, console: Console, updates: int | None = None
+) -> Path:
     """Masked fine-tuning of ``wm_pretrain.pt``: zero each agent's input with probability p_mask,
     keep the true observation as the target, stop when the smoothed loss stops improving."""
     final = run_dir / "wm_finetune.pt"
     if final.exists():
-        console.print(f"{final} exists: fine-tuning already finished (delete it to fine-tune again)")
+        console.print(
+            f"{final} exists: fine-tuning already finished (delete it to fine-tune again)"
+        )
         return final
     pre = run_dir / "wm_pretrain.pt"
     if not pre.exists():
-        raise RmioError(f"'{run_dir}' has no wm_pretrain.pt; run "
-                        f"`rmio train world-model CONFIG --run-dir {run_dir}` first")
+        raise RmioError(
+            f"'{run_dir}' has no wm_pretrain.pt; run "
+            f"`rmio train world-model CONFIG --run-dir {run_dir}` first"
+        )
     dev = resolve_device(device)
     model, ckpt = load_model(pre, dev)
     cfg = load_config(run_dir / "config.yaml")
@@ -222,15 +307,23 @@ def finetune_world_model(run_dir: Path, p_mask: float | None, device: str, conso
     start = load_checkpoint(ck, dev) if ck.exists() else None
     if start is not None:
         if abs(start.get("p_mask", p) - p) > 1e-12:
-            raise RmioError(f"an interrupted fine-tuning in '{run_dir}' used p_mask {start['p_mask']}, not {p}; "
-                            f"resume with --p-mask {start['p_mask']} or delete {ck.name}")
+            raise RmioError(
+                f"an interrupted fine-tuning in '{run_dir}' used p_mask {start['p_mask']}, not {p}; "
+                f"resume with --p-mask {start['p_mask']} or delete {ck.name}"
+            )
         console.print(f"resuming fine-tuning from update {start['step']}")
     extra = {**{k: ckpt[k] for k in ("config", "config_hash", "spec", "stats")}, "p_mask": p}
-    phase = Phase(FINETUNE, updates or f.updates, f.lr, p, patience=f.patience, min_delta=f.min_delta)
+    phase = Phase(
+        FINETUNE, updates or f.updates, f.lr, p, patience=f.patience, min_delta=f.min_delta
+    )
     summary = optimise(model, cfg, phase, run_dir, sampler, console, start, extra)
-    save_checkpoint(final, {**extra, "phase": FINETUNE, "model": model.state_dict(), "summary": summary})
-    console.print(f"fine-tuning (p_mask {p}) done: {summary['updates']} updates"
-                  f"{' (converged early)' if summary['stopped_early'] else ''}; wrote {final}")
+    save_checkpoint(
+        final, {**extra, "phase": FINETUNE, "model": model.state_dict(), "summary": summary}
+    )
+    console.print(
+        f"fine-tuning (p_mask {p}) done: {summary['updates']} updates"
+        f"{' (converged early)' if summary['stopped_early'] else ''}; wrote {final}"
+    )
     return final
 
 
@@ -240,7 +333,10 @@ def _bundle_policy(cfg: Config, bundle: Path, console: Console) -> Any:
     from rmio.runtime.models import ActorRunner
 
     manifest = load_manifest(bundle)
-    if manifest.spec.name != f"{cfg.env.family}/{cfg.env.scenario}" or "actor" not in manifest.files:
+    if (
+        manifest.spec.name != f"{cfg.env.family}/{cfg.env.scenario}"
+        or "actor" not in manifest.files
+    ):
         raise RmioError(f"bundle '{bundle}' has no actor for {cfg.env.family}/{cfg.env.scenario}")
     runner, spec = ActorRunner(bundle, manifest), manifest.spec
     rng = np.random.default_rng(cfg.run.seed + 17)
@@ -251,13 +347,16 @@ def _bundle_policy(cfg: Config, bundle: Path, console: Console) -> Any:
         """``obs`` is ``(num_envs, n, d)``: every agent of every copy in one batched actor call."""
         lead = obs.shape[:-2]
         flat_avail = None if avail is None else avail.reshape(-1, avail.shape[-1])
-        action = runner.act(obs.reshape(-1, obs.shape[-1]), np.tile(ids, int(np.prod(lead))), flat_avail)
+        action = runner.act(
+            obs.reshape(-1, obs.shape[-1]), np.tile(ids, int(np.prod(lead))), flat_avail
+        )
         action = action.reshape(*obs.shape[:-1], *action.shape[1:])
         if spec.discrete:
             explore = rng.random(action.shape) < 0.1
             return np.where(explore, spec.random_actions(rng, avail), action)
         noisy = action + rng.normal(0.0, 0.3, action.shape).astype(np.float32)
-        return np.clip(noisy, spec.action_low, spec.action_high) * np.asarray(spec.action_feature_mask, np.float32)
+        return np.clip(noisy, spec.action_low, spec.action_high) * np.asarray(
+            spec.action_feature_mask, np.float32
+        )
 
     return act
-

@@ -56,8 +56,15 @@ class Posterior:
 
 
 class RMIOWorldModel(nn.Module):
-    def __init__(self, spec: EnvSpec, cfg: WorldModelConfig, obs_mean: np.ndarray, obs_std: np.ndarray,
-                 state_mean: np.ndarray | None = None, state_std: np.ndarray | None = None) -> None:
+    def __init__(
+        self,
+        spec: EnvSpec,
+        cfg: WorldModelConfig,
+        obs_mean: np.ndarray,
+        obs_std: np.ndarray,
+        state_mean: np.ndarray | None = None,
+        state_std: np.ndarray | None = None,
+    ) -> None:
         super().__init__()
         self.spec, self.cfg = spec, cfg
         n, d = spec.n_agents, spec.obs_dim
@@ -69,23 +76,37 @@ class RMIOWorldModel(nn.Module):
 
         self.register_buffer("obs_mean", torch.as_tensor(obs_mean, dtype=torch.float32))
         self.register_buffer("obs_std", torch.as_tensor(obs_std, dtype=torch.float32))
-        self.register_buffer("feature_mask", torch.as_tensor(spec.obs_feature_mask, dtype=torch.float32))
+        self.register_buffer(
+            "feature_mask", torch.as_tensor(spec.obs_feature_mask, dtype=torch.float32)
+        )
         self.register_buffer("agent_ids", torch.eye(n))
         sm = np.zeros(spec.state_dim) if state_mean is None else state_mean
         ss = np.ones(spec.state_dim) if state_std is None else state_std
         self.register_buffer("state_mean", torch.as_tensor(sm, dtype=torch.float32))
         self.register_buffer("state_std", torch.as_tensor(ss, dtype=torch.float32))
 
-        self.obs_fusion = AgentFusion(d + cfg.deter + int(cfg.mask_flag) + ident, cfg.fusion_dim,
-                                      cfg.fusion_layers, cfg.fusion_heads, enabled=cfg.obs_fusion)
+        self.obs_fusion = AgentFusion(
+            d + cfg.deter + int(cfg.mask_flag) + ident,
+            cfg.fusion_dim,
+            cfg.fusion_layers,
+            cfg.fusion_heads,
+            enabled=cfg.obs_fusion,
+        )
         self.posterior_net = mlp(cfg.fusion_dim + cfg.deter, cfg.hidden, self.stoch)
         self.prior_net = mlp(cfg.deter, cfg.hidden, self.stoch)
-        self.action_fusion = AgentFusion(self.act_width + self.stoch + ident, cfg.fusion_dim,
-                                         cfg.fusion_layers, cfg.fusion_heads, enabled=cfg.action_fusion)
+        self.action_fusion = AgentFusion(
+            self.act_width + self.stoch + ident,
+            cfg.fusion_dim,
+            cfg.fusion_layers,
+            cfg.fusion_heads,
+            enabled=cfg.action_fusion,
+        )
         self.rnn = LayerNormGRU(cfg.fusion_dim, cfg.deter)
         self.obs_decoder = mlp(feat, cfg.hidden, d)
         self.avail_head = mlp(feat, cfg.hidden, spec.action_dim) if spec.discrete else None
-        self.state_head = mlp(feat, cfg.hidden, spec.state_dim) if cfg.state_head and spec.state_dim else None
+        self.state_head = (
+            mlp(feat, cfg.hidden, spec.state_dim) if cfg.state_head and spec.state_dim else None
+        )
         self.reward_head = mlp(n * feat, cfg.hidden, 1)
         self.term_head = mlp(n * feat, cfg.hidden, 1)
 
@@ -112,8 +133,10 @@ class RMIOWorldModel(nn.Module):
 
     def initial(self, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
         dev = self.obs_mean.device
-        return (torch.zeros(batch, self.n_agents, self.cfg.deter, device=dev),
-                torch.zeros(batch, self.n_agents, self.stoch, device=dev))
+        return (
+            torch.zeros(batch, self.n_agents, self.cfg.deter, device=dev),
+            torch.zeros(batch, self.n_agents, self.stoch, device=dev),
+        )
 
     def transition(self, h: torch.Tensor, z: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
         """h_t = f_rec(h_{t-1}, f_af(z_{t-1}, a_{t-1}))  (Eq. 2b, 2c); ``action`` already encoded."""
@@ -129,15 +152,25 @@ class RMIOWorldModel(nn.Module):
         m = mask.unsqueeze(-1)
         parts = [obs_n * m, h] + ([m] if self.cfg.mask_flag else [])
         g = self.obs_fusion(self._with_id(torch.cat(parts, -1)))
-        return Categorical(self.posterior_net(torch.cat([g, h], -1)), self.cfg.groups, self.cfg.classes,
-                           self.cfg.unimix)
+        return Categorical(
+            self.posterior_net(torch.cat([g, h], -1)),
+            self.cfg.groups,
+            self.cfg.classes,
+            self.cfg.unimix,
+        )
 
     def decode_obs(self, h: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """o^_t^i = p_o(h_t^i, z_t^i)  (Eq. 3a), normalised units."""
         return self.obs_decoder(torch.cat([h, z], -1)) * self.feature_mask
 
-    def step(self, h: torch.Tensor, z: torch.Tensor, prev_action: torch.Tensor, obs: torch.Tensor,
-             mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def step(
+        self,
+        h: torch.Tensor,
+        z: torch.Tensor,
+        prev_action: torch.Tensor,
+        obs: torch.Tensor,
+        mask: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """One deterministic step in raw units: the graph that `rmio export` writes as wm_step.onnx."""
         h = self.transition(h, z, prev_action)
         z = self.posterior(h, self.normalize_obs(obs), mask).mode()
@@ -145,8 +178,14 @@ class RMIOWorldModel(nn.Module):
 
     # ---------------------------------------------------------------- sequences
 
-    def observe(self, obs_n: torch.Tensor, prev_action: torch.Tensor, mask: torch.Tensor,
-                is_first: torch.Tensor, sample: bool = True) -> Posterior:
+    def observe(
+        self,
+        obs_n: torch.Tensor,
+        prev_action: torch.Tensor,
+        mask: torch.Tensor,
+        is_first: torch.Tensor,
+        sample: bool = True,
+    ) -> Posterior:
         """Filter a batch of sequences (B, T, n, ...); h and z restart from zeros at ``is_first``.
 
         The sampler marks the first row of every window as a start too, which is what the deployed

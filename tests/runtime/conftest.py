@@ -18,7 +18,9 @@ from rmio.testing import make_tiny_bundle
 @pytest.fixture(scope="session")
 def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """HalfCheetah 6x1 (6 agents, continuous actions), history window l = 8."""
-    return make_tiny_bundle(tmp_path_factory.mktemp("bundle") / "halfcheetah6", "mamujoco/HalfCheetah-6x1", 8)
+    return make_tiny_bundle(
+        tmp_path_factory.mktemp("bundle") / "halfcheetah6", "mamujoco/HalfCheetah-6x1", 8
+    )
 
 
 @pytest.fixture(autouse=True)
@@ -28,7 +30,11 @@ def no_orphans() -> Any:
     me = psutil.Process()
     deadline = time.monotonic() + 10
     while True:
-        alive = [p for p in me.children(recursive=True) if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+        alive = [
+            p
+            for p in me.children(recursive=True)
+            if p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+        ]
         if not alive or time.monotonic() > deadline:
             break
         time.sleep(0.1)

@@ -18,15 +18,22 @@ pytestmark = [pytest.mark.timeout(150), pytest.mark.slow]
 
 
 def rmio(*args: str, cwd: Path | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "rmio.cli", *args], capture_output=True, text=True, cwd=cwd,
-                          timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "rmio.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=timeout,
+    )
 
 
 def processes_mentioning(text: str) -> list[psutil.Process]:
     out = []
     for proc in psutil.process_iter(["cmdline", "status"]):
         try:
-            if proc.info["status"] != psutil.STATUS_ZOMBIE and any(text in part for part in proc.info["cmdline"] or []):
+            if proc.info["status"] != psutil.STATUS_ZOMBIE and any(
+                text in part for part in proc.info["cmdline"] or []
+            ):
                 out.append(proc)
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
@@ -42,14 +49,29 @@ def wait_gone(text: str, seconds: float = 10) -> list[psutil.Process]:
 
 def test_launch_writes_a_report_and_leaves_nothing_running(bundle: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
-    proc = rmio("swarm", "launch", str(bundle), "--episodes", "2", "--steps", "30", "--p-loss", "0.3",
-                "--transport", "tcp", "--out", str(out))
+    proc = rmio(
+        "swarm",
+        "launch",
+        str(bundle),
+        "--episodes",
+        "2",
+        "--steps",
+        "30",
+        "--p-loss",
+        "0.3",
+        "--transport",
+        "tcp",
+        "--out",
+        str(out),
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "mean return (swarm)" in proc.stdout and "report:" in proc.stdout
     (run,) = out.glob("swarm-*")
     report = json.loads((run / "report.json").read_text())
     assert len(report["episodes"]) == 2 and set(report["baselines"]) == {"wm", "zero", "hold"}
-    assert report["mean_return"] == pytest.approx(report["baselines"]["wm"]["mean_return"], rel=0.05, abs=0.05)
+    assert report["mean_return"] == pytest.approx(
+        report["baselines"]["wm"]["mean_return"], rel=0.05, abs=0.05
+    )
     # The markdown report has the communication table: a row per message type that flowed, with its category.
     # Which types flow is only partly fixed: a heartbeat (HB) goes out once a peer has been quiet for a
     # heartbeat interval, which a 60-step run may outpace; greetings (HELLO, liveness) and the STEP/ACTION
@@ -63,19 +85,46 @@ def test_launch_writes_a_report_and_leaves_nothing_running(bundle: Path, tmp_pat
 
 
 @pytest.mark.parametrize("how", ["ctrl-c", "launcher-sigkill"])
-def test_no_orphans_when_the_launcher_is_interrupted_or_killed(bundle: Path, tmp_path: Path, how: str) -> None:
+def test_no_orphans_when_the_launcher_is_interrupted_or_killed(
+    bundle: Path, tmp_path: Path, how: str
+) -> None:
     out = tmp_path / "out"
-    launcher = subprocess.Popen([sys.executable, "-m", "rmio.cli", "swarm", "launch", str(bundle), "--episodes", "5",
-                                 "--steps", "1000", "--rate", "50", "--p-loss", "0.2", "--out", str(out)],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    launcher = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "rmio.cli",
+            "swarm",
+            "launch",
+            str(bundle),
+            "--episodes",
+            "5",
+            "--steps",
+            "1000",
+            "--rate",
+            "50",
+            "--p-loss",
+            "0.2",
+            "--out",
+            str(out),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and not list(out.glob("swarm-*/records")) and \
-                len(processes_mentioning(str(out))) < 8:
+        while (
+            time.monotonic() < deadline
+            and not list(out.glob("swarm-*/records"))
+            and len(processes_mentioning(str(out))) < 8
+        ):
             time.sleep(0.2)
         time.sleep(2.0)  # mid-run: 5 episodes of 1000 steps at 50 steps/s take far longer
         children = processes_mentioning(str(out))
-        assert len(children) >= 8, [c.cmdline() for c in children]  # the launcher and its 7 children
+        assert len(children) >= 8, [
+            c.cmdline() for c in children
+        ]  # the launcher and its 7 children
         launcher.send_signal(signal.SIGINT if how == "ctrl-c" else signal.SIGKILL)
         launcher.wait(timeout=30)
         if how == "ctrl-c":
@@ -94,8 +143,17 @@ def test_user_errors_are_one_line(bundle: Path, tmp_path: Path) -> None:
     assert "Traceback" not in proc.stderr
     schedule = tmp_path / "loss.yaml"
     schedule.write_text("- {steps: '3-5', agents: [0, 1]}\n")
-    proc = rmio("swarm", "launch", str(bundle), "--p-loss", "0.2", "--loss-model", str(schedule), "--out",
-                str(tmp_path))
+    proc = rmio(
+        "swarm",
+        "launch",
+        str(bundle),
+        "--p-loss",
+        "0.2",
+        "--loss-model",
+        str(schedule),
+        "--out",
+        str(tmp_path),
+    )
     assert proc.returncode == 2 and "not both" in proc.stderr
     proc = rmio("swarm", "launch", str(bundle), "--kill-agent", "9@3", "--out", str(tmp_path))
     assert proc.returncode == 2 and "AGENT@STEP" in proc.stderr
@@ -126,19 +184,47 @@ def test_roster_roles_started_one_by_one(bundle: Path, tmp_path: Path, transport
     schedule = tmp_path / "loss.yaml"
     schedule.write_text("- {steps: '5-9', agents: [0, 2]}\n- {steps: '12', agents: all}\n")
     roster = tmp_path / "roster.yaml"
-    proc = rmio("swarm", "roster", str(bundle), "--episodes", "1", "--steps", "20", "--loss-model", str(schedule),
-                "--world-model", "node", "--base-port", str(_free_ports(8)), "--no-baselines", "-o", str(roster),
-                "--transport", transport, cwd=tmp_path)
+    proc = rmio(
+        "swarm",
+        "roster",
+        str(bundle),
+        "--episodes",
+        "1",
+        "--steps",
+        "20",
+        "--loss-model",
+        str(schedule),
+        "--world-model",
+        "node",
+        "--base-port",
+        str(_free_ports(8)),
+        "--no-baselines",
+        "-o",
+        str(roster),
+        "--transport",
+        transport,
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr
     commands = proc.stdout.strip().splitlines()
     assert len(commands) == 8 and commands[0].startswith("rmio swarm env-host")
     assert f"{transport}://127.0.0.1:" in roster.read_text()
     procs = []
     for cmd in commands[::-1]:
-        if cmd == commands[0]:  # the env host starts once the others are up and have greeted it in vain
+        if (
+            cmd == commands[0]
+        ):  # the env host starts once the others are up and have greeted it in vain
             time.sleep(4.0)
-        procs.insert(0, subprocess.Popen([sys.executable, "-m", "rmio.cli", *cmd.split()[1:]], cwd=tmp_path,
-                                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+        procs.insert(
+            0,
+            subprocess.Popen(
+                [sys.executable, "-m", "rmio.cli", *cmd.split()[1:]],
+                cwd=tmp_path,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            ),
+        )
     try:
         for p in procs:
             p.wait(timeout=90)

@@ -64,14 +64,21 @@ def test_unpack_never_raises(data: bytes) -> None:
     assert got is None or sum(len(f) for f in got) + 1 + 4 * len(got) == len(data)
 
 
-@pytest.mark.parametrize(("endpoint", "expected"), [("udp://127.0.0.1:0", ("127.0.0.1", 0)),
-                                                     ("udp://10.0.0.2:*", ("10.0.0.2", 0)),
-                                                     ("udp://host.lan:5550", ("host.lan", 5550))])
+@pytest.mark.parametrize(
+    ("endpoint", "expected"),
+    [
+        ("udp://127.0.0.1:0", ("127.0.0.1", 0)),
+        ("udp://10.0.0.2:*", ("10.0.0.2", 0)),
+        ("udp://host.lan:5550", ("host.lan", 5550)),
+    ],
+)
 def test_parse_endpoint(endpoint: str, expected: tuple[str, int]) -> None:
     assert parse_endpoint(endpoint) == expected
 
 
-@pytest.mark.parametrize("endpoint", ["tcp://127.0.0.1:5", "udp://127.0.0.1", "udp://:5", "udp://h:x", "udp://h:70000"])
+@pytest.mark.parametrize(
+    "endpoint", ["tcp://127.0.0.1:5", "udp://127.0.0.1", "udp://:5", "udp://h:x", "udp://h:70000"]
+)
 def test_bad_endpoints_are_refused(endpoint: str) -> None:
     with pytest.raises(ValueError):
         parse_endpoint(endpoint)
@@ -86,7 +93,9 @@ def test_make_node_picks_the_transport_by_scheme() -> None:
             node.close()
 
 
-def test_every_message_type_arrives_intact_and_counted(pair: tuple[DatagramNode, DatagramNode]) -> None:
+def test_every_message_type_arrives_intact_and_counted(
+    pair: tuple[DatagramNode, DatagramNode],
+) -> None:
     a, b = pair
     for msg_type, (fields, arrays) in TEMPLATES.items():
         assert a.send("a1", msg_type, arrays, **fields), msg_type
@@ -107,13 +116,22 @@ def test_bad_datagrams_are_counted_and_dropped(pair: tuple[DatagramNode, Datagra
     raw = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     address = parse_endpoint(b.endpoint)
     try:
-        for data in (b"", b"\x00", b"\x02\x05\x00\x00\x00", pack([b"\xc1garbage"]),
-                     pack(frames_of("HB", "zz")), pack(frames_of("HB", "a7")), pack(frames_of("HB", "a2"))):
+        for data in (
+            b"",
+            b"\x00",
+            b"\x02\x05\x00\x00\x00",
+            pack([b"\xc1garbage"]),
+            pack(frames_of("HB", "zz")),
+            pack(frames_of("HB", "a7")),
+            pack(frames_of("HB", "a2")),
+        ):
             raw.sendto(data, address)
         got = receive(b, 1)
     finally:
         raw.close()
-    assert [m.src for m in got] == ["a2"]  # a known name, so valid (the roster is what names are checked against)
+    assert [m.src for m in got] == [
+        "a2"
+    ]  # a known name, so valid (the roster is what names are checked against)
     time.sleep(0.05)
     assert b.poll(10) == []
     assert b.stats.dropped["malformed"] == 4 and b.stats.dropped["unknown_sender"] == 2
@@ -141,7 +159,9 @@ def test_a_closed_peer_is_reported_down_at_once(pair: tuple[DatagramNode, Datagr
         c.close()
 
 
-def test_a_message_larger_than_a_datagram_fails_its_send(pair: tuple[DatagramNode, DatagramNode]) -> None:
+def test_a_message_larger_than_a_datagram_fails_its_send(
+    pair: tuple[DatagramNode, DatagramNode],
+) -> None:
     a, _ = pair
     big = np.zeros(MAX_DATAGRAM // 4, np.float32)
     assert not a.send("a1", "STEP", {"obs": big}, ep=0, step=0, seq=0, seen=True, dflt=False)
@@ -150,7 +170,9 @@ def test_a_message_larger_than_a_datagram_fails_its_send(pair: tuple[DatagramNod
     assert a.stats.send_fail["unreachable"] == 1
 
 
-def test_sub_millisecond_poll_sleeps_instead_of_spinning(pair: tuple[DatagramNode, DatagramNode]) -> None:
+def test_sub_millisecond_poll_sleeps_instead_of_spinning(
+    pair: tuple[DatagramNode, DatagramNode],
+) -> None:
     a, _ = pair
     start = time.monotonic()
     for _ in range(20):
@@ -174,4 +196,7 @@ def test_a_udp_roster_names_udp_endpoints(bundle: Path, tmp_path: Path) -> None:
     write_roster(settings, tmp_path / "roster.yaml", "10.0.0.5", 6000)
     roster = Roster.load(tmp_path / "roster.yaml")
     assert roster.settings.transport == "udp"
-    assert roster.endpoints["env"] == "udp://10.0.0.5:6000" and roster.endpoints["a5"] == "udp://10.0.0.5:6006"
+    assert (
+        roster.endpoints["env"] == "udp://10.0.0.5:6000"
+        and roster.endpoints["a5"] == "udp://10.0.0.5:6006"
+    )

@@ -29,17 +29,27 @@ def recon_epochs(run_dir: Path) -> list[tuple[int, int]]:
     out = []
     for path in glob.glob(str(run_dir / "records" / "a*.npz")):
         rec = np.load(path)
-        out += [(int(e) * 10_000 + int(t), int(epoch)) for e, t, epoch in
-                zip(rec["recon_ep"], rec["recon_t"], rec["recon_epoch"], strict=True)]
+        out += [
+            (int(e) * 10_000 + int(t), int(epoch))
+            for e, t, epoch in zip(rec["recon_ep"], rec["recon_t"], rec["recon_epoch"], strict=True)
+        ]
     return sorted(out)
 
 
 @pytest.mark.parametrize("transport", ["tcp", "udp"])
-def test_coordinator_sigkill_mid_round_is_survived_with_a_new_epoch(bundle: Path, tmp_path: Path,
-                                                                    transport: str) -> None:
+def test_coordinator_sigkill_mid_round_is_survived_with_a_new_epoch(
+    bundle: Path, tmp_path: Path, transport: str
+) -> None:
     run = tmp_path / "run"
-    s = swarm_settings(bundle, run, steps=60, record=True, kill_coordinator_at=10, transport=transport,
-                       loss={"model": "bernoulli", "p_loss": 0.4})
+    s = swarm_settings(
+        bundle,
+        run,
+        steps=60,
+        record=True,
+        kill_coordinator_at=10,
+        transport=transport,
+        loss={"model": "bernoulli", "p_loss": 0.4},
+    )
     report = Launcher(s, run).run()
     ev = report["events"]
     assert (run / "faults" / "coordinator-kill").is_file()  # the fault really fired, inside a round
@@ -47,18 +57,35 @@ def test_coordinator_sigkill_mid_round_is_survived_with_a_new_epoch(bundle: Path
     assert ev["final_epoch"] >= 2 and ev["agents.leader_lost"] >= 1
     assert ev.get("agents.internal_errors", 0) == 0
     epochs = recon_epochs(run)
-    assert epochs[0][1] == 1 and epochs[-1][1] >= 2  # reconstructions continue under the successor's epoch
-    assert ev.get("agents.recon_miss", 0) <= 12  # at most the blind agents of the fatal step and the next
-    killed = next(p for p in glob.glob(str(run / "logs" / "a*.log")) if "coordinator SIGKILL" in Path(p).read_text())
+    assert (
+        epochs[0][1] == 1 and epochs[-1][1] >= 2
+    )  # reconstructions continue under the successor's epoch
+    assert (
+        ev.get("agents.recon_miss", 0) <= 12
+    )  # at most the blind agents of the fatal step and the next
+    killed = next(
+        p
+        for p in glob.glob(str(run / "logs" / "a*.log"))
+        if "coordinator SIGKILL" in Path(p).read_text()
+    )
     assert killed
 
 
 @pytest.mark.parametrize("transport", ["ipc", "udp"])
-def test_agent_sigkill_is_survived_and_the_restarted_agent_rejoins(bundle: Path, tmp_path: Path,
-                                                                   transport: str) -> None:
+def test_agent_sigkill_is_survived_and_the_restarted_agent_rejoins(
+    bundle: Path, tmp_path: Path, transport: str
+) -> None:
     run = tmp_path / "run"
-    s = swarm_settings(bundle, run, steps=100, record=True, kill_agents=[[3, 10]], rate_hz=30.0, rejoin_after_s=0.1,
-                       transport=transport)
+    s = swarm_settings(
+        bundle,
+        run,
+        steps=100,
+        record=True,
+        kill_agents=[[3, 10]],
+        rate_hz=30.0,
+        rejoin_after_s=0.1,
+        transport=transport,
+    )
     report = Launcher(s, run).run()
     ev = report["events"]
     assert report["episodes"][0]["steps"] == 100 and ev.get("agents.internal_errors", 0) == 0
@@ -67,7 +94,9 @@ def test_agent_sigkill_is_survived_and_the_restarted_agent_rejoins(bundle: Path,
     defaulted = env["defaulted"][:, 3]
     assert defaulted[10] and not defaulted[:10].any()
     assert not defaulted[-10:].any()  # acting again by the end
-    assert len(glob.glob(str(run / "records" / "a3-*.npz"))) == 1  # the second incarnation (the first was killed)
+    assert (
+        len(glob.glob(str(run / "records" / "a3-*.npz"))) == 1
+    )  # the second incarnation (the first was killed)
     assert "a3" in report["processes"] and ev["agents.peer_rejoined"] >= 5
 
 
@@ -75,7 +104,9 @@ def _start(settings: Any, run: Path) -> tuple[Launcher, threading.Thread, dict[s
     """A launcher running in a background thread; its report lands in ``result["report"]``."""
     launcher = Launcher(settings, run)
     result: dict[str, Any] = {}
-    thread = threading.Thread(target=lambda: result.setdefault("report", launcher.run()), daemon=True)
+    thread = threading.Thread(
+        target=lambda: result.setdefault("report", launcher.run()), daemon=True
+    )
     thread.start()
     return launcher, thread, result
 
@@ -90,10 +121,18 @@ def _mutated(msg_type: str, changes: dict[str, Any], src: str) -> list[bytes]:
         return frames[:1]
 
 
-def _fuzz_target(bundle: Path, run: Path, transport: str) -> tuple[Launcher, threading.Thread, dict[str, Any]]:
+def _fuzz_target(
+    bundle: Path, run: Path, transport: str
+) -> tuple[Launcher, threading.Thread, dict[str, Any]]:
     """A 240-step swarm at 40 steps/s, returned once every process has registered."""
-    s = swarm_settings(bundle, run, steps=240, rate_hz=40.0, transport=transport,
-                       loss={"model": "bernoulli", "p_loss": 0.3})
+    s = swarm_settings(
+        bundle,
+        run,
+        steps=240,
+        rate_hz=40.0,
+        transport=transport,
+        loss={"model": "bernoulli", "p_loss": 0.3},
+    )
     launcher, thread, result = _start(s, run)
     deadline = time.monotonic() + 60
     while len(launcher.roster) < 7 and time.monotonic() < deadline:
@@ -101,7 +140,9 @@ def _fuzz_target(bundle: Path, run: Path, transport: str) -> tuple[Launcher, thr
     return launcher, thread, result
 
 
-def assert_survived(launcher: Launcher, thread: threading.Thread, result: dict[str, Any], sent: int) -> None:
+def assert_survived(
+    launcher: Launcher, thread: threading.Thread, result: dict[str, Any], sent: int
+) -> None:
     """The fuzzed swarm finished its run with every process exiting cleanly, and dropped what it got."""
     thread.join(timeout=100)
     assert not thread.is_alive()
@@ -114,12 +155,37 @@ def assert_survived(launcher: Launcher, thread: threading.Thread, result: dict[s
     assert sum(v for k, v in ev.items() if k.startswith("dropped.")) > 50
 
 
-MUTATED = st.builds(_mutated, st.sampled_from(sorted(TEMPLATES)),
-                    st.dictionaries(st.sampled_from(["v", "ep", "step", "epoch", "leader", "seen", "arr", "obs_from",
-                                                     "kind", "t", "src", "rid", "counts"]),
-                                    st.one_of(st.integers(-5, 1 << 40), st.booleans(), st.text(max_size=4),
-                                              st.lists(st.integers(-2, 12), max_size=3)), max_size=2),
-                    st.sampled_from(["wm", "a1", "env", "zz"]))
+MUTATED = st.builds(
+    _mutated,
+    st.sampled_from(sorted(TEMPLATES)),
+    st.dictionaries(
+        st.sampled_from(
+            [
+                "v",
+                "ep",
+                "step",
+                "epoch",
+                "leader",
+                "seen",
+                "arr",
+                "obs_from",
+                "kind",
+                "t",
+                "src",
+                "rid",
+                "counts",
+            ]
+        ),
+        st.one_of(
+            st.integers(-5, 1 << 40),
+            st.booleans(),
+            st.text(max_size=4),
+            st.lists(st.integers(-2, 12), max_size=3),
+        ),
+        max_size=2,
+    ),
+    st.sampled_from(["wm", "a1", "env", "zz"]),
+)
 """Real messages with one or two header fields changed to something else (often invalid)."""
 
 
@@ -133,7 +199,9 @@ def test_fuzzed_messages_crash_nothing(bundle: Path, tmp_path: Path) -> None:
         sock = ctx.socket(zmq.ROUTER)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.ROUTING_ID, ident.encode())
-        sock.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a send to a peer not yet connected fails instead of vanishing
+        sock.setsockopt(
+            zmq.ROUTER_MANDATORY, 1
+        )  # a send to a peer not yet connected fails instead of vanishing
         for name, endpoint in targets.items():
             sock.setsockopt(zmq.CONNECT_ROUTING_ID, name.encode())
             sock.connect(endpoint)
@@ -152,15 +220,47 @@ def test_fuzzed_messages_crash_nothing(bundle: Path, tmp_path: Path) -> None:
     assert not pending, f"never connected: {sorted(pending)}"
     sent = [0]
 
-    @settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck), database=None)
-    @given(st.sampled_from(sorted(targets)), st.sampled_from(["wm", "zz"]), st.one_of(
-        st.lists(st.binary(max_size=40), max_size=5),
-        st.builds(_mutated, st.sampled_from(sorted(TEMPLATES)),
-                  st.dictionaries(st.sampled_from(["v", "ep", "step", "epoch", "leader", "seen", "arr", "obs_from",
-                                                   "kind", "t", "src", "rid", "counts"]),
-                                  st.one_of(st.integers(-5, 1 << 40), st.booleans(), st.text(max_size=4),
-                                            st.lists(st.integers(-2, 12), max_size=3)), max_size=2),
-                  st.sampled_from(["wm", "a1", "env", "zz"]))))
+    @settings(
+        max_examples=300, deadline=None, suppress_health_check=list(HealthCheck), database=None
+    )
+    @given(
+        st.sampled_from(sorted(targets)),
+        st.sampled_from(["wm", "zz"]),
+        st.one_of(
+            st.lists(st.binary(max_size=40), max_size=5),
+            st.builds(
+                _mutated,
+                st.sampled_from(sorted(TEMPLATES)),
+                st.dictionaries(
+                    st.sampled_from(
+                        [
+                            "v",
+                            "ep",
+                            "step",
+                            "epoch",
+                            "leader",
+                            "seen",
+                            "arr",
+                            "obs_from",
+                            "kind",
+                            "t",
+                            "src",
+                            "rid",
+                            "counts",
+                        ]
+                    ),
+                    st.one_of(
+                        st.integers(-5, 1 << 40),
+                        st.booleans(),
+                        st.text(max_size=4),
+                        st.lists(st.integers(-2, 12), max_size=3),
+                    ),
+                    max_size=2,
+                ),
+                st.sampled_from(["wm", "a1", "env", "zz"]),
+            ),
+        ),
+    )
     def fuzz(target: str, ident: str, frames: list[bytes]) -> None:
         try:
             socks[ident].send_multipart([target.encode(), *frames], flags=zmq.NOBLOCK)
@@ -186,11 +286,17 @@ def test_fuzzed_datagrams_crash_nothing(bundle: Path, tmp_path: Path) -> None:
     raw = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sent = [0]
 
-    @settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck), database=None)
-    @given(st.sampled_from(sorted(targets)), st.one_of(
-        st.binary(max_size=60),
-        st.lists(st.binary(max_size=40), min_size=1, max_size=5).map(pack),
-        MUTATED.map(pack)))
+    @settings(
+        max_examples=300, deadline=None, suppress_health_check=list(HealthCheck), database=None
+    )
+    @given(
+        st.sampled_from(sorted(targets)),
+        st.one_of(
+            st.binary(max_size=60),
+            st.lists(st.binary(max_size=40), min_size=1, max_size=5).map(pack),
+            MUTATED.map(pack),
+        ),
+    )
     def fuzz(target: str, data: bytes) -> None:
         raw.sendto(data, targets[target])
         sent[0] += 1
@@ -207,11 +313,20 @@ def test_stale_epochs_are_rejected(bundle: Path, tmp_path: Path) -> None:
     """Agent 5 dies for good; a process takes its name and sends coordinator messages of epoch 0 (older than
     the swarm's first election): every one is counted as stale and dropped, and the run goes on."""
     run = tmp_path / "run"
-    s = swarm_settings(bundle, run, steps=150, rate_hz=40.0, kill_agents=[[5, 2]], rejoin_after_s=-1.0,
-                       loss={"model": "bernoulli", "p_loss": 0.3})
+    s = swarm_settings(
+        bundle,
+        run,
+        steps=150,
+        rate_hz=40.0,
+        kill_agents=[[5, 2]],
+        rejoin_after_s=-1.0,
+        loss={"model": "bernoulli", "p_loss": 0.3},
+    )
     launcher, thread, result = _start(s, run)
     deadline = time.monotonic() + 60
-    while (len(launcher.roster) < 7 or launcher.children["a5"].proc.poll() is None) and time.monotonic() < deadline:
+    while (
+        len(launcher.roster) < 7 or launcher.children["a5"].proc.poll() is None
+    ) and time.monotonic() < deadline:
         time.sleep(0.05)
     time.sleep(1.0)  # a few dozen steps: the first election (epoch 1) is long done
     ctx = zmq.Context()
@@ -223,9 +338,11 @@ def test_stale_epochs_are_rejected(bundle: Path, tmp_path: Path) -> None:
         sock.setsockopt(zmq.CONNECT_ROUTING_ID, name.encode())
         sock.connect(launcher.roster[name])
     time.sleep(0.3)
-    stale = [encode("COORD", "a5", epoch=0, leader=5),
-             encode("GATHER", "a5", ep=0, step=1, epoch=0, obs_from=0, act_from=0, stream=-1),
-             encode("RECON", "a5", {"obs": np.zeros(9, np.float32)}, ep=0, step=1, epoch=0, start=0)]
+    stale = [
+        encode("COORD", "a5", epoch=0, leader=5),
+        encode("GATHER", "a5", ep=0, step=1, epoch=0, obs_from=0, act_from=0, stream=-1),
+        encode("RECON", "a5", {"obs": np.zeros(9, np.float32)}, ep=0, step=1, epoch=0, start=0),
+    ]
     try:
         for name in targets:
             for frames in stale:

@@ -16,7 +16,9 @@ pytestmark = pytest.mark.timeout(60)
 CODEC = ActionCodec(discrete=False, act_dim=1)
 
 
-def _episode(n: int, d: int, steps: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _episode(
+    n: int, d: int, steps: int, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
     obs = rng.normal(size=(steps, n, d)).astype(np.float32)
     seen = rng.random((steps, n)) > 0.4
@@ -24,8 +26,9 @@ def _episode(n: int, d: int, steps: int, seed: int = 0) -> tuple[np.ndarray, np.
     return obs * seen[..., None], seen, acts
 
 
-def _fill(n: int, d: int, obs: np.ndarray, seen: np.ndarray, acts: np.ndarray, upto: int,
-          capacity: int) -> list[HistoryRing]:
+def _fill(
+    n: int, d: int, obs: np.ndarray, seen: np.ndarray, acts: np.ndarray, upto: int, capacity: int
+) -> list[HistoryRing]:
     rings = [HistoryRing(capacity, d, CODEC) for _ in range(n)]
     for j, ring in enumerate(rings):
         ring.reset(0)
@@ -68,11 +71,15 @@ def test_cache_asks_only_for_missing_steps_and_builds_the_replay_window(bundle: 
             cache.put(j, of, af, t, *rings[j].serve(of, af, t))
         w_obs, w_act, w_mask, complete = cache.window(t)
         s = window_start(t, window)
-        prev = np.concatenate([np.zeros((1, n, 1), np.float32), acts[s:t]]) if s == 0 else acts[s - 1:t]
+        prev = (
+            np.concatenate([np.zeros((1, n, 1), np.float32), acts[s:t]])
+            if s == 0
+            else acts[s - 1 : t]
+        )
         assert complete
-        assert np.array_equal(w_obs, obs[s:t + 1]) and np.array_equal(w_mask, seen[s:t + 1])
+        assert np.array_equal(w_obs, obs[s : t + 1]) and np.array_equal(w_mask, seen[s : t + 1])
         assert np.array_equal(w_act, prev)
-        _, ref = wm.replay(obs[s:t + 1], prev, seen[s:t + 1].astype(np.float32))
+        _, ref = wm.replay(obs[s : t + 1], prev, seen[s : t + 1].astype(np.float32))
         _, got = wm.replay(w_obs, w_act, w_mask)
         assert np.array_equal(got, ref)
 
@@ -97,7 +104,9 @@ def test_streamed_steps_complete_the_cache_without_a_gather() -> None:
     w_obs, _, w_mask, complete = cache.window(9)
     assert complete and np.array_equal(w_obs, obs[4:10]) and np.array_equal(w_mask, seen[4:10])
     rings = _fill(n, d, obs, seen, acts, 11, window + 2)
-    cache.put(1, 11, 10, 11, *rings[1].serve(11, 10, 11))  # the push of step 10 was lost: a GATHER must fill it
+    cache.put(
+        1, 11, 10, 11, *rings[1].serve(11, 10, 11)
+    )  # the push of step 10 was lost: a GATHER must fill it
     assert not cache.has(1, 11) and cache.need(1, 11) == (10, 9)
 
 
@@ -121,7 +130,16 @@ def test_cache_completeness_check_agrees_with_a_full_scan() -> None:
         h = max(0, t - int(rng.integers(3)))  # step t, or one at most 2 back arriving late
         kind = rng.random()
         if kind < 0.6:  # a push: o_h and a_{h-1}
-            cache.put(j, h, max(0, h - 1), h, [True], [True] * (h - max(0, h - 1)), row, act[: h - max(0, h - 1)])
+            cache.put(
+                j,
+                h,
+                max(0, h - 1),
+                h,
+                [True],
+                [True] * (h - max(0, h - 1)),
+                row,
+                act[: h - max(0, h - 1)],
+            )
         elif kind < 0.7:  # o_h alone
             cache.put(j, h, h, h, [True], [], row, act[:0])
         elif kind < 0.8:  # a_h alone
@@ -129,8 +147,16 @@ def test_cache_completeness_check_agrees_with_a_full_scan() -> None:
         else:  # a gather answer for the whole missing part of a window
             obs_from, act_from = cache.need(j, t)
             k = t - act_from
-            cache.put(j, obs_from, act_from, t, [False] * (t - obs_from + 1), [True] * k, row[:0],
-                      np.zeros((k, 1), np.float32))
+            cache.put(
+                j,
+                obs_from,
+                act_from,
+                t,
+                [False] * (t - obs_from + 1),
+                [True] * k,
+                row[:0],
+                np.zeros((k, 1), np.float32),
+            )
         for q in (t, max(0, t - 1), t + 1, max(0, t - int(rng.integers(16)))):
             obs_from, act_from = cache.need(j, q)
             assert cache.has(j, q) == (obs_from == q and q in cache.obs[j] and act_from == q)
@@ -151,7 +177,16 @@ def test_incremental_continuation_equals_a_replay_from_the_first_window(bundle: 
 def test_missing_answers_make_an_incomplete_window() -> None:
     cache = WindowCache(2, 3, CODEC, 4)
     cache.reset(0)
-    cache.put(0, 0, 0, 2, [True, True, True], [True, False], np.ones((3, 3), np.float32), np.ones((2, 1), np.float32))
+    cache.put(
+        0,
+        0,
+        0,
+        2,
+        [True, True, True],
+        [True, False],
+        np.ones((3, 3), np.float32),
+        np.ones((2, 1), np.float32),
+    )
     _, act, mask, complete = cache.window(2)
     assert not complete  # agent 1 never answered, agent 0 could not vouch for an action
     assert mask[:, 1].sum() == 0 and np.array_equal(act[0, 1], CODEC.none()) and act[1, 1, 0] == 0
@@ -166,7 +201,9 @@ def test_election_rules() -> None:
     assert should_claim(0, False, {0, 1, 2, 3}, live)  # nobody observes: the lowest live agent
     assert not should_claim(1, False, {0, 1, 2, 3}, live)
     assert should_claim(1, False, {1, 2, 3}, [1, 2, 3])  # agent 0 is dead
-    assert View.of(3, 2) > View.of(2, 0) and View.of(3, 1) > View.of(3, 2) and View.of(1, 5) > View()
+    assert (
+        View.of(3, 2) > View.of(2, 0) and View.of(3, 1) > View.of(3, 2) and View.of(1, 5) > View()
+    )
     assert View().leader == -1 and View.of(4, 0).leader == 0
 
 
@@ -181,28 +218,38 @@ def test_liveness() -> None:
     assert live.alive("a3", 0.5) and not live.alive("a3", 0.7)
     live.sent("a2", 0.0)
     live.sent("a3", 0.0)
-    assert live.heartbeat_due(["a2", "a3"], 0.04) == [] and live.heartbeat_due(["a2", "a3"], 0.05) == ["a2"]
+    assert live.heartbeat_due(["a2", "a3"], 0.04) == [] and live.heartbeat_due(
+        ["a2", "a3"], 0.05
+    ) == ["a2"]
     assert live.heartbeat_due(["a3"], 0.18) == []  # due at 0.2 ...
     assert live.heartbeat_due(["a2", "a3"], 0.18) == ["a2", "a3"]  # ... but sent along with a2's
     assert 0.0 < live.next_deadline(["a2", "a3"], 0.01) <= 0.04
     live.heard("a2", 0.0)
     assert live.next_deadline(["a2"], 10.0) == 0.0  # overdue heartbeat: send now
     live.sent("a2", 10.0)
-    assert live.next_deadline(["a2"], 10.0) > 0.0  # an expiry long past must not make the caller spin
+    assert (
+        live.next_deadline(["a2"], 10.0) > 0.0
+    )  # an expiry long past must not make the caller spin
 
 
-@pytest.mark.parametrize("codec", [CODEC, ActionCodec(discrete=True, act_dim=5)], ids=["continuous", "discrete"])
+@pytest.mark.parametrize(
+    "codec", [CODEC, ActionCodec(discrete=True, act_dim=5)], ids=["continuous", "discrete"]
+)
 def test_serving_one_streamed_step_equals_the_general_answer(codec: ActionCodec) -> None:
     rng = np.random.default_rng(1)
     ring = HistoryRing(6, 3, codec)
     ring.reset(0)
     for t in range(40):
         seen = bool(rng.random() > 0.3)
-        given = seen or rng.random() > 0.5  # a blind step may still hold the reconstruction it acted on
+        given = (
+            seen or rng.random() > 0.5
+        )  # a blind step may still hold the reconstruction it acted on
         ring.put_obs(t, rng.normal(size=3).astype(np.float32) if given else None, seen)
         general, one = ring.serve(t, max(0, t - 1), t), ring.serve_step(t)
         assert general[:2] == one[:2]
         for a, b in zip(general[2:], one[2:], strict=True):
             assert a.shape == b.shape and a.dtype == b.dtype and np.array_equal(a, b)
         if rng.random() > 0.2:  # some actions are unknown (the env host applied its default)
-            ring.put_action(t, codec.check(rng.integers(5) if codec.discrete else rng.normal(size=1)))
+            ring.put_action(
+                t, codec.check(rng.integers(5) if codec.discrete else rng.normal(size=1))
+            )

@@ -48,11 +48,21 @@ class Swarm:
 
     def __init__(self, bundle: Path, out: Path, *, wm_node: bool = False, **kw: object) -> None:
         kw.setdefault("loss", {"model": "none"})
-        self.settings = s = swarm_settings(bundle, out, steps=60, record=True, step_deadline_ms=100.0,
-                                           world_model="node" if wm_node else "on-agent", **kw)
+        self.settings = s = swarm_settings(
+            bundle,
+            out,
+            steps=60,
+            record=True,
+            step_deadline_ms=100.0,
+            world_model="node" if wm_node else "on-agent",
+            **kw,
+        )
         self.clock = Clock()
         self.net = MemoryNetwork(s.known)
-        nodes = {name: self.net.node(name) for name in ["env", *s.agent_names(), *(["wm"] if wm_node else [])]}
+        nodes = {
+            name: self.net.node(name)
+            for name in ["env", *s.agent_names(), *(["wm"] if wm_node else [])]
+        }
         self.net.connect_all()
         self.env = EnvHost(s, nodes["env"])
         self.agents = [Agent(i, s, nodes[f"a{i}"], clock=self.clock) for i in range(N)]
@@ -68,7 +78,9 @@ class Swarm:
         self.cur = None
         for a in self.agents:  # what Agent._greet sends
             for peer in ["env", *a.peers]:
-                a.send(peer, "HELLO", inc=a.inc, role="agent", epoch=a.view.epoch, leader=a.view.leader)
+                a.send(
+                    peer, "HELLO", inc=a.inc, role="agent", epoch=a.view.epoch, leader=a.view.leader
+                )
         if self.wm is not None:
             self.wm.node.send("env", "HELLO", inc=0, role="wm", epoch=0, leader=-1)
         self.settle()
@@ -90,8 +102,11 @@ class Swarm:
         if self.wm is not None:
             self.wm.receive(self.wm.node.poll(0))
 
-    def settle(self, match: Callable[[Envelope], bool] = lambda e: True,
-               before: Callable[[MemoryNetwork], None] | None = None) -> None:
+    def settle(
+        self,
+        match: Callable[[Envelope], bool] = lambda e: True,
+        before: Callable[[MemoryNetwork], None] | None = None,
+    ) -> None:
         """Deliver (the matching) messages and wake everyone until nothing (matching) is in flight."""
         for _ in range(200):
             if before is not None:
@@ -110,7 +125,9 @@ class Swarm:
         observed = np.ones(N, bool)
         observed[list(blind)] = False
         ts = self.ts
-        self.cur = dataclasses.replace(ts, obs=ts.obs * observed[:, None].astype(ts.obs.dtype), observed=observed)
+        self.cur = dataclasses.replace(
+            ts, obs=ts.obs * observed[:, None].astype(ts.obs.dtype), observed=observed
+        )
         self.env.begin_step(0, self.t, self.t, self.cur, self.defaulted)
 
     def end(self) -> np.ndarray:
@@ -145,8 +162,12 @@ class Swarm:
         start = max(0, t - self.l)
         obs = np.stack([rec[h]["obs"] for h in range(start, t + 1)])
         masks = np.stack([rec[h]["observed"] for h in range(start, t + 1)]).astype(np.float32)
-        prev = np.stack([rec[h]["actions"] if h >= 0 else np.zeros_like(rec[0]["actions"])
-                         for h in range(start - 1, t)])
+        prev = np.stack(
+            [
+                rec[h]["actions"] if h >= 0 else np.zeros_like(rec[0]["actions"])
+                for h in range(start - 1, t)
+            ]
+        )
         for j, h in hide:
             if start <= h <= t:
                 masks[h - start, j] = 0.0
@@ -212,7 +233,9 @@ def test_memory_network_delivers_validates_and_injects_faults() -> None:
     assert [m["epoch"] for m in a1.poll(0)] == [2, 1, 1, 0, 0]
     assert a1.stats.rx_msgs["HB"] == 5 and a0.stats.tx_msgs["HB"] == 3
     # frames are validated on receipt, as on a socket: a forged sender is dropped and counted
-    net.in_flight.append(Envelope("a0", "a1", "HB", [bytes(f) for f in encode("HB", "a2", epoch=0, leader=-1)]))
+    net.in_flight.append(
+        Envelope("a0", "a1", "HB", [bytes(f) for f in encode("HB", "a2", epoch=0, leader=-1)])
+    )
     net.deliver()
     assert a1.poll(0) == [] and a1.stats.dropped["unknown_sender"] == 1
     # a killed node: its messages are lost, sends to it fail at once, its peers see the link drop
@@ -223,10 +246,16 @@ def test_memory_network_delivers_validates_and_injects_faults() -> None:
     assert a0.link_events == [("a2", False)] and a1.link_events == [("a2", False)]
     a2 = net.restart("a2")
     assert a0.link_events[-1] == ("a2", True) and a2.link_events == []
-    assert a0.send("a2", "HB", epoch=1, leader=-1) and net.deliver() == 1 and a2.poll(0)[0]["epoch"] == 1
+    assert (
+        a0.send("a2", "HB", epoch=1, leader=-1)
+        and net.deliver() == 1
+        and a2.poll(0)[0]["epoch"] == 1
+    )
     # a partition cuts both ways until healed
     net.partition("a1")
-    assert not a0.send("a1", "HB", epoch=0, leader=-1) and not a1.send("a0", "HB", epoch=0, leader=-1)
+    assert not a0.send("a1", "HB", epoch=0, leader=-1) and not a1.send(
+        "a0", "HB", epoch=0, leader=-1
+    )
     assert a1.link_events[-2:] == [("a0", False), ("a2", False)]
     net.heal("a1")
     assert a1.send("a0", "HB", epoch=0, leader=-1)
@@ -250,10 +279,18 @@ def test_streamed_rounds_equal_the_reference_and_renew_their_subscriptions(swarm
     pushes = sum(a.counts["pushes"] for a in sw.agents)
     assert pushes == a0.counts["pushes_received"] == 14 * (N - 1)
     assert a0.node.stats.tx_msgs["STREAM"] >= 2 * (N - 1)
-    assert all(a.sync.stream[0] == "a0" and a.sync.stream[3] > u + 8 for a, u in zip(sw.agents[1:], until, strict=True))
-    assert sum(a.counts["lost_broadcast"] for a in sw.agents) == 1  # only the first loss, before anyone led
+    assert all(
+        a.sync.stream[0] == "a0" and a.sync.stream[3] > u + 8
+        for a, u in zip(sw.agents[1:], until, strict=True)
+    )
+    assert (
+        sum(a.counts["lost_broadcast"] for a in sw.agents) == 1
+    )  # only the first loss, before anyone led
     assert sw.check_reference() == 15 + 3
-    assert a0.node.stats.tx_msgs.get("LOST", 0) == 0 and sw.agents[2].node.stats.tx_msgs["LOST"] == N - 1
+    assert (
+        a0.node.stats.tx_msgs.get("LOST", 0) == 0
+        and sw.agents[2].node.stats.tx_msgs["LOST"] == N - 1
+    )
 
 
 def test_election_stale_epochs_and_a_deposed_coordinator(swarm_factory) -> None:
@@ -273,7 +310,9 @@ def test_election_stale_epochs_and_a_deposed_coordinator(swarm_factory) -> None:
     sw.settle()
     sw.begin(blind=[0])
     sw.settle()
-    assert not sw.env.waiting and 2 not in sw.env.reachable  # its STEP could not be sent; nobody is late
+    assert (
+        not sw.env.waiting and 2 not in sw.env.reachable
+    )  # its STEP could not be sent; nobody is late
     actions = sw.end()
     others = [a for a in sw.agents if a.i != 2]
     assert {a.view for a in others} == {View.of(2, 1)} and sw.agents[1].counts["claims"] == 1
@@ -318,7 +357,11 @@ def test_coordinator_lost_mid_round(swarm_factory) -> None:
     sw.end()
     assert sw.views() == {View.of(2, 1)}
     a1, a3 = sw.agents[1], sw.agents[3]
-    assert a3.counts["leader_lost"] == 1 and a3.counts["lost_broadcast"] == 1 and a1.counts["claims"] == 1
+    assert (
+        a3.counts["leader_lost"] == 1
+        and a3.counts["lost_broadcast"] == 1
+        and a1.counts["claims"] == 1
+    )
     assert sw.kinds(3)[1] == "wm"
     assert np.array_equal(sw.recons(3)[1], sw.replay(1, hide=[(0, 0), (0, 1)])[3])
     sw.check_round(1, 1, hide=[(0, 0), (0, 1)])
@@ -351,14 +394,19 @@ def test_partial_gather_reconstructs_at_the_deadline(swarm_factory) -> None:
     sw.advance(0.99 * sw.settings.deadline_s("gather"), match=lambda e: not held(e))
     assert sw.env.waiting == {2}  # not before the deadline
     sw.advance(0.02 * sw.settings.deadline_s("gather"), match=lambda e: not held(e))
-    assert not sw.env.waiting and a0.counts["rounds_partial"] == 1 and a2.counts["recon_received"] == 1
+    assert (
+        not sw.env.waiting and a0.counts["rounds_partial"] == 1 and a2.counts["recon_received"] == 1
+    )
     sw.settle()  # the held answer arrives after the round
     assert a0.counts["history_late"] == 1
     sw.end()
     assert np.array_equal(sw.recons(2)[1], sw.replay(1, hide=[(4, 0), (4, 1)])[2])
     sw.check_round(0, 1, hide=[(4, 0), (4, 1)])
     sw.step(blind=[2])
-    assert a0.coord.rounds[(0, 2)].asked[4] == (0, 0)  # its whole window again: nothing of it was cached
+    assert a0.coord.rounds[(0, 2)].asked[4] == (
+        0,
+        0,
+    )  # its whole window again: nothing of it was cached
     assert np.array_equal(sw.recons(2)[2], sw.replay(2)[2])
     sw.check_round(0, 2)
     assert a0.node.stats.tx_msgs["GATHER"] == 2 * (N - 1)

@@ -36,9 +36,12 @@ P_LOSS = (0.0, 0.3, 1.0)
 PLACEMENTS = ("on-agent", "node")
 STEPS, EPISODES = 24, 2
 
-CASES = [(family, p, placement, TRANSPORTS[(f + k + w) % len(TRANSPORTS)])
-         for (f, family), (k, p), (w, placement) in itertools.product(enumerate(FAMILIES), enumerate(P_LOSS),
-                                                                     enumerate(PLACEMENTS))]
+CASES = [
+    (family, p, placement, TRANSPORTS[(f + k + w) % len(TRANSPORTS)])
+    for (f, family), (k, p), (w, placement) in itertools.product(
+        enumerate(FAMILIES), enumerate(P_LOSS), enumerate(PLACEMENTS)
+    )
+]
 
 
 def test_the_matrix_covers_every_pair() -> None:
@@ -59,8 +62,16 @@ def bundles(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 def compare_with_in_process(settings: Any, run_dir: Path, report: dict[str, Any]) -> dict[str, int]:
     """The swarm's joint actions are the in-process evaluation's, step for step; returns what was compared."""
-    ref = evaluate(settings.bundle, settings.env_config(), settings.loss_config(), episodes=settings.episodes,
-                   seed=settings.seed, recon=settings.recon, wm_mode=settings.wm_mode, trace=True)
+    ref = evaluate(
+        settings.bundle,
+        settings.env_config(),
+        settings.loss_config(),
+        episodes=settings.episodes,
+        seed=settings.seed,
+        recon=settings.recon,
+        wm_mode=settings.wm_mode,
+        trace=True,
+    )
     assert [ep["return"] for ep in report["episodes"]] == [r["return"] for r in ref]
     env = np.load(run_dir / "records" / "env.npz")
     compared = {"steps": 0, "lost": 0}
@@ -69,21 +80,40 @@ def compare_with_in_process(settings: Any, run_dir: Path, report: dict[str, Any]
         assert rows.sum() == r["steps"] == len(r["actions"])
         assert np.array_equal(env["observed"][rows], r["observed"])
         got, want = env["actions"][rows], r["actions"]
-        assert got.shape == want.shape and np.array_equal(got, want.astype(got.dtype)), f"episode {k}"
+        assert got.shape == want.shape and np.array_equal(got, want.astype(got.dtype)), (
+            f"episode {k}"
+        )
         compared["steps"] += int(rows.sum())
         compared["lost"] += int((~r["observed"]).sum())
     return compared
 
 
-@pytest.mark.parametrize(("family", "p_loss", "placement", "transport"), CASES,
-                         ids=[f"{f}-p{p:g}-{w}-{t}" for f, p, w, t in CASES])
-def test_swarm_equals_in_process(bundles: dict[str, Path], tmp_path: Path, family: str, p_loss: float,
-                                 placement: str, transport: str) -> None:
+@pytest.mark.parametrize(
+    ("family", "p_loss", "placement", "transport"),
+    CASES,
+    ids=[f"{f}-p{p:g}-{w}-{t}" for f, p, w, t in CASES],
+)
+def test_swarm_equals_in_process(
+    bundles: dict[str, Path],
+    tmp_path: Path,
+    family: str,
+    p_loss: float,
+    placement: str,
+    transport: str,
+) -> None:
     if family not in bundles:
         pytest.skip(f"the {family} extra is not installed")
-    settings = swarm_settings(bundles[family], tmp_path, steps=STEPS, episodes=EPISODES, record=True,
-                              loss={"model": "bernoulli", "p_loss": p_loss}, world_model=placement,
-                              transport=transport, step_deadline_ms=2000.0)
+    settings = swarm_settings(
+        bundles[family],
+        tmp_path,
+        steps=STEPS,
+        episodes=EPISODES,
+        record=True,
+        loss={"model": "bernoulli", "p_loss": p_loss},
+        world_model=placement,
+        transport=transport,
+        step_deadline_ms=2000.0,
+    )
     report, _ = run_swarm(settings, tmp_path / "run")
     ev = report["events"]
     assert ev.get("deadline_misses", 0) == 0 and ev.get("agents.recon_miss", 0) == 0
@@ -96,20 +126,33 @@ def test_swarm_equals_in_process(bundles: dict[str, Path], tmp_path: Path, famil
     else:
         assert compared["lost"] == 0 and "agents.act_wm" not in ev
     if family != "mamujoco":
-        assert ev.get("unavailable_actions", 0) == 0  # blind agents act on the STEP's available actions too
-    if placement == "node":  # every round's world-model step ran on the node, none fell back to the agent
+        assert (
+            ev.get("unavailable_actions", 0) == 0
+        )  # blind agents act on the STEP's available actions too
+    if (
+        placement == "node"
+    ):  # every round's world-model step ran on the node, none fell back to the agent
         assert report["processes"]["wm"].get("wm.requests", 0) == ev.get("agents.rounds", 0)
         assert ev.get("agents.wm_node_timeout", 0) == 0
     if 0 < p_loss < 1:
         assert ev["agents.rounds"] > 0
 
 
-@pytest.mark.skipif(importlib.util.find_spec("jaxmarl") is None, reason="the smax extra is not installed")
+@pytest.mark.skipif(
+    importlib.util.find_spec("jaxmarl") is None, reason="the smax extra is not installed"
+)
 def test_the_committed_smax_bundle_runs_through_the_swarm(tmp_path: Path) -> None:
     """The README's SMAX bundle, as shipped, at p_loss 0.3: the swarm plays what the in-process evaluation plays."""
     bundle = resolve_model_path("models/smax_2s3z")
-    settings = swarm_settings(bundle, tmp_path, steps=60, episodes=1, record=True,
-                              loss={"model": "bernoulli", "p_loss": 0.3}, step_deadline_ms=2000.0)
+    settings = swarm_settings(
+        bundle,
+        tmp_path,
+        steps=60,
+        episodes=1,
+        record=True,
+        loss={"model": "bernoulli", "p_loss": 0.3},
+        step_deadline_ms=2000.0,
+    )
     report, _ = run_swarm(settings, tmp_path / "run")
     ev = report["events"]
     assert ev.get("deadline_misses", 0) == 0 and ev.get("unavailable_actions", 0) == 0

@@ -18,6 +18,7 @@ from rmio.runtime.wire import REASONS, SCHEMAS, Message, WireError, decode, enco
 
 pytestmark = pytest.mark.timeout(120)
 
+
 def test_templates_cover_every_type() -> None:
     assert set(TEMPLATES) == set(SCHEMAS)
 
@@ -53,12 +54,18 @@ def _subsets(k: int) -> list[tuple[bool, ...]]:
     return [(True,) * k, (False,) * k, *singles, *(tuple(not x for x in keep) for keep in singles)]
 
 
-_OPTIONAL_CASES = [(t, keep) for t, schema in sorted(SCHEMAS.items())
-                   for keep in _subsets(sum(a.optional for a in schema.arrays))]
+_OPTIONAL_CASES = [
+    (t, keep)
+    for t, schema in sorted(SCHEMAS.items())
+    for keep in _subsets(sum(a.optional for a in schema.arrays))
+]
 
 
-@pytest.mark.parametrize(("msg_type", "keep"), _OPTIONAL_CASES,
-                         ids=[f"{t}-{''.join('1' if k else '0' for k in keep)}" for t, keep in _OPTIONAL_CASES])
+@pytest.mark.parametrize(
+    ("msg_type", "keep"),
+    _OPTIONAL_CASES,
+    ids=[f"{t}-{''.join('1' if k else '0' for k in keep)}" for t, keep in _OPTIONAL_CASES],
+)
 def test_every_optional_array_present_and_absent(msg_type: str, keep: tuple[bool, ...]) -> None:
     """Arrays travel by name: any subset of a type's optional arrays (with all its required ones) round-trips,
     each array under its own name, whatever its position; a missing required array is refused both ways."""
@@ -67,10 +74,16 @@ def test_every_optional_array_present_and_absent(msg_type: str, keep: tuple[bool
     optional = [a.name for a in SCHEMAS[msg_type].arrays if a.optional]
     dropped = {name for name, k in zip(optional, keep, strict=True) if not k}
     arrays = {name: a for name, a in full.items() if name not in dropped}
-    msg = decode(encode(msg_type, "a1", dict(reversed(arrays.items())), **fields), sender="a1", known=KNOWN)
+    msg = decode(
+        encode(msg_type, "a1", dict(reversed(arrays.items())), **fields), sender="a1", known=KNOWN
+    )
     assert set(msg.arrays) == set(arrays)
     for name, want in arrays.items():
-        assert msg.has(name) and msg.arrays[name].dtype == want.dtype and np.array_equal(msg.arrays[name], want)
+        assert (
+            msg.has(name)
+            and msg.arrays[name].dtype == want.dtype
+            and np.array_equal(msg.arrays[name], want)
+        )
     for name in dropped:
         assert not msg.has(name)
         with pytest.raises(WireError):
@@ -113,49 +126,76 @@ def _with(msg_type: str, **changes: Any) -> list[bytes]:
     return [msgpack.packb(header), *frames[1:]]
 
 
-@pytest.mark.parametrize(("frames", "sender", "reason"), [
-    (_with("HB", v=1), "a1", "version"),
-    (_with("HB", v=3), "a1", "version"),
-    (_with("HB", v="1"), "a1", "version"),
-    (_with("HB", t="NOPE"), "a1", "unknown_type"),
-    (_with("HB", src="a9"), "a9", "unknown_sender"),
-    (_with("HB", src="a2"), "a1", "unknown_sender"),
-    (_with("HB", src="../x"), "a1", "unknown_sender"),
-    (_with("HB", extra=1), "a1", "bad_field"),
-    (_with("HB", epoch=...), "a1", "bad_field"),
-    (_with("HB", epoch=-1), "a1", "bad_field"),
-    (_with("HB", epoch=1.5), "a1", "bad_field"),
-    (_with("HB", epoch=True), "a1", "bad_field"),
-    (_with("HB", epoch=1 << 60), "a1", "bad_field"),
-    (_with("LOST", bcast=1), "a1", "bad_field"),
-    (_with("ACTION", kind="teleport"), "a1", "bad_field"),
-    (_with("HISTORY", seen=[True, 1]), "a1", "bad_field"),
-    (_with("STATS", counts={"k": [1, 2]}), "a1", "bad_field"),
-    (_with("RECON", arr=[["obs", "<f8", [9]]]), "a1", "bad_array"),
-    (_with("RECON", arr=[["obs", "<f4", [3, 3]]]), "a1", "bad_array"),
-    (_with("RECON", arr=[["obs", "<f4", [10]]]), "a1", "bad_array"),
-    (_with("RECON", arr=[["obs", "<f4", [-9]]]), "a1", "bad_array"),
-    (_with("RECON", arr=[["<f4", [9]]]), "a1", "bad_array"),  # unnamed (protocol version 1's form)
-    (_with("RECON", arr=[["row", "<f4", [9]]]), "a1", "bad_array"),  # a name the type does not have
-    (_with("RECON", arr=[[7, "<f4", [9]]]), "a1", "bad_array"),
-    (_with("RECON", arr="x"), "a1", "bad_array"),
-    (_with("RECON", arr=[]), "a1", "bad_array"),
-    (_with("STEP", arr=[["avail", "|b1", [4]], ["obs", "<f4", [9]]]), "a1", "bad_array"),  # out of order
-    (_with("STEP", arr=[["obs", "<f4", [9]], ["obs", "<f4", [4]]]), "a1", "bad_array"),  # repeated
-    (_with("STEP", arr=[["obs", "|b1", [9]]]), "a1", "bad_array"),  # a bool array in the observation's place
-    (frames_of("RECON")[:1], "a1", "bad_array"),
-    ([*frames_of("RECON"), b"extra"], "a1", "bad_array"),
-    ([frames_of("RECON")[0], np.full(9, np.nan, np.float32).tobytes()], "a1", "bad_array"),
-    ([*_with("STEP", arr=[["obs", "<f4", [9]], ["avail", "|b1", [2]]])[:2], b"\x00\x02"], "a1", "bad_array"),
-    ([b"\xc1"], "a1", "malformed"),
-    ([msgpack.packb([1, 2])], "a1", "malformed"),
-    ([msgpack.packb({"v": 1, 1: 2})], "a1", "malformed"),
-    ([msgpack.packb({"v": 1, "t": "HB", "x": msgpack.ExtType(1, b"x")})], "a1", "malformed"),
-    ([msgpack.packb({"v": 1, "t": "HB", "x": b"bin"})], "a1", "malformed"),
-    ([], "a1", "malformed"),
-    ([b"x"] * 12, "a1", "malformed"),
-    ([frames_of("WM_REQ")[0], b"\x00" * (5 << 20)], "a1", "oversized"),
-])
+@pytest.mark.parametrize(
+    ("frames", "sender", "reason"),
+    [
+        (_with("HB", v=1), "a1", "version"),
+        (_with("HB", v=3), "a1", "version"),
+        (_with("HB", v="1"), "a1", "version"),
+        (_with("HB", t="NOPE"), "a1", "unknown_type"),
+        (_with("HB", src="a9"), "a9", "unknown_sender"),
+        (_with("HB", src="a2"), "a1", "unknown_sender"),
+        (_with("HB", src="../x"), "a1", "unknown_sender"),
+        (_with("HB", extra=1), "a1", "bad_field"),
+        (_with("HB", epoch=...), "a1", "bad_field"),
+        (_with("HB", epoch=-1), "a1", "bad_field"),
+        (_with("HB", epoch=1.5), "a1", "bad_field"),
+        (_with("HB", epoch=True), "a1", "bad_field"),
+        (_with("HB", epoch=1 << 60), "a1", "bad_field"),
+        (_with("LOST", bcast=1), "a1", "bad_field"),
+        (_with("ACTION", kind="teleport"), "a1", "bad_field"),
+        (_with("HISTORY", seen=[True, 1]), "a1", "bad_field"),
+        (_with("STATS", counts={"k": [1, 2]}), "a1", "bad_field"),
+        (_with("RECON", arr=[["obs", "<f8", [9]]]), "a1", "bad_array"),
+        (_with("RECON", arr=[["obs", "<f4", [3, 3]]]), "a1", "bad_array"),
+        (_with("RECON", arr=[["obs", "<f4", [10]]]), "a1", "bad_array"),
+        (_with("RECON", arr=[["obs", "<f4", [-9]]]), "a1", "bad_array"),
+        (
+            _with("RECON", arr=[["<f4", [9]]]),
+            "a1",
+            "bad_array",
+        ),  # unnamed (protocol version 1's form)
+        (
+            _with("RECON", arr=[["row", "<f4", [9]]]),
+            "a1",
+            "bad_array",
+        ),  # a name the type does not have
+        (_with("RECON", arr=[[7, "<f4", [9]]]), "a1", "bad_array"),
+        (_with("RECON", arr="x"), "a1", "bad_array"),
+        (_with("RECON", arr=[]), "a1", "bad_array"),
+        (
+            _with("STEP", arr=[["avail", "|b1", [4]], ["obs", "<f4", [9]]]),
+            "a1",
+            "bad_array",
+        ),  # out of order
+        (
+            _with("STEP", arr=[["obs", "<f4", [9]], ["obs", "<f4", [4]]]),
+            "a1",
+            "bad_array",
+        ),  # repeated
+        (
+            _with("STEP", arr=[["obs", "|b1", [9]]]),
+            "a1",
+            "bad_array",
+        ),  # a bool array in the observation's place
+        (frames_of("RECON")[:1], "a1", "bad_array"),
+        ([*frames_of("RECON"), b"extra"], "a1", "bad_array"),
+        ([frames_of("RECON")[0], np.full(9, np.nan, np.float32).tobytes()], "a1", "bad_array"),
+        (
+            [*_with("STEP", arr=[["obs", "<f4", [9]], ["avail", "|b1", [2]]])[:2], b"\x00\x02"],
+            "a1",
+            "bad_array",
+        ),
+        ([b"\xc1"], "a1", "malformed"),
+        ([msgpack.packb([1, 2])], "a1", "malformed"),
+        ([msgpack.packb({"v": 1, 1: 2})], "a1", "malformed"),
+        ([msgpack.packb({"v": 1, "t": "HB", "x": msgpack.ExtType(1, b"x")})], "a1", "malformed"),
+        ([msgpack.packb({"v": 1, "t": "HB", "x": b"bin"})], "a1", "malformed"),
+        ([], "a1", "malformed"),
+        ([b"x"] * 12, "a1", "malformed"),
+        ([frames_of("WM_REQ")[0], b"\x00" * (5 << 20)], "a1", "oversized"),
+    ],
+)
 def test_rejects(frames: list[bytes], sender: str, reason: str) -> None:
     with pytest.raises(WireError) as info:
         decode(frames, sender=sender, known=KNOWN)
@@ -166,9 +206,20 @@ def test_encode_refuses_what_decode_would() -> None:
     with pytest.raises(WireError):
         encode("HB", "a0", epoch=-1, leader=0)
     with pytest.raises(WireError):
-        encode("STEP", "env", {"obs": np.zeros(3, np.float64)}, ep=0, step=0, seq=0, seen=True, dflt=False)
+        encode(
+            "STEP",
+            "env",
+            {"obs": np.zeros(3, np.float64)},
+            ep=0,
+            step=0,
+            seq=0,
+            seen=True,
+            dflt=False,
+        )
     with pytest.raises(WireError):
-        encode("STEP", "env", {"obs": np.zeros(3, bool)}, ep=0, step=0, seq=0, seen=True, dflt=False)
+        encode(
+            "STEP", "env", {"obs": np.zeros(3, bool)}, ep=0, step=0, seq=0, seen=True, dflt=False
+        )
     with pytest.raises(WireError):
         encode("RECON", "env", {"row": np.zeros(3, np.float32)}, ep=0, step=0, epoch=0, start=0)
 
@@ -184,11 +235,21 @@ def test_message_array_checks_shape_and_dtype() -> None:
         msg.array("act", (9,))
 
 
-_scalars = st.one_of(st.none(), st.booleans(), st.integers(-(1 << 70), 1 << 70), st.floats(), st.text(max_size=8),
-                     st.binary(max_size=8))
-_values = st.recursive(_scalars, lambda inner: st.one_of(st.lists(inner, max_size=4),
-                                                          st.dictionaries(st.text(max_size=6), inner, max_size=4)),
-                       max_leaves=12)
+_scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(1 << 70), 1 << 70),
+    st.floats(),
+    st.text(max_size=8),
+    st.binary(max_size=8),
+)
+_values = st.recursive(
+    _scalars,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=6), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
 
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -201,12 +262,41 @@ def test_fuzz_random_frames(frames: list[bytes]) -> None:
 
 
 @settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.sampled_from(sorted(TEMPLATES)), st.dictionaries(st.sampled_from(
-    ["v", "t", "src", "arr", "ep", "step", "epoch", "leader", "seen", "known", "obs_from", "counts", "names", "kind",
-     "inc", "rid", "endpoints", "status", "x"]), _values, max_size=3),
-    st.lists(st.binary(max_size=48), max_size=3), st.booleans())
-def test_fuzz_mutated_messages(msg_type: str, changes: dict[str, Any], extra_frames: list[bytes],
-                               replace_frames: bool) -> None:
+@given(
+    st.sampled_from(sorted(TEMPLATES)),
+    st.dictionaries(
+        st.sampled_from(
+            [
+                "v",
+                "t",
+                "src",
+                "arr",
+                "ep",
+                "step",
+                "epoch",
+                "leader",
+                "seen",
+                "known",
+                "obs_from",
+                "counts",
+                "names",
+                "kind",
+                "inc",
+                "rid",
+                "endpoints",
+                "status",
+                "x",
+            ]
+        ),
+        _values,
+        max_size=3,
+    ),
+    st.lists(st.binary(max_size=48), max_size=3),
+    st.booleans(),
+)
+def test_fuzz_mutated_messages(
+    msg_type: str, changes: dict[str, Any], extra_frames: list[bytes], replace_frames: bool
+) -> None:
     """Valid messages with fields replaced by arbitrary msgpack values and frames swapped or appended."""
     frames = frames_of(msg_type)
     header = _header(msg_type)
@@ -229,10 +319,14 @@ def test_fuzz_mutated_messages(msg_type: str, changes: dict[str, Any], extra_fra
 def test_non_finite_values_are_found_in_small_and_large_frames(size: int, bad: float) -> None:
     """Small frames are checked by the interpreter and large ones by numpy: both find one bad value
     anywhere, and both accept the largest finite float32 values (whose sum does not overflow)."""
-    header = encode("RECON", "a1", {"obs": np.zeros(size, np.float32)}, ep=0, step=1, epoch=1, start=0)[0]
+    header = encode(
+        "RECON", "a1", {"obs": np.zeros(size, np.float32)}, ep=0, step=1, epoch=1, start=0
+    )[0]
     extreme = np.full(size, np.finfo(np.float32).max, np.float32)
     extreme[::2] *= -1
-    assert np.array_equal(decode([header, extreme.tobytes()], sender="a1", known=KNOWN).arrays["obs"], extreme)
+    assert np.array_equal(
+        decode([header, extreme.tobytes()], sender="a1", known=KNOWN).arrays["obs"], extreme
+    )
     for at in {0, size // 2, size - 1}:
         values = np.ones(size, np.float32)
         values[at] = bad
@@ -244,8 +338,17 @@ def test_non_finite_values_are_found_in_small_and_large_frames(size: int, bad: f
 def test_a_discrete_action_keeps_its_zero_dimensions() -> None:
     """A discrete action is a 0-d int64 array; np.ascontiguousarray would make it (1,) and the env host
     would drop every ACTION of a discrete-action swarm as the wrong shape."""
-    frames = encode("ACTION", "a0", {"action": np.array(3, np.int64)}, ep=0, step=0, kind="obs", epoch=0,
-                    leader=-1, tx=0)
+    frames = encode(
+        "ACTION",
+        "a0",
+        {"action": np.array(3, np.int64)},
+        ep=0,
+        step=0,
+        kind="obs",
+        epoch=0,
+        leader=-1,
+        tx=0,
+    )
     msg = decode(frames, sender="a0", known=KNOWN)
     assert msg.array("action", (), "<i8") == 3
 
@@ -262,9 +365,14 @@ def test_protocol_md_lists_every_field_and_array_of_every_type() -> None:
     assert set(rows) == set(SCHEMAS)
 
     def names(cell: str) -> list[str]:  # "inc (incarnation), role" -> ["inc", "role"]
-        return [m.group(1) for m in re.finditer(r"(?:^|,)\s*([a-z_0-9]+\??)", re.sub(r"\([^)]*\)", "", cell))]
+        return [
+            m.group(1)
+            for m in re.finditer(r"(?:^|,)\s*([a-z_0-9]+\??)", re.sub(r"\([^)]*\)", "", cell))
+        ]
 
     for msg_type, schema in SCHEMAS.items():
         _, _, fields, arrays = rows[msg_type]
         assert names(fields) == list(schema.fields), msg_type
-        assert names(arrays) == [a.name + ("?" if a.optional else "") for a in schema.arrays], msg_type
+        assert names(arrays) == [a.name + ("?" if a.optional else "") for a in schema.arrays], (
+            msg_type
+        )

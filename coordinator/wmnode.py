@@ -70,30 +70,27 @@ class WorldModelNode:
             self.node.count_drop(exc.reason, str(exc))
 
     def _handle(self, msg: Message) -> None:
-        if msg.src == "ctl":
-            if msg.type == "BYE":
-                self.running = False
-            elif msg.type == "ROSTER":
-                for peer, endpoint in msg["endpoints"].items():
-                    if peer != "wm" and isinstance(endpoint, str) and self.settings.known(peer):
-                        self.node.connect(peer, endpoint)
-            return
         if msg.src == "env":
             self.last_env = time.monotonic()
-            if msg.type == "BYE":
-                self.running = False
-            elif msg.type == "STATS_REQ":
-                counts = {
-                    **self.node.stats.flat(),
-                    **{f"wm.{k}": int(v) for k, v in self.counts.items()},
-                }
-                names, arrays = self.samples.arrays()
-                self.node.send("env", "STATS", arrays, counts=counts, names=names)
-            return
-        if msg.src.startswith("a") and msg.type == "WM_REQ":
-            self._serve(msg)
-        elif msg.type not in ("HELLO", "HB"):
+        kind = "a" if msg.src.startswith("a") else msg.src
+        handler = _HANDLERS.get((kind, msg.type))
+        if handler is not None:
+            handler(self, msg)
+        elif kind not in ("ctl", "env") and msg.type not in ("HELLO", "HB"):
             self.node.count_drop("unexpected", f"{msg.type} from {msg.src}")
+
+    def _stop(self, msg: Message) -> None:
+        self.running = False
+
+    def _on_roster(self, msg: Message) -> None:
+        for peer, endpoint in msg["endpoints"].items():
+            if peer != "wm" and isinstance(endpoint, str) and self.settings.known(peer):
+                self.node.connect(peer, endpoint)
+
+    def _on_stats_req(self, msg: Message) -> None:
+        counts = {**self.node.stats.flat(), **{f"wm.{k}": int(v) for k, v in self.counts.items()}}
+        names, arrays = self.samples.arrays()
+        self.node.send("env", "STATS", arrays, counts=counts, names=names)
 
     def _serve(self, msg: Message) -> None:
         m = self.manifest
@@ -122,3 +119,14 @@ class WorldModelNode:
             ok=True,
             us=int(us),
         )
+
+
+_HANDLERS = {
+    ("ctl", "BYE"): WorldModelNode._stop,
+    ("ctl", "ROSTER"): WorldModelNode._on_roster,
+    ("env", "BYE"): WorldModelNode._stop,
+    ("env", "STATS_REQ"): WorldModelNode._on_stats_req,
+    ("a", "WM_REQ"): WorldModelNode._serve,
+}
+"""(sender kind, message type) -> handler: the launcher's and the env host's other messages are ignored,
+HELLO and HB from anyone too; anything else is dropped and counted."""

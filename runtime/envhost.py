@@ -287,35 +287,49 @@ class EnvHost:
             return None
 
     def _dispatch(self, msg: Message, step: tuple[int, int] | None) -> int | None:
+        """Through the handler table, by (sender kind, type); the launcher's other messages are ignored,
+        anything else unexpected is dropped and counted."""
         src = msg.src
-        if src == "ctl":
-            if msg.type == "BYE":
-                raise Stop("launcher said bye")
-            if msg.type == "ROSTER":
-                for peer, endpoint in msg["endpoints"].items():
-                    if peer != "env" and isinstance(endpoint, str) and self.settings.known(peer):
-                        self.node.connect(peer, endpoint)
-            return None
-        if msg.type == "HELLO":
-            if src in self.names or src == "wm":
-                old = self.incarnations.get(src)
-                if old is not None and old != msg["inc"]:
-                    self.counts["agent_rejoins" if src in self.names else "wm_rejoins"] += 1
-                    log.info("%s rejoined", src)
-                if old != msg["inc"]:  # answered: over datagrams the greeting repeats until it is
-                    self.node.send(src, "HELLO", inc=0, role="env", epoch=0, leader=-1)
-                self.incarnations[src] = msg["inc"]
-                self.reachable.add(src)
-            return None
-        if msg.type in ("HB", "BYE"):
-            return None
-        if msg.type == "STATS" and (src in self.names or src == "wm"):
-            samples = dict(zip(msg["names"], msg.arrays.values(), strict=False))
-            self.stats[src] = {"counts": msg["counts"], "samples": samples}
-            return None
-        if msg.type != "ACTION" or src not in self.names:
+        kind = "a" if src in self.names else src
+        handler = _HANDLERS.get((kind, msg.type))
+        if handler is not None:
+            return handler(self, msg, step)
+        if kind != "ctl":
             self.node.count_drop("unexpected", f"{msg.type} from {src}")
-            return None
+        return None
+
+    def _on_bye_from_launcher(self, msg: Message, step: tuple[int, int] | None) -> int | None:
+        raise Stop("launcher said bye")
+
+    def _on_roster(self, msg: Message, step: tuple[int, int] | None) -> int | None:
+        for peer, endpoint in msg["endpoints"].items():
+            if peer != "env" and isinstance(endpoint, str) and self.settings.known(peer):
+                self.node.connect(peer, endpoint)
+        return None
+
+    def _on_hello(self, msg: Message, step: tuple[int, int] | None) -> int | None:
+        src = msg.src
+        old = self.incarnations.get(src)
+        if old is not None and old != msg["inc"]:
+            self.counts["agent_rejoins" if src in self.names else "wm_rejoins"] += 1
+            log.info("%s rejoined", src)
+        if old != msg["inc"]:  # answered: over datagrams the greeting repeats until it is
+            self.node.send(src, "HELLO", inc=0, role="env", epoch=0, leader=-1)
+        self.incarnations[src] = msg["inc"]
+        self.reachable.add(src)
+        return None
+
+    def _ignore(self, msg: Message, step: tuple[int, int] | None) -> int | None:
+        return None
+
+    def _on_stats(self, msg: Message, step: tuple[int, int] | None) -> int | None:
+        samples = dict(zip(msg["names"], msg.arrays.values(), strict=False))
+        self.stats[msg.src] = {"counts": msg["counts"], "samples": samples}
+        return None
+
+    def _on_action(self, msg: Message, step: tuple[int, int] | None) -> int | None:
+        """Returns the agent index when the message is that agent's valid action for ``step``."""
+        src = msg.src
         i = self.names.index(src)
         self.reachable.add(src)
         self.tx[src] = msg["tx"]
@@ -326,9 +340,7 @@ class EnvHost:
         if self.spec.discrete and not 0 <= int(action) < self.spec.action_sizes[i]:
             self.counts["invalid_actions"] += 1
             return None
-        self.pending[i] = (
-            action  # continuous actions are clipped to the bounds once per step, in _step
-        )
+        self.pending[i] = action  # continuous actions are clipped to the bounds once per step
         self.counts[f"actions_{msg['kind']}"] += 1
         view = View.of(msg["epoch"], msg["leader"])
         if view > self.view and msg["leader"] >= 0:
@@ -470,3 +482,17 @@ class EnvHost:
             actions=np.stack([x["actions"] for x in r]),
             defaulted=np.stack([x["defaulted"] for x in r]),
         )
+
+
+_HANDLERS = {
+    ("ctl", "BYE"): EnvHost._on_bye_from_launcher,
+    ("ctl", "ROSTER"): EnvHost._on_roster,
+    ("a", "HELLO"): EnvHost._on_hello,
+    ("wm", "HELLO"): EnvHost._on_hello,
+    ("a", "ACTION"): EnvHost._on_action,
+    ("a", "STATS"): EnvHost._on_stats,
+    ("wm", "STATS"): EnvHost._on_stats,
+    **{(kind, t): EnvHost._ignore for kind in ("a", "wm", "env") for t in ("HB", "BYE")},
+    ("env", "HELLO"): EnvHost._ignore,
+}
+"""(sender kind, message type) -> handler; a kind is "a" for this swarm's agents, else the sender's name."""

@@ -155,9 +155,8 @@ class Agent:
             if "env" in todo and time.monotonic() > start + self.settings.startup_timeout_s:
                 raise Stop("env host unreachable")
             self._pump(0.01)
-            if (
-                self.coord is not None
-            ):  # rounds are polled after messages are handled, here as in run()
+            # rounds are polled after messages are handled, here as in run()
+            if self.coord is not None:
                 self.coord.poll(self.clock())
         log.info(
             "%s: greeted in %.3f s%s",
@@ -203,9 +202,8 @@ class Agent:
         if peer == f"a{self.view.leader}":
             self.counts["leader_lost"] += 1
             log.info("%s: coordinator %s is gone", self.name, peer)
-            if (
-                self.awaiting is not None
-            ):  # our round died with it: ask everyone, which elects a new one
+            # our round died with it: ask everyone, which elects a new one
+            if self.awaiting is not None:
                 self._report_loss(*self.awaiting, force_broadcast=True)
             self._maybe_claim(self.ep, self.t)
 
@@ -261,9 +259,8 @@ class Agent:
             handler(self, msg, now)
         except (WireError, Stop):
             raise
-        except (
-            Exception
-        ):  # a bug must not take the agent down mid-episode; it is counted and reported
+        # a bug must not take the agent down mid-episode; it is counted and reported
+        except Exception:
             log.exception("%s: error handling %s from %s", self.name, msg.type, src)
             self.counts["internal_errors"] += 1
 
@@ -279,9 +276,8 @@ class Agent:
         if msg["seq"] in self.kill_at:
             log.warning("%s: fault injection, SIGKILL at step %d", self.name, msg["seq"])
             os.kill(os.getpid(), signal.SIGKILL)
-        if (
-            self.awaiting is not None
-        ):  # a new step overtook an unanswered loss: the env host used its default
+        # a new step overtook an unanswered loss: the env host used its default
+        if self.awaiting is not None:
             self.counts["recon_overtaken"] += 1
             self.ring.put_action(self.awaiting[1], self.codec.default())
             self.awaiting = None
@@ -488,9 +484,8 @@ class Agent:
             old = self.peer_inc.get(msg.src)
             if old != msg["inc"]:
                 self.peer_inc[msg.src] = msg["inc"]
-                if (
-                    old is not None
-                ):  # a restarted peer; what we cached of its predecessor is still true
+                # a restarted peer; what we cached of its predecessor is still true
+                if old is not None:
                     self.counts["peer_rejoined"] += 1
                     if self.coord is not None:
                         self.coord.forget(int(msg.src[1:]))

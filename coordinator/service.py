@@ -131,9 +131,8 @@ class Coordinator:
         if r is None:
             r = self._start(ep, t, now)
         if r.state == "done":
-            if (
-                j not in r.observed and j not in r.lost
-            ):  # a late report: its row was computed as lost
+            # a late report: its row was computed as lost
+            if j not in r.observed and j not in r.lost:
                 r.lost.add(j)
                 self._deliver_one(r, j)
             return
@@ -284,9 +283,10 @@ class Coordinator:
                 continue
             if r.state == "gather":
                 own_ready = (agent.ep, agent.t) >= (r.ep, r.t)
+                # our own step never came: reconstruct without it
                 if (own_ready and (self._complete(r) or now >= r.deadline)) or now >= r.deadline + (
                     r.deadline - r.started
-                ):  # our own step never came: reconstruct without it
+                ):
                     self._compute(r, now)
                 elif now >= r.push_deadline and r.push_deadline > 0:
                     self._pull_missing(r)
@@ -400,9 +400,8 @@ class Coordinator:
 
     def _finish(self, r: Round, recon: np.ndarray, state: LatentState) -> None:
         complete = r.request[4] if r.request is not None else False
-        if (
-            self.settings.wm_mode == "incremental"
-        ):  # continue next time only from a window nothing was missing in
+        # continue next time only from a window nothing was missing in
+        if self.settings.wm_mode == "incremental":
             self.chain = Chain(r.ep, r.t, r.chain_start, state) if complete else None
         r.recon = recon
         r.state = "done"

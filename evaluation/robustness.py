@@ -329,9 +329,8 @@ def sweep(
                 loss = LossConfig(loss_model, p_loss=p)
                 plain: dict[str, Any] | None = None
                 for strategy in strategies:
-                    if (
-                        p == 0.0 and plain is not None
-                    ):  # nothing is lost: every strategy is the plain policy
+                    # nothing is lost: every strategy is the plain policy
+                    if p == 0.0 and plain is not None:
                         rows.append(
                             {**plain, "strategy": strategy, "shared_with": plain["strategy"]}
                         )

@@ -167,9 +167,8 @@ def register(cli: click.Group, config_options: Any) -> None:
         run_dir: Path | None, out: Path | None, check_dir: Path | None, policy: Path | None
     ) -> None:
         """Export the (fine-tuned) world model as a one-step ONNX graph plus manifest, checked against PyTorch."""
-        if (
-            check_dir is not None
-        ):  # onnxruntime alone: a deployment can check a bundle without torch
+        # onnxruntime alone: a deployment can check a bundle without torch
+        if check_dir is not None:
             from rmio.runtime.validate import check_bundle
 
             _console().print(check_bundle(check_dir))

@@ -237,9 +237,8 @@ class EnvHost:
         ep, t, seq, ts, _ = self.current
         self.current = None
         self.waiting = set()
-        if (
-            self.spec.discrete
-        ):  # the agents act on the available actions their STEP carried, blind or not
+        # the agents act on the available actions their STEP carried, blind or not
+        if self.spec.discrete:
             self.counts["unavailable_actions"] += sum(
                 not ts.avail_actions[i][int(a)] for i, a in self.pending.items()
             )

@@ -174,9 +174,8 @@ class WorldModelRunner:
     ) -> tuple[LatentState, np.ndarray]:
         """One step for a batch: ``prev_action`` already encoded (B, n, act_width)."""
         feeds = {"h": state.h, "z": state.z, "prev_action": prev_action, "obs": obs, "mask": mask}
-        if self._one is not None and self._one.fits(
-            feeds
-        ):  # a coordinator's round: batch 1, bound buffers
+        # a coordinator's round: batch 1, bound buffers
+        if self._one is not None and self._one.fits(feeds):
             out = self._one.run(feeds)
             return LatentState(out["h_next"].copy(), out["z_next"].copy()), out["obs_recon"].copy()
         h, z, recon = self.session.run(

@@ -359,9 +359,8 @@ def _decode(
             raise WireError("bad_array", f"frame of {len(frame)} bytes for {dtype}{shape}")
         if dt.kind == "f" and not _finite(frame):
             raise WireError("bad_array", "non-finite values")
-        if dt.kind == "b" and bytes(frame).translate(
-            None, b"\x00\x01"
-        ):  # frames may be memoryviews (udp)
+        # frames may be memoryviews (udp)
+        if dt.kind == "b" and bytes(frame).translate(None, b"\x00\x01"):
             raise WireError("bad_array", "booleans other than 0 and 1")
         arrays[name] = np.frombuffer(frame, dtype=dt).reshape(shape)
     return Message(msg_type, src, header, arrays, total)

@@ -222,9 +222,8 @@ def export_run(run_dir: Path, out: Path, console: Console, policy: Path | None =
     err_replay = replay_parity(model, runner, holdout)
     manifest.metrics = {"parity_max_abs_random": err_random, "parity_max_abs_replay": err_replay}
     before = run_dir / "wm_pretrain.pt"
-    if (
-        path.name == "wm_finetune.pt" and before.exists()
-    ):  # for the no-finetune strategy of `rmio eval robustness`
+    # for the no-finetune strategy of `rmio eval robustness`
+    if path.name == "wm_finetune.pt" and before.exists():
         pre, _ = load_model(before, "cpu")
         pre.eval()
         export_onnx(

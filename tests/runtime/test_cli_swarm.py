@@ -211,9 +211,8 @@ def test_roster_roles_started_one_by_one(bundle: Path, tmp_path: Path, transport
     assert f"{transport}://127.0.0.1:" in roster.read_text()
     procs = []
     for cmd in commands[::-1]:
-        if (
-            cmd == commands[0]
-        ):  # the env host starts once the others are up and have greeted it in vain
+        # the env host starts once the others are up and have greeted it in vain
+        if cmd == commands[0]:
             time.sleep(4.0)
         procs.insert(
             0,

@@ -96,9 +96,8 @@ def test_reconstruction_reaches_exactly_the_blind_agents(
     report, _ = run_swarm(settings, tmp_path / "run")
     assert_clean(report)
     ev = report["events"]
-    if (
-        stream_steps is None
-    ):  # after the first rounds, agents stream their steps and rounds need no GATHER
+    # after the first rounds, agents stream their steps and rounds need no GATHER
+    if stream_steps is None:
         assert ev["agents.pushes"] == ev["agents.pushes_received"] > 100
         assert ev["agents.rounds_without_gather"] > 0.8 * ev["agents.rounds"]
     else:

@@ -129,9 +129,8 @@ def test_swarm_equals_in_process(
         assert (
             ev.get("unavailable_actions", 0) == 0
         )  # blind agents act on the STEP's available actions too
-    if (
-        placement == "node"
-    ):  # every round's world-model step ran on the node, none fell back to the agent
+    # every round's world-model step ran on the node, none fell back to the agent
+    if placement == "node":
         assert report["processes"]["wm"].get("wm.requests", 0) == ev.get("agents.rounds", 0)
         assert ev.get("agents.wm_node_timeout", 0) == 0
     if 0 < p_loss < 1:

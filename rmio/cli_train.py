@@ -7,7 +7,8 @@ from typing import Any
 
 import click
 
-from rmio.cli_params import BUNDLE
+from rmio.cli_eval import register as register_robustness
+from rmio.cli_params import BUNDLE, config_options
 from rmio.errors import MissingExtraError
 
 
@@ -54,190 +55,192 @@ def _start_run(
     getattr(importlib.import_module(module), function)(cfg, run_dir, device, _console())
 
 
-def register(cli: click.Group, config_options: Any) -> None:
-    """Attach the training commands to the main group (keeps cli.py free of torch)."""
+@train.command("world-model")
+@config_options()
+@run_dir_option
+@device_option
+def world_model(cfg: Any, run_dir: Path | None, device: str, algo: str | None = None) -> None:
+    """Pre-train the RMIOv2 world model on real trajectories (collected first, with a random policy or
+    the actor of --set run.data_policy=RUN/policy.pt).
 
-    @train.command("world-model")
-    @config_options()
-    @run_dir_option
-    @device_option
-    def world_model(cfg: Any, run_dir: Path | None, device: str, algo: str | None = None) -> None:
-        """Pre-train the RMIOv2 world model on real trajectories (collected first, with a random policy or
-        the actor of --set run.data_policy=RUN/policy.pt).
-
-        Re-running with the same --run-dir resumes from the last checkpoint.
-        """
-        _start_run(
-            cfg,
-            run_dir,
-            f"{algo or 'rmiov2'}-wm",
-            device,
-            "rmio.train.wm_train",
-            "train_world_model",
-        )
-
-    @train.command("pretrain")
-    @config_options()
-    @run_dir_option
-    @device_option
-    def pretrain(cfg: Any, run_dir: Path | None, device: str, algo: str | None = None) -> None:
-        """RMIOv2 joint pre-training (Algorithm 1): world model + MAPPO trained in imagination.
-
-        Leaves wm_pretrain.pt and the real data in the run directory, so `rmio train finetune` and
-        `rmio export` follow directly. Resumable with --run-dir.
-        """
-        _start_run(cfg, run_dir, algo or "rmiov2", device, "rmio.train.joint", "train_joint")
-
-    @train.command("mappo")
-    @config_options()
-    @run_dir_option
-    @device_option
-    def mappo(cfg: Any, run_dir: Path | None, device: str) -> None:
-        """Model-free r-MAPPO on the real environment (the baseline); resumable with --run-dir."""
-        _start_run(cfg, run_dir, "mappo", device, "rmio.train.mappo", "train_mappo")
-
-    @train.command("finetune")
-    @click.argument("run_dir", type=click.Path(path_type=Path, exists=True, file_okay=False))
-    @click.option(
-        "--p-mask",
-        type=click.FloatRange(0.0, 1.0),
-        default=None,
-        help="Masking probability per agent and step (default world_model.finetune.p_mask).",
+    Re-running with the same --run-dir resumes from the last checkpoint.
+    """
+    _start_run(
+        cfg,
+        run_dir,
+        f"{algo or 'rmiov2'}-wm",
+        device,
+        "rmio.train.wm_train",
+        "train_world_model",
     )
-    @click.option(
-        "--updates", type=click.IntRange(min=1), default=None, help="Upper bound on updates."
+
+
+@train.command("pretrain")
+@config_options()
+@run_dir_option
+@device_option
+def pretrain(cfg: Any, run_dir: Path | None, device: str, algo: str | None = None) -> None:
+    """RMIOv2 joint pre-training (Algorithm 1): world model + MAPPO trained in imagination.
+
+    Leaves wm_pretrain.pt and the real data in the run directory, so `rmio train finetune` and
+    `rmio export` follow directly. Resumable with --run-dir.
+    """
+    _start_run(cfg, run_dir, algo or "rmiov2", device, "rmio.train.joint", "train_joint")
+
+
+@train.command("mappo")
+@config_options()
+@run_dir_option
+@device_option
+def mappo(cfg: Any, run_dir: Path | None, device: str) -> None:
+    """Model-free r-MAPPO on the real environment (the baseline); resumable with --run-dir."""
+    _start_run(cfg, run_dir, "mappo", device, "rmio.train.mappo", "train_mappo")
+
+
+@train.command("finetune")
+@click.argument("run_dir", type=click.Path(path_type=Path, exists=True, file_okay=False))
+@click.option(
+    "--p-mask",
+    type=click.FloatRange(0.0, 1.0),
+    default=None,
+    help="Masking probability per agent and step (default world_model.finetune.p_mask).",
+)
+@click.option("--updates", type=click.IntRange(min=1), default=None, help="Upper bound on updates.")
+@device_option
+def finetune(run_dir: Path, p_mask: float | None, updates: int | None, device: str) -> None:
+    """Masked fine-tuning of a pre-trained world model (Algorithm 2, lines 20-27)."""
+    _require_torch()
+    from rmio.train.wm_train import finetune_world_model
+
+    finetune_world_model(run_dir, p_mask, device, _console(), updates)
+
+
+@click.group("eval")
+def eval_group() -> None:
+    """Evaluate trained models."""
+
+
+@eval_group.command("reconstruction")
+@click.argument("run_dir", type=click.Path(path_type=Path, exists=True, file_okay=False))
+@click.option(
+    "--checkpoint",
+    type=click.Choice(["finetune", "pretrain", "both"]),
+    default="both",
+    show_default=True,
+)
+@device_option
+def reconstruction(run_dir: Path, checkpoint: str, device: str) -> None:
+    """L_rec on held-out trajectories for every test-time p_mask, GPE, GCI, and the zero-fill and
+    hold-last baselines; writes a table (markdown, JSON) and a PNG plot into the run directory."""
+    _require_torch()
+    from rmio.train.wm_eval import evaluate_run
+
+    evaluate_run(run_dir, checkpoint, device, _console())
+
+
+register_robustness(eval_group)
+
+
+@click.command("export")
+@click.argument(
+    "run_dir", type=click.Path(path_type=Path, exists=True, file_okay=False), required=False
+)
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Bundle directory (default RUN_DIR/bundle).",
+)
+@click.option(
+    "--check",
+    "check_dir",
+    type=BUNDLE,
+    default=None,
+    help="Re-validate an existing bundle instead of exporting.",
+)
+@click.option(
+    "--policy",
+    type=click.Path(path_type=Path, exists=True, dir_okay=False),
+    default=None,
+    help="Ship the actor of this policy.pt instead of RUN_DIR's own (same scenario).",
+)
+def export(
+    run_dir: Path | None, out: Path | None, check_dir: Path | None, policy: Path | None
+) -> None:
+    """Export the (fine-tuned) world model as a one-step ONNX graph plus manifest, checked against PyTorch."""
+    # onnxruntime alone: a deployment can check a bundle without torch
+    if check_dir is not None:
+        from rmio.runtime.validate import check_bundle
+
+        _console().print(check_bundle(check_dir))
+        return
+    if run_dir is None:
+        raise click.UsageError("give RUN_DIR to export, or --check BUNDLE")
+    _require_torch()
+    from rmio.train.export import export_run
+
+    export_run(run_dir, out or run_dir / "bundle", _console(), policy)
+
+
+@click.command("ablate")
+@click.argument("sweep")
+@click.option("--debug", is_flag=True, help="The scenario's tiny debug preset for every variant.")
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Sweep directory (default runs/ablation-<sweep name>); re-run to resume.",
+)
+@device_option
+def ablate(sweep: str, debug: bool, out: Path | None, device: str) -> None:
+    """Run an ablation table (configs/ablations: fusion_halfcheetah_6x1, p_mask_halfcheetah_6x1, or a YAML):
+    train every variant, then report L_rec of lost agents and the robustness AUC side by side."""
+    _require_torch()
+    from rmio.train.ablation import run_ablation
+
+    run_ablation(
+        Path(sweep),
+        out or Path("runs") / f"ablation-{Path(sweep).stem}",
+        debug,
+        _console(),
+        device,
     )
-    @device_option
-    def finetune(run_dir: Path, p_mask: float | None, updates: int | None, device: str) -> None:
-        """Masked fine-tuning of a pre-trained world model (Algorithm 2, lines 20-27)."""
-        _require_torch()
-        from rmio.train.wm_train import finetune_world_model
 
-        finetune_world_model(run_dir, p_mask, device, _console(), updates)
 
-    @click.group("eval")
-    def eval_group() -> None:
-        """Evaluate trained models."""
+@click.command("plot")
+@click.argument(
+    "run_dirs",
+    nargs=-1,
+    required=True,
+    type=click.Path(path_type=Path, exists=True, file_okay=False),
+)
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    default=Path("learning_curves.png"),
+    show_default=True,
+)
+@click.option(
+    "--metric",
+    type=click.Choice(["return_mean", "win_rate"]),
+    default="return_mean",
+    show_default=True,
+)
+def plot(run_dirs: tuple[Path, ...], out: Path, metric: str) -> None:
+    """Overlay the learning curves (evaluation metric vs real environment steps) of several runs."""
+    from rmio.errors import RmioError
+    from rmio.train.evaluate import plot_curves
 
-    @eval_group.command("reconstruction")
-    @click.argument("run_dir", type=click.Path(path_type=Path, exists=True, file_okay=False))
-    @click.option(
-        "--checkpoint",
-        type=click.Choice(["finetune", "pretrain", "both"]),
-        default="both",
-        show_default=True,
-    )
-    @device_option
-    def reconstruction(run_dir: Path, checkpoint: str, device: str) -> None:
-        """L_rec on held-out trajectories for every test-time p_mask, GPE, GCI, and the zero-fill and
-        hold-last baselines; writes a table (markdown, JSON) and a PNG plot into the run directory."""
-        _require_torch()
-        from rmio.train.wm_eval import evaluate_run
+    missing = [str(d) for d in run_dirs if not (d / "eval.jsonl").exists()]
+    if missing:
+        raise RmioError(f"no eval.jsonl (evaluations of a policy run) in: {', '.join(missing)}")
+    plot_curves(list(run_dirs), out, metric)
+    _console().print(f"wrote {out}")
 
-        evaluate_run(run_dir, checkpoint, device, _console())
 
-    from rmio.cli_eval import register as register_robustness
-
-    register_robustness(eval_group)
-
-    @click.command("export")
-    @click.argument(
-        "run_dir", type=click.Path(path_type=Path, exists=True, file_okay=False), required=False
-    )
-    @click.option(
-        "--out",
-        type=click.Path(path_type=Path),
-        default=None,
-        help="Bundle directory (default RUN_DIR/bundle).",
-    )
-    @click.option(
-        "--check",
-        "check_dir",
-        type=BUNDLE,
-        default=None,
-        help="Re-validate an existing bundle instead of exporting.",
-    )
-    @click.option(
-        "--policy",
-        type=click.Path(path_type=Path, exists=True, dir_okay=False),
-        default=None,
-        help="Ship the actor of this policy.pt instead of RUN_DIR's own (same scenario).",
-    )
-    def export(
-        run_dir: Path | None, out: Path | None, check_dir: Path | None, policy: Path | None
-    ) -> None:
-        """Export the (fine-tuned) world model as a one-step ONNX graph plus manifest, checked against PyTorch."""
-        # onnxruntime alone: a deployment can check a bundle without torch
-        if check_dir is not None:
-            from rmio.runtime.validate import check_bundle
-
-            _console().print(check_bundle(check_dir))
-            return
-        if run_dir is None:
-            raise click.UsageError("give RUN_DIR to export, or --check BUNDLE")
-        _require_torch()
-        from rmio.train.export import export_run
-
-        export_run(run_dir, out or run_dir / "bundle", _console(), policy)
-
-    @click.command("ablate")
-    @click.argument("sweep")
-    @click.option(
-        "--debug", is_flag=True, help="The scenario's tiny debug preset for every variant."
-    )
-    @click.option(
-        "--out",
-        type=click.Path(path_type=Path),
-        default=None,
-        help="Sweep directory (default runs/ablation-<sweep name>); re-run to resume.",
-    )
-    @device_option
-    def ablate(sweep: str, debug: bool, out: Path | None, device: str) -> None:
-        """Run an ablation table (configs/ablations: fusion_halfcheetah_6x1, p_mask_halfcheetah_6x1, or a YAML):
-        train every variant, then report L_rec of lost agents and the robustness AUC side by side."""
-        _require_torch()
-        from rmio.train.ablation import run_ablation
-
-        run_ablation(
-            Path(sweep),
-            out or Path("runs") / f"ablation-{Path(sweep).stem}",
-            debug,
-            _console(),
-            device,
-        )
-
+def register(cli: click.Group) -> None:
+    """Attach the training, evaluation and export commands to the main group (keeps cli.py free of torch)."""
     cli.add_command(ablate)
-
-    @click.command("plot")
-    @click.argument(
-        "run_dirs",
-        nargs=-1,
-        required=True,
-        type=click.Path(path_type=Path, exists=True, file_okay=False),
-    )
-    @click.option(
-        "--out",
-        type=click.Path(path_type=Path),
-        default=Path("learning_curves.png"),
-        show_default=True,
-    )
-    @click.option(
-        "--metric",
-        type=click.Choice(["return_mean", "win_rate"]),
-        default="return_mean",
-        show_default=True,
-    )
-    def plot(run_dirs: tuple[Path, ...], out: Path, metric: str) -> None:
-        """Overlay the learning curves (evaluation metric vs real environment steps) of several runs."""
-        from rmio.errors import RmioError
-        from rmio.train.evaluate import plot_curves
-
-        missing = [str(d) for d in run_dirs if not (d / "eval.jsonl").exists()]
-        if missing:
-            raise RmioError(f"no eval.jsonl (evaluations of a policy run) in: {', '.join(missing)}")
-        plot_curves(list(run_dirs), out, metric)
-        _console().print(f"wrote {out}")
-
     cli.add_command(plot)
     cli.add_command(train)
     cli.add_command(eval_group)

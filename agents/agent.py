@@ -85,7 +85,7 @@ class Agent:
         self.seq = -1
         self._live_due = 0.0
         self._wm: WorldModelRunner | None = None
-        if settings.recon == "wm":
+        if settings.recon == "world-model":
             self.world_model()  # loaded up front: any agent may have to coordinate within a step deadline
 
     def world_model(self) -> WorldModelRunner:
@@ -306,10 +306,10 @@ class Agent:
             if self.coord is not None:
                 self.coord.own_step(ep, t, now)
             self._act(ep, t, obs, "obs")
-        elif self.settings.recon == "zero":
-            self._act(ep, t, np.zeros(self.spec.obs_dim, np.float32), "zero")
-        elif self.settings.recon == "hold":
-            self._act(ep, t, self.ring.last_real_obs(), "hold")
+        elif self.settings.recon == "zero-fill":
+            self._act(ep, t, np.zeros(self.spec.obs_dim, np.float32), "zero-fill")
+        elif self.settings.recon == "hold-last":
+            self._act(ep, t, self.ring.last_real_obs(), "hold-last")
         else:
             self.awaiting = (ep, t)
             self.await_deadline = now + self.settings.deadline_s("recon")
@@ -405,7 +405,11 @@ class Agent:
             self._maybe_claim(ep, t)
 
     def _maybe_claim(self, ep: int, t: int) -> None:
-        if self.settings.recon != "wm" or (ep, t) != (self.ep, self.t) or self._leader_alive():
+        if (
+            self.settings.recon != "world-model"
+            or (ep, t) != (self.ep, self.t)
+            or self._leader_alive()
+        ):
             return
         reports = self.lost_reports.get((ep, t), set())
         if not reports:
@@ -539,7 +543,7 @@ class Agent:
         self.samples.add("recon_round_us", (now_ns() - self.step_rx_ns) / 1e3)
         if self.settings.record:
             self.records.append((ep, t, "recon", row.copy(), np.array([start, epoch])))
-        self._act(ep, t, row, "wm")
+        self._act(ep, t, row, "world-model")
 
     def _on_wm_rep(self, msg: Message, now: float) -> None:
         if self.coord is None:

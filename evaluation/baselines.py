@@ -13,15 +13,14 @@ import numpy as np
 from rmio.evaluation.reference import evaluate
 from rmio.runtime.metrics import write_report
 from rmio.runtime.settings import SwarmSettings
-
-RECONS = ("wm", "zero", "hold")
+from rmio.runtime.vocabulary import STRATEGIES
 
 
 def baselines(settings: SwarmSettings) -> dict[str, Any]:
     """Mean and per-episode returns of the in-process evaluation for each reconstruction strategy."""
     s = settings
     out = {}
-    for recon in RECONS:
+    for recon in STRATEGIES:
         rows = evaluate(
             s.bundle,
             s.env_config(),

@@ -3,7 +3,7 @@
 It is the yardstick for the swarm: same env seeds (episode k uses seed + k) and loss masks as
 rmio.envs.rollout and the env host, the same per-agent batch-1 actor calls, the same windows and
 the same incremental continuation rule as the coordinator. With no deadline missed and no process
-fault the swarm's returns equal these exactly; ``recon="zero"`` and ``"hold"`` give the baselines that
+fault the swarm's returns equal these exactly; ``recon="zero-fill"`` and ``"hold-last"`` give the baselines that
 show what reconstruction buys.
 """
 
@@ -21,6 +21,7 @@ from rmio.envs.registry import EnvConfig, make_env
 from rmio.runtime.bundle import load_manifest
 from rmio.runtime.history import ActionCodec, replay_plan
 from rmio.runtime.models import ActorRunner, LatentState, WorldModelRunner
+from rmio.runtime.vocabulary import STRATEGIES
 
 
 @dataclass
@@ -32,11 +33,15 @@ class _Chain:
 class ReferencePolicy:
     """Joint policy of n agents under loss: own observation, else reconstruction / zeros / hold-last."""
 
-    def __init__(self, bundle: str | Path, recon: str = "wm", wm_mode: str = "window") -> None:
+    def __init__(
+        self, bundle: str | Path, recon: str = "world-model", wm_mode: str = "window"
+    ) -> None:
         self.manifest = load_manifest(bundle)
         self.spec = self.manifest.spec
         self.actor = ActorRunner(bundle, self.manifest)
-        self.wm = WorldModelRunner(bundle, self.manifest) if recon == "wm" else None
+        if recon not in STRATEGIES:
+            raise ValueError(f"recon must be one of {STRATEGIES}, got {recon!r}")
+        self.wm = WorldModelRunner(bundle, self.manifest) if recon == "world-model" else None
         self.recon, self.wm_mode = recon, wm_mode
         self.codec = ActionCodec.of(self.spec)
         self.l = self.manifest.history_window
@@ -80,11 +85,11 @@ class ReferencePolicy:
         self.last_real = np.where(observed[:, None], seen_obs, self.last_real)
         inputs = seen_obs.copy()
         if not observed.all():
-            if self.recon == "wm":
+            if self.recon == "world-model":
                 recon = self.reconstruct(t)
                 self.recons[t] = recon
                 inputs[~observed] = recon[~observed]
-            elif self.recon == "hold":
+            elif self.recon == "hold-last":
                 inputs[~observed] = self.last_real[~observed]
         actions = [
             self.codec.check(self.actor.act(inputs[i], i, None if avail is None else avail[i]))
@@ -102,7 +107,7 @@ def evaluate(
     *,
     episodes: int,
     seed: int = 0,
-    recon: str = "wm",
+    recon: str = "world-model",
     wm_mode: str = "window",
     trace: bool = False,
 ) -> list[dict[str, Any]]:

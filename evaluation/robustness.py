@@ -31,12 +31,14 @@ from rmio.errors import RmioError
 from rmio.runtime.bundle import Manifest, load_manifest
 from rmio.runtime.history import ActionCodec, replay_plan
 from rmio.runtime.models import ActorRunner, LatentState, WorldModelRunner
+from rmio.runtime.vocabulary import EVAL_STRATEGIES
+from rmio.runtime.vocabulary import STRATEGIES as STRATEGIES_IN_SWARM
 
 log = logging.getLogger(__name__)
 
 SEED_STRIDE = 1000
 """Seed family s runs episodes with env seeds s*SEED_STRIDE + k."""
-STRATEGIES = ("world-model", "hold-last", "zero-fill", "no-finetune")
+STRATEGIES = EVAL_STRATEGIES
 """What a blind agent acts on: the fine-tuned world model's reconstruction, its last real observation,
 zeros, or the reconstruction of the world model before masked fine-tuning."""
 
@@ -454,7 +456,8 @@ def summarise(result: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
-SWARM_RECON = {"world-model": "wm", "hold-last": "hold", "zero-fill": "zero"}
+SWARM_STRATEGIES = STRATEGIES_IN_SWARM
+"""The strategies a swarm can run (no-finetune is in-process only)."""
 
 
 def swarm_sweep(
@@ -471,7 +474,7 @@ def swarm_sweep(
 
     tick = progress or (lambda what, k: None)
     rows = []
-    for strategy in [s for s in result["strategies"] if s in SWARM_RECON]:
+    for strategy in [s for s in result["strategies"] if s in SWARM_STRATEGIES]:
         for p in result["p_loss"]:
             per_seed, traffic, msgs, p50, p99, misses = [], [], [], [], [], 0
             for seed in range(result["seeds"]):
@@ -481,7 +484,7 @@ def swarm_sweep(
                     p_loss=p,
                     episodes=result["episodes"],
                     seed=seed * SEED_STRIDE,
-                    recon=SWARM_RECON[strategy],
+                    recon=strategy,
                     wm_mode=result["wm_mode"],
                     transport=transport,
                     baselines=False,

@@ -17,6 +17,7 @@ from rmio import __version__
 from rmio.cli_params import BUNDLE, config_options
 from rmio.console import console, make_console  # noqa: F401 - make_console: for callers
 from rmio.errors import RmioError
+from rmio.runtime.vocabulary import STRATEGIES
 
 DEFAULT_SCENARIO = "halfcheetah_6x1"
 
@@ -254,8 +255,8 @@ def _swarm_run_options(fn: Callable) -> Callable:
         ),
         click.option(
             "--recon",
-            type=click.Choice(["wm", "zero", "hold"]),
-            default="wm",
+            type=click.Choice(list(STRATEGIES)),
+            default="world-model",
             show_default=True,
             help="Blind agents act on the world model's reconstruction, on zeros or on hold-last.",
         ),

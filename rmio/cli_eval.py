@@ -48,7 +48,7 @@ def run_robustness(
     bundle = robustness.resolve_bundle(target, console)
     runs = seeds * (1 + len(set(p_loss)) * len(strategies))
     swarm_runs = (
-        seeds * len(set(p_loss)) * len([s for s in strategies if s in robustness.SWARM_RECON])
+        seeds * len(set(p_loss)) * len([s for s in strategies if s in robustness.SWARM_STRATEGIES])
     )
     with Progress(
         TextColumn("{task.description}"),

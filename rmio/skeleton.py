@@ -148,7 +148,7 @@ def agent(
                     {"action": act},
                     ep=0,
                     step=m["step"],
-                    kind="wm",
+                    kind="world-model",
                     epoch=1,
                     leader=0,
                     tx=0,

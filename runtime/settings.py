@@ -14,9 +14,9 @@ from rmio.envs.loss import LossConfig
 from rmio.envs.registry import EnvConfig
 from rmio.errors import ConfigError
 from rmio.runtime.bundle import Manifest
+from rmio.runtime.vocabulary import LEGACY, STRATEGIES
 from rmio.yamlio import load_yaml
 
-RECON_MODES = ("wm", "zero", "hold")
 WM_MODES = ("window", "incremental")
 PLACEMENTS = ("on-agent", "node")
 TRANSPORTS = ("ipc", "tcp", "udp")
@@ -32,8 +32,9 @@ class SwarmSettings:
     """LossConfig fields."""
     episodes: int = 3
     seed: int = 0
-    recon: str = "wm"
-    """wm: the world model reconstructs (the product); zero / hold: zero-fill or hold-last, no communication."""
+    recon: str = "world-model"
+    """world-model: the world model reconstructs (the product); zero-fill / hold-last: blind agents fill in
+    locally, no communication (runtime.vocabulary.STRATEGIES)."""
     wm_mode: str = "window"
     """window: replay the l-step window from zeros every round (Algorithm 2 line 31); incremental: keep the
     latent state over consecutive rounds of one coordinator while nothing was missed."""
@@ -75,8 +76,9 @@ class SwarmSettings:
     """A process that hears nothing from the env host for this long exits."""
 
     def __post_init__(self) -> None:
+        self.recon = LEGACY.get(self.recon, self.recon)
         for name, value, allowed in (
-            ("recon", self.recon, RECON_MODES),
+            ("recon", self.recon, STRATEGIES),
             ("wm_mode", self.wm_mode, WM_MODES),
             ("world_model", self.world_model, PLACEMENTS),
             ("transport", self.transport, TRANSPORTS),

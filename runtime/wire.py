@@ -25,6 +25,8 @@ from typing import Any
 import msgpack
 import numpy as np
 
+from rmio.runtime.vocabulary import ACT_KINDS
+
 PROTOCOL_VERSION = 2
 MAX_MESSAGE_BYTES = 4 << 20
 MAX_HEADER_BYTES = 32 << 10
@@ -110,7 +112,6 @@ def _str_list(v: Any) -> bool:
 
 
 ROLES = ("env", "agent", "wm", "ctl")
-ACT_KINDS = ("obs", "wm", "zero", "hold", "fallback")
 
 
 @dataclass(frozen=True)

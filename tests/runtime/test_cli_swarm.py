@@ -68,9 +68,13 @@ def test_launch_writes_a_report_and_leaves_nothing_running(bundle: Path, tmp_pat
     assert "mean return (swarm)" in proc.stdout and "report:" in proc.stdout
     (run,) = out.glob("swarm-*")
     report = json.loads((run / "report.json").read_text())
-    assert len(report["episodes"]) == 2 and set(report["baselines"]) == {"wm", "zero", "hold"}
+    assert len(report["episodes"]) == 2 and set(report["baselines"]) == {
+        "world-model",
+        "zero-fill",
+        "hold-last",
+    }
     assert report["mean_return"] == pytest.approx(
-        report["baselines"]["wm"]["mean_return"], rel=0.05, abs=0.05
+        report["baselines"]["world-model"]["mean_return"], rel=0.05, abs=0.05
     )
     # The markdown report has the communication table: a row per message type that flowed, with its category.
     # Which types flow is only partly fixed: a heartbeat (HB) goes out once a peer has been quiet for a

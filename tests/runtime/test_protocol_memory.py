@@ -69,7 +69,7 @@ class Swarm:
         self.wm = WorldModelNode(s, nodes["wm"], device="cpu") if wm_node else None
         self.dead: set[int] = set()
         self.l = self.agents[0].l
-        self.ref = ReferencePolicy(bundle, "wm", s.wm_mode)
+        self.ref = ReferencePolicy(bundle, "world-model", s.wm_mode)
         self.ref_actions: list[np.ndarray] = []
         self.sim = make_env(s.env_config())
         self.ts = self.sim.reset(seed=s.seed)
@@ -362,7 +362,7 @@ def test_coordinator_lost_mid_round(swarm_factory) -> None:
         and a3.counts["lost_broadcast"] == 1
         and a1.counts["claims"] == 1
     )
-    assert sw.kinds(3)[1] == "wm"
+    assert sw.kinds(3)[1] == "world-model"
     assert np.array_equal(sw.recons(3)[1], sw.replay(1, hide=[(0, 0), (0, 1)])[3])
     sw.check_round(1, 1, hide=[(0, 0), (0, 1)])
     # the next blind agent's RECON is lost: it waits until its deadline, then acts on hold-last
@@ -426,14 +426,14 @@ def test_duplicated_and_reordered_messages_change_nothing(swarm_factory) -> None
 
     for t, blind in enumerate([[], [3], [3, 5], [0], [], [1, 2, 4], [4]]):
         sw.step(blind=blind, before=chaos)
-        assert sw.kinds(3)[t] == ("wm" if 3 in blind else "obs")
+        assert sw.kinds(3)[t] == ("world-model" if 3 in blind else "obs")
     assert all(v > 0 for v in dups.values()), dups
     assert sw.check_reference() == 1 + 2 + 1 + 3 + 1
     a_c = next(a for a in sw.agents if a.coord is not None)
     assert sum(a.counts["recon_late"] for a in sw.agents) == dups["RECON"]
     assert sw.env.counts["late_actions"] == dups["ACTION"]
     assert a_c.counts["history_late"] + a_c.counts["pushes_received"] > 0
-    assert sum(a.counts["act_wm"] for a in sw.agents) == 8
+    assert sum(a.counts["act_world-model"] for a in sw.agents) == 8
 
 
 def test_world_model_node_serves_the_rounds(swarm_factory) -> None:

@@ -33,7 +33,8 @@ def _returns(result: dict, strategy: str, p: float, seed: int) -> list[float]:
 
 @pytest.mark.parametrize("wm_mode", ["window", "incremental"])
 @pytest.mark.parametrize(
-    "strategy,recon", [("world-model", "wm"), ("hold-last", "hold"), ("zero-fill", "zero")]
+    "strategy,recon",
+    [("world-model", "world-model"), ("hold-last", "hold-last"), ("zero-fill", "zero-fill")],
 )
 def test_batched_sweep_equals_the_swarms_reference_evaluator(
     bundle: Path, wm_mode: str, strategy: str, recon: str

@@ -62,7 +62,7 @@ def assert_clean(report: dict[str, Any]) -> None:
     assert ev.get("stats_missing", 0) == 0
 
 
-def reference_returns(settings: Any, recon: str = "wm") -> list[float]:
+def reference_returns(settings: Any, recon: str = "world-model") -> list[float]:
     rows = evaluate(
         settings.bundle,
         settings.env_config(),
@@ -160,7 +160,7 @@ def test_total_blackout_runs_incrementally(bundle: Path, tmp_path: Path) -> None
     )
     report, _ = run_swarm(settings, tmp_path / "run")
     assert_clean(report)
-    assert report["events"]["actions_wm"] == 30 * 6
+    assert report["events"]["actions_world-model"] == 30 * 6
     assert check_reconstructions(bundle, tmp_path / "run") == 30 * 6
     starts = {start for _, start in delivered(tmp_path / "run").values()}
     assert starts == {

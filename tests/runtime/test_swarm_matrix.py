@@ -122,9 +122,9 @@ def test_swarm_equals_in_process(
     compared = compare_with_in_process(settings, tmp_path / "run", report)
     assert compared["steps"] > 0
     if p_loss > 0:
-        assert compared["lost"] > 0 and ev["agents.act_wm"] == compared["lost"]
+        assert compared["lost"] > 0 and ev["agents.act_world-model"] == compared["lost"]
     else:
-        assert compared["lost"] == 0 and "agents.act_wm" not in ev
+        assert compared["lost"] == 0 and "agents.act_world-model" not in ev
     if family != "mamujoco":
         assert (
             ev.get("unavailable_actions", 0) == 0

@@ -1,4 +1,5 @@
-"""The agent process: its own ONNX actor on its own observation, and the loss-handling protocol around it.
+"""The agent process: its own ONNX actor on its own observation, and the loss-handling protocol
+around it.
 
 On a normal step the agent acts on what the env host sent it and talks to nobody (beyond
 heartbeats). When its observation is lost it tells the coordinator (or, with none alive, every
@@ -86,7 +87,8 @@ class Agent:
         self._live_due = 0.0
         self._wm: WorldModelRunner | None = None
         if settings.recon == "world-model":
-            self.world_model()  # loaded up front: any agent may have to coordinate within a step deadline
+            # loaded up front: any agent may have to coordinate within a step deadline
+            self.world_model()
 
     def world_model(self) -> WorldModelRunner:
         if self._wm is None:
@@ -112,7 +114,8 @@ class Agent:
         self.receive(msgs, self.clock())
 
     def receive(self, msgs: list[Message], now: float) -> None:
-        """Handle the link events and messages of one wake-up; a message that makes no sense is dropped."""
+        """Handle the link events and messages of one wake-up; a message that makes no sense is
+        dropped."""
         self._links(now)
         for msg in msgs:
             try:
@@ -129,8 +132,9 @@ class Agent:
         return max(0.0, min(t, 0.5))
 
     def _greet(self) -> None:
-        """Say hello to the env host (from then on it waits for our actions) and to every peer, retrying
-        while connections come up; a peer still unreachable after 3 s is greeted when its link comes up."""
+        """Say hello to the env host (from then on it waits for our actions) and to every peer,
+        retrying while connections come up; a peer still unreachable after 3 s is greeted when its
+        link comes up."""
         start = resend = time.monotonic()
         todo = {"env", *self.peers} | ({"wm"} if "wm" in self.node.peers else set())
         confirmed = self.node.confirms_delivery  # else a greeting counts once the peer answered
@@ -208,7 +212,8 @@ class Agent:
             self._maybe_claim(self.ep, self.t)
 
     def tick(self, now: float) -> None:
-        """Timers, after every wake-up: heartbeats and expiries, the reconstruction deadline, rounds."""
+        """Timers, after every wake-up: heartbeats and expiries, the reconstruction deadline,
+        rounds."""
         if now >= self._live_due:
             self._liveness(now)
             # Heartbeat and expiry bookkeeping is O(peers): run it when something is due (hearing or
@@ -301,7 +306,8 @@ class Agent:
             del self.lost_reports[key]
         self.ring.put_obs(t, obs, obs is not None)
         if obs is not None:
-            # o_t and a_{t-1} do not depend on a_t: a pending round's data goes out (or is used) first
+            # o_t and a_{t-1} do not depend on a_t: a pending round's data goes out (or is used)
+            # first
             self.sync.push(ep, t)
             if self.coord is not None:
                 self.coord.own_step(ep, t, now)
@@ -375,7 +381,8 @@ class Agent:
                 leader=self.view.leader,
                 bcast=False,
             ) or self.awaiting == (ep, t):
-                return  # sent; or the coordinator is unreachable and _peer_down already told everyone
+                # sent; or the coordinator is unreachable and _peer_down already told everyone
+                return
         self.counts["lost_broadcast"] += 1
         for peer in self.peers:
             if peer not in self.live.down:
@@ -448,11 +455,13 @@ class Agent:
             self.coord = None
 
     def near(self, ep: int, t: int) -> bool:
-        """A step a peer may legitimately talk about now: ours, one either side, or the next episode's start."""
+        """A step a peer may legitimately talk about now: ours, one either side, or the next
+        episode's start."""
         return (ep == self.ep and self.t - 1 <= t <= self.t + 1) or (ep == self.ep + 1 and t <= 1)
 
     def _gossip(self, msg: Message, now: float) -> None:
-        """Learn a newer coordinator from any peer's view, if that coordinator is alive (or is the sender)."""
+        """Learn a newer coordinator from any peer's view, if that coordinator is alive (or is the
+        sender)."""
         epoch, leader = msg["epoch"], msg["leader"]
         self.max_epoch = max(self.max_epoch, epoch)
         if (
@@ -464,7 +473,8 @@ class Agent:
             self._become(View.of(epoch, leader))
 
     def _from_coordinator(self, msg: Message) -> bool:
-        """Epoch check of a message that only a coordinator sends: stale ones are counted and dropped."""
+        """Epoch check of a message that only a coordinator sends: stale ones are counted and
+        dropped."""
         view = View.of(msg["epoch"], int(msg.src[1:]))
         if view < self.view:
             self.counts["stale_epoch"] += 1
@@ -529,7 +539,8 @@ class Agent:
         self.deliver_recon(msg["ep"], msg["step"], row.copy(), msg["start"], msg["epoch"])
 
     def deliver_recon(self, ep: int, t: int, row: np.ndarray, start: int, epoch: int) -> None:
-        """A reconstruction for us (from the wire, or from our own coordinator when we are blind)."""
+        """A reconstruction for us (from the wire, or from our own coordinator when we are
+        blind)."""
         if self.awaiting != (ep, t):
             self.counts[
                 "recon_unexpected_observing"

@@ -1,7 +1,8 @@
-"""An agent's step records (``record: true``): what it acted on at each step, and every reconstruction it got.
+"""An agent's step records (``record: true``): what it acted on at each step, and every
+reconstruction it got.
 
-Written once at the end of a run to ``<out_dir>/records/a<i>-<inc>.npz``; the swarm tests compare them
-with the env host's records and the in-process world model.
+Written once at the end of a run to ``<out_dir>/records/a<i>-<inc>.npz``; the swarm tests compare
+them with the env host's records and the in-process world model.
 """
 
 from __future__ import annotations
@@ -12,8 +13,8 @@ import numpy as np
 
 
 def save_records(out_dir: str | Path, stem: str, records: list[tuple], obs_dim: int) -> None:
-    """``records``: (ep, t, kind, obs, action) per action, and (ep, t, "recon", row, [start, epoch]) per
-    reconstruction received."""
+    """``records``: (ep, t, kind, obs, action) per action, and (ep, t, "recon", row, [start, epoch])
+    per reconstruction received."""
     if not records:
         return
     out = Path(out_dir) / "records"

@@ -22,7 +22,8 @@ class HistorySync:
         self.pending: list[Message] = []
         """GATHERs for a step whose STEP has not reached us yet: answered when it does."""
         self.stream: tuple[str, int, tuple[int, int], int] | None = None
-        """(coordinator, epoch, after (ep, t), until seq): stream our steps after ``after`` to it."""
+        """(coordinator, epoch, after (ep, t), until seq): stream our steps after ``after`` to
+        it."""
 
     def push(self, ep: int, t: int) -> bool:
         """Stream step t (our observation or its absence, and a_{t-1}) to the coordinator we are
@@ -62,14 +63,16 @@ class HistorySync:
         return True
 
     def on_stream(self, msg: Message) -> None:
-        """A coordinator renews (``until`` = a later step) or ends (``until`` < 0) our subscription."""
+        """A coordinator renews (``until`` = a later step) or ends (``until`` < 0) our
+        subscription."""
         if msg["until"] < 0:
             self.stream = None
         elif (
             self.stream is not None and self.stream[0] == msg.src and self.stream[1] == msg["epoch"]
         ):
             self.stream = (msg.src, msg["epoch"], self.stream[2], msg["until"])
-        else:  # a renewal for a subscription we do not hold (we restarted): start from our next step
+        else:
+            # a renewal for a subscription we do not hold (we restarted): start from our next step
             self.stream = (msg.src, msg["epoch"], (self.agent.ep, self.agent.t), msg["until"])
 
     def on_gather(self, msg: Message) -> None:

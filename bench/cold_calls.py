@@ -1,11 +1,11 @@
 """What one call costs when the process has just woken up, against the same call made back to back.
 
 A swarm process sleeps between env steps, so each of its calls starts with cold caches. This script
-times the calls of an agent's step right after a sleep and warm, so the difference is visible: a STEP
-decode, the actor through ``session.run`` and through its IO-bound buffers (what ``ActorRunner.act``
-uses for one observation), and a batch-1 world-model step both ways. A second table gives the CPU
-time that being woken up costs a thread: every message of the swarm wakes three threads (the
-sender's and the receiver's ZeroMQ I/O threads, then the receiver's event loop).
+times the calls of an agent's step right after a sleep and warm, so the difference is visible: a
+STEP decode, the actor through ``session.run`` and through its IO-bound buffers (what
+``ActorRunner.act`` uses for one observation), and a batch-1 world-model step both ways. A second
+table gives the CPU time that being woken up costs a thread: every message of the swarm wakes three
+threads (the sender's and the receiver's ZeroMQ I/O threads, then the receiver's event loop).
 
     python bench/cold_calls.py                      # tiny random HalfCheetah 6x1 bundle
     python bench/cold_calls.py --bundle models/halfcheetah_6x1 --sleep-ms 5 --calls 300
@@ -27,7 +27,8 @@ import numpy as np
 
 
 def timed(fn: Callable[[], object], calls: int, sleep_s: float) -> tuple[float, float]:
-    """p50 and p90 of one call in microseconds, each call after ``sleep_s`` of sleep (0: back to back)."""
+    """p50 and p90 of one call in microseconds, each call after ``sleep_s`` of sleep (0: back to
+    back)."""
     fn()
     out = []
     for _ in range(calls):
@@ -63,9 +64,9 @@ else:
 
 
 def wake_cpu(kind: str, events: int, gap_s: float) -> tuple[float, float]:
-    """p50 and p90 CPU time (us) a thread spends in the wait call that another process wakes it from:
-    ``pipe``, epoll on a pipe; ``zmq``, the swarm's wait (a zmq.Poller on a ROUTER socket, woken by a
-    message over loopback tcp), with the receive of that message."""
+    """p50 and p90 CPU time (us) a thread spends in the wait call that another process wakes it
+    from: ``pipe``, epoll on a pipe; ``zmq``, the swarm's wait (a zmq.Poller on a ROUTER socket,
+    woken by a message over loopback tcp), with the receive of that message."""
     import zmq
 
     out: list[float] = []
@@ -154,7 +155,8 @@ def main() -> None:
     }
     what = args.bundle or "a tiny random HalfCheetah-6x1 bundle from rmio.testing, l = 20"
     print(
-        f"# One call warm and after {args.sleep_ms:g} ms of sleep ({args.calls} calls each; bundle: {what})\n"
+        f"# One call warm and after {args.sleep_ms:g} ms of sleep ({args.calls} calls each; "
+        f"bundle: {what})\n"
     )
     print("| call | warm p50 / p90 us | after a sleep p50 / p90 us | cold / warm (p50) |")
     print("|---|---|---|---|")
@@ -162,7 +164,8 @@ def main() -> None:
         warm = timed(fn, args.calls, 0.0)
         cold = timed(fn, args.calls, args.sleep_ms / 1e3)
         print(
-            f"| {name} | {warm[0]:.1f} / {warm[1]:.1f} | {cold[0]:.1f} / {cold[1]:.1f} | {cold[0] / warm[0]:.1f}x |"
+            f"| {name} | {warm[0]:.1f} / {warm[1]:.1f} | {cold[0]:.1f} / {cold[1]:.1f} | "
+            f"{cold[0] / warm[0]:.1f}x |"
         )
     print(
         f"\n# CPU time of being woken by another process, one event every {args.sleep_ms:g} ms "

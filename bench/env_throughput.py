@@ -68,7 +68,8 @@ def vectorised(cfg: EnvConfig, num_envs: int, steps: int, mode: str = "auto") ->
         iters = max(steps // num_envs, 10)
         start = time.perf_counter()
         for _ in range(iters):
-            # available actions change every step, so sampling has to happen inside the loop for discrete tasks
+            # available actions change every step, so sampling has to happen inside the loop for
+            # discrete tasks
             b = venv.step(_actions(venv.spec, rng, 1, num_envs, b.avail_actions)[0])
         return iters * num_envs / (time.perf_counter() - start)
 
@@ -100,8 +101,8 @@ def main() -> None:
         rows.append(f"| {item} | {one:,.0f} | " + " | ".join(cells) + " |")
     cores = os.cpu_count()
     print(
-        f"Environment throughput, random actions: {platform.processor() or platform.machine()}, {cores} cores, "
-        f"Python {sys.version.split()[0]}, {time.strftime('%Y-%m-%d')}"
+        f"Environment throughput, random actions: {platform.processor() or platform.machine()}, "
+        f"{cores} cores, Python {sys.version.split()[0]}, {time.strftime('%Y-%m-%d')}"
     )
     print()
     print("| scenario | single env steps/s | vectorised steps/s | vectorised steps/s |")

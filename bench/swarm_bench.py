@@ -1,8 +1,10 @@
-"""Swarm runtime benchmark: reconstruction round against its floor, step overhead, bytes, largest swarm.
+"""Swarm runtime benchmark: reconstruction round against its floor, step overhead, bytes, largest
+swarm.
 
     python bench/swarm_bench.py                 # everything (several minutes on 2 cores)
     python bench/swarm_bench.py --quick         # fewer steps, fewer swarm sizes
-    python bench/swarm_bench.py --bundle DIR    # a real bundle for the 6-agent rows (else tiny random ones)
+    python bench/swarm_bench.py --bundle DIR    # a real bundle for the 6-agent rows (else tiny
+                                                # random ones)
 
 Bundles: tiny randomly initialised ones (rmio.testing.tiny_bundle, needs torch) with history window
 l = 20 for HalfCheetah 6x1 (6 agents) and ManySegmentSwimmer Nx2 (N agents). The floor of a round is
@@ -57,8 +59,9 @@ obs, act = np.zeros((1, obs_dim), np.float32), np.zeros((1, 1), np.float32)
 while True:
     for m in node.poll(1000):
         if m.type == "GATHER":
-            node.send("ctl", "HISTORY", {"obs": obs, "act": act}, ep=0, step=m["step"], epoch=m["epoch"],
-                      obs_from=m["step"], act_from=m["step"] - 1, seen=[True], known=[True], push=False)
+            t = m["step"]
+            node.send("ctl", "HISTORY", {"obs": obs, "act": act}, ep=0, step=t, epoch=m["epoch"],
+                      obs_from=t, act_from=t - 1, seen=[True], known=[True], push=False)
         elif m.type == "RECON":
             node.send("ctl", "HB", epoch=0, leader=0)
         elif m.type == "BYE":
@@ -70,7 +73,8 @@ while True:
 def floors(
     n: int, bundle: Path, rounds: int, transport: str = "tcp"
 ) -> dict[str, tuple[float, float]]:
-    """Gather round trip to n - 1 processes, a window replay, and a one-way message, each alone (ms)."""
+    """Gather round trip to n - 1 processes, a window replay, and a one-way message, each alone
+    (ms)."""
     from rmio.runtime.models import WorldModelRunner
     from rmio.runtime.transport import make_node
 
@@ -200,7 +204,8 @@ def main() -> None:
         "machine": f"{os.cpu_count()} cores, load {os.getloadavg()[0]:.1f} at start"
     }
     print(
-        f"# swarm bench ({results['machine']}), l = 20, loopback tcp unless said, {steps} steps per run\n"
+        f"# swarm bench ({results['machine']}), l = 20, loopback tcp unless said, {steps} steps "
+        "per run\n"
     )
 
     if "rounds" in sections:
@@ -228,7 +233,8 @@ ROUND_MODES = (
     ("udp", "incremental", None),
 )
 """(transport, wm_mode, stream_steps): over ZeroMQ, streamed window replay, streamed incremental and
-incremental pull-only (a GATHER every round, the first version's protocol); over UDP, streamed incremental."""
+incremental pull-only (a GATHER every round, the first version's protocol); over UDP, streamed
+incremental."""
 
 
 def rounds_table(
@@ -241,8 +247,8 @@ def rounds_table(
     )
     print(
         "| agents | transport | mode | round p50 / p99 ms | rounds without GATHER | gather RTT | "
-        "wm replay (window / 1 step) | one-way msg | floor p50 / p99 ms | skeleton swarm p50 / p99 ms | "
-        "skeleton + compute p50 / p99 ms |"
+        "wm replay (window / 1 step) | one-way msg | floor p50 / p99 ms | skeleton swarm p50 / p99 "
+        "ms | skeleton + compute p50 / p99 ms |"
     )
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for n, bundle in bundles.items():
@@ -283,23 +289,26 @@ def rounds_table(
                     "misses": ev.get("agents.recon_miss", 0),
                 }
                 print(
-                    f"| {n} | {transport} | {name} | {r[0]:.2f} / {r[1]:.2f} | {100 * no_gather:.0f}% | "
-                    f"{fl['gather_rtt'][0]:.2f} / {fl['gather_rtt'][1]:.2f} | "
-                    f"{fl['wm_window_replay'][0]:.2f} / {fl['wm_one_step'][0]:.3f} | "
-                    f"{fl['one_way_message'][0]:.3f} | {floor[0]:.2f} / {floor[1]:.2f} | "
-                    f"{sk['p50']:.2f} / {sk['p99']:.2f} | {skc['p50']:.2f} / {skc['p99']:.2f} |"
+                    f"| {n} | {transport} | {name} | {r[0]:.2f} / {r[1]:.2f} | "
+                    f"{100 * no_gather:.0f}% | {fl['gather_rtt'][0]:.2f} / "
+                    f"{fl['gather_rtt'][1]:.2f} | {fl['wm_window_replay'][0]:.2f} / "
+                    f"{fl['wm_one_step'][0]:.3f} | {fl['one_way_message'][0]:.3f} | {floor[0]:.2f} "
+                    f"/ {floor[1]:.2f} | {sk['p50']:.2f} / {sk['p99']:.2f} | {skc['p50']:.2f} / "
+                    f"{skc['p99']:.2f} |"
                 )
 
 
 def transport_table(
     bundles: dict[int, Path], out: Path, steps: int, repeats: int, results: dict[str, Any]
 ) -> None:
-    """Longer runs (3 episodes of ``steps``) of the streamed incremental round, tcp, ipc and udp alternating,
-    so that host load hits all alike; each run shows the share of CPU time the hypervisor took (steal)."""
+    """Longer runs (3 episodes of ``steps``) of the streamed incremental round, tcp, ipc and udp
+    alternating, so that host load hits all alike; each run shows the share of CPU time the
+    hypervisor took (steal)."""
     from rmio.runtime.timeline import cpu_ticks, steal_percent
 
     print(
-        f"\n## Streamed incremental round by transport (p_loss 0.2, {3 * steps} steps per run, runs alternating)\n"
+        f"\n## Streamed incremental round by transport (p_loss 0.2, {3 * steps} steps per run, "
+        "runs alternating)\n"
     )
     print("| agents | run | transport | round p50 / p99 ms | rounds | steps/s | host steal |")
     print("|---|---|---|---|---|---|---|")
@@ -334,7 +343,8 @@ def overhead_table(
     bundles: dict[int, Path], out: Path, steps: int, results: dict[str, Any]
 ) -> None:
     print(
-        "\n## Agent step overhead at p_loss 0 (env host: STEP sent to ACTION received) against a bare actor call\n"
+        "\n## Agent step overhead at p_loss 0 (env host: STEP sent to ACTION received) against a "
+        "bare actor call\n"
     )
     print(
         "| agents | decision p50 / p99 ms | bare onnxruntime actor p50 / p99 ms | overhead p50 ms |"
@@ -356,11 +366,12 @@ def overhead_table(
 
 def bytes_table(bundles: dict[int, Path], out: Path, steps: int, results: dict[str, Any]) -> None:
     print(
-        "\n## Bytes per env step between agents (protocol; heartbeats apart) against the centralised baseline\n"
+        "\n## Bytes per env step between agents (protocol; heartbeats apart) against the "
+        "centralised baseline\n"
     )
     print(
-        "| agents | p_loss | protocol msgs | protocol bytes (payload) | heartbeat msgs / bytes | baseline msgs | "
-        "baseline bytes (payload) | protocol / baseline bytes (payload) |"
+        "| agents | p_loss | protocol msgs | protocol bytes (payload) | heartbeat msgs / bytes | "
+        "baseline msgs | baseline bytes (payload) | protocol / baseline bytes (payload) |"
     )
     print("|---|---|---|---|---|---|---|---|")
     for n, bundle in bundles.items():
@@ -382,18 +393,19 @@ def bytes_table(bundles: dict[int, Path], out: Path, steps: int, results: dict[s
             results[f"bytes_{n}_{p}"] = {"protocol": pr, "liveness": hb, "baseline": base}
             print(
                 f"| {n} | {p} | {pr['msgs_per_step']:.2f} | {pr['bytes_per_step']:.0f} "
-                f"({pr['payload_bytes_per_step']:.0f}) | {hb['msgs_per_step']:.1f} / {hb['bytes_per_step']:.0f} | "
-                f"{base['msgs_per_step']:.0f} | {base['bytes_per_step']:.0f} "
-                f"({base['payload_bytes_per_step']:.0f}) | "
-                f"{rep['protocol_vs_baseline_bytes']:.3f} ({rep['protocol_vs_baseline_payload']:.3f}) |"
+                f"({pr['payload_bytes_per_step']:.0f}) | {hb['msgs_per_step']:.1f} / "
+                f"{hb['bytes_per_step']:.0f} | {base['msgs_per_step']:.0f} | "
+                f"{base['bytes_per_step']:.0f} ({base['payload_bytes_per_step']:.0f}) | "
+                f"{rep['protocol_vs_baseline_bytes']:.3f} "
+                f"({rep['protocol_vs_baseline_payload']:.3f}) |"
             )
 
 
 def sync_table(bundles: dict[int, Path], out: Path, steps: int, results: dict[str, Any]) -> None:
     print("\n## Incremental history sync against resending whole windows (p_loss 0.5)\n")
     print(
-        "| agents | history bytes per step: incremental, streamed | incremental, pull only | whole windows | "
-        "whole / streamed | whole / pull only |"
+        "| agents | history bytes per step: incremental, streamed | incremental, pull only | whole "
+        "windows | whole / streamed | whole / pull only |"
     )
     print("|---|---|---|---|---|---|")
     for n, bundle in bundles.items():
@@ -416,18 +428,19 @@ def sync_table(bundles: dict[int, Path], out: Path, steps: int, results: dict[st
             )
         results[f"sync_{n}"] = sizes
         print(
-            f"| {n} | {sizes[0]:.0f} | {sizes[1]:.0f} | {sizes[2]:.0f} | {sizes[2] / max(sizes[0], 1e-9):.1f}x | "
-            f"{sizes[2] / max(sizes[1], 1e-9):.1f}x |"
+            f"| {n} | {sizes[0]:.0f} | {sizes[1]:.0f} | {sizes[2]:.0f} | "
+            f"{sizes[2] / max(sizes[0], 1e-9):.1f}x | {sizes[2] / max(sizes[1], 1e-9):.1f}x |"
         )
 
 
 def scale_table(args: argparse.Namespace, steps: int, results: dict[str, Any]) -> None:
     print(
-        "\n## Largest swarm at 20 steps/s without deadline misses (ManySegmentSwimmer Nx2, p_loss 0.2, "
-        "deadline 50 ms)\n"
+        "\n## Largest swarm at 20 steps/s without deadline misses (ManySegmentSwimmer Nx2, p_loss "
+        "0.2, deadline 50 ms)\n"
     )
     print(
-        "| agents | deadline misses | reconstruction misses | round p50 / p99 ms | achieved steps/s |"
+        "| agents | deadline misses | reconstruction misses | round p50 / p99 ms | achieved "
+        "steps/s |"
     )
     print("|---|---|---|---|---|")
     sizes = [int(x) for x in args.sizes.split(",")][: 3 if args.quick else None]

@@ -1,13 +1,15 @@
-"""Where a reconstruction round's time goes: the milestones of every loss step, from the env host's fan-out.
+"""Where a reconstruction round's time goes: the milestones of every loss step, from the env host's
+fan-out.
 
-    python bench/swarm_timeline.py                       # tiny HalfCheetah 6x1 bundle, l = 20, 3000 steps
+    python bench/swarm_timeline.py                       # tiny HalfCheetah 6x1 bundle, l = 20,
+                                                         # 3000 steps
     python bench/swarm_timeline.py --bundle DIR --steps 1000 --p-loss 0.3
     python bench/swarm_timeline.py --transport ipc     # the launcher's default transport
 
-Runs a free-running swarm (tcp by default, incremental world model, Bernoulli loss) with ``RMIO_TRACE`` set, so
-every process records its milestones (rmio.runtime.timeline), then prints, for the steps where some
-agent was blind, when each milestone happened after the env host started sending that step's STEP
-messages, and how often each process's event loop woke up per step.
+Runs a free-running swarm (tcp by default, incremental world model, Bernoulli loss) with
+``RMIO_TRACE`` set, so every process records its milestones (rmio.runtime.timeline), then prints,
+for the steps where some agent was blind, when each milestone happened after the env host started
+sending that step's STEP messages, and how often each process's event loop woke up per step.
 """
 
 from __future__ import annotations
@@ -44,7 +46,8 @@ def load(trace_dir: Path) -> dict[str, list[list]]:
 def milestones(
     traces: dict[str, list[list]], skip: int = 100
 ) -> tuple[dict[str, list[float]], dict[str, float]]:
-    """Per milestone, its time (ms after the fan-out began) in every step with a blind agent; wake-ups per step."""
+    """Per milestone, its time (ms after the fan-out began) in every step with a blind agent;
+    wake-ups per step."""
     fanout = {e[2]: e[0] for e in traces["env"] if e[1] == "fanout"}
     at: dict[int, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
 
@@ -90,20 +93,25 @@ def milestones(
 
 
 def gc_pauses(traces: dict[str, list[list]]) -> str:
-    """Garbage collections after the first fan-out, over all processes: how many, and the longest."""
+    """Garbage collections after the first fan-out, over all processes: how many, and the
+    longest."""
     start = min((e[0] for e in traces["env"] if e[1] == "fanout"), default=0)
     pauses = [
         e[3] / 1e3 for events in traces.values() for e in events if e[1] == "gc" and e[0] > start
     ]
-    return f"garbage collections during the run: {len(pauses)}, longest {max(pauses, default=0.0):.2f} ms"
+    return (
+        f"garbage collections during the run: {len(pauses)}, longest "
+        f"{max(pauses, default=0.0):.2f} ms"
+    )
 
 
 def cpu_and_queue(traces: dict[str, list[list]], steps: int) -> list[str]:
-    """Per process, ms per env step that its event-loop thread and its ZeroMQ I/O thread ran on a CPU and
-    waited, runnable, for one (the two schedstat snapshots around the loop), and their time slices."""
+    """Per process, ms per env step that its event-loop thread and its ZeroMQ I/O thread ran on a
+    CPU and waited, runnable, for one (the two schedstat snapshots around the loop), and their time
+    slices."""
     lines = [
-        "| process | loop thread: CPU / waiting for a CPU (ms per step) | ZeroMQ I/O thread: CPU / waiting |"
-        " slices per step (both) |",
+        "| process | loop thread: CPU / waiting for a CPU (ms per step) | ZeroMQ I/O thread: CPU "
+        "/ waiting | slices per step (both) |",
         "|---|---|---|---|",
     ]
     for name, events in sorted(traces.items()):
@@ -168,9 +176,9 @@ def main() -> None:
     rows, wakes = milestones(traces)
     r = rep["latency"]["reconstruction_round (blind agent)"]
     print(
-        f"# Timeline of {len(rows['recon'])} loss steps ({os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}; "
-        f"{rep['env_steps'] / rep['seconds']:.0f} steps/s; round at the blind agent p50 {r['p50_ms']:.2f} / "
-        f"p99 {r['p99_ms']:.2f} ms{steal})\n"
+        f"# Timeline of {len(rows['recon'])} loss steps ({os.cpu_count()} cores, load "
+        f"{os.getloadavg()[0]:.1f}; {rep['env_steps'] / rep['seconds']:.0f} steps/s; round at the "
+        f"blind agent p50 {r['p50_ms']:.2f} / p99 {r['p99_ms']:.2f} ms{steal})\n"
     )
     print("| milestone (ms after the env host starts the STEP fan-out) | p50 | p90 | p99 |")
     print("|---|---|---|---|")

@@ -86,11 +86,11 @@ def main() -> None:
     lines = [
         f"Training runs: {machine}, {time.strftime('%Y-%m-%d')}. {args.note}".rstrip(),
         "",
-        f"Deterministic evaluation episodes in the real environment, complete observations. "
-        f"'at {args.budget:,}' is the last evaluation at or before that many real environment steps.",
+        "Deterministic evaluation episodes in the real environment, complete observations. 'at "
+        f"{args.budget:,}' is the last evaluation at or before that many real environment steps.",
         "",
-        f"| run | real env steps | eval at {args.budget:,} | final eval | best eval | collection steps/s | "
-        "imagined steps/s | overall real steps/s | wall h per 100k real steps |",
+        f"| run | real env steps | eval at {args.budget:,} | final eval | best eval | collection "
+        "steps/s | imagined steps/s | overall real steps/s | wall h per 100k real steps |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
 

@@ -98,7 +98,8 @@ def _speed_child(scenario: str, device: str, updates: int, threads: int) -> None
 def speed(device: str, updates: int, threads: int) -> None:
     print(f"World-model updates per second ({device}, {threads} torch threads): {machine()}\n")
     print(
-        "| scenario | params | batch x seq_len | updates/s | peak RSS (MiB) | peak GPU memory (MiB) |"
+        "| scenario | params | batch x seq_len | updates/s | peak RSS (MiB) | peak GPU memory "
+        "(MiB) |"
     )
     print("|---|---|---|---|---|---|")
     for scenario, label in SCENARIOS.items():
@@ -191,7 +192,8 @@ def reconstruction(run_dirs: list[str], p_mask: float = 0.5) -> None:
 
     print(f"Reconstruction of lost agents' observations on held-out episodes: {machine()}\n")
     print(
-        f"L_rec = SmoothL1 on lost agents, normalised units, test-time p_mask {p_mask}; lower is better.\n"
+        f"L_rec = SmoothL1 on lost agents, normalised units, test-time p_mask {p_mask}; lower is "
+        "better.\n"
     )
     print(
         "| run | scenario | fusion (obs/act) | data (env steps) | strategy | L_rec lost agents | "

@@ -1,1 +1,2 @@
-"""rmio.coordinator: world-model reconstruction service (on an agent or a standalone node); torch-free."""
+"""rmio.coordinator: world-model reconstruction service (on an agent or a standalone node);
+torch-free."""

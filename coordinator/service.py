@@ -51,7 +51,8 @@ class Round:
     waiting: set[int] = field(default_factory=set)
     """Agents whose step-t window the round waits for (asked, or streaming it unasked)."""
     have: set[int] = field(default_factory=set)
-    """Those of them whose window is complete in the cache (it stays complete until the round ends)."""
+    """Those of them whose window is complete in the cache (it stays complete until the round
+    ends)."""
     push_deadline: float = 0.0
     """When a streamed step still missing is asked for with a GATHER after all."""
     replied: set[int] = field(default_factory=set)
@@ -70,7 +71,8 @@ class Round:
 
 @dataclass
 class Chain:
-    """Incremental mode: the latent state after step t of episode ep, computed from zeros at step start."""
+    """Incremental mode: the latent state after step t of episode ep, computed from zeros at step
+    start."""
 
     ep: int
     t: int
@@ -79,7 +81,8 @@ class Chain:
 
 
 def _claim_fault(out_dir: str, name: str) -> bool:
-    """A one-shot fault fires in exactly one process of the run: the first to create its marker file."""
+    """A one-shot fault fires in exactly one process of the run: the first to create its marker
+    file."""
     path = Path(out_dir) / "faults" / name
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -179,7 +182,8 @@ class Coordinator:
         return r
 
     def _seq_of(self, ep: int, t: int) -> int:
-        """The env host's global step number of (ep, t): ours, or the next one if our STEP is still on its way."""
+        """The env host's global step number of (ep, t): ours, or the next one if our STEP is still
+        on its way."""
         return self.agent.seq + int((ep, t) > (self.agent.ep, self.agent.t))
 
     def _gather(self, r: Round, j: int, seq_t: int) -> None:
@@ -204,7 +208,8 @@ class Coordinator:
                 self.streaming.pop(j, None)
 
     def _renew(self, j: int, seq_t: int) -> None:
-        """Extend a subscription at half-life: one small message per agent every stream_steps / 2 steps."""
+        """Extend a subscription at half-life: one small message per agent every stream_steps / 2
+        steps."""
         until = self.streaming.get(j, -1)
         if self.stream_steps > 0 and until - seq_t < self.stream_steps // 2:
             until = seq_t + self.stream_steps
@@ -212,11 +217,12 @@ class Coordinator:
                 self.streaming[j] = until
 
     def own_step(self, ep: int, t: int, now: float) -> None:
-        """Our own STEP arrived: a round that only waited for it can run now, before our actor does."""
+        """Our own STEP arrived: a round that only waited for it can run now, before our actor
+        does."""
         self.poll(now)
 
-    # on_push and on_history only file what arrived: the agent's event loop polls the rounds once after
-    # every batch of messages, so a wake-up that brings several pushes checks them once.
+    # on_push and on_history only file what arrived: the agent's event loop polls the rounds once
+    # after every batch of messages, so a wake-up that brings several pushes checks them once.
 
     def on_push(self, msg: Message, now: float) -> None:
         """A step streamed unasked: cache it; a blind step is also that agent's loss report."""
@@ -276,7 +282,8 @@ class Coordinator:
         (r.observed if seen[-1] else r.lost).add(j)
 
     def poll(self, now: float) -> None:
-        """Run every round whose data is in (or whose deadline passed); time out world-model requests."""
+        """Run every round whose data is in (or whose deadline passed); time out world-model
+        requests."""
         agent = self.agent
         for r in list(self.rounds.values()):
             if r.state == "done":
@@ -318,7 +325,8 @@ class Coordinator:
                 self._gather(r, j, seq_t)
 
     def next_deadline(self, now: float) -> float:
-        """Seconds until the earliest deadline of a round still in progress (1 s when there is none)."""
+        """Seconds until the earliest deadline of a round still in progress (1 s when there is
+        none)."""
         first = now + 1.0
         own = (self.agent.ep, self.agent.t)
         for r in self.rounds.values():
@@ -406,7 +414,8 @@ class Coordinator:
         r.recon = recon
         r.state = "done"
         r.request = None
-        # the other blind agents first: a blind coordinator acting on its own row runs its actor inline
+        # the other blind agents first: a blind coordinator acting on its own row runs its actor
+        # inline
         me = self.agent.i
         for j in sorted(r.lost, key=lambda j: (j == me, j)):
             self._deliver_one(r, j)

@@ -4,7 +4,8 @@ It runs the same ``WorldModelRunner.replay`` as an on-agent coordinator, on the 
 onnxruntime has it (the CPU otherwise), so a swarm of small devices can keep its world model on one
 bigger machine. Stateless on purpose: in incremental mode the coordinator sends the latent state
 with the request and keeps the returned one, so a node restart loses nothing and any coordinator
-can use any node. Requests are checked against the bundle's shapes; a bad one is counted and dropped.
+can use any node. Requests are checked against the bundle's shapes; a bad one is counted and
+dropped.
 """
 
 from __future__ import annotations
@@ -40,7 +41,8 @@ class WorldModelNode:
 
     def run(self) -> None:
         deadline = time.monotonic() + self.settings.startup_timeout_s
-        # until a send goes through (ZeroMQ), or until the env host answers (datagrams prove nothing)
+        # until a send goes through (ZeroMQ), or until the env host answers (datagrams prove
+        # nothing)
         while not (
             self.node.send("env", "HELLO", inc=self.inc, role="wm", epoch=0, leader=-1)
             and self.node.confirms_delivery
@@ -128,5 +130,5 @@ _HANDLERS = {
     ("env", "STATS_REQ"): WorldModelNode._on_stats_req,
     ("a", "WM_REQ"): WorldModelNode._serve,
 }
-"""(sender kind, message type) -> handler: the launcher's and the env host's other messages are ignored,
-HELLO and HB from anyone too; anything else is dropped and counted."""
+"""(sender kind, message type) -> handler: the launcher's and the env host's other messages are
+ignored, HELLO and HB from anyone too; anything else is dropped and counted."""

@@ -1,4 +1,5 @@
-"""rmio.envs: one torch-free interface for every task, vectorised stepping and observation-loss models."""
+"""rmio.envs: one torch-free interface for every task, vectorised stepping and observation-loss
+models."""
 
 from __future__ import annotations
 

@@ -127,7 +127,8 @@ class TimeStep:
     """What an environment returns after ``reset`` or ``step``.
 
     ``reward``/``terminated``/``truncated`` describe the transition that led to ``obs`` (zero and
-    False after ``reset``). ``terminated`` means a true end (death, win); ``truncated`` a time limit.
+    False after ``reset``). ``terminated`` means a true end (death, win); ``truncated`` a time
+    limit.
     """
 
     obs: np.ndarray
@@ -183,11 +184,13 @@ class MultiAgentEnv(abc.ABC):
         if spec.discrete:
             if actions.shape != (spec.n_agents,):
                 raise ValueError(
-                    f"{spec.name}: expected actions of shape ({spec.n_agents},), got {actions.shape}"
+                    f"{spec.name}: expected actions of shape ({spec.n_agents},), got "
+                    f"{actions.shape}"
                 )
             return actions.astype(np.int64)
         if actions.shape != (spec.n_agents, spec.action_dim):
             raise ValueError(
-                f"{spec.name}: expected actions of shape ({spec.n_agents}, {spec.action_dim}), got {actions.shape}"
+                f"{spec.name}: expected actions of shape ({spec.n_agents}, {spec.action_dim}), got "
+                f"{actions.shape}"
             )
         return actions.astype(np.float32)

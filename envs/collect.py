@@ -16,7 +16,8 @@ from rmio.envs.trajectory import EpisodeBuilder, TrajectoryBuffer
 from rmio.envs.vector import make_vector_env
 
 Policy = Callable[[np.ndarray, np.ndarray, np.ndarray | None], np.ndarray]
-"""(obs (B, n, obs_dim) with lost rows zeroed, observed (B, n), avail (B, n, A) or None) -> actions."""
+"""(obs (B, n, obs_dim) with lost rows zeroed, observed (B, n), avail (B, n, A) or None) ->
+actions."""
 
 
 def random_policy(spec: EnvSpec, seed: int) -> Policy:

@@ -50,8 +50,9 @@ class LossConfig:
             limit = self.mean_burst_length / (self.mean_burst_length + 1.0)
             if self.p_loss > limit:
                 raise ConfigError(
-                    f"loss.p_loss={self.p_loss} is unreachable with mean_burst_length={self.mean_burst_length}: "
-                    f"bursts that short allow at most {limit:.3f}; raise mean_burst_length or lower p_loss"
+                    f"loss.p_loss={self.p_loss} is unreachable with "
+                    f"mean_burst_length={self.mean_burst_length}: bursts that short allow at most "
+                    f"{limit:.3f}; raise mean_burst_length or lower p_loss"
                 )
         if self.blackout_length < 1:
             raise ConfigError(f"loss.blackout_length must be >= 1, got {self.blackout_length}")
@@ -134,7 +135,8 @@ class BurstLoss(LossModel):
 
 
 class BlackoutLoss(LossModel):
-    """Every agent is blind for ``length`` steps; a blackout starts with probability ``rate`` a step."""
+    """Every agent is blind for ``length`` steps; a blackout starts with probability ``rate`` a
+    step."""
 
     def __init__(self, n_agents: int, length: int, rate: float, seed: int | None = None) -> None:
         super().__init__(n_agents, seed)

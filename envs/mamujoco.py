@@ -28,8 +28,8 @@ def parse_scenario(scenario: str) -> tuple[str, str]:
     m = _SCENARIO_RE.match(scenario)
     if not m:
         raise ConfigError(
-            f"MaMuJoCo scenario '{scenario}' is not of the form <Robot>-<agent_conf>, e.g. HalfCheetah-6x1 "
-            f"(known: {', '.join(SCENARIOS)})"
+            f"MaMuJoCo scenario '{scenario}' is not of the form <Robot>-<agent_conf>, e.g. "
+            f"HalfCheetah-6x1 (known: {', '.join(SCENARIOS)})"
         )
     return m["robot"], m["conf"]
 
@@ -39,8 +39,8 @@ def _asset_lock(robot: str):
     """Serialise building ManySegment* robots across processes.
 
     gymnasium_robotics writes their generated XML to one fixed path inside its package, loads it and
-    deletes it, so two processes building the same robot at once (vectorised copies, an env host next
-    to a trainer) delete each other's file. A file lock around the build removes the race.
+    deletes it, so two processes building the same robot at once (vectorised copies, an env host
+    next to a trainer) delete each other's file. A file lock around the build removes the race.
     """
     if not robot.startswith("ManySegment"):
         yield
@@ -60,8 +60,9 @@ def _asset_lock(robot: str):
 
 
 def _import_mamujoco():
-    """Import quietly: gymnasium_robotics prints a notice about unrelated Adroit tasks to stderr, and
-    MuJoCo warns about a deprecated attribute in the bundled robot XML; both go to our debug log."""
+    """Import quietly: gymnasium_robotics prints a notice about unrelated Adroit tasks to stderr,
+    and MuJoCo warns about a deprecated attribute in the bundled robot XML; both go to our debug
+    log."""
     import mujoco
 
     mujoco.set_mju_user_warning(lambda msg: log.debug("mujoco: %s", msg))
@@ -86,8 +87,8 @@ class MaMuJoCoEnv(MultiAgentEnv):
                 )
         except Exception as exc:  # the library raises many kinds for a bad name or partition
             raise ConfigError(
-                f"MaMuJoCo cannot build scenario '{cfg.scenario}' (robot '{robot}', agent_conf '{conf}'): {exc}. "
-                f"Known scenarios: {', '.join(SCENARIOS)}"
+                f"MaMuJoCo cannot build scenario '{cfg.scenario}' (robot '{robot}', agent_conf "
+                f"'{conf}'): {exc}. Known scenarios: {', '.join(SCENARIOS)}"
             ) from None
         self._agents = list(self._env.possible_agents)
         spaces = [self._env.action_space(a) for a in self._agents]

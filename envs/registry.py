@@ -51,7 +51,8 @@ FAMILIES: dict[str, Family] = {
             "ManySegmentSwimmer-10x2",
         ),
         None,
-        "Multi-agent MuJoCo (gymnasium_robotics.mamujoco_v1); any <Robot>-<agent_conf> it accepts works",
+        "Multi-agent MuJoCo (gymnasium_robotics.mamujoco_v1); any <Robot>-<agent_conf> it accepts "
+        "works",
     ),
     "smax": Family(
         "smax",

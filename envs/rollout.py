@@ -1,4 +1,5 @@
-"""Run whole episodes of one environment under a loss model, recording what happened at every step."""
+"""Run whole episodes of one environment under a loss model, recording what happened at every
+step."""
 
 from __future__ import annotations
 
@@ -51,7 +52,8 @@ def run_episodes(
     seed: int = 0,
     on_step: Callable[[int, int, float, np.ndarray], None] | None = None,
 ) -> list[EpisodeRecord]:
-    """Episode k is seeded with ``seed + k`` (environment and loss model), so runs are reproducible."""
+    """Episode k is seeded with ``seed + k`` (environment and loss model), so runs are
+    reproducible."""
     records = []
     with make_env(env_cfg) as base:
         env = LossyEnv(base, make_loss_model(loss_cfg, base.spec.n_agents, seed))

@@ -103,7 +103,8 @@ class EpisodeBuilder:
         observed: np.ndarray | None = None,
         avail: np.ndarray | None = None,
     ) -> bool:
-        """Record the action taken at the last row and the step's outcome; True when the episode ended."""
+        """Record the action taken at the last row and the step's outcome; True when the episode
+        ended."""
         if not self.rows:
             raise RuntimeError("EpisodeBuilder.add before start")
         self.rows[-1]["action"] = action
@@ -206,7 +207,8 @@ class TrajectoryBuffer:
                 raise RmioError(f"trajectory {where}: field '{name}' has NaN or inf in {bad} rows")
 
     def save(self, path: str | Path) -> Path:
-        """Write atomically (temporary file, then rename) so an interrupted save loses nothing old."""
+        """Write atomically (temporary file, then rename) so an interrupted save loses nothing
+        old."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         header = {"format_version": FORMAT_VERSION, "spec": self.spec.to_dict(), "meta": self.meta}
@@ -230,7 +232,8 @@ class TrajectoryBuffer:
         version = header.get("format_version")
         if version != FORMAT_VERSION:
             raise RmioError(
-                f"trajectory file '{path}' has format version {version}, this rmio reads {FORMAT_VERSION}"
+                f"trajectory file '{path}' has format version {version}, this rmio reads "
+                f"{FORMAT_VERSION}"
             )
         buf = cls.__new__(cls)
         buf.spec = EnvSpec.from_dict(header["spec"])

@@ -1,7 +1,7 @@
-"""The in-process baselines of a swarm report: the same bundle, seeds and loss masks evaluated in one
-process with the world model, zero-fill and hold-last, so a reader sees what the swarm reproduced
-(world model) and what reconstruction bought (the other two). Computed after the swarm has exited,
-never by the env host."""
+"""The in-process baselines of a swarm report: the same bundle, seeds and loss masks evaluated in
+one process with the world model, zero-fill and hold-last, so a reader sees what the swarm
+reproduced (world model) and what reconstruction bought (the other two). Computed after the swarm
+has exited, never by the env host."""
 
 from __future__ import annotations
 
@@ -17,7 +17,8 @@ from rmio.runtime.vocabulary import STRATEGIES
 
 
 def baselines(settings: SwarmSettings) -> dict[str, Any]:
-    """Mean and per-episode returns of the in-process evaluation for each reconstruction strategy."""
+    """Mean and per-episode returns of the in-process evaluation for each reconstruction
+    strategy."""
     s = settings
     out = {}
     for recon in STRATEGIES:

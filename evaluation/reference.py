@@ -1,10 +1,11 @@
-"""In-process conditional-CTDE evaluation of a bundle, with exactly the swarm's semantics and seeding.
+"""In-process conditional-CTDE evaluation of a bundle, with exactly the swarm's semantics and
+seeding.
 
 It is the yardstick for the swarm: same env seeds (episode k uses seed + k) and loss masks as
 rmio.envs.rollout and the env host, the same per-agent batch-1 actor calls, the same windows and
 the same incremental continuation rule as the coordinator. With no deadline missed and no process
-fault the swarm's returns equal these exactly; ``recon="zero-fill"`` and ``"hold-last"`` give the baselines that
-show what reconstruction buys.
+fault the swarm's returns equal these exactly; ``recon="zero-fill"`` and ``"hold-last"`` give the
+baselines that show what reconstruction buys.
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ class _Chain:
 
 
 class ReferencePolicy:
-    """Joint policy of n agents under loss: own observation, else reconstruction / zeros / hold-last."""
+    """Joint policy of n agents under loss: own observation, else reconstruction / zeros /
+    hold-last."""
 
     def __init__(
         self, bundle: str | Path, recon: str = "world-model", wm_mode: str = "window"
@@ -56,7 +58,8 @@ class ReferencePolicy:
         self.recons: dict[int, np.ndarray] = {}
 
     def window(self, t: int, start: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """obs (T, n, d), prev actions a_{start-1..t-1} (T, n, ...), masks (T, n) for steps start..t."""
+        """obs (T, n, d), prev actions a_{start-1..t-1} (T, n, ...), masks (T, n) for steps
+        start..t."""
         obs = np.stack(self.obs[start : t + 1])
         masks = np.stack(self.masks[start : t + 1]).astype(np.float32)
         none = np.stack([self.codec.none()] * self.spec.n_agents)
@@ -111,9 +114,10 @@ def evaluate(
     wm_mode: str = "window",
     trace: bool = False,
 ) -> list[dict[str, Any]]:
-    """Episode k seeded with seed + k, loss model seeded with seed (as rmio.envs.rollout.run_episodes).
-    With ``trace``, each row also holds the episode's joint actions and observation masks, step by step
-    (what a swarm run's env host records), so a swarm can be compared with it action for action."""
+    """Episode k seeded with seed + k, loss model seeded with seed (as
+    rmio.envs.rollout.run_episodes). With ``trace``, each row also holds the episode's joint actions
+    and observation masks, step by step (what a swarm run's env host records), so a swarm can be
+    compared with it action for action."""
     policy = ReferencePolicy(bundle, recon, wm_mode)
     out = []
     with make_env(env_cfg) as base:

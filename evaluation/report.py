@@ -1,4 +1,5 @@
-"""Writing a robustness sweep: JSON (everything), a markdown table (mean ± spread, AUC) and a PNG of the curves."""
+"""Writing a robustness sweep: JSON (everything), a markdown table (mean ± spread, AUC) and a PNG
+of the curves."""
 
 from __future__ import annotations
 
@@ -27,9 +28,9 @@ def markdown(result: dict[str, Any]) -> str:
     lines = [
         f"# Robustness: {result['scenario']}",
         "",
-        f"{metric.replace('_', ' ')} against p_loss ({result['loss_model']} loss), mean ± std over "
-        f"{result['seeds']} seed families of {result['episodes']} episodes each; world model in "
-        f"{result['wm_mode']} mode, episode length {length}. Measured on "
+        f"{metric.replace('_', ' ')} against p_loss ({result['loss_model']} loss), mean ± std "
+        f"over {result['seeds']} seed families of {result['episodes']} episodes each; world model "
+        f"in {result['wm_mode']} mode, episode length {length}. Measured on "
         f"{result.get('machine', '?')}, {result.get('date', '?')}.",
         "",
         "| p_loss | " + " | ".join(strategies) + " |",
@@ -52,8 +53,9 @@ def markdown(result: dict[str, Any]) -> str:
     rnd = summary["random"]
     lines += [
         "",
-        f"Random policy: {_pm(rnd['mean'], rnd['std'], digits)}. AUC = 100 x trapezoid over p_loss of "
-        "(R(p) - R_random) / (R(0) - R_random), per seed family, then mean ± std (docs/ARCHITECTURE.md).",
+        f"Random policy: {_pm(rnd['mean'], rnd['std'], digits)}. AUC = 100 x trapezoid over p_loss "
+        "of (R(p) - R_random) / (R(0) - R_random), per seed family, then mean ± std "
+        "(docs/ARCHITECTURE.md).",
         "At p_loss 0 nothing is lost, so every strategy is the plain policy (run once).",
     ]
     if "also" in summary:
@@ -83,8 +85,8 @@ def markdown(result: dict[str, Any]) -> str:
         ]
         for row in result["swarm"]:
             lines.append(
-                f"| {row['strategy']} | {row['p_loss']:g} | {_pm(row['mean'], row['std'], digits)} | "
-                f"{row['bytes_per_step']:.0f} | {row['msgs_per_step']:.2f} | {_ms(row, 'p50')} / "
+                f"| {row['strategy']} | {row['p_loss']:g} | {_pm(row['mean'], row['std'], digits)} "
+                f"| {row['bytes_per_step']:.0f} | {row['msgs_per_step']:.2f} | {_ms(row, 'p50')} / "
                 f"{_ms(row, 'p99')} | {row['deadline_misses']} |"
             )
     return "\n".join(lines) + "\n"

@@ -1,13 +1,14 @@
-"""Robustness under observation loss, in-process: return (or win rate) against p_loss for each strategy.
+"""Robustness under observation loss, in-process: return (or win rate) against p_loss for each
+strategy.
 
 This is the paper's headline measurement (RMIOv2 Fig. 8, Tables 1-2) with the metric of
 docs/ARCHITECTURE.md. It runs the bundle's own ONNX graphs with onnxruntime, exactly what the swarm
 runs, but batched: the ``episodes`` of a seed family step in lockstep, one actor call serves every
 agent of every environment, and one world-model call per window step serves every environment that
-has a blind agent. The semantics are the swarm's (rmio.evaluation.reference): episode k of seed family
-s uses env seed ``s * SEED_STRIDE + k`` and the loss masks that seed implies, and a reconstruction
-replays the last ``l`` steps from zeros (``window``) or continues the previous chain (``incremental``).
-Numbers therefore line up with ``rmio swarm launch`` run on the same seeds.
+has a blind agent. The semantics are the swarm's (rmio.evaluation.reference): episode k of seed
+family s uses env seed ``s * SEED_STRIDE + k`` and the loss masks that seed implies, and a
+reconstruction replays the last ``l`` steps from zeros (``window``) or continues the previous chain
+(``incremental``). Numbers therefore line up with ``rmio swarm launch`` run on the same seeds.
 """
 
 from __future__ import annotations
@@ -39,8 +40,8 @@ log = logging.getLogger(__name__)
 SEED_STRIDE = 1000
 """Seed family s runs episodes with env seeds s*SEED_STRIDE + k."""
 STRATEGIES = EVAL_STRATEGIES
-"""What a blind agent acts on: the fine-tuned world model's reconstruction, its last real observation,
-zeros, or the reconstruction of the world model before masked fine-tuning."""
+"""What a blind agent acts on: the fine-tuned world model's reconstruction, its last real
+observation, zeros, or the reconstruction of the world model before masked fine-tuning."""
 
 
 @dataclass
@@ -53,7 +54,8 @@ class Episode:
 
 
 class BatchedPolicy:
-    """The joint policy of ``n_envs`` environments under loss, one strategy, batched over environments."""
+    """The joint policy of ``n_envs`` environments under loss, one strategy, batched over
+    environments."""
 
     def __init__(
         self,
@@ -98,7 +100,8 @@ class BatchedPolicy:
         return np.stack(rows)
 
     def _reconstruct(self, t: int, envs: np.ndarray, out: np.ndarray) -> None:
-        """Reconstructions of step t for ``envs`` into ``out`` (E, n, d), grouped by window start."""
+        """Reconstructions of step t for ``envs`` into ``out`` (E, n, d), grouped by window
+        start."""
         assert self.wm is not None
         incremental = self.wm_mode == "incremental"
         if incremental and self.chain is None:
@@ -132,7 +135,8 @@ class BatchedPolicy:
     def act(
         self, obs: np.ndarray, observed: np.ndarray, avail: np.ndarray | None, active: np.ndarray
     ) -> np.ndarray:
-        """Joint actions (E, n, ...) for step t; rows of inactive (finished) environments are ignored."""
+        """Joint actions (E, n, ...) for step t; rows of inactive (finished) environments are
+        ignored."""
         t = len(self.obs)
         seen = np.asarray(obs, np.float32) * observed[..., None]
         self.obs.append(seen)
@@ -242,7 +246,8 @@ def score(episodes: list[dict[str, Any]], metric: str) -> float:
 
 
 def auc(p_loss: list[float], values: list[float], at_zero: float, random: float) -> float:
-    """docs/ARCHITECTURE.md: R~(p) = (R(p) - R_random) / (R(0) - R_random); trapezoid over p, times 100.
+    """docs/ARCHITECTURE.md: R~(p) = (R(p) - R_random) / (R(0) - R_random); trapezoid over p,
+    times 100.
 
     NaN when the policy is no better than random at p_loss 0 (the normalisation is undefined)."""
     span = at_zero - random
@@ -253,7 +258,8 @@ def auc(p_loss: list[float], values: list[float], at_zero: float, random: float)
 
 
 def resolve_bundle(path: Path, console: Any = None) -> Path:
-    """A bundle directory as is; a training run directory: its ``bundle/`` (exported first if missing)."""
+    """A bundle directory as is; a training run directory: its ``bundle/`` (exported first if
+    missing)."""
     path = Path(path)
     if (path / "manifest.json").is_file():
         return path
@@ -298,8 +304,9 @@ def sweep(
         raise RmioError(f"bundle '{bundle}' has no actor.onnx: export a run that trained a policy")
     if "no-finetune" in strategies and "wm_step_pretrain" not in manifest.files:
         raise RmioError(
-            f"bundle '{bundle}' has no pre-fine-tuning world model (wm_step_pretrain.onnx), which the "
-            "no-finetune strategy needs: re-export a run that has both wm_pretrain.pt and wm_finetune.pt"
+            f"bundle '{bundle}' has no pre-fine-tuning world model (wm_step_pretrain.onnx), which "
+            "the no-finetune strategy needs: re-export a run that has both wm_pretrain.pt and "
+            "wm_finetune.pt"
         )
     if any(not 0.0 <= p <= 1.0 for p in p_loss):
         raise RmioError(f"p_loss values must lie in [0, 1], got {p_loss}")
@@ -392,7 +399,8 @@ def _row(strategy: str, p: float, seed: int, eps: list[Episode], seconds: float)
 
 
 def summarise(result: dict[str, Any]) -> dict[str, Any]:
-    """Per strategy: the curve (mean and spread over seed families) and the AUC (mean and spread)."""
+    """Per strategy: the curve (mean and spread over seed families) and the AUC (mean and
+    spread)."""
     metric, p_loss, rows = result["metric"], result["p_loss"], result["rows"]
     seeds = sorted({r["seed"] for r in rows})
     value = {(r["strategy"], r["p_loss"], r["seed"]): score(r["episodes"], metric) for r in rows}
@@ -468,8 +476,9 @@ def swarm_sweep(
     transport: str = "ipc",
     progress: Callable[[str, int], None] | None = None,
 ) -> list[dict[str, Any]]:
-    """The same sweep through `rmio swarm launch` (real processes): one swarm per strategy, p_loss and seed
-    family, on the same episode seeds; adds communication and latency. no-finetune has no swarm mode."""
+    """The same sweep through `rmio swarm launch` (real processes): one swarm per strategy, p_loss
+    and seed family, on the same episode seeds; adds communication and latency. no-finetune has no
+    swarm mode."""
     from rmio.runtime.launcher import Launcher, build_settings
 
     tick = progress or (lambda what, k: None)
@@ -520,7 +529,8 @@ def swarm_sweep(
 
 
 def swarm_auc(result: dict[str, Any]) -> dict[str, float]:
-    """AUC of the swarm's curve per strategy (seed-family means), normalised by the in-process random policy."""
+    """AUC of the swarm's curve per strategy (seed-family means), normalised by the in-process
+    random policy."""
     out: dict[str, float] = {}
     rows = result.get("swarm") or []
     random = result["summary"]["random"]["mean"]

@@ -1,4 +1,5 @@
-"""Trained model bundles shipped with rmio (see each folder's MODEL_CARD.md), and how to find them."""
+"""Trained model bundles shipped with rmio (see each folder's MODEL_CARD.md), and how to find
+them."""
 
 from __future__ import annotations
 
@@ -26,8 +27,9 @@ def shipped_bundles() -> list[str]:
 
 
 def find_bundle(name_or_path: str | Path) -> Path:
-    """A directory as given when it exists; otherwise a shipped bundle named ``NAME`` or ``models/NAME``, so
-    shipped bundles work from any directory and from an installed wheel. Raises RmioError naming both."""
+    """A directory as given when it exists; otherwise a shipped bundle named ``NAME`` or
+    ``models/NAME``, so shipped bundles work from any directory and from an installed wheel. Raises
+    RmioError naming both."""
     path = Path(name_or_path)
     if path.is_dir():
         return path
@@ -43,7 +45,8 @@ def find_bundle(name_or_path: str | Path) -> Path:
 
 
 def resolve_model_path(path: str | Path) -> Path:
-    """``path`` as given if it exists, else ``models/NAME`` looked up among the bundles shipped in the package."""
+    """``path`` as given if it exists, else ``models/NAME`` looked up among the bundles shipped in
+    the package."""
     path = Path(path)
     if not path.exists() and path.parts[:1] == ("models",):
         shipped = HERE.joinpath(*path.parts[1:])

@@ -1,4 +1,5 @@
-"""rmio: robust multi-agent world models and a swarm runtime that keeps acting under observation loss."""
+"""rmio: robust multi-agent world models and a swarm runtime that keeps acting under observation
+loss."""
 
 from __future__ import annotations
 

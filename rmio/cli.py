@@ -121,7 +121,8 @@ def config_show(cfg: Any) -> None:
 def collect(cfg: Any, out: Path | None, steps: int | None) -> None:
     """Collect real trajectories with a uniform random policy under the config's loss model.
 
-    Writes a trajectory buffer (.npz) that world-model training reads, and the resolved config next to it.
+    Writes a trajectory buffer (.npz) that world-model training reads, and the resolved config next
+    to it.
     """
     from rich.progress import (
         BarColumn,
@@ -192,8 +193,9 @@ def collect(cfg: Any, out: Path | None, steps: int | None) -> None:
 def demo(
     bundle: Path | None, p_loss: str, episodes: int, steps: int, transport: str, out: Path
 ) -> None:
-    """Launch the real swarm on the committed HalfCheetah 6x1 bundle under observation loss: world-model
-    reconstruction against zero-fill, with return, AUC, bytes per step and reconstruction latency."""
+    """Launch the real swarm on the committed HalfCheetah 6x1 bundle under observation loss:
+    world-model reconstruction against zero-fill, with return, AUC, bytes per step and
+    reconstruction latency."""
     from rmio.cli_eval import parse_floats
     from rmio.demo import run_demo
 
@@ -209,7 +211,8 @@ _register_training(cli)
 
 
 def _swarm_run_options(fn: Callable) -> Callable:
-    """Options shared by `swarm launch` and `swarm roster` (everything the processes must agree on)."""
+    """Options shared by `swarm launch` and `swarm roster` (everything the processes must agree
+    on)."""
     options = [
         click.argument("bundle", type=BUNDLE),
         click.option(
@@ -243,7 +246,8 @@ def _swarm_run_options(fn: Callable) -> Callable:
             "--loss-model",
             type=click.Path(exists=True, dir_okay=False, path_type=Path),
             default=None,
-            help="YAML: a mapping of loss settings (model, p_loss, ...) or a list of schedule entries.",
+            help="YAML: a mapping of loss settings (model, p_loss, ...) or a list of schedule "
+            "entries.",
         ),
         click.option(
             "--world-model",
@@ -271,8 +275,8 @@ def _swarm_run_options(fn: Callable) -> Callable:
             "--stream-steps",
             type=click.IntRange(min=0),
             default=None,
-            help="After a round, agents stream each new step to the coordinator for this many steps, "
-            "so rounds need no GATHER (0: pull only) [the bundle's window].",
+            help="After a round, agents stream each new step to the coordinator for this many "
+            "steps, so rounds need no GATHER (0: pull only) [the bundle's window].",
         ),
         click.option(
             "--kill-agent",
@@ -300,7 +304,8 @@ def _swarm_run_options(fn: Callable) -> Callable:
             type=click.Choice(["ipc", "tcp", "udp"]),
             default="ipc",
             show_default=True,
-            help="ZeroMQ over Unix sockets or tcp, or one UDP datagram per message (fewest wake-ups).",
+            help="ZeroMQ over Unix sockets or tcp, or one UDP datagram per message (fewest "
+            "wake-ups).",
         ),
         click.option(
             "--step-deadline-ms",
@@ -346,7 +351,8 @@ def swarm() -> None:
 @_swarm_run_options
 @click.option("--out", type=click.Path(path_type=Path), default=Path("results"), show_default=True)
 def swarm_launch(out: Path, **options: Any) -> None:
-    """Start the whole swarm on this machine, show a live status line, write a report (JSON + markdown)."""
+    """Start the whole swarm on this machine, show a live status line, write a report (JSON +
+    markdown)."""
     from rmio.cli_swarm import run_launch
     from rmio.runtime.launcher import build_settings
 

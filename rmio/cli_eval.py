@@ -1,4 +1,5 @@
-"""`rmio eval robustness`: the paper's robustness curve from a bundle (torch-free) or a run (exported first)."""
+"""`rmio eval robustness`: the paper's robustness curve from a bundle (torch-free) or a run
+(exported first)."""
 
 from __future__ import annotations
 
@@ -38,7 +39,8 @@ def run_robustness(
     transport: str = "ipc",
     quiet: bool = False,
 ) -> dict[str, Any]:
-    """Sweep in-process (and through the swarm), write JSON / markdown / PNG into ``out``, print the table."""
+    """Sweep in-process (and through the swarm), write JSON / markdown / PNG into ``out``, print the
+    table."""
     from rich.markdown import Markdown
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -153,7 +155,8 @@ def register(eval_group: click.Group) -> None:
         transport: str,
         out: Path | None,
     ) -> None:
-        """Return (win rate on SMAX/SMAC) against p_loss per strategy, with AUC; JSON, markdown and a PNG."""
+        """Return (win rate on SMAX/SMAC) against p_loss per strategy, with AUC; JSON, markdown and
+        a PNG."""
         from rmio.console import console
 
         names = [s.strip() for s in strategies.split(",") if s.strip()]

@@ -13,8 +13,8 @@ import click
 
 class BundleParam(click.ParamType):
     """A bundle directory, or the name of a bundle shipped with rmio (``halfcheetah_6x1`` or
-    ``models/halfcheetah_6x1``), from any working directory. With ``runs=True`` a training run directory
-    is accepted too (the caller exports it)."""
+    ``models/halfcheetah_6x1``), from any working directory. With ``runs=True`` a training run
+    directory is accepted too (the caller exports it)."""
 
     name = "bundle"
 
@@ -36,7 +36,8 @@ BUNDLE_OR_RUN = BundleParam(runs=True)
 
 
 def config_options(default: str | None = None) -> Callable:
-    """CONFIG argument plus --debug and --set, shared by every command that reads a scenario config."""
+    """CONFIG argument plus --debug and --set, shared by every command that reads a scenario
+    config."""
 
     def decorate(fn: Callable) -> Callable:
         @click.argument("config", required=default is None, default=default)

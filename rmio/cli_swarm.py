@@ -1,6 +1,6 @@
-"""`rmio swarm launch` as a user runs it: the live status line, the in-process baselines added to the
-report once the swarm has exited, and the summary table. Application side: the runtime only runs the
-swarm (rmio.runtime.launcher); evaluation comes after it (rmio.evaluation)."""
+"""`rmio swarm launch` as a user runs it: the live status line, the in-process baselines added to
+the report once the swarm has exited, and the summary table. Application side: the runtime only runs
+the swarm (rmio.runtime.launcher); evaluation comes after it (rmio.evaluation)."""
 
 from __future__ import annotations
 
@@ -14,14 +14,16 @@ from rmio.runtime.settings import SwarmSettings
 
 
 def run_launch(settings: SwarmSettings, out_root: Path, console: Any) -> dict[str, Any]:
-    """`rmio swarm launch`: run with a live status line, then print the summary and the report's paths."""
+    """`rmio swarm launch`: run with a live status line, then print the summary and the report's
+    paths."""
     from rich.live import Live
     from rich.text import Text
 
     run_dir = Path(out_root) / f"swarm-{time.strftime('%Y%m%d-%H%M%S')}"
     console.print(
-        f"[bold]rmio swarm[/]: {settings.env.get('scenario')} with {settings.n_agents} agent processes, "
-        f"loss {settings.loss}, world model {settings.world_model}, transport {settings.transport}"
+        f"[bold]rmio swarm[/]: {settings.env.get('scenario')} with {settings.n_agents} agent "
+        f"processes, loss {settings.loss}, world model {settings.world_model}, transport "
+        f"{settings.transport}"
     )
     line = Text("starting processes...")
     with Live(line, console=console, transient=True, refresh_per_second=8) as live:
@@ -31,9 +33,9 @@ def run_launch(settings: SwarmSettings, out_root: Path, console: Any) -> dict[st
                 live.update(Text("collecting statistics..."))
                 return
             text = (
-                f"episode {st['episode']} step {st['step']}  return {st['return']:.2f}  blind {st['blind']}  "
-                f"dead {st['dead']}  coordinator a{st['coordinator']} (epoch {st['epoch']})  "
-                f"{st['msgs_per_step']:.1f} msgs/step"
+                f"episode {st['episode']} step {st['step']}  return {st['return']:.2f}  blind "
+                f"{st['blind']}  dead {st['dead']}  coordinator a{st['coordinator']} (epoch "
+                f"{st['epoch']})  {st['msgs_per_step']:.1f} msgs/step"
             )
             if st.get("done"):
                 live.console.print(

@@ -1,4 +1,5 @@
-"""`rmio train`, `rmio eval` and `rmio export`: the PyTorch half, imported lazily (needs the `train` extra)."""
+"""`rmio train`, `rmio eval` and `rmio export`: the PyTorch half, imported lazily (needs the `train`
+extra)."""
 
 from __future__ import annotations
 
@@ -44,7 +45,8 @@ def train() -> None:
 def _start_run(
     cfg: Any, run_dir: Path | None, algo: str, device: str, module: str, function: str
 ) -> None:
-    """New or resumed run directory, then the trainer ``module.function(cfg, run_dir, device, console)``."""
+    """New or resumed run directory, then the trainer ``module.function(cfg, run_dir, device,
+    console)``."""
     import importlib
 
     _require_torch()
@@ -60,8 +62,8 @@ def _start_run(
 @run_dir_option
 @device_option
 def world_model(cfg: Any, run_dir: Path | None, device: str, algo: str | None = None) -> None:
-    """Pre-train the RMIOv2 world model on real trajectories (collected first, with a random policy or
-    the actor of --set run.data_policy=RUN/policy.pt).
+    """Pre-train the RMIOv2 world model on real trajectories (collected first, with a random policy
+    or the actor of --set run.data_policy=RUN/policy.pt).
 
     Re-running with the same --run-dir resumes from the last checkpoint.
     """
@@ -167,7 +169,8 @@ register_robustness(eval_group)
 def export(
     run_dir: Path | None, out: Path | None, check_dir: Path | None, policy: Path | None
 ) -> None:
-    """Export the (fine-tuned) world model as a one-step ONNX graph plus manifest, checked against PyTorch."""
+    """Export the (fine-tuned) world model as a one-step ONNX graph plus manifest, checked against
+    PyTorch."""
     # onnxruntime alone: a deployment can check a bundle without torch
     if check_dir is not None:
         from rmio.runtime.validate import check_bundle
@@ -193,8 +196,9 @@ def export(
 )
 @device_option
 def ablate(sweep: str, debug: bool, out: Path | None, device: str) -> None:
-    """Run an ablation table (configs/ablations: fusion_halfcheetah_6x1, p_mask_halfcheetah_6x1, or a YAML):
-    train every variant, then report L_rec of lost agents and the robustness AUC side by side."""
+    """Run an ablation table (configs/ablations: fusion_halfcheetah_6x1, p_mask_halfcheetah_6x1, or
+    a YAML): train every variant, then report L_rec of lost agents and the robustness AUC side by
+    side."""
     _require_torch()
     from rmio.train.ablation import run_ablation
 
@@ -239,7 +243,8 @@ def plot(run_dirs: tuple[Path, ...], out: Path, metric: str) -> None:
 
 
 def register(cli: click.Group) -> None:
-    """Attach the training, evaluation and export commands to the main group (keeps cli.py free of torch)."""
+    """Attach the training, evaluation and export commands to the main group (keeps cli.py free of
+    torch)."""
     cli.add_command(ablate)
     cli.add_command(plot)
     cli.add_command(train)

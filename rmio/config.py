@@ -1,12 +1,12 @@
 """Scenario configs: YAML files validated against typed dataclasses.
 
 A config file has one mapping per section (``env``, ``loss``, ``run``, ...). The ``debug`` preset
-(tiny CI-sized runs, ``--debug``) is defined once per task family, in ``configs/debug/<family>.yaml``
-with the same shape, and merged over the config; a config may add an optional ``debug`` mapping of its
-own exceptions, merged last. Single keys can be overridden from the command line
-(``--set loss.p_loss=0.3``). Unknown keys and wrong types are errors that name the file and the dotted
-key. The resolved config is saved next to a run's outputs together with a hash, so any result can be
-traced back to exactly what produced it.
+(tiny CI-sized runs, ``--debug``) is defined once per task family, in
+``configs/debug/<family>.yaml`` with the same shape, and merged over the config; a config may add an
+optional ``debug`` mapping of its own exceptions, merged last. Single keys can be overridden from
+the command line (``--set loss.p_loss=0.3``). Unknown keys and wrong types are errors that name the
+file and the dotted key. The resolved config is saved next to a run's outputs together with a hash,
+so any result can be traced back to exactly what produced it.
 """
 
 from __future__ import annotations
@@ -44,9 +44,9 @@ ALGORITHMS: dict[str, dict[str, Any]] = {
 }
 _EXPONENT_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+")
 
-# Keys configs no longer have, and why. A scenario file or a --set override that names one is refused like
-# any unknown key; configs recorded before it was retired (a run directory's config.yaml, a checkpoint's
-# config) still load without it, since it never had an effect.
+# Keys configs no longer have, and why. A scenario file or a --set override that names one is
+# refused like any unknown key; configs recorded before it was retired (a run directory's
+# config.yaml, a checkpoint's config) still load without it, since it never had an effect.
 RETIRED_KEYS: dict[str, str] = {
     "world_model.train.device": "it was never read; the device is each command's --device option",
 }
@@ -71,8 +71,8 @@ class RunConfig:
     runs_dir: str = "runs"
     """Where run directories are created (scenario/algo/seed/time below it)."""
     data_policy: str | None = None
-    """A trained policy.pt whose (sampling) actor collects `rmio train world-model`'s data instead of a
-    random policy, so the world model learns the states that policy visits at deployment."""
+    """A trained policy.pt whose (sampling) actor collects `rmio train world-model`'s data instead
+    of a random policy, so the world model learns the states that policy visits at deployment."""
 
 
 @dataclass
@@ -144,7 +144,8 @@ def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
 
 
 def apply_override(raw: dict[str, Any], assignment: str, source: str = "--set") -> None:
-    """``section.key=value``; the value is parsed as YAML, so 3e-4, true and [1, 2] keep their types."""
+    """``section.key=value``; the value is parsed as YAML, so 3e-4, true and [1, 2] keep their
+    types."""
     key, sep, text = assignment.partition("=")
     if not sep or not key.strip():
         raise ConfigError(f"{source}: '{assignment}' is not of the form section.key=value")
@@ -306,14 +307,15 @@ def validate(cfg: Config, src: str) -> None:
 
 
 def family_preset_path(preset: str, family: str) -> Path | None:
-    """``configs/<preset>/<family>.yaml``: the preset every config of that task family shares, if any."""
+    """``configs/<preset>/<family>.yaml``: the preset every config of that task family shares, if
+    any."""
     candidate = resources.files("rmio.configs") / preset / f"{family}.yaml"
     return Path(str(candidate)) if candidate.is_file() else None
 
 
 def _preset_layers(preset: str, raw: dict[str, Any], own: Any, path: Path) -> list[dict[str, Any]]:
-    """What ``preset`` merges over a config, in order: its task family's preset, then the config's own
-    ``<preset>:`` block (the scenario's exceptions, if it has any)."""
+    """What ``preset`` merges over a config, in order: its task family's preset, then the config's
+    own ``<preset>:`` block (the scenario's exceptions, if it has any)."""
     if preset not in PRESETS:
         raise ConfigError(f"unknown preset '{preset}' (known: {', '.join(PRESETS)})")
     env = raw.get("env")
@@ -341,7 +343,8 @@ def _preset_layers(preset: str, raw: dict[str, Any], own: Any, path: Path) -> li
 
 
 def _is_recorded(path: Path) -> bool:
-    """A resolved config that :func:`save_config` wrote into a run directory (not one a user edits)."""
+    """A resolved config that :func:`save_config` wrote into a run directory (not one a user
+    edits)."""
     with path.open(encoding="utf-8", errors="replace") as f:
         return f.readline().startswith(_RECORDED_HEADER)
 

@@ -7,10 +7,10 @@ from rich.console import Console
 
 
 def make_console() -> Console:
-    """The console every command prints through. Rich word-wraps text at the terminal's width, and at 80
-    columns when stdout is not a terminal; off a terminal (a pipe, a log file, a test) nothing is folded
-    (soft wrap), so a path or a one-line message stays whole on its line for whoever searches it. Tables,
-    rules and progress bars still lay out within the width."""
+    """The console every command prints through. Rich word-wraps text at the terminal's width, and
+    at 80 columns when stdout is not a terminal; off a terminal (a pipe, a log file, a test) nothing
+    is folded (soft wrap), so a path or a one-line message stays whole on its line for whoever
+    searches it. Tables, rules and progress bars still lay out within the width."""
     out = Console(stderr=False)
     out.soft_wrap = not out.is_terminal
     return out

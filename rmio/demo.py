@@ -37,12 +37,13 @@ def run_demo(
     out = Path(out_root) / f"demo-{time.strftime('%Y%m%d-%H%M%S')}"
     trained = manifest.budget.get("policy_env_steps")
     console.print(
-        f"[bold]rmio demo[/]: {manifest.spec.name}, {manifest.spec.n_agents} agent processes + env host, "
-        f"bundle {bundle}" + (f" (policy trained on {trained} real env steps)" if trained else "")
+        f"[bold]rmio demo[/]: {manifest.spec.name}, {manifest.spec.n_agents} agent processes + env "
+        "host, bundle "
+        f"{bundle}" + (f" (policy trained on {trained} real env steps)" if trained else "")
     )
     console.print(
-        f"p_loss {', '.join(f'{p:g}' for p in p_loss)}; {episodes} episode(s) of {steps} steps per setting; "
-        "world-model reconstruction vs zero-fill; every agent is its own OS process"
+        f"p_loss {', '.join(f'{p:g}' for p in p_loss)}; {episodes} episode(s) of {steps} steps per "
+        "setting; world-model reconstruction vs zero-fill; every agent is its own OS process"
     )
     result = run_robustness(
         bundle,
@@ -61,8 +62,8 @@ def run_demo(
     result["swarm_auc"] = aucs
     _print_table(result, aucs, console)
     console.print(
-        f"results: {out}/robustness.md, robustness.png, robustness.json; one swarm report per run in "
-        f"{out}/swarm/"
+        f"results: {out}/robustness.md, robustness.png, robustness.json; one swarm report per run "
+        f"in {out}/swarm/"
     )
     return result
 
@@ -74,8 +75,8 @@ def _print_table(result: dict[str, Any], aucs: dict[str, float], console: Consol
         f"{result['summary']['random']['mean']:.1f})"
     )
     table.caption = (
-        f"{metric}: the swarm's, and in-process on the same seeds and loss masks; bytes/step: protocol "
-        "traffic between agents; round ms: reconstruction round p50/p99"
+        f"{metric}: the swarm's, and in-process on the same seeds and loss masks; bytes/step: "
+        "protocol traffic between agents; round ms: reconstruction round p50/p99"
     )
     for col in ("strategy", "p_loss", metric, "in-process", "bytes/step", "round ms"):
         table.add_column(col, justify="left" if col == "strategy" else "right", no_wrap=True)

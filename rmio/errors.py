@@ -15,7 +15,10 @@ class MissingExtraError(RmioError):
     """An optional dependency is not installed."""
 
     def __init__(self, what: str, extra: str, hint: str | None = None) -> None:
-        msg = f"{what} needs the optional extra '{extra}': pip install -c constraints.txt -e '.[{extra}]'"
+        msg = (
+            f"{what} needs the optional extra '{extra}': pip install -c constraints.txt -e "
+            f"'.[{extra}]'"
+        )
         if hint:
             msg += f" ({hint})"
         super().__init__(msg)

@@ -1,4 +1,5 @@
-"""Run directories named scenario/algo/seed/time (cleanrl style), so runs never overwrite each other."""
+"""Run directories named scenario/algo/seed/time (cleanrl style), so runs never overwrite each
+other."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""The machine's floor for a streamed reconstruction round: the swarm's processes and messages, nothing else.
+"""The machine's floor for a streamed reconstruction round: the swarm's processes and messages,
+nothing else.
 
 An env host and n agent processes exchange exactly the messages of a streamed round, with the real
 transport and codec (``rmio.runtime.transport.Node``, ``rmio.runtime.wire``), but run no actor, no
@@ -44,7 +45,8 @@ def make_node(name: str, transport: str) -> NodeBase:
 
 
 class Compute:
-    """The unavoidable work of an agent (its actor) and of the coordinator (one world-model step)."""
+    """The unavoidable work of an agent (its actor) and of the coordinator (one world-model
+    step)."""
 
     def __init__(self, bundle: str | None, coordinator: bool) -> None:
         self.actor = self.wm = None
@@ -171,7 +173,8 @@ def agent(
 
 
 class Observations:
-    """What the env host sends: zeros, or (with a bundle) the observations of its real environment."""
+    """What the env host sends: zeros, or (with a bundle) the observations of its real
+    environment."""
 
     def __init__(self, n: int, obs_dim: int, bundle: str | None) -> None:
         self.obs = np.zeros((n, obs_dim), np.float32)
@@ -205,8 +208,9 @@ def skeleton_round(
     bundle: str | Path | None = None,
     transport: str = "tcp",
 ) -> dict[str, float]:
-    """Round p50/p99 (ms) at the blind agent and the steps per second of a free-running skeleton swarm;
-    with ``bundle``, also doing the round's unavoidable compute; ``transport`` tcp (ZeroMQ) or udp."""
+    """Round p50/p99 (ms) at the blind agent and the steps per second of a free-running skeleton
+    swarm; with ``bundle``, also doing the round's unavoidable compute; ``transport`` tcp (ZeroMQ)
+    or udp."""
     bundle = None if bundle is None else str(bundle)
     source = Observations(n, obs_dim, bundle)
     obs_dim = source.obs.shape[1]

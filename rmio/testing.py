@@ -1,12 +1,12 @@
 """What the tests and the benchmarks both need, in the package so that neither imports the other:
 a small randomly initialised bundle for any real scenario, and a swarm run of one.
 
-The bundle honours runtime/bundle.py's contract exactly. Protocol tests and benchmarks need real ONNX
-graphs of the right shapes, not a trained policy: the actor is a tiny MLP and the world-model step a
-GRU cell with a deterministic categorical latent (one-hot of the argmax), a cross-agent mean and a
-decoder, so reconstructions depend on the window, on the other agents and on the mask the way a real
-model's do. Building one needs torch (the ``train`` extra); running one does not. Not part of the
-torch-free runtime.
+The bundle honours runtime/bundle.py's contract exactly. Protocol tests and benchmarks need real
+ONNX graphs of the right shapes, not a trained policy: the actor is a tiny MLP and the world-model
+step a GRU cell with a deterministic categorical latent (one-hot of the argmax), a cross-agent mean
+and a decoder, so reconstructions depend on the window, on the other agents and on the mask the way
+a real model's do. Building one needs torch (the ``train`` extra); running one does not. Not part of
+the torch-free runtime.
 """
 
 from __future__ import annotations
@@ -108,7 +108,8 @@ def make_tiny_bundle(
     history_window: int = 8,
     seed: int = 0,
 ) -> Path:
-    """Build a randomly initialised bundle for a real scenario's spec; returns the bundle directory."""
+    """Build a randomly initialised bundle for a real scenario's spec; returns the bundle
+    directory."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     family, _, name = scenario.partition("/")
@@ -170,7 +171,8 @@ def tiny_bundle(cache: str | Path, scenario: str, window: int) -> Path:
 def swarm_settings(
     bundle: str | Path, out_dir: str | Path, *, steps: int = 40, **kw: Any
 ) -> SwarmSettings:
-    """Settings for a short run of ``bundle`` (Bernoulli p_loss 0.3, one episode, no baselines unless given)."""
+    """Settings for a short run of ``bundle`` (Bernoulli p_loss 0.3, one episode, no baselines
+    unless given)."""
     man = load_manifest(bundle)
     kw.setdefault("loss", {"model": "bernoulli", "p_loss": 0.3})
     kw.setdefault("episodes", 1)
@@ -191,8 +193,8 @@ def run_swarm(settings: SwarmSettings, run_dir: str | Path) -> tuple[dict[str, A
 
 
 def launch(bundle: str | Path, out: str | Path, *, steps: int = 200, **kw: Any) -> dict[str, Any]:
-    """One swarm run of ``bundle`` with SwarmSettings' own defaults (only baselines off), for benchmarks;
-    returns its report."""
+    """One swarm run of ``bundle`` with SwarmSettings' own defaults (only baselines off), for
+    benchmarks; returns its report."""
     man = load_manifest(bundle)
     kw.setdefault("baselines", False)
     settings = SwarmSettings(

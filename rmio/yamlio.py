@@ -1,4 +1,5 @@
-"""Reading user-written YAML files (configs, loss schedules, rosters) with one kind of clear error."""
+"""Reading user-written YAML files (configs, loss schedules, rosters) with one kind of clear
+error."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ from rmio.errors import ConfigError
 
 
 def load_yaml(path: str | Path, what: str) -> Any:
-    """Parsed content of ``path``; a missing file or bad YAML is a ConfigError naming ``what`` and where."""
+    """Parsed content of ``path``; a missing file or bad YAML is a ConfigError naming ``what`` and
+    where."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{what} '{path}' does not exist")

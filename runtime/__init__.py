@@ -1,1 +1,2 @@
-"""rmio.runtime: wire protocol, transport, membership, election, history sync, launcher (torch-free)."""
+"""rmio.runtime: wire protocol, transport, membership, election, history sync, launcher
+(torch-free)."""

@@ -1,4 +1,5 @@
-"""The model bundle: the contract between training (which writes it) and the runtime (which runs it).
+"""The model bundle: the contract between training (which writes it) and the runtime (which runs
+it).
 
 A bundle is a directory::
 
@@ -10,7 +11,8 @@ A bundle is a directory::
 
 * ``h``            (B, n, deter)       deterministic GRU state h_{t-1}
 * ``z``            (B, n, stoch)       flattened one-hot categorical latent z_{t-1}
-* ``prev_action``  (B, n, act_width)   a_{t-1} (one-hot for discrete tasks; zeros at an episode start)
+* ``prev_action``  (B, n, act_width)   a_{t-1} (one-hot for discrete tasks; zeros at an episode
+                                       start)
 * ``obs``          (B, n, obs_dim)     o_t in raw units, zero rows for agents that lost theirs
 * ``mask``         (B, n)              1 = observed, 0 = lost (the paper's m_t)
 

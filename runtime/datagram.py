@@ -1,4 +1,5 @@
-"""UDP transport: the same :class:`~rmio.runtime.transport.Node` interface without ZeroMQ's I/O threads.
+"""UDP transport: the same :class:`~rmio.runtime.transport.Node` interface without ZeroMQ's I/O
+threads.
 
 A ZeroMQ message wakes three threads (the sender's I/O thread, the receiver's I/O thread, then the
 receiver's event loop); a datagram wakes only the receiver's loop, because the sending process
@@ -14,7 +15,8 @@ unordered on a real network; the protocol already treats every message as one th
 * death notice: ``IP_RECVERR`` queues the ICMP "port unreachable" that a send to a dead process
   brings back; the socket then polls ``POLLERR`` and the error names the destination, which becomes
   a ``(peer, False)`` link event, as a dropped ZeroMQ connection does;
-* a (re)started peer: :meth:`DatagramNode.connect` to a new endpoint is a ``(peer, True)`` link event;
+* a (re)started peer: :meth:`DatagramNode.connect` to a new endpoint is a ``(peer, True)`` link
+  event;
 * greetings: a sent datagram proves nothing (the peer may not be up yet, as when the roles of a
   roster start in any order), so ``confirms_delivery`` is False and a role repeats its ``HELLO``
   until the peer answers (the env host answers every new incarnation's ``HELLO``);
@@ -23,7 +25,8 @@ unordered on a real network; the protocol already treats every message as one th
   send (``too_big``). The launcher refuses the transport when the bundle's largest message (a
   whole-window world-model request) would not fit.
 
-Like ZeroMQ without CURVE, a datagram's sender is the name in its header (validated against the roster).
+Like ZeroMQ without CURVE, a datagram's sender is the name in its header (validated against the
+roster).
 """
 
 from __future__ import annotations
@@ -96,7 +99,8 @@ def unpack(data: bytes) -> list[memoryview] | None:
 
 
 def largest_message_bytes(manifest: Manifest) -> int:
-    """The datagram of the swarm's largest message: a world-model request over a whole window, with state."""
+    """The datagram of the swarm's largest message: a world-model request over a whole window, with
+    state."""
     spec, codec = manifest.spec, ActionCodec.of(manifest.spec)
     n, steps = spec.n_agents, manifest.history_window + 1
     arrays = {
@@ -148,7 +152,8 @@ class DatagramNode(NodeBase):
         self._by_address: dict[tuple[str, int], str] = {}
 
     def connect(self, name: str, endpoint: str) -> None:
-        """Route messages for ``name`` to ``endpoint``; a new endpoint counts as the peer coming up."""
+        """Route messages for ``name`` to ``endpoint``; a new endpoint counts as the peer coming
+        up."""
         if self.peers.get(name) == endpoint:
             return
         host, port = parse_endpoint(endpoint)
@@ -178,7 +183,8 @@ class DatagramNode(NodeBase):
                 self.sock.sendto(data, address)
                 break
             except ConnectionRefusedError:
-                # an earlier datagram's ICMP error, reported on this call: note whose, then send again
+                # an earlier datagram's ICMP error, reported on this call: note whose, then send
+                # again
                 self._drain_errors()
                 if attempt:
                     self.stats.send_fail["unreachable"] += 1

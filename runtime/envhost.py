@@ -1,4 +1,5 @@
-"""The env host: owns the simulator and the fault model, and stands for every agent's sensors and actuators.
+"""The env host: owns the simulator and the fault model, and stands for every agent's sensors and
+actuators.
 
 Each step it sends every agent either its own observation or an explicit "lost" flag (never anyone
 else's), collects the actions until the step deadline, applies the safe default action (zeros or
@@ -92,7 +93,8 @@ class EnvHost:
             self.node.send("ctl", msg_type, **fields)
 
     def _wait_ready(self) -> None:
-        """Start stepping once every agent (and the world-model node) said hello, or at the startup deadline."""
+        """Start stepping once every agent (and the world-model node) said hello, or at the startup
+        deadline."""
         want = set(self.names) | ({"wm"} if self.settings.world_model == "node" else set())
         deadline = time.monotonic() + self.settings.startup_timeout_s
         while not want <= self.reachable and time.monotonic() < deadline:
@@ -110,7 +112,8 @@ class EnvHost:
     # -- stepping -------------------------------------------------------------------------
 
     def _episodes(self) -> tuple[list[dict[str, Any]], int, float]:
-        """Run every episode; returns their records, the number of steps and the seconds spent stepping."""
+        """Run every episode; returns their records, the number of steps and the seconds spent
+        stepping."""
         s = self.settings
         env_cfg, loss_cfg = s.env_config(), s.loss_config()
         episodes, seq = [], 0
@@ -172,8 +175,8 @@ class EnvHost:
         return self.end_step()
 
     def begin_step(self, ep: int, t: int, seq: int, ts: Any, defaulted: np.ndarray) -> None:
-        """Send every agent its STEP; then :meth:`receive` collects actions until the step deadline (the
-        caller's clock) or until ``waiting`` is empty, and :meth:`end_step` closes the step."""
+        """Send every agent its STEP; then :meth:`receive` collects actions until the step deadline
+        (the caller's clock) or until ``waiting`` is empty, and :meth:`end_step` closes the step."""
         sent_ns = np.zeros(self.n, np.int64)
         if timeline.ENABLED:
             timeline.mark("fanout", seq)
@@ -196,8 +199,8 @@ class EnvHost:
                     dflt=bool(defaulted[i]),
                 )
             )
-        # all encoded first, then sent in one burst: the first agents to wake compete for the CPU with the
-        # env host, and would otherwise delay the encoding of the last agents' STEPs
+        # all encoded first, then sent in one burst: the first agents to wake compete for the CPU
+        # with the env host, and would otherwise delay the encoding of the last agents' STEPs
         for i, (name, frames) in enumerate(zip(self.names, messages, strict=True)):
             if self.node.send_frames(name, "STEP", frames):
                 sent_ns[i] = now_ns()
@@ -213,7 +216,8 @@ class EnvHost:
         self.current = (ep, t, seq, ts, sent_ns)
 
     def receive(self, msgs: list[Message]) -> None:
-        """Handle the messages of one wake-up (actions for the current step, if one is open), then the link events."""
+        """Handle the messages of one wake-up (actions for the current step, if one is open), then
+        the link events."""
         cur = self.current
         step = None if cur is None else (cur[0], cur[1])
         for msg in msgs:
@@ -231,8 +235,8 @@ class EnvHost:
                 self.waiting.discard(self.names.index(peer))
 
     def end_step(self) -> tuple[np.ndarray, np.ndarray]:
-        """The joint action of the open step (the safe default for every agent that has not acted) and
-        which agents got the default."""
+        """The joint action of the open step (the safe default for every agent that has not acted)
+        and which agents got the default."""
         assert self.current is not None
         ep, t, seq, ts, _ = self.current
         self.current = None
@@ -286,8 +290,8 @@ class EnvHost:
             return None
 
     def _dispatch(self, msg: Message, step: tuple[int, int] | None) -> int | None:
-        """Through the handler table, by (sender kind, type); the launcher's other messages are ignored,
-        anything else unexpected is dropped and counted."""
+        """Through the handler table, by (sender kind, type); the launcher's other messages are
+        ignored, anything else unexpected is dropped and counted."""
         src = msg.src
         kind = "a" if src in self.names else src
         handler = _HANDLERS.get((kind, msg.type))
@@ -494,4 +498,5 @@ _HANDLERS = {
     **{(kind, t): EnvHost._ignore for kind in ("a", "wm", "env") for t in ("HB", "BYE")},
     ("env", "HELLO"): EnvHost._ignore,
 }
-"""(sender kind, message type) -> handler; a kind is "a" for this swarm's agents, else the sender's name."""
+"""(sender kind, message type) -> handler; a kind is "a" for this swarm's agents, else the sender's
+name."""

@@ -1,4 +1,5 @@
-"""History windows: each agent's ring of recent steps, the coordinator's cache of everyone's, and the window.
+"""History windows: each agent's ring of recent steps, the coordinator's cache of everyone's, and
+the window.
 
 Steps are numbered from 0 at an episode's reset; a_t is the action taken on o_t. The window for a
 reconstruction at step t is Algorithm 2's {o_h, a_h}: observations o_s..o_t with s = max(0, t - l)
@@ -20,7 +21,8 @@ from rmio.envs.base import EnvSpec
 
 @dataclass(frozen=True)
 class ActionCodec:
-    """Shape and dtype of one agent's action, its "none" sentinel and the env host's safe default."""
+    """Shape and dtype of one agent's action, its "none" sentinel and the env host's safe
+    default."""
 
     discrete: bool
     act_dim: int
@@ -55,18 +57,19 @@ def window_start(t: int, window: int) -> int:
 
 
 def replay_plan(t: int, window: int, chain_t: int | None, incremental: bool) -> tuple[bool, int]:
-    """How the reconstruction of step t is computed, the one rule that the coordinator, the in-process
-    reference and the batched robustness sweep share (so the swarm reproduces them exactly):
-    ``(continue, start)``. In incremental mode, a latent chain last advanced at step ``chain_t`` of the
-    same episode continues when 0 < t - chain_t <= window, replaying steps chain_t + 1..t from its
-    state; otherwise the window t - l..t (clipped at 0) is replayed from the initial state (Algorithm 2,
-    line 31)."""
+    """How the reconstruction of step t is computed, the one rule that the coordinator, the
+    in-process reference and the batched robustness sweep share (so the swarm reproduces them
+    exactly): ``(continue, start)``. In incremental mode, a latent chain last advanced at step
+    ``chain_t`` of the same episode continues when 0 < t - chain_t <= window, replaying steps
+    chain_t + 1..t from its state; otherwise the window t - l..t (clipped at 0) is replayed from the
+    initial state (Algorithm 2, line 31)."""
     cont = incremental and chain_t is not None and 0 < t - chain_t <= window
     return cont, (chain_t + 1 if cont and chain_t is not None else window_start(t, window))
 
 
 class HistoryRing:
-    """An agent's own last steps of the current episode: what it saw (or was given), and what it did."""
+    """An agent's own last steps of the current episode: what it saw (or was given), and what it
+    did."""
 
     def __init__(self, capacity: int, obs_dim: int, codec: ActionCodec) -> None:
         self.capacity = capacity
@@ -102,7 +105,8 @@ class HistoryRing:
         self.act[t] = action
 
     def latest_obs(self) -> np.ndarray:
-        """Hold-last fallback: the newest observation or reconstruction, zeros if the episode has none."""
+        """Hold-last fallback: the newest observation or reconstruction, zeros if the episode has
+        none."""
         if not self.obs:
             return np.zeros(self.obs_dim, np.float32)
         return self.obs[max(self.obs)]
@@ -111,8 +115,8 @@ class HistoryRing:
         return self.last_real if self.last_real is not None else np.zeros(self.obs_dim, np.float32)
 
     def serve_step(self, t: int) -> tuple[list[bool], list[bool], np.ndarray, np.ndarray]:
-        """``serve(t, t - 1, t)`` (what one streamed step carries: o_t and a_{t-1}), without the general
-        case's list building: an agent sends this on every step while it streams."""
+        """``serve(t, t - 1, t)`` (what one streamed step carries: o_t and a_{t-1}), without the
+        general case's list building: an agent sends this on every step while it streams."""
         obs = self.obs.get(t)
         seen = obs is not None and self.seen.get(t, False)
         rows = (
@@ -188,8 +192,8 @@ class WindowCache:
     def has(self, j: int, t: int) -> bool:
         """Whether agent j's window for step t is all here (nothing to ask for).
 
-        Called for every waiting agent each time the coordinator wakes up, so it checks only the steps
-        after the last complete window it found (a streamed step adds one of each).
+        Called for every waiting agent each time the coordinator wakes up, so it checks only the
+        steps after the last complete window it found (a streamed step adds one of each).
         """
         s = window_start(t, self.l)
         ok = self._complete_at[j]

@@ -1,4 +1,5 @@
-"""The embedded launcher: the whole swarm on this machine, a live status line, a report, and no orphans.
+"""The embedded launcher: the whole swarm on this machine, a live status line, a report, and no
+orphans.
 
 It binds a control socket, starts the env host, one process per agent and optionally a world-model
 node (each in its own session, armed to die with the launcher), learns the endpoint each child
@@ -207,7 +208,8 @@ class Launcher:
                 )
 
     def _supervise(self) -> None:
-        """Until the env host is done: status, restarts, and a watchdog on the env host's silence."""
+        """Until the env host is done: status, restarts, and a watchdog on the env host's
+        silence."""
         assert self.ctl is not None
         heard = time.monotonic()
         patience = self.settings.orphan_timeout_s
@@ -287,7 +289,8 @@ def build_settings(
     kill_agent: tuple[str, ...] = (),
     **options: Any,
 ) -> SwarmSettings:
-    """Settings for a run of ``bundle``, refusing a scenario or agent count the bundle was not made for."""
+    """Settings for a run of ``bundle``, refusing a scenario or agent count the bundle was not made
+    for."""
     from rmio.runtime.bundle import load_manifest
     from rmio.runtime.settings import env_config_for
 
@@ -346,7 +349,8 @@ def _loss_from_file(path: Path) -> dict[str, Any]:
     unknown = sorted(set(data) - known)
     if unknown:
         raise RmioError(
-            f"loss model '{path}': unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(known))})"
+            f"loss model '{path}': unknown key(s) {', '.join(unknown)} (known: "
+            f"{', '.join(sorted(known))})"
         )
     return data
 
@@ -354,8 +358,8 @@ def _loss_from_file(path: Path) -> dict[str, Any]:
 def write_roster(
     settings: SwarmSettings, path: Path, host: str = "127.0.0.1", base_port: int = 5550
 ) -> list[str]:
-    """A roster for runs across machines (every role on ``host`` at consecutive ports: edit the hosts),
-    and the command that starts each role."""
+    """A roster for runs across machines (every role on ``host`` at consecutive ports: edit the
+    hosts), and the command that starts each role."""
     from rmio.runtime.settings import Roster
 
     names = ["env", *settings.agent_names(), *(["wm"] if settings.world_model == "node" else [])]

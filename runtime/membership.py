@@ -1,4 +1,5 @@
-"""Liveness (Paranoid Pirate heartbeats) and the coordinator election rules (deterministic rank + epochs).
+"""Liveness (Paranoid Pirate heartbeats) and the coordinator election rules (deterministic rank +
+epochs).
 
 Any message from a peer proves it alive; a process sends an explicit heartbeat to a peer only when
 it has sent that peer nothing for one interval. A peer is dead after ``liveness`` intervals of
@@ -24,7 +25,8 @@ from dataclasses import dataclass, field
 class Liveness:
     """Heartbeat bookkeeping. Links on the critical path (to and from the coordinator) beat every
     ``interval_s``; the others every ``slow_factor`` intervals, because a crashed process is noticed
-    from its dropped connection anyway and n (n - 1) fast heartbeats cost real CPU on a small machine."""
+    from its dropped connection anyway and n (n - 1) fast heartbeats cost real CPU on a small
+    machine."""
 
     interval_s: float
     liveness: int
@@ -75,7 +77,8 @@ class Liveness:
         ]
 
     def heartbeat_due(self, peers: Iterable[str], now: float) -> list[str]:
-        """Peers due a heartbeat; when any is, those due within half an interval go along (fewer wake-ups)."""
+        """Peers due a heartbeat; when any is, those due within half an interval go along (fewer
+        wake-ups)."""
         peers = list(peers)
         if not any(now - self.last_sent.get(p, -1e18) >= self.interval(p) for p in peers):
             return []
@@ -86,8 +89,8 @@ class Liveness:
         ]
 
     def next_deadline(self, peers: Iterable[str], now: float) -> float:
-        """Seconds until the next heartbeat to one of ``peers`` is due or one of them could expire (an
-        expiry already past is the caller's to handle, and must not make it spin)."""
+        """Seconds until the next heartbeat to one of ``peers`` is due or one of them could expire
+        (an expiry already past is the caller's to handle, and must not make it spin)."""
         times = []
         for p in peers:
             times.append(self.last_sent.get(p, now) + self.interval(p))
@@ -102,11 +105,13 @@ _NOBODY = -(1 << 30)
 
 @dataclass(frozen=True, order=True)
 class View:
-    """Who coordinates: ordered so that ``a > b`` means a supersedes b. The default is "nobody, epoch 0"."""
+    """Who coordinates: ordered so that ``a > b`` means a supersedes b. The default is "nobody,
+    epoch 0"."""
 
     epoch: int = 0
     rank: int = _NOBODY
-    """``-leader`` so that, at equal epochs, the lower agent id wins; nobody ranks below everyone."""
+    """``-leader`` so that, at equal epochs, the lower agent id wins; nobody ranks below
+    everyone."""
 
     @classmethod
     def of(cls, epoch: int, leader: int) -> View:

@@ -1,7 +1,8 @@
-"""An in-memory transport for deterministic protocol tests: every node lives in one process, no threads, no clock.
+"""An in-memory transport for deterministic protocol tests: every node lives in one process, no
+threads, no clock.
 
-:class:`MemoryNetwork` holds every message that was sent and not yet delivered (``in_flight``, in send
-order) and one inbox per node. A send encodes the message exactly as on a real transport
+:class:`MemoryNetwork` holds every message that was sent and not yet delivered (``in_flight``, in
+send order) and one inbox per node. A send encodes the message exactly as on a real transport
 (``wire.encode``, frames copied to bytes) and a poll decodes it with :meth:`NodeBase.decode`, so
 validation, drop reasons and traffic counters are the real ones. Nothing moves by itself:
 
@@ -126,8 +127,8 @@ class MemoryNetwork:
         return [e for e in self.in_flight if match(e)]
 
     def deliver(self, match: Match = _any) -> int:
-        """Move the matching in-flight messages to their destinations' inboxes (in send order); the others
-        stay in flight. Returns how many were delivered."""
+        """Move the matching in-flight messages to their destinations' inboxes (in send order); the
+        others stay in flight. Returns how many were delivered."""
         keep, n = [], 0
         for e in self.in_flight:
             if not match(e):
@@ -156,7 +157,8 @@ class MemoryNetwork:
         return n
 
     def reorder(self, match: Match) -> int:
-        """Reverse the order of the matching messages among themselves (the others keep their places)."""
+        """Reverse the order of the matching messages among themselves (the others keep their
+        places)."""
         picked = [e for e in self.in_flight if match(e)]
         it = iter(reversed(picked))
         self.in_flight = [next(it) if match(e) else e for e in self.in_flight]
@@ -173,7 +175,8 @@ class MemoryNetwork:
             node.link_events.extend((peer, up) for peer in node.peers if peer not in self.dead)
 
     def kill(self, name: str) -> None:
-        """SIGKILL: its messages in flight and in its inbox are gone, and its peers see the link drop."""
+        """SIGKILL: its messages in flight and in its inbox are gone, and its peers see the link
+        drop."""
         self.in_flight = [e for e in self.in_flight if name not in (e.src, e.dst)]
         node = self.nodes[name]
         node.inbox.clear()
@@ -182,7 +185,8 @@ class MemoryNetwork:
         self._links(name, False)
 
     def partition(self, name: str) -> None:
-        """Cut a live node off from everyone (both ways); what was in flight to or from it is lost."""
+        """Cut a live node off from everyone (both ways); what was in flight to or from it is
+        lost."""
         self.in_flight = [e for e in self.in_flight if name not in (e.src, e.dst)]
         self.cut.add(name)
         self._links(name, False)
@@ -192,7 +196,8 @@ class MemoryNetwork:
         self._links(name, True)
 
     def restart(self, name: str) -> MemoryNode:
-        """A fresh node for a killed name, connected like its predecessor; its peers see the link come up."""
+        """A fresh node for a killed name, connected like its predecessor; its peers see the link
+        come up."""
         old = self.nodes[name]
         node = self.node(name)
         for peer, endpoint in old.peers.items():

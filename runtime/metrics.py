@@ -1,4 +1,5 @@
-"""Metrics of a swarm run, defined once: latency samples, per-type traffic, the centralised baseline, the report.
+"""Metrics of a swarm run, defined once: latency samples, per-type traffic, the centralised
+baseline, the report.
 
 Traffic is what each process sent (``tx_*`` counters of runtime.node.TrafficStats), summed over
 processes and divided by env steps. The centralised baseline is every agent sending its
@@ -30,7 +31,8 @@ class Samples:
         self.data[name].append(float(us))
 
     def arrays(self, limit: int = 100_000) -> tuple[list[str], dict[str, np.ndarray]]:
-        """(names, arrays) for a STATS message: its ``names`` field and its arrays s0, s1, ... in that order."""
+        """(names, arrays) for a STATS message: its ``names`` field and its arrays s0, s1, ... in
+        that order."""
         names = sorted(self.data)[: len(STATS_SAMPLES)]
         return names, {
             k: np.asarray(self.data[n][-limit:], np.float32)
@@ -87,7 +89,8 @@ def traffic_table(
 def centralised_baseline(
     n: int, obs_dim: int, action_bytes: int, message_bytes: int
 ) -> dict[str, float]:
-    """``message_bytes``: one observation and action in this codec (header included), for a like-for-like total."""
+    """``message_bytes``: one observation and action in this codec (header included), for a
+    like-for-like total."""
     pairs = n * (n - 1)
     return {
         "msgs_per_step": float(pairs),
@@ -140,8 +143,8 @@ def markdown(report: dict[str, Any]) -> str:
         f"# swarm run: {report['scenario']}",
         "",
         f"{report['n_agents']} agents, transport {s['transport']}, world model {s['world_model']} "
-        f"({s['recon']}, {s['wm_mode']}), loss {s['loss']}, step deadline {s['step_deadline_ms']} ms, "
-        f"{report['env_steps']} env steps in {_f(report['seconds'], 1)} s",
+        f"({s['recon']}, {s['wm_mode']}), loss {s['loss']}, step deadline {s['step_deadline_ms']} "
+        f"ms, {report['env_steps']} env steps in {_f(report['seconds'], 1)} s",
         "",
         "## Episodes",
         "",
@@ -150,8 +153,8 @@ def markdown(report: dict[str, Any]) -> str:
     ]
     for ep in report["episodes"]:
         lines.append(
-            f"| {ep['episode']} | {_f(ep['return'])} | {ep['steps']} | {_f(100 * ep['lost_fraction'], 1)}% | "
-            f"{ep['default_actions']} |"
+            f"| {ep['episode']} | {_f(ep['return'])} | {ep['steps']} | "
+            f"{_f(100 * ep['lost_fraction'], 1)}% | {ep['default_actions']} |"
         )
     base = report.get("baselines") or {}
     if base:
@@ -184,10 +187,10 @@ def markdown(report: dict[str, Any]) -> str:
     lines += [
         "",
         f"Loss-handling protocol: {_f(proto['msgs_per_step'], 3)} messages and "
-        f"{_f(proto['bytes_per_step'], 1)} bytes ({_f(proto['payload_bytes_per_step'], 1)} payload) per step; "
-        f"centralised baseline: {_f(b['msgs_per_step'], 0)} messages and {_f(b['bytes_per_step'], 0)} bytes "
-        f"({_f(b['payload_bytes_per_step'], 0)} payload) per step. Protocol / baseline: "
-        f"{_f(report['protocol_vs_baseline_bytes'], 3)} of the bytes, "
+        f"{_f(proto['bytes_per_step'], 1)} bytes ({_f(proto['payload_bytes_per_step'], 1)} "
+        f"payload) per step; centralised baseline: {_f(b['msgs_per_step'], 0)} messages and "
+        f"{_f(b['bytes_per_step'], 0)} bytes ({_f(b['payload_bytes_per_step'], 0)} payload) per "
+        f"step. Protocol / baseline: {_f(report['protocol_vs_baseline_bytes'], 3)} of the bytes, "
         f"{_f(report['protocol_vs_baseline_payload'], 3)} of the payload.",
         "",
     ]

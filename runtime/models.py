@@ -14,8 +14,9 @@ log = logging.getLogger(__name__)
 
 
 def make_session(path: str | Path, device: str = "cpu", threads: int = 1):
-    """One intra-op thread is fastest for these small graphs on a 2-core machine (and leaves the other
-    core to the simulator); ``device="cuda"`` uses the CUDA provider when onnxruntime has it."""
+    """One intra-op thread is fastest for these small graphs on a 2-core machine (and leaves the
+    other core to the simulator); ``device="cuda"`` uses the CUDA provider when onnxruntime has
+    it."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -67,7 +68,8 @@ class BoundCall:
             self.binding.bind_ortvalue_output(name, self._values[-1])
 
     def fits(self, feeds: dict[str, np.ndarray]) -> bool:
-        """Whether every array has its buffer's exact shape (a buffer write would broadcast a wrong one)."""
+        """Whether every array has its buffer's exact shape (a buffer write would broadcast a wrong
+        one)."""
         return all(a.shape == self.inputs[name].shape for name, a in feeds.items())
 
     def run(self, feeds: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
@@ -157,10 +159,12 @@ class WorldModelRunner:
         )
 
     def encode_actions(self, actions: np.ndarray) -> np.ndarray:
-        """Joint actions as the world model consumes them: one-hot for discrete tasks, padded floats otherwise.
+        """Joint actions as the world model consumes them: one-hot for discrete tasks, padded floats
+        otherwise.
 
-        A discrete action of -1 means "no action" (before an episode's first step) and encodes as the
-        zero vector, as the bundle contract asks; indexing an identity matrix would wrap it to the last class.
+        A discrete action of -1 means "no action" (before an episode's first step) and encodes as
+        the zero vector, as the bundle contract asks; indexing an identity matrix would wrap it to
+        the last class.
         """
         spec = self.manifest.spec
         actions = np.asarray(actions)
@@ -214,7 +218,8 @@ class WorldModelRunner:
         masks: np.ndarray,
         state: LatentState | None = None,
     ) -> tuple[LatentState, np.ndarray]:
-        """``replay`` for B windows of the same length at once: (T, B, n, ...) in, (T, B, n, obs_dim) out."""
+        """``replay`` for B windows of the same length at once: (T, B, n, ...) in, (T, B, n,
+        obs_dim) out."""
         state = state or self.initial_state(obs.shape[1])
         enc = self.encode_actions(prev_actions)
         recons = []

@@ -1,8 +1,8 @@
-"""What every swarm transport shares, apart from any one transport: counted traffic, validated decoding,
-link events, the clock, and where a process of this machine binds.
+"""What every swarm transport shares, apart from any one transport: counted traffic, validated
+decoding, link events, the clock, and where a process of this machine binds.
 
-``transport.Node`` (ZeroMQ) and ``datagram.DatagramNode`` (UDP) both derive from :class:`NodeBase`, so
-the roles (env host, agents, world-model node) are written against this module only.
+``transport.Node`` (ZeroMQ) and ``datagram.DatagramNode`` (UDP) both derive from :class:`NodeBase`,
+so the roles (env host, agents, world-model node) are written against this module only.
 """
 
 from __future__ import annotations
@@ -34,7 +34,8 @@ CATEGORIES = {
     "WM_REQ": "protocol",
     "WM_REP": "protocol",
 }
-"""Report grouping: protocol = what loss handling costs; env = sensor/actuator traffic; the rest is control."""
+"""Report grouping: protocol = what loss handling costs; env = sensor/actuator traffic; the rest is
+control."""
 
 
 def category(msg_type: str) -> str:
@@ -70,7 +71,8 @@ class TrafficStats:
 
 
 def local_endpoint(transport: str, name: str, ipc_dir: str | Path | None = None) -> str:
-    """Where a process of this machine binds: a random loopback port, or a socket file in ``ipc_dir``."""
+    """Where a process of this machine binds: a random loopback port, or a socket file in
+    ``ipc_dir``."""
     if transport == "tcp":
         return "tcp://127.0.0.1:*"
     if transport == "udp":
@@ -141,12 +143,14 @@ class NodeBase:
         return msg
 
     def count_drop(self, reason: str, detail: str = "") -> None:
-        """For roles: a message that decoded but makes no sense here (wrong shape, stale epoch...)."""
+        """For roles: a message that decoded but makes no sense here (wrong shape, stale
+        epoch...)."""
         self.stats.dropped[reason] += 1
         if detail:
             log.debug("%s dropped: %s %s", self.name, reason, detail)
 
 
 def now_ns() -> int:
-    """System-wide monotonic clock: comparable between processes of one machine (one-way latencies)."""
+    """System-wide monotonic clock: comparable between processes of one machine (one-way
+    latencies)."""
     return time.monotonic_ns()

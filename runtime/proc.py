@@ -1,4 +1,5 @@
-"""Starting one swarm role as its own OS process: sockets, roster, signals, and never outliving the launcher.
+"""Starting one swarm role as its own OS process: sockets, roster, signals, and never outliving the
+launcher.
 
 ``python -m rmio.runtime.proc ROLE ...`` is what the launcher spawns (lighter than the click CLI);
 ``rmio swarm env-host|agent|wm-node --roster FILE`` reaches the same :func:`run_role`.
@@ -28,7 +29,8 @@ PR_SET_PDEATHSIG = 1
 
 
 def die_with_parent(parent_pid: int) -> None:
-    """Linux: SIGKILL this process when the launcher dies, however it dies (no orphans, even on a crash)."""
+    """Linux: SIGKILL this process when the launcher dies, however it dies (no orphans, even on a
+    crash)."""
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
@@ -56,7 +58,8 @@ def join_swarm(
     role: str = "agent",
     inc: int = 0,
 ) -> NodeBase:
-    """Bind, then learn everyone's endpoint (from the launcher's ROSTER or a roster file) and connect."""
+    """Bind, then learn everyone's endpoint (from the launcher's ROSTER or a roster file) and
+    connect."""
     node = make_node(name, bind, settings.known)
     try:
         if control is not None:
@@ -91,11 +94,13 @@ def _register(node: NodeBase, settings: SwarmSettings, role: str, inc: int) -> d
 
 
 def _freeze_startup_objects() -> None:
-    """Keep the cyclic garbage collector off everything the role built before its loop (models, modules).
+    """Keep the cyclic garbage collector off everything the role built before its loop (models,
+    modules).
 
-    A full collection walks every tracked object: in a loaded agent or env host that took 22-29 ms on
-    the 2-core VM, a whole step's deadline, and it struck mid-run. The loop itself makes next to no
-    cyclic garbage (36 objects collected over 3000 steps), so what it allocates stays collectable.
+    A full collection walks every tracked object: in a loaded agent or env host that took 22-29 ms
+    on the 2-core VM, a whole step's deadline, and it struck mid-run. The loop itself makes next to
+    no cyclic garbage (36 objects collected over 3000 steps), so what it allocates stays
+    collectable.
     """
     gc.collect()
     gc.freeze()

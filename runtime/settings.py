@@ -1,4 +1,5 @@
-"""Swarm run settings and the roster: what every process of one run must agree on, as one JSON/YAML file."""
+"""Swarm run settings and the roster: what every process of one run must agree on, as one JSON/YAML
+file."""
 
 from __future__ import annotations
 
@@ -33,35 +34,39 @@ class SwarmSettings:
     episodes: int = 3
     seed: int = 0
     recon: str = "world-model"
-    """world-model: the world model reconstructs (the product); zero-fill / hold-last: blind agents fill in
-    locally, no communication (runtime.vocabulary.STRATEGIES)."""
+    """world-model: the world model reconstructs (the product); zero-fill / hold-last: blind agents
+    fill in locally, no communication (runtime.vocabulary.STRATEGIES)."""
     wm_mode: str = "window"
-    """window: replay the l-step window from zeros every round (Algorithm 2 line 31); incremental: keep the
-    latent state over consecutive rounds of one coordinator while nothing was missed."""
+    """window: replay the l-step window from zeros every round (Algorithm 2 line 31); incremental:
+    keep the latent state over consecutive rounds of one coordinator while nothing was missed."""
     world_model: str = "on-agent"
     transport: str = "ipc"
     step_deadline_ms: float = 100.0
     """The env host applies the safe default action for agents that have not acted by then."""
     recon_deadline_ms: float | None = None
-    """A blind agent acts on hold-last if no reconstruction arrived by then (default 0.8 x step deadline)."""
+    """A blind agent acts on hold-last if no reconstruction arrived by then (default 0.8 x step
+    deadline)."""
     gather_deadline_ms: float | None = None
     """The coordinator reconstructs with what it has by then (default 0.4 x step deadline)."""
     wm_deadline_ms: float | None = None
-    """The coordinator falls back to its own world model if the node has not answered (default 0.25 x)."""
+    """The coordinator falls back to its own world model if the node has not answered (default 0.25
+    x)."""
     rate_hz: float = 0.0
     """Env steps per second; 0 steps as soon as every agent acted."""
     full_resync: bool = False
-    """Ablation: the coordinator asks for whole windows every round (what incremental sync saves)."""
+    """Ablation: the coordinator asks for whole windows every round (what incremental sync
+    saves)."""
     stream_steps: int | None = None
-    """After a round, the agents that observe stream their newest step to the coordinator right after
-    acting (no extra wake-up) for this many env steps, so the rounds that follow need no GATHER round
-    trip. Default: the bundle's history window; 0: pull only (a GATHER every round)."""
+    """After a round, the agents that observe stream their newest step to the coordinator right
+    after acting (no extra wake-up) for this many env steps, so the rounds that follow need no
+    GATHER round trip. Default: the bundle's history window; 0: pull only (a GATHER every round)."""
     heartbeat_ms: float = 100.0
     """Explicit heartbeats only to peers not otherwise written to; deaths of processes are noticed
     at once from dropped connections, so this is the backstop for hosts that vanish silently."""
     liveness: int = 3
     kill_agents: list[list[int]] = field(default_factory=list)
-    """[[agent, seq], ...]: the agent SIGKILLs itself on receiving global step seq (fault injection)."""
+    """[[agent, seq], ...]: the agent SIGKILLs itself on receiving global step seq (fault
+    injection)."""
     kill_coordinator_at: int | None = None
     """The coordinator of the first round at or after this global step SIGKILLs itself mid-round."""
     rejoin_after_s: float = 0.5
@@ -69,7 +74,8 @@ class SwarmSettings:
     record: bool = False
     """Write per-process step records (for tests and debugging)."""
     baselines: bool = True
-    """After the run the env host evaluates the bundle in-process with wm, zero-fill and hold-last."""
+    """After the run the env host evaluates the bundle in-process with wm, zero-fill and
+    hold-last."""
     out_dir: str = "results"
     startup_timeout_s: float = 60.0
     orphan_timeout_s: float = 30.0
@@ -149,8 +155,9 @@ class SwarmSettings:
 
 
 def env_config_for(manifest: Manifest, episode_limit: int | None = None) -> dict[str, Any]:
-    """The env the bundle was trained on: its spec name, plus what shapes observations in the training config's
-    env section (the episode length is the run's choice, not the training run's)."""
+    """The env the bundle was trained on: its spec name, plus what shapes observations in the
+    training config's env section (the episode length is the run's choice, not the training
+    run's)."""
     family, _, scenario = manifest.spec.name.partition("/")
     cfg: dict[str, Any] = {"family": family, "scenario": scenario}
     trained = manifest.config.get("env") if isinstance(manifest.config, dict) else None
@@ -165,7 +172,8 @@ def env_config_for(manifest: Manifest, episode_limit: int | None = None) -> dict
 
 @dataclass
 class Roster:
-    """Every process's inbox endpoint by name (env, a0..a{n-1}, optionally wm), plus the shared settings.
+    """Every process's inbox endpoint by name (env, a0..a{n-1}, optionally wm), plus the shared
+    settings.
 
     For runs across machines a user writes it once (``rmio swarm roster``) and starts each role with
     it; the embedded launcher builds it from what its children report.

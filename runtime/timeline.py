@@ -1,4 +1,5 @@
-"""Opt-in event timeline of a swarm process (``RMIO_TRACE=DIR``): where a reconstruction round's time goes.
+"""Opt-in event timeline of a swarm process (``RMIO_TRACE=DIR``): where a reconstruction round's
+time goes.
 
 A process started with RMIO_TRACE set records (monotonic ns, event, values...) at the milestones of
 a step (STEP fan-out and receipt, streamed push sent and received, world model started, RECONs
@@ -27,7 +28,8 @@ def mark(event: str, *values: int | bool | str) -> None:
 
 
 def watch_gc() -> None:
-    """Also record every garbage collection: (ns at its end, "gc", generation, duration us, objects collected)."""
+    """Also record every garbage collection: (ns at its end, "gc", generation, duration us, objects
+    collected)."""
     started = [0]
 
     def on_gc(phase: str, info: dict) -> None:
@@ -45,10 +47,10 @@ def watch_gc() -> None:
 
 
 def sched_snapshot() -> None:
-    """Record, for every thread of this process, its CPU time, its time waiting for a CPU while runnable,
-    and its time slices (Linux ``/proc/self/task/*/schedstat``): (ns, "sched", thread, cpu ns, wait ns,
-    slices), thread = "loop" for the calling (event-loop) thread, else "name/tid". Two snapshots tell
-    whether a process's time went into work or into a queue for the CPU."""
+    """Record, for every thread of this process, its CPU time, its time waiting for a CPU while
+    runnable, and its time slices (Linux ``/proc/self/task/*/schedstat``): (ns, "sched", thread, cpu
+    ns, wait ns, slices), thread = "loop" for the calling (event-loop) thread, else "name/tid". Two
+    snapshots tell whether a process's time went into work or into a queue for the CPU."""
     try:
         tids = os.listdir("/proc/self/task")
     except OSError:  # not Linux
@@ -78,7 +80,8 @@ def dump(name: str) -> None:
 
 
 def cpu_ticks() -> list[int] | None:
-    """The machine's CPU time counters (Linux /proc/stat), to tell how much the host took from this VM."""
+    """The machine's CPU time counters (Linux /proc/stat), to tell how much the host took from this
+    VM."""
     try:
         return [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
     except (OSError, ValueError):
@@ -86,7 +89,8 @@ def cpu_ticks() -> list[int] | None:
 
 
 def steal_percent(before: list[int] | None, after: list[int] | None) -> float | None:
-    """Share (%) of the run's CPU time the hypervisor gave to others (steal, the 8th counter), when known."""
+    """Share (%) of the run's CPU time the hypervisor gave to others (steal, the 8th counter), when
+    known."""
     if before is None or after is None or len(before) < 8:
         return None
     delta = [b - a for a, b in zip(before, after, strict=True)]

@@ -1,4 +1,5 @@
-"""ZeroMQ transport shared by every swarm process: one inbox, one outbox, counted traffic, fast death notice.
+"""ZeroMQ transport shared by every swarm process: one inbox, one outbox, counted traffic, fast
+death notice.
 
 Each process binds one ROUTER *inbox* and connects one ROUTER *outbox* to every peer's inbox with
 ``CONNECT_ROUTING_ID`` set to the peer's name, so a send names its destination and the receiving
@@ -6,7 +7,8 @@ inbox sees the sender's name as the routing id (checked against the message's ``
 is ``ROUTER_MANDATORY``: a send to a peer without a live connection fails at once (EHOSTUNREACH)
 instead of queueing into the void, and a socket monitor reports a dropped connection within
 milliseconds, which is how a SIGKILLed coordinator is noticed inside the step it died in. Every
-socket has LINGER 0 and bounded high-water marks; every receive goes through a poller with a timeout.
+socket has LINGER 0 and bounded high-water marks; every receive goes through a poller with a
+timeout.
 """
 
 from __future__ import annotations
@@ -32,7 +34,8 @@ _EVENTS, _POLLIN = int(zmq.EVENTS), int(zmq.POLLIN)
 
 
 def make_node(name: str, bind: str, known: Callable[[str], bool]) -> NodeBase:
-    """The node for an endpoint's scheme: ZeroMQ for ``tcp://`` and ``ipc://``, datagrams for ``udp://``."""
+    """The node for an endpoint's scheme: ZeroMQ for ``tcp://`` and ``ipc://``, datagrams for
+    ``udp://``."""
     if bind.startswith("udp://"):
         from rmio.runtime.datagram import DatagramNode
 
@@ -50,7 +53,8 @@ def check_bundle_fits(transport: str, bundle: str | Path) -> None:
 
 
 class Node(NodeBase):
-    """One process's ZeroMQ sockets. Not thread-safe: a role runs one event loop around :meth:`poll`."""
+    """One process's ZeroMQ sockets. Not thread-safe: a role runs one event loop around
+    :meth:`poll`."""
 
     def __init__(
         self,
@@ -111,7 +115,8 @@ class Node(NodeBase):
 
     def send_frames(self, to: str, msg_type: str, frames: Sequence[bytes | memoryview]) -> bool:
         try:
-            # frame by frame with plain int flags: send_multipart's flag arithmetic builds enum objects
+            # frame by frame with plain int flags: send_multipart's flag arithmetic builds enum
+            # objects
             self.out.send(to.encode(), _MORE)
             for frame in frames[:-1]:
                 self.out.send(frame, _MORE)
@@ -147,7 +152,8 @@ class Node(NodeBase):
             return []
         out = []
         for k in range(10_000):  # bounded drain so a flood cannot starve the caller's timers
-            # the poller said the first one is there; then asking is cheaper than an empty recv's exception
+            # the poller said the first one is there; then asking is cheaper than an empty recv's
+            # exception
             if k and not self.inbox.getsockopt(_EVENTS) & _POLLIN:
                 break
             try:

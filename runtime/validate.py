@@ -13,8 +13,8 @@ from rmio.runtime.models import ActorRunner, WorldModelRunner
 
 
 def check_bundle(bundle: str | Path) -> str:
-    """Re-validate a bundle: manifest schema, files, graph signatures, and that the graphs run; returns a
-    one-line description of the valid bundle, raises RmioError otherwise."""
+    """Re-validate a bundle: manifest schema, files, graph signatures, and that the graphs run;
+    returns a one-line description of the valid bundle, raises RmioError otherwise."""
     manifest = load_manifest(bundle)
     n, d = manifest.spec.n_agents, manifest.spec.obs_dim
     for role in ("wm_step", "wm_step_pretrain"):
@@ -29,11 +29,12 @@ def check_bundle(bundle: str | Path) -> str:
         )
         if recon.shape != (3, n, d) or not np.isfinite(recon).all():
             raise RmioError(
-                f"bundle '{bundle}': {manifest.files[role]} returns {recon.shape} or non-finite values"
+                f"bundle '{bundle}': {manifest.files[role]} returns {recon.shape} or non-finite "
+                "values"
             )
     if "actor" in manifest.files:
         ActorRunner(bundle, manifest)
     return (
-        f"bundle {bundle} is valid: {manifest.spec.name}, {n} agents, window {manifest.history_window}, "
-        f"files {', '.join(manifest.files.values())}"
+        f"bundle {bundle} is valid: {manifest.spec.name}, {n} agents, window "
+        f"{manifest.history_window}, files {', '.join(manifest.files.values())}"
     )

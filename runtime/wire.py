@@ -1,4 +1,5 @@
-"""The swarm's wire format: one msgpack header frame plus raw binary array frames, strictly validated.
+"""The swarm's wire format: one msgpack header frame plus raw binary array frames, strictly
+validated.
 
 A message is ``[header, array_0, array_1, ...]``. The header is a msgpack map with the protocol
 version ``v``, the type ``t``, the sender ``src``, the type's own fields and ``arr``, a list of
@@ -116,8 +117,8 @@ ROLES = ("env", "agent", "wm", "ctl")
 
 @dataclass(frozen=True)
 class ArraySpec:
-    """One named array a message type may carry: its dtypes, its numbers of dimensions, and whether it is
-    always there."""
+    """One named array a message type may carry: its dtypes, its numbers of dimensions, and whether
+    it is always there."""
 
     name: str
     dtypes: tuple[str, ...]
@@ -150,14 +151,16 @@ class Schema:
 _EPOCH = {"epoch": _uint, "leader": _agent_or_none}
 _AT = {"ep": _uint, "step": _uint}
 STATS_SAMPLES = tuple(f"s{k}" for k in range(MAX_FRAMES))
-"""STATS carries up to MAX_FRAMES latency-sample arrays, named s0, s1, ...; its ``names`` field says what each is."""
+"""STATS carries up to MAX_FRAMES latency-sample arrays, named s0, s1, ...; its ``names`` field says
+what each is."""
 
 SCHEMAS: dict[str, Schema] = {
     # membership
     "HELLO": Schema({"inc": _uint, "role": _one_of(*ROLES), **_EPOCH}),
     "HB": Schema(dict(_EPOCH)),
     "BYE": Schema({"reason": _short_str}),
-    # env host <-> agent: the observation only when the agent observes, available actions only when discrete
+    # env host <-> agent: the observation only when the agent observes, available actions only when
+    # discrete
     "STEP": Schema(
         {**_AT, "seq": _uint, "seen": _bool, "dflt": _bool},
         (_arr("obs", F32, 1, optional=True), _arr("avail", BOOL, 1, optional=True)),
@@ -253,8 +256,8 @@ class Message:
 def encode(
     msg_type: str, src: str, arrays: Mapping[str, np.ndarray] | None = None, **fields: Any
 ) -> list[bytes]:
-    """Frames for one message; validated like an incoming one so a bug never reaches the wire. ``arrays``
-    maps array names to arrays (any order; they travel in the schema's order)."""
+    """Frames for one message; validated like an incoming one so a bug never reaches the wire.
+    ``arrays`` maps array names to arrays (any order; they travel in the schema's order)."""
     schema = SCHEMAS[msg_type]
     _check_fields(msg_type, schema, fields)
     arrays = arrays or {}
@@ -391,8 +394,8 @@ def _check_fields(msg_type: str, schema: Schema, fields: dict[str, Any]) -> None
 
 
 def _check_arrays(msg_type: str, schema: Schema, specs: list[Any]) -> None:
-    """Each entry is ``[name, dtype, shape]``; names follow the schema's order, once each, and every array
-    that is not optional is there."""
+    """Each entry is ``[name, dtype, shape]``; names follow the schema's order, once each, and every
+    array that is not optional is there."""
     if len(specs) > len(schema.arrays):
         raise WireError("bad_array", f"{msg_type} carries {len(specs)} arrays")
     last = -1

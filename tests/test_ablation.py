@@ -1,5 +1,5 @@
-"""`rmio ablate`: a shipped sweep validates; a debug sweep trains every variant on shared data and reports
-L_rec and AUC side by side; re-running resumes instead of retraining."""
+"""`rmio ablate`: a shipped sweep validates; a debug sweep trains every variant on shared data and
+reports L_rec and AUC side by side; re-running resumes instead of retraining."""
 
 from __future__ import annotations
 
@@ -44,7 +44,8 @@ def test_debug_fusion_sweep_end_to_end(tmp_path: Path) -> None:
         "robustness: {p_loss: [0, 0.5, 1.0], seeds: 1, episodes: 2, steps: 20}\n"
     )
     out = tmp_path / "out"
-    console = Console(file=open(tmp_path / "log.txt", "w"))  # noqa: SIM115 - closed with the test's tmp dir
+    # closed with the test's tmp dir
+    console = Console(file=open(tmp_path / "log.txt", "w"))  # noqa: SIM115
     result = run_ablation(sweep, out, True, console)
     rows = result["rows"]
     assert [r["variant"] for r in rows] == ["rmiov2", "rmiov2-no-obs-fusion"]

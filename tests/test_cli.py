@@ -50,7 +50,8 @@ def test_version() -> None:
 
 
 def test_demo_runs_the_swarm_on_the_committed_bundle(tmp_path: Path) -> None:
-    """README's first command, shortened: real agent processes on the shipped HalfCheetah 6x1 bundle."""
+    """README's first command, shortened: real agent processes on the shipped HalfCheetah 6x1
+    bundle."""
     proc = rmio("demo", "--steps", "25", "--p-loss", "0,0.5", "--out", str(tmp_path), timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert "through the swarm" in proc.stdout and "AUC" in proc.stdout
@@ -88,7 +89,8 @@ def test_collect_writes_a_loadable_buffer(tmp_path: Path) -> None:
 
 
 def test_printed_paths_and_errors_are_never_folded(tmp_path: Path) -> None:
-    """Off a terminal (here a pipe) rich would fold text at 80 columns; a path or a message must stay on its line."""
+    """Off a terminal (here a pipe) rich would fold text at 80 columns; a path or a message must
+    stay on its line."""
     deep = (
         tmp_path
         / ("a-directory-name-long-enough-to-pass-eighty-columns-" * 2)
@@ -161,8 +163,8 @@ def test_malformed_yaml_file(tmp_path: Path) -> None:
 def test_missing_optional_extra_is_named() -> None:
     """With jaxmarl unimportable, SMAX asks for the `smax` extra (the import is really blocked)."""
     code = (
-        "import sys; sys.modules['jaxmarl'] = None\n"
-        "from rmio.cli import main; main(['collect', 'smax_3m', '--steps', '5', '--out', 'unused.npz'])"
+        "import sys; sys.modules['jaxmarl'] = None\nfrom rmio.cli import main; main(['collect', "
+        "'smax_3m', '--steps', '5', '--out', 'unused.npz'])"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2, proc.stderr
@@ -171,8 +173,8 @@ def test_missing_optional_extra_is_named() -> None:
 
 
 def test_shipped_bundles_are_found_by_name_from_any_directory(tmp_path: Path) -> None:
-    """`rmio models` lists the shipped bundles, and a name (or models/NAME) works as a BUNDLE outside a checkout
-    directory; an unknown one is one usage error naming what is shipped."""
+    """`rmio models` lists the shipped bundles, and a name (or models/NAME) works as a BUNDLE
+    outside a checkout directory; an unknown one is one usage error naming what is shipped."""
     listing = rmio("models", cwd=tmp_path)
     assert (
         listing.returncode == 0

@@ -122,8 +122,9 @@ def test_missing_preset_and_unknown_name() -> None:
 
 
 def test_debug_preset_is_the_task_family_s(tmp_path: Path) -> None:
-    """One `debug` preset per task family (configs/debug/<family>.yaml), for built-in and user configs alike;
-    a config's own `debug:` block holds its exceptions and is merged over the family's."""
+    """One `debug` preset per task family (configs/debug/<family>.yaml), for built-in and user
+    configs alike; a config's own `debug:` block holds its exceptions and is merged over the
+    family's."""
     assert all(family_preset_path("debug", family) for family in FAMILIES)
     assert not [
         name for name in ALL if "debug" in yaml.safe_load(resolve_config_path(name).read_text())
@@ -162,8 +163,8 @@ def test_missing_debug_preset(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
 
 
 def test_retired_key_is_refused_but_recorded_configs_still_load(tmp_path: Path) -> None:
-    """world_model.train.device was never read (the device is --device): setting it is an error, while
-    run directories and checkpoints recorded with it still load, to the same hash."""
+    """world_model.train.device was never read (the device is --device): setting it is an error,
+    while run directories and checkpoints recorded with it still load, to the same hash."""
     with pytest.raises(
         ConfigError, match=r"unknown key 'world_model\.train\.device' \(removed: .*--device"
     ):

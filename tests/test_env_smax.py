@@ -1,4 +1,5 @@
-"""SMAX adapter against the real jaxmarl simulator (no mocks); compiled envs are shared per module."""
+"""SMAX adapter against the real jaxmarl simulator (no mocks); compiled envs are shared per
+module."""
 
 from __future__ import annotations
 

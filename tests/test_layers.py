@@ -1,7 +1,7 @@
-"""Layers that point one way: the import graph of the installed package has no cycle, and the deployed
-halves (runtime, agents, coordinator, envs) import neither rmio.train nor torch, not even inside a
-function. A second test runs the torch-free commands in an interpreter where importing torch fails,
-so imports made at call time are caught too."""
+"""Layers that point one way: the import graph of the installed package has no cycle, and the
+deployed halves (runtime, agents, coordinator, envs) import neither rmio.train nor torch, not even
+inside a function. A second test runs the torch-free commands in an interpreter where importing
+torch fails, so imports made at call time are caught too."""
 
 from __future__ import annotations
 
@@ -18,8 +18,8 @@ PACKAGES = ("rmio", *TORCH_FREE, "rmio.evaluation", "rmio.train", "rmio.configs"
 
 
 def package_modules() -> dict[str, Path]:
-    """Every module of the installed package, by dotted name, found through the package's own folders
-    (rmio.runtime lives in runtime/, and so on)."""
+    """Every module of the installed package, by dotted name, found through the package's own
+    folders (rmio.runtime lives in runtime/, and so on)."""
     out = {}
     for pkg in PACKAGES:
         spec = importlib.util.find_spec(pkg)
@@ -31,7 +31,8 @@ def package_modules() -> dict[str, Path]:
 
 
 def imports_of(name: str, path: Path, modules: dict[str, Path]) -> set[str]:
-    """Every rmio module (and ``torch``) that ``name`` imports, at module level or inside functions."""
+    """Every rmio module (and ``torch``) that ``name`` imports, at module level or inside
+    functions."""
     tree = ast.parse(path.read_text(), str(path))
     package = name if path.stem == "__init__" else name.rpartition(".")[0]
     found: set[str] = set()

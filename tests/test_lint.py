@@ -1,4 +1,5 @@
-"""House style is part of the suite: ruff must be clean, and `ruff format` must leave the whole tree as it is."""
+"""House style is part of the suite: ruff must be clean, and `ruff format` must leave the whole tree
+as it is."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Loss models: statistical rates and burst lengths, reproducibility, schedules, the lossy wrapper."""
+"""Loss models: statistical rates and burst lengths, reproducibility, schedules, the lossy
+wrapper."""
 
 from __future__ import annotations
 
@@ -81,7 +82,8 @@ def test_blackout_hits_every_agent_for_its_length() -> None:
     runs = _runs(lost_all)
     assert len(runs) > 100
     assert all(r % 7 == 0 for r in runs)  # back-to-back blackouts merge into multiples
-    # a blackout starts with probability rate on each free step: stationary fraction rate*L/(1+rate*L)
+    # a blackout starts with probability rate on each free step: stationary fraction
+    # rate*L/(1+rate*L)
     assert lost_all.mean() == pytest.approx(0.05 * 7 / (1 + 0.05 * 7), rel=0.1)
 
 
@@ -123,7 +125,8 @@ def test_bernoulli_masks_are_well_formed(p: float, seed: int, n: int) -> None:
 def test_schedule_file(tmp_path: Path) -> None:
     path = tmp_path / "sched.yaml"
     path.write_text(
-        '- {steps: 2, agents: [0]}\n- {steps: "4-6", agents: [1, 2]}\n- {steps: "9-", agents: all}\n'
+        '- {steps: 2, agents: [0]}\n- {steps: "4-6", agents: [1, 2]}\n- {steps: "9-", agents: '
+        "all}\n"
     )
     model = make_loss_model(LossConfig("schedule", schedule=str(path)), 3)
     for _ in range(2):  # the same in every episode

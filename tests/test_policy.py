@@ -1,4 +1,5 @@
-"""r-MAPPO and Algorithm 1: the actor is local, PPO learns, imagination has the right shapes, export matches."""
+"""r-MAPPO and Algorithm 1: the actor is local, PPO learns, imagination has the right shapes, export
+matches."""
 
 from __future__ import annotations
 
@@ -165,7 +166,8 @@ def rmio(*args: str) -> subprocess.CompletedProcess:
 
 
 def test_pretrain_finetune_export_end_to_end(tmp_path: Path) -> None:
-    """The debug preset of HalfCheetah 6x1: Algorithm 1, masked fine-tuning, a full bundle, both runtimes."""
+    """The debug preset of HalfCheetah 6x1: Algorithm 1, masked fine-tuning, a full bundle, both
+    runtimes."""
     run = tmp_path / "run"
     for args in (
         ("train", "pretrain", "halfcheetah_6x1", "--debug", "--run-dir", str(run)),
@@ -209,7 +211,8 @@ def test_imagination_never_starts_from_an_episodes_last_row() -> None:
 def test_world_model_data_from_a_trained_actor_and_export_with_another_policy(
     tmp_path: Path,
 ) -> None:
-    """run.data_policy collects the world model's data with a trained actor; export --policy ships that actor."""
+    """run.data_policy collects the world model's data with a trained actor; export --policy ships
+    that actor."""
     mappo, wm = tmp_path / "mappo", tmp_path / "wm"
     for args in (
         ("train", "mappo", "halfcheetah_6x1", "--debug", "--run-dir", str(mappo)),
@@ -258,7 +261,8 @@ def test_world_model_data_from_a_trained_actor_and_export_with_another_policy(
 
 
 def test_a_shipped_bundle_collects_world_model_data_with_exploration_noise() -> None:
-    """run.data_policy=models/NAME resolves to the packaged bundle; its greedy actor gets Gaussian noise."""
+    """run.data_policy=models/NAME resolves to the packaged bundle; its greedy actor gets Gaussian
+    noise."""
     from rich.console import Console
 
     from rmio.runtime.models import ActorRunner

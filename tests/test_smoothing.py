@@ -1,4 +1,5 @@
-"""Reward-trend smoothing (RMIOv2 Eq. 10-12): window bounds, variance response, total reward preserved."""
+"""Reward-trend smoothing (RMIOv2 Eq. 10-12): window bounds, variance response, total reward
+preserved."""
 
 from __future__ import annotations
 

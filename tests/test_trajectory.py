@@ -95,7 +95,8 @@ def test_merge_checks_the_task(buffer: TrajectoryBuffer) -> None:
 
 
 def test_buffer_stores_the_actions_the_environment_executed() -> None:
-    """A Gaussian policy's samples leave the box; the world model must learn from what really happened."""
+    """A Gaussian policy's samples leave the box; the world model must learn from what really
+    happened."""
 
     def wild(obs, observed, avail):
         return np.full((obs.shape[0], 6, 1), 3.0, np.float32)

@@ -31,8 +31,8 @@ def test_subproc_vector_env_matches_single_envs_and_auto_resets() -> None:
 
 
 def test_many_segment_robots_build_in_parallel() -> None:
-    """gymnasium_robotics writes and deletes one shared XML per ManySegment robot; copies built at the
-    same time used to delete each other's file."""
+    """gymnasium_robotics writes and deletes one shared XML per ManySegment robot; copies built at
+    the same time used to delete each other's file."""
     cfg = EnvConfig("mamujoco", "ManySegmentSwimmer-10x2", episode_limit=3)
     for _ in range(3):
         with make_vector_env(cfg, 4) as venv:

@@ -1,4 +1,5 @@
-"""HalfCheetah 6x1 debug preset end to end through the CLI: train, fine-tune, evaluate, export, check."""
+"""HalfCheetah 6x1 debug preset end to end through the CLI: train, fine-tune, evaluate, export,
+check."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""The world model itself: shapes, masking semantics, learning, resume, export parity, bad inputs."""
+"""The world model itself: shapes, masking semantics, learning, resume, export parity, bad
+inputs."""
 
 from __future__ import annotations
 
@@ -54,7 +55,8 @@ def test_shapes_of_a_filtered_sequence(buffer) -> None:
 
 @pytest.mark.parametrize("fusion", [True, False])
 def test_a_masked_agents_observation_cannot_leak_in(buffer, fusion: bool) -> None:
-    """Whatever a lost agent's row holds, the model's output is the same: the mask really removes it."""
+    """Whatever a lost agent's row holds, the model's output is the same: the mask really removes
+    it."""
     model = _model(buffer, obs_fusion=fusion).eval()
     gen = torch.Generator().manual_seed(0)
     h, z = model.initial(2)
@@ -71,7 +73,8 @@ def test_a_masked_agents_observation_cannot_leak_in(buffer, fusion: bool) -> Non
 
 
 def test_observation_fusion_lets_other_agents_inform_a_lost_one(buffer) -> None:
-    """With fusion, an observed agent's input changes the lost agent's reconstruction; without, never."""
+    """With fusion, an observed agent's input changes the lost agent's reconstruction; without,
+    never."""
     gen = torch.Generator().manual_seed(1)
     obs = torch.randn(1, 6, 9, generator=gen)
     other = obs.clone()

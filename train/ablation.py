@@ -1,4 +1,5 @@
-"""Ablation sweeps of the RMIOv2 paper's Tables 1 and 2 (`rmio ablate SWEEP.yaml`): one command per table.
+"""Ablation sweeps of the RMIOv2 paper's Tables 1 and 2 (`rmio ablate SWEEP.yaml`): one command per
+table.
 
 A sweep varies one thing, either the method (``vary: algo``: fusion ablations) or the fine-tuning
 mask rate (``vary: p_mask``), and reports for every variant the reconstruction loss of lost agents
@@ -39,7 +40,8 @@ class SweepRobustness:
 
 @dataclass
 class AblationConfig:
-    """One table: a scenario, the thing varied, its values, and the policy that plays the robustness sweep."""
+    """One table: a scenario, the thing varied, its values, and the policy that plays the robustness
+    sweep."""
 
     name: str
     scenario: str
@@ -48,17 +50,19 @@ class AblationConfig:
     variants: list[Any]
     """Method names (vary: algo) or fine-tuning mask rates (vary: p_mask)."""
     policy: str
-    """The actor every variant is deployed with: a policy.pt or a bundle directory (its actor.onnx)."""
+    """The actor every variant is deployed with: a policy.pt or a bundle directory (its
+    actor.onnx)."""
     p_mask: float = 0.5
-    """Fine-tuning mask rate of the algo variants; also the test-time p_mask at which L_rec is reported."""
+    """Fine-tuning mask rate of the algo variants; also the test-time p_mask at which L_rec is
+    reported."""
     finetune_updates: int | None = None
     """Upper bound on fine-tuning updates (default: the scenario config's)."""
     set: list[str] = field(default_factory=list)
     """Config overrides (key=value) applied to every variant."""
     robustness: SweepRobustness = field(default_factory=SweepRobustness)
     seeds: list[int] = field(default_factory=lambda: [0])
-    """Training seeds (``run.seed``): every variant is trained once per seed, and the table reports the mean
-    and spread over them. Each seed's runs live in ``OUT/seed<S>/``."""
+    """Training seeds (``run.seed``): every variant is trained once per seed, and the table reports
+    the mean and spread over them. Each seed's runs live in ``OUT/seed<S>/``."""
 
 
 def resolve_sweep(name_or_path: str | Path) -> Path:
@@ -120,7 +124,8 @@ def run_ablation(
     path: Path, out: Path, debug: bool, console: Console, device: str = "cpu"
 ) -> dict[str, Any]:
     """Train and evaluate every variant seed by seed; after each seed the table so far is written
-    (``ablation.md`` / ``ablation.json`` with the seeds done), so a long sweep reports as it goes."""
+    (``ablation.md`` / ``ablation.json`` with the seeds done), so a long sweep reports as it
+    goes."""
     ab = load_ablation(path)
     evaluated: dict[int, list[dict[str, Any]]] = {}
     result: dict[str, Any] = {}
@@ -163,7 +168,8 @@ def _write_table(
 def _train_seed(
     ab: AblationConfig, out: Path, seed: int, debug: bool, console: Console, device: str
 ) -> list[tuple[str, Path]]:
-    """Train (or resume) every variant of one training seed; returns (label, run directory) in table order."""
+    """Train (or resume) every variant of one training seed; returns (label, run directory) in table
+    order."""
     from rmio.train.common import prepare_run_dir
     from rmio.train.wm_train import finetune_world_model, train_world_model
 
@@ -202,8 +208,8 @@ def _train_seed(
 
 
 def _aggregate(label: str, seed_rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """One table row: the mean and the spread over training seeds (each seed's AUC is itself a mean over the
-    robustness sweep's seed families)."""
+    """One table row: the mean and the spread over training seeds (each seed's AUC is itself a mean
+    over the robustness sweep's seed families)."""
     import numpy as np
 
     def stats(key: str) -> tuple[float, float]:
@@ -232,7 +238,8 @@ def _aggregate(label: str, seed_rows: list[dict[str, Any]]) -> dict[str, Any]:
 def _evaluate(
     label: str, run: Path, ab: AblationConfig, device: str, console: Console
 ) -> dict[str, Any]:
-    """L_rec of lost agents at the reporting p_mask, then the robustness AUC of the policy with this world model."""
+    """L_rec of lost agents at the reporting p_mask, then the robustness AUC of the policy with this
+    world model."""
     from rmio.evaluation import robustness
     from rmio.train.export import export_run
     from rmio.train.wm_eval import evaluate_run
@@ -295,10 +302,11 @@ def markdown(result: dict[str, Any]) -> str:
     lines = [
         f"# {result['name']}",
         "",
-        f"{result['scenario']}, varying {result['vary']}; policy {result['policy']}. L_rec: lost agents, "
-        f"held-out episodes, test-time p_mask {rows[0]['lrec_p_mask']:g} (lower is better). AUC: world-model "
-        f"strategy. Mean ± std over training seeds {result.get('seeds', [0])}{_partial(result)}; each seed's "
-        f"AUC is the mean over {result['robustness']['seeds']} evaluation seed families.",
+        f"{result['scenario']}, varying {result['vary']}; policy {result['policy']}. L_rec: lost "
+        f"agents, held-out episodes, test-time p_mask {rows[0]['lrec_p_mask']:g} (lower is "
+        "better). AUC: world-model strategy. Mean ± std over training seeds "
+        f"{result.get('seeds', [0])}{_partial(result)}; each seed's AUC is the mean over "
+        f"{result['robustness']['seeds']} evaluation seed families.",
         "",
         "| variant | L_rec lost agents | AUC | "
         + " | ".join(f"{rows[0]['metric']} @ {p:g}" for p in p_loss)

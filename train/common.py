@@ -66,7 +66,8 @@ def prepare_run_dir(cfg: Config, run_dir: Path | None, algo: str) -> Path:
         if old.digest() != cfg.digest():
             raise RmioError(
                 f"run directory '{run_dir}' was made with a different config (hash {old.digest()} "
-                f"vs {cfg.digest()}); resume with the same config and overrides, or use a new --run-dir"
+                f"vs {cfg.digest()}); resume with the same config and overrides, or use a new "
+                "--run-dir"
             )
         return run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -79,7 +80,8 @@ def build_model(cfg: Config, spec: EnvSpec, stats: tuple[np.ndarray, ...]) -> RM
 
 
 def checkpoint_meta(cfg: Config, spec: EnvSpec, stats: tuple[np.ndarray, ...]) -> dict[str, Any]:
-    """What every checkpoint carries so that it can be loaded alone: config (and hash), spec, statistics."""
+    """What every checkpoint carries so that it can be loaded alone: config (and hash), spec,
+    statistics."""
     keys = ("obs_mean", "obs_std", "state_mean", "state_std")
     return {
         "config": cfg.to_dict(),

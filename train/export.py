@@ -1,4 +1,5 @@
-"""`rmio export`: the world model's one-step graph as ONNX plus the bundle manifest, checked for parity.
+"""`rmio export`: the world model's one-step graph as ONNX plus the bundle manifest, checked for
+parity.
 
 The graph is ``RMIOWorldModel.step`` (raw observations in and out, categorical modes), exactly the
 contract of ``rmio.runtime.bundle``. Parity is checked twice: on random inputs with a batch of 3
@@ -47,7 +48,8 @@ class ActorGraph(nn.Module):
 
 
 def export_actor(actor: Actor, out: Path) -> float:
-    """Write actor.onnx and return the max |onnxruntime - torch| over every agent on random inputs."""
+    """Write actor.onnx and return the max |onnxruntime - torch| over every agent on random
+    inputs."""
     import onnxruntime as ort
 
     spec = actor.spec
@@ -89,7 +91,8 @@ def export_onnx(
     inputs: tuple[str, ...],
     outputs: tuple[str, ...],
 ) -> None:
-    """Export with a dynamic batch axis (the example batch must be >= 2, or the exporter fixes it to 1)."""
+    """Export with a dynamic batch axis (the example batch must be >= 2, or the exporter fixes it to
+    1)."""
     if args[0].shape[0] < 2:
         raise ValueError("export needs an example batch of at least 2")
     batch = torch.export.Dim("batch", min=1, max=4096)
@@ -146,7 +149,8 @@ def replay_parity(
     steps: int = 200,
     p_mask: float = 0.5,
 ) -> float:
-    """Replay the start of each held-out episode with random masks in both runtimes; max abs difference."""
+    """Replay the start of each held-out episode with random masks in both runtimes; max abs
+    difference."""
     rng = np.random.default_rng(0)
     worst = 0.0
     for k in range(min(holdout.num_episodes, 2)):
@@ -175,8 +179,8 @@ def replay_parity(
 
 
 def export_run(run_dir: Path, out: Path, console: Console, policy: Path | None = None) -> Path:
-    """World model of ``run_dir`` (fine-tuned if it was) plus the actor of ``policy`` (default: the run's own
-    policy.pt), checked against PyTorch."""
+    """World model of ``run_dir`` (fine-tuned if it was) plus the actor of ``policy`` (default: the
+    run's own policy.pt), checked against PyTorch."""
 
     path = run_dir / "wm_finetune.pt"
     if not path.exists():
@@ -184,8 +188,8 @@ def export_run(run_dir: Path, out: Path, console: Console, policy: Path | None =
         if not path.exists():
             raise RmioError(f"'{run_dir}' has no trained world model to export")
         console.print(
-            "[yellow]no fine-tuned world model in this run: exporting the pre-trained one; it was never "
-            "trained to fill in lost observations[/]"
+            "[yellow]no fine-tuned world model in this run: exporting the pre-trained one; it was "
+            "never trained to fill in lost observations[/]"
         )
     model, ckpt = load_model(path, "cpu")
     model.eval()
@@ -265,11 +269,13 @@ def export_run(run_dir: Path, out: Path, console: Console, policy: Path | None =
         console.print(f"actor parity onnxruntime vs torch: {err_actor:.2e}")
         if err_actor > PARITY_TOLERANCE:
             raise RmioError(
-                f"exported actor drifts from PyTorch by {err_actor:.2e}; the bundle must not be used"
+                f"exported actor drifts from PyTorch by {err_actor:.2e}; the bundle must not be "
+                "used"
             )
     else:
         console.print(
-            "[yellow]no policy.pt in this run: the bundle has the world model only (no actor.onnx)[/]"
+            "[yellow]no policy.pt in this run: the bundle has the world model only (no "
+            "actor.onnx)[/]"
         )
     eval_json = run_dir / "eval_reconstruction.json"
     if eval_json.exists():

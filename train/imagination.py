@@ -27,7 +27,8 @@ def start_states(
     starts: int,
     context: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Posterior (h, z) at the last step of ``starts`` real windows of ``context`` steps (line 12)."""
+    """Posterior (h, z) at the last step of ``starts`` real windows of ``context`` steps (line
+    12)."""
     batch = sampler.sample(rng, starts, context, end_mid_episode=True)
     mask = torch.ones(batch.obs.shape[:3], device=batch.obs.device)
     post = model.observe(
@@ -40,7 +41,8 @@ def start_states(
 def imagine(
     model: RMIOWorldModel, ppo: PPO, h: torch.Tensor, z: torch.Tensor, horizon: int
 ) -> Rollout:
-    """Roll the prior for ``horizon`` steps under the current policy (lines 13-15), as a PPO rollout."""
+    """Roll the prior for ``horizon`` steps under the current policy (lines 13-15), as a PPO
+    rollout."""
     discrete = model.spec.discrete
     obs_l, act_l, logp_l, val_l, rew_l, cont_l, avail_l = [], [], [], [], [], [], []
     obs = model.denormalize_obs(model.decode_obs(h, z))

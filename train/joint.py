@@ -1,4 +1,5 @@
-"""RMIOv2 joint pre-training (Algorithm 1, `rmio train pretrain`): world model + MAPPO in imagination.
+"""RMIOv2 joint pre-training (Algorithm 1, `rmio train pretrain`): world model + MAPPO in
+imagination.
 
 Each iteration: collect real steps with the current policy into the real buffer B_r (line 1),
 E_M world-model updates on sequences from B_r (lines 2-9), then E_pi rounds of imagination from
@@ -34,8 +35,9 @@ NO_LOSS = LossConfig("none")  # pre-training sees complete observations (paper s
 
 
 def train_joint(cfg: Config, run_dir: Path, device: str, console: Console) -> Path:
-    """Algorithm 1: alternate real collection with the current actor (line 1), world-model updates on all real
-    data (lines 2-9) and PPO updates in imagination (lines 10-19); evaluate in the real env; resume by re-running."""
+    """Algorithm 1: alternate real collection with the current actor (line 1), world-model updates
+    on all real data (lines 2-9) and PPO updates in imagination (lines 10-19); evaluate in the real
+    env; resume by re-running."""
     final = run_dir / "policy.pt"
     dev = begin_training(cfg, final, device, "joint pre-training", console)
     if dev is None:
@@ -152,8 +154,8 @@ def train_joint(cfg: Config, run_dir: Path, device: str, console: Console) -> Pa
 def _initial_data(
     cfg: Config, data_dir: Path, start: dict[str, Any] | None
 ) -> tuple[TrajectoryBuffer, tuple[np.ndarray, ...], dict[str, int]]:
-    """The real data, the normalisation statistics and the step counters: a random warm-up (and a held-out
-    set) on a new run, else what the checkpoint recorded."""
+    """The real data, the normalisation statistics and the step counters: a random warm-up (and a
+    held-out set) on a new run, else what the checkpoint recorded."""
     im, wt = cfg.policy.imagination, cfg.world_model.train
     if start is None:
         real, _ = collect(
@@ -222,7 +224,8 @@ def _policy_updates(
     gen: torch.Generator,
     cfg: Config,
 ) -> tuple[dict[str, float], Any]:
-    """Algorithm 1, lines 10-19: PPO on rollouts imagined from posterior states of real sequences."""
+    """Algorithm 1, lines 10-19: PPO on rollouts imagined from posterior states of real
+    sequences."""
     im = cfg.policy.imagination
     metrics: dict[str, float] = {}
     rollout = None

@@ -44,14 +44,16 @@ def log_eval(run_dir: Path, step: int, result: dict[str, float], console: Consol
     plot_curves([run_dir], run_dir / "learning_curve.png")
     extra = f", win rate {result['win_rate']:.2f}" if "win_rate" in result else ""
     console.print(
-        f"eval @ {step} env steps: return {result['return_mean']:.2f} ± {result['return_std']:.2f}{extra}"
+        f"eval @ {step} env steps: return {result['return_mean']:.2f} ± "
+        f"{result['return_std']:.2f}{extra}"
     )
 
 
 def evaluate_and_log(
     cfg: Config, actor: Any, run_dir: Path, step: int, console: Console
 ) -> dict[str, float]:
-    """Deterministic evaluation episodes (seed family apart from training's), appended to eval.jsonl."""
+    """Deterministic evaluation episodes (seed family apart from training's), appended to
+    eval.jsonl."""
     result = evaluate_policy(actor, cfg.env, cfg.run.eval_episodes, cfg.run.seed + 900_000)
     log_eval(run_dir, step, result, console)
     return result

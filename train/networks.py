@@ -10,7 +10,8 @@ from torch import nn
 
 
 def mlp(inp: int, hidden: int, out: int, layers: int = 2, norm: bool = True) -> nn.Sequential:
-    """``layers`` hidden layers of Linear -> LayerNorm -> SiLU, then a linear head (DreamerV3 style)."""
+    """``layers`` hidden layers of Linear -> LayerNorm -> SiLU, then a linear head (DreamerV3
+    style)."""
     mods: list[nn.Module] = []
     width = inp
     for _ in range(layers):
@@ -101,14 +102,16 @@ class Categorical:
         self.logits = torch.log(probs)
 
     def sample(self) -> torch.Tensor:
-        """Straight-through one-hot sample: the forward pass is discrete, gradients flow via probs."""
+        """Straight-through one-hot sample: the forward pass is discrete, gradients flow via
+        probs."""
         u = torch.rand_like(self.probs).clamp_(1e-8, 1 - 1e-8)
         idx = (self.logits - torch.log(-torch.log(u))).argmax(dim=-1)  # Gumbel-max: an exact sample
         onehot = F.one_hot(idx, self.classes).to(self.probs.dtype)
         return self._flatten(onehot + self.probs - self.probs.detach())
 
     def mode(self) -> torch.Tensor:
-        """Most likely class of each categorical: deterministic, used for reconstruction and export."""
+        """Most likely class of each categorical: deterministic, used for reconstruction and
+        export."""
         idx = self.probs.argmax(dim=-1)
         return self._flatten(F.one_hot(idx, self.classes).to(self.probs.dtype))
 

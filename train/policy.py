@@ -1,4 +1,5 @@
-"""r-MAPPO networks: a parameter-shared actor on each agent's local observation, a centralised critic.
+"""r-MAPPO networks: a parameter-shared actor on each agent's local observation, a centralised
+critic.
 
 The actor never sees another agent's observation: its input is one agent's observation (raw units,
 normalised inside with that agent's statistics) and the agent's id. That is what makes execution
@@ -94,8 +95,8 @@ class Actor(nn.Module):
         return action, self.log_prob(dist, action, agent_id)
 
     def executed(self, action: torch.Tensor) -> torch.Tensor:
-        """Joint action (..., n, A) as the environment applies it: clipped to the box, padding zeroed.
-        The world model must learn from these, not from the raw Gaussian samples."""
+        """Joint action (..., n, A) as the environment applies it: clipped to the box, padding
+        zeroed. The world model must learn from these, not from the raw Gaussian samples."""
         if self.spec.discrete:
             return action
         return torch.minimum(torch.maximum(action, self.low), self.high) * self.action_mask
@@ -103,7 +104,8 @@ class Actor(nn.Module):
     def forward(
         self, obs: torch.Tensor, agent_id: torch.Tensor, avail: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """The exported greedy policy: best available action, or the mean clipped to the action box."""
+        """The exported greedy policy: best available action, or the mean clipped to the action
+        box."""
         out = self._head(obs, agent_id)
         if self.spec.discrete:
             if avail is not None:
@@ -118,14 +120,16 @@ class Actor(nn.Module):
 def joint_act(
     actor: Actor, obs: torch.Tensor, avail: torch.Tensor | None = None, deterministic: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Every agent acts on its own row of ``obs`` (..., n, D); returns actions and log-probs (..., n)."""
+    """Every agent acts on its own row of ``obs`` (..., n, D); returns actions and log-probs (...,
+    n)."""
     n = obs.shape[-2]
     ids = torch.arange(n, device=obs.device).expand(obs.shape[:-1])
     return actor.act(obs, ids, avail, deterministic)
 
 
 def actor_policy(actor: Actor, deterministic: bool = False):
-    """The actor as a ``collect``/``run_episodes`` policy: (obs, observed, avail) numpy in, joint action out."""
+    """The actor as a ``collect``/``run_episodes`` policy: (obs, observed, avail) numpy in, joint
+    action out."""
     device = next(actor.parameters()).device
 
     @torch.no_grad()

@@ -41,7 +41,8 @@ def gae(r: Rollout, gamma: float, lam: float) -> tuple[torch.Tensor, torch.Tenso
 
 
 class PPO:
-    """Clipped-surrogate actor update and value regression for a shared actor and a central critic."""
+    """Clipped-surrogate actor update and value regression for a shared actor and a central
+    critic."""
 
     def __init__(self, actor: Actor, critic: Critic, cfg: PPOConfig) -> None:
         self.actor, self.critic, self.cfg = actor, critic, cfg

@@ -49,7 +49,8 @@ class ImaginationConfig:
     env_steps: int = 100_000
     """Total real environment steps (the sample-efficiency budget)."""
     collect_steps: int = 1_000
-    """Real steps collected with the current policy per iteration (line 1); whole episodes are finished."""
+    """Real steps collected with the current policy per iteration (line 1); whole episodes are
+    finished."""
     num_envs: int = 1
     """Parallel real environments while collecting: one keeps an iteration at about one episode."""
     warmup_steps: int = 5_000
@@ -76,4 +77,5 @@ class PolicySection:
     mappo: MAPPOConfig = field(default_factory=MAPPOConfig)
     imagination: ImaginationConfig = field(default_factory=ImaginationConfig)
     stats_steps: int = 2_000
-    """Model-free MAPPO: random-policy steps (counted in the budget) that fix observation statistics."""
+    """Model-free MAPPO: random-policy steps (counted in the budget) that fix observation
+    statistics."""

@@ -1,4 +1,5 @@
-"""Run bookkeeping shared by every trainer: metric logs (TensorBoard, JSONL, CSV) and checkpoints."""
+"""Run bookkeeping shared by every trainer: metric logs (TensorBoard, JSONL, CSV) and
+checkpoints."""
 
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ CHECKPOINT_FORMAT = 1
 
 
 class MetricLog:
-    """Writes each logged row to TensorBoard, ``<name>.jsonl`` and ``<name>.csv`` in the run directory.
+    """Writes each logged row to TensorBoard, ``<name>.jsonl`` and ``<name>.csv`` in the run
+    directory.
 
     Appends on resume, so a resumed run keeps one continuous history.
     """
@@ -68,7 +70,8 @@ def rng_state() -> dict[str, Any]:
 
 
 def restore_rng(state: dict[str, Any] | torch.Tensor) -> None:
-    """Inverse of rng_state; states must be CPU byte tensors whatever map_location loaded them to."""
+    """Inverse of rng_state; states must be CPU byte tensors whatever map_location loaded them
+    to."""
     if isinstance(state, torch.Tensor):  # older checkpoints stored the CPU state alone
         state = {"cpu": state}
     torch.set_rng_state(state["cpu"].cpu())
@@ -77,7 +80,8 @@ def restore_rng(state: dict[str, Any] | torch.Tensor) -> None:
 
 
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
-    """Atomic: write to a temporary file, then rename, so an interrupted save never corrupts the last one."""
+    """Atomic: write to a temporary file, then rename, so an interrupted save never corrupts the
+    last one."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     torch.save({"format": CHECKPOINT_FORMAT, **payload}, tmp)

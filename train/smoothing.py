@@ -5,8 +5,9 @@ Modes:
 * ``off``: the raw reward.
 * ``fixed``: Gaussian smoothing with one window H and kernel width sigma (GAWM / DreamSmooth).
 * ``adaptive``: the window H_t of each step follows the local reward variance (RMIOv2):
-  sigma_t = Var(r_{t-H_base : t+H_base}) (Eq. 12), H_t = max(H_min, min(H_max, floor(alpha * sigma_t)))
-  (Eq. 11), and the Gaussian kernel's width is H_t / 2 so that the window spans +-2 standard deviations.
+  sigma_t = Var(r_{t-H_base : t+H_base}) (Eq. 12), H_t = max(H_min, min(H_max, floor(alpha *
+  sigma_t))) (Eq. 11), and the Gaussian kernel's width is H_t / 2 so that the window spans +-2
+  standard deviations.
 
 The paper writes Eq. 10 as a gather (r^_t is a weighted mean of r around t) and requires the total
 reward to be preserved. With a window that changes from step to step, or one that is clipped at the

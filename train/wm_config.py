@@ -73,7 +73,8 @@ class FinetuneConfig:
     """Upper bound on fine-tuning updates."""
     lr: float = 1e-4
     patience: int = 1_000
-    """Stop early when the smoothed joint loss has not improved by ``min_delta`` for this many updates."""
+    """Stop early when the smoothed joint loss has not improved by ``min_delta`` for this many
+    updates."""
     min_delta: float = 0.002
     """Relative improvement of the smoothed loss that counts as progress."""
 

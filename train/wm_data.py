@@ -180,7 +180,8 @@ def world_model_loss(
         post.prior.detach()
     ).mean()  # keeps the posterior close to what is predictable
     # Free nats on the batch mean (DreamerV2). Clamping every step instead (DreamerV3) was tried: in
-    # fine-tuning it pulled the KL from ~1 to ~0.5 nats and made reconstructions of lost agents worse.
+    # fine-tuning it pulled the KL from ~1 to ~0.5 nats and made reconstructions of lost agents
+    # worse.
     kl = cfg.kl_balance * dyn.clamp(min=cfg.free_nats) + (1 - cfg.kl_balance) * rep.clamp(
         min=cfg.free_nats
     )

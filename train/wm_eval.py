@@ -3,11 +3,13 @@
 For every test-time p_mask, agents' observations are dropped at random (several seeds) and each
 strategy fills them in:
 
-* ``world model (fine-tuned)`` / ``world model (pre-trained)``: the posterior with the mask, then the
-  observation decoder (categorical modes, deterministic), filtering whole episodes incrementally;
+* ``world model (fine-tuned)`` / ``world model (pre-trained)``: the posterior with the mask, then
+  the observation decoder (categorical modes, deterministic), filtering whole episodes
+  incrementally;
 * ``zero-fill``: a lost observation is all zeros (in raw units), which is what an agent without
   reconstruction would act on;
-* ``hold-last``: the agent's last observation it did receive in this episode (zeros before the first).
+* ``hold-last``: the agent's last observation it did receive in this episode (zeros before the
+  first).
 
 Metrics, in normalised observation units (per feature (o - mean) / std of the training data):
 
@@ -16,7 +18,8 @@ Metrics, in normalised observation units (per feature (o - mean) / std of the tr
   their own observation, Algorithm 2 line 36), so it is lrec_masked times the lost fraction;
 * ``lrec_decoder_all`` (world models only): the decoder's output for every agent, observed or not,
   the paper's L_rec;
-* GPE and GCI of GAWM section 4.3 (Eq. 7-8) for the world models (p_mask 0 gives the classic numbers).
+* GPE and GCI of GAWM section 4.3 (Eq. 7-8) for the world models (p_mask 0 gives the classic
+  numbers).
 """
 
 from __future__ import annotations
@@ -97,14 +100,16 @@ def evaluate_episode(
             "all_count": np.full(P, T * n * seeds, dtype=np.float64),
         }
     dec_err = _smooth_l1(decoded, obs_n, fm)
-    # GPE (GAWM Eq. 8): per agent ||o^ - o||_2 + |r^ - r| + |gamma^ - gamma|, averaged over agents and steps
+    # GPE (GAWM Eq. 8): per agent ||o^ - o||_2 + |r^ - r| + |gamma^ - gamma|, averaged over agents
+    # and steps
     l2 = ((decoded - obs_n) * fm).norm(dim=-1)  # (B, T, n)
     gamma_hat = 1 - torch.sigmoid(out["term_logit"])
     gamma = 1 - ep.is_terminal.expand(B, T)
     reward = (ep.raw_reward if ep.raw_reward is not None else ep.reward).expand(B, T)
     gpe = l2.mean(-1) + (out["reward"] - reward).abs() + (gamma_hat - gamma).abs()
-    # GCI (GAWM Eq. 7): disagreement between agents' own estimates of the global quantities; reward and
-    # termination come from one joint head here, so their indicator terms are zero by construction
+    # GCI (GAWM Eq. 7): disagreement between agents' own estimates of the global quantities; reward
+    # and termination come from one joint head here, so their indicator terms are zero by
+    # construction
     gci_state = torch.zeros(B, T, device=obs.device)
     if "state" in out:
         s_hat = out["state"]  # (B, T, n, S) each agent's own estimate
@@ -175,7 +180,8 @@ def evaluate_run(run_dir: Path, which: str, device: str, console: Console) -> di
         model, ckpt = load_model(path, dev)
         if ckpt["spec"] != holdout.spec.to_dict():
             raise RmioError(
-                f"{path} was trained for {ckpt['spec']['name']}, the held-out data is {holdout.spec.name}"
+                f"{path} was trained for {ckpt['spec']['name']}, the held-out data is "
+                f"{holdout.spec.name}"
             )
         model.eval()
         sampler = SequenceSampler(holdout, cfg.world_model.smoothing, dev)

@@ -1,4 +1,5 @@
-"""World-model pre-training (Algorithm 1, lines 2-9) and masked fine-tuning (Algorithm 2, lines 20-27).
+"""World-model pre-training (Algorithm 1, lines 2-9) and masked fine-tuning (Algorithm 2, lines
+20-27).
 
 Both phases share one loop; they differ in the starting weights, the learning rate, p_mask and the
 stopping rule. A run directory holds everything: resolved config, data, logs, checkpoints. Running
@@ -43,13 +44,14 @@ HOLDOUT_SEED_OFFSET = 10_000_000
 """Held-out episodes use seeds far from any collection seed, so they are never training episodes."""
 
 
-# ---------------------------------------------------------------------------------------------- data
+# -------------------------------------------------------------------------------------------- data
 
 
 def ensure_data(
     cfg: Config, run_dir: Path, console: Console
 ) -> tuple[TrajectoryBuffer, TrajectoryBuffer]:
-    """Real trajectories for training and a held-out set (other seeds); collected once, then reused."""
+    """Real trajectories for training and a held-out set (other seeds); collected once, then
+    reused."""
     data_dir = run_dir / "data"
     train_path, holdout_path = data_dir / "train.npz", data_dir / "holdout.npz"
     no_loss = LossConfig(model="none")  # pre-training sees complete observations (paper section 5)
@@ -91,7 +93,8 @@ def ensure_data(
 
 
 def _data_policy(cfg: Config, console: Console) -> Any:
-    """``run.data_policy``'s sampling actor (its exploration is the data's diversity), or None for random."""
+    """``run.data_policy``'s sampling actor (its exploration is the data's diversity), or None for
+    random."""
     if cfg.run.data_policy is None:
         return None
     from rmio.models import resolve_model_path
@@ -114,7 +117,7 @@ def _data_policy(cfg: Config, console: Console) -> Any:
     return actor_policy(actor)
 
 
-# ---------------------------------------------------------------------------------------------- runs
+# -------------------------------------------------------------------------------------------- runs
 
 
 @dataclass
@@ -187,8 +190,9 @@ def optimise(
             loss, metrics = world_model_loss(model, batch, mask)
             if not torch.isfinite(loss):
                 raise RmioError(
-                    f"the {phase.name} loss became {loss.item()} at update {step}; lower the learning "
-                    f"rate (--set world_model.train.lr=...) or check the data for extreme values"
+                    f"the {phase.name} loss became {loss.item()} at update {step}; lower the "
+                    "learning rate (--set world_model.train.lr=...) or check the data for extreme "
+                    "values"
                 )
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -214,8 +218,8 @@ def optimise(
             bar.update(
                 task,
                 completed=step,
-                info=f"loss {metrics['loss']:.3f} obs {metrics['obs']:.3f} rew {metrics['reward']:.3f} "
-                f"kl {metrics['kl']:.2f}",
+                info=f"loss {metrics['loss']:.3f} obs {metrics['obs']:.3f} rew "
+                f"{metrics['reward']:.3f} kl {metrics['kl']:.2f}",
             )
             if step % tcfg.checkpoint_every == 0:
                 checkpoint()
@@ -270,7 +274,8 @@ def train_world_model(cfg: Config, run_dir: Path, device: str, console: Console)
         },
     )
     console.print(
-        f"pre-training done: {summary['updates']} updates at {summary['updates_per_s']:.2f}/s; wrote {final}"
+        f"pre-training done: {summary['updates']} updates at {summary['updates_per_s']:.2f}/s; "
+        f"wrote {final}"
     )
     return final
 
@@ -308,8 +313,8 @@ def finetune_world_model(
     if start is not None:
         if abs(start.get("p_mask", p) - p) > 1e-12:
             raise RmioError(
-                f"an interrupted fine-tuning in '{run_dir}' used p_mask {start['p_mask']}, not {p}; "
-                f"resume with --p-mask {start['p_mask']} or delete {ck.name}"
+                f"an interrupted fine-tuning in '{run_dir}' used p_mask {start['p_mask']}, not "
+                f"{p}; resume with --p-mask {start['p_mask']} or delete {ck.name}"
             )
         console.print(f"resuming fine-tuning from update {start['step']}")
     extra = {**{k: ckpt[k] for k in ("config", "config_hash", "spec", "stats")}, "p_mask": p}
@@ -328,7 +333,8 @@ def finetune_world_model(
 
 
 def _bundle_policy(cfg: Config, bundle: Path, console: Console) -> Any:
-    """A bundle's greedy actor.onnx with exploration noise (Gaussian 0.3 / 10% random available actions)."""
+    """A bundle's greedy actor.onnx with exploration noise (Gaussian 0.3 / 10% random available
+    actions)."""
     from rmio.runtime.bundle import load_manifest
     from rmio.runtime.models import ActorRunner
 

@@ -139,7 +139,8 @@ class RMIOWorldModel(nn.Module):
         )
 
     def transition(self, h: torch.Tensor, z: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
-        """h_t = f_rec(h_{t-1}, f_af(z_{t-1}, a_{t-1}))  (Eq. 2b, 2c); ``action`` already encoded."""
+        """h_t = f_rec(h_{t-1}, f_af(z_{t-1}, a_{t-1}))  (Eq. 2b, 2c); ``action`` already
+        encoded."""
         e = self.action_fusion(self._with_id(torch.cat([action, z], -1)))
         return self.rnn(e, h)
 
@@ -148,7 +149,8 @@ class RMIOWorldModel(nn.Module):
         return Categorical(self.prior_net(h), self.cfg.groups, self.cfg.classes, self.cfg.unimix)
 
     def posterior(self, h: torch.Tensor, obs_n: torch.Tensor, mask: torch.Tensor) -> Categorical:
-        """p_post(z_t | f_of(h_t, o~_t), h_t)  (Eq. 2a, 2d, 4); lost agents' observations are zeroed."""
+        """p_post(z_t | f_of(h_t, o~_t), h_t)  (Eq. 2a, 2d, 4); lost agents' observations are
+        zeroed."""
         m = mask.unsqueeze(-1)
         parts = [obs_n * m, h] + ([m] if self.cfg.mask_flag else [])
         g = self.obs_fusion(self._with_id(torch.cat(parts, -1)))
@@ -171,7 +173,8 @@ class RMIOWorldModel(nn.Module):
         obs: torch.Tensor,
         mask: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """One deterministic step in raw units: the graph that `rmio export` writes as wm_step.onnx."""
+        """One deterministic step in raw units: the graph that `rmio export` writes as
+        wm_step.onnx."""
         h = self.transition(h, z, prev_action)
         z = self.posterior(h, self.normalize_obs(obs), mask).mode()
         return h, z, self.denormalize_obs(self.decode_obs(h, z))
@@ -189,8 +192,8 @@ class RMIOWorldModel(nn.Module):
         """Filter a batch of sequences (B, T, n, ...); h and z restart from zeros at ``is_first``.
 
         The sampler marks the first row of every window as a start too, which is what the deployed
-        coordinator's window replay does: zero state, but the real previous action a_{s-1} (zero only
-        at a true episode start, where the data already holds zeros).
+        coordinator's window replay does: zero state, but the real previous action a_{s-1} (zero
+        only at a true episode start, where the data already holds zeros).
         """
         B, T = obs_n.shape[:2]
         h, z = self.initial(B)
@@ -213,7 +216,8 @@ class RMIOWorldModel(nn.Module):
         return Posterior(h_all, torch.stack(zs, 1), post_all, self.prior(h_all))
 
     def heads(self, h: torch.Tensor, z: torch.Tensor) -> dict[str, torch.Tensor]:
-        """All predictors on states (..., n, feat): per-agent decoders and the global heads (Eq. 3)."""
+        """All predictors on states (..., n, feat): per-agent decoders and the global heads (Eq.
+        3)."""
         feat = torch.cat([h, z], -1)
         joint = feat.flatten(-2)
         out = {

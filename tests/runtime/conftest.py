@@ -1,4 +1,5 @@
-"""Fixtures for the swarm tests: one tiny bundle per session, real processes, and no orphans left behind."""
+"""Fixtures for the swarm tests: one tiny bundle per session, real processes, and no orphans left
+behind."""
 
 from __future__ import annotations
 

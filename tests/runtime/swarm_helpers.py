@@ -1,5 +1,5 @@
-"""Helpers shared by the swarm tests: message templates, and (from rmio.testing) settings for a tiny run and
-running it."""
+"""Helpers shared by the swarm tests: message templates, and (from rmio.testing) settings for a tiny
+run and running it."""
 
 from __future__ import annotations
 

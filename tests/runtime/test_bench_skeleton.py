@@ -1,5 +1,6 @@
 """The skeleton swarm (rmio.skeleton) that bench/swarm_skeleton.py times, over ZeroMQ and over UDP:
-real processes, every step's messages delivered, a round measured for every step after the warm-up."""
+real processes, every step's messages delivered, a round measured for every step after the
+warm-up."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""`rmio swarm ...` as a user runs it: real subprocesses, exit codes, reports, and nothing left running."""
+"""`rmio swarm ...` as a user runs it: real subprocesses, exit codes, reports, and nothing left
+running."""
 
 from __future__ import annotations
 
@@ -76,10 +77,10 @@ def test_launch_writes_a_report_and_leaves_nothing_running(bundle: Path, tmp_pat
     assert report["mean_return"] == pytest.approx(
         report["baselines"]["world-model"]["mean_return"], rel=0.05, abs=0.05
     )
-    # The markdown report has the communication table: a row per message type that flowed, with its category.
-    # Which types flow is only partly fixed: a heartbeat (HB) goes out once a peer has been quiet for a
-    # heartbeat interval, which a 60-step run may outpace; greetings (HELLO, liveness) and the STEP/ACTION
-    # exchange of every step always happen.
+    # The markdown report has the communication table: a row per message type that flowed, with its
+    # category. Which types flow is only partly fixed: a heartbeat (HB) goes out once a peer has
+    # been quiet for a heartbeat interval, which a 60-step run may outpace; greetings (HELLO,
+    # liveness) and the STEP/ACTION exchange of every step always happen.
     traffic, md = report["traffic"], (run / "report.md").read_text()
     assert {"HELLO", "STEP", "ACTION"} <= set(traffic), sorted(traffic)
     assert traffic["HELLO"]["category"] == "liveness"
@@ -183,8 +184,9 @@ def _free_ports(count: int) -> int:
 
 @pytest.mark.parametrize("transport", ["tcp", "udp"])
 def test_roster_roles_started_one_by_one(bundle: Path, tmp_path: Path, transport: str) -> None:
-    """The multi-host path on loopback: a roster, then each role as its own `rmio swarm ...` command,
-    started in reverse order (the env host last), so that greetings must wait for their peers."""
+    """The multi-host path on loopback: a roster, then each role as its own `rmio swarm ...`
+    command, started in reverse order (the env host last), so that greetings must wait for their
+    peers."""
     schedule = tmp_path / "loss.yaml"
     schedule.write_text("- {steps: '5-9', agents: [0, 2]}\n- {steps: '12', agents: all}\n")
     roster = tmp_path / "roster.yaml"
@@ -238,7 +240,8 @@ def test_roster_roles_started_one_by_one(bundle: Path, tmp_path: Path, transport
         assert report["episodes"][0]["steps"] == 20
         ev = report["events"]
         blind = 2 * 5 + 6  # the schedule blinds 2 agents for 5 steps and all 6 for one step
-        # each blind agent-step is served or, past its deadline (a cold 2-core machine), an explicit miss
+        # each blind agent-step is served or, past its deadline (a cold 2-core machine), an explicit
+        # miss
         assert ev["agents.recon_received"] + ev.get("agents.recon_miss", 0) == blind
         assert ev["agents.recon_received"] >= blind - 3
         assert report["processes"]["wm"]["wm.requests"] >= 6

@@ -1,4 +1,5 @@
-"""The UDP transport between real sockets: delivery, counted drops, death notice, size limit, waits."""
+"""The UDP transport between real sockets: delivery, counted drops, death notice, size limit,
+waits."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Process faults and hostile traffic: coordinator and agent SIGKILL, rejoin, and a fuzzed message stream."""
+"""Process faults and hostile traffic: coordinator and agent SIGKILL, rejoin, and a fuzzed message
+stream."""
 
 from __future__ import annotations
 
@@ -143,7 +144,8 @@ def _fuzz_target(
 def assert_survived(
     launcher: Launcher, thread: threading.Thread, result: dict[str, Any], sent: int
 ) -> None:
-    """The fuzzed swarm finished its run with every process exiting cleanly, and dropped what it got."""
+    """The fuzzed swarm finished its run with every process exiting cleanly, and dropped what it
+    got."""
     thread.join(timeout=100)
     assert not thread.is_alive()
     report = result["report"]
@@ -206,7 +208,8 @@ def test_fuzzed_messages_crash_nothing(bundle: Path, tmp_path: Path) -> None:
             sock.setsockopt(zmq.CONNECT_ROUTING_ID, name.encode())
             sock.connect(endpoint)
         socks[ident] = sock
-    # wait until every connection is up (slow on a cold machine), so that fuzzed frames really arrive
+    # wait until every connection is up (slow on a cold machine), so that fuzzed frames really
+    # arrive
     pending = {(ident, name) for ident in socks for name in targets}
     deadline = time.monotonic() + 30
     while pending and time.monotonic() < deadline:
@@ -279,7 +282,8 @@ def test_fuzzed_messages_crash_nothing(bundle: Path, tmp_path: Path) -> None:
 
 
 def test_fuzzed_datagrams_crash_nothing(bundle: Path, tmp_path: Path) -> None:
-    """The UDP swarm under a stream of hostile datagrams: raw bytes, broken layouts, mutated messages."""
+    """The UDP swarm under a stream of hostile datagrams: raw bytes, broken layouts, mutated
+    messages."""
     launcher, thread, result = _fuzz_target(bundle, tmp_path / "run", "udp")
     targets = {name: parse_endpoint(endpoint) for name, endpoint in launcher.roster.items()}
     assert len(targets) == 7
@@ -310,8 +314,9 @@ def test_fuzzed_datagrams_crash_nothing(bundle: Path, tmp_path: Path) -> None:
 
 
 def test_stale_epochs_are_rejected(bundle: Path, tmp_path: Path) -> None:
-    """Agent 5 dies for good; a process takes its name and sends coordinator messages of epoch 0 (older than
-    the swarm's first election): every one is counted as stale and dropped, and the run goes on."""
+    """Agent 5 dies for good; a process takes its name and sends coordinator messages of epoch 0
+    (older than the swarm's first election): every one is counted as stale and dropped, and the run
+    goes on."""
     run = tmp_path / "run"
     s = swarm_settings(
         bundle,

@@ -1,4 +1,5 @@
-"""History rings, the coordinator's cache, windows, and the election rules (in-process, no sockets)."""
+"""History rings, the coordinator's cache, windows, and the election rules (in-process, no
+sockets)."""
 
 from __future__ import annotations
 
@@ -85,8 +86,8 @@ def test_cache_asks_only_for_missing_steps_and_builds_the_replay_window(bundle: 
 
 
 def test_streamed_steps_complete_the_cache_without_a_gather() -> None:
-    """What the coordinator does with streamed steps: after a gather at t = 4, one pushed step per agent
-    per env step keeps every window whole, so a round at t = 9 has nothing to ask for."""
+    """What the coordinator does with streamed steps: after a gather at t = 4, one pushed step per
+    agent per env step keeps every window whole, so a round at t = 9 has nothing to ask for."""
     n, d, window = 3, 4, 5
     obs, seen, acts = _episode(n, d, 12, seed=2)
     cache = WindowCache(n, d, CODEC, window)
@@ -111,8 +112,8 @@ def test_streamed_steps_complete_the_cache_without_a_gather() -> None:
 
 
 def test_cache_completeness_check_agrees_with_a_full_scan() -> None:
-    """``has`` checks only the steps after the last complete window; random pushes, gathers, gaps, episode
-    resets and pruning must never make it disagree with scanning the whole window."""
+    """``has`` checks only the steps after the last complete window; random pushes, gathers, gaps,
+    episode resets and pruning must never make it disagree with scanning the whole window."""
     n, d, window = 3, 2, 4
     rng = np.random.default_rng(0)
     cache = WindowCache(n, d, CODEC, window)

@@ -44,7 +44,8 @@ class Clock:
 
 
 class Swarm:
-    """One episode of a 6-agent HalfCheetah swarm in memory; the test chooses who is blind at each step."""
+    """One episode of a 6-agent HalfCheetah swarm in memory; the test chooses who is blind at each
+    step."""
 
     def __init__(self, bundle: Path, out: Path, *, wm_node: bool = False, **kw: object) -> None:
         kw.setdefault("loss", {"model": "none"})
@@ -92,7 +93,8 @@ class Swarm:
     # -- driving ------------------------------------------------------------------------------
 
     def wake(self) -> None:
-        """Every live role handles what was delivered to it, then runs its timers (as its event loop would)."""
+        """Every live role handles what was delivered to it, then runs its timers (as its event loop
+        would)."""
         now = self.clock.now
         for a in self.agents:
             if a.i not in self.dead:
@@ -107,7 +109,8 @@ class Swarm:
         match: Callable[[Envelope], bool] = lambda e: True,
         before: Callable[[MemoryNetwork], None] | None = None,
     ) -> None:
-        """Deliver (the matching) messages and wake everyone until nothing (matching) is in flight."""
+        """Deliver (the matching) messages and wake everyone until nothing (matching) is in
+        flight."""
         for _ in range(200):
             if before is not None:
                 before(self.net)
@@ -155,9 +158,10 @@ class Swarm:
         return {r[1]: r[2] for r in self.agents[j].records if r[2] != "recon"}
 
     def replay(self, t: int, hide: Iterable[tuple[int, int]] = ()) -> np.ndarray:
-        """Every agent's row of ``WorldModelRunner.replay`` over step t's window of the env host's records
-        (what a coordinator that holds everything sees), with each (agent, step) of ``hide`` never received:
-        its observation counts as lost and its action as the default, as the coordinator's window fills them."""
+        """Every agent's row of ``WorldModelRunner.replay`` over step t's window of the env host's
+        records (what a coordinator that holds everything sees), with each (agent, step) of ``hide``
+        never received: its observation counts as lost and its action as the default, as the
+        coordinator's window fills them."""
         rec = self.env.records
         start = max(0, t - self.l)
         obs = np.stack([rec[h]["obs"] for h in range(start, t + 1)])
@@ -177,9 +181,9 @@ class Swarm:
         return recon[-1]
 
     def check_round(self, coordinator: int, t: int, hide: Iterable[tuple[int, int]] = ()) -> None:
-        """The coordinator's whole reconstruction of step t (every agent's row, not only the blind ones'
-        that travel) is the replay of what it could know; when something was hidden from it, that replay
-        differs from the full window's, so the comparison tells the two apart."""
+        """The coordinator's whole reconstruction of step t (every agent's row, not only the blind
+        ones' that travel) is the replay of what it could know; when something was hidden from it,
+        that replay differs from the full window's, so the comparison tells the two apart."""
         hide = list(hide)
         got = self.agents[coordinator].coord.rounds[(0, t)].recon
         assert got is not None and np.array_equal(got, self.replay(t, hide))
@@ -262,9 +266,9 @@ def test_memory_network_delivers_validates_and_injects_faults() -> None:
 
 
 def test_streamed_rounds_equal_the_reference_and_renew_their_subscriptions(swarm_factory) -> None:
-    """The first loss elects the lowest observing agent, whose first round GATHERs; from then on every
-    agent streams its steps, rounds need no GATHER, subscriptions are renewed at half-life, and every
-    reconstruction and action equals the in-process reference."""
+    """The first loss elects the lowest observing agent, whose first round GATHERs; from then on
+    every agent streams its steps, rounds need no GATHER, subscriptions are renewed at half-life,
+    and every reconstruction and action equals the in-process reference."""
     sw = swarm_factory()
     sw.step()
     sw.step(blind=[2])
@@ -294,9 +298,9 @@ def test_streamed_rounds_equal_the_reference_and_renew_their_subscriptions(swarm
 
 
 def test_election_stale_epochs_and_a_deposed_coordinator(swarm_factory) -> None:
-    """Agents 0 and 1 blind: the lowest observing agent (2) claims epoch 1. Cut off, it is replaced in
-    epoch 2 by the lowest observing live agent; its epoch-1 COORD, delivered late, is dropped as stale,
-    and once healed it learns the newer view and steps down."""
+    """Agents 0 and 1 blind: the lowest observing agent (2) claims epoch 1. Cut off, it is replaced
+    in epoch 2 by the lowest observing live agent; its epoch-1 COORD, delivered late, is dropped as
+    stale, and once healed it learns the newer view and steps down."""
     sw = swarm_factory()
     stale: list[Envelope] = []
     sw.begin(blind=[0, 1])
@@ -316,7 +320,8 @@ def test_election_stale_epochs_and_a_deposed_coordinator(swarm_factory) -> None:
     actions = sw.end()
     others = [a for a in sw.agents if a.i != 2]
     assert {a.view for a in others} == {View.of(2, 1)} and sw.agents[1].counts["claims"] == 1
-    # the new coordinator's cache is empty and agent 2 is unreachable: its column is missing from the window
+    # the new coordinator's cache is empty and agent 2 is unreachable: its column is missing from
+    # the window
     row = sw.recons(0)[2]
     assert np.array_equal(row, sw.replay(2, hide=[(2, 0), (2, 1), (2, 2)])[0])
     sw.check_round(1, 2, hide=[(2, 0), (2, 1), (2, 2)])
@@ -338,9 +343,9 @@ def test_election_stale_epochs_and_a_deposed_coordinator(swarm_factory) -> None:
 
 
 def test_coordinator_lost_mid_round(swarm_factory) -> None:
-    """The coordinator dies while its round waits for a streamed step: the blind agent broadcasts its
-    loss, the lowest observing live agent claims the next epoch and reconstructs without the dead one;
-    and a blind agent whose RECON never comes acts on hold-last at its deadline."""
+    """The coordinator dies while its round waits for a streamed step: the blind agent broadcasts
+    its loss, the lowest observing live agent claims the next epoch and reconstructs without the
+    dead one; and a blind agent whose RECON never comes acts on hold-last at its deadline."""
     sw = swarm_factory()
     sw.step(blind=[1])
     assert sw.views() == {View.of(1, 0)}
@@ -380,9 +385,9 @@ def test_coordinator_lost_mid_round(swarm_factory) -> None:
 
 
 def test_partial_gather_reconstructs_at_the_deadline(swarm_factory) -> None:
-    """One agent never answers the GATHER (its HISTORY is held): the coordinator reconstructs with the
-    others' at the gather deadline, counts the answer that comes afterwards as late, and asks that agent
-    again in the next round, which then equals the reference."""
+    """One agent never answers the GATHER (its HISTORY is held): the coordinator reconstructs with
+    the others' at the gather deadline, counts the answer that comes afterwards as late, and asks
+    that agent again in the next round, which then equals the reference."""
     sw = swarm_factory(stream_steps=0)
     sw.step()
     sw.begin(blind=[2])
@@ -413,9 +418,9 @@ def test_partial_gather_reconstructs_at_the_deadline(swarm_factory) -> None:
 
 
 def test_duplicated_and_reordered_messages_change_nothing(swarm_factory) -> None:
-    """Every HISTORY, RECON, ACTION and LOST is duplicated, and each batch of them reversed, at every
-    delivery: the duplicates are counted and dropped, and the actions and reconstructions are the
-    reference's, as without them."""
+    """Every HISTORY, RECON, ACTION and LOST is duplicated, and each batch of them reversed, at
+    every delivery: the duplicates are counted and dropped, and the actions and reconstructions are
+    the reference's, as without them."""
     sw = swarm_factory()
     dups = {"HISTORY": 0, "RECON": 0, "ACTION": 0, "LOST": 0}
 
@@ -437,7 +442,8 @@ def test_duplicated_and_reordered_messages_change_nothing(swarm_factory) -> None
 
 
 def test_world_model_node_serves_the_rounds(swarm_factory) -> None:
-    """With the world model on its own node, the coordinator's windows go there and come back as the reference."""
+    """With the world model on its own node, the coordinator's windows go there and come back as the
+    reference."""
     sw = swarm_factory(wm_node=True)
     for blind in ([], [1], [1, 4], [5]):
         sw.step(blind=blind)

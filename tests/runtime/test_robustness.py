@@ -1,5 +1,6 @@
-"""`rmio eval robustness`: the batched sweep keeps the swarm's semantics, the AUC is ARCHITECTURE.md's,
-and the CLI writes its three files (and runs the swarm path with real processes)."""
+"""`rmio eval robustness`: the batched sweep keeps the swarm's semantics, the AUC is
+ARCHITECTURE.md's, and the CLI writes its three files (and runs the swarm path with real
+processes)."""
 
 from __future__ import annotations
 
@@ -39,7 +40,8 @@ def _returns(result: dict, strategy: str, p: float, seed: int) -> list[float]:
 def test_batched_sweep_equals_the_swarms_reference_evaluator(
     bundle: Path, wm_mode: str, strategy: str, recon: str
 ) -> None:
-    """Same env seeds, same loss masks, same windows: the batched episodes are the reference's, episode by episode."""
+    """Same env seeds, same loss masks, same windows: the batched episodes are the reference's,
+    episode by episode."""
     result = robustness.sweep(
         bundle,
         p_loss=[0.5],
@@ -129,7 +131,8 @@ def test_bad_requests_are_refused(bundle: Path, tmp_path: Path) -> None:
 
 
 def test_cli_writes_json_markdown_png_and_runs_the_swarm(bundle: Path, tmp_path: Path) -> None:
-    """Real agent processes for each strategy; with no deadline missed they reproduce the in-process returns."""
+    """Real agent processes for each strategy; with no deadline missed they reproduce the in-process
+    returns."""
     out = tmp_path / "rob"
     res = CliRunner().invoke(
         cli,
@@ -170,13 +173,15 @@ def test_cli_writes_json_markdown_png_and_runs_the_swarm(bundle: Path, tmp_path:
         if row["deadline_misses"] == 0:
             assert row["mean"] == pytest.approx(in_process, rel=1e-4, abs=1e-4), (strategy, p)
             compared += 1
-    # a run that missed a deadline acted on a fallback somewhere and is not compared; on this tiny bundle misses
-    # are rare, so at least half of the runs must have been compared (else the test checked nothing)
+    # a run that missed a deadline acted on a fallback somewhere and is not compared; on this tiny
+    # bundle misses are rare, so at least half of the runs must have been compared (else the test
+    # checked nothing)
     assert compared >= len(swarm) // 2, {k: r["deadline_misses"] for k, r in swarm.items()}
 
 
 def test_discrete_smax_sweep_scores_win_rate_and_return(tmp_path: Path) -> None:
-    """Available actions batched per agent; SMAX is scored by win rate, with the dense return alongside."""
+    """Available actions batched per agent; SMAX is scored by win rate, with the dense return
+    alongside."""
     pytest.importorskip("jaxmarl")
     from rmio.testing import make_tiny_bundle
 

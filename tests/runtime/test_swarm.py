@@ -1,4 +1,5 @@
-"""Real swarms on loopback (ipc, tcp, udp): reconstruction, silence at p_loss 0, blackout, the world-model node."""
+"""Real swarms on loopback (ipc, tcp, udp): reconstruction, silence at p_loss 0, blackout, the
+world-model node."""
 
 from __future__ import annotations
 
@@ -30,8 +31,8 @@ def delivered(run_dir: Path) -> dict[tuple[int, int, int], tuple[np.ndarray, int
 
 
 def check_reconstructions(bundle: Path, run_dir: Path) -> int:
-    """Every blind agent, and only those, got exactly what the in-process world model computes on the
-    same window of the env host's records. Returns how many reconstructions were checked."""
+    """Every blind agent, and only those, got exactly what the in-process world model computes on
+    the same window of the env host's records. Returns how many reconstructions were checked."""
     env = np.load(run_dir / "records" / "env.npz")
     index = {(int(e), int(t)): k for k, (e, t) in enumerate(zip(env["ep"], env["t"], strict=True))}
     got = delivered(run_dir)
@@ -147,8 +148,8 @@ def test_no_communication_beyond_heartbeats_at_p_loss_0(
 
 
 def test_total_blackout_runs_incrementally(bundle: Path, tmp_path: Path) -> None:
-    """p_loss 1.0: nobody observes, the lowest live agent coordinates from the prior every step, and in
-    incremental mode each reconstruction equals a replay from the first blind step."""
+    """p_loss 1.0: nobody observes, the lowest live agent coordinates from the prior every step, and
+    in incremental mode each reconstruction equals a replay from the first blind step."""
     settings = swarm_settings(
         bundle,
         tmp_path,
@@ -208,7 +209,8 @@ def test_idle_processes_do_not_spin(bundle: Path, tmp_path: Path) -> None:
 def traced_run(
     bundle: Path, tmp_path: Path, monkeypatch: Any, steps: int
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """A clean tcp run with RMIO_TRACE set: its report and every process's timeline (env host, 6 agents)."""
+    """A clean tcp run with RMIO_TRACE set: its report and every process's timeline (env host, 6
+    agents)."""
     import json
 
     monkeypatch.setenv("RMIO_TRACE", str(tmp_path / "trace"))
@@ -225,8 +227,9 @@ def traced_run(
 def test_traced_swarm_writes_a_consistent_timeline(
     bundle: Path, tmp_path: Path, monkeypatch: Any
 ) -> None:
-    """RMIO_TRACE makes every process write its milestones; for every reconstruction a blind agent got,
-    the env host's fan-out of that step came first, then the agent's STEP, then its RECON, then its ACTION."""
+    """RMIO_TRACE makes every process write its milestones; for every reconstruction a blind agent
+    got, the env host's fan-out of that step came first, then the agent's STEP, then its RECON, then
+    its ACTION."""
     report, traces = traced_run(bundle, tmp_path, monkeypatch, steps=30)
     fanout = {e[2]: e[0] for e in traces["env"] if e[1] == "fanout"}
     action = {(e[2], e[3]): e[0] for e in traces["env"] if e[1] == "action"}
@@ -252,8 +255,9 @@ def test_traced_swarm_writes_a_consistent_timeline(
 def test_traced_processes_record_collections_and_scheduler_counters(
     bundle: Path, tmp_path: Path, monkeypatch: Any
 ) -> None:
-    """Linux internals, apart from the protocol tests: each process ran a full collection before its loop,
-    then froze, and recorded its threads' scheduler counters (/proc/self/task/*/schedstat) around the loop."""
+    """Linux internals, apart from the protocol tests: each process ran a full collection before its
+    loop, then froze, and recorded its threads' scheduler counters (/proc/self/task/*/schedstat)
+    around the loop."""
     _, traces = traced_run(bundle, tmp_path, monkeypatch, steps=20)
     first_fanout = min(e[0] for e in traces["env"] if e[1] == "fanout")
     for name, events in traces.items():

@@ -1,5 +1,5 @@
-"""Every task family through the real swarm: continuous and discrete actions, at p_loss 0, 0.3 and 1.0,
-with the world model on the agent and on a node, over every transport.
+"""Every task family through the real swarm: continuous and discrete actions, at p_loss 0, 0.3 and
+1.0, with the world model on the agent and on a node, over every transport.
 
 The matrix is full over family x p_loss x placement (18 runs); the transport rotates so that every
 transport meets every family, every p_loss and both placements. Each run is compared with the
@@ -61,7 +61,8 @@ def bundles(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def compare_with_in_process(settings: Any, run_dir: Path, report: dict[str, Any]) -> dict[str, int]:
-    """The swarm's joint actions are the in-process evaluation's, step for step; returns what was compared."""
+    """The swarm's joint actions are the in-process evaluation's, step for step; returns what was
+    compared."""
     ref = evaluate(
         settings.bundle,
         settings.env_config(),
@@ -141,7 +142,8 @@ def test_swarm_equals_in_process(
     importlib.util.find_spec("jaxmarl") is None, reason="the smax extra is not installed"
 )
 def test_the_committed_smax_bundle_runs_through_the_swarm(tmp_path: Path) -> None:
-    """The README's SMAX bundle, as shipped, at p_loss 0.3: the swarm plays what the in-process evaluation plays."""
+    """The README's SMAX bundle, as shipped, at p_loss 0.3: the swarm plays what the in-process
+    evaluation plays."""
     bundle = resolve_model_path("models/smax_2s3z")
     settings = swarm_settings(
         bundle,

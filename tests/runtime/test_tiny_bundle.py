@@ -35,7 +35,8 @@ def test_graphs_run_with_any_batch(bundle: Path, batch: int) -> None:
 
 
 def test_discrete_bundle(tmp_path: Path) -> None:
-    """A discrete task too (LBF): the actor honours available actions; -1 ("no action") encodes as zeros."""
+    """A discrete task too (LBF): the actor honours available actions; -1 ("no action") encodes as
+    zeros."""
     pytest.importorskip("lbforaging")
     from rmio.testing import make_tiny_bundle
 

@@ -1,4 +1,5 @@
-"""The wire codec: every message type round-trips; anything malformed raises WireError (and only that)."""
+"""The wire codec: every message type round-trips; anything malformed raises WireError (and only
+that)."""
 
 from __future__ import annotations
 
@@ -36,7 +37,8 @@ def test_round_trip(msg_type: str) -> None:
 
 
 def _full_arrays(msg_type: str) -> dict[str, np.ndarray]:
-    """An array for every name the schema allows: the template's, else a small one of the first dtype."""
+    """An array for every name the schema allows: the template's, else a small one of the first
+    dtype."""
     _, template = TEMPLATES[msg_type]
     out = {}
     for k, spec in enumerate(SCHEMAS[msg_type].arrays):
@@ -46,8 +48,8 @@ def _full_arrays(msg_type: str) -> dict[str, np.ndarray]:
 
 
 def _subsets(k: int) -> list[tuple[bool, ...]]:
-    """Which of k optional arrays to keep: every subset for up to 3, else all, none, and each one alone
-    absent or alone present (STATS has 8)."""
+    """Which of k optional arrays to keep: every subset for up to 3, else all, none, and each one
+    alone absent or alone present (STATS has 8)."""
     if k <= 3:
         return list(itertools.product((True, False), repeat=k))
     singles = [tuple(i == j for j in range(k)) for i in range(k)]
@@ -67,8 +69,9 @@ _OPTIONAL_CASES = [
     ids=[f"{t}-{''.join('1' if k else '0' for k in keep)}" for t, keep in _OPTIONAL_CASES],
 )
 def test_every_optional_array_present_and_absent(msg_type: str, keep: tuple[bool, ...]) -> None:
-    """Arrays travel by name: any subset of a type's optional arrays (with all its required ones) round-trips,
-    each array under its own name, whatever its position; a missing required array is refused both ways."""
+    """Arrays travel by name: any subset of a type's optional arrays (with all its required ones)
+    round-trips, each array under its own name, whatever its position; a missing required array is
+    refused both ways."""
     fields, _ = TEMPLATES[msg_type]
     full = _full_arrays(msg_type)
     optional = [a.name for a in SCHEMAS[msg_type].arrays if a.optional]
@@ -102,8 +105,9 @@ def test_every_optional_array_present_and_absent(msg_type: str, keep: tuple[bool
 
 
 def test_a_blind_agents_step_carries_available_actions_only() -> None:
-    """The regression of the discrete-action swarm crash: a lost agent's STEP has no observation, and its
-    boolean available-action array is no longer checked against the observation's float32 slot."""
+    """The regression of the discrete-action swarm crash: a lost agent's STEP has no observation,
+    and its boolean available-action array is no longer checked against the observation's float32
+    slot."""
     avail = np.array([True, False, True, False, False])
     frames = encode("STEP", "env", {"avail": avail}, ep=0, step=4, seq=4, seen=False, dflt=False)
     msg = decode(frames, sender="env", known=lambda _: True)
@@ -297,7 +301,8 @@ def test_fuzz_random_frames(frames: list[bytes]) -> None:
 def test_fuzz_mutated_messages(
     msg_type: str, changes: dict[str, Any], extra_frames: list[bytes], replace_frames: bool
 ) -> None:
-    """Valid messages with fields replaced by arbitrary msgpack values and frames swapped or appended."""
+    """Valid messages with fields replaced by arbitrary msgpack values and frames swapped or
+    appended."""
     frames = frames_of(msg_type)
     header = _header(msg_type)
     header.update(changes)
@@ -336,8 +341,8 @@ def test_non_finite_values_are_found_in_small_and_large_frames(size: int, bad: f
 
 
 def test_a_discrete_action_keeps_its_zero_dimensions() -> None:
-    """A discrete action is a 0-d int64 array; np.ascontiguousarray would make it (1,) and the env host
-    would drop every ACTION of a discrete-action swarm as the wrong shape."""
+    """A discrete action is a 0-d int64 array; np.ascontiguousarray would make it (1,) and the env
+    host would drop every ACTION of a discrete-action swarm as the wrong shape."""
     frames = encode(
         "ACTION",
         "a0",
@@ -354,8 +359,8 @@ def test_a_discrete_action_keeps_its_zero_dimensions() -> None:
 
 
 def test_protocol_md_lists_every_field_and_array_of_every_type() -> None:
-    """PROTOCOL.md's message table is the specification: same types, same fields, same arrays in the same
-    order, optional ones marked with '?'."""
+    """PROTOCOL.md's message table is the specification: same types, same fields, same arrays in the
+    same order, optional ones marked with '?'."""
     text = (Path(__file__).resolve().parents[2] / "runtime" / "PROTOCOL.md").read_text()
     rows = {}
     for line in text.splitlines():

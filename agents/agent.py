@@ -20,24 +20,26 @@ from collections.abc import Callable
 
 import numpy as np
 
+from rmio.agents.election import ElectionMixin
+from rmio.agents.liveness import LivenessMixin
 from rmio.agents.records import save_records
 from rmio.agents.sync import HistorySync
 from rmio.coordinator.service import Coordinator
 from rmio.runtime import timeline
 from rmio.runtime.bundle import load_manifest
 from rmio.runtime.history import ActionCodec, HistoryRing
-from rmio.runtime.membership import Liveness, View, should_claim
+from rmio.runtime.membership import Liveness, View
 from rmio.runtime.metrics import Samples
 from rmio.runtime.models import ActorRunner, WorldModelRunner
 from rmio.runtime.node import NodeBase, now_ns
 from rmio.runtime.settings import SwarmSettings
 from rmio.runtime.stop import Stop
-from rmio.runtime.wire import Message, WireError, encode
+from rmio.runtime.wire import Message, WireError
 
 log = logging.getLogger(__name__)
 
 
-class Agent:
+class Agent(LivenessMixin, ElectionMixin):
     def __init__(
         self,
         index: int,
@@ -131,44 +133,6 @@ class Agent:
             t = min(t, self.coord.next_deadline(now))
         return max(0.0, min(t, 0.5))
 
-    def _greet(self) -> None:
-        """Say hello to the env host (from then on it waits for our actions) and to every peer,
-        retrying while connections come up; a peer still unreachable after 3 s is greeted when its
-        link comes up."""
-        start = resend = time.monotonic()
-        todo = {"env", *self.peers} | ({"wm"} if "wm" in self.node.peers else set())
-        confirmed = self.node.confirms_delivery  # else a greeting counts once the peer answered
-        while "env" in todo or (todo and time.monotonic() < start + 3.0):
-            if not confirmed:
-                todo -= self.live.last_heard.keys()
-            if time.monotonic() >= resend:
-                for peer in sorted(todo):
-                    if (
-                        self.send(
-                            peer,
-                            "HELLO",
-                            inc=self.inc,
-                            role="agent",
-                            epoch=self.view.epoch,
-                            leader=self.view.leader,
-                        )
-                        and confirmed
-                    ):
-                        todo.discard(peer)
-                resend = time.monotonic() + (0.0 if confirmed else 0.05)
-            if "env" in todo and time.monotonic() > start + self.settings.startup_timeout_s:
-                raise Stop("env host unreachable")
-            self._pump(0.01)
-            # rounds are polled after messages are handled, here as in run()
-            if self.coord is not None:
-                self.coord.poll(self.clock())
-        log.info(
-            "%s: greeted in %.3f s%s",
-            self.name,
-            time.monotonic() - start,
-            f", not {sorted(todo)}" if todo else "",
-        )
-
     def send(
         self, to: str, msg_type: str, arrays: dict[str, np.ndarray] | None = None, **fields: object
     ) -> bool:
@@ -179,37 +143,6 @@ class Agent:
         elif to.startswith("a"):
             self._peer_down(to)
         return ok
-
-    def _links(self, now: float) -> None:
-        events, self.node.link_events = self.node.link_events, []
-        for peer, up in events:
-            if not peer.startswith("a"):
-                continue
-            if not up:
-                self._peer_down(peer)
-            elif peer not in self.live.last_heard or peer in self.live.down:  # a (re)started peer
-                self.node.send(
-                    peer,
-                    "HELLO",
-                    inc=self.inc,
-                    role="agent",
-                    epoch=self.view.epoch,
-                    leader=self.view.leader,
-                )
-
-    def _peer_down(self, peer: str) -> None:
-        if peer in self.live.down or peer not in self.live.last_heard:
-            return
-        self.live.mark_dead(peer)
-        if self.coord is not None:
-            self.coord.forget(int(peer[1:]))
-        if peer == f"a{self.view.leader}":
-            self.counts["leader_lost"] += 1
-            log.info("%s: coordinator %s is gone", self.name, peer)
-            # our round died with it: ask everyone, which elects a new one
-            if self.awaiting is not None:
-                self._report_loss(*self.awaiting, force_broadcast=True)
-            self._maybe_claim(self.ep, self.t)
 
     def tick(self, now: float) -> None:
         """Timers, after every wake-up: heartbeats and expiries, the reconstruction deadline,
@@ -229,25 +162,6 @@ class Agent:
             self.coord.poll(now)
         if now - self.last_env > self.settings.orphan_timeout_s:
             raise Stop("env host silent")
-
-    def _liveness(self, now: float) -> None:
-        for peer in self.live.expired(now):
-            if peer.startswith("a"):
-                self._peer_down(peer)
-        due = self.live.heartbeat_due(self.peers, now)
-        frames = (
-            encode("HB", self.name, epoch=self.view.epoch, leader=self.view.leader) if due else []
-        )
-        for peer in due:
-            if self.live.alive(peer, now) or peer not in self.live.last_heard:
-                if self.node.send_frames(peer, "HB", frames):
-                    self.live.sent(peer, now)
-                else:
-                    self._peer_down(peer)
-            else:
-                self.live.sent(
-                    peer, now
-                )  # a dead peer gets no heartbeat; it says HELLO when it is back
 
     # -- dispatch ---------------------------------------------------------------------------
 
@@ -361,157 +275,10 @@ class Agent:
 
     # -- loss reports and election --------------------------------------------------------
 
-    def _leader_alive(self) -> bool:
-        leader = self.view.leader
-        return leader == self.i or (leader >= 0 and self.live.alive(f"a{leader}", self.clock()))
-
-    def _report_loss(self, ep: int, t: int, force_broadcast: bool = False) -> None:
-        self.lost_reports.setdefault((ep, t), set()).add(self.i)
-        if not force_broadcast and self._leader_alive():
-            if self.view.leader == self.i:
-                assert self.coord is not None
-                self.coord.on_loss(ep, t, self.i, self.clock())
-                return
-            if self.send(
-                f"a{self.view.leader}",
-                "LOST",
-                ep=ep,
-                step=t,
-                epoch=self.view.epoch,
-                leader=self.view.leader,
-                bcast=False,
-            ) or self.awaiting == (ep, t):
-                # sent; or the coordinator is unreachable and _peer_down already told everyone
-                return
-        self.counts["lost_broadcast"] += 1
-        for peer in self.peers:
-            if peer not in self.live.down:
-                self.send(
-                    peer,
-                    "LOST",
-                    ep=ep,
-                    step=t,
-                    epoch=self.view.epoch,
-                    leader=self.view.leader,
-                    bcast=True,
-                )
-        self._maybe_claim(ep, t)
-
-    def _on_lost(self, msg: Message, now: float) -> None:
-        ep, t, j = msg["ep"], msg["step"], int(msg.src[1:])
-        if not self.near(ep, t):
-            self.node.count_drop("stale_step")
-            return
-        self.lost_reports.setdefault((ep, t), set()).add(j)
-        self._gossip(msg, now)
-        if self.view.leader == self.i and self.coord is not None:
-            if msg["epoch"] < self.view.epoch:  # it does not know us yet
-                self.send(msg.src, "COORD", epoch=self.view.epoch, leader=self.i)
-            self.coord.on_loss(ep, t, j, now)
-        else:
-            self._maybe_claim(ep, t)
-
-    def _maybe_claim(self, ep: int, t: int) -> None:
-        if (
-            self.settings.recon != "world-model"
-            or (ep, t) != (self.ep, self.t)
-            or self._leader_alive()
-        ):
-            return
-        reports = self.lost_reports.get((ep, t), set())
-        if not reports:
-            return
-        now = self.clock()
-        live = [self.i] + [
-            j for j in range(self.spec.n_agents) if j != self.i and self.live.alive(f"a{j}", now)
-        ]
-        if not should_claim(self.i, self.seen, reports, live):
-            return
-        self.max_epoch += 1
-        self.counts["claims"] += 1
-        log.info("%s: claims coordination, epoch %d", self.name, self.max_epoch)
-        self._become(View.of(self.max_epoch, self.i))
-        for peer in self.peers:
-            if peer not in self.live.down:
-                self.send(peer, "COORD", epoch=self.view.epoch, leader=self.i)
-        assert self.coord is not None
-        for j in sorted(reports):
-            self.coord.on_loss(ep, t, j, now)
-
-    def _become(self, view: View) -> None:
-        if view.leader != self.view.leader and self.view.leader >= 0:
-            self.counts["coordinator_changes"] += 1
-        self.view = view
-        self.max_epoch = max(self.max_epoch, view.epoch)
-        leader = f"a{view.leader}"
-        self.live.send_fast = set(self.peers) if view.leader == self.i else {leader}
-        self.live.expect_fast = {leader} if view.leader != self.i else set()
-        self._live_due = 0.0  # faster links now: their deadlines are sooner
-        if view.leader == self.i and self.coord is None:
-            self.coord = Coordinator(self, self.manifest)
-        elif view.leader != self.i and self.coord is not None:
-            self.counts["stepped_down"] += int(self.coord.rounds_started > 0)
-            self.coord.close()
-            self.coord = None
-
     def near(self, ep: int, t: int) -> bool:
         """A step a peer may legitimately talk about now: ours, one either side, or the next
         episode's start."""
         return (ep == self.ep and self.t - 1 <= t <= self.t + 1) or (ep == self.ep + 1 and t <= 1)
-
-    def _gossip(self, msg: Message, now: float) -> None:
-        """Learn a newer coordinator from any peer's view, if that coordinator is alive (or is the
-        sender)."""
-        epoch, leader = msg["epoch"], msg["leader"]
-        self.max_epoch = max(self.max_epoch, epoch)
-        if (
-            0 <= leader < self.spec.n_agents
-            and leader != self.i
-            and View.of(epoch, leader) > self.view
-            and (msg.src == f"a{leader}" or self.live.alive(f"a{leader}", now))
-        ):
-            self._become(View.of(epoch, leader))
-
-    def _from_coordinator(self, msg: Message) -> bool:
-        """Epoch check of a message that only a coordinator sends: stale ones are counted and
-        dropped."""
-        view = View.of(msg["epoch"], int(msg.src[1:]))
-        if view < self.view:
-            self.counts["stale_epoch"] += 1
-            self.node.count_drop("stale_epoch")
-            return False
-        self.max_epoch = max(self.max_epoch, msg["epoch"])
-        if view > self.view:
-            self._become(view)
-        return True
-
-    def _on_coord(self, msg: Message, now: float) -> None:
-        if msg["leader"] != int(msg.src[1:]):  # a correction: "you are behind, this is the view"
-            self._gossip(msg, now)
-        elif self._from_coordinator(msg):
-            return
-        if View.of(msg["epoch"], msg["leader"]) < self.view:  # tell the stale claimer what we know
-            self.send(msg.src, "COORD", epoch=self.view.epoch, leader=self.view.leader)
-
-    def _on_liveness(self, msg: Message, now: float) -> None:
-        if msg.type == "HELLO":
-            old = self.peer_inc.get(msg.src)
-            if old != msg["inc"]:
-                self.peer_inc[msg.src] = msg["inc"]
-                # a restarted peer; what we cached of its predecessor is still true
-                if old is not None:
-                    self.counts["peer_rejoined"] += 1
-                    if self.coord is not None:
-                        self.coord.forget(int(msg.src[1:]))
-                self.send(
-                    msg.src,
-                    "HELLO",
-                    inc=self.inc,
-                    role="agent",
-                    epoch=self.view.epoch,
-                    leader=self.view.leader,
-                )
-        self._gossip(msg, now)
 
     # -- history sync (every agent) and reconstruction (blind agents) ----------------------
 

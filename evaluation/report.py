@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from rmio.evaluation.swarm import swarm_auc
 from rmio.runtime.metrics import jsonable
 
 
@@ -66,8 +67,6 @@ def markdown(result: dict[str, Any]) -> str:
             cells = [_pm(also[s][i]["mean"], also[s][i]["std"], 1) for s in strategies]
             lines.append(f"| {p:g} | " + " | ".join(cells) + " |")
     if result.get("swarm"):
-        from rmio.evaluation.robustness import swarm_auc
-
         aucs = swarm_auc(result)
         lines += [
             "",

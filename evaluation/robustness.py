@@ -32,8 +32,8 @@ from rmio.errors import RmioError
 from rmio.runtime.bundle import Manifest, load_manifest
 from rmio.runtime.history import ActionCodec, replay_plan
 from rmio.runtime.models import ActorRunner, LatentState, WorldModelRunner
+from rmio.runtime.settings import env_config_for
 from rmio.runtime.vocabulary import EVAL_STRATEGIES
-from rmio.runtime.vocabulary import STRATEGIES as STRATEGIES_IN_SWARM
 
 log = logging.getLogger(__name__)
 
@@ -294,8 +294,6 @@ def sweep(
     progress: Callable[[str, int], None] | None = None,
 ) -> dict[str, Any]:
     """Every strategy at every p_loss for every seed family; returns the JSON-ready result."""
-    from rmio.runtime.settings import env_config_for
-
     manifest = load_manifest(bundle)
     for s in strategies:
         if s not in STRATEGIES:
@@ -462,80 +460,3 @@ def summarise(result: dict[str, Any]) -> dict[str, Any]:
     result["summary"] = summary
     result["auc_range"] = [p_loss[0], p_loss[-1]]
     return result
-
-
-SWARM_STRATEGIES = STRATEGIES_IN_SWARM
-"""The strategies a swarm can run (no-finetune is in-process only)."""
-
-
-def swarm_sweep(
-    bundle: Path,
-    result: dict[str, Any],
-    out_dir: Path,
-    *,
-    transport: str = "ipc",
-    progress: Callable[[str, int], None] | None = None,
-) -> list[dict[str, Any]]:
-    """The same sweep through `rmio swarm launch` (real processes): one swarm per strategy, p_loss
-    and seed family, on the same episode seeds; adds communication and latency. no-finetune has no
-    swarm mode."""
-    from rmio.runtime.launcher import Launcher, build_settings
-
-    tick = progress or (lambda what, k: None)
-    rows = []
-    for strategy in [s for s in result["strategies"] if s in SWARM_STRATEGIES]:
-        for p in result["p_loss"]:
-            per_seed, traffic, msgs, p50, p99, misses = [], [], [], [], [], 0
-            for seed in range(result["seeds"]):
-                settings = build_settings(
-                    bundle,
-                    steps=result["episode_limit"],
-                    p_loss=p,
-                    episodes=result["episodes"],
-                    seed=seed * SEED_STRIDE,
-                    recon=strategy,
-                    wm_mode=result["wm_mode"],
-                    transport=transport,
-                    baselines=False,
-                )
-                if result["loss_model"] != "bernoulli":
-                    settings.loss = {"model": result["loss_model"], "p_loss": p}
-                report = Launcher(settings, out_dir / f"{strategy}-p{p:g}-s{seed}").run()
-                per_seed.append(score(report["episodes"], result["metric"]))
-                proto = report["traffic_by_category"].get("protocol", {})
-                traffic.append(proto.get("bytes_per_step", 0.0))
-                msgs.append(proto.get("msgs_per_step", 0.0))
-                rnd = report["latency"]["reconstruction_round (blind agent)"]
-                if rnd["n"]:
-                    p50.append(rnd["p50_ms"])
-                    p99.append(rnd["p99_ms"])
-                misses += int(report["events"].get("deadline_misses", 0))
-                tick(f"swarm {strategy}", 1)
-            rows.append(
-                {
-                    "strategy": strategy,
-                    "p_loss": p,
-                    "mean": float(np.mean(per_seed)),
-                    "std": float(np.std(per_seed)),
-                    "per_seed": per_seed,
-                    "bytes_per_step": float(np.mean(traffic)),
-                    "msgs_per_step": float(np.mean(msgs)),
-                    "round_p50_ms": float(np.mean(p50)) if p50 else None,
-                    "round_p99_ms": float(np.max(p99)) if p99 else None,
-                    "deadline_misses": misses,
-                }
-            )
-    return rows
-
-
-def swarm_auc(result: dict[str, Any]) -> dict[str, float]:
-    """AUC of the swarm's curve per strategy (seed-family means), normalised by the in-process
-    random policy."""
-    out: dict[str, float] = {}
-    rows = result.get("swarm") or []
-    random = result["summary"]["random"]["mean"]
-    for strategy in {r["strategy"] for r in rows}:
-        curve = sorted((r["p_loss"], r["mean"]) for r in rows if r["strategy"] == strategy)
-        if curve and curve[0][0] == 0.0:
-            out[strategy] = auc([p for p, _ in curve], [v for _, v in curve], curve[0][1], random)
-    return out

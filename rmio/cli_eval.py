@@ -45,12 +45,12 @@ def run_robustness(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from rmio.evaluation import report as robustness_report
-    from rmio.evaluation import robustness
+    from rmio.evaluation import robustness, swarm
 
     bundle = robustness.resolve_bundle(target, console)
     runs = seeds * (1 + len(set(p_loss)) * len(strategies))
     swarm_runs = (
-        seeds * len(set(p_loss)) * len([s for s in strategies if s in robustness.SWARM_STRATEGIES])
+        seeds * len(set(p_loss)) * len([s for s in strategies if s in swarm.SWARM_STRATEGIES])
     )
     with Progress(
         TextColumn("{task.description}"),
@@ -78,7 +78,7 @@ def run_robustness(
             progress=tick,
         )
         if swarm:
-            result["swarm"] = robustness.swarm_sweep(
+            result["swarm"] = swarm.swarm_sweep(
                 bundle, result, out / "swarm", transport=transport, progress=tick
             )
     paths = robustness_report.write(result, out)

@@ -16,7 +16,10 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from rmio.cli_eval import run_robustness
+from rmio.evaluation.swarm import swarm_auc
 from rmio.models import default_bundle
+from rmio.runtime.bundle import load_manifest
 
 
 def run_demo(
@@ -28,10 +31,6 @@ def run_demo(
     console: Console,
     transport: str = "ipc",
 ) -> dict[str, Any]:
-    from rmio.cli_eval import run_robustness
-    from rmio.evaluation.robustness import swarm_auc
-    from rmio.runtime.bundle import load_manifest
-
     bundle = bundle or default_bundle()
     manifest = load_manifest(bundle)
     out = Path(out_root) / f"demo-{time.strftime('%Y%m%d-%H%M%S')}"

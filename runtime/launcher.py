@@ -26,9 +26,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rmio.envs.loss import LossConfig
 from rmio.errors import RmioError
+from rmio.runtime.bundle import load_manifest
 from rmio.runtime.node import NodeBase, local_endpoint
-from rmio.runtime.settings import SwarmSettings
+from rmio.runtime.settings import Roster, SwarmSettings, env_config_for
 from rmio.runtime.transport import check_bundle_fits, make_node
 
 log = logging.getLogger(__name__)
@@ -291,9 +293,6 @@ def build_settings(
 ) -> SwarmSettings:
     """Settings for a run of ``bundle``, refusing a scenario or agent count the bundle was not made
     for."""
-    from rmio.runtime.bundle import load_manifest
-    from rmio.runtime.settings import env_config_for
-
     man = load_manifest(bundle)
     missing = [role for role in ("actor", "wm_step") if role not in man.files]
     if missing:
@@ -333,8 +332,6 @@ def _loss_from_file(path: Path) -> dict[str, Any]:
     """A YAML mapping of loss settings (model, p_loss, ...), or a list of schedule entries."""
     import yaml
 
-    from rmio.envs.loss import LossConfig
-
     try:
         data = yaml.safe_load(Path(path).read_text())
     except (OSError, yaml.YAMLError) as exc:
@@ -360,8 +357,6 @@ def write_roster(
 ) -> list[str]:
     """A roster for runs across machines (every role on ``host`` at consecutive ports: edit the
     hosts), and the command that starts each role."""
-    from rmio.runtime.settings import Roster
-
     names = ["env", *settings.agent_names(), *(["wm"] if settings.world_model == "node" else [])]
     settings.transport = (
         "udp" if settings.transport == "udp" else "tcp"

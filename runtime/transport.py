@@ -24,6 +24,8 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from rmio.runtime import timeline
+from rmio.runtime.bundle import load_manifest
+from rmio.runtime.datagram import DatagramNode, check_fits
 from rmio.runtime.node import NodeBase
 from rmio.runtime.wire import MAX_MESSAGE_BYTES, Message
 
@@ -37,8 +39,6 @@ def make_node(name: str, bind: str, known: Callable[[str], bool]) -> NodeBase:
     """The node for an endpoint's scheme: ZeroMQ for ``tcp://`` and ``ipc://``, datagrams for
     ``udp://``."""
     if bind.startswith("udp://"):
-        from rmio.runtime.datagram import DatagramNode
-
         return DatagramNode(name, bind, known)
     return Node(name, bind, known)
 
@@ -46,9 +46,6 @@ def make_node(name: str, bind: str, known: Callable[[str], bool]) -> NodeBase:
 def check_bundle_fits(transport: str, bundle: str | Path) -> None:
     """Refuse, before anything starts, a bundle whose largest message the transport cannot carry."""
     if transport == "udp":
-        from rmio.runtime.bundle import load_manifest
-        from rmio.runtime.datagram import check_fits
-
         check_fits(load_manifest(bundle))
 
 

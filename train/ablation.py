@@ -24,6 +24,12 @@ from rich.markdown import Markdown
 from rmio.config import ALGORITHMS, build_dataclass, load_config
 from rmio.defaults import DEFAULT_P_LOSS
 from rmio.errors import ConfigError
+from rmio.evaluation import robustness
+from rmio.models import resolve_model_path
+from rmio.train.common import prepare_run_dir
+from rmio.train.export import export_run
+from rmio.train.wm_eval import evaluate_run
+from rmio.train.wm_train import finetune_world_model, train_world_model
 from rmio.yamlio import load_yaml
 
 
@@ -170,9 +176,6 @@ def _train_seed(
 ) -> list[tuple[str, Path]]:
     """Train (or resume) every variant of one training seed; returns (label, run directory) in table
     order."""
-    from rmio.train.common import prepare_run_dir
-    from rmio.train.wm_train import finetune_world_model, train_world_model
-
     preset = "debug" if debug else None
     overrides = [*ab.set, f"run.seed={seed}"]
     runs: list[tuple[str, Path]] = []
@@ -240,10 +243,6 @@ def _evaluate(
 ) -> dict[str, Any]:
     """L_rec of lost agents at the reporting p_mask, then the robustness AUC of the policy with this
     world model."""
-    from rmio.evaluation import robustness
-    from rmio.train.export import export_run
-    from rmio.train.wm_eval import evaluate_run
-
     rec_path = run / "eval_reconstruction.json"
     rec = (
         json.loads(rec_path.read_text())
@@ -256,8 +255,6 @@ def _evaluate(
     lrec = rec["strategies"][key]["lrec_masked"][nearest]
     bundle = run / "bundle"
     if not (bundle / "manifest.json").exists():
-        from rmio.models import resolve_model_path
-
         export_run(run, bundle, console, resolve_model_path(ab.policy))
     rob_path = run / "robustness.json"
     if rob_path.exists():

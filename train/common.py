@@ -14,9 +14,10 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from rmio.config import Config, load_config, save_config
+from rmio.config import Config, build_dataclass, load_config, save_config
 from rmio.envs.base import EnvSpec
 from rmio.errors import RmioError
+from rmio.rundir import new_run_dir
 from rmio.train.policy import Actor
 from rmio.train.runlog import load_checkpoint
 from rmio.train.world_model import RMIOWorldModel
@@ -49,8 +50,6 @@ def resolve_device(name: str) -> torch.device:
 
 def prepare_run_dir(cfg: Config, run_dir: Path | None, algo: str) -> Path:
     """A new run directory, or an existing one whose saved config matches (resume)."""
-    from rmio.rundir import new_run_dir
-
     if run_dir is None:
         run_dir = new_run_dir(cfg, algo)
         save_config(cfg, run_dir)
@@ -95,8 +94,6 @@ def load_model(
     path: Path, device: torch.device | str = "cpu"
 ) -> tuple[RMIOWorldModel, dict[str, Any]]:
     """A world model from a checkpoint (its config and statistics travel with it)."""
-    from rmio.config import Config, build_dataclass
-
     ckpt = load_checkpoint(path, device)
     cfg = build_dataclass(Config, ckpt["config"], str(path))
     spec = EnvSpec.from_dict(ckpt["spec"])
@@ -111,9 +108,6 @@ def load_model(
 
 def load_actor(path: Path) -> tuple[Actor, dict[str, Any]]:
     """The trained actor of a `policy.pt` (MAPPO or RMIOv2 pre-training)."""
-    from rmio.config import Config, build_dataclass
-    from rmio.train.runlog import load_checkpoint
-
     ckpt = load_checkpoint(path)
     cfg = build_dataclass(Config, ckpt["config"], str(path))
     spec = EnvSpec.from_dict(ckpt["spec"])

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from rmio.config import load_config
 from rmio.envs.loss import LossConfig
 from rmio.envs.registry import EnvConfig
 from rmio.envs.rollout import run_episodes
@@ -46,8 +47,6 @@ def run_label(run: Path) -> str:
     seed = "?"
     cfg_path = run / "config.yaml"
     if cfg_path.exists():
-        from rmio.config import load_config
-
         seed = str(load_config(cfg_path).run.seed)
     return f"{algo} seed {seed} ({run.name})"
 

@@ -37,6 +37,7 @@ from rich.table import Table
 from rmio.config import load_config
 from rmio.envs.trajectory import TrajectoryBuffer
 from rmio.errors import RmioError
+from rmio.train.common import load_model, resolve_device
 from rmio.train.wm_data import Batch, SequenceSampler
 from rmio.train.world_model import RMIOWorldModel
 
@@ -152,8 +153,6 @@ def evaluate_model(
 
 
 def evaluate_run(run_dir: Path, which: str, device: str, console: Console) -> dict[str, Any]:
-    from rmio.train.common import load_model, resolve_device
-
     cfg = load_config(run_dir / "config.yaml")
     dev = resolve_device(device)
     torch.set_num_threads(cfg.world_model.train.threads)

@@ -23,6 +23,9 @@ from rmio.envs.collect import collect
 from rmio.envs.loss import LossConfig
 from rmio.envs.trajectory import TrajectoryBuffer
 from rmio.errors import RmioError
+from rmio.models import resolve_model_path
+from rmio.runtime.bundle import load_manifest
+from rmio.runtime.models import ActorRunner
 from rmio.train.common import (
     begin_training,
     build_model,
@@ -33,6 +36,7 @@ from rmio.train.common import (
     resolve_device,
     seed_everything,
 )
+from rmio.train.policy import actor_policy
 from rmio.train.runlog import MetricLog, load_checkpoint, restore_rng, rng_state, save_checkpoint
 from rmio.train.wm_data import SequenceSampler, observation_stats, sample_masks, world_model_loss
 from rmio.train.world_model import RMIOWorldModel
@@ -97,9 +101,6 @@ def _data_policy(cfg: Config, console: Console) -> Any:
     random."""
     if cfg.run.data_policy is None:
         return None
-    from rmio.models import resolve_model_path
-    from rmio.train.policy import actor_policy
-
     source = resolve_model_path(cfg.run.data_policy)
     if source.is_dir():
         return _bundle_policy(cfg, source, console)
@@ -335,9 +336,6 @@ def finetune_world_model(
 def _bundle_policy(cfg: Config, bundle: Path, console: Console) -> Any:
     """A bundle's greedy actor.onnx with exploration noise (Gaussian 0.3 / 10% random available
     actions)."""
-    from rmio.runtime.bundle import load_manifest
-    from rmio.runtime.models import ActorRunner
-
     manifest = load_manifest(bundle)
     if (
         manifest.spec.name != f"{cfg.env.family}/{cfg.env.scenario}"

@@ -162,6 +162,7 @@ def _write_table(
         "report_p_mask": ab.p_mask,
         "robustness": ab.robustness.__dict__,
         "rows": rows,
+        "budget": {"set": ab.set, "finetune_updates": ab.finetune_updates},
     }
     (out / "ablation.json").write_text(json.dumps(result, indent=1))
     md = markdown(result)
@@ -221,6 +222,8 @@ def _aggregate(label: str, seed_rows: list[dict[str, Any]]) -> dict[str, Any]:
 
     lrec, lrec_std = stats("lrec_lost")
     auc, auc_std = stats("auc_mean")
+    if len(seed_rows) == 1:  # one training seed: the spread over its evaluation seed families
+        auc_std = float(seed_rows[0]["auc_std"])
     curve = np.mean([r["curve"] for r in seed_rows], axis=0).tolist()
     first = seed_rows[0]
     return {
@@ -284,6 +287,15 @@ def _evaluate(
     }
 
 
+def _budget_line(result: dict[str, Any]) -> list[str]:
+    budget = result.get("budget")
+    if not budget:
+        return []
+    updates = budget.get("finetune_updates") or "the config's"
+    sets = ", ".join(budget["set"])
+    return [f"Budget of every variant and seed: {sets}; fine-tuning updates {updates}.", ""]
+
+
 def _partial(result: dict[str, Any]) -> str:
     planned = result.get("seeds_planned", result.get("seeds", [0]))
     return (
@@ -301,10 +313,12 @@ def markdown(result: dict[str, Any]) -> str:
         "",
         f"{result['scenario']}, varying {result['vary']}; policy {result['policy']}. L_rec: lost "
         f"agents, held-out episodes, test-time p_mask {rows[0]['lrec_p_mask']:g} (lower is "
-        "better). AUC: world-model strategy. Mean ± std over training seeds "
+        "better). AUC: world-model strategy, over training seeds "
         f"{result.get('seeds', [0])}{_partial(result)}; each seed's AUC is the mean over "
-        f"{result['robustness']['seeds']} evaluation seed families.",
+        f"{result['robustness']['seeds']} evaluation seed families. ± is the std over training "
+        "seeds, or over the evaluation seed families when there is one training seed.",
         "",
+        *_budget_line(result),
         "| variant | L_rec lost agents | AUC | "
         + " | ".join(f"{rows[0]['metric']} @ {p:g}" for p in p_loss)
         + " |",

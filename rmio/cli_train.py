@@ -194,8 +194,15 @@ def export(
     default=None,
     help="Sweep directory (default runs/ablation-<sweep name>); re-run to resume.",
 )
+@click.option(
+    "--jobs",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Worker processes: the trials (seed x variant) run in parallel, each with its own log.",
+)
 @device_option
-def ablate(sweep: str, debug: bool, out: Path | None, device: str) -> None:
+def ablate(sweep: str, debug: bool, out: Path | None, jobs: int, device: str) -> None:
     """Run an ablation table (configs/ablations: fusion_halfcheetah_6x1, p_mask_halfcheetah_6x1, or
     a YAML): train every variant, then report L_rec of lost agents and the robustness AUC side by
     side."""
@@ -208,6 +215,7 @@ def ablate(sweep: str, debug: bool, out: Path | None, device: str) -> None:
         debug,
         _console(),
         device,
+        jobs,
     )
 
 

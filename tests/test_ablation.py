@@ -63,3 +63,25 @@ def test_debug_fusion_sweep_end_to_end(tmp_path: Path) -> None:
     before = (out / "seed0" / "rmiov2" / "wm_finetune.pt").stat().st_mtime_ns
     run_ablation(sweep, out, True, console)  # resumes: nothing is retrained
     assert (out / "seed0" / "rmiov2" / "wm_finetune.pt").stat().st_mtime_ns == before
+
+
+def test_parallel_trials_make_the_same_table(tmp_path: Path) -> None:
+    """`--jobs 2` runs the seed's pre-training and then its p_mask trials in worker processes; each
+    trial seeds itself, so the table equals the one-process table number for number."""
+    policy = make_tiny_bundle(tmp_path / "policy", "mamujoco/HalfCheetah-6x1", 8)
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text(
+        f"name: debug p_mask\nscenario: halfcheetah_6x1\nvary: p_mask\nvariants: [0, 0.5]\n"
+        f"policy: {policy}\nrobustness: {{p_loss: [0, 1.0], seeds: 1, episodes: 1, steps: 20}}\n"
+    )
+    console = Console(file=open(tmp_path / "log.txt", "w"))  # noqa: SIM115
+    one = run_ablation(sweep, tmp_path / "one", True, console)
+    two = run_ablation(sweep, tmp_path / "two", True, console, jobs=2)
+    assert [r["variant"] for r in two["rows"]] == ["p_mask 0", "p_mask 0.5"]
+    for a, b in zip(one["rows"], two["rows"], strict=True):
+        assert a["runs"] == b["runs"]
+        assert a["lrec_lost"] == b["lrec_lost"] and a["curve"] == b["curve"]
+    # every stage wrote its own log in the worker
+    logs = sorted(p.name for p in (tmp_path / "two" / "seed0").glob("*.log"))
+    assert logs == ["p_mask_0.5.log", "p_mask_0.log", "prepare.log"]
+    assert "pre-training done" in (tmp_path / "two" / "seed0" / "prepare.log").read_text()

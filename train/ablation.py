@@ -28,8 +28,9 @@ from rmio.evaluation import robustness
 from rmio.models import resolve_model_path
 from rmio.train.common import prepare_run_dir
 from rmio.train.export import export_run
+from rmio.train.trials import Trial, run_trials
 from rmio.train.wm_eval import evaluate_run
-from rmio.train.wm_train import finetune_world_model, train_world_model
+from rmio.train.wm_train import ensure_data, finetune_world_model, train_world_model
 from rmio.yamlio import load_yaml
 
 
@@ -127,23 +128,105 @@ def _link(src: str | Path, dst: str | Path) -> None:
 
 
 def run_ablation(
-    path: Path, out: Path, debug: bool, console: Console, device: str = "cpu"
+    path: Path,
+    out: Path,
+    debug: bool,
+    console: Console,
+    device: str = "cpu",
+    jobs: int = 1,
 ) -> dict[str, Any]:
-    """Train and evaluate every variant seed by seed; after each seed the table so far is written
-    (``ablation.md`` / ``ablation.json`` with the seeds done), so a long sweep reports as it
-    goes."""
+    """Train and evaluate every variant of every seed; after each seed the table so far is written
+    (``ablation.md`` / ``ablation.json`` with the seeds done), so a long sweep reports as it goes.
+
+    ``jobs`` > 1 runs the trials (one preparation per seed, then one trial per seed and variant) in
+    that many worker processes (:mod:`rmio.train.trials`); every trial seeds itself, so the table
+    is the same as with one job."""
     ab = load_ablation(path)
+    sweep = Sweep(resolve_sweep(path), out, debug, device)
     evaluated: dict[int, list[dict[str, Any]]] = {}
     result: dict[str, Any] = {}
-    for seed in ab.seeds:
-        runs = _train_seed(ab, out / f"seed{seed}", seed, debug, console, device)
-        evaluated[seed] = [_evaluate(label, run, ab, device, console) for label, run in runs]
-        for r in evaluated[
-            seed
-        ]:  # results name their runs relative to the sweep directory, never absolutely
-            r["run"] = Path(r["run"]).relative_to(out).as_posix()
-        result = _write_table(ab, out, evaluated, console)
+
+    def seed_done(seed: int, rows: list[dict[str, Any]]) -> None:
+        nonlocal result
+        evaluated[seed] = rows
+        result = _write_table(ab, out, dict(sorted(evaluated.items())), console)
+
+    if jobs <= 1:
+        for seed in ab.seeds:
+            prepare_seed(sweep, seed, console)
+            seed_done(seed, [run_variant(sweep, seed, k, console) for k in range(len(ab.variants))])
+    else:
+        trials = [
+            Trial(seed, _trial_name(ab, k), k) for seed in ab.seeds for k in range(len(ab.variants))
+        ]
+        run_trials(sweep, trials, jobs, console, seed_done, prepare_seed, run_variant)
     return result
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """Everything a trial needs to find its sweep and its directory (picklable: worker processes
+    receive it)."""
+
+    path: Path
+    out: Path
+    debug: bool
+    device: str
+
+
+def _trial_name(ab: AblationConfig, index: int) -> str:
+    v = ab.variants[index]
+    return str(v) if ab.vary == "algo" else f"p_mask_{float(v):g}"
+
+
+def _config(ab: AblationConfig, sweep: Sweep, seed: int, algo: str | None = None) -> Any:
+    preset = "debug" if sweep.debug else None
+    overrides = [*ab.set, f"run.seed={seed}"]
+    if algo is None:
+        return load_config(ab.scenario, preset=preset, overrides=overrides)
+    return load_config(ab.scenario, preset=preset, overrides=overrides, algo=algo)
+
+
+def prepare_seed(sweep: Sweep, seed: int, console: Console) -> None:
+    """What every variant of one seed shares: the real data (fusion sweeps, collected into the
+    first variant's run) or the pre-trained world model (p_mask sweeps)."""
+    ab = load_ablation(sweep.path)
+    sdir = sweep.out / f"seed{seed}"
+    if ab.vary == "algo":
+        algo = ab.variants[0]
+        cfg = _config(ab, sweep, seed, algo)
+        ensure_data(cfg, prepare_run_dir(cfg, sdir / algo, algo), console)
+    else:
+        cfg = _config(ab, sweep, seed)
+        pre = prepare_run_dir(cfg, sdir / "pretrain", "rmiov2")
+        console.rule(f"[bold]{ab.name}: pre-training, seed {seed}")
+        train_world_model(cfg, pre, sweep.device, console)
+
+
+def run_variant(sweep: Sweep, seed: int, index: int, console: Console) -> dict[str, Any]:
+    """Train (or resume) one variant of one seed on what :func:`prepare_seed` made, then evaluate
+    it; returns its table row, which names its run relative to the sweep directory."""
+    ab = load_ablation(sweep.path)
+    sdir = sweep.out / f"seed{seed}"
+    variant = ab.variants[index]
+    if ab.vary == "algo":
+        cfg = _config(ab, sweep, seed, variant)
+        run = prepare_run_dir(cfg, sdir / variant, variant)
+        _share(sdir / ab.variants[0] / "data", run / "data")  # the same real data for every method
+        console.rule(f"[bold]{ab.name}: {variant}, seed {seed}")
+        train_world_model(cfg, run, sweep.device, console)
+        finetune_world_model(run, ab.p_mask, sweep.device, console, ab.finetune_updates)
+        label = str(variant)
+    else:
+        run = sdir / _trial_name(ab, index)
+        for name in ("config.yaml", "data", "wm_pretrain.pt"):  # the same pre-trained model
+            _share(sdir / "pretrain" / name, run / name)
+        console.rule(f"[bold]{ab.name}: fine-tuning at p_mask {float(variant):g}, seed {seed}")
+        finetune_world_model(run, float(variant), sweep.device, console, ab.finetune_updates)
+        label = f"p_mask {float(variant):g}"
+    row = _evaluate(label, run, ab, sweep.device, console)
+    row["run"] = Path(row["run"]).relative_to(sweep.out).as_posix()
+    return row
 
 
 def _write_table(
@@ -170,45 +253,6 @@ def _write_table(
     console.print(Markdown(md))
     console.print(f"wrote {out / 'ablation.md'} and ablation.json (seeds {seeds} of {ab.seeds})")
     return result
-
-
-def _train_seed(
-    ab: AblationConfig, out: Path, seed: int, debug: bool, console: Console, device: str
-) -> list[tuple[str, Path]]:
-    """Train (or resume) every variant of one training seed; returns (label, run directory) in table
-    order."""
-    preset = "debug" if debug else None
-    overrides = [*ab.set, f"run.seed={seed}"]
-    runs: list[tuple[str, Path]] = []
-    if ab.vary == "algo":
-        first: Path | None = None
-        for algo in ab.variants:
-            cfg = load_config(ab.scenario, preset=preset, overrides=overrides, algo=algo)
-            run = prepare_run_dir(cfg, out / algo, algo)
-            if first is not None:  # the same real data for every method
-                _share(first / "data", run / "data")
-            console.rule(f"[bold]{ab.name}: {algo}, seed {seed}")
-            train_world_model(cfg, run, device, console)
-            finetune_world_model(run, ab.p_mask, device, console, ab.finetune_updates)
-            first = first or run
-            runs.append((algo, run))
-    else:
-        cfg = load_config(ab.scenario, preset=preset, overrides=overrides)
-        pre = prepare_run_dir(cfg, out / "pretrain", "rmiov2")
-        console.rule(f"[bold]{ab.name}: pre-training, seed {seed}")
-        train_world_model(cfg, pre, device, console)
-        for p in ab.variants:
-            run = out / f"p_mask_{p:g}"
-            for name in (
-                "config.yaml",
-                "data",
-                "wm_pretrain.pt",
-            ):  # the same pre-trained model for every p_mask
-                _share(pre / name, run / name)
-            console.rule(f"[bold]{ab.name}: fine-tuning at p_mask {p:g}, seed {seed}")
-            finetune_world_model(run, float(p), device, console, ab.finetune_updates)
-            runs.append((f"p_mask {p:g}", run))
-    return runs
 
 
 def _aggregate(label: str, seed_rows: list[dict[str, Any]]) -> dict[str, Any]:

@@ -15,9 +15,10 @@ class EnvConfig:
     """Which task to run; one section of every scenario YAML."""
 
     family: str = "mamujoco"
-    """Task family: mamujoco, smax, lbf or smac (see `rmio scenarios`)."""
+    """Task family: mamujoco, smax, lbf, smac or pettingzoo (see `rmio scenarios`)."""
     scenario: str = "HalfCheetah-6x1"
-    """Scenario id inside the family, e.g. HalfCheetah-6x1, 2s3z, Foraging-8x8-2p-2f-coop-v3."""
+    """Scenario id inside the family, e.g. HalfCheetah-6x1, 2s3z, Foraging-8x8-2p-2f-coop-v3;
+    for pettingzoo, module:factory or an entry-point name."""
     episode_limit: int | None = None
     """Truncate episodes after this many steps; None keeps the task's own limit."""
     agent_obsk: int = 1
@@ -85,6 +86,14 @@ FAMILIES: dict[str, Family] = {
         ("2s_vs_1sc", "3s_vs_3z", "2s3z", "3s_vs_4z", "3s_vs_5z", "1c3s5z", "8m", "corridor"),
         None,
         "StarCraft II SMAC (oxwhirl/smac + the StarCraft II binary, installed by the user)",
+    ),
+    "pettingzoo": Family(
+        "pettingzoo",
+        "rmio.envs.from_pettingzoo",
+        (),
+        "pettingzoo",
+        "Any PettingZoo ParallelEnv: scenario is module:factory or a name registered in the "
+        "rmio.pettingzoo entry-point group",
     ),
 }
 

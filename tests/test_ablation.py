@@ -11,7 +11,7 @@ from rich.console import Console
 
 from rmio.errors import ConfigError
 from rmio.testing import make_tiny_bundle
-from rmio.train.ablation import load_ablation, run_ablation
+from rmio.train.ablation import load_ablation, policy_path, run_ablation
 
 
 @pytest.mark.parametrize("name", ["fusion_halfcheetah_6x1", "p_mask_halfcheetah_6x1"])
@@ -30,9 +30,19 @@ def test_shipped_sweeps_validate(name: str) -> None:
 )
 def test_bad_sweeps_are_refused(tmp_path: Path, body: str, needle: str) -> None:
     path = tmp_path / "sweep.yaml"
-    path.write_text(f"name: x\nscenario: halfcheetah_6x1\npolicy: p\n{body}\n")
+    path.write_text(f"name: x\nscenario: halfcheetah_6x1\npolicy: halfcheetah_6x1\n{body}\n")
     with pytest.raises(ConfigError, match=needle):
         load_ablation(path)
+
+
+def test_policy_is_checked_before_training(tmp_path: Path) -> None:
+    path = tmp_path / "sweep.yaml"
+    body = "name: x\nscenario: halfcheetah_6x1\nvary: p_mask\nvariants: [0.5]\npolicy: {}\n"
+    path.write_text(body.format("no_such_bundle"))
+    with pytest.raises(ConfigError, match="policy 'no_such_bundle' is neither"):
+        load_ablation(path)
+    path.write_text(body.format("halfcheetah_6x1"))  # a shipped bundle's name
+    assert (policy_path(load_ablation(path)) / "actor.onnx").is_file()
 
 
 def test_debug_fusion_sweep_end_to_end(tmp_path: Path) -> None:

@@ -23,9 +23,9 @@ from rich.markdown import Markdown
 
 from rmio.config import ALGORITHMS, build_dataclass, load_config
 from rmio.defaults import DEFAULT_P_LOSS
-from rmio.errors import ConfigError
+from rmio.errors import ConfigError, RmioError
 from rmio.evaluation import robustness
-from rmio.models import resolve_model_path
+from rmio.models import find_bundle
 from rmio.train.common import prepare_run_dir
 from rmio.train.export import export_run
 from rmio.train.trials import Trial, run_trials
@@ -106,7 +106,22 @@ def load_ablation(path: Path) -> AblationConfig:
         or not all(type(s) is int and s >= 0 for s in cfg.seeds)
     ):
         raise ConfigError(f"{path}: seeds must be distinct non-negative integers, got {cfg.seeds}")
+    policy_path(cfg, path)  # refused now, not after hours of training
     return cfg
+
+
+def policy_path(ab: AblationConfig, sweep: Path | str = "the sweep") -> Path:
+    """The sweep's policy: a policy.pt or bundle directory, or a shipped bundle's name."""
+    path = Path(ab.policy)
+    if path.exists():
+        return path
+    try:
+        return find_bundle(ab.policy)
+    except RmioError:
+        raise ConfigError(
+            f"{sweep}: policy '{ab.policy}' is neither a policy.pt, a bundle directory, nor a "
+            "shipped bundle (`rmio models` lists them)"
+        ) from None
 
 
 def _share(src: Path, dst: Path) -> None:
@@ -302,7 +317,7 @@ def _evaluate(
     lrec = rec["strategies"][key]["lrec_masked"][nearest]
     bundle = run / "bundle"
     if not (bundle / "manifest.json").exists():
-        export_run(run, bundle, console, resolve_model_path(ab.policy))
+        export_run(run, bundle, console, policy_path(ab))
     rob_path = run / "robustness.json"
     if rob_path.exists():
         rob = json.loads(rob_path.read_text())

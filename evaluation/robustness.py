@@ -29,10 +29,11 @@ from rmio.defaults import DEFAULT_P_LOSS as DEFAULT_P_LOSS
 from rmio.envs.loss import LossConfig, LossyEnv, make_loss_model
 from rmio.envs.registry import EnvConfig, make_env
 from rmio.errors import RmioError
-from rmio.runtime.bundle import Manifest, load_manifest
+from rmio.runtime.bundle import Manifest
 from rmio.runtime.history import ActionCodec, replay_plan
 from rmio.runtime.models import ActorRunner, LatentState, WorldModelRunner
 from rmio.runtime.settings import env_config_for
+from rmio.runtime.validate import verify_bundle
 from rmio.runtime.vocabulary import EVAL_STRATEGIES
 
 log = logging.getLogger(__name__)
@@ -294,7 +295,7 @@ def sweep(
     progress: Callable[[str, int], None] | None = None,
 ) -> dict[str, Any]:
     """Every strategy at every p_loss for every seed family; returns the JSON-ready result."""
-    manifest = load_manifest(bundle)
+    manifest = verify_bundle(bundle)
     for s in strategies:
         if s not in STRATEGIES:
             raise RmioError(f"unknown strategy '{s}' (known: {', '.join(STRATEGIES)})")

@@ -386,10 +386,12 @@ def swarm_roster(host: str, base_port: int, output: Path, **options: Any) -> Non
 def _run_role(role: str, name: str, roster: Path) -> None:
     from rmio.runtime.proc import install_signal_handlers, run_role
     from rmio.runtime.settings import Roster
+    from rmio.runtime.validate import verify_bundle
 
     spec = Roster.load(roster)
     if name not in spec.endpoints:
         raise RmioError(f"roster '{roster}' names no endpoint for {name}")
+    verify_bundle(spec.settings.bundle)
     install_signal_handlers()
     code = run_role(role, spec.settings, name, spec.endpoints[name], endpoints=spec.endpoints)
     report = Path(spec.settings.out_dir) / "report.json"

@@ -19,7 +19,7 @@ from rich.table import Table
 from rmio.cli_eval import run_robustness
 from rmio.evaluation.swarm import swarm_auc
 from rmio.models import default_bundle
-from rmio.runtime.bundle import load_manifest
+from rmio.runtime.validate import verify_bundle
 
 
 def run_demo(
@@ -32,7 +32,7 @@ def run_demo(
     transport: str = "ipc",
 ) -> dict[str, Any]:
     bundle = bundle or default_bundle()
-    manifest = load_manifest(bundle)
+    manifest = verify_bundle(bundle)
     out = Path(out_root) / f"demo-{time.strftime('%Y%m%d-%H%M%S')}"
     trained = manifest.budget.get("policy_env_steps")
     console.print(

@@ -31,6 +31,7 @@ from rmio.runtime.bundle import (
 )
 from rmio.runtime.launcher import Launcher
 from rmio.runtime.settings import SwarmSettings, env_config_for
+from rmio.runtime.validate import bundle_checksums
 
 DETER, CATS, CLASSES, HIDDEN = 16, 4, 4, 32
 
@@ -145,7 +146,7 @@ def make_tiny_bundle(
         torch.ones(batch, n),
     )
     _export(wm, wm_args, out / "wm_step.onnx", list(WM_INPUTS), list(WM_OUTPUTS))
-    Manifest(
+    manifest = Manifest(
         schema_version=SCHEMA_VERSION,
         spec=spec,
         history_window=history_window,
@@ -156,7 +157,9 @@ def make_tiny_bundle(
         obs_std=std.tolist(),
         config={"fixture": "tiny_bundle", "seed": seed},
         metrics={"trained": False},
-    ).save(out)
+    )
+    manifest.sha256 = bundle_checksums(out, manifest)
+    manifest.save(out)
     return out
 
 

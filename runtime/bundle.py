@@ -70,6 +70,9 @@ class Manifest:
     """Training budget, e.g. {"env_steps": 100000, "wm_updates": ...}."""
     metrics: dict[str, Any] = field(default_factory=dict)
     """Metrics measured at export (returns, L_rec, parity errors)."""
+    sha256: dict[str, str] = field(default_factory=dict)
+    """File name -> sha256 hex digest of every graph, so a corrupt or swapped file is refused before
+    anything runs (``rmio.runtime.validate``). Bundles written before checksums have none."""
 
     def to_dict(self) -> dict[str, Any]:
         out = {k: v for k, v in self.__dict__.items() if k != "spec"}

@@ -28,10 +28,10 @@ from typing import Any
 
 from rmio.envs.loss import LossConfig
 from rmio.errors import RmioError
-from rmio.runtime.bundle import load_manifest
 from rmio.runtime.node import NodeBase, local_endpoint
 from rmio.runtime.settings import Roster, SwarmSettings, env_config_for
 from rmio.runtime.transport import check_bundle_fits, make_node
+from rmio.runtime.validate import verify_bundle
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +74,9 @@ class Launcher:
         self.ctl: NodeBase | None = None
         self.report_path: Path | None = None
         self.roster: dict[str, str] = {}
+        self.stepping = False
+        """Whether the env host has reported a step: an agent that exits with an error before that
+        ends the launch at once (it would only fail again on restart)."""
 
     # -- public -------------------------------------------------------------------------
 
@@ -200,14 +203,7 @@ class Launcher:
     def _check_early_exit(self) -> None:
         for child in self.children.values():
             if child.proc.poll() is not None:
-                tail = (
-                    child.log_path.read_text(errors="replace")[-2000:]
-                    if child.log_path.is_file()
-                    else ""
-                )
-                raise RmioError(
-                    f"{child.name} exited with code {child.proc.returncode} at startup:\n{tail}"
-                )
+                raise RmioError(_exit_line(child, "at startup"))
 
     def _supervise(self) -> None:
         """Until the env host is done: status, restarts, and a watchdog on the env host's
@@ -223,6 +219,7 @@ class Launcher:
             for msg in self.ctl.poll(100):
                 heard = time.monotonic() if msg.src == "env" else heard
                 if msg.type == "STATUS" and msg.src == "env":
+                    self.stepping = True
                     self.on_status(dict(msg["status"]))
                 elif msg.type == "DONE" and msg.src == "env":
                     self.report_path = Path(msg["report"])
@@ -244,6 +241,8 @@ class Launcher:
         for child in list(self.children.values()):
             if child.role != "agent" or child.proc.poll() in (None, 0):
                 continue  # running, or a clean exit after the env host's BYE
+            if not self.stepping and child.proc.returncode > 0:  # an error, not a fault injected
+                raise RmioError(_exit_line(child, "before greeting the env host"))
             if child.restart_at is None:
                 log.warning("%s exited with code %s", child.name, child.proc.returncode)
                 if self.settings.rejoin_after_s < 0 or child.restarts >= 3:
@@ -277,6 +276,21 @@ class Launcher:
                 child.proc.wait(timeout=left)
 
 
+def _exit_line(child: Child, when: str) -> str:
+    """One line for a child that exited: its own error line (``rmio: error: ...``, else the last
+    line of its log) and where the whole log is."""
+    lines = (
+        child.log_path.read_text(errors="replace").splitlines() if child.log_path.is_file() else []
+    )
+    errors = [ln for ln in lines if ln.startswith("rmio: error:")]
+    last = (errors or [ln for ln in lines if ln.strip()] or ["(no output)"])[-1]
+    last = last.removeprefix("rmio: error: ").strip()
+    return (
+        f"{child.name} exited with code {child.proc.returncode} {when}: {last} "
+        f"(log: {child.log_path})"
+    )
+
+
 # -- command-line support (rmio swarm launch / roster) --------------------------------------
 
 
@@ -293,7 +307,7 @@ def build_settings(
 ) -> SwarmSettings:
     """Settings for a run of ``bundle``, refusing a scenario or agent count the bundle was not made
     for."""
-    man = load_manifest(bundle)
+    man = verify_bundle(bundle)
     missing = [role for role in ("actor", "wm_step") if role not in man.files]
     if missing:
         raise RmioError(

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from rmio.errors import RmioError
 from rmio.runtime.bundle import ACTOR_INPUTS, WM_INPUTS, WM_OUTPUTS, Manifest, load_manifest
 
 log = logging.getLogger(__name__)
@@ -29,7 +30,11 @@ def make_session(path: str | Path, device: str = "cpu", threads: int = 1):
             providers.insert(0, "CUDAExecutionProvider")
         else:
             log.warning("CUDA execution provider not available; the world model runs on the CPU")
-    return ort.InferenceSession(str(path), sess_options=opts, providers=providers)
+    try:
+        return ort.InferenceSession(str(path), sess_options=opts, providers=providers)
+    except Exception as exc:  # onnxruntime's own exception types: an unreadable or invalid graph
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise RmioError(f"{path}: not a loadable ONNX graph ({first[:200]})") from None
 
 
 _ORT_DTYPES = {"tensor(float)": np.float32, "tensor(int64)": np.int64, "tensor(bool)": np.bool_}

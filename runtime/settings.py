@@ -135,10 +135,19 @@ class SwarmSettings:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SwarmSettings:
-        names = {f.name for f in dataclasses.fields(cls)}
+        fields = dataclasses.fields(cls)
+        names = {f.name for f in fields}
         unknown = sorted(set(data) - names)
         if unknown:
             raise ConfigError(f"unknown swarm setting(s): {', '.join(unknown)}")
+        required = [
+            f.name
+            for f in fields
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        ]
+        missing = [name for name in required if name not in data]
+        if missing:
+            raise ConfigError(f"swarm settings lack the key(s) {', '.join(missing)}")
         try:
             return cls(**data)
         except TypeError as exc:
@@ -199,8 +208,27 @@ class Roster:
         data = load_yaml(path, "roster")
         if not isinstance(data, dict) or not isinstance(data.get("endpoints"), dict):
             raise ConfigError(f"roster '{path}' must be a mapping with 'endpoints' and 'settings'")
-        settings = SwarmSettings.from_dict(data.get("settings") or {})
+        if not isinstance(data.get("settings"), dict):
+            raise ConfigError(f"roster '{path}': 'settings' must be a mapping of swarm settings")
+        try:
+            settings = SwarmSettings.from_dict(data["settings"])
+        except ConfigError as exc:
+            raise ConfigError(f"roster '{path}': {exc}") from None
         endpoints = {str(k): str(v) for k, v in data["endpoints"].items()}
+        for name, endpoint in endpoints.items():
+            scheme, sep, where = endpoint.partition("://")
+            host, colon, port = where.rpartition(":")
+            if (
+                scheme not in ("tcp", "udp")
+                or not sep
+                or not colon
+                or not host
+                or not port.isdigit()
+            ):
+                raise ConfigError(
+                    f"roster '{path}': endpoint '{name}' is '{endpoint}', not tcp://HOST:PORT or "
+                    "udp://HOST:PORT (ipc does not leave a machine)"
+                )
         missing = [n for n in ["env", *settings.agent_names()] if n not in endpoints]
         if missing:
             raise ConfigError(f"roster '{path}' names no endpoint for {', '.join(missing)}")

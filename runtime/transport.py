@@ -23,6 +23,7 @@ from pathlib import Path
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
+from rmio.errors import RmioError
 from rmio.runtime import timeline
 from rmio.runtime.bundle import load_manifest
 from rmio.runtime.datagram import DatagramNode, check_fits
@@ -38,9 +39,12 @@ _EVENTS, _POLLIN = int(zmq.EVENTS), int(zmq.POLLIN)
 def make_node(name: str, bind: str, known: Callable[[str], bool]) -> NodeBase:
     """The node for an endpoint's scheme: ZeroMQ for ``tcp://`` and ``ipc://``, datagrams for
     ``udp://``."""
-    if bind.startswith("udp://"):
-        return DatagramNode(name, bind, known)
-    return Node(name, bind, known)
+    try:
+        if bind.startswith("udp://"):
+            return DatagramNode(name, bind, known)
+        return Node(name, bind, known)
+    except (zmq.ZMQError, OSError) as exc:  # a port in use, a host not of this machine
+        raise RmioError(f"{name} cannot bind {bind}: {exc}") from None
 
 
 def check_bundle_fits(transport: str, bundle: str | Path) -> None:

@@ -1,21 +1,138 @@
-"""Bundle validation with onnxruntime alone (no torch): what `rmio export --check` runs, and what a
-deployment can run before it starts any process."""
+"""Bundle validation with onnxruntime alone (no torch): what `rmio export --check` runs, and what
+every command that takes a bundle runs before it starts any process, so that a corrupt, truncated
+or swapped graph is one line naming the file instead of crashing agents mid-run.
+
+Two levels: :func:`verify_bundle` (checksums, then every graph's input and output names, dtypes and
+shapes against the manifest; about 50 ms) and :func:`check_bundle` (that, plus running the graphs).
+"""
 
 from __future__ import annotations
 
+import hashlib
+import logging
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from rmio.errors import RmioError
-from rmio.runtime.bundle import load_manifest
-from rmio.runtime.models import ActorRunner, WorldModelRunner
+from rmio.runtime.bundle import Manifest, load_manifest
+from rmio.runtime.models import ActorRunner, WorldModelRunner, make_session
+
+log = logging.getLogger(__name__)
+
+_DTYPES = {"tensor(float)": "float32", "tensor(int64)": "int64", "tensor(bool)": "bool"}
+BATCH = None
+"""The batch axis in an expected shape: it must be dynamic (in-process sweeps batch episodes)."""
+Signature = dict[str, tuple[str, tuple[int | None, ...]]]
+_WARNED: set[str] = set()
+
+
+def file_sha256(path: str | Path) -> str:
+    """The hex sha256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def bundle_checksums(bundle: str | Path, manifest: Manifest) -> dict[str, str]:
+    """sha256 of every file the manifest names, keyed by file name (what the exporter records)."""
+    return {name: file_sha256(Path(bundle) / name) for name in sorted(set(manifest.files.values()))}
+
+
+def expected_signatures(manifest: Manifest, role: str) -> tuple[Signature, Signature]:
+    """The inputs and outputs (name -> dtype, shape) a graph of ``role`` must have for this
+    manifest: the contract of ``rmio.runtime.bundle``."""
+    spec = manifest.spec
+    n, d = spec.n_agents, spec.obs_dim
+    if role == "actor":
+        inputs: Signature = {"obs": ("float32", (BATCH, d)), "agent_id": ("int64", (BATCH,))}
+        if spec.discrete:
+            inputs["avail_actions"] = ("bool", (BATCH, spec.action_dim))
+            outputs: Signature = {"action": ("int64", (BATCH,))}
+        else:
+            outputs = {"action": ("float32", (BATCH, spec.action_dim))}
+        return inputs, outputs
+    inputs = {
+        "h": ("float32", (BATCH, n, manifest.deter)),
+        "z": ("float32", (BATCH, n, manifest.stoch)),
+        "prev_action": ("float32", (BATCH, n, manifest.act_width)),
+        "obs": ("float32", (BATCH, n, d)),
+        "mask": ("float32", (BATCH, n)),
+    }
+    outputs = {
+        "h_next": ("float32", (BATCH, n, manifest.deter)),
+        "z_next": ("float32", (BATCH, n, manifest.stoch)),
+        "obs_recon": ("float32", (BATCH, n, d)),
+    }
+    return inputs, outputs
+
+
+def check_signature(session: Any, manifest: Manifest, role: str, path: Path) -> None:
+    """Refuse a graph whose input or output names, dtypes or shapes differ from the manifest's."""
+    want_in, want_out = expected_signatures(manifest, role)
+    for kind, want, metas in (
+        ("input", want_in, session.get_inputs()),
+        ("output", want_out, session.get_outputs()),
+    ):
+        have = {m.name: m for m in metas}
+        if set(have) != set(want):
+            raise RmioError(
+                f"{path}: {kind}s {sorted(have)}, but a {role} graph for {manifest.spec.name} "
+                f"({'discrete' if manifest.spec.discrete else 'continuous'} actions) has "
+                f"{sorted(want)}"
+            )
+        for name, (dtype, shape) in want.items():
+            meta = have[name]
+            got_dtype = _DTYPES.get(meta.type, meta.type)
+            got_shape = tuple(d if isinstance(d, int) else None for d in meta.shape)
+            if got_dtype != dtype or got_shape != shape:
+                raise RmioError(
+                    f"{path}: {kind} '{name}' is {got_dtype} {_show(got_shape)}, the manifest "
+                    f"wants {dtype} {_show(shape)}"
+                )
+
+
+def _show(shape: tuple[int | None, ...]) -> str:
+    return "(" + ", ".join("B" if d is None else str(d) for d in shape) + ")"
+
+
+def verify_bundle(bundle: str | Path, manifest: Manifest | None = None) -> Manifest:
+    """Checksums, then every graph's signature against the manifest; returns the manifest. A bundle
+    without recorded checksums (exported before they existed) loads with a warning."""
+    bundle = Path(bundle)
+    manifest = manifest or load_manifest(bundle)
+    if manifest.sha256:
+        for name in sorted(set(manifest.files.values())):
+            want = manifest.sha256.get(name)
+            if want is None:
+                raise RmioError(f"{bundle / 'manifest.json'}: no sha256 recorded for '{name}'")
+            if file_sha256(bundle / name) != want:
+                raise RmioError(
+                    f"{bundle / name}: sha256 differs from the one in manifest.json (a corrupt or "
+                    "replaced file; re-export the bundle)"
+                )
+    elif str(bundle.resolve()) not in _WARNED:
+        _WARNED.add(str(bundle.resolve()))
+        log.warning(
+            "bundle %s records no sha256 checksums (exported by an older rmio): its files are not "
+            "verified; re-export it to add them",
+            bundle,
+        )
+    for role, name in manifest.files.items():
+        path = bundle / name
+        check_signature(
+            make_session(path), manifest, "actor" if role == "actor" else "wm_step", path
+        )
+    return manifest
 
 
 def check_bundle(bundle: str | Path) -> str:
-    """Re-validate a bundle: manifest schema, files, graph signatures, and that the graphs run;
-    returns a one-line description of the valid bundle, raises RmioError otherwise."""
-    manifest = load_manifest(bundle)
+    """Re-validate a bundle: manifest schema, files, checksums, graph signatures, and that the
+    graphs run; returns a one-line description of the valid bundle, raises RmioError otherwise."""
+    manifest = verify_bundle(bundle)
     n, d = manifest.spec.n_agents, manifest.spec.obs_dim
     for role in ("wm_step", "wm_step_pretrain"):
         if role not in manifest.files:
@@ -33,8 +150,14 @@ def check_bundle(bundle: str | Path) -> str:
                 "values"
             )
     if "actor" in manifest.files:
-        ActorRunner(bundle, manifest)
+        actor = ActorRunner(bundle, manifest)
+        action = actor.act(np.zeros((3, d), np.float32), np.arange(3) % n)
+        if not np.isfinite(np.asarray(action, np.float64)).all():
+            raise RmioError(
+                f"bundle '{bundle}': {manifest.files['actor']} returns non-finite values"
+            )
+    checked = "sha256 checked" if manifest.sha256 else "no checksums recorded"
     return (
         f"bundle {bundle} is valid: {manifest.spec.name}, {n} agents, window "
-        f"{manifest.history_window}, files {', '.join(manifest.files.values())}"
+        f"{manifest.history_window}, files {', '.join(manifest.files.values())} ({checked})"
     )

@@ -27,6 +27,7 @@ from rmio.envs.trajectory import TrajectoryBuffer
 from rmio.errors import RmioError
 from rmio.runtime.bundle import SCHEMA_VERSION, WM_INPUTS, WM_OUTPUTS, Manifest, load_manifest
 from rmio.runtime.models import WorldModelRunner
+from rmio.runtime.validate import bundle_checksums
 from rmio.train.common import load_actor, load_model
 from rmio.train.policy import Actor
 from rmio.train.world_model import RMIOWorldModel
@@ -116,6 +117,56 @@ def export_onnx(
     if prog is None:
         raise RuntimeError("torch.onnx.export returned no program")
     prog.save(str(path))
+    strip_stack_traces(path)
+
+
+def strip_stack_traces(path: Path) -> None:
+    """Drop the exporter's per-node Python stack traces: they name files of the machine that
+    exported (site-packages, the checkout) and play no part in running the graph."""
+    import onnx
+
+    model = onnx.load(str(path))
+    graphs = [model.graph, *model.functions]
+    changed = False
+    while graphs:
+        graph = graphs.pop()
+        for node in graph.node:
+            keep = [p for p in node.metadata_props if p.key != "pkg.torch.onnx.stack_trace"]
+            if len(keep) != len(node.metadata_props):
+                changed = True
+                del node.metadata_props[:]
+                node.metadata_props.extend(keep)
+            graphs += [a.g for a in node.attribute if a.HasField("g")]
+            graphs += [g for a in node.attribute for g in a.graphs]
+    if changed:
+        onnx.save(model, str(path))
+
+
+def portable_path(value: str | None) -> str | None:
+    """A path as a manifest may record it: relative ones as they are; an absolute one relative to
+    the working directory when it lies under it, else from its last ``runs`` folder on (the
+    repository's convention), else its file name. A manifest must name no path of the machine that
+    wrote it."""
+    if not value:
+        return value
+    path = Path(value)
+    if not path.is_absolute():
+        return value
+    try:
+        return path.relative_to(Path.cwd()).as_posix()
+    except ValueError:
+        pass
+    if "runs" in path.parts:
+        at = len(path.parts) - 1 - path.parts[::-1].index("runs")
+        return Path(*path.parts[at:]).as_posix()
+    return path.name
+
+
+def _portable_config(config: dict[str, Any]) -> dict[str, Any]:
+    run = config.get("run")
+    if isinstance(run, dict) and run.get("data_policy"):
+        return {**config, "run": {**run, "data_policy": portable_path(run["data_policy"])}}
+    return config
 
 
 def _random_inputs(
@@ -209,7 +260,7 @@ def export_run(run_dir: Path, out: Path, console: Console, policy: Path | None =
         obs_mean=stats["obs_mean"],
         obs_std=stats["obs_std"],
         files={"wm_step": "wm_step.onnx"},
-        config=ckpt["config"],
+        config=_portable_config(ckpt["config"]),
         config_hash=ckpt["config_hash"],
         budget={
             "env_steps": _env_steps(run_dir),
@@ -246,7 +297,7 @@ def export_run(run_dir: Path, out: Path, console: Console, policy: Path | None =
         manifest.files["actor"] = "actor.onnx"
         manifest.budget.update(
             {
-                "policy_source": str(policy),
+                "policy_source": portable_path(str(policy)),
                 "policy_algo": other.budget.get("policy_algo"),
                 "policy_env_steps": other.budget.get("policy_env_steps"),
             }
@@ -259,7 +310,7 @@ def export_run(run_dir: Path, out: Path, console: Console, policy: Path | None =
                 f"the actor of {policy} was trained for another environment spec than {run_dir}'s "
                 "world model"
             )
-        manifest.budget["policy_source"] = str(policy)
+        manifest.budget["policy_source"] = portable_path(str(policy))
         err_actor = export_actor(actor, out)
         manifest.files["actor"] = "actor.onnx"
         manifest.metrics["actor_parity"] = err_actor
@@ -280,6 +331,7 @@ def export_run(run_dir: Path, out: Path, console: Console, policy: Path | None =
     eval_json = run_dir / "eval_reconstruction.json"
     if eval_json.exists():
         manifest.metrics["reconstruction"] = json.loads(eval_json.read_text())
+    manifest.sha256 = bundle_checksums(out, manifest)
     manifest.save(out)
     console.print(
         f"parity onnxruntime vs torch: max |diff| {err_random:.2e} (random inputs, batch 3), "

@@ -66,10 +66,10 @@ TEMPLATES: dict[str, tuple[dict[str, Any], dict[str, np.ndarray]]] = {
         {"counts": {"tx_msgs.HB": 3, "x": 1.5}, "names": ["gather_us", "round_us"]},
         {"s0": np.ones(4, np.float32), "s1": np.arange(3, dtype=np.float32)},
     ),
-    "REGISTER": ({"role": "agent", "endpoint": "ipc:///tmp/x/a0.sock", "pid": 12, "inc": 3}, {}),
+    "REGISTER": ({"role": "agent", "endpoint": "ipc:///run/x/a0.sock", "pid": 12, "inc": 3}, {}),
     "ROSTER": ({"version": 1, "endpoints": {"env": "tcp://127.0.0.1:5000"}}, {}),
     "STATUS": ({"status": {"episode": 0, "return": 1.5}}, {}),
-    "DONE": ({"report": "/tmp/r.json", "ok": True}, {}),
+    "DONE": ({"report": "results/r.json", "ok": True}, {}),
 }
 
 

@@ -149,7 +149,8 @@ def test_agent_that_dies_before_greeting_stops_the_launch(tmp_path) -> None:
     with pytest.raises(RmioError) as err:
         launcher.run()
     text = str(err.value)
-    assert re.match(r"a\d exited with code 2 (at startup|before greeting the env host): ", text), text
+    when = "(at startup|before greeting the env host)"
+    assert re.match(rf"a\d exited with code 2 {when}: ", text), text
     assert "actor.onnx: not a loadable ONNX graph" in text and "\n" not in text
     assert all(c.restarts == 0 for c in launcher.children.values())
     assert all(c.proc.poll() is not None for c in launcher.children.values())
@@ -193,7 +194,8 @@ def test_port_in_use_is_one_line_naming_the_endpoint(tmp_path) -> None:
 )
 def test_malformed_roster_is_one_line_naming_the_key(tmp_path, edit, wants) -> None:
     roster = tmp_path / "roster.yaml"
-    assert rmio("swarm", "roster", "halfcheetah_6x1", "-o", str(roster), cwd=tmp_path).returncode == 0
+    made = rmio("swarm", "roster", "halfcheetah_6x1", "-o", str(roster), cwd=tmp_path)
+    assert made.returncode == 0, made.stderr
     data = yaml.safe_load(roster.read_text())
     edit(data)
     roster.write_text(yaml.safe_dump(data))
@@ -225,7 +227,5 @@ def test_no_tracked_file_names_a_path_of_this_machine() -> None:
         hits = MACHINE_PATH.findall(path.read_bytes())
         if hits:
             found.append(f"{name} ({len(hits)})")
-    assert scanned > 100 and "models/halfcheetah_6x1/manifest.json" in {
-        n.decode() for n in files
-    }
+    assert scanned > 100 and "models/halfcheetah_6x1/manifest.json" in {n.decode() for n in files}
     assert not found, f"absolute machine paths in: {', '.join(found)}"

@@ -75,6 +75,7 @@ def _availability(family: str) -> str:
         "mamujoco": "gymnasium_robotics",
         "smax": "jaxmarl",
         "lbf": "lbforaging",
+        "pettingzoo": "pettingzoo",
         "smac": "smac",
     }[family]
     if importlib.util.find_spec(probe) is None:
@@ -205,6 +206,9 @@ def demo(
 from rmio.cli_train import register as _register_training  # noqa: E402
 
 _register_training(cli)
+from rmio.cli_bundle import register as _register_bundle  # noqa: E402
+
+_register_bundle(cli)
 
 
 # -- the swarm ------------------------------------------------------------------------------

@@ -207,3 +207,15 @@ def test_external_pettingzoo_env_trains_with_rmio_train_mappo(tmp_path: Path) ->
     assert evals and all(np.isfinite(e["return_mean"]) for e in evals)
     steps = [json.loads(line) for line in (run_dir / "mappo.jsonl").read_text().splitlines()]
     assert steps[-1]["step"] >= 150
+
+
+def test_rmio_scenarios_lists_the_family() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "rmio.cli", "scenarios"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "pettingzoo" in proc.stdout and "module:factory" in proc.stdout

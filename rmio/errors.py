@@ -16,8 +16,8 @@ class MissingExtraError(RmioError):
 
     def __init__(self, what: str, extra: str, hint: str | None = None) -> None:
         msg = (
-            f"{what} needs the optional extra '{extra}': pip install -c constraints.txt -e "
-            f"'.[{extra}]'"
+            f"{what} needs the optional extra '{extra}': pip install 'rmio[{extra}]' (in a "
+            f"checkout: pip install -c constraints.txt -e '.[{extra}]')"
         )
         if hint:
             msg += f" ({hint})"

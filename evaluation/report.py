@@ -72,9 +72,13 @@ def markdown(result: dict[str, Any]) -> str:
             "",
             "## Through the swarm (real processes)",
             "",
-            "AUC of the swarm's curve: "
-            + ", ".join(f"{s} {aucs[s]:.1f}" for s in strategies if s in aucs)
-            + f" (p_loss {lo:g}-{hi:g}, same normalisation).",
+            "AUC through the swarm: "
+            + ", ".join(
+                f"{s} {_pm(aucs[s]['auc_mean'], aucs[s]['auc_std'], 1)}"
+                for s in strategies
+                if s in aucs
+            )
+            + f" (p_loss {lo:g}-{hi:g}, per seed family then mean ± std, as above).",
             "",
             "| strategy | p_loss | "
             + metric.replace("_", " ")

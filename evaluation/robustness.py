@@ -258,6 +258,25 @@ def auc(p_loss: list[float], values: list[float], at_zero: float, random: float)
     return float(np.trapezoid(norm, np.asarray(p_loss)) * 100.0)
 
 
+def seed_aucs(
+    p_loss: list[float], per_seed: list[list[float]], random: list[float]
+) -> dict[str, Any]:
+    """The one AUC of every report: each seed family's AUC (its curve over ``p_loss``, normalised
+    by its own R(0) and random score), then their mean and population std over the finite ones. No
+    AUC without p_loss 0 in the grid."""
+    aucs = (
+        [auc(p_loss, curve, curve[0], rnd) for curve, rnd in zip(per_seed, random, strict=True)]
+        if p_loss and p_loss[0] == 0.0
+        else []
+    )
+    finite = [a for a in aucs if math.isfinite(a)]
+    return {
+        "auc_per_seed": aucs,
+        "auc_mean": float(np.mean(finite)) if finite else float("nan"),
+        "auc_std": float(np.std(finite)) if finite else float("nan"),
+    }
+
+
 def resolve_bundle(path: Path, console: Any = None) -> Path:
     """A bundle directory as is; a training run directory: its ``bundle/`` (exported first if
     missing)."""
@@ -422,25 +441,13 @@ def summarise(result: dict[str, Any]) -> dict[str, Any]:
                     "per_seed": vals,
                 }
             )
-        aucs = (
-            [
-                auc(
-                    p_loss,
-                    [value[(strategy, p, s)] for p in p_loss],
-                    value[(strategy, p_loss[0], s)],
-                    random[s],
-                )
-                for s in seeds
-            ]
-            if p_loss[0] == 0.0
-            else []
-        )
-        finite = [a for a in aucs if math.isfinite(a)]
         summary[strategy] = {
             "curve": curve,
-            "auc_per_seed": aucs,
-            "auc_mean": float(np.mean(finite)) if finite else float("nan"),
-            "auc_std": float(np.std(finite)) if finite else float("nan"),
+            **seed_aucs(
+                p_loss,
+                [[value[(strategy, p, s)] for p in p_loss] for s in seeds],
+                [random[s] for s in seeds],
+            ),
         }
     if metric == "win_rate":  # the dense return as well: it moves where the win rate sits at 0 or 1
         ret = {k: score(r["episodes"], "return") for k, r in zip(value, rows, strict=True)}

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from rmio.evaluation.robustness import SEED_STRIDE, auc, score
+from rmio.evaluation.robustness import SEED_STRIDE, score, seed_aucs
 from rmio.runtime.launcher import Launcher, build_settings
 from rmio.runtime.vocabulary import STRATEGIES
 
@@ -77,14 +77,21 @@ def swarm_sweep(
     return rows
 
 
-def swarm_auc(result: dict[str, Any]) -> dict[str, float]:
-    """AUC of the swarm's curve per strategy (seed-family means), normalised by the in-process
-    random policy."""
-    out: dict[str, float] = {}
+def swarm_auc(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The swarm's AUC per strategy, computed as the in-process one (``seed_aucs``: per seed
+    family, normalised by that family's in-process random score, then mean and std), so identical
+    returns give identical AUCs."""
     rows = result.get("swarm") or []
-    random = result["summary"]["random"]["mean"]
-    for strategy in {r["strategy"] for r in rows}:
-        curve = sorted((r["p_loss"], r["mean"]) for r in rows if r["strategy"] == strategy)
-        if curve and curve[0][0] == 0.0:
-            out[strategy] = auc([p for p, _ in curve], [v for _, v in curve], curve[0][1], random)
+    random_rows = sorted(
+        (r["seed"], score(r["episodes"], result["metric"]))
+        for r in result["rows"]
+        if r["strategy"] == "random"
+    )
+    random = [value for _, value in random_rows]
+    out: dict[str, dict[str, Any]] = {}
+    for strategy in sorted({r["strategy"] for r in rows}):
+        curve = sorted((r["p_loss"], r["per_seed"]) for r in rows if r["strategy"] == strategy)
+        p_loss = [p for p, _ in curve]
+        per_seed = [[cells[s] for _, cells in curve] for s in range(len(random))]
+        out[strategy] = seed_aucs(p_loss, per_seed, random)
     return out

@@ -17,6 +17,7 @@ from rmio import __version__
 from rmio.cli_params import BUNDLE, config_options
 from rmio.console import console, make_console  # noqa: F401 - make_console: for callers
 from rmio.errors import RmioError
+from rmio.runtime.settings import TRANSPORTS
 from rmio.runtime.vocabulary import STRATEGIES
 
 DEFAULT_SCENARIO = "halfcheetah_6x1"
@@ -187,9 +188,7 @@ def collect(cfg: Any, out: Path | None, steps: int | None) -> None:
 @click.option(
     "--steps", type=click.IntRange(min=1), default=300, show_default=True, help="Steps per episode."
 )
-@click.option(
-    "--transport", type=click.Choice(["ipc", "tcp", "udp"]), default="ipc", show_default=True
-)
+@click.option("--transport", type=click.Choice(TRANSPORTS), default="ipc", show_default=True)
 @click.option("--out", type=click.Path(path_type=Path), default=Path("results"), show_default=True)
 def demo(
     bundle: Path | None, p_loss: str, episodes: int, steps: int, transport: str, out: Path
@@ -305,11 +304,11 @@ def _swarm_run_options(fn: Callable) -> Callable:
         ),
         click.option(
             "--transport",
-            type=click.Choice(["ipc", "tcp", "udp"]),
+            type=click.Choice(TRANSPORTS),
             default="ipc",
             show_default=True,
             help="ZeroMQ over Unix sockets or tcp, or one UDP datagram per message (fewest "
-            "wake-ups).",
+            "wake-ups); a roster takes tcp (its default) or udp.",
         ),
         click.option(
             "--step-deadline-ms",
@@ -382,6 +381,10 @@ def swarm_launch(out: Path, **options: Any) -> None:
 def swarm_roster(host: str, base_port: int, output: Path, **options: Any) -> None:
     """Write a roster for a run across machines and print the command that starts each role."""
     from rmio.runtime.launcher import build_settings, write_roster
+
+    ctx = click.get_current_context()
+    if ctx.get_parameter_source("transport") is click.core.ParameterSource.DEFAULT:
+        options["transport"] = "tcp"  # ipc, the default of a launch, does not leave a machine
 
     for cmd in write_roster(build_settings(**options), output, host, base_port):
         click.echo(cmd)

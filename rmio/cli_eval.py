@@ -11,6 +11,7 @@ import click
 from rmio.cli_params import BUNDLE_OR_RUN
 from rmio.defaults import DEFAULT_P_LOSS
 from rmio.errors import RmioError
+from rmio.runtime.settings import TRANSPORTS
 
 
 def parse_floats(text: str) -> list[float]:
@@ -134,7 +135,11 @@ def register(eval_group: click.Group) -> None:
     )
     @click.option("--swarm", is_flag=True, help="Also run the sweep through real swarm processes.")
     @click.option(
-        "--transport", type=click.Choice(["ipc", "tcp"]), default="ipc", show_default=True
+        "--transport",
+        type=click.Choice(TRANSPORTS),
+        default="ipc",
+        show_default=True,
+        help="The swarm's transport (with --swarm), as in `rmio swarm launch`.",
     )
     @click.option(
         "--out",

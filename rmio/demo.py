@@ -67,7 +67,7 @@ def run_demo(
     return result
 
 
-def _print_table(result: dict[str, Any], aucs: dict[str, float], console: Console) -> None:
+def _print_table(result: dict[str, Any], aucs: dict[str, dict[str, Any]], console: Console) -> None:
     metric = result["metric"].replace("_", " ")
     table = Table(
         title=f"{result['scenario']} through the swarm (random policy: "
@@ -100,7 +100,9 @@ def _print_table(result: dict[str, Any], aucs: dict[str, float], console: Consol
     console.print(table)
     lo, hi = result["auc_range"]
     parts = [
-        f"{s} {aucs[s]:.1f}" if math.isfinite(aucs.get(s, math.nan)) else f"{s} n/a"
+        f"{s} {aucs[s]['auc_mean']:.1f} ± {aucs[s]['auc_std']:.1f}"
+        if math.isfinite(aucs[s]["auc_mean"])
+        else f"{s} n/a"
         for s in sorted(aucs)
     ]
     console.print(

@@ -63,12 +63,13 @@ class Launcher:
         settings: SwarmSettings,
         run_dir: Path,
         on_status: Any = None,
-        log_level: str = "WARNING",
+        log_level: str | None = None,
     ) -> None:
         self.settings = settings
         self.run_dir = Path(run_dir)
         self.on_status = on_status or (lambda status: None)
-        self.log_level = log_level
+        # the children log as verbosely as this process does (rmio -v / -vv), into logs/NAME.log
+        self.log_level = log_level or logging.getLevelName(logging.getLogger().getEffectiveLevel())
         self.children: dict[str, Child] = {}
         self.ipc_dir: str | None = None
         self.ctl: NodeBase | None = None
@@ -372,9 +373,16 @@ def write_roster(
     """A roster for runs across machines (every role on ``host`` at consecutive ports: edit the
     hosts), and the command that starts each role."""
     names = ["env", *settings.agent_names(), *(["wm"] if settings.world_model == "node" else [])]
-    settings.transport = (
-        "udp" if settings.transport == "udp" else "tcp"
-    )  # ipc does not leave the machine
+    if settings.transport not in ("tcp", "udp"):
+        raise RmioError(
+            f"a roster needs --transport tcp or udp, not {settings.transport} (ipc does not leave "
+            "a machine; `rmio swarm launch` runs one machine's swarm over ipc)"
+        )
+    if host in ("0.0.0.0", "::", "*", ""):
+        raise RmioError(
+            f"--host '{host}' is a wildcard, not an address the other machines can reach: "
+            "give the host's name or address (each role binds the port it is given there)"
+        )
     check_bundle_fits(settings.transport, settings.bundle)
     endpoints = {
         name: f"{settings.transport}://{host}:{base_port + k}" for k, name in enumerate(names)

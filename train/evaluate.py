@@ -11,6 +11,7 @@ from rmio.config import load_config
 from rmio.envs.loss import LossConfig
 from rmio.envs.registry import EnvConfig
 from rmio.envs.rollout import run_episodes
+from rmio.errors import RmioError
 from rmio.train.policy import Actor, actor_policy
 
 
@@ -58,15 +59,23 @@ def plot_curves(run_dirs: list[Path], out: Path, metric: str = "return_mean") ->
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.2))
+    curves, seen = [], set()
     for run in run_dirs:
         path = Path(run) / "eval.jsonl"
         if not path.exists():
             continue
-        rows = [json.loads(line) for line in path.read_text().splitlines()]
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        seen |= {k for r in rows for k in r if k != "step"}
         rows = [r for r in rows if metric in r]
-        if not rows:
-            continue
+        if rows:
+            curves.append((run, rows))
+    if not curves:  # empty axes and exit 0 would pass for a plot
+        raise RmioError(
+            f"no run has '{metric}' in its eval.jsonl, nothing to plot (they have: "
+            f"{', '.join(sorted(seen)) or 'no evaluations'})"
+        )
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for run, rows in curves:
         steps = [r["step"] for r in rows]
         mean = np.array([r[metric] for r in rows])
         label = run_label(Path(run))

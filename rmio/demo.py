@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from rmio.cli_eval import run_robustness
+from rmio.errors import RmioError
 from rmio.evaluation.swarm import swarm_auc
 from rmio.models import default_bundle
 from rmio.runtime.validate import verify_bundle
@@ -31,6 +32,8 @@ def run_demo(
     console: Console,
     transport: str = "ipc",
 ) -> dict[str, Any]:
+    if any(not 0.0 <= p <= 1.0 for p in p_loss):  # before the banner: nothing starts
+        raise RmioError(f"--p-loss values must lie in [0, 1], got {', '.join(map(str, p_loss))}")
     bundle = bundle or default_bundle()
     manifest = verify_bundle(bundle)
     out = Path(out_root) / f"demo-{time.strftime('%Y%m%d-%H%M%S')}"

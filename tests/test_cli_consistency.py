@@ -140,3 +140,9 @@ def test_plot_refuses_a_metric_it_has_no_data_for(tmp_path) -> None:
     assert "win_rate" in res.stderr and "return_mean" in res.stderr
     res = rmio("plot", str(run), "--out", str(png), cwd=tmp_path)
     assert res.returncode == 0 and png.stat().st_size > 1000, res.stderr
+
+
+def test_demo_rejects_a_bad_p_loss_before_its_banner(tmp_path) -> None:
+    res = rmio("demo", "--p-loss", "0,1.5", "--out", str(tmp_path / "out"), cwd=tmp_path)
+    assert res.returncode == 2 and res.stdout == "", res.stdout
+    assert "1.5" in res.stderr and not (tmp_path / "out").exists()

@@ -28,13 +28,13 @@ from rmio.coordinator.service import Coordinator
 from rmio.runtime import timeline
 from rmio.runtime.bundle import load_manifest
 from rmio.runtime.history import ActionCodec, HistoryRing
-from rmio.runtime.membership import Liveness, View
+from rmio.runtime.membership import Liveness, ServerHealth, View
 from rmio.runtime.metrics import Samples
 from rmio.runtime.models import ActorRunner, WorldModelRunner
 from rmio.runtime.node import NodeBase, now_ns
 from rmio.runtime.settings import SwarmSettings
 from rmio.runtime.stop import Stop
-from rmio.runtime.wire import Message, WireError
+from rmio.runtime.wire import MAX_COUNTER, Message, WireError
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +86,13 @@ class Agent(LivenessMixin, ElectionMixin):
         self.running = True
         self.cpu_start = time.process_time()
         self.seq = -1
+        self.started = clock()
+        self._learned = False
+        """Set once this incarnation has learned the view (ElectionMixin._view_learned)."""
+        self.last_action: tuple[int, int, dict, np.ndarray] | None = None
+        """(ep, t, fields, action) of our last ACTION: a repeated STEP is answered with it."""
+        self.lost_retry_at = float("inf")
+        self.wm_health = ServerHealth()
         self._live_due = 0.0
         self._wm: WorldModelRunner | None = None
         if settings.recon == "world-model":
@@ -104,7 +111,13 @@ class Agent(LivenessMixin, ElectionMixin):
         self._greet()
         while self.running:
             self._pump(self._timeout(self.clock()))
-            self.tick(self.clock())
+            try:
+                self.tick(self.clock())
+            except Stop:
+                raise
+            except Exception:  # no timer error may take the agent down: counted and reported
+                log.exception("%s: error in a timer", self.name)
+                self.counts["internal_errors"] += 1
         if self.settings.record:
             save_records(
                 self.settings.out_dir, f"{self.name}-{self.inc}", self.records, self.spec.obs_dim
@@ -128,7 +141,7 @@ class Agent(LivenessMixin, ElectionMixin):
     def _timeout(self, now: float) -> float:
         t = self._live_due - now
         if self.awaiting is not None:
-            t = min(t, self.await_deadline - now)
+            t = min(t, self.await_deadline - now, self.lost_retry_at - now)
         if self.coord is not None:
             t = min(t, self.coord.next_deadline(now))
         return max(0.0, min(t, 0.5))
@@ -136,12 +149,16 @@ class Agent(LivenessMixin, ElectionMixin):
     def send(
         self, to: str, msg_type: str, arrays: dict[str, np.ndarray] | None = None, **fields: object
     ) -> bool:
-        """Send to a peer; a send that fails (no live connection) marks an agent down at once."""
+        """Send to a peer; a send that fails because the peer is unreachable marks it down at once
+        (a local error, such as a firewall's EPERM, says nothing about the peer)."""
         ok = self.node.send(to, msg_type, arrays, **fields)
         if ok:
             self.live.sent(to, self.clock())
-        elif to.startswith("a"):
-            self._peer_down(to)
+        elif to.startswith("a") and self.node.last_fail == "unreachable":
+            if to in self.live.last_heard:
+                self._peer_down(to)
+            else:
+                self.live.mark_dead(to)  # never heard of: no need to wait for its view
         return ok
 
     def tick(self, now: float) -> None:
@@ -158,6 +175,12 @@ class Agent(LivenessMixin, ElectionMixin):
             self.counts["recon_miss"] += 1
             ep, t = self.awaiting
             self._act(ep, t, self.ring.latest_obs(), "fallback")
+        elif self.awaiting is not None and now >= self.lost_retry_at:
+            # no RECON yet: our loss report or its answer may be lost; the coordinator
+            # de-duplicates by step and answers a finished round again
+            self.counts["lost_resends"] += 1
+            self.lost_retry_at = now + self.settings.resend_s()
+            self._report_loss(*self.awaiting, retry=True)
         if self.coord is not None:
             self.coord.poll(now)
         if now - self.last_env > self.settings.orphan_timeout_s:
@@ -188,7 +211,13 @@ class Agent(LivenessMixin, ElectionMixin):
     def _on_step(self, msg: Message, now: float) -> None:
         ep, t = msg["ep"], msg["step"]
         if (ep, t) <= (self.ep, self.t):
-            self.node.count_drop("stale_step")
+            last = self.last_action
+            if last is not None and (ep, t) == last[:2]:
+                # the env host resends a step whose ACTION it has not got: send it again
+                self.counts["action_resends"] += 1
+                self.send("env", "ACTION", {"action": last[3]}, **last[2])
+            else:
+                self.node.count_drop("stale_step")
             return
         obs = msg.array("obs", (self.spec.obs_dim,), "<f4").copy() if msg["seen"] else None
         avail = msg.array("avail", (self.spec.action_dim,), "|b1") if self.spec.discrete else None
@@ -202,7 +231,12 @@ class Agent(LivenessMixin, ElectionMixin):
             self.awaiting = None
         if ep != self.ep:
             self.ring.reset(ep)
-        elif msg["dflt"] and t > 0:
+        elif t > self.t + 1:  # STEPs that never reached us: observation losses, default actions
+            self.counts["steps_missed"] += t - self.t - 1
+            for h in range(self.t + 1, t):
+                self.ring.put_obs(h, None, False)
+                self.ring.put_action(h, self.codec.default())
+        if ep == self.ep and msg["dflt"] and t > 0:
             self.ring.put_action(
                 t - 1, self.codec.default()
             )  # the env host applied its default instead
@@ -233,6 +267,8 @@ class Agent(LivenessMixin, ElectionMixin):
         else:
             self.awaiting = (ep, t)
             self.await_deadline = now + self.settings.deadline_s("recon")
+            every = self.settings.resend_s()
+            self.lost_retry_at = now + every if every > 0 else float("inf")
             if not self.sync.push(ep, t):  # a streamed blind step is our loss report
                 self._report_loss(ep, t)
         self.sync.answer()
@@ -247,17 +283,16 @@ class Agent(LivenessMixin, ElectionMixin):
             self.ring.obs[t] = np.asarray(obs, np.float32)
         self.ring.put_action(t, action)
         tx = sum(self.node.stats.tx_msgs.values()) - self.node.stats.tx_msgs["ACTION"]
-        self.send(
-            "env",
-            "ACTION",
-            {"action": action},
-            ep=ep,
-            step=t,
-            kind=kind,
-            epoch=self.view.epoch,
-            leader=self.view.leader,
-            tx=tx,
-        )
+        fields = {
+            "ep": ep,
+            "step": t,
+            "kind": kind,
+            "epoch": self.view.epoch,
+            "leader": self.view.leader,
+            "tx": min(tx, MAX_COUNTER - 1),
+        }
+        self.last_action = (ep, t, fields, action)
+        self.send("env", "ACTION", {"action": action}, **fields)
         if timeline.ENABLED:
             timeline.mark("acted", self.seq)
         end = now_ns()
@@ -371,5 +406,5 @@ _HANDLERS = {
     ("a", "HISTORY"): Agent._on_history,
     ("a", "RECON"): Agent._on_recon,
     ("wm", "WM_REP"): Agent._on_wm_rep,
-    ("wm", "HELLO"): lambda self, msg, now: None,
+    ("wm", "HELLO"): lambda self, msg, now: self.wm_health.heard(),
 }

@@ -8,8 +8,9 @@ from __future__ import annotations
 import logging
 
 from rmio.coordinator.service import Coordinator
-from rmio.runtime.membership import View, should_claim
-from rmio.runtime.wire import Message
+from rmio.runtime.journal import journal_claim
+from rmio.runtime.membership import View, leader_of, next_epoch, should_claim
+from rmio.runtime.wire import MAX_COUNTER, Message
 
 log = logging.getLogger(__name__)
 
@@ -19,7 +20,9 @@ class ElectionMixin:
         leader = self.view.leader
         return leader == self.i or (leader >= 0 and self.live.alive(f"a{leader}", self.clock()))
 
-    def _report_loss(self, ep: int, t: int, force_broadcast: bool = False) -> None:
+    def _report_loss(
+        self, ep: int, t: int, force_broadcast: bool = False, retry: bool = False
+    ) -> None:
         self.lost_reports.setdefault((ep, t), set()).add(self.i)
         if not force_broadcast and self._leader_alive():
             if self.view.leader == self.i:
@@ -34,6 +37,7 @@ class ElectionMixin:
                 epoch=self.view.epoch,
                 leader=self.view.leader,
                 bcast=False,
+                retry=retry,
             ) or self.awaiting == (ep, t):
                 # sent; or the coordinator is unreachable and _peer_down already told everyone
                 return
@@ -48,6 +52,7 @@ class ElectionMixin:
                     epoch=self.view.epoch,
                     leader=self.view.leader,
                     bcast=True,
+                    retry=retry,
                 )
         self._maybe_claim(ep, t)
 
@@ -61,7 +66,7 @@ class ElectionMixin:
         if self.view.leader == self.i and self.coord is not None:
             if msg["epoch"] < self.view.epoch:  # it does not know us yet
                 self.send(msg.src, "COORD", epoch=self.view.epoch, leader=self.i)
-            self.coord.on_loss(ep, t, j, now)
+            self.coord.on_loss(ep, t, j, now, retry=msg["retry"])
         else:
             self._maybe_claim(ep, t)
 
@@ -81,16 +86,41 @@ class ElectionMixin:
         ]
         if not should_claim(self.i, self.seen, reports, live):
             return
-        self.max_epoch += 1
+        if not self._view_learned(now):
+            self.counts["claims_deferred"] += 1  # a new incarnation first learns the view
+            return
+        epoch = next_epoch(self.max_epoch, self.i, self.spec.n_agents)
+        if epoch >= MAX_COUNTER:  # only a forged view gets here; refusing beats crashing
+            self.counts["epochs_exhausted"] += 1
+            return
         self.counts["claims"] += 1
-        log.info("%s: claims coordination, epoch %d", self.name, self.max_epoch)
-        self._become(View.of(self.max_epoch, self.i))
+        log.info("%s: claims coordination, epoch %d", self.name, epoch)
+        journal_claim(self.settings.out_dir, self.name, self.inc, epoch)
+        self._become(View.of(epoch, self.i))
         for peer in self.peers:
             if peer not in self.live.down:
                 self.send(peer, "COORD", epoch=self.view.epoch, leader=self.i)
         assert self.coord is not None
         for j in sorted(reports):
             self.coord.on_loss(ep, t, j, now)
+
+    def _view_learned(self, now: float) -> bool:
+        """Whether this incarnation may claim: it heard from (hence learned the view of) every
+        peer that is not known to be down, or a liveness expiry passed since it started."""
+        if self._learned:
+            return True
+        heard, down = self.live.last_heard, self.live.down
+        self._learned = now - self.started >= self.live.expiry_s or all(
+            p in heard or p in down for p in self.peers
+        )
+        return self._learned
+
+    def _valid_view(self, epoch: int, leader: int) -> bool:
+        """A view names its epoch's claimant; any other pairing is forged or corrupt."""
+        if leader_of(epoch, self.spec.n_agents) == leader:
+            return True
+        self.node.count_drop("bad_view", f"epoch {epoch} leader {leader}")
+        return False
 
     def _become(self, view: View) -> None:
         if view.leader != self.view.leader and self.view.leader >= 0:
@@ -107,17 +137,28 @@ class ElectionMixin:
             self.counts["stepped_down"] += int(self.coord.rounds_started > 0)
             self.coord.close()
             self.coord = None
+            # tell our followers, or one of them may time the new coordinator out and claim
+            for peer in self.peers:
+                if peer != leader and peer not in self.live.down:
+                    self.send(peer, "COORD", epoch=view.epoch, leader=view.leader)
+            self.counts["step_down_notices"] += 1
 
     def _gossip(self, msg: Message, now: float) -> None:
         """Learn a newer coordinator from any peer's view, if that coordinator is alive (or is the
         sender)."""
         epoch, leader = msg["epoch"], msg["leader"]
+        if epoch and not self._valid_view(epoch, leader):
+            return
         self.max_epoch = max(self.max_epoch, epoch)
+        # our own coordinator naming its successor is a step-down notice: believed at once
         if (
             0 <= leader < self.spec.n_agents
             and leader != self.i
             and View.of(epoch, leader) > self.view
-            and (msg.src == f"a{leader}" or self.live.alive(f"a{leader}", now))
+            and (
+                msg.src in (f"a{leader}", f"a{self.view.leader}")
+                or self.live.alive(f"a{leader}", now)
+            )
         ):
             self._become(View.of(epoch, leader))
 
@@ -125,6 +166,8 @@ class ElectionMixin:
         """Epoch check of a message that only a coordinator sends: stale ones are counted and
         dropped."""
         view = View.of(msg["epoch"], int(msg.src[1:]))
+        if not self._valid_view(msg["epoch"], view.leader):
+            return False
         if view < self.view:
             self.counts["stale_epoch"] += 1
             self.node.count_drop("stale_epoch")

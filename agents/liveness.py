@@ -30,7 +30,6 @@ class LivenessMixin:
                         self.send(
                             peer,
                             "HELLO",
-                            inc=self.inc,
                             role="agent",
                             epoch=self.view.epoch,
                             leader=self.view.leader,
@@ -55,6 +54,11 @@ class LivenessMixin:
     def _links(self, now: float) -> None:
         events, self.node.link_events = self.node.link_events, []
         for peer, up in events:
+            if peer == "wm":  # a dropped link to the world-model node: stop asking it at once
+                if up:
+                    self.wm_health.heard()
+                else:
+                    self.wm_health.failed(now)
             if not peer.startswith("a"):
                 continue
             if not up:
@@ -63,7 +67,6 @@ class LivenessMixin:
                 self.node.send(
                     peer,
                     "HELLO",
-                    inc=self.inc,
                     role="agent",
                     epoch=self.view.epoch,
                     leader=self.view.leader,
@@ -89,7 +92,11 @@ class LivenessMixin:
                 self._peer_down(peer)
         due = self.live.heartbeat_due(self.peers, now)
         frames = (
-            encode("HB", self.name, epoch=self.view.epoch, leader=self.view.leader) if due else []
+            encode(
+                "HB", self.name, inc=self.node.inc, epoch=self.view.epoch, leader=self.view.leader
+            )
+            if due
+            else []
         )
         for peer in due:
             if self.live.alive(peer, now) or peer not in self.live.last_heard:
@@ -105,8 +112,8 @@ class LivenessMixin:
     def _on_liveness(self, msg: Message, now: float) -> None:
         if msg.type == "HELLO":
             old = self.peer_inc.get(msg.src)
-            if old != msg["inc"]:
-                self.peer_inc[msg.src] = msg["inc"]
+            if old != msg.inc:
+                self.peer_inc[msg.src] = msg.inc
                 # a restarted peer; what we cached of its predecessor is still true
                 if old is not None:
                     self.counts["peer_rejoined"] += 1
@@ -115,7 +122,6 @@ class LivenessMixin:
                 self.send(
                     msg.src,
                     "HELLO",
-                    inc=self.inc,
                     role="agent",
                     epoch=self.view.epoch,
                     leader=self.view.leader,

@@ -53,7 +53,7 @@ import numpy as np
 name, ep_ctl, obs_dim, bind = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
 node = make_node(name, bind, lambda s: True)
 node.connect("ctl", ep_ctl)
-while not node.send("ctl", "REGISTER", role="agent", endpoint=node.endpoint, pid=0, inc=0):
+while not node.send("ctl", "REGISTER", role="agent", endpoint=node.endpoint, pid=0):
     node.poll(10)
 obs, act = np.zeros((1, obs_dim), np.float32), np.zeros((1, 1), np.float32)
 while True:

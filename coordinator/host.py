@@ -14,7 +14,7 @@ from typing import Protocol
 import numpy as np
 
 from rmio.runtime.history import HistoryRing
-from rmio.runtime.membership import Liveness, View
+from rmio.runtime.membership import Liveness, ServerHealth, View
 from rmio.runtime.models import WorldModelRunner
 from rmio.runtime.node import NodeBase
 from rmio.runtime.settings import SwarmSettings
@@ -39,6 +39,8 @@ class AgentHost(Protocol):
     counts: Counter
     lost_reports: dict[tuple[int, int], set[int]]
     """(ep, t) -> the blind agents that reported that step to this agent."""
+    wm_health: ServerHealth
+    """Whether the world-model node is worth asking (kept across coordinator terms)."""
     clock: Callable[[], float]
     """The monotonic clock in seconds that deadlines and liveness use (a test's hand-driven one)."""
 

@@ -34,7 +34,7 @@ from rmio.runtime.history import ActionCodec, WindowCache, replay_plan
 from rmio.runtime.metrics import Samples
 from rmio.runtime.models import LatentState, WorldModelRunner
 from rmio.runtime.node import now_ns
-from rmio.runtime.wire import Message, WireError
+from rmio.runtime.wire import MAX_COUNTER, Message, WireError
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +55,8 @@ class Round:
     ends)."""
     push_deadline: float = 0.0
     """When a streamed step still missing is asked for with a GATHER after all."""
+    regather_at: float = float("inf")
+    """When the GATHERs still unanswered are sent again (lossy links; ``resend_ms``)."""
     replied: set[int] = field(default_factory=set)
     lost: set[int] = field(default_factory=set)
     observed: set[int] = field(default_factory=set)
@@ -110,6 +112,9 @@ class Coordinator:
         self.use_node = self.settings.world_model == "node"
         steps = self.settings.stream_steps
         self.stream_steps = 0 if self.settings.full_resync else (self.l if steps is None else steps)
+        every = self.settings.resend_s()
+        self.resend_s = min(every, 0.5 * self.settings.deadline_s("gather")) if every > 0 else 0.0
+        """Unanswered GATHERs go again this often within a round (0: never)."""
         self.streaming: dict[int, int] = {}
         """agent -> the last global step (seq) it streams to us; for our current epoch."""
         self.stream_epoch = -1
@@ -129,14 +134,15 @@ class Coordinator:
 
     # -- round lifecycle --------------------------------------------------------------------
 
-    def on_loss(self, ep: int, t: int, j: int, now: float) -> None:
+    def on_loss(self, ep: int, t: int, j: int, now: float, retry: bool = False) -> None:
         r = self.rounds.get((ep, t))
         if r is None:
             r = self._start(ep, t, now)
         if r.state == "done":
-            # a late report: its row was computed as lost
-            if j not in r.observed and j not in r.lost:
+            # a late report (its row was computed as lost), or a repeated one: our RECON was lost
+            if j not in r.observed and (j not in r.lost or retry):
                 r.lost.add(j)
+                self.counts["recon_resent"] += int(retry)
                 self._deliver_one(r, j)
             return
         r.lost.add(j)
@@ -157,6 +163,8 @@ class Coordinator:
             self.stream_epoch = agent.view.epoch
         seq_t = self._seq_of(ep, t)
         r.push_deadline = now + 0.25 * (r.deadline - now)
+        if self.resend_s > 0:
+            r.regather_at = now + self.resend_s
         for j in range(self.n):
             if j == agent.i or f"a{j}" in agent.live.down:
                 continue
@@ -297,9 +305,34 @@ class Coordinator:
                     self._compute(r, now)
                 elif now >= r.push_deadline and r.push_deadline > 0:
                     self._pull_missing(r)
+                elif now >= r.regather_at:
+                    self._regather(r, now)
             elif r.state == "wm" and now >= r.wm_deadline:
                 self.counts["wm_node_timeout"] += 1
+                self.agent.wm_health.failed(now)
                 self._finish_locally(r)
+
+    def _regather(self, r: Round, now: float) -> None:
+        """GATHERs unanswered after ``resend_s``: the question or its answer may be lost. The same
+        question goes again (the agent answers it again; a second answer is dropped as late)."""
+        r.regather_at = now + self.resend_s
+        down = self.agent.live.down
+        for j in sorted(set(r.asked) - r.replied):
+            if f"a{j}" in down:
+                continue
+            obs_from, act_from = r.asked[j]
+            agent = self.agent
+            if agent.send(
+                f"a{j}",
+                "GATHER",
+                ep=r.ep,
+                step=r.t,
+                epoch=agent.view.epoch,
+                obs_from=obs_from,
+                act_from=act_from,
+                stream=self.streaming.get(j, -1),
+            ):
+                self.counts["gather_resends"] += 1
 
     def _complete(self, r: Round) -> bool:
         if len(r.have) == len(r.waiting):  # have is a subset of waiting
@@ -334,6 +367,7 @@ class Coordinator:
                 first = min(first, r.deadline if own >= (r.ep, r.t) else 2 * r.deadline - r.started)
                 if r.push_deadline > 0:
                     first = min(first, r.push_deadline)
+                first = min(first, r.regather_at)
             elif r.state == "wm":
                 first = min(first, r.wm_deadline)
         return max(0.0, first - now)
@@ -365,13 +399,16 @@ class Coordinator:
         if not complete:
             self.counts["rounds_incomplete_window"] += 1
         r.request = (obs_w, act_w, masks, state, complete)
-        if self.use_node and self._ask_node(r, now):
-            return
+        if self.use_node:
+            if not self.agent.wm_health.usable(now):  # a dead node costs no further round
+                self.counts["wm_node_skipped"] += 1
+            elif self._ask_node(r, now):
+                return
         self._finish_locally(r)
 
     def _ask_node(self, r: Round, now: float) -> bool:
         obs_w, act_w, masks, state, _ = r.request
-        self._rid += 1
+        self._rid = self._rid % (MAX_COUNTER - 1) + 1
         r.rid = self._rid
         arrays = {"obs": obs_w, "act": act_w, "mask": masks}
         if state is not None:
@@ -380,6 +417,7 @@ class Coordinator:
             "wm", "WM_REQ", arrays, ep=r.ep, step=r.t, rid=r.rid, cont=state is not None
         ):
             self.counts["wm_node_unreachable"] += 1
+            self.agent.wm_health.failed(now)
             return False
         r.state = "wm"
         r.wm_deadline = now + self.settings.deadline_s("wm")
@@ -387,6 +425,7 @@ class Coordinator:
 
     def on_wm_reply(self, msg: Message, now: float) -> None:
         r = next((x for x in self.rounds.values() if x.state == "wm" and x.rid == msg["rid"]), None)
+        self.agent.wm_health.heard()
         if r is None or not msg["ok"]:
             self.counts["wm_reply_late" if r is None else "wm_reply_failed"] += 1
             if r is not None:

@@ -44,7 +44,7 @@ class WorldModelNode:
         # until a send goes through (ZeroMQ), or until the env host answers (datagrams prove
         # nothing)
         while not (
-            self.node.send("env", "HELLO", inc=self.inc, role="wm", epoch=0, leader=-1)
+            self.node.send("env", "HELLO", role="wm", epoch=0, leader=-1)
             and self.node.confirms_delivery
         ):
             if time.monotonic() > deadline:

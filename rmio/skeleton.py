@@ -84,7 +84,7 @@ def agent(
 ) -> None:
     node = make_node(name, transport)
     node.connect("env", env_endpoint)
-    while not node.send("env", "REGISTER", role="agent", endpoint=node.endpoint, pid=0, inc=0):
+    while not node.send("env", "REGISTER", role="agent", endpoint=node.endpoint, pid=0):
         node.poll(10)
     i = int(name[1:])
     blind, coordinator = i == n - 1, i == 0

@@ -45,7 +45,7 @@ from rmio.runtime import timeline
 from rmio.runtime.bundle import Manifest
 from rmio.runtime.history import ActionCodec
 from rmio.runtime.node import NodeBase
-from rmio.runtime.wire import MAX_FRAMES, Message, encode
+from rmio.runtime.wire import MAX_COUNTER, MAX_FRAMES, MAX_INC, Message, encode
 
 log = logging.getLogger(__name__)
 
@@ -110,8 +110,11 @@ def largest_message_bytes(manifest: Manifest) -> int:
         "h": np.zeros((n, manifest.deter), np.float32),
         "z": np.zeros((n, manifest.stoch), np.float32),
     }
-    big = 1 << 52  # the widest integers the header can carry
-    return len(pack(encode("WM_REQ", "a9999", arrays, ep=big, step=big, rid=big, cont=True)))
+    big = MAX_COUNTER - 1  # the widest integers the header can carry
+    frames = encode(
+        "WM_REQ", "a9999", arrays, inc=MAX_INC, to=MAX_INC, ep=big, step=big, rid=big, cont=True
+    )
+    return len(pack(frames))
 
 
 def check_fits(manifest: Manifest) -> None:
@@ -169,11 +172,11 @@ class DatagramNode(NodeBase):
     def send_frames(self, to: str, msg_type: str, frames: Sequence[bytes | memoryview]) -> bool:
         address = self._address.get(to)
         if address is None:
-            self.stats.send_fail["unreachable"] += 1
+            self.fail("unreachable")
             return False
         data = pack(frames)
         if len(data) > MAX_DATAGRAM:
-            self.stats.send_fail["too_big"] += 1
+            self.fail("too_big")
             log.warning(
                 "%s: a %s of %d bytes does not fit in a datagram", self.name, msg_type, len(data)
             )
@@ -187,17 +190,18 @@ class DatagramNode(NodeBase):
                 # again
                 self._drain_errors()
                 if attempt:
-                    self.stats.send_fail["unreachable"] += 1
+                    self.fail("unreachable")
                     return False
             except BlockingIOError:
-                self.stats.send_fail["hwm"] += 1
+                self.fail("hwm")
                 return False
             except OSError as exc:
-                self.stats.send_fail[
+                # EPERM (a firewall of this host) and the like say nothing about the peer
+                self.fail(
                     "unreachable"
                     if exc.errno in (errno.EHOSTUNREACH, errno.ENETUNREACH)
                     else "error"
-                ] += 1
+                )
                 return False
         self.count_sent(msg_type, frames)
         return True

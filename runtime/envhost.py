@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -23,20 +22,17 @@ from rmio.envs.loss import LossyEnv, make_loss_model
 from rmio.envs.registry import make_env
 from rmio.runtime import timeline
 from rmio.runtime.bundle import load_manifest
+from rmio.runtime.envreport import build_report, save_records
 from rmio.runtime.history import ActionCodec
 from rmio.runtime.membership import View
 from rmio.runtime.metrics import (
     Samples,
-    category_totals,
-    centralised_baseline,
-    summary,
-    traffic_table,
     write_report,
 )
 from rmio.runtime.node import NodeBase, now_ns
 from rmio.runtime.settings import SwarmSettings
 from rmio.runtime.stop import Stop
-from rmio.runtime.wire import Message, WireError, encode, frames_size
+from rmio.runtime.wire import Message, WireError
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +61,15 @@ class EnvHost:
         self.stats: dict[str, dict[str, Any]] = {}
         self.pending: dict[int, np.ndarray] = {}
         self.incarnations: dict[str, int] = {}
+        self.since: dict[str, tuple[int, int, int]] = {}
+        """Agent -> (incarnation, ep, t): the first step sent to the incarnation it is now; an
+        action from another incarnation or for an earlier step is stale (``stale_actions``)."""
+        self.late_streak = np.zeros(self.n, np.int64)
+        """Consecutive steps each agent missed while reachable: from ``late_after`` on, the step
+        wait no longer includes it (a stalled agent must not slow everyone to one step per
+        deadline) until an action of it arrives in time again."""
+        self.frames: dict[int, list[bytes]] = {}
+        """The open step's STEP frames by agent, for resends."""
         self.waiting: set[int] = set()
         """Agents whose action for the open step has not come yet."""
         self.current: tuple[int, int, int, Any, np.ndarray] | None = None
@@ -166,13 +171,27 @@ class EnvHost:
         self, ep: int, t: int, seq: int, ts: Any, defaulted: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray]:
         self.begin_step(ep, t, seq, ts, defaulted)
-        deadline = time.monotonic() + self.settings.deadline_s("step")
+        start = time.monotonic()
+        deadline = start + self.settings.deadline_s("step")
+        every = self.settings.resend_s()
+        resend = start + every if every > 0 else float("inf")
         while self.waiting:
-            left = deadline - time.monotonic()
-            if left <= 0:
+            now = time.monotonic()
+            if now >= deadline:
                 break
-            self.receive(self.node.poll(1000 * left))
+            if now >= resend:
+                self.resend()
+                resend = now + every
+            self.receive(self.node.poll(1000 * (min(deadline, resend) - now)))
         return self.end_step()
+
+    def resend(self) -> None:
+        """Send the open step's STEP again to every agent that has not acted (a lost STEP or
+        ACTION over a lossy link): an agent that already acted answers with its ACTION again, one
+        that never got it acts now (runtime/PROTOCOL.md, "Loss on the links")."""
+        for i in sorted(self.waiting):
+            if i in self.frames and self.node.send_frames(self.names[i], "STEP", self.frames[i]):
+                self.counts["step_resends"] += 1
 
     def begin_step(self, ep: int, t: int, seq: int, ts: Any, defaulted: np.ndarray) -> None:
         """Send every agent its STEP; then :meth:`receive` collects actions until the step deadline
@@ -182,15 +201,19 @@ class EnvHost:
             timeline.mark("fanout", seq)
         waiting = set()
         messages = []
+        for name in self.names:
+            inc = self.node.peer_inc.get(name, 0)
+            if self.since.get(name, (-1,))[0] != inc:
+                self.since[name] = (inc, ep, t)
         for i in range(self.n):
             seen = bool(ts.observed[i])
             arrays = {"obs": ts.obs[i]} if seen else {}
             if self.spec.discrete:
                 arrays["avail"] = np.asarray(ts.avail_actions[i], bool)
             messages.append(
-                encode(
+                self.node.encode_for(
+                    self.names[i],
                     "STEP",
-                    self.node.name,
                     arrays,
                     ep=ep,
                     step=t,
@@ -204,7 +227,9 @@ class EnvHost:
         for i, (name, frames) in enumerate(zip(self.names, messages, strict=True)):
             if self.node.send_frames(name, "STEP", frames):
                 sent_ns[i] = now_ns()
-                if name in self.reachable:  # a restarting agent is waited for once it said hello
+                # a restarting agent is waited for once it said hello, a chronically late one
+                # once it is in time again
+                if name in self.reachable and self.late_streak[i] < self.settings.late_after:
                     waiting.add(i)
             elif name in self.reachable:
                 self.reachable.discard(name)
@@ -212,6 +237,7 @@ class EnvHost:
         if timeline.ENABLED:
             timeline.mark("fanned", seq)
         self.pending = {}
+        self.frames = dict(enumerate(messages))
         self.waiting = waiting
         self.current = (ep, t, seq, ts, sent_ns)
 
@@ -241,6 +267,7 @@ class EnvHost:
         ep, t, seq, ts, _ = self.current
         self.current = None
         self.waiting = set()
+        self.frames = {}
         # the agents act on the available actions their STEP carried, blind or not
         if self.spec.discrete:
             self.counts["unavailable_actions"] += sum(
@@ -254,6 +281,10 @@ class EnvHost:
             i for i in range(self.n) if new_defaulted[i] and self.names[i] in self.reachable
         ]
         self.counts["deadline_misses"] += len(reachable_late)
+        self.counts["steps_missed"] += int(bool(reachable_late))
+        self.late_streak[reachable_late] += 1
+        self.late_streak[list(self.pending)] = 0
+        self.counts["late_excluded"] += int((self.late_streak >= self.settings.late_after).sum())
         self.counts["dead_agent_steps"] += int(new_defaulted.sum()) - len(reachable_late)
         if self.settings.record:
             self.records.append(
@@ -313,12 +344,12 @@ class EnvHost:
     def _on_hello(self, msg: Message, step: tuple[int, int] | None) -> int | None:
         src = msg.src
         old = self.incarnations.get(src)
-        if old is not None and old != msg["inc"]:
+        if old is not None and old != msg.inc:
             self.counts["agent_rejoins" if src in self.names else "wm_rejoins"] += 1
             log.info("%s rejoined", src)
-        if old != msg["inc"]:  # answered: over datagrams the greeting repeats until it is
-            self.node.send(src, "HELLO", inc=0, role="env", epoch=0, leader=-1)
-        self.incarnations[src] = msg["inc"]
+        if old != msg.inc:  # answered: over datagrams the greeting repeats until it is
+            self.node.send(src, "HELLO", role="env", epoch=0, leader=-1)
+        self.incarnations[src] = msg.inc
         self.reachable.add(src)
         return None
 
@@ -334,6 +365,11 @@ class EnvHost:
         """Returns the agent index when the message is that agent's valid action for ``step``."""
         src = msg.src
         i = self.names.index(src)
+        since = self.since.get(src)
+        if since is not None and (msg.inc != since[0] or (msg["ep"], msg["step"]) < since[1:]):
+            # a step this incarnation was never sent: a predecessor's, handed over by a transport
+            self.counts["stale_actions"] += 1
+            return None
         self.reachable.add(src)
         self.tx[src] = msg["tx"]
         if step is None or (msg["ep"], msg["step"]) != step or i in self.pending:
@@ -391,100 +427,10 @@ class EnvHost:
     # -- report ---------------------------------------------------------------------------
 
     def _report(self, episodes: list[dict[str, Any]], steps: int, seconds: float) -> dict[str, Any]:
-        s = self.settings
-        per_process = {name: st["counts"] for name, st in self.stats.items()}
-        per_process["env"] = self.node.stats.flat()
-        table = traffic_table(per_process, steps)
-        by_cat = category_totals(table)
-        action = self.codec.default()[None]
-        probe = encode(
-            "HISTORY",
-            "a0",
-            {"obs": np.zeros((1, self.spec.obs_dim), np.float32), "act": action},
-            ep=0,
-            step=1,
-            epoch=1,
-            obs_from=1,
-            act_from=0,
-            seen=[True],
-            known=[True],
-            push=True,
-        )
-        base = centralised_baseline(self.n, self.spec.obs_dim, action.nbytes, frames_size(probe))
-        proto = by_cat.get("protocol", {"payload_bytes_per_step": 0.0, "bytes_per_step": 0.0})
-
-        def pooled(name: str) -> list[float]:
-            out: list[float] = []
-            for st in self.stats.values():
-                if name in st["samples"]:
-                    out += np.asarray(st["samples"][name], np.float64).tolist()
-            return out
-
-        latency = {
-            "decision_observing (env host)": summary(
-                self.samples.data.get("decision_observing_us", [])
-            ),
-            "decision_lost (env host)": summary(self.samples.data.get("decision_lost_us", [])),
-            "reconstruction_round (blind agent)": summary(pooled("recon_round_us")),
-            "coordinator_round": summary(pooled("coord_round_us")),
-            "gather": summary(pooled("gather_us")),
-            "world_model": summary(pooled("wm_us")),
-            "actor_call": summary(pooled("actor_us")),
-        }
-        agent_counts: Counter = Counter()
-        dropped: Counter = Counter()
-        for counts in per_process.values():
-            for key, value in counts.items():
-                if key.startswith("agent."):
-                    agent_counts[key[len("agent.") :]] += value
-                elif key.startswith("dropped."):
-                    dropped[key[len("dropped.") :]] += value
-        events = {k: int(v) for k, v in sorted(self.counts.items())}
-        events.update(
-            {f"agents.{k}": int(v) for k, v in sorted(agent_counts.items()) if k != "epoch"}
-        )
-        events["elections"] = int(agent_counts["claims"])
-        events["final_epoch"] = int(self.view.epoch)
-        events.update({f"dropped.{k}": int(v) for k, v in sorted(dropped.items())})
-        report: dict[str, Any] = {
-            "scenario": self.spec.name,
-            "n_agents": self.n,
-            "bundle": str(Path(s.bundle).resolve()),
-            "settings": s.to_dict(),
-            "env_steps": steps,
-            "seconds": seconds,
-            "episodes": episodes,
-            "mean_return": float(np.mean([e["return"] for e in episodes])),
-            "traffic": table,
-            "traffic_by_category": by_cat,
-            "centralised_baseline": base,
-            "protocol_vs_baseline_payload": proto["payload_bytes_per_step"]
-            / max(base["payload_bytes_per_step"], 1e-9),
-            "protocol_vs_baseline_bytes": proto["bytes_per_step"]
-            / max(base["bytes_per_step"], 1e-9),
-            "latency": latency,
-            "events": events,
-            "processes": per_process,
-        }
-        return report
+        return build_report(self, episodes, steps, seconds)
 
     def _save_records(self) -> None:
-        out = Path(self.settings.out_dir) / "records"
-        out.mkdir(parents=True, exist_ok=True)
-        r = self.records
-        if not r:
-            return
-        np.savez(
-            out / "env.npz",
-            ep=np.array([x["ep"] for x in r]),
-            t=np.array([x["t"] for x in r]),
-            seq=np.array([x["seq"] for x in r]),
-            time=np.array([x["time"] for x in r]),
-            obs=np.stack([x["obs"] for x in r]),
-            observed=np.stack([x["observed"] for x in r]),
-            actions=np.stack([x["actions"] for x in r]),
-            defaulted=np.stack([x["defaulted"] for x in r]),
-        )
+        save_records(self)
 
 
 _HANDLERS = {

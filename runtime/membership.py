@@ -9,10 +9,11 @@ Election (see PROTOCOL.md): the coordinator is sticky. While a live coordinator 
 elects; when none is known and an agent loses its observation at step t, the agents that observe
 at t elect the lowest-ranked of them (rank = agent id among live agents): agent i claims when
 every live agent below it announced a loss at t; when nobody observes, the lowest live agent
-claims once every other live agent announced its loss. A claim carries a new epoch (one above the
-highest ever seen); a view (epoch, leader) replaces another when its epoch is higher, or equal
-with a lower leader id, so two concurrent claimers converge on one; messages of an older epoch
-are stale and dropped.
+claims once every other live agent announced its loss. A claim carries a new epoch: the smallest
+above the highest ever seen that names the claimant (epoch e belongs to agent (e - 1) mod n), so no
+two claimants ever share an epoch; a view (epoch, leader) replaces another when its epoch is
+higher, so two concurrent claimers converge on one; messages of an older epoch are stale and
+dropped.
 """
 
 from __future__ import annotations
@@ -98,6 +99,40 @@ class Liveness:
             if seen is not None and p not in self.down and seen + self.expiry(p) > now:
                 times.append(seen + self.expiry(p))
         return max(0.0, min(times, default=now + self.interval_s) - now)
+
+
+@dataclass
+class ServerHealth:
+    """Whether a server without heartbeats (the world-model node) is worth asking: after a timeout
+    or a dropped link it is skipped at once, and tried again after a backoff that doubles while it
+    stays silent (0.25 s to 5 s); any message from it makes it usable again. So a dead node costs
+    one round its deadline, not every round."""
+
+    down_until: float = 0.0
+    backoff: float = 0.0
+
+    def usable(self, now: float) -> bool:
+        return now >= self.down_until
+
+    def failed(self, now: float) -> None:
+        self.backoff = min(5.0, max(0.25, 2 * self.backoff))
+        self.down_until = now + self.backoff
+
+    def heard(self) -> None:
+        self.backoff = self.down_until = 0.0
+
+
+def leader_of(epoch: int, n_agents: int) -> int:
+    """The only agent that may claim ``epoch``: epochs name their claimant (epoch 0: nobody)."""
+    return (epoch - 1) % n_agents if epoch > 0 else -1
+
+
+def next_epoch(above: int, me: int, n_agents: int) -> int:
+    """The smallest epoch above ``above`` that agent ``me`` may claim. Epoch e belongs to agent
+    (e - 1) mod n, so two claimants never share an epoch, whatever they know (PROTOCOL.md)."""
+    k = max(0, above) // n_agents
+    epoch = k * n_agents + me + 1
+    return epoch if epoch > above else epoch + n_agents
 
 
 _NOBODY = -(1 << 30)

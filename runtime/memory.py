@@ -73,7 +73,7 @@ class MemoryNode(NodeBase):
 
     def send_frames(self, to: str, msg_type: str, frames: Sequence[bytes | memoryview]) -> bool:
         if self.closed or not self.net.reachable(self.name, to) or to not in self.peers:
-            self.stats.send_fail["unreachable"] += 1
+            self.fail("unreachable")
             return False
         self.net.in_flight.append(Envelope(self.name, to, msg_type, [bytes(f) for f in frames]))
         self.count_sent(msg_type, frames)
@@ -101,12 +101,17 @@ class MemoryNetwork:
         self.nodes: dict[str, MemoryNode] = {}
         self.in_flight: list[Envelope] = []
         self.dead: set[str] = set()
+        self.incarnations = 0
+        """The last incarnation given to a node (each new node gets the next one)."""
         self.cut: set[str] = set()
         """Partitioned nodes: alive, but no message goes to or from them."""
 
     def node(self, name: str) -> MemoryNode:
-        """A new node for ``name`` (replacing any earlier one of that name)."""
+        """A new node for ``name`` (replacing any earlier one of that name), with a new
+        incarnation."""
         node = MemoryNode(name, self.known, self)
+        self.incarnations += 1
+        node.inc = self.incarnations
         self.nodes[name] = node
         self.dead.discard(name)
         return node

@@ -13,6 +13,7 @@ from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -92,6 +93,10 @@ class NodeBase:
     """A successful send means a live connection to the peer (ZeroMQ with ROUTER_MANDATORY). Without
     it (datagrams) a greeting counts only once the peer has answered."""
 
+    inc = 0
+    """This process's incarnation (set by whoever runs the role): every message carries it, and a
+    message addressed to another incarnation of this name is dropped (``stale_incarnation``)."""
+
     def __init__(self, name: str, known: Callable[[str], bool]) -> None:
         self.name = name
         self.known = known
@@ -100,6 +105,12 @@ class NodeBase:
         self.link_events: list[tuple[str, bool]] = []
         """(peer, up) for peers that came up or dropped since the caller last cleared it."""
         self.closed = False
+        self.peer_inc: dict[str, int] = {}
+        """The newest incarnation heard from each peer: what a send addresses, and below which a
+        peer's messages come from a dead process (dropped as ``stale_incarnation``)."""
+        self.last_fail = ""
+        """Why the last failed send failed: ``unreachable`` (the peer is gone), ``hwm``, ``error``
+        (a local error, e.g. a firewall's EPERM: the peer may well be alive), ``encode``."""
 
     def connect(self, name: str, endpoint: str) -> None:
         raise NotImplementedError
@@ -120,9 +131,36 @@ class NodeBase:
         arrays: Mapping[str, np.ndarray] | None = None,
         **fields: object,
     ) -> bool:
-        """Send without ever blocking; False when the peer is unreachable or its queue is full."""
-        frames = encode(msg_type, self.name, arrays, **fields)
-        return self.send_frames(to, msg_type, frames)
+        """Send without ever blocking; False when the peer is unreachable, its queue is full or the
+        message cannot be encoded (counted, never raised: no send error may kill a process)."""
+        try:
+            frames = encode(
+                msg_type, self.name, arrays, inc=self.inc, to=self.peer_inc.get(to, 0), **fields
+            )
+        except (WireError, ValueError, TypeError) as exc:
+            self.fail("encode")
+            log.warning("%s: cannot encode a %s for %s: %s", self.name, msg_type, to, exc)
+            return False
+        try:
+            return self.send_frames(to, msg_type, frames)
+        except Exception as exc:  # a transport surprise is a failed send, never a crash
+            self.fail("error")
+            log.warning("%s: sending a %s to %s failed: %s", self.name, msg_type, to, exc)
+            return False
+
+    def encode_for(
+        self, to: str, msg_type: str, arrays: Mapping[str, np.ndarray] | None = None, **fields: Any
+    ) -> list[bytes]:
+        """Frames addressed to ``to``'s current incarnation (for callers that encode first and send
+        later with :meth:`send_frames`); ``to=""`` addresses whichever incarnation is there."""
+        return encode(
+            msg_type, self.name, arrays, inc=self.inc, to=self.peer_inc.get(to, 0), **fields
+        )
+
+    def fail(self, reason: str) -> None:
+        """Count a failed send by reason and remember it (``last_fail``)."""
+        self.last_fail = reason
+        self.stats.send_fail[reason] += 1
 
     def count_sent(self, msg_type: str, frames: Sequence[bytes | memoryview]) -> None:
         size = sum(len(f) for f in frames)
@@ -138,6 +176,13 @@ class NodeBase:
             self.stats.dropped[exc.reason] += 1
             log.debug("%s dropped a message from %r: %s", self.name, (sender or "?")[:16], exc)
             return None
+        known = self.peer_inc.get(msg.src, 0)
+        if (msg.to and self.inc and msg.to != self.inc) or msg.inc < known:
+            # meant for a dead predecessor of ours, or sent by a dead predecessor of the sender
+            self.stats.dropped["stale_incarnation"] += 1
+            return None
+        if msg.inc > known:
+            self.peer_inc[msg.src] = msg.inc
         self.stats.rx_msgs[msg.type] += 1
         self.stats.rx_bytes[msg.type] += msg.nbytes
         return msg

@@ -23,6 +23,7 @@ from rmio.runtime.node import NodeBase
 from rmio.runtime.settings import Roster, SwarmSettings
 from rmio.runtime.stop import Stop
 from rmio.runtime.transport import check_bundle_fits, make_node
+from rmio.runtime.wire import MAX_INC
 
 log = logging.getLogger(__name__)
 PR_SET_PDEATHSIG = 1
@@ -61,6 +62,7 @@ def join_swarm(
     """Bind, then learn everyone's endpoint (from the launcher's ROSTER or a roster file) and
     connect."""
     node = make_node(name, bind, settings.known)
+    node.inc = inc
     try:
         if control is not None:
             node.connect("ctl", control)
@@ -81,7 +83,7 @@ def _register(node: NodeBase, settings: SwarmSettings, role: str, inc: int) -> d
     while time.monotonic() < deadline:
         if not registered:
             registered = node.send(
-                "ctl", "REGISTER", role=role, endpoint=node.endpoint, pid=os.getpid(), inc=inc
+                "ctl", "REGISTER", role=role, endpoint=node.endpoint, pid=os.getpid()
             )
         for msg in node.poll(10 if not registered else 100):
             if msg.src == "ctl" and msg.type == "ROSTER":
@@ -91,6 +93,12 @@ def _register(node: NodeBase, settings: SwarmSettings, role: str, inc: int) -> d
     raise RmioError(
         f"{node.name}: no roster from the launcher within {settings.startup_timeout_s:.0f} s"
     )
+
+
+def new_incarnation() -> int:
+    """This process's incarnation: microseconds since the epoch, so a restarted process outranks
+    its predecessor (whose messages, still in flight, are then dropped as ``stale_incarnation``)."""
+    return min(time.time_ns() // 1000, MAX_INC)
 
 
 def _freeze_startup_objects() -> None:
@@ -116,7 +124,7 @@ def run_role(
     endpoints: dict[str, str] | None = None,
 ) -> int:
     """Run one role to completion; returns the process exit code."""
-    inc = time.time_ns() // 1000
+    inc = new_incarnation()
     if timeline.ENABLED:
         timeline.watch_gc()
     check_bundle_fits(bind.partition("://")[0], settings.bundle)

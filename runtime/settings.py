@@ -60,6 +60,15 @@ class SwarmSettings:
     """After a round, the agents that observe stream their newest step to the coordinator right
     after acting (no extra wake-up) for this many env steps, so the rounds that follow need no
     GATHER round trip. Default: the bundle's history window; 0: pull only (a GATHER every round)."""
+    resend_ms: float | None = None
+    """Within a step, what was not answered by then is sent again (a STEP to an agent that has not
+    acted, a LOST whose RECON has not come, a GATHER whose HISTORY has not come), every this many
+    ms until the deadline; receivers de-duplicate by step. Default: a quarter of the step deadline
+    over udp, where a datagram may be lost, and never over ZeroMQ, which loses nothing on a live
+    connection (0 turns it off)."""
+    late_after: int = 3
+    """An agent that missed this many consecutive step deadlines while reachable is no longer
+    waited for (it still gets its STEP and its actions still count) until it acts in time again."""
     heartbeat_ms: float = 100.0
     """Explicit heartbeats only to peers not otherwise written to; deaths of processes are noticed
     at once from dropped connections, so this is the backstop for hosts that vanish silently."""
@@ -93,8 +102,10 @@ class SwarmSettings:
                 raise ConfigError(
                     f"swarm {name} must be one of {', '.join(allowed)}, got '{value}'"
                 )
-        if self.stream_steps is not None and self.stream_steps < 0:
-            raise ConfigError(f"swarm stream_steps must be >= 0, got {self.stream_steps}")
+        if self.stream_steps is not None and not 0 <= self.stream_steps <= 1 << 20:
+            raise ConfigError(f"swarm stream_steps must be in 0..2^20, got {self.stream_steps}")
+        if (self.resend_ms is not None and self.resend_ms < 0) or self.late_after < 1:
+            raise ConfigError("swarm resend_ms must be >= 0 and late_after >= 1")
         if (
             self.step_deadline_ms <= 0
             or self.heartbeat_ms <= 0
@@ -114,6 +125,12 @@ class SwarmSettings:
             else self.step_deadline_ms
         )
         return (value if value is not None else fraction * self.step_deadline_ms) / 1000.0
+
+    def resend_s(self) -> float:
+        """Seconds between resends of an unanswered message within a step (0: never)."""
+        if self.resend_ms is not None:
+            return self.resend_ms / 1000.0
+        return 0.25 * self.step_deadline_ms / 1000.0 if self.transport == "udp" else 0.0
 
     def env_config(self) -> EnvConfig:
         return EnvConfig(**self.env)

@@ -95,21 +95,34 @@ class Node(NodeBase):
         self.poller.register(self.inbox, zmq.POLLIN)
         self.poller.register(self.monitor, zmq.POLLIN)
         self._by_endpoint: dict[str, str] = {}
+        self._route: dict[str, bytes] = {}
+        """Peer name -> the outbox routing id of its current connection."""
+        self._moves = 0
 
     # -- connections ------------------------------------------------------------------------
 
     def connect(self, name: str, endpoint: str) -> None:
-        """Route messages for ``name`` to ``endpoint`` (re-routing if it moved)."""
+        """Route messages for ``name`` to ``endpoint`` (re-routing if it moved).
+
+        A moved peer gets a connection under a fresh routing id (``name#k``): the old connection's
+        pipe outlives ``disconnect`` for a while, and a second connection under the same routing id
+        trips libzmq's ``!has_out_pipe`` assertion (SIGABRT)."""
         old = self.peers.get(name)
         if old == endpoint:
             return
+        route = name.encode()
         if old is not None:
             with contextlib.suppress(zmq.ZMQError):
                 self.out.disconnect(old)
             self._by_endpoint.pop(old, None)
-        self.out.setsockopt(zmq.CONNECT_ROUTING_ID, name.encode())
+            self._moves += 1
+            route = f"{name}#{self._moves}".encode()
+        # (ZMQ_IMMEDIATE would also refuse sends to a peer not connected yet, but with it libzmq
+        # ignores CONNECT_ROUTING_ID, so the outbox could no longer name its peers)
+        self.out.setsockopt(zmq.CONNECT_ROUTING_ID, route)
         self.out.connect(endpoint)
         self.peers[name] = endpoint
+        self._route[name] = route
         self._by_endpoint[endpoint] = name
 
     # -- sending ----------------------------------------------------------------------------
@@ -118,7 +131,7 @@ class Node(NodeBase):
         try:
             # frame by frame with plain int flags: send_multipart's flag arithmetic builds enum
             # objects
-            self.out.send(to.encode(), _MORE)
+            self.out.send(self._route.get(to) or to.encode(), _MORE)
             for frame in frames[:-1]:
                 self.out.send(frame, _MORE)
             self.out.send(frames[-1], _LAST)
@@ -130,7 +143,7 @@ class Node(NodeBase):
                 if exc.errno == zmq.EAGAIN
                 else "error"
             )
-            self.stats.send_fail[reason] += 1
+            self.fail(reason)
             return False
         self.count_sent(msg_type, frames)
         return True
@@ -188,7 +201,26 @@ class Node(NodeBase):
             endpoint = endpoint.decode() if isinstance(endpoint, bytes) else str(endpoint)
             peer = self._by_endpoint.get(endpoint)
             if peer is not None:
-                self.link_events.append((peer, event["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED))
+                up = event["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED
+                self.link_events.append((peer, up))
+                if not up:
+                    self._fresh_connection(peer)
+
+    def _fresh_connection(self, peer: str) -> None:
+        """The connection to ``peer`` broke (it died): replace it, under a fresh routing id, so
+        that what was queued for the dead process is discarded with the old pipe instead of being
+        handed to whichever process binds the endpoint next. What is sent until the successor has
+        said hello still names the dead incarnation and is dropped on arrival (``to``)."""
+        endpoint = self.peers.get(peer)
+        if endpoint is None:
+            return
+        with contextlib.suppress(zmq.ZMQError):
+            self.out.disconnect(endpoint)
+        self._moves += 1
+        route = f"{peer}#{self._moves}".encode()
+        self.out.setsockopt(zmq.CONNECT_ROUTING_ID, route)
+        self.out.connect(endpoint)
+        self._route[peer] = route
 
     def close(self) -> None:
         """Close the sockets and really terminate the context (LINGER 0, so this never hangs)."""

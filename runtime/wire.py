@@ -28,7 +28,7 @@ import numpy as np
 
 from rmio.runtime.vocabulary import ACT_KINDS
 
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3
 MAX_MESSAGE_BYTES = 4 << 20
 MAX_HEADER_BYTES = 32 << 10
 MAX_FRAMES = 8
@@ -60,10 +60,28 @@ class WireError(Exception):
 # Field validators: each returns True when the value is acceptable.
 
 _MAX_INT = 1 << 53
+MAX_COUNTER = 1 << 48
+"""Counters the roles do arithmetic on (episodes, steps, global steps, epochs, request ids) stay
+below this: adding any bounded setting to one stays far below the 2^53 the encoder accepts, so no
+arithmetic on a received value can produce a field the encoder refuses."""
+MAX_INC = _MAX_INT - 1
+"""Incarnations (microseconds since the epoch at process start) fit in 53 bits until 2255."""
 
 
 def _uint(v: Any) -> bool:
     return type(v) is int and 0 <= v < _MAX_INT
+
+
+def _inc(v: Any) -> bool:
+    return type(v) is int and 0 <= v <= MAX_INC
+
+
+def _counter(v: Any) -> bool:
+    return type(v) is int and 0 <= v < MAX_COUNTER
+
+
+def _signed_counter(v: Any) -> bool:
+    return type(v) is int and -1 <= v < MAX_COUNTER
 
 
 def _int(v: Any) -> bool:
@@ -148,47 +166,55 @@ class Schema:
         object.__setattr__(self, "index", {a.name: k for k, a in enumerate(self.arrays)})
 
 
-_EPOCH = {"epoch": _uint, "leader": _agent_or_none}
-_AT = {"ep": _uint, "step": _uint}
+_EPOCH = {"epoch": _counter, "leader": _agent_or_none}
+_AT = {"ep": _counter, "step": _counter}
 STATS_SAMPLES = tuple(f"s{k}" for k in range(MAX_FRAMES))
 """STATS carries up to MAX_FRAMES latency-sample arrays, named s0, s1, ...; its ``names`` field says
 what each is."""
 
 SCHEMAS: dict[str, Schema] = {
     # membership
-    "HELLO": Schema({"inc": _uint, "role": _one_of(*ROLES), **_EPOCH}),
+    "HELLO": Schema({"role": _one_of(*ROLES), **_EPOCH}),
     "HB": Schema(dict(_EPOCH)),
     "BYE": Schema({"reason": _short_str}),
     # env host <-> agent: the observation only when the agent observes, available actions only when
     # discrete
     "STEP": Schema(
-        {**_AT, "seq": _uint, "seen": _bool, "dflt": _bool},
+        {**_AT, "seq": _counter, "seen": _bool, "dflt": _bool},
         (_arr("obs", F32, 1, optional=True), _arr("avail", BOOL, 1, optional=True)),
     ),
     "ACTION": Schema(
         {**_AT, "kind": _one_of(*ACT_KINDS), **_EPOCH, "tx": _uint}, (_arr("action", ACTION, 0, 1),)
     ),
     # loss handling, election, history sync
-    "LOST": Schema({**_AT, **_EPOCH, "bcast": _bool}),
+    "LOST": Schema({**_AT, **_EPOCH, "bcast": _bool, "retry": _bool}),
     "COORD": Schema(dict(_EPOCH)),
-    "GATHER": Schema({**_AT, "epoch": _uint, "obs_from": _uint, "act_from": _uint, "stream": _int}),
-    "STREAM": Schema({"epoch": _uint, "until": _int}),
+    "GATHER": Schema(
+        {
+            **_AT,
+            "epoch": _counter,
+            "obs_from": _counter,
+            "act_from": _counter,
+            "stream": _signed_counter,
+        }
+    ),
+    "STREAM": Schema({"epoch": _counter, "until": _signed_counter}),
     "HISTORY": Schema(
         {
             **_AT,
-            "epoch": _uint,
-            "obs_from": _uint,
-            "act_from": _uint,
+            "epoch": _counter,
+            "obs_from": _counter,
+            "act_from": _counter,
             "seen": _bool_list,
             "known": _bool_list,
             "push": _bool,
         },
         (_arr("obs", F32, 2), _arr("act", ACTION, 1, 2)),
     ),
-    "RECON": Schema({**_AT, "epoch": _uint, "start": _uint}, (_arr("obs", F32, 1),)),
+    "RECON": Schema({**_AT, "epoch": _counter, "start": _counter}, (_arr("obs", F32, 1),)),
     # world-model node: the latent state travels only when the request continues a chain
     "WM_REQ": Schema(
-        {**_AT, "rid": _uint, "cont": _bool},
+        {**_AT, "rid": _counter, "cont": _bool},
         (
             _arr("obs", F32, 3),
             _arr("act", ACTION, 2, 3),
@@ -198,7 +224,7 @@ SCHEMAS: dict[str, Schema] = {
         ),
     ),
     "WM_REP": Schema(
-        {"rid": _uint, "ok": _bool, "us": _uint},
+        {"rid": _counter, "ok": _bool, "us": _uint},
         (
             _arr("obs", F32, 2, optional=True),
             _arr("h", F32, 2, optional=True),
@@ -211,9 +237,7 @@ SCHEMAS: dict[str, Schema] = {
         {"counts": _scalar_map, "names": _str_list},
         tuple(_arr(name, F32, 1, optional=True) for name in STATS_SAMPLES),
     ),
-    "REGISTER": Schema(
-        {"role": _one_of(*ROLES), "endpoint": _short_str, "pid": _uint, "inc": _uint}
-    ),
+    "REGISTER": Schema({"role": _one_of(*ROLES), "endpoint": _short_str, "pid": _uint}),
     "ROSTER": Schema({"version": _uint, "endpoints": _scalar_map}),
     "STATUS": Schema({"status": _scalar_map}),
     "DONE": Schema({"report": _short_str, "ok": _bool}),
@@ -228,6 +252,10 @@ class Message:
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
     """The arrays the message carries, by name (in the order they travelled)."""
     nbytes: int = 0
+    inc: int = 0
+    """The sender's incarnation (header ``inc``)."""
+    to: int = 0
+    """The incarnation of the receiver the sender meant (header ``to``; 0: whichever is there)."""
 
     def __getitem__(self, key: str) -> Any:
         return self.fields[key]
@@ -254,10 +282,20 @@ class Message:
 
 
 def encode(
-    msg_type: str, src: str, arrays: Mapping[str, np.ndarray] | None = None, **fields: Any
+    msg_type: str,
+    src: str,
+    arrays: Mapping[str, np.ndarray] | None = None,
+    *,
+    inc: int = 0,
+    to: int = 0,
+    **fields: Any,
 ) -> list[bytes]:
     """Frames for one message; validated like an incoming one so a bug never reaches the wire.
-    ``arrays`` maps array names to arrays (any order; they travel in the schema's order)."""
+    ``arrays`` maps array names to arrays (any order; they travel in the schema's order); ``inc`` is
+    the sender's incarnation and ``to`` the receiver's (0: any), so that nothing meant for a dead
+    process is taken by its successor."""
+    if not (_inc(inc) and _inc(to)):
+        raise WireError("bad_field", f"{msg_type}: incarnation {inc!r} -> {to!r}"[:120])
     schema = SCHEMAS[msg_type]
     _check_fields(msg_type, schema, fields)
     arrays = arrays or {}
@@ -277,6 +315,8 @@ def encode(
         "v": PROTOCOL_VERSION,
         "t": msg_type,
         "src": src,
+        "inc": inc,
+        "to": to,
         **fields,
         "arr": [[name, a.dtype.str, list(a.shape)] for name, a in arrs],
     }
@@ -333,11 +373,13 @@ def _decode(
     if type(header) is not dict:
         raise WireError("malformed", "header is not a map")
     # what remains of the header once the common keys are popped is the type's own fields
-    version, msg_type, src, specs = (
+    version, msg_type, src, specs, inc, to = (
         header.pop("v", None),
         header.pop("t", None),
         header.pop("src", None),
         header.pop("arr", None),
+        header.pop("inc", None),
+        header.pop("to", None),
     )
     if version != PROTOCOL_VERSION or type(version) is not int:
         raise WireError("version", f"version {version!r}")
@@ -350,6 +392,8 @@ def _decode(
         or (known is not None and not known(src))
     ):
         raise WireError("unknown_sender", repr(src)[:40])
+    if not (_inc(inc) and _inc(to)):
+        raise WireError("bad_field", f"{msg_type}: incarnation {inc!r} -> {to!r}"[:120])
     _check_fields(msg_type, schema, header)
     if type(specs) is not list:
         raise WireError("bad_array", "arr is not a list")
@@ -367,7 +411,7 @@ def _decode(
         if dt.kind == "b" and bytes(frame).translate(None, b"\x00\x01"):
             raise WireError("bad_array", "booleans other than 0 and 1")
         arrays[name] = np.frombuffer(frame, dtype=dt).reshape(shape)
-    return Message(msg_type, src, header, arrays, total)
+    return Message(msg_type, src, header, arrays, total, inc, to)
 
 
 _SMALL = 256 * 4

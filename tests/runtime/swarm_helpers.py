@@ -14,7 +14,7 @@ KNOWN = {"env", "ctl", "wm", "a0", "a1", "a2"}.__contains__
 OBS = np.arange(9, dtype=np.float32)
 
 TEMPLATES: dict[str, tuple[dict[str, Any], dict[str, np.ndarray]]] = {
-    "HELLO": ({"inc": 7, "role": "agent", "epoch": 2, "leader": 1}, {}),
+    "HELLO": ({"role": "agent", "epoch": 2, "leader": 1}, {}),
     "HB": ({"epoch": 2, "leader": -1}, {}),
     "BYE": ({"reason": "done"}, {}),
     "STEP": (
@@ -25,7 +25,7 @@ TEMPLATES: dict[str, tuple[dict[str, Any], dict[str, np.ndarray]]] = {
         {"ep": 0, "step": 3, "kind": "obs", "epoch": 1, "leader": 0, "tx": 5},
         {"action": np.zeros(1, np.float32)},
     ),
-    "LOST": ({"ep": 0, "step": 3, "epoch": 1, "leader": 0, "bcast": False}, {}),
+    "LOST": ({"ep": 0, "step": 3, "epoch": 1, "leader": 0, "bcast": False, "retry": False}, {}),
     "COORD": ({"epoch": 3, "leader": 2}, {}),
     "GATHER": ({"ep": 0, "step": 3, "epoch": 1, "obs_from": 1, "act_from": 0, "stream": 23}, {}),
     "STREAM": ({"epoch": 1, "until": 40}, {}),
@@ -66,7 +66,7 @@ TEMPLATES: dict[str, tuple[dict[str, Any], dict[str, np.ndarray]]] = {
         {"counts": {"tx_msgs.HB": 3, "x": 1.5}, "names": ["gather_us", "round_us"]},
         {"s0": np.ones(4, np.float32), "s1": np.arange(3, dtype=np.float32)},
     ),
-    "REGISTER": ({"role": "agent", "endpoint": "ipc:///run/x/a0.sock", "pid": 12, "inc": 3}, {}),
+    "REGISTER": ({"role": "agent", "endpoint": "ipc:///run/x/a0.sock", "pid": 12}, {}),
     "ROSTER": ({"version": 1, "endpoints": {"env": "tcp://127.0.0.1:5000"}}, {}),
     "STATUS": ({"status": {"episode": 0, "return": 1.5}}, {}),
     "DONE": ({"report": "results/r.json", "ok": True}, {}),
@@ -75,7 +75,7 @@ TEMPLATES: dict[str, tuple[dict[str, Any], dict[str, np.ndarray]]] = {
 
 def frames_of(msg_type: str, src: str = "a1") -> list[bytes]:
     fields, arrays = TEMPLATES[msg_type]
-    return [bytes(f) for f in encode(msg_type, src, arrays, **fields)]
+    return [bytes(f) for f in encode(msg_type, src, arrays, inc=7, **fields)]
 
 
 __all__ = ["KNOWN", "OBS", "TEMPLATES", "frames_of", "run_swarm", "swarm_settings"]

@@ -285,8 +285,8 @@ def test_fuzzed_datagrams_crash_nothing(bundle: Path, tmp_path: Path) -> None:
 
 def test_stale_epochs_are_rejected(bundle: Path, tmp_path: Path) -> None:
     """Agent 5 dies for good; a process takes its name and sends coordinator messages of epoch 0
-    (older than the swarm's first election): every one is counted as stale and dropped, and the run
-    goes on."""
+    (older than the swarm's first election, and naming no claimant) from incarnation 0 (older than
+    the real a5's): every one is counted and dropped, and the run goes on."""
     run = tmp_path / "run"
     s = swarm_settings(
         bundle,
@@ -330,5 +330,9 @@ def test_stale_epochs_are_rejected(bundle: Path, tmp_path: Path) -> None:
     report = result["report"]
     assert report["episodes"][0]["steps"] == 150
     assert report["events"]["final_epoch"] >= 1
-    assert report["events"].get("dropped.stale_epoch", 0) >= len(targets) * len(stale)
+    dropped = sum(
+        report["events"].get(f"dropped.{why}", 0)
+        for why in ("stale_epoch", "bad_view", "stale_incarnation")
+    )
+    assert dropped >= len(targets) * len(stale)
     assert report["events"].get("agents.internal_errors", 0) == 0

@@ -79,11 +79,9 @@ class Swarm:
         self.cur = None
         for a in self.agents:  # what Agent._greet sends
             for peer in ["env", *a.peers]:
-                a.send(
-                    peer, "HELLO", inc=a.inc, role="agent", epoch=a.view.epoch, leader=a.view.leader
-                )
+                a.send(peer, "HELLO", role="agent", epoch=a.view.epoch, leader=a.view.leader)
         if self.wm is not None:
-            self.wm.node.send("env", "HELLO", inc=0, role="wm", epoch=0, leader=-1)
+            self.wm.node.send("env", "HELLO", role="wm", epoch=0, leader=-1)
         self.settle()
         assert self.env.reachable == {*s.agent_names(), *(["wm"] if wm_node else [])}
 
@@ -298,15 +296,17 @@ def test_streamed_rounds_equal_the_reference_and_renew_their_subscriptions(swarm
 
 
 def test_election_stale_epochs_and_a_deposed_coordinator(swarm_factory) -> None:
-    """Agents 0 and 1 blind: the lowest observing agent (2) claims epoch 1. Cut off, it is replaced
-    in epoch 2 by the lowest observing live agent; its epoch-1 COORD, delivered late, is dropped as
-    stale, and once healed it learns the newer view and steps down."""
+    """Agents 0 and 1 blind: the lowest observing agent (2) claims epoch 3, the first that names
+    it (epoch e belongs to agent (e - 1) mod 6). Cut off, it is replaced by the lowest observing
+    live agent (1) in epoch 8, the first above 3 that names agent 1; its epoch-3 COORD, delivered
+    late, is dropped as stale, and once healed it learns the newer view, steps down and tells the
+    others so."""
     sw = swarm_factory()
     stale: list[Envelope] = []
     sw.begin(blind=[0, 1])
     sw.settle(before=lambda net: stale.extend(net.find(where(type="COORD", src="a2", dst="a3"))))
     sw.end()
-    assert sw.views() == {View.of(1, 2)} and sum(a.counts["claims"] for a in sw.agents) == 1
+    assert sw.views() == {View.of(3, 2)} and sum(a.counts["claims"] for a in sw.agents) == 1
     assert sw.agents[2].coord is not None and len(stale) == 1
     sw.step()
     assert sw.check_reference() == 2  # rows for agents 0 and 1 at step 0
@@ -319,7 +319,7 @@ def test_election_stale_epochs_and_a_deposed_coordinator(swarm_factory) -> None:
     )  # its STEP could not be sent; nobody is late
     actions = sw.end()
     others = [a for a in sw.agents if a.i != 2]
-    assert {a.view for a in others} == {View.of(2, 1)} and sw.agents[1].counts["claims"] == 1
+    assert {a.view for a in others} == {View.of(8, 1)} and sw.agents[1].counts["claims"] == 1
     # the new coordinator's cache is empty and agent 2 is unreachable: its column is missing from
     # the window
     row = sw.recons(0)[2]
@@ -332,9 +332,10 @@ def test_election_stale_epochs_and_a_deposed_coordinator(swarm_factory) -> None:
     sw.net.in_flight.append(stale[0])
     sw.settle()
     assert a3.counts["stale_epoch"] == 1 and a3.node.stats.dropped["stale_epoch"] == 1
-    assert sw.views() == {View.of(2, 1)}
+    assert sw.views() == {View.of(8, 1)}
     a2 = sw.agents[2]
     assert a2.coord is None and a2.counts["stepped_down"] == 1
+    assert a2.counts["step_down_notices"] == 1
     # the swarm goes on under the new coordinator, agent 2 included (it never got step 2)
     sw.step(blind=[4])
     assert np.array_equal(sw.recons(4)[3], sw.replay(3, hide=[(2, 2)])[4])

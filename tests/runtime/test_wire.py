@@ -134,7 +134,8 @@ def _with(msg_type: str, **changes: Any) -> list[bytes]:
     ("frames", "sender", "reason"),
     [
         (_with("HB", v=1), "a1", "version"),
-        (_with("HB", v=3), "a1", "version"),
+        (_with("HB", v=2), "a1", "version"),  # version 2 had no incarnations
+        (_with("HB", v=4), "a1", "version"),
         (_with("HB", v="1"), "a1", "version"),
         (_with("HB", t="NOPE"), "a1", "unknown_type"),
         (_with("HB", src="a9"), "a9", "unknown_sender"),

@@ -353,13 +353,22 @@ def swarm() -> None:
 @swarm.command("launch")
 @_swarm_run_options
 @click.option("--out", type=click.Path(path_type=Path), default=Path("results"), show_default=True)
-def swarm_launch(out: Path, **options: Any) -> None:
+@click.option(
+    "--net-loss",
+    type=click.FloatRange(0.0, 1.0),
+    default=None,
+    help="Fault injection (root): run across two network namespaces joined by a veth link that "
+    "drops this share of the packets each way (tcp or udp; ipc becomes udp).",
+)
+def swarm_launch(out: Path, net_loss: float | None, **options: Any) -> None:
     """Start the whole swarm on this machine, show a live status line, write a report (JSON +
     markdown)."""
     from rmio.cli_swarm import run_launch
     from rmio.runtime.launcher import build_settings
 
-    run_launch(build_settings(**options), out, console)
+    if net_loss is not None and options.get("transport") == "ipc":
+        options["transport"] = "udp"  # unix sockets would bypass the lossy link
+    run_launch(build_settings(**options), out, console, net_loss=net_loss)
 
 
 @swarm.command("roster")

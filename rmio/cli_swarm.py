@@ -9,13 +9,17 @@ from pathlib import Path
 from typing import Any
 
 from rmio.evaluation.baselines import add_baselines
+from rmio.netfaults import launch_lossy
 from rmio.runtime.launcher import Launcher
 from rmio.runtime.settings import SwarmSettings
 
 
-def run_launch(settings: SwarmSettings, out_root: Path, console: Any) -> dict[str, Any]:
+def run_launch(
+    settings: SwarmSettings, out_root: Path, console: Any, net_loss: float | None = None
+) -> dict[str, Any]:
     """`rmio swarm launch`: run with a live status line, then print the summary and the report's
-    paths."""
+    paths. With ``net_loss`` the swarm runs across two network namespaces whose link drops that
+    share of the packets each way (rmio.netfaults; root only)."""
     from rich.live import Live
     from rich.text import Text
 
@@ -24,6 +28,7 @@ def run_launch(settings: SwarmSettings, out_root: Path, console: Any) -> dict[st
         f"[bold]rmio swarm[/]: {settings.env.get('scenario')} with {settings.n_agents} agent "
         f"processes, loss {settings.loss}, world model {settings.world_model}, transport "
         f"{settings.transport}"
+        + (f", {net_loss:.0%} packet loss each way between two namespaces" if net_loss else "")
     )
     line = Text("starting processes...")
     with Live(line, console=console, transient=True, refresh_per_second=8) as live:
@@ -43,7 +48,8 @@ def run_launch(settings: SwarmSettings, out_root: Path, console: Any) -> dict[st
                 )
             live.update(Text(text))
 
-        report = Launcher(settings, run_dir, on_status=on_status).run()
+        launcher = Launcher(settings, run_dir, on_status=on_status)
+        report = launcher.run() if net_loss is None else launch_lossy(launcher, net_loss)
         if settings.baselines:
             live.update(Text("evaluating in-process baselines..."))
             add_baselines(report, settings, run_dir)

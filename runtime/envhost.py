@@ -231,7 +231,8 @@ class EnvHost:
                 # once it is in time again
                 if name in self.reachable and self.late_streak[i] < self.settings.late_after:
                     waiting.add(i)
-            elif name in self.reachable:
+            elif name in self.reachable and self.node.last_fail == "unreachable":
+                # (a local error, e.g. a firewall's EPERM, says nothing about the agent)
                 self.reachable.discard(name)
                 self.counts["agent_deaths_seen"] += 1
         if timeline.ENABLED:

@@ -22,6 +22,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -78,6 +79,10 @@ class Launcher:
         self.stepping = False
         """Whether the env host has reported a step: an agent that exits with an error before that
         ends the launch at once (it would only fail again on restart)."""
+        self.placement: Callable[[str], tuple[list[str], str]] | None = None
+        """Where a process runs, for fault injection across network namespaces
+        (``rmio.netfaults``): name -> (command prefix, host address it binds) instead of this
+        process's loopback."""
 
     # -- public -------------------------------------------------------------------------
 
@@ -92,7 +97,7 @@ class Launcher:
         try:
             if self.settings.transport == "ipc":
                 self.ipc_dir = tempfile.mkdtemp(prefix="rmio-")
-            bind = local_endpoint(self.settings.transport, "ctl", self.ipc_dir)
+            bind = self._bind_for("ctl")
             self.ctl = make_node("ctl", bind, self.settings.known)
             names = [("env", "env-host"), *((a, "agent") for a in self.settings.agent_names())]
             if self.settings.world_model == "node":
@@ -139,10 +144,17 @@ class Launcher:
 
     # -- children -----------------------------------------------------------------------
 
+    def _bind_for(self, name: str) -> str:
+        bind = local_endpoint(self.settings.transport, name, self.ipc_dir)
+        if self.placement is not None:
+            bind = bind.replace("127.0.0.1", self.placement(name)[1])
+        return bind
+
     def _spawn(self, name: str, role: str, bind: str | None = None) -> Child:
         assert self.ctl is not None
-        bind = bind or local_endpoint(self.settings.transport, name, self.ipc_dir)
+        bind = bind or self._bind_for(name)
         cmd = [
+            *(self.placement(name)[0] if self.placement is not None else []),
             sys.executable,
             "-m",
             "rmio.runtime.proc",

@@ -1,0 +1,197 @@
+"""Real network faults for the swarm: two network namespaces joined by a veth pair, with nftables
+rules that drop a random share of the packets crossing the link each way, or all of them (a
+partition).
+
+The swarm's guarantees were only ever tested on one loopback, where nothing is lost. A
+:class:`NetLab` puts processes on two hosts of a real (virtual) link instead: the kernel's own
+stack, its own retransmissions (tcp) and its own losses (``numgen random`` drop rules, each way),
+so what the fault suite and ``bench/netfaults_bench.py`` measure is what a swarm across machines
+would see. Root only (network namespaces and nftables); :func:`unavailable` says why not. Nothing
+leaves the namespaces this creates, and they are deleted on exit, also on errors.
+
+``rmio swarm launch --net-loss P`` runs the embedded launcher this way: the launcher, the env
+host, the world-model node and the even agents on side ``a``, the odd agents on side ``b``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import os
+import shutil
+import subprocess
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from rmio.errors import RmioError
+from rmio.runtime.launcher import Launcher
+
+log = logging.getLogger(__name__)
+
+CLONE_NEWNET = 0x40000000
+SIDES = ("a", "b")
+
+
+def unavailable() -> str | None:
+    """Why a NetLab cannot be made here (None when it can)."""
+    if os.geteuid() != 0:
+        return "network namespaces and nftables need root"
+    for tool in ("ip", "nft"):
+        if shutil.which(tool) is None:
+            return f"'{tool}' is not installed (apt-get install -y iproute2 nftables)"
+    probe = f"rmio-probe-{os.getpid()}"
+    try:
+        _run("ip", "netns", "add", probe)
+        try:
+            _run("ip", "netns", "exec", probe, "nft", "list", "ruleset")
+        finally:
+            _run("ip", "netns", "del", probe, check=False)
+    except (OSError, subprocess.CalledProcessError) as exc:
+        return f"cannot create a network namespace with nftables here: {_why(exc)}"
+    return None
+
+
+def _why(exc: BaseException) -> str:
+    if isinstance(exc, subprocess.CalledProcessError):
+        return (exc.stderr or b"").decode(errors="replace").strip()[:200] or str(exc)
+    return str(exc)
+
+
+def _run(*cmd: str, check: bool = True, stdin: str | None = None) -> None:
+    subprocess.run(
+        cmd, check=check, capture_output=True, timeout=30, input=stdin.encode() if stdin else None
+    )
+
+
+class NetLab:
+    """Namespaces ``rmio<pid>a`` and ``rmio<pid>b``; side a is 10.231.X.1, side b 10.231.X.2."""
+
+    def __init__(self, tag: int | None = None) -> None:
+        k = (os.getpid() if tag is None else tag) % 250 + 1
+        self.ns = {side: f"rmio{os.getpid()}{side}{k}" for side in SIDES}
+        self.dev = {side: f"rmv{k}{side}" for side in SIDES}
+        self.addr = {"a": f"10.231.{k}.1", "b": f"10.231.{k}.2"}
+        self.loss = {side: 0.0 for side in SIDES}
+        self.cut = False
+        self.made: list[str] = []
+
+    def __enter__(self) -> NetLab:
+        try:
+            for side in SIDES:
+                _run("ip", "netns", "add", self.ns[side])
+                self.made.append(self.ns[side])
+            a, b = self.dev["a"], self.dev["b"]
+            _run("ip", "link", "add", a, "netns", self.ns["a"], "type", "veth", "peer", "name", b,
+                 "netns", self.ns["b"])  # fmt: skip
+            for side in SIDES:
+                ns = ("ip", "netns", "exec", self.ns[side])
+                _run(*ns, "ip", "addr", "add", f"{self.addr[side]}/24", "dev", self.dev[side])
+                _run(*ns, "ip", "link", "set", self.dev[side], "up")
+                _run(*ns, "ip", "link", "set", "lo", "up")
+            self._rules()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Delete every namespace this made (the veth pair goes with them); idempotent."""
+        while self.made:
+            _run("ip", "netns", "del", self.made.pop(), check=False)
+
+    # -- faults -----------------------------------------------------------------------------
+
+    def set_loss(self, a_to_b: float, b_to_a: float | None = None) -> None:
+        """Drop this share of the packets leaving each side over the link (random, per packet)."""
+        self.loss = {"a": float(a_to_b), "b": float(a_to_b if b_to_a is None else b_to_a)}
+        self._rules()
+
+    def partition(self) -> None:
+        """Drop everything on the link, both ways, until :meth:`heal`."""
+        self.cut = True
+        self._rules()
+
+    def heal(self) -> None:
+        self.cut = False
+        self._rules()
+
+    def _rules(self) -> None:
+        """Drops happen where the packet arrives (input hook): dropped on output, a packet would
+        fail its send with EPERM, which tells the sender, as real loss does not."""
+        for side in SIDES:
+            other = "b" if side == "a" else "a"
+            share = 1.0 if self.cut else self.loss[other]
+            drop = round(10_000 * min(max(share, 0.0), 1.0))
+            match = f'iifname "{self.dev[side]}"'
+            rule = (
+                f"{match} drop"
+                if drop >= 10_000
+                else f"{match} numgen random mod 10000 < {drop} drop"
+                if drop
+                else ""
+            )
+            script = (
+                "table inet rmio\ndelete table inet rmio\n"
+                "table inet rmio {\n chain in {\n  type filter hook input priority 0;\n"
+                f"  {rule}\n }}\n}}\n"
+            )
+            _run("ip", "netns", "exec", self.ns[side], "nft", "-f", "-", stdin=script)
+
+    # -- placing processes ------------------------------------------------------------------
+
+    def prefix(self, side: str) -> list[str]:
+        """The command prefix that runs a process on ``side``."""
+        return ["ip", "netns", "exec", self.ns[side]]
+
+    def placement(self, name: str) -> tuple[list[str], str]:
+        """For the launcher: env host, wm node, launcher and even agents on side a, odd agents on
+        side b (so half the agents and their coordinator talk across the lossy link)."""
+        side = "b" if name.startswith("a") and int(name[1:]) % 2 == 1 else "a"
+        return self.prefix(side), self.addr[side]
+
+    @contextlib.contextmanager
+    def inside(self, side: str) -> Iterator[None]:
+        """Move the calling thread into a side's namespace for the duration (sockets it creates
+        there, and threads it starts, such as ZeroMQ's, stay there)."""
+        libc = ctypes.CDLL(None, use_errno=True)
+        home = os.open(f"/proc/self/task/{threading.get_native_id()}/ns/net", os.O_RDONLY)
+        there = os.open(Path("/var/run/netns") / self.ns[side], os.O_RDONLY)
+        try:
+            if libc.setns(there, CLONE_NEWNET) != 0:
+                raise OSError(ctypes.get_errno(), "setns into the lab's namespace failed")
+            try:
+                yield
+            finally:
+                if libc.setns(home, CLONE_NEWNET) != 0:
+                    raise OSError(ctypes.get_errno(), "setns back to this thread's namespace")
+        finally:
+            os.close(there)
+            os.close(home)
+
+
+def launch_lossy(launcher: Launcher, loss: float) -> dict[str, Any]:
+    """Run an embedded launch across a NetLab whose link drops ``loss`` of the packets each way:
+    the launcher on side a (its ZeroMQ threads start there), processes placed by
+    :meth:`NetLab.placement`. Raises RmioError where namespaces cannot be made."""
+    why = unavailable()
+    if why is not None:
+        raise RmioError(f"--net-loss: {why}")
+    if launcher.settings.transport == "ipc":
+        raise RmioError("--net-loss needs tcp or udp: unix sockets do not cross the link")
+    with NetLab() as lab:
+        lab.set_loss(loss)
+        return run_in_lab(launcher, lab)
+
+
+def run_in_lab(launcher: Launcher, lab: NetLab) -> dict[str, Any]:
+    """Run an embedded launch with its processes placed across ``lab`` (the caller sets losses
+    and partitions meanwhile, from any thread)."""
+    launcher.placement = lab.placement
+    with lab.inside("a"):
+        return launcher.run()

@@ -108,13 +108,47 @@ def mappo(cfg: Any, run_dir: Path | None, device: str) -> None:
     help="Masking probability per agent and step (default world_model.finetune.p_mask).",
 )
 @click.option("--updates", type=click.IntRange(min=1), default=None, help="Upper bound on updates.")
+@click.option(
+    "--mask-models",
+    default=None,
+    help="Comma-separated loss models the masks are drawn from, one per sequence: bernoulli "
+    "(the paper), burst, blackout (default world_model.finetune.mask_models).",
+)
+@click.option(
+    "--p-mask-range",
+    type=(click.FloatRange(0.0, 1.0), click.FloatRange(0.0, 1.0)),
+    default=None,
+    help="LOW HIGH: draw each sequence's mask rate from U[LOW, HIGH] instead of --p-mask.",
+)
+@click.option(
+    "--mean-burst-length",
+    type=click.FloatRange(min=1.0),
+    default=None,
+    help="Mean run of lost steps of burst masks (default world_model.finetune's).",
+)
 @device_option
-def finetune(run_dir: Path, p_mask: float | None, updates: int | None, device: str) -> None:
-    """Masked fine-tuning of a pre-trained world model (Algorithm 2, lines 20-27)."""
+def finetune(
+    run_dir: Path,
+    p_mask: float | None,
+    updates: int | None,
+    mask_models: str | None,
+    p_mask_range: tuple[float, float] | None,
+    mean_burst_length: float | None,
+    device: str,
+) -> None:
+    """Masked fine-tuning of a pre-trained world model (Algorithm 2, lines 20-27); the masks can
+    also come from burst or blackout loss and from a range of rates (rmio's, not the paper's)."""
     _require_torch()
     from rmio.train.wm_train import finetune_world_model
 
-    finetune_world_model(run_dir, p_mask, device, _console(), updates)
+    masks: dict[str, Any] = {}
+    if mask_models is not None:
+        masks["mask_models"] = [m.strip() for m in mask_models.split(",") if m.strip()]
+    if p_mask_range is not None:
+        masks["p_mask_range"] = list(p_mask_range)
+    if mean_burst_length is not None:
+        masks["mean_burst_length"] = mean_burst_length
+    finetune_world_model(run_dir, p_mask, device, _console(), updates, masks)
 
 
 @click.group("eval")
@@ -130,14 +164,33 @@ def eval_group() -> None:
     default="both",
     show_default=True,
 )
+@click.option(
+    "--loss-model",
+    type=click.Choice(["bernoulli", "burst", "blackout"]),
+    default=None,
+    help="Test-time masks (default world_model.eval.loss_model, bernoulli); results of another "
+    "model go to eval_reconstruction_<model>.*",
+)
+@click.option(
+    "--mean-burst-length",
+    type=click.FloatRange(min=1.0),
+    default=None,
+    help="Mean run of lost steps of burst masks (default world_model.eval's).",
+)
 @device_option
-def reconstruction(run_dir: Path, checkpoint: str, device: str) -> None:
+def reconstruction(
+    run_dir: Path,
+    checkpoint: str,
+    loss_model: str | None,
+    mean_burst_length: float | None,
+    device: str,
+) -> None:
     """L_rec on held-out trajectories for every test-time p_mask, GPE, GCI, and the zero-fill and
     hold-last baselines; writes a table (markdown, JSON) and a PNG plot into the run directory."""
     _require_torch()
     from rmio.train.wm_eval import evaluate_run
 
-    evaluate_run(run_dir, checkpoint, device, _console())
+    evaluate_run(run_dir, checkpoint, device, _console(), loss_model, mean_burst_length)
 
 
 register_robustness(eval_group)

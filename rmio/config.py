@@ -266,6 +266,31 @@ def _refuse_retired(raw: dict[str, Any], src: str) -> None:
             raise ConfigError(f"{src}: unknown key '{key}' (removed: {why})")
 
 
+def _validate_masks(fm: Any, src: str) -> None:
+    """The fine-tuning and evaluation mask settings (train/masks.py)."""
+    known = ("bernoulli", "burst", "blackout")
+    ft, ev = fm.finetune, fm.eval
+    for key, names in (
+        ("finetune.mask_models", ft.mask_models),
+        ("eval.loss_model", [ev.loss_model]),
+    ):
+        bad = [m for m in names if m not in known]
+        if bad or not names:
+            raise ConfigError(
+                f"{src}: world_model.{key} must name loss models among {', '.join(known)}, "
+                f"got {names}"
+            )
+    r = ft.p_mask_range
+    if r is not None and (len(r) != 2 or not 0.0 <= r[0] <= r[1] <= 1.0):
+        raise ConfigError(
+            f"{src}: world_model.finetune.p_mask_range must be [low, high] with "
+            f"0 <= low <= high <= 1, got {r}"
+        )
+    for key, v in (("finetune", ft.mean_burst_length), ("eval", ev.mean_burst_length)):
+        if v < 1.0:
+            raise ConfigError(f"{src}: world_model.{key}.mean_burst_length must be >= 1, got {v}")
+
+
 def validate(cfg: Config, src: str) -> None:
     """Checks that need more than types: ranges and names."""
     if cfg.env.family not in FAMILIES:
@@ -289,6 +314,7 @@ def validate(cfg: Config, src: str) -> None:
         raise ConfigError(
             f"{src}: world_model.finetune.p_mask must be in [0, 1], got {fm.finetune.p_mask}"
         )
+    _validate_masks(fm, src)
     if fm.model.fusion_dim % fm.model.fusion_heads:
         raise ConfigError(
             f"{src}: world_model.model.fusion_dim ({fm.model.fusion_dim}) must be divisible by "

@@ -88,6 +88,14 @@ class EvalConfig:
     """Independent mask draws per p_mask."""
     gci_reward_eps: float = 0.05
     gci_discount_eps: float = 0.05
+    mask_models: list[str] = field(default_factory=lambda: ["bernoulli"])
+    """Loss models the fine-tuning masks come from, one drawn per training sequence: bernoulli
+    (Algorithm 2, line 22), burst, blackout (train/masks.py)."""
+    p_mask_range: list[float] | None = None
+    """[low, high]: draw each sequence's mask rate from U[low, high] instead of the fixed p_mask,
+    e.g. [0, 1] to cover the whole loss range, total loss included (rmio's, not the paper's)."""
+    mean_burst_length: float = 4.0
+    """Mean run of consecutive lost steps of the burst masks."""
 
 
 @dataclass
@@ -97,6 +105,10 @@ class WorldModelSection:
     model: WorldModelConfig = field(default_factory=WorldModelConfig)
     train: WMTrainConfig = field(default_factory=WMTrainConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    loss_model: str = "bernoulli"
+    """Loss model of the test-time masks: bernoulli, burst or blackout (train/masks.py)."""
+    mean_burst_length: float = 4.0
+    """Mean run of consecutive lost steps of burst masks."""
     smoothing: SmoothingConfig = field(default_factory=SmoothingConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     history_window: int = 20

@@ -35,9 +35,11 @@ from rich.console import Console
 from rich.table import Table
 
 from rmio.config import load_config
+from rmio.config import validate as validate_config
 from rmio.envs.trajectory import TrajectoryBuffer
 from rmio.errors import RmioError
 from rmio.train.common import load_model, resolve_device
+from rmio.train.masks import sample_loss_masks
 from rmio.train.wm_data import Batch, SequenceSampler
 from rmio.train.world_model import RMIOWorldModel
 
@@ -69,14 +71,23 @@ def evaluate_episode(
     seed: int,
     eps_r: float,
     eps_g: float,
+    loss_model: str = "bernoulli",
+    mean_burst_length: float = 4.0,
 ) -> dict[str, dict[str, np.ndarray]]:
-    """Sums (and counts) of every metric for one episode, batched over p_masks x seeds."""
+    """Sums (and counts) of every metric for one episode, batched over p_masks x seeds; the masks
+    come from ``loss_model`` at each p_mask (its long-run lost fraction)."""
     P = len(p_masks)
     B = P * seeds
     T, n = ep.obs.shape[1], ep.obs.shape[2]
     gen = torch.Generator(device=ep.obs.device).manual_seed(seed)
-    probs = torch.tensor(p_masks, device=ep.obs.device).repeat_interleave(seeds).view(B, 1, 1)
-    mask = (torch.rand((B, T, n), generator=gen, device=ep.obs.device) >= probs).float()
+    probs = torch.tensor(p_masks, device=ep.obs.device).repeat_interleave(seeds)
+    if loss_model == "bernoulli":  # drawn as before the other loss models existed
+        mask = torch.rand((B, T, n), generator=gen, device=ep.obs.device) >= probs.view(B, 1, 1)
+        mask = mask.float()
+    else:
+        mask = sample_loss_masks(
+            gen, (B, T, n), probs, loss_model, mean_burst_length, ep.obs.device
+        )
     rep = lambda x: x.expand(B, *x.shape[1:])  # noqa: E731 - one episode, many mask draws
     obs = rep(ep.obs)
     obs_n = model.normalize_obs(obs)
@@ -129,7 +140,15 @@ def evaluate_model(
     totals: dict[str, dict[str, np.ndarray]] = {}
     for k, ep in enumerate(episodes):
         res = evaluate_episode(
-            model, ep, ev.p_masks, ev.seeds, seed + k, ev.gci_reward_eps, ev.gci_discount_eps
+            model,
+            ep,
+            ev.p_masks,
+            ev.seeds,
+            seed + k,
+            ev.gci_reward_eps,
+            ev.gci_discount_eps,
+            ev.loss_model,
+            ev.mean_burst_length,
         )
         for name, sums in res.items():
             acc = totals.setdefault(name, {key: np.zeros_like(v) for key, v in sums.items()})
@@ -152,8 +171,25 @@ def evaluate_model(
     return out
 
 
-def evaluate_run(run_dir: Path, which: str, device: str, console: Console) -> dict[str, Any]:
+def evaluate_run(
+    run_dir: Path,
+    which: str,
+    device: str,
+    console: Console,
+    loss_model: str | None = None,
+    mean_burst_length: float | None = None,
+) -> dict[str, Any]:
+    """Evaluate a run's world models on its held-out data; writes ``eval_reconstruction.*`` (the
+    run config's test-time loss model, Bernoulli by default) or ``eval_reconstruction_<model>.*``
+    when ``loss_model`` asks for another one."""
     cfg = load_config(run_dir / "config.yaml")
+    ev = cfg.world_model.eval
+    if loss_model is not None:
+        ev.loss_model = loss_model
+    if mean_burst_length is not None:
+        ev.mean_burst_length = mean_burst_length
+    validate_config(cfg, f"{run_dir / 'config.yaml'} with the evaluation options")
+    stem = "eval_reconstruction" + ("" if ev.loss_model == "bernoulli" else f"_{ev.loss_model}")
     dev = resolve_device(device)
     torch.set_num_threads(cfg.world_model.train.threads)
     holdout_path = run_dir / "data" / "holdout.npz"
@@ -166,6 +202,8 @@ def evaluate_run(run_dir: Path, which: str, device: str, console: Console) -> di
     results: dict[str, Any] = {
         "p_masks": cfg.world_model.eval.p_masks,
         "seeds": cfg.world_model.eval.seeds,
+        "loss_model": cfg.world_model.eval.loss_model,
+        "mean_burst_length": cfg.world_model.eval.mean_burst_length,
         "holdout_episodes": holdout.num_episodes,
         "holdout_rows": len(holdout),
         "strategies": {},
@@ -186,7 +224,9 @@ def evaluate_run(run_dir: Path, which: str, device: str, console: Console) -> di
         sampler = SequenceSampler(holdout, cfg.world_model.smoothing, dev)
         res = evaluate_model(model, sampler.episodes(), cfg, cfg.run.seed + 555)
         label = (
-            f"wm fine-tuned (p_mask {ckpt['p_mask']:g})" if name == "finetune" else "wm pre-trained"
+            f"wm fine-tuned ({ckpt.get('masks') or 'p_mask ' + format(ckpt['p_mask'], 'g')})"
+            if name == "finetune"
+            else "wm pre-trained"
         )
         results["strategies"][label] = res["model"]
         for b in BASELINES:
@@ -195,18 +235,29 @@ def evaluate_run(run_dir: Path, which: str, device: str, console: Console) -> di
             ]  # identical for both checkpoints: same masks, same data
     if not results["strategies"]:
         raise RmioError(f"'{run_dir}' has no trained world model (wm_pretrain.pt / wm_finetune.pt)")
-    (run_dir / "eval_reconstruction.json").write_text(json.dumps(results, indent=2))
+    (run_dir / f"{stem}.json").write_text(json.dumps(results, indent=2))
     md = reconstruction_table(results)
-    (run_dir / "eval_reconstruction.md").write_text(md)
-    plot_reconstruction(results, run_dir / "eval_reconstruction.png", cfg.env.scenario)
+    (run_dir / f"{stem}.md").write_text(md)
+    named = "" if ev.loss_model == "bernoulli" else f", {_masks_named(results)}"
+    title = cfg.env.scenario + named
+    plot_reconstruction(results, run_dir / f"{stem}.png", title)
     _print(results, console)
-    console.print(f"wrote {run_dir / 'eval_reconstruction.md'}, .json and .png")
+    console.print(f"wrote {run_dir / stem}.md, .json and .png")
     return results
+
+
+def _masks_named(results: dict[str, Any]) -> str:
+    model = results.get("loss_model", "bernoulli")
+    if model == "burst":
+        return f"burst masks (mean burst {results['mean_burst_length']:g} steps)"
+    return f"{model} masks"
 
 
 def reconstruction_table(results: dict[str, Any]) -> str:
     p = results["p_masks"]
     lines = [
+        f"Test-time {_masks_named(results)}; p_mask is the long-run fraction of lost steps.",
+        "",
         "| strategy | metric | " + " | ".join(f"p_mask {x:g}" for x in p) + " |",
         "|---|---|" + "---|" * len(p),
     ]
@@ -220,7 +271,8 @@ def reconstruction_table(results: dict[str, Any]) -> str:
 
 def _print(results: dict[str, Any], console: Console) -> None:
     table = Table(
-        title="L_rec on lost agents (held-out episodes, normalised units; lower is better)"
+        title="L_rec on lost agents (held-out episodes, normalised units; lower is better), "
+        + _masks_named(results)
     )
     table.add_column("strategy")
     for x in results["p_masks"]:

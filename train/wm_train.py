@@ -19,6 +19,7 @@ import torch
 from rich.console import Console
 
 from rmio.config import Config, load_config
+from rmio.config import validate as validate_config
 from rmio.envs.collect import collect
 from rmio.envs.loss import LossConfig
 from rmio.envs.trajectory import TrajectoryBuffer
@@ -36,6 +37,7 @@ from rmio.train.common import (
     resolve_device,
     seed_everything,
 )
+from rmio.train.masks import sample_mixed_masks
 from rmio.train.policy import actor_policy
 from rmio.train.runlog import MetricLog, load_checkpoint, restore_rng, rng_state, save_checkpoint
 from rmio.train.wm_data import SequenceSampler, observation_stats, sample_masks, world_model_loss
@@ -129,6 +131,34 @@ class Phase:
     p_mask: float
     patience: int | None = None
     min_delta: float = 0.0
+    mask_models: tuple[str, ...] = ("bernoulli",)
+    p_mask_range: tuple[float, float] | None = None
+    mean_burst_length: float = 4.0
+
+    def paper_masks(self) -> bool:
+        """Algorithm 2's masks: Bernoulli at one fixed rate (kept bit-identical to earlier runs)."""
+        return self.mask_models == ("bernoulli",) and self.p_mask_range is None
+
+    def sample(
+        self, gen: torch.Generator, shape: tuple[int, int, int], device: Any
+    ) -> torch.Tensor:
+        if self.paper_masks():
+            return sample_masks(gen, shape, self.p_mask, device)
+        low, high = self.p_mask_range or (self.p_mask, self.p_mask)
+        return sample_mixed_masks(
+            gen, shape, self.mask_models, low, high, self.mean_burst_length, device
+        )
+
+
+def mask_recipe(f: Any, p_mask: float) -> str:
+    """How fine-tuning masks were drawn, as reports name it ("p_mask 0.5" for the paper's)."""
+    models = "+".join(f.mask_models)
+    r = f.p_mask_range
+    rate = f"p_mask {p_mask:g}" if r is None else f"p_mask ~ U[{r[0]:g}, {r[1]:g}]"
+    if models == "bernoulli":
+        return rate
+    burst = f", bursts of {f.mean_burst_length:g}" if "burst" in f.mask_models else ""
+    return f"{models} masks, {rate}{burst}"
 
 
 def optimise(
@@ -187,7 +217,7 @@ def optimise(
         bar.update(task, completed=step)
         while step < phase.updates:
             batch = sampler.sample(rng, tcfg.batch_size, tcfg.seq_len)
-            mask = sample_masks(mask_gen, tuple(batch.obs.shape[:3]), phase.p_mask, device)
+            mask = phase.sample(mask_gen, tuple(batch.obs.shape[:3]), device)
             loss, metrics = world_model_loss(model, batch, mask)
             if not torch.isfinite(loss):
                 raise RmioError(
@@ -282,10 +312,23 @@ def train_world_model(cfg: Config, run_dir: Path, device: str, console: Console)
 
 
 def finetune_world_model(
-    run_dir: Path, p_mask: float | None, device: str, console: Console, updates: int | None = None
+    run_dir: Path,
+    p_mask: float | None,
+    device: str,
+    console: Console,
+    updates: int | None = None,
+    masks: dict[str, Any] | None = None,
 ) -> Path:
     """Masked fine-tuning of ``wm_pretrain.pt``: zero each agent's input with probability p_mask,
-    keep the true observation as the target, stop when the smoothed loss stops improving."""
+    keep the true observation as the target, stop when the smoothed loss stops improving.
+
+    ``masks`` overrides the run config's mask recipe (``world_model.finetune``'s mask_models,
+    p_mask_range, mean_burst_length)."""
+    cfg = load_config(run_dir / "config.yaml")
+    f = cfg.world_model.finetune
+    for key, value in (masks or {}).items():
+        setattr(f, key, value)
+    validate_config(cfg, f"{run_dir / 'config.yaml'} with the fine-tuning mask options")
     final = run_dir / "wm_finetune.pt"
     if final.exists():
         console.print(
@@ -300,9 +343,7 @@ def finetune_world_model(
         )
     dev = resolve_device(device)
     model, ckpt = load_model(pre, dev)
-    cfg = load_config(run_dir / "config.yaml")
     torch.set_num_threads(cfg.world_model.train.threads)
-    f = cfg.world_model.finetune
     p = f.p_mask if p_mask is None else p_mask
     if not 0.0 <= p <= 1.0:
         raise RmioError(f"--p-mask must be in [0, 1], got {p}")
@@ -317,17 +358,36 @@ def finetune_world_model(
                 f"an interrupted fine-tuning in '{run_dir}' used p_mask {start['p_mask']}, not "
                 f"{p}; resume with --p-mask {start['p_mask']} or delete {ck.name}"
             )
+        recipe = mask_recipe(f, p)
+        if start.get("masks", recipe) != recipe:
+            raise RmioError(
+                f"an interrupted fine-tuning in '{run_dir}' drew its masks as {start['masks']}, "
+                f"not {recipe}; resume with the same world_model.finetune settings or delete "
+                f"{ck.name}"
+            )
         console.print(f"resuming fine-tuning from update {start['step']}")
-    extra = {**{k: ckpt[k] for k in ("config", "config_hash", "spec", "stats")}, "p_mask": p}
+    extra = {
+        **{k: ckpt[k] for k in ("config", "config_hash", "spec", "stats")},
+        "p_mask": p,
+        "masks": mask_recipe(f, p),
+    }
     phase = Phase(
-        FINETUNE, updates or f.updates, f.lr, p, patience=f.patience, min_delta=f.min_delta
+        FINETUNE,
+        updates or f.updates,
+        f.lr,
+        p,
+        patience=f.patience,
+        min_delta=f.min_delta,
+        mask_models=tuple(f.mask_models),
+        p_mask_range=None if f.p_mask_range is None else (f.p_mask_range[0], f.p_mask_range[1]),
+        mean_burst_length=f.mean_burst_length,
     )
     summary = optimise(model, cfg, phase, run_dir, sampler, console, start, extra)
     save_checkpoint(
         final, {**extra, "phase": FINETUNE, "model": model.state_dict(), "summary": summary}
     )
     console.print(
-        f"fine-tuning (p_mask {p}) done: {summary['updates']} updates"
+        f"fine-tuning ({extra['masks']}) done: {summary['updates']} updates"
         f"{' (converged early)' if summary['stopped_early'] else ''}; wrote {final}"
     )
     return final

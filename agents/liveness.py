@@ -99,15 +99,13 @@ class LivenessMixin:
             else []
         )
         for peer in due:
-            if self.live.alive(peer, now) or peer not in self.live.last_heard:
-                if self.node.send_frames(peer, "HB", frames):
-                    self.live.sent(peer, now)
-                else:
-                    self._peer_down(peer)
-            else:
-                self.live.sent(
-                    peer, now
-                )  # a dead peer gets no heartbeat; it says HELLO when it is back
+            # a peer we think dead is still beaten to, at the slow rate: after a partition heals
+            # (no connection event over udp) this is how the two sides hear each other again
+            if self.node.send_frames(peer, "HB", frames):
+                self.live.sent(peer, now)
+            elif self.node.last_fail == "unreachable":
+                self.live.sent(peer, now)
+                self._peer_down(peer)
 
     def _on_liveness(self, msg: Message, now: float) -> None:
         if msg.type == "HELLO":

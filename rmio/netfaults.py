@@ -73,9 +73,11 @@ class NetLab:
         k = (os.getpid() if tag is None else tag) % 250 + 1
         self.ns = {side: f"rmio{os.getpid()}{side}{k}" for side in SIDES}
         self.dev = {side: f"rmv{k}{side}" for side in SIDES}
-        self.addr = {"a": f"10.231.{k}.1", "b": f"10.231.{k}.2"}
+        self.addr = {"a": f"10.231.{k}.1", "b": f"10.231.{k}.2", "env": f"10.231.{k}.3"}
+        """Side a, side b, and the env host's own address on side a."""
         self.loss = {side: 0.0 for side in SIDES}
         self.cut = False
+        self.spare = False
         self.made: list[str] = []
 
     def __enter__(self) -> NetLab:
@@ -89,6 +91,9 @@ class NetLab:
             for side in SIDES:
                 ns = ("ip", "netns", "exec", self.ns[side])
                 _run(*ns, "ip", "addr", "add", f"{self.addr[side]}/24", "dev", self.dev[side])
+                if side == "a":
+                    env = f"{self.addr['env']}/24"
+                    _run(*ns, "ip", "addr", "add", env, "dev", self.dev[side])
                 _run(*ns, "ip", "link", "set", self.dev[side], "up")
                 _run(*ns, "ip", "link", "set", "lo", "up")
             self._rules()
@@ -112,9 +117,13 @@ class NetLab:
         self.loss = {"a": float(a_to_b), "b": float(a_to_b if b_to_a is None else b_to_a)}
         self._rules()
 
-    def partition(self) -> None:
-        """Drop everything on the link, both ways, until :meth:`heal`."""
+    def partition(self, spare_env: bool = False) -> None:
+        """Drop everything on the link, both ways, until :meth:`heal`. With ``spare_env`` the env
+        host's own address (side a's second one) still gets through: the agents are cut from each
+        other, not from their sensors (over udp, whose datagrams leave from the address a process
+        bound; a tcp connection leaves from the side's first address and is cut too)."""
         self.cut = True
+        self.spare = spare_env
         self._rules()
 
     def heal(self) -> None:
@@ -129,6 +138,9 @@ class NetLab:
             share = 1.0 if self.cut else self.loss[other]
             drop = round(10_000 * min(max(share, 0.0), 1.0))
             match = f'iifname "{self.dev[side]}"'
+            if self.cut and self.spare:
+                env = self.addr["env"]
+                match += f" ip saddr != {env} ip daddr != {env}"
             rule = (
                 f"{match} drop"
                 if drop >= 10_000
@@ -150,10 +162,11 @@ class NetLab:
         return ["ip", "netns", "exec", self.ns[side]]
 
     def placement(self, name: str) -> tuple[list[str], str]:
-        """For the launcher: env host, wm node, launcher and even agents on side a, odd agents on
-        side b (so half the agents and their coordinator talk across the lossy link)."""
+        """For the launcher: env host (on its own address), wm node, launcher and even agents on
+        side a, odd agents on side b (so half the agents and their coordinator talk across the
+        lossy link)."""
         side = "b" if name.startswith("a") and int(name[1:]) % 2 == 1 else "a"
-        return self.prefix(side), self.addr[side]
+        return self.prefix(side), self.addr["env" if name == "env" else side]
 
     @contextlib.contextmanager
     def inside(self, side: str) -> Iterator[None]:

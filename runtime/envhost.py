@@ -267,6 +267,8 @@ class EnvHost:
         assert self.current is not None
         ep, t, seq, ts, _ = self.current
         self.current = None
+        # the step waited its whole deadline for an agent it waits for (not one excluded as late)
+        self.counts["steps_missed"] += int(bool(self.waiting))
         self.waiting = set()
         self.frames = {}
         # the agents act on the available actions their STEP carried, blind or not
@@ -282,7 +284,6 @@ class EnvHost:
             i for i in range(self.n) if new_defaulted[i] and self.names[i] in self.reachable
         ]
         self.counts["deadline_misses"] += len(reachable_late)
-        self.counts["steps_missed"] += int(bool(reachable_late))
         self.late_streak[reachable_late] += 1
         self.late_streak[list(self.pending)] = 0
         self.counts["late_excluded"] += int((self.late_streak >= self.settings.late_after).sum())
@@ -348,8 +349,8 @@ class EnvHost:
         if old is not None and old != msg.inc:
             self.counts["agent_rejoins" if src in self.names else "wm_rejoins"] += 1
             log.info("%s rejoined", src)
-        if old != msg.inc:  # answered: over datagrams the greeting repeats until it is
-            self.node.send(src, "HELLO", role="env", epoch=0, leader=-1)
+        # answered every time: over datagrams the greeting repeats until an answer gets through
+        self.node.send(src, "HELLO", role="env", epoch=0, leader=-1)
         self.incarnations[src] = msg.inc
         self.reachable.add(src)
         return None

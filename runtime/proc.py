@@ -79,12 +79,14 @@ def join_swarm(
 
 def _register(node: NodeBase, settings: SwarmSettings, role: str, inc: int) -> dict[str, str]:
     deadline = time.monotonic() + settings.startup_timeout_s
-    registered = False
+    registered, again = False, 0.0
     while time.monotonic() < deadline:
-        if not registered:
+        # over datagrams a sent REGISTER proves nothing: it goes again until the ROSTER comes
+        if not registered or (not node.confirms_delivery and time.monotonic() >= again):
             registered = node.send(
                 "ctl", "REGISTER", role=role, endpoint=node.endpoint, pid=os.getpid()
             )
+            again = time.monotonic() + 0.2
         for msg in node.poll(10 if not registered else 100):
             if msg.src == "ctl" and msg.type == "ROSTER":
                 return {str(k): str(v) for k, v in msg["endpoints"].items()}

@@ -1,0 +1,303 @@
+"""The swarm off the loopback: the acceptance figures of issue 18, measured across two network
+namespaces (rmio.netfaults; root only).
+
+    python bench/netfaults_bench.py            # everything (about 15 minutes on 2 cores)
+    python bench/netfaults_bench.py --quick    # fewer runs and steps (a smoke test)
+
+Runs the committed HalfCheetah 6x1 bundle (models/halfcheetah_6x1) with the env host, the launcher
+and the even agents on one side of a veth link and the odd agents on the other, and measures:
+
+* external SIGKILLs of the current coordinator (read from the env host's status line), again and
+  again, with the launcher restarting it: stale actions, reused epochs, epochs with two
+  claimants, and the steps that missed their deadline around each kill;
+* partitions of the link that heal (the agents cut from each other, not from the env host);
+* random packet loss each way (nftables ``numgen random``) at 5% and 10%, over udp (resends within
+  the step) and tcp: the share of steps that waited their whole deadline, and the return against
+  the loss-free one on the same seeds;
+* the world-model node SIGKILLed mid-run: the coordinator round after the kill, against
+  on-agent reconstruction.
+
+Prints one table per part and writes them to bench/results/netfaults.md. Every figure is from this
+machine (2 CPU cores shared with other work), so timings follow its load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from tempfile import TemporaryDirectory
+from typing import Any
+
+from rmio.models import default_bundle
+from rmio.netfaults import NetLab, run_in_lab, unavailable
+from rmio.runtime.launcher import Launcher
+from rmio.testing import swarm_settings
+
+OUT = Path(__file__).resolve().parent / "results" / "netfaults.md"
+EVENTS = ("stale_actions", "reused_epochs", "two_coordinator_epochs")
+
+
+def bundle_path() -> Path:
+    return Path(default_bundle()).parent / "halfcheetah_6x1"
+
+
+def settings(run: Path, steps: int, transport: str, **kw: Any) -> Any:
+    kw.setdefault("loss", {"model": "bernoulli", "p_loss": 0.3})
+    return swarm_settings(bundle_path(), run, steps=steps, transport=transport, **kw)
+
+
+def run_with(lab: NetLab, s: Any, run: Path, action: Any = None) -> dict[str, Any]:
+    """One launch across ``lab``; ``action(launcher, status)`` runs in a thread once stepping."""
+    status: dict[str, Any] = {}
+    launcher = Launcher(s, run, on_status=status.update)
+    stop = threading.Event()
+
+    def drive() -> None:
+        while not launcher.stepping and not stop.is_set():
+            time.sleep(0.05)
+        if not stop.is_set():
+            action(launcher, status, stop)
+
+    thread = threading.Thread(target=drive, daemon=True) if action else None
+    if thread:
+        thread.start()
+    try:
+        return run_in_lab(launcher, lab)
+    finally:
+        stop.set()
+        if thread:
+            thread.join(timeout=30)
+
+
+def kill_coordinators(every_s: float, count: list[int]) -> Any:
+    def act(launcher: Launcher, status: dict[str, Any], stop: threading.Event) -> None:
+        while not stop.wait(every_s):
+            leader = status.get("coordinator", -1)
+            child = launcher.children.get(f"a{leader}")
+            if leader >= 0 and child and child.proc.poll() is None and child.endpoint:
+                os.kill(child.proc.pid, signal.SIGKILL)
+                count[0] += 1
+
+    return act
+
+
+def partitions(lab: NetLab, cycles: int, count: list[int]) -> Any:
+    def act(launcher: Launcher, status: dict[str, Any], stop: threading.Event) -> None:
+        for _ in range(cycles):
+            if stop.wait(0.8):
+                return
+            lab.partition(spare_env=True)
+            stop.wait(1.5)
+            lab.heal()
+            count[0] += 1
+
+    return act
+
+
+def kill_wm(after_s: float, when: list[float]) -> Any:
+    def act(launcher: Launcher, status: dict[str, Any], stop: threading.Event) -> None:
+        if not stop.wait(after_s):
+            os.kill(launcher.children["wm"].proc.pid, signal.SIGKILL)
+            when.append(time.monotonic())
+
+    return act
+
+
+def table(header: list[str], rows: list[list[Any]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def faults(tmp: Path, quick: bool) -> tuple[str, str]:
+    runs, steps = (2, 300) if quick else (9, 500)
+    rows, totals = [], {"kills": 0, "cycles": 0, **dict.fromkeys(EVENTS, 0), "elections": 0}
+    missed = 0
+    for transport in ("udp", "tcp"):
+        for k in range(runs if transport == "udp" else max(1, runs // 3)):
+            with NetLab() as lab:
+                lab.set_loss(0.02)
+                count = [0]
+                s = settings(tmp / f"kill-{transport}-{k}", steps, transport, rate_hz=60.0)
+                s.seed = k
+                s.rejoin_after_s = 0.2
+                report = run_with(
+                    lab, s, tmp / f"kill-{transport}-{k}", kill_coordinators(1.0, count)
+                )
+            ev = report["events"]
+            totals["kills"] += count[0]
+            missed += ev["steps_missed"]
+            for key in (*EVENTS, "elections"):
+                totals[key] += ev[key]
+            rows.append(
+                [f"SIGKILL coordinator ({transport}, 2% loss)", count[0], ev["elections"],
+                 *(ev[e] for e in EVENTS), f"{ev['steps_missed']} / {report['env_steps']}"]
+            )  # fmt: skip
+    for k in range(1 if quick else 2):
+        with NetLab() as lab:
+            count = [0]
+            s = settings(tmp / f"part-{k}", 400, "udp", rate_hz=60.0)
+            s.seed = k
+            report = run_with(lab, s, tmp / f"part-{k}", partitions(lab, 5, count))
+        ev = report["events"]
+        totals["cycles"] += count[0]
+        for key in (*EVENTS, "elections"):
+            totals[key] += ev[key]
+        rows.append(
+            ["partition 1.5 s, heal (udp)", f"{count[0]} cycles", ev["elections"],
+             *(ev[e] for e in EVENTS), f"{ev['steps_missed']} / {report['env_steps']}"]
+        )  # fmt: skip
+    total = [
+        "**total**",
+        f"{totals['kills']} kills, {totals['cycles']} heals",
+        totals["elections"],
+        *(totals[e] for e in EVENTS),
+        "",
+    ]
+    text = table(["run", "faults", "elections", *EVENTS, "steps missed / steps"], [*rows, total])
+    summary = (
+        f"{totals['kills']} coordinator kills and {totals['cycles']} partition-heal cycles: "
+        f"{totals['stale_actions']} stale actions, {totals['reused_epochs']} reused epochs, "
+        f"{totals['two_coordinator_epochs']} epochs with two claimants"
+    )
+    return text, summary
+
+
+def losses(tmp: Path, quick: bool) -> str:
+    steps = 300 if quick else 600
+    rows = []
+    base: dict[str, float] = {}
+    for transport, share in [
+        ("udp", 0.0),
+        ("udp", 0.05),
+        ("udp", 0.10),
+        ("tcp", 0.0),
+        ("tcp", 0.05),
+        ("tcp", 0.10),
+    ]:
+        run = tmp / f"loss-{transport}-{share}"
+        with NetLab() as lab:
+            lab.set_loss(share)
+            report = run_with(lab, settings(run, steps, transport), run)
+        ev = report["events"]
+        ret = report["mean_return"]
+        base.setdefault(transport, ret)
+        rows.append(
+            [transport, f"{share:.0%}", f"{ev['steps_missed'] / report['env_steps']:.1%}",
+             ev["deadline_misses"], ev.get("agents.recon_miss", 0), f"{ret:.1f}",
+             f"{ret - base[transport]:+.1f}", f"{report['seconds']:.1f}",
+             ev.get("step_resends", 0)]
+        )  # fmt: skip
+    return table(
+        ["transport", "drop each way", "steps missed", "agent deadline misses", "recon misses",
+         "return", "vs loss-free", "seconds", "STEP resends"],
+        rows,
+    )  # fmt: skip
+
+
+def wm_node(tmp: Path, quick: bool) -> str:
+    steps = 300 if quick else 600
+    rows = []
+    for transport in ("ipc", "udp", "tcp"):
+        for placement in ("on-agent", "node"):
+            run = tmp / f"wm-{transport}-{placement}"
+            s = settings(run, steps, transport, world_model=placement)
+            when: list[float] = []
+            action = kill_wm(1.5, when) if placement == "node" else None
+            if transport == "ipc":  # unix sockets do not cross the link: plain loopback
+                report = _loopback_with(Launcher(s, run), action)
+            else:
+                with NetLab() as lab:
+                    report = run_with(lab, s, run, action)
+            ev = report["events"]
+            lat = report["latency"]["coordinator_round"]
+            rows.append(
+                [transport, placement + (" (killed at 1.5 s)" if placement == "node" else ""),
+                 f"{lat['p50_ms'] or 0:.2f}", f"{lat['p99_ms'] or 0:.2f}",
+                 ev.get("agents.wm_node_timeout", 0), ev.get("agents.wm_node_skipped", 0),
+                 f"{report['seconds']:.1f}"]
+            )  # fmt: skip
+    return table(
+        ["transport", "world model", "round p50 ms", "round p99 ms", "node timeouts",
+         "rounds skipping the node", "seconds"],
+        rows,
+    )  # fmt: skip
+
+
+def _loopback_with(launcher: Launcher, action: Any) -> dict[str, Any]:
+    if action is None:
+        return launcher.run()
+    stop = threading.Event()
+
+    def drive() -> None:
+        while not launcher.stepping and not stop.is_set():
+            time.sleep(0.05)
+        if not stop.is_set():
+            action(launcher, {}, stop)
+
+    thread = threading.Thread(target=drive, daemon=True)
+    thread.start()
+    try:
+        return launcher.run()
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    why = unavailable()
+    if why is not None:
+        print(f"netfaults_bench: {why}", file=sys.stderr)
+        return 2
+    with TemporaryDirectory(prefix="rmio-netfaults-") as tmp:
+        t = Path(tmp)
+        fault_table, summary = faults(t, args.quick)
+        print(fault_table, "\n")
+        loss_table = losses(t, args.quick)
+        print(loss_table, "\n")
+        wm_table = wm_node(t, args.quick)
+        print(wm_table, "\n")
+    text = "\n".join(
+        [
+            "# The swarm across two network namespaces (committed HalfCheetah 6x1 bundle, 2-core "
+            f"VM{', quick' if args.quick else ''})",
+            "",
+            "Measured by `python bench/netfaults_bench.py`: the env host, the launcher and the "
+            "even agents on one side of a veth link, the odd agents on the other; nftables drops "
+            "packets at random on the link. Step deadline 100 ms, p_loss 0.3 (observations), one "
+            "episode per run.",
+            "",
+            "## Restarts and partitions",
+            "",
+            summary + ".",
+            "",
+            fault_table,
+            "",
+            "## Random packet loss each way",
+            "",
+            "udp resends an unanswered STEP, loss report or GATHER every quarter step deadline; "
+            "tcp waits for the kernel's retransmission (at least 200 ms).",
+            "",
+            loss_table,
+            "",
+            "## The world-model node killed mid-run",
+            "",
+            wm_table,
+            "",
+        ]
+    )
+    OUT.write_text(text)
+    print(f"written: {OUT.relative_to(Path.cwd()) if OUT.is_relative_to(Path.cwd()) else OUT}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

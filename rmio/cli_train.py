@@ -177,12 +177,19 @@ def eval_group() -> None:
     default=None,
     help="Mean run of lost steps of burst masks (default world_model.eval's).",
 )
+@click.option(
+    "--policy",
+    default=None,
+    help="Bundle whose actor the policy metrics use (default: the run's bundle, else "
+    "run.data_policy when it is a bundle).",
+)
 @device_option
 def reconstruction(
     run_dir: Path,
     checkpoint: str,
     loss_model: str | None,
     mean_burst_length: float | None,
+    policy: str | None,
     device: str,
 ) -> None:
     """L_rec on held-out trajectories for every test-time p_mask, GPE, GCI, and the zero-fill and
@@ -190,7 +197,7 @@ def reconstruction(
     _require_torch()
     from rmio.train.wm_eval import evaluate_run
 
-    evaluate_run(run_dir, checkpoint, device, _console(), loss_model, mean_burst_length)
+    evaluate_run(run_dir, checkpoint, device, _console(), loss_model, mean_burst_length, policy)
 
 
 register_robustness(eval_group)

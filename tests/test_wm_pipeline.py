@@ -91,6 +91,25 @@ def test_reconstruction_eval_and_export(run_dir: Path) -> None:
     assert recon.shape == (20, 6, 9) and np.isfinite(recon).all()
 
 
+def test_eval_reconstruction_reports_what_the_actor_does(run_dir: Path) -> None:
+    """Issue 25's policy metrics: the shipped actor on true vs reconstructed observations."""
+    run = run_dir
+    proc = rmio("eval", "reconstruction", str(run), "--policy", "halfcheetah_6x1")
+    assert proc.returncode == 0, proc.stderr
+    res = json.loads((run / "eval_reconstruction.json").read_text())
+    assert res["policy"] == "halfcheetah_6x1"
+    for name in ("wm pre-trained", "wm fine-tuned (p_mask 0.5)", "hold-last", "zero-fill"):
+        row = res["strategies"][name]
+        assert row["action_mae"][0] is None  # nothing is lost at p_mask 0
+        assert all(v is not None and 0 <= v < 2 for v in row["action_mae"][1:])
+    # the same actor on different inputs: the three strategies do not all agree
+    worst = {res["strategies"][n]["action_mae"][-1] for n in ("wm pre-trained", "hold-last")}
+    assert len(worst | {res["strategies"]["zero-fill"]["action_mae"][-1]}) == 3
+    assert "action_mae" in (run / "eval_reconstruction.md").read_text()
+    proc = rmio("eval", "reconstruction", str(run), "--policy", "smax_2s3z")
+    assert proc.returncode == 2 and "acts in" in proc.stderr
+
+
 def test_bad_inputs_are_one_clear_line(run_dir: Path, tmp_path: Path) -> None:
     proc = rmio("train", "world-model", "ant_4x2", "--debug", "--run-dir", str(run_dir))
     assert proc.returncode == 2 and "belongs to mamujoco/HalfCheetah-6x1" in proc.stderr

@@ -38,8 +38,10 @@ from rmio.config import load_config
 from rmio.config import validate as validate_config
 from rmio.envs.trajectory import TrajectoryBuffer
 from rmio.errors import RmioError
+from rmio.models import find_bundle, resolve_model_path
 from rmio.train.common import load_model, resolve_device
 from rmio.train.masks import sample_loss_masks
+from rmio.train.policy_metrics import POLICY_METRICS, PolicyProbe
 from rmio.train.wm_data import Batch, SequenceSampler
 from rmio.train.world_model import RMIOWorldModel
 
@@ -73,6 +75,7 @@ def evaluate_episode(
     eps_g: float,
     loss_model: str = "bernoulli",
     mean_burst_length: float = 4.0,
+    probe: PolicyProbe | None = None,
 ) -> dict[str, dict[str, np.ndarray]]:
     """Sums (and counts) of every metric for one episode, batched over p_masks x seeds; the masks
     come from ``loss_model`` at each p_mask (its long-run lost fraction)."""
@@ -96,11 +99,12 @@ def evaluate_episode(
     out = model.heads(post.h, post.z)
     lost = 1 - mask
     decoded = out["obs"]
+    held = hold_last(obs, mask)
     joint = {
         "model": mask.unsqueeze(-1) * obs_n + lost.unsqueeze(-1) * decoded,
         "zero-fill": mask.unsqueeze(-1) * obs_n
         + lost.unsqueeze(-1) * model.normalize_obs(torch.zeros_like(obs)),
-        "hold-last": model.normalize_obs(hold_last(obs, mask)),
+        "hold-last": model.normalize_obs(held),
     }
     res: dict[str, dict[str, np.ndarray]] = {}
     for name, pred in joint.items():
@@ -111,6 +115,8 @@ def evaluate_episode(
             "all_sum": err.sum((1, 2)).view(P, seeds).sum(1).cpu().numpy(),
             "all_count": np.full(P, T * n * seeds, dtype=np.float64),
         }
+    if probe is not None:
+        _policy_sums(res, probe, model, obs, ep, lost, decoded, held, P, seeds)
     dec_err = _smooth_l1(decoded, obs_n, fm)
     # GPE (GAWM Eq. 8): per agent ||o^ - o||_2 + |r^ - r| + |gamma^ - gamma|, averaged over agents
     # and steps
@@ -133,8 +139,43 @@ def evaluate_episode(
     return res
 
 
+def _policy_sums(
+    res: dict[str, dict[str, np.ndarray]],
+    probe: PolicyProbe,
+    model: RMIOWorldModel,
+    obs: torch.Tensor,
+    ep: Batch,
+    lost: torch.Tensor,
+    decoded: torch.Tensor,
+    held: torch.Tensor,
+    P: int,
+    seeds: int,
+) -> None:
+    """Add the actor's disagreement on every lost agent-step (raw units, as the actor sees them)
+    to each strategy's sums, per p_mask."""
+    b, t, i = lost.nonzero(as_tuple=True)
+    if len(b) == 0:
+        return
+    true = obs[b, t, i].cpu().numpy()
+    ids = i.cpu().numpy()
+    avail = None if ep.avail is None else ep.avail[0, t, i].cpu().numpy()
+    p_idx = (b // seeds).cpu().numpy()
+    recon = {
+        "model": model.denormalize_obs(decoded)[b, t, i].cpu().numpy(),
+        "zero-fill": np.zeros_like(true),
+        "hold-last": held[b, t, i].cpu().numpy(),
+    }
+    for name, rows in recon.items():
+        for key, v in probe.compare(true, rows, ids, avail).items():
+            res[name][f"{key}_sum"] = np.bincount(p_idx, weights=v, minlength=P).astype(np.float64)
+
+
 def evaluate_model(
-    model: RMIOWorldModel, episodes: list[Batch], cfg: Any, seed: int
+    model: RMIOWorldModel,
+    episodes: list[Batch],
+    cfg: Any,
+    seed: int,
+    probe: PolicyProbe | None = None,
 ) -> dict[str, Any]:
     ev = cfg.world_model.eval
     totals: dict[str, dict[str, np.ndarray]] = {}
@@ -149,6 +190,7 @@ def evaluate_model(
             ev.gci_discount_eps,
             ev.loss_model,
             ev.mean_burst_length,
+            probe,
         )
         for name, sums in res.items():
             acc = totals.setdefault(name, {key: np.zeros_like(v) for key, v in sums.items()})
@@ -161,6 +203,9 @@ def evaluate_model(
                 "lrec_masked": acc["masked_sum"] / acc["masked_count"],
                 "lrec_all": acc["all_sum"] / acc["all_count"],
             }
+            for key in POLICY_METRICS:
+                if f"{key}_sum" in acc:
+                    row[key] = acc[f"{key}_sum"] / acc["masked_count"]
             if name == "model":
                 row["lrec_decoder_all"] = acc["decoder_all_sum"] / acc["all_count"]
                 row["gpe"] = acc["gpe_sum"] / acc["steps"]
@@ -178,10 +223,14 @@ def evaluate_run(
     console: Console,
     loss_model: str | None = None,
     mean_burst_length: float | None = None,
+    policy: str | Path | None = None,
 ) -> dict[str, Any]:
     """Evaluate a run's world models on its held-out data; writes ``eval_reconstruction.*`` (the
     run config's test-time loss model, Bernoulli by default) or ``eval_reconstruction_<model>.*``
-    when ``loss_model`` asks for another one."""
+    when ``loss_model`` asks for another one.
+
+    With an actor (``policy``, else the run's exported bundle, else ``run.data_policy`` when it is
+    a bundle) the policy metrics of :mod:`rmio.train.policy_metrics` are added."""
     cfg = load_config(run_dir / "config.yaml")
     ev = cfg.world_model.eval
     if loss_model is not None:
@@ -204,10 +253,12 @@ def evaluate_run(
         "seeds": cfg.world_model.eval.seeds,
         "loss_model": cfg.world_model.eval.loss_model,
         "mean_burst_length": cfg.world_model.eval.mean_burst_length,
+        "policy": None,
         "holdout_episodes": holdout.num_episodes,
         "holdout_rows": len(holdout),
         "strategies": {},
     }
+    probe, results["policy"] = _probe_for(run_dir, cfg, policy, holdout.spec.name)
     for name in names:
         path = run_dir / f"wm_{name}.pt"
         if not path.exists():
@@ -222,7 +273,7 @@ def evaluate_run(
             )
         model.eval()
         sampler = SequenceSampler(holdout, cfg.world_model.smoothing, dev)
-        res = evaluate_model(model, sampler.episodes(), cfg, cfg.run.seed + 555)
+        res = evaluate_model(model, sampler.episodes(), cfg, cfg.run.seed + 555, probe)
         label = (
             f"wm fine-tuned ({ckpt.get('masks') or 'p_mask ' + format(ckpt['p_mask'], 'g')})"
             if name == "finetune"
@@ -246,6 +297,36 @@ def evaluate_run(
     return results
 
 
+def _probe_for(
+    run_dir: Path, cfg: Any, policy: str | Path | None, spec_name: str
+) -> tuple[PolicyProbe | None, str | None]:
+    """The actor the policy metrics use, and how to name it in results (never a machine path)."""
+    given = policy is not None
+    candidates = [policy] if given else [run_dir / "bundle", cfg.run.data_policy]
+    for c in candidates:
+        if c is None:
+            continue
+        path = find_bundle(c) if given else resolve_model_path(c)
+        if not (path / "manifest.json").is_file():
+            if given:
+                raise RmioError(f"--policy '{c}' is not a bundle directory (no manifest.json)")
+            continue
+        try:
+            probe = PolicyProbe(path)
+        except ValueError as e:  # a bundle without an actor
+            if given:
+                raise RmioError(f"--policy '{c}': {e}") from None
+            continue
+        if probe.manifest.spec.name != spec_name:
+            if given:
+                raise RmioError(
+                    f"--policy '{c}' acts in {probe.manifest.spec.name}, the run is {spec_name}"
+                )
+            continue
+        return probe, ("bundle" if c == run_dir / "bundle" else str(c))
+    return None, None
+
+
 def _masks_named(results: dict[str, Any]) -> str:
     model = results.get("loss_model", "bernoulli")
     if model == "burst":
@@ -262,7 +343,14 @@ def reconstruction_table(results: dict[str, Any]) -> str:
         "|---|---|" + "---|" * len(p),
     ]
     for name, row in results["strategies"].items():
-        for metric in ("lrec_masked", "lrec_all", "lrec_decoder_all", "gpe", "gci"):
+        for metric in (
+            "lrec_masked",
+            *POLICY_METRICS,
+            "lrec_all",
+            "lrec_decoder_all",
+            "gpe",
+            "gci",
+        ):
             if metric in row:
                 cells = ["-" if v is None else f"{v:.4f}" for v in row[metric]]
                 lines.append(f"| {name} | {metric} | " + " | ".join(cells) + " |")
@@ -280,6 +368,20 @@ def _print(results: dict[str, Any], console: Console) -> None:
     for name, row in results["strategies"].items():
         table.add_row(name, *["-" if v is None else f"{v:.4f}" for v in row["lrec_masked"]])
     console.print(table)
+    for key in POLICY_METRICS:
+        rows = [(n, r[key]) for n, r in results["strategies"].items() if key in r]
+        if not rows:
+            continue
+        table = Table(
+            title=f"{key}: the actor on reconstructed vs true observations of lost "
+            f"agents ({results['policy']}; lower is better)"
+        )
+        table.add_column("strategy")
+        for x in results["p_masks"]:
+            table.add_column(f"p_mask {x:g}", justify="right")
+        for name, vals in rows:
+            table.add_row(name, *["-" if v is None else f"{v:.4f}" for v in vals])
+        console.print(table)
 
 
 def plot_reconstruction(results: dict[str, Any], path: Path, title: str) -> None:
@@ -288,20 +390,25 @@ def plot_reconstruction(results: dict[str, Any], path: Path, title: str) -> None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.5, 4))
-    for name, row in results["strategies"].items():
-        pts = [
-            (p, v)
-            for p, v in zip(results["p_masks"], row["lrec_masked"], strict=True)
-            if v is not None
-        ]
-        if pts:
-            ax.plot(*zip(*pts, strict=True), marker="o", label=name)
-    ax.set_xlabel("test-time p_mask")
-    ax.set_ylabel("L_rec on lost agents (SmoothL1, normalised)")
-    ax.set_title(f"{title}: reconstruction of lost observations")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    first = next(iter(results["strategies"].values()))
+    panels = [("lrec_masked", "L_rec on lost agents (SmoothL1, normalised)")] + [
+        (k, f"{k} of the actor on lost agents") for k in POLICY_METRICS if k in first
+    ]
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4), squeeze=False)
+    for ax, (key, label) in zip(axes[0], panels, strict=True):
+        for name, row in results["strategies"].items():
+            pts = [
+                (p, v)
+                for p, v in zip(results["p_masks"], row.get(key, []), strict=False)
+                if v is not None
+            ]
+            if pts:
+                ax.plot(*zip(*pts, strict=True), marker="o", label=name)
+        ax.set_xlabel("test-time p_mask")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    axes[0][0].set_title(f"{title}: reconstruction of lost observations")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -20,6 +20,15 @@ from rmio.errors import ConfigError
 from rmio.yamlio import load_yaml
 
 LossKind = Literal["none", "bernoulli", "burst", "blackout", "schedule"]
+LOSS_MODELS: tuple[str, ...] = ("none", "bernoulli", "burst", "blackout", "schedule")
+MODEL_KEYS: dict[str, tuple[str, ...]] = {
+    "none": (),
+    "bernoulli": ("p_loss",),
+    "burst": ("p_loss", "mean_burst_length"),
+    "blackout": ("p_loss", "blackout_length", "blackout_rate"),
+    "schedule": ("schedule",),
+}
+"""The settings each model reads: what results files record and which options make sense."""
 
 
 @dataclass
@@ -41,7 +50,13 @@ class LossConfig:
     schedule: str | None = None
     """schedule: path of a YAML file of {steps, agents} entries (see ScheduleLoss)."""
 
-    def validate(self) -> None:
+    def validate(self, n_agents: int | None = None) -> None:
+        """Refuse settings no model can run; with ``n_agents`` a schedule's file is read and checked
+        too, so that a bad one is refused before any process or episode starts."""
+        if self.model not in LOSS_MODELS:
+            raise ConfigError(
+                f"unknown loss.model '{self.model}' (known: {', '.join(LOSS_MODELS)})"
+            )
         if not 0.0 <= self.p_loss <= 1.0:
             raise ConfigError(f"loss.p_loss must be in [0, 1], got {self.p_loss}")
         if self.mean_burst_length < 1.0:
@@ -52,7 +67,9 @@ class LossConfig:
                 raise ConfigError(
                     f"loss.p_loss={self.p_loss} is unreachable with "
                     f"mean_burst_length={self.mean_burst_length}: bursts that short allow at most "
-                    f"{limit:.3f}; raise mean_burst_length or lower p_loss"
+                    f"{limit:.3f}; lengthen the bursts to at least "
+                    f"{self.p_loss / (1.0 - self.p_loss):.3g} (mean_burst_length, or "
+                    "--mean-burst-length on the command line) or lower p_loss"
                 )
         if self.blackout_length < 1:
             raise ConfigError(f"loss.blackout_length must be >= 1, got {self.blackout_length}")
@@ -60,6 +77,9 @@ class LossConfig:
             raise ConfigError(f"loss.blackout_rate must be in [0, 1], got {self.blackout_rate}")
         if self.model == "schedule" and not self.schedule:
             raise ConfigError("loss.model is 'schedule' but loss.schedule names no file")
+        if self.model == "schedule" and n_agents is not None:
+            assert self.schedule is not None
+            ScheduleLoss.from_file(self.schedule, n_agents)
 
 
 class LossModel(abc.ABC):
@@ -265,3 +285,138 @@ class LossyEnv(MultiAgentEnv):
 
     def close(self) -> None:
         self.env.close()
+
+
+# -- one meaning of a loss model for every command (rmio eval robustness, swarm, demo) -----------
+
+OPTION_KEYS = ("mean_burst_length", "blackout_length", "blackout_rate")
+"""Settings a command line gives as options (--mean-burst-length, --blackout-length,
+--blackout-rate) next to the model's name."""
+
+
+def blackout_rate_for(lost_fraction: float, length: int) -> float:
+    """The start rate r at which blackouts of ``length`` steps leave ``lost_fraction`` of the steps
+    blind in the long run: a cycle is (1 - r)/r observed steps on average, then ``length`` blind
+    ones, so f = L r / (1 - r + L r), hence r = f / (L (1 - f) + f)."""
+    if lost_fraction <= 0.0:
+        return 0.0
+    return lost_fraction / (length * (1.0 - lost_fraction) + lost_fraction)
+
+
+def describe(cfg: LossConfig) -> dict[str, Any]:
+    """The model and only the settings it reads (what a results file records)."""
+    return {"model": cfg.model, **{k: getattr(cfg, k) for k in MODEL_KEYS.get(cfg.model, ())}}
+
+
+def at_lost_fraction(cfg: LossConfig, p: float) -> LossConfig:
+    """``cfg`` at the long-run lost fraction ``p`` (a point of a robustness sweep): bernoulli and
+    burst take it as their p_loss, blackout derives its start rate from it (blackout_rate_for);
+    no loss and a schedule have no rate to sweep."""
+    if cfg.model in ("none", "schedule"):
+        raise ConfigError(
+            f"a {cfg.model} loss model has no lost fraction to sweep over p_loss: give bernoulli, "
+            "burst or blackout (a schedule runs with `rmio swarm launch --loss-model FILE`)"
+        )
+    out = LossConfig(**{**cfg.__dict__, "p_loss": p})
+    if cfg.model == "blackout":
+        out.blackout_rate = blackout_rate_for(p, cfg.blackout_length)
+    return out
+
+
+def _read_loss_file(path: Path) -> dict[str, Any]:
+    """A YAML mapping of LossConfig keys, or a list of schedule entries (a schedule model)."""
+    raw = load_yaml(path, "loss model")
+    if isinstance(raw, list):
+        return {"model": "schedule", "schedule": str(path.resolve())}
+    if not isinstance(raw, dict):
+        raise ConfigError(
+            f"loss model '{path}' must be a mapping of loss settings or a list of schedule entries"
+        )
+    unknown = sorted(set(raw) - set(LossConfig.__dataclass_fields__))
+    if unknown:
+        raise ConfigError(
+            f"loss model '{path}': unknown key(s) {', '.join(unknown)} (known: "
+            f"{', '.join(LossConfig.__dataclass_fields__)})"
+        )
+    if isinstance(raw.get("schedule"), str):  # relative to the file, wherever the command runs
+        raw["schedule"] = str((path.parent / raw["schedule"]).resolve())
+    return raw
+
+
+def resolve_loss(
+    model: str | Path | None = None,
+    *,
+    p_loss: float | None = None,
+    n_agents: int | None = None,
+    swept: bool = False,
+    **options: Any,
+) -> LossConfig:
+    """The loss model a command line names: a model (bernoulli, burst, blackout; default bernoulli)
+    with ``p_loss`` (the long-run lost fraction; for blackout it sets the start rate unless
+    blackout_rate is given) and the options of OPTION_KEYS, or a YAML file (a mapping of loss
+    settings, or a list of schedule entries). An option the model does not read, or a setting given
+    both in the file and as an option, is refused. Validated, the schedule's file included when
+    ``n_agents`` is known. ``swept``: for a sweep over the lost fraction, which sets p_loss (and a
+    blackout's start rate) itself, so neither may be given."""
+    given = {k: v for k, v in options.items() if v is not None}
+    unknown = sorted(set(given) - set(OPTION_KEYS))
+    if unknown:
+        raise ConfigError(f"unknown loss option(s): {', '.join(unknown)}")
+    if p_loss is not None:
+        given["p_loss"] = p_loss
+    name = "bernoulli" if model is None else str(model)
+    if name in LOSS_MODELS and name != "schedule":
+        data: dict[str, Any] = {"model": name}
+        source = f"loss model {name}"
+    elif Path(name).is_file():
+        data = _read_loss_file(Path(name))
+        source = f"loss model '{name}'"
+        both = sorted(set(data) & set(given))
+        if both:
+            raise ConfigError(
+                f"{source} already sets {', '.join(both)}: give each setting once, in the file or "
+                "as an option"
+            )
+    else:
+        raise ConfigError(
+            f"--loss-model wants bernoulli, burst, blackout or a YAML file (a mapping of loss "
+            f"settings or a list of schedule entries), got '{name}'"
+        )
+    kind = data.get("model", "bernoulli")
+    reads = MODEL_KEYS.get(kind, ())
+    stray = sorted(k for k in given if k not in reads)
+    if stray:
+        flags = ", ".join("--" + k.replace("_", "-") for k in stray)
+        if kind == "schedule":
+            raise ConfigError(
+                f"{source} is a schedule, which sets every loss: give {flags} or "
+                "a schedule, not both"
+            )
+        raise ConfigError(
+            f"{flags}: {kind} loss does not read it (it reads {', '.join(reads) or 'nothing'}; "
+            "--loss-model names the model)"
+        )
+    merged = {**data, **given}
+    fixed = sorted({"p_loss", "blackout_rate"} & set(merged)) if swept else []
+    if fixed:
+        raise ConfigError(
+            f"{source}: a sweep over p_loss sets {' and '.join(fixed)} itself (the lost fraction "
+            "at each point; a blackout's start rate follows from it): leave "
+            f"{'them' if len(fixed) > 1 else 'it'} out"
+        )
+    if kind == "blackout" and {"p_loss", "blackout_rate"} <= set(merged):
+        raise ConfigError(
+            "blackout loss takes p_loss (the lost fraction, which sets the start rate) or "
+            "blackout_rate, not both"
+        )
+    try:
+        cfg = LossConfig(**merged)
+    except TypeError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+    if kind == "blackout" and "p_loss" in merged:
+        cfg = at_lost_fraction(cfg, cfg.p_loss)
+    elif kind == "blackout":  # p_loss records the lost fraction the rate gives
+        r, length = cfg.blackout_rate, cfg.blackout_length
+        cfg.p_loss = length * r / (1.0 - r + length * r) if r > 0 else 0.0
+    cfg.validate(n_agents)
+    return cfg

@@ -20,6 +20,15 @@ def _pm(mean: float, std: float, digits: int) -> str:
     return f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
+def loss_text(result: dict[str, Any]) -> str:
+    """The sweep's loss model in words, with its settings (p_loss is the long-run lost
+    fraction)."""
+    loss = result.get("loss") or {"model": result["loss_model"]}
+    settings = ", ".join(f"{k.replace('_', ' ')} {v:g}" for k, v in loss.items() if k != "model")
+    rate = "; p_loss sets the start rate" if loss["model"] == "blackout" else ""
+    return f"{loss['model']} loss" + (f": {settings}" if settings else "") + rate
+
+
 def markdown(result: dict[str, Any]) -> str:
     metric = result["metric"]
     digits = 2 if metric == "win_rate" else 1
@@ -29,7 +38,7 @@ def markdown(result: dict[str, Any]) -> str:
     lines = [
         f"# Robustness: {result['scenario']}",
         "",
-        f"{metric.replace('_', ' ')} against p_loss ({result['loss_model']} loss), mean ± std "
+        f"{metric.replace('_', ' ')} against p_loss ({loss_text(result)}), mean ± std "
         f"over {result['seeds']} seed families of {result['episodes']} episodes each; world model "
         f"in {result['wm_mode']} mode, episode length {length}. Measured on "
         f"{result.get('machine', '?')}, {result.get('date', '?')}.",
@@ -128,7 +137,7 @@ def plot(result: dict[str, Any], path: Path) -> Path:
     )
     ax.set_xlabel("observation-loss probability p_loss")
     ax.set_ylabel(result["metric"].replace("_", " "))
-    ax.set_title(result["scenario"])
+    ax.set_title(f"{result['scenario']} ({loss_text(result)})", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -148,3 +157,42 @@ def write(result: dict[str, Any], out_dir: Path) -> dict[str, Path]:
     paths["md"].write_text(markdown(result))
     plot(result, paths["png"])
     return paths
+
+
+def _finite(x: Any) -> Any:
+    return x if not isinstance(x, float) or math.isfinite(x) else None
+
+
+def summary_json(result: dict[str, Any], files: dict[str, Path]) -> dict[str, Any]:
+    """The sweep in one machine-readable document (``--json``): per strategy the curve and the
+    AUC, the swarm's AUC when it ran, and the files written; an undefined AUC is null."""
+    summary = result["summary"]
+    out: dict[str, Any] = {
+        "scenario": result["scenario"],
+        "metric": result["metric"],
+        "loss": result.get("loss") or {"model": result["loss_model"]},
+        "p_loss": result["p_loss"],
+        "episodes": result["episodes"],
+        "seeds": result["seeds"],
+        "random": summary["random"],
+        "strategies": {
+            s: {
+                "curve": [
+                    {k: c[k] for k in ("p_loss", "mean", "std")} for c in summary[s]["curve"]
+                ],
+                "auc_mean": _finite(summary[s]["auc_mean"]),
+                "auc_std": _finite(summary[s]["auc_std"]),
+            }
+            for s in result["strategies"]
+        },
+        "files": {k: str(v) for k, v in files.items()},
+    }
+    if result.get("swarm"):
+        out["swarm"] = [
+            {k: _finite(v) for k, v in row.items() if k != "per_seed"} for row in result["swarm"]
+        ]
+        out["swarm_auc"] = {
+            s: {"auc_mean": _finite(a["auc_mean"]), "auc_std": _finite(a["auc_std"])}
+            for s, a in swarm_auc(result).items()
+        }
+    return out

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from rmio.defaults import DEFAULT_P_LOSS as DEFAULT_P_LOSS
-from rmio.envs.loss import LossConfig, LossyEnv, make_loss_model
+from rmio.envs.loss import LossConfig, LossyEnv, at_lost_fraction, describe, make_loss_model
 from rmio.envs.registry import EnvConfig, make_env
 from rmio.errors import RmioError
 from rmio.runtime.bundle import Manifest
@@ -312,9 +312,13 @@ def sweep(
     wm_mode: str = "window",
     episode_limit: int | None = None,
     progress: Callable[[str, int], None] | None = None,
+    loss: LossConfig | None = None,
 ) -> dict[str, Any]:
-    """Every strategy at every p_loss for every seed family; returns the JSON-ready result."""
+    """Every strategy at every p_loss for every seed family; returns the JSON-ready result.
+    ``loss`` (default: ``loss_model`` with its default settings) is the model whose long-run lost
+    fraction sweeps p_loss (``at_lost_fraction``); the result records it under ``loss``."""
     manifest = verify_bundle(bundle)
+    base = loss if loss is not None else LossConfig(loss_model)
     for s in strategies:
         if s not in STRATEGIES:
             raise RmioError(f"unknown strategy '{s}' (known: {', '.join(STRATEGIES)})")
@@ -329,6 +333,9 @@ def sweep(
     if any(not 0.0 <= p <= 1.0 for p in p_loss):
         raise RmioError(f"p_loss values must lie in [0, 1], got {p_loss}")
     p_loss = sorted(set(p_loss))
+    at_p = {p: at_lost_fraction(base, p) for p in p_loss}
+    for cfg in at_p.values():  # an unreachable point is refused before anything runs
+        cfg.validate(manifest.spec.n_agents)
     env_cfg = EnvConfig(**env_config_for(manifest, episode_limit))
     actor = ActorRunner(bundle, manifest)
     models = {
@@ -353,7 +360,7 @@ def sweep(
             rows.append(_row("random", 0.0, seed, eps, time.perf_counter() - began))
             tick("random", 1)
             for p in p_loss:
-                loss = LossConfig(loss_model, p_loss=p)
+                loss = at_p[p]
                 plain: dict[str, Any] | None = None
                 for strategy in strategies:
                     # nothing is lost: every strategy is the plain policy
@@ -388,13 +395,21 @@ def sweep(
             "episodes": episodes,
             "seeds": seeds,
             "strategies": strategies,
-            "loss_model": loss_model,
+            "loss_model": base.model,
+            "loss": sweep_record(base),
             "wm_mode": wm_mode,
             "episode_limit": env_cfg.episode_limit,
             "rows": rows,
             "seconds_by_strategy": timing,
         }
     )
+
+
+def sweep_record(loss: LossConfig) -> dict[str, Any]:
+    """What a sweep's results record of its loss model: the model and the settings it reads, less
+    those the swept lost fraction sets (p_loss, and a blackout's start rate)."""
+    set_by_p = {"p_loss", *(("blackout_rate",) if loss.model == "blackout" else ())}
+    return {k: v for k, v in describe(loss).items() if k not in set_by_p}
 
 
 def _row(strategy: str, p: float, seed: int, eps: list[Episode], seconds: float) -> dict[str, Any]:

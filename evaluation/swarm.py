@@ -31,6 +31,9 @@ def swarm_sweep(
     and seed family, on the same episode seeds; adds communication and latency. no-finetune has no
     swarm mode."""
     tick = progress or (lambda what, k: None)
+    # the in-process sweep's loss model at each p_loss (build_settings derives it as the sweep did)
+    loss = dict(result.get("loss") or {"model": result["loss_model"]})
+    model = loss.pop("model")
     rows = []
     for strategy in [s for s in result["strategies"] if s in SWARM_STRATEGIES]:
         for p in result["p_loss"]:
@@ -46,9 +49,9 @@ def swarm_sweep(
                     wm_mode=result["wm_mode"],
                     transport=transport,
                     baselines=False,
+                    loss_model=model,
+                    **loss,
                 )
-                if result["loss_model"] != "bernoulli":
-                    settings.loss = {"model": result["loss_model"], "p_loss": p}
                 report = Launcher(settings, out_dir / f"{strategy}-p{p:g}-s{seed}").run()
                 per_seed.append(score(report["episodes"], result["metric"]))
                 proto = report["traffic_by_category"].get("protocol", {})

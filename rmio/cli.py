@@ -14,8 +14,8 @@ import yaml
 from rich.table import Table
 
 from rmio import __version__
-from rmio.cli_params import BUNDLE, config_options
-from rmio.console import console, make_console  # noqa: F401 - make_console: for callers
+from rmio.cli_params import BUNDLE, config_options, json_option, loss_options
+from rmio.console import console, make_console
 from rmio.errors import RmioError
 from rmio.runtime.settings import TRANSPORTS
 from rmio.runtime.vocabulary import STRATEGIES
@@ -189,17 +189,41 @@ def collect(cfg: Any, out: Path | None, steps: int | None) -> None:
     "--steps", type=click.IntRange(min=1), default=300, show_default=True, help="Steps per episode."
 )
 @click.option("--transport", type=click.Choice(TRANSPORTS), default="ipc", show_default=True)
+@loss_options
 @click.option("--out", type=click.Path(path_type=Path), default=Path("results"), show_default=True)
+@json_option
 def demo(
-    bundle: Path | None, p_loss: str, episodes: int, steps: int, transport: str, out: Path
+    bundle: Path | None,
+    p_loss: str,
+    episodes: int,
+    steps: int,
+    transport: str,
+    out: Path,
+    as_json: bool,
+    **loss: Any,
 ) -> None:
     """Launch the real swarm on the committed HalfCheetah 6x1 bundle under observation loss:
     world-model reconstruction against zero-fill, with return, AUC, bytes per step and
-    reconstruction latency."""
-    from rmio.cli_eval import parse_floats
-    from rmio.demo import run_demo
+    reconstruction latency. p_loss is the loss model's long-run lost fraction."""
+    import json
 
-    run_demo(bundle, parse_floats(p_loss), episodes, steps, out, console, transport)
+    from rmio.cli_eval import parse_floats, sweep_loss
+    from rmio.demo import run_demo
+    from rmio.evaluation.report import summary_json
+
+    result = run_demo(
+        bundle,
+        parse_floats(p_loss),
+        episodes,
+        steps,
+        out,
+        make_console(stderr=True) if as_json else console,
+        transport,
+        loss=sweep_loss(**loss),
+    )
+    if as_json:
+        files = {k: Path(v) for k, v in result["files"].items()}
+        click.echo(json.dumps(summary_json(result, files)))
 
 
 from rmio.cli_train import register as _register_training  # noqa: E402
@@ -243,15 +267,10 @@ def _swarm_run_options(fn: Callable) -> Callable:
             "--p-loss",
             type=click.FloatRange(0.0, 1.0),
             default=None,
-            help="Bernoulli observation-loss probability.",
+            help="Long-run fraction of lost observations (Bernoulli unless --loss-model says "
+            "otherwise) [0].",
         ),
-        click.option(
-            "--loss-model",
-            type=click.Path(exists=True, dir_okay=False, path_type=Path),
-            default=None,
-            help="YAML: a mapping of loss settings (model, p_loss, ...) or a list of schedule "
-            "entries.",
-        ),
+        loss_options,
         click.option(
             "--world-model",
             "world_model",
@@ -360,7 +379,8 @@ def swarm() -> None:
     help="Fault injection (root): run across two network namespaces joined by a veth link that "
     "drops this share of the packets each way (tcp or udp; ipc becomes udp).",
 )
-def swarm_launch(out: Path, net_loss: float | None, **options: Any) -> None:
+@json_option
+def swarm_launch(out: Path, net_loss: float | None, as_json: bool, **options: Any) -> None:
     """Start the whole swarm on this machine, show a live status line, write a report (JSON +
     markdown)."""
     from rmio.cli_swarm import run_launch
@@ -368,7 +388,13 @@ def swarm_launch(out: Path, net_loss: float | None, **options: Any) -> None:
 
     if net_loss is not None and options.get("transport") == "ipc":
         options["transport"] = "udp"  # unix sockets would bypass the lossy link
-    run_launch(build_settings(**options), out, console, net_loss=net_loss)
+    run_launch(
+        build_settings(**options),
+        out,
+        make_console(stderr=True) if as_json else console,
+        net_loss=net_loss,
+        as_json=as_json,
+    )
 
 
 @swarm.command("roster")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,26 @@ class BundleParam(click.ParamType):
 
 BUNDLE = BundleParam()
 BUNDLE_OR_RUN = BundleParam(runs=True)
+
+
+class DeviceParam(click.ParamType):
+    """A torch device string, checked when the command line is read, before anything starts: cpu,
+    cuda, cuda:N or mps. A bad one is an RmioError: one line on stderr, exit code 2."""
+
+    name = "device"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        from rmio.errors import RmioError
+
+        text = str(value).strip()
+        if re.fullmatch(r"cpu|mps|cuda(:[0-9]+)?", text):
+            return text
+        raise RmioError(
+            f"--device '{value}' is not a device: give cpu, cuda, cuda:N (N: a GPU's index) or mps"
+        )
+
+
+DEVICE = DeviceParam()
 
 
 def config_options(default: str | None = None) -> Callable:
@@ -82,3 +103,54 @@ def config_options(default: str | None = None) -> Callable:
         return wrapper
 
     return decorate
+
+
+LOSS_OPTION_NAMES = ("loss_model", "mean_burst_length", "blackout_length", "blackout_rate")
+
+
+def loss_options(fn: Callable) -> Callable:
+    """--loss-model and its parameters, with one meaning in every command that takes them (eval
+    robustness, swarm launch and roster, demo): a model's name with --p-loss as its long-run lost
+    fraction, or a YAML file (rmio.envs.loss.resolve_loss)."""
+    options = [
+        click.option(
+            "--loss-model",
+            default=None,
+            metavar="MODEL|FILE",
+            help="bernoulli (default), burst or blackout, at the lost fraction --p-loss, with the "
+            "options below; or a YAML file: a mapping of loss settings (model, mean_burst_length, "
+            "...) or a list of schedule entries ({steps, agents}).",
+        ),
+        click.option(
+            "--mean-burst-length",
+            type=click.FloatRange(min=1.0),
+            default=None,
+            help="burst: mean number of consecutive lost steps [4].",
+        ),
+        click.option(
+            "--blackout-length",
+            type=click.IntRange(min=1),
+            default=None,
+            help="blackout: steps every agent is blind once a blackout starts [5].",
+        ),
+        click.option(
+            "--blackout-rate",
+            type=click.FloatRange(0.0, 1.0),
+            default=None,
+            help="blackout: chance that one starts at a step, instead of the rate that gives the "
+            "lost fraction --p-loss.",
+        ),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+json_option = click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print one JSON summary on stdout (results and the files written); everything else goes "
+    "to stderr.",
+)
+"""--json, the same in every command that has it (eval robustness, swarm launch, demo)."""

@@ -4,22 +4,31 @@ the swarm (rmio.runtime.launcher); evaluation comes after it (rmio.evaluation)."
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any
 
+import click
+
 from rmio.evaluation.baselines import add_baselines
 from rmio.netfaults import launch_lossy
-from rmio.runtime.launcher import Launcher
+from rmio.runtime.launcher import Interrupted, Launcher
 from rmio.runtime.settings import SwarmSettings
 
 
 def run_launch(
-    settings: SwarmSettings, out_root: Path, console: Any, net_loss: float | None = None
+    settings: SwarmSettings,
+    out_root: Path,
+    console: Any,
+    net_loss: float | None = None,
+    as_json: bool = False,
 ) -> dict[str, Any]:
     """`rmio swarm launch`: run with a live status line, then print the summary and the report's
     paths. With ``net_loss`` the swarm runs across two network namespaces whose link drops that
-    share of the packets each way (rmio.netfaults; root only)."""
+    share of the packets each way (rmio.netfaults; root only). ``as_json``: the summary as one
+    JSON document on stdout (``console`` should then write to stderr). Ctrl-C prints the partial
+    report's paths and raises Interrupted."""
     from rich.live import Live
     from rich.text import Text
 
@@ -49,13 +58,48 @@ def run_launch(
             live.update(Text(text))
 
         launcher = Launcher(settings, run_dir, on_status=on_status)
-        report = launcher.run() if net_loss is None else launch_lossy(launcher, net_loss)
+        try:
+            report = launcher.run() if net_loss is None else launch_lossy(launcher, net_loss)
+        except Interrupted as stop:  # Ctrl-C: the partial report, then exit code 130
+            if stop.report is not None:
+                md = stop.report.with_suffix(".md")
+                console.print(f"interrupted: partial report {stop.report} and {md}")
+                if as_json:
+                    partial = json.loads(stop.report.read_text())
+                    click.echo(json.dumps(launch_summary(partial, run_dir)))
+            raise
         if settings.baselines:
             live.update(Text("evaluating in-process baselines..."))
             add_baselines(report, settings, run_dir)
     print_summary(report, console)
     console.print(f"report: {run_dir / 'report.json'} and {run_dir / 'report.md'}")
+    if as_json:
+        click.echo(json.dumps(launch_summary(report, run_dir)))
     return report
+
+
+def launch_summary(report: dict[str, Any], run_dir: Path) -> dict[str, Any]:
+    """A launch in one machine-readable document (``rmio swarm launch --json``)."""
+    proto = report["traffic_by_category"].get("protocol", {})
+    return {
+        "scenario": report["scenario"],
+        "n_agents": report["n_agents"],
+        "transport": report["settings"]["transport"],
+        "loss": report["settings"]["loss"],
+        "interrupted": bool(report.get("interrupted")),
+        "env_steps": report["env_steps"],
+        "episodes": [
+            {k: ep[k] for k in ("episode", "seed", "return", "steps", "lost_fraction")}
+            for ep in report["episodes"]
+        ],
+        "mean_return": report["mean_return"],
+        "baselines": {k: v["mean_return"] for k, v in (report.get("baselines") or {}).items()},
+        "protocol_msgs_per_step": proto.get("msgs_per_step", 0.0),
+        "protocol_bytes_per_step": proto.get("bytes_per_step", 0.0),
+        "deadline_misses": int(report["events"].get("deadline_misses", 0)),
+        "report": str(run_dir / "report.json"),
+        "markdown": str(run_dir / "report.md"),
+    }
 
 
 def print_summary(report: dict[str, Any], console: Any) -> None:

@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from rmio.cli_eval import register as register_robustness
-from rmio.cli_params import BUNDLE, config_options
+from rmio.cli_params import BUNDLE, DEVICE, config_options
 from rmio.errors import MissingExtraError
 
 
@@ -27,7 +27,7 @@ def _console():
 
 
 device_option = click.option(
-    "--device", default="cpu", show_default=True, help="cpu or cuda (cuda:N)."
+    "--device", type=DEVICE, default="cpu", show_default=True, help="cpu, cuda or cuda:N."
 )
 run_dir_option = click.option(
     "--run-dir",
@@ -50,8 +50,9 @@ def _start_run(
     import importlib
 
     _require_torch()
-    from rmio.train.common import prepare_run_dir
+    from rmio.train.common import prepare_run_dir, resolve_device
 
+    resolve_device(device)  # a GPU this machine lacks: refused before the run directory is made
     run_dir = prepare_run_dir(cfg, run_dir, algo)
     _console().print(f"run directory: {run_dir}")
     getattr(importlib.import_module(module), function)(cfg, run_dir, device, _console())

@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from rmio.cli_eval import run_robustness
+from rmio.envs.loss import at_lost_fraction
 from rmio.errors import RmioError
 from rmio.evaluation.swarm import swarm_auc
 from rmio.models import default_bundle
@@ -31,9 +32,14 @@ def run_demo(
     out_root: Path,
     console: Console,
     transport: str = "ipc",
+    loss: Any = None,
 ) -> dict[str, Any]:
+    """The demo's sweep through the swarm (``loss``: a LossConfig whose lost fraction p_loss sets,
+    default Bernoulli); returns the sweep's result with the swarm's AUC and the files written."""
     if any(not 0.0 <= p <= 1.0 for p in p_loss):  # before the banner: nothing starts
         raise RmioError(f"--p-loss values must lie in [0, 1], got {', '.join(map(str, p_loss))}")
+    for p in p_loss if loss is not None else []:  # an unreachable lost fraction: nothing starts
+        at_lost_fraction(loss, p).validate()
     bundle = bundle or default_bundle()
     manifest = verify_bundle(bundle)
     out = Path(out_root) / f"demo-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -44,7 +50,9 @@ def run_demo(
         f"{bundle}" + (f" (policy trained on {trained} real env steps)" if trained else "")
     )
     console.print(
-        f"p_loss {', '.join(f'{p:g}' for p in p_loss)}; {episodes} episode(s) of {steps} steps per "
+        f"p_loss {', '.join(f'{p:g}' for p in p_loss)}"
+        + (f" ({loss.model} loss)" if loss is not None else "")
+        + f"; {episodes} episode(s) of {steps} steps per "
         "setting; world-model reconstruction vs zero-fill; every agent is its own OS process"
     )
     result = run_robustness(
@@ -59,6 +67,7 @@ def run_demo(
         episode_limit=steps,
         transport=transport,
         quiet=True,
+        loss=loss,
     )
     aucs = swarm_auc(result)
     result["swarm_auc"] = aucs

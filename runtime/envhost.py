@@ -74,6 +74,9 @@ class EnvHost:
         """Agents whose action for the open step has not come yet."""
         self.current: tuple[int, int, int, Any, np.ndarray] | None = None
         """The open step: (ep, t, seq, timestep, send time of each STEP)."""
+        self.interrupted = False
+        """The launcher was interrupted (Ctrl-C): stop after the step under way and report what
+        ran."""
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -86,6 +89,8 @@ class EnvHost:
             if name in self.node.peers:
                 self.node.send(name, "BYE", reason="run complete")
         report = self._report(episodes, steps, seconds)
+        if self.interrupted:
+            report["interrupted"] = True
         jpath, _ = write_report(report, self.settings.out_dir)
         if self.settings.record:
             self._save_records()
@@ -129,6 +134,8 @@ class EnvHost:
             env = LossyEnv(base, make_loss_model(loss_cfg, self.n, s.seed))
             start = next_tick = time.monotonic()
             for k in range(s.episodes):
+                if self.interrupted and episodes:
+                    break
                 ts = env.reset(seed=s.seed + k)
                 ret, t, lost, defaults = 0.0, 0, 0, 0
                 defaulted = np.zeros(self.n, bool)
@@ -141,7 +148,7 @@ class EnvHost:
                     t += 1
                     seq += 1
                     self._status(k, t, seq, ret, ts.observed, force=ts.done)
-                    if ts.done:
+                    if ts.done or self.interrupted:
                         break
                     if period:
                         next_tick = max(next_tick + period, time.monotonic() - period)
@@ -156,6 +163,7 @@ class EnvHost:
                         "won": None if won is None else bool(won),
                         "lost_fraction": lost / max(1, t * self.n),
                         "default_actions": defaults,
+                        **({} if ts.done else {"interrupted": True}),
                     }
                 )
                 log.info("episode %d: return %.2f in %d steps", k, ret, t)
@@ -335,6 +343,9 @@ class EnvHost:
         return None
 
     def _on_bye_from_launcher(self, msg: Message, step: tuple[int, int] | None) -> int | None:
+        if msg["reason"] == "interrupted":  # Ctrl-C: the report of what ran, then the usual end
+            self.interrupted = True
+            return None
         raise Stop("launcher said bye")
 
     def _on_roster(self, msg: Message, step: tuple[int, int] | None) -> int | None:

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rmio.envs.loss import LossConfig
+from rmio.envs.loss import describe, resolve_loss
 from rmio.errors import RmioError
 from rmio.runtime.node import NodeBase, local_endpoint
 from rmio.runtime.settings import Roster, SwarmSettings, env_config_for
@@ -46,6 +46,15 @@ class Child:
     endpoint: str | None = None
     restarts: int = 0
     restart_at: float | None = None
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C (or SIGTERM) ended a launch; ``report`` is the partial report the env host wrote of
+    what ran, or None when there was none to write (interrupted before stepping)."""
+
+    def __init__(self, report: Path | None) -> None:
+        super().__init__()
+        self.report = report
 
 
 def _interruptible() -> None:
@@ -105,7 +114,10 @@ class Launcher:
             for name, role in names:
                 self._spawn(name, role)
             self._register()
-            self._supervise()
+            try:
+                self._supervise()
+            except KeyboardInterrupt:
+                raise Interrupted(self._partial_report()) from None
             self._wait_exit(10.0)
         finally:
             self.shutdown()
@@ -114,6 +126,22 @@ class Launcher:
                 f"the swarm ended without a report; see the logs in {self.run_dir / 'logs'}"
             )
         return json.loads(self.report_path.read_text())
+
+    def _partial_report(self, patience_s: float = 15.0) -> Path | None:
+        """Ctrl-C while the swarm runs: the env host stops after the step under way, gathers every
+        process's statistics and writes the report of what ran (``"interrupted": true``). A second
+        Ctrl-C, or no report within ``patience_s``, gives up on it."""
+        env = self.children.get("env")
+        if self.ctl is None or env is None or env.proc.poll() is not None:
+            return None
+        self.ctl.send("env", "BYE", reason="interrupted")
+        deadline = time.monotonic() + patience_s
+        while time.monotonic() < deadline and env.proc.poll() is None:
+            for msg in self.ctl.poll(100):
+                if msg.type == "DONE" and msg.src == "env":
+                    return Path(msg["report"])
+        report = self.run_dir / "report.json"
+        return report if report.is_file() else None
 
     def shutdown(self) -> None:
         """Stop every child (BYE, then SIGTERM, then SIGKILL) and release sockets; idempotent."""
@@ -314,12 +342,16 @@ def build_settings(
     agents: int | None = None,
     steps: int | None = None,
     p_loss: float | None = None,
-    loss_model: Path | None = None,
+    loss_model: str | Path | None = None,
+    mean_burst_length: float | None = None,
+    blackout_length: int | None = None,
+    blackout_rate: float | None = None,
     kill_agent: tuple[str, ...] = (),
     **options: Any,
 ) -> SwarmSettings:
     """Settings for a run of ``bundle``, refusing a scenario or agent count the bundle was not made
-    for."""
+    for, and a loss model (``resolve_loss``: a name with its options, or a YAML file, a schedule's
+    entries checked against the agents) before any process starts."""
     man = verify_bundle(bundle)
     missing = [role for role in ("actor", "wm_step") if role not in man.files]
     if missing:
@@ -332,11 +364,16 @@ def build_settings(
         raise RmioError(f"bundle '{bundle}' was trained for {name}, not {scenario}")
     if agents is not None and agents != man.spec.n_agents:
         raise RmioError(f"bundle '{bundle}' has {man.spec.n_agents} agents, not {agents}")
-    if p_loss is not None and loss_model is not None:
-        raise RmioError("give --p-loss or --loss-model, not both")
-    loss: dict[str, Any] = {"model": "bernoulli", "p_loss": 0.0 if p_loss is None else p_loss}
-    if loss_model is not None:
-        loss = _loss_from_file(loss_model)
+    loss = describe(
+        resolve_loss(
+            loss_model,
+            p_loss=p_loss,
+            n_agents=man.spec.n_agents,
+            mean_burst_length=mean_burst_length,
+            blackout_length=blackout_length,
+            blackout_rate=blackout_rate,
+        )
+    )
     kills = []
     for spec in kill_agent:
         who, sep, when = spec.partition("@")
@@ -353,30 +390,6 @@ def build_settings(
         kill_agents=kills,
         **{k: v for k, v in options.items() if v is not None},
     )
-
-
-def _loss_from_file(path: Path) -> dict[str, Any]:
-    """A YAML mapping of loss settings (model, p_loss, ...), or a list of schedule entries."""
-    import yaml
-
-    try:
-        data = yaml.safe_load(Path(path).read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise RmioError(f"cannot read loss model '{path}': {str(exc).splitlines()[0]}") from None
-    if isinstance(data, list):
-        return {"model": "schedule", "schedule": str(Path(path).resolve())}
-    if not isinstance(data, dict):
-        raise RmioError(
-            f"loss model '{path}' must be a mapping of loss settings or a list of schedule entries"
-        )
-    known = set(LossConfig.__dataclass_fields__)
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise RmioError(
-            f"loss model '{path}': unknown key(s) {', '.join(unknown)} (known: "
-            f"{', '.join(sorted(known))})"
-        )
-    return data
 
 
 def write_roster(

@@ -146,6 +146,11 @@ def markdown(report: dict[str, Any]) -> str:
         f"({s['recon']}, {s['wm_mode']}), loss {s['loss']}, step deadline {s['step_deadline_ms']} "
         f"ms, {report['env_steps']} env steps in {_f(report['seconds'], 1)} s",
         "",
+        *(
+            ["**Interrupted** (Ctrl-C): what ran until then; the last episode may stop early.", ""]
+            if report.get("interrupted")
+            else []
+        ),
         "## Episodes",
         "",
         "| episode | return | steps | lost obs | default actions |",

@@ -43,9 +43,22 @@ def begin_training(
 
 
 def resolve_device(name: str) -> torch.device:
-    if name.startswith("cuda") and not torch.cuda.is_available():
+    """The torch device ``name`` names; a bad string or a GPU this machine lacks is one RmioError
+    line (exit code 2) before anything trains, not torch's traceback mid-run."""
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise RmioError(
+            f"--device '{name}' is not a device: give cpu, cuda, cuda:N (N: a GPU's index) or mps"
+        ) from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
         raise RmioError(f"--device {name} asked for, but torch sees no CUDA device on this machine")
-    return torch.device(name)
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        count = torch.cuda.device_count()
+        raise RmioError(
+            f"--device {name}: torch sees {count} CUDA device(s) here (cuda:0 to cuda:{count - 1})"
+        )
+    return dev
 
 
 def prepare_run_dir(cfg: Config, run_dir: Path | None, algo: str) -> Path:

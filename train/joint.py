@@ -60,7 +60,7 @@ def train_joint(cfg: Config, run_dir: Path, device: str, console: Console) -> Pa
         gen.set_state(start["gen_rng"].cpu())
         restore_rng(start["torch_rng"])
         console.print(f"resuming joint pre-training at {counters['env_steps']} env steps")
-    log = MetricLog(run_dir, "joint")
+    log = MetricLog(run_dir, "joint", config=cfg.to_dict())
     t0 = time.perf_counter()
     timing = {"collect_s": 0.0, "wm_s": 0.0, "imagine_s": 0.0, "imagined_steps": 0}
 
@@ -85,7 +85,7 @@ def train_joint(cfg: Config, run_dir: Path, device: str, console: Console) -> Pa
         bar.update(task, completed=counters["env_steps"])
         while counters["env_steps"] < im.env_steps:
             if counters["env_steps"] >= counters["next_eval"]:
-                evaluate_and_log(cfg, ppo.actor, run_dir, counters["env_steps"], console)
+                evaluate_and_log(cfg, ppo.actor, run_dir, counters["env_steps"], console, log)
                 counters["next_eval"] += im.eval_every
             tc = time.perf_counter()
             new, cstats = collect(
@@ -130,7 +130,7 @@ def train_joint(cfg: Config, run_dir: Path, device: str, console: Console) -> Pa
                 real.save(data_dir / "train.npz")
                 save_checkpoint(ckpt_path, state())
     env_steps = counters["env_steps"]
-    result = evaluate_and_log(cfg, ppo.actor, run_dir, env_steps, console)
+    result = evaluate_and_log(cfg, ppo.actor, run_dir, env_steps, console, log)
     log.close()
     real.meta["env_steps"] = env_steps
     real.save(data_dir / "train.npz")

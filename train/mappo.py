@@ -50,12 +50,19 @@ def log_eval(run_dir: Path, step: int, result: dict[str, float], console: Consol
 
 
 def evaluate_and_log(
-    cfg: Config, actor: Any, run_dir: Path, step: int, console: Console
+    cfg: Config,
+    actor: Any,
+    run_dir: Path,
+    step: int,
+    console: Console,
+    metrics: MetricLog | None = None,
 ) -> dict[str, float]:
     """Deterministic evaluation episodes (seed family apart from training's), appended to
-    eval.jsonl."""
+    eval.jsonl and, with ``metrics``, in TensorBoard as ``eval/*``."""
     result = evaluate_policy(actor, cfg.env, cfg.run.eval_episodes, cfg.run.seed + 900_000)
     log_eval(run_dir, step, result, console)
+    if metrics is not None:
+        metrics.log_eval(step, result)
     return result
 
 
@@ -103,7 +110,7 @@ def train_mappo(cfg: Config, run_dir: Path, device: str, console: Console) -> Pa
             restore_rng(start["torch_rng"])
             gen.set_state(start["gen_rng"].cpu())
             console.print(f"resuming MAPPO at {steps_done} env steps")
-        metrics = MetricLog(run_dir, "mappo")
+        metrics = MetricLog(run_dir, "mappo", config=cfg.to_dict())
         b = venv.reset(seed=cfg.run.seed + steps_done)
         episode_returns: list[float] = []
         running = np.zeros(venv.num_envs)
@@ -112,7 +119,7 @@ def train_mappo(cfg: Config, run_dir: Path, device: str, console: Console) -> Pa
             bar.update(task, completed=steps_done)
             while steps_done < m.env_steps:
                 if steps_done >= next_eval:
-                    evaluate_and_log(cfg, ppo.actor, run_dir, steps_done, console)
+                    evaluate_and_log(cfg, ppo.actor, run_dir, steps_done, console, metrics)
                     next_eval += m.eval_every
                 cols: dict[str, list[torch.Tensor]] = {
                     k: []
@@ -184,7 +191,7 @@ def train_mappo(cfg: Config, run_dir: Path, device: str, console: Console) -> Pa
                             cfg, venv.spec, ppo, mean, std, steps_done, next_eval, next_ckpt, gen
                         ),
                     )
-        result = evaluate_and_log(cfg, ppo.actor, run_dir, steps_done, console)
+        result = evaluate_and_log(cfg, ppo.actor, run_dir, steps_done, console, metrics)
         metrics.close()
         state = _state(cfg, venv.spec, ppo, mean, std, steps_done, next_eval, next_ckpt, gen)
     save_checkpoint(ckpt_path, state)

@@ -23,7 +23,7 @@ class MetricLog:
     Appends on resume, so a resumed run keeps one continuous history.
     """
 
-    def __init__(self, run_dir: Path, name: str) -> None:
+    def __init__(self, run_dir: Path, name: str, config: dict[str, Any] | None = None) -> None:
         from torch.utils.tensorboard import SummaryWriter
 
         self.run_dir = Path(run_dir)
@@ -31,6 +31,32 @@ class MetricLog:
         self.csv = self.run_dir / f"{name}.csv"
         self.name = name
         self.writer = SummaryWriter(str(self.run_dir / "tb"))
+        if config is not None:
+            self._write_config(config)
+
+    def _write_config(self, config: dict[str, Any]) -> None:
+        """The run's config in TensorBoard: whole as text, and flattened as hparams (HPARAMS tab),
+        against the evaluation return, so runs can be compared by what they were trained with."""
+        import yaml
+        from torch.utils.tensorboard.summary import hparams
+
+        text = yaml.safe_dump(config, sort_keys=False)
+        self.writer.add_text("config", "\n".join("    " + line for line in text.splitlines()))
+        flat = {
+            k: v if isinstance(v, (bool, int, float, str)) else json.dumps(v)
+            for k, v in _flatten(config).items()
+        }
+        exp, ssi, sei = hparams(flat, {"eval/return_mean": float("nan")})
+        writer = self.writer._get_file_writer()
+        for summary in (exp, ssi, sei):
+            writer.add_summary(summary)
+
+    def log_eval(self, step: int, result: dict[str, Any]) -> None:
+        """Evaluation results (return mean and std, win rate...) as ``eval/<key>`` scalars."""
+        for key, value in result.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                self.writer.add_scalar(f"eval/{key}", float(value), step)
+        self.writer.flush()
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
         row = {"step": step, **{k: float(v) for k, v in metrics.items()}}
@@ -59,6 +85,16 @@ class MetricLog:
 
     def close(self) -> None:
         self.writer.close()
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
 
 
 def rng_state() -> dict[str, Any]:

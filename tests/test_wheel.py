@@ -71,10 +71,13 @@ def test_wheel_in_a_fresh_venv_from_another_directory(tmp_path: Path) -> None:
         "rmio/runtime/PROTOCOL.md",
         "rmio/docs/ARCHITECTURE.md",
         "rmio/docs/PERFORMANCE.md",
+        "rmio/docs/BENCHMARKS.md",  # the README links it (issue 17, part 4)
         "rmio/models/halfcheetah_6x1/manifest.json",
         "rmio/models/halfcheetah_6x1/MODEL_CARD.md",
     ):
         assert shipped in names, shipped
+    shipped_benchmarks = zipfile.ZipFile(wheel).read("rmio/docs/BENCHMARKS.md").decode()
+    assert shipped_benchmarks == (REPO / "BENCHMARKS.md").read_text()  # the file, not a link
     info = next(n for n in names if n.endswith(".dist-info/METADATA"))
     metadata = zipfile.ZipFile(wheel).read(info).decode()
     assert "License-Expression: MIT" in metadata and "License-File: LICENSE" in metadata

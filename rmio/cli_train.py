@@ -127,6 +127,18 @@ def mappo(cfg: Any, run_dir: Path | None, device: str) -> None:
     default=None,
     help="Mean run of lost steps of burst masks (default world_model.finetune's).",
 )
+@click.option(
+    "--policy-weight",
+    type=click.FloatRange(min=0.0),
+    default=None,
+    help="rmio's policy-aware fine-tuning: weight of the frozen actor's disagreement on lost "
+    "agents (0: the paper's objective; default world_model.finetune.policy_weight).",
+)
+@click.option(
+    "--policy",
+    default=None,
+    help="The actor of --policy-weight: a policy.pt or a bundle (default run.data_policy).",
+)
 @device_option
 def finetune(
     run_dir: Path,
@@ -135,6 +147,8 @@ def finetune(
     mask_models: str | None,
     p_mask_range: tuple[float, float] | None,
     mean_burst_length: float | None,
+    policy_weight: float | None,
+    policy: str | None,
     device: str,
 ) -> None:
     """Masked fine-tuning of a pre-trained world model (Algorithm 2, lines 20-27); the masks can
@@ -149,6 +163,10 @@ def finetune(
         masks["p_mask_range"] = list(p_mask_range)
     if mean_burst_length is not None:
         masks["mean_burst_length"] = mean_burst_length
+    if policy_weight is not None:
+        masks["policy_weight"] = policy_weight
+    if policy is not None:
+        masks["policy"] = policy
     finetune_world_model(run_dir, p_mask, device, _console(), updates, masks)
 
 

@@ -286,6 +286,10 @@ def _validate_masks(fm: Any, src: str) -> None:
             f"{src}: world_model.finetune.p_mask_range must be [low, high] with "
             f"0 <= low <= high <= 1, got {r}"
         )
+    if ft.policy_weight < 0:
+        raise ConfigError(
+            f"{src}: world_model.finetune.policy_weight must be >= 0, got {ft.policy_weight}"
+        )
     for key, v in (("finetune", ft.mean_burst_length), ("eval", ev.mean_burst_length)):
         if v < 1.0:
             raise ConfigError(f"{src}: world_model.{key}.mean_burst_length must be >= 1, got {v}")

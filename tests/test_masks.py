@@ -5,6 +5,7 @@ CLI fine-tunes and evaluates with them end to end."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -115,10 +116,19 @@ def _rmio(*args: str) -> subprocess.CompletedProcess:
     )
 
 
-def test_finetune_and_evaluate_with_burst_masks_through_the_cli(tmp_path: Path) -> None:
-    run = tmp_path / "run"
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    run = tmp_path_factory.mktemp("masks") / "run"
     proc = _rmio("train", "world-model", "halfcheetah_6x1", "--debug", "--run-dir", str(run))
     assert proc.returncode == 0, proc.stderr
+    return run
+
+
+def test_finetune_and_evaluate_with_burst_masks_through_the_cli(
+    pretrained: Path, tmp_path: Path
+) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(pretrained, run)
     proc = _rmio(
         "train", "finetune", str(run), "--mask-models", "bernoulli,burst",
         "--p-mask-range", "0", "1", "--mean-burst-length", "5",
@@ -136,3 +146,24 @@ def test_finetune_and_evaluate_with_burst_masks_through_the_cli(tmp_path: Path) 
         assert all(v is not None and np.isfinite(v) for v in row["lrec_masked"][1:])
     proc = _rmio("train", "finetune", str(run), "--mask-models", "gaussian")
     assert proc.returncode == 2 and "mask_models" in proc.stderr
+
+
+def test_policy_aware_finetuning_through_the_cli(pretrained: Path, tmp_path: Path) -> None:
+    """rmio's extension: the frozen actor's disagreement on lost agents joins the loss and the log,
+    and the checkpoint and reports name it."""
+    run = tmp_path / "run"
+    shutil.copytree(pretrained, run)
+    proc = _rmio(
+        "train", "finetune", str(run), "--policy-weight", "2", "--policy", "halfcheetah_6x1",
+        "--updates", "20",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert torch.load(run / "wm_finetune.pt", weights_only=False)["masks"] == (
+        "p_mask 0.5, policy-aware 2"
+    )
+    rows = [json.loads(line) for line in (run / "wm_finetune.jsonl").read_text().splitlines()]
+    assert rows and all(np.isfinite(r["policy_mae"]) for r in rows)
+    fresh = tmp_path / "fresh"
+    shutil.copytree(pretrained, fresh)
+    proc = _rmio("train", "finetune", str(fresh), "--policy-weight", "1")  # no actor named
+    assert proc.returncode == 2 and "needs the actor" in proc.stderr

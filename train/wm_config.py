@@ -96,6 +96,12 @@ class EvalConfig:
     e.g. [0, 1] to cover the whole loss range, total loss included (rmio's, not the paper's)."""
     mean_burst_length: float = 4.0
     """Mean run of consecutive lost steps of the burst masks."""
+    policy_weight: float = 0.0
+    """lambda of rmio's policy-aware fine-tuning (train/policy_aware.py): the frozen actor's
+    disagreement between true and reconstructed observations of lost agents, added to the loss. 0
+    is the paper's objective."""
+    policy: str | None = None
+    """The actor of that term: a policy.pt or a bundle (default: run.data_policy)."""
 
 
 @dataclass

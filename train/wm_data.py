@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -138,7 +139,7 @@ def sample_masks(
 
 
 def world_model_loss(
-    model: RMIOWorldModel, batch: Batch, mask: torch.Tensor
+    model: RMIOWorldModel, batch: Batch, mask: torch.Tensor, policy_term: Any = None
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """L_M = L_rec + beta * L_KL (Eq. 8-9), with KL balancing and free nats.
 
@@ -186,5 +187,9 @@ def world_model_loss(
         min=cfg.free_nats
     )
     total = rec + cfg.kl_beta * kl
+    if policy_term is not None:  # rmio's policy-aware fine-tuning (train/policy_aware.py)
+        extra, policy_metrics = policy_term(model, out["obs"], batch.obs, lost, batch.avail)
+        total = total + extra
+        metrics.update(policy_metrics)
     metrics.update({"kl": dyn.item(), "rec": rec.item(), "loss": total.item()})
     return total, metrics

@@ -24,7 +24,7 @@ from rmio.envs.collect import collect
 from rmio.envs.loss import LossConfig
 from rmio.envs.trajectory import TrajectoryBuffer
 from rmio.errors import RmioError
-from rmio.models import resolve_model_path
+from rmio.models import find_bundle, resolve_model_path
 from rmio.runtime.bundle import load_manifest
 from rmio.runtime.models import ActorRunner
 from rmio.train.common import (
@@ -39,6 +39,7 @@ from rmio.train.common import (
 )
 from rmio.train.masks import sample_mixed_masks
 from rmio.train.policy import actor_policy
+from rmio.train.policy_aware import PolicyAwareTerm, load_frozen_actor
 from rmio.train.runlog import MetricLog, load_checkpoint, restore_rng, rng_state, save_checkpoint
 from rmio.train.wm_data import SequenceSampler, observation_stats, sample_masks, world_model_loss
 from rmio.train.world_model import RMIOWorldModel
@@ -134,6 +135,8 @@ class Phase:
     mask_models: tuple[str, ...] = ("bernoulli",)
     p_mask_range: tuple[float, float] | None = None
     mean_burst_length: float = 4.0
+    policy_term: Any = None
+    """rmio's policy-aware term (train/policy_aware.py), or None for the paper's loss."""
 
     def paper_masks(self) -> bool:
         """Algorithm 2's masks: Bernoulli at one fixed rate (kept bit-identical to earlier runs)."""
@@ -155,10 +158,11 @@ def mask_recipe(f: Any, p_mask: float) -> str:
     models = "+".join(f.mask_models)
     r = f.p_mask_range
     rate = f"p_mask {p_mask:g}" if r is None else f"p_mask ~ U[{r[0]:g}, {r[1]:g}]"
-    if models == "bernoulli":
-        return rate
     burst = f", bursts of {f.mean_burst_length:g}" if "burst" in f.mask_models else ""
-    return f"{models} masks, {rate}{burst}"
+    aware = f", policy-aware {f.policy_weight:g}" if f.policy_weight > 0 else ""
+    if models == "bernoulli":
+        return rate + aware
+    return f"{models} masks, {rate}{burst}{aware}"
 
 
 def optimise(
@@ -218,7 +222,7 @@ def optimise(
         while step < phase.updates:
             batch = sampler.sample(rng, tcfg.batch_size, tcfg.seq_len)
             mask = phase.sample(mask_gen, tuple(batch.obs.shape[:3]), device)
-            loss, metrics = world_model_loss(model, batch, mask)
+            loss, metrics = world_model_loss(model, batch, mask, phase.policy_term)
             if not torch.isfinite(loss):
                 raise RmioError(
                     f"the {phase.name} loss became {loss.item()} at update {step}; lower the "
@@ -381,6 +385,7 @@ def finetune_world_model(
         mask_models=tuple(f.mask_models),
         p_mask_range=None if f.p_mask_range is None else (f.p_mask_range[0], f.p_mask_range[1]),
         mean_burst_length=f.mean_burst_length,
+        policy_term=_policy_term(cfg, dev, console),
     )
     summary = optimise(model, cfg, phase, run_dir, sampler, console, start, extra)
     save_checkpoint(
@@ -391,6 +396,25 @@ def finetune_world_model(
         f"{' (converged early)' if summary['stopped_early'] else ''}; wrote {final}"
     )
     return final
+
+
+def _policy_term(cfg: Config, dev: torch.device, console: Console) -> Any:
+    """rmio's policy-aware term when ``world_model.finetune.policy_weight`` > 0, else None."""
+    f = cfg.world_model.finetune
+    if f.policy_weight <= 0:
+        return None
+    source = f.policy or cfg.run.data_policy
+    if source is None:
+        raise RmioError(
+            "world_model.finetune.policy_weight > 0 needs the actor it serves: set "
+            "world_model.finetune.policy (a policy.pt or a bundle) or run.data_policy"
+        )
+    path = Path(source)
+    actor = load_frozen_actor(path if path.exists() else find_bundle(source)).to(dev)
+    console.print(
+        f"policy-aware fine-tuning (weight {f.policy_weight:g}) for the actor of {source}"
+    )
+    return PolicyAwareTerm(actor, f.policy_weight)
 
 
 def _bundle_policy(cfg: Config, bundle: Path, console: Console) -> Any:

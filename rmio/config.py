@@ -34,13 +34,25 @@ from rmio.yamlio import load_yaml
 PRESETS = ("debug",)
 
 # Named method variants that apply to any scenario (paper Table 1 ablations, and GAWM, which is the
-# same architecture without masked fine-tuning and with fixed-window reward smoothing).
+# same architecture without masked fine-tuning and with fixed-window reward smoothing), and the
+# baselines of the paper's Fig. 8: MAMBA (no observation fusion, three attention layers of action
+# fusion, no reward smoothing, a lost agent's latent from the prior) and RMIO v1 (the same prior
+# prediction, then a correction block trained on the frozen world model: rmio.train.correction).
+# Every variant deploys rmio's observation-based actor; MAMBA's original actor acts on latents.
+_MAMBA_MODEL = {"obs_fusion": False, "action_fusion_layers": 3, "lost_latent": "prior"}
 ALGORITHMS: dict[str, dict[str, Any]] = {
     "rmiov2": {},
     "rmiov2-no-obs-fusion": {"world_model": {"model": {"obs_fusion": False}}},
     "rmiov2-no-action-fusion": {"world_model": {"model": {"action_fusion": False}}},
     "rmiov2-no-fusion": {"world_model": {"model": {"obs_fusion": False, "action_fusion": False}}},
     "gawm": {"world_model": {"smoothing": {"mode": "fixed"}, "finetune": {"p_mask": 0.0}}},
+    "mamba": {"world_model": {"model": _MAMBA_MODEL, "smoothing": {"mode": "off"}}},
+    "rmio-v1": {
+        "world_model": {
+            "model": {**_MAMBA_MODEL, "correction": True},
+            "smoothing": {"mode": "fixed"},
+        }
+    },
 }
 _EXPONENT_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+")
 
@@ -319,6 +331,11 @@ def validate(cfg: Config, src: str) -> None:
             f"{src}: world_model.finetune.p_mask must be in [0, 1], got {fm.finetune.p_mask}"
         )
     _validate_masks(fm, src)
+    if fm.model.action_fusion_layers is not None and fm.model.action_fusion_layers < 1:
+        raise ConfigError(
+            f"{src}: world_model.model.action_fusion_layers must be >= 1, got "
+            f"{fm.model.action_fusion_layers}"
+        )
     if fm.model.fusion_dim % fm.model.fusion_heads:
         raise ConfigError(
             f"{src}: world_model.model.fusion_dim ({fm.model.fusion_dim}) must be divisible by "
@@ -418,6 +435,24 @@ def load_config(
     cfg = build_dataclass(schema, raw, src)
     validate(cfg, src)
     return cfg
+
+
+def algorithm_of(config: dict[str, Any]) -> str:
+    """The ALGORITHMS variant a resolved config (``Config.to_dict()``) was made with: the most
+    specific preset whose every key it holds, so manifests and model cards can name it."""
+
+    def holds(node: Any, delta: Any) -> bool:
+        if isinstance(delta, dict):
+            return isinstance(node, dict) and all(
+                k in node and holds(node[k], v) for k, v in delta.items()
+            )
+        return node == delta
+
+    def size(delta: Any) -> int:
+        return sum(size(v) for v in delta.values()) if isinstance(delta, dict) else 1
+
+    matches = [name for name, delta in ALGORITHMS.items() if holds(config, delta)]
+    return max(matches, key=lambda name: size(ALGORITHMS[name]), default="rmiov2")
 
 
 def save_config(cfg: Config, run_dir: str | Path) -> Path:

@@ -115,6 +115,8 @@ def load_model(
         for k in ("obs_mean", "obs_std", "state_mean", "state_std")
     ]
     model = build_model(cfg, spec, tuple(stats)).to(device)
+    if ckpt.get("correction"):  # RMIO v1 after its correction stage (rmio.train.correction)
+        model.attach_correction()
     model.load_state_dict(ckpt["model"])
     return model, ckpt
 

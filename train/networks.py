@@ -83,6 +83,38 @@ class AgentFusion(nn.Module):
         return x
 
 
+class CorrectionBlock(nn.Module):
+    """RMIO v1's correction block: every agent's token is an MLP over the concatenated joint
+    observation (lost rows hold the prior's prediction), the observed flags and its own id; one
+    self-attention layer mixes the tokens across agents, and a linear head adds a correction to
+    each agent's own row. The head starts at zero, so an untrained block returns the prior's
+    prediction unchanged.
+    """
+
+    def __init__(self, n_agents: int, obs_dim: int, hidden: int, dim: int, heads: int) -> None:
+        super().__init__()
+        self.n_agents, self.obs_dim = n_agents, obs_dim
+        self.register_buffer("agent_ids", torch.eye(n_agents))
+        self.embed = nn.Sequential(
+            mlp(n_agents * (obs_dim + 1) + n_agents + obs_dim, hidden, dim, layers=2),
+            nn.LayerNorm(dim),
+            nn.SiLU(),
+        )
+        self.attention = AgentAttentionLayer(dim, heads)
+        self.head = nn.Linear(dim, obs_dim)
+        nn.init.zeros_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
+
+    def forward(self, joint: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """joint: (..., n, d) normalised observations with predictions in the lost rows; mask:
+        (..., n) -> corrected rows (..., n, d)."""
+        *lead, n, d = joint.shape
+        flat = torch.cat([joint, mask.unsqueeze(-1)], -1).reshape(*lead, 1, n * (d + 1))
+        ids = self.agent_ids.expand(*lead, n, n)
+        tokens = self.embed(torch.cat([flat.expand(*lead, n, n * (d + 1)), ids, joint], -1))
+        return joint + self.head(self.attention(tokens))
+
+
 class Categorical:
     """C independent categoricals of K classes each, flattened to C*K features.
 

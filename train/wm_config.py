@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 from rmio.train.smoothing import SmoothingConfig
 
@@ -27,6 +28,16 @@ class WorldModelConfig:
     """Cross-agent observation fusion (Eq. 2a, 4, 5); False is the Table 1 ablation."""
     action_fusion: bool = True
     """Cross-agent action fusion (Eq. 2b, 6); False is the Table 1 ablation."""
+    action_fusion_layers: int | None = None
+    """Layers of the action fusion alone (default ``fusion_layers``); MAMBA's transition attends
+    over the agents with three."""
+    lost_latent: Literal["posterior", "prior"] = "posterior"
+    """Where a lost agent's latent z_t comes from: the posterior over its zeroed observation and,
+    through observation fusion, the other agents' (RMIOv2), or the prior p(z_t | h_t) alone
+    (MAMBA, and RMIO v1 before its correction)."""
+    correction: bool = False
+    """RMIO v1: fine-tuning trains a correction block over the joint observation with the world
+    model frozen (`rmio.train.correction`) instead of masked fine-tuning of the world model."""
     agent_id: bool = True
     """Append a one-hot agent id to every token, since parameters are shared across agents."""
     mask_flag: bool = True

@@ -37,6 +37,7 @@ from rmio.train.common import (
     resolve_device,
     seed_everything,
 )
+from rmio.train.correction import train_correction
 from rmio.train.masks import sample_mixed_masks
 from rmio.train.policy import actor_policy
 from rmio.train.policy_aware import PolicyAwareTerm, load_frozen_actor
@@ -333,6 +334,8 @@ def finetune_world_model(
     for key, value in (masks or {}).items():
         setattr(f, key, value)
     validate_config(cfg, f"{run_dir / 'config.yaml'} with the fine-tuning mask options")
+    if cfg.world_model.model.correction:  # RMIO v1: a correction block on the frozen model
+        return train_correction(run_dir, p_mask, device, console, updates)
     final = run_dir / "wm_finetune.pt"
     if final.exists():
         console.print(

@@ -13,6 +13,14 @@ Per step t and agent i (paper Eq. 2-3, GAWM Eq. 1-2):
 o~_t is the (normalised) observation with lost agents zeroed. The model works on normalised
 observations internally; its buffers hold the statistics, so the exported step graph takes and
 returns raw observations.
+
+Two switches make the baselines of the paper's Fig. 8 out of the same model (``rmio.config``'s
+ALGORITHMS): ``lost_latent: prior`` takes a lost agent's z_t from the prior p(z^_t | h_t) (MAMBA,
+which has no observation fusion, so nothing else could inform it), and an attached correction block
+(RMIO v1, `rmio.train.correction`) first fills a lost agent's row with the prior's prediction,
+corrects it from the joint observation, and then encodes the corrected row like an observed one.
+The actor is rmio's observation-based r-MAPPO actor for every variant (MAMBA's original acts on the
+world model's latents): only the reconstruction differs between them.
 """
 
 from __future__ import annotations
@@ -25,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rmio.envs.base import EnvSpec
-from rmio.train.networks import AgentFusion, Categorical, mlp
+from rmio.train.networks import AgentFusion, Categorical, CorrectionBlock, mlp
 from rmio.train.wm_config import WorldModelConfig
 
 
@@ -97,7 +105,7 @@ class RMIOWorldModel(nn.Module):
         self.action_fusion = AgentFusion(
             self.act_width + self.stoch + ident,
             cfg.fusion_dim,
-            cfg.fusion_layers,
+            cfg.fusion_layers if cfg.action_fusion_layers is None else cfg.action_fusion_layers,
             cfg.fusion_heads,
             enabled=cfg.action_fusion,
         )
@@ -109,6 +117,17 @@ class RMIOWorldModel(nn.Module):
         )
         self.reward_head = mlp(n * feat, cfg.hidden, 1)
         self.term_head = mlp(n * feat, cfg.hidden, 1)
+        self.correction: CorrectionBlock | None = None
+        """RMIO v1's block, attached (``attach_correction``) once it is trained on top of the frozen
+        world model; the pre-trained model has none."""
+
+    def attach_correction(self) -> CorrectionBlock:
+        """Add an (untrained) correction block; its parameters join the state dict."""
+        cfg = self.cfg
+        self.correction = CorrectionBlock(
+            self.n_agents, self.obs_dim, cfg.hidden, cfg.fusion_dim, cfg.fusion_heads
+        ).to(self.obs_mean.device)
+        return self.correction
 
     # ---------------------------------------------------------------- normalisation
 
@@ -161,6 +180,40 @@ class RMIOWorldModel(nn.Module):
             self.cfg.unimix,
         )
 
+    def latent(
+        self, h: torch.Tensor, obs_n: torch.Tensor, mask: torch.Tensor, sample: bool
+    ) -> tuple[torch.Tensor, Categorical]:
+        """z_t and the distribution it came from, for observed and lost agents alike.
+
+        With a correction block, lost rows are first filled with the prior's decoded prediction and
+        corrected from the joint observation, then encoded as observed. Otherwise, with
+        ``lost_latent: prior`` a lost agent's distribution is its prior (so its KL term is zero and
+        the reconstruction loss trains the prior), else the posterior over its zeroed input.
+        """
+        if self.correction is not None:
+            obs_n, mask = self.corrected_obs(h, obs_n, mask), torch.ones_like(mask)
+        dist = self.posterior(h, obs_n, mask)
+        if self.cfg.lost_latent == "prior" and self.correction is None:
+            m = mask.reshape(*mask.shape, 1, 1)
+            mixed = Categorical.__new__(Categorical)
+            mixed.groups, mixed.classes = dist.groups, dist.classes
+            prior = self.prior(h)
+            mixed.logits = m * dist.logits + (1 - m) * prior.logits
+            mixed.probs = m * dist.probs + (1 - m) * prior.probs
+            dist = mixed
+        return (dist.sample() if sample else dist.mode()), dist
+
+    def corrected_obs(
+        self, h: torch.Tensor, obs_n: torch.Tensor, mask: torch.Tensor
+    ) -> torch.Tensor:
+        """RMIO v1: observed rows as they are, lost rows the prior's prediction corrected by the
+        block (normalised units)."""
+        assert self.correction is not None
+        guess = self.decode_obs(h, self.prior(h).mode())
+        m = mask.unsqueeze(-1)
+        joint = m * obs_n + (1 - m) * guess
+        return m * obs_n + (1 - m) * self.correction(joint, mask) * self.feature_mask
+
     def decode_obs(self, h: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """o^_t^i = p_o(h_t^i, z_t^i)  (Eq. 3a), normalised units."""
         return self.obs_decoder(torch.cat([h, z], -1)) * self.feature_mask
@@ -176,7 +229,7 @@ class RMIOWorldModel(nn.Module):
         """One deterministic step in raw units: the graph that `rmio export` writes as
         wm_step.onnx."""
         h = self.transition(h, z, prev_action)
-        z = self.posterior(h, self.normalize_obs(obs), mask).mode()
+        z, _ = self.latent(h, self.normalize_obs(obs), mask, sample=False)
         return h, z, self.denormalize_obs(self.decode_obs(h, z))
 
     # ---------------------------------------------------------------- sequences
@@ -202,8 +255,7 @@ class RMIOWorldModel(nn.Module):
             keep = (1.0 - is_first[:, t].float()).view(B, 1, 1)
             h, z, a = h * keep, z * keep, prev_action[:, t]
             h = self.transition(h, z, a)
-            post = self.posterior(h, obs_n[:, t], mask[:, t])
-            z = post.sample() if sample else post.mode()
+            z, post = self.latent(h, obs_n[:, t], mask[:, t], sample)
             hs.append(h)
             zs.append(z)
             post_logits.append(post.logits)

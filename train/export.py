@@ -21,7 +21,7 @@ import torch
 from rich.console import Console
 from torch import nn
 
-from rmio.config import load_config
+from rmio.config import algorithm_of, load_config
 from rmio.envs.base import EnvSpec
 from rmio.envs.trajectory import TrajectoryBuffer
 from rmio.errors import RmioError
@@ -29,6 +29,7 @@ from rmio.runtime.bundle import SCHEMA_VERSION, WM_INPUTS, WM_OUTPUTS, Manifest,
 from rmio.runtime.models import WorldModelRunner
 from rmio.runtime.validate import bundle_checksums
 from rmio.train.common import load_actor, load_model
+from rmio.train.model_card import write_model_card
 from rmio.train.policy import Actor
 from rmio.train.world_model import RMIOWorldModel
 
@@ -267,6 +268,7 @@ def export_run(run_dir: Path, out: Path, console: Console, policy: Path | None =
             "wm_checkpoint": path.name,
             "p_mask": ckpt.get("p_mask"),
             "updates": summary.get("updates"),
+            "wm_algo": algorithm_of(ckpt["config"]),  # the variant: rmiov2, mamba, rmio-v1...
         },
         metrics={},
     )
@@ -333,6 +335,7 @@ def export_run(run_dir: Path, out: Path, console: Console, policy: Path | None =
         manifest.metrics["reconstruction"] = json.loads(eval_json.read_text())
     manifest.sha256 = bundle_checksums(out, manifest)
     manifest.save(out)
+    write_model_card(out, manifest)
     console.print(
         f"parity onnxruntime vs torch: max |diff| {err_random:.2e} (random inputs, batch 3), "
         f"{err_replay:.2e} (held-out replay with masks)"

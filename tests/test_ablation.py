@@ -14,7 +14,10 @@ from rmio.testing import make_tiny_bundle
 from rmio.train.ablation import load_ablation, policy_path, run_ablation
 
 
-@pytest.mark.parametrize("name", ["fusion_halfcheetah_6x1", "p_mask_halfcheetah_6x1"])
+@pytest.mark.parametrize(
+    "name",
+    ["fusion_halfcheetah_6x1", "p_mask_halfcheetah_6x1", "fig8_halfcheetah_6x1", "fig8_smax_2s3z"],
+)
 def test_shipped_sweeps_validate(name: str) -> None:
     ab = load_ablation(Path(name))
     assert ab.variants and ab.robustness.p_loss[0] == 0.0 and ab.robustness.p_loss[-1] == 1.0

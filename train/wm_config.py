@@ -88,17 +88,6 @@ class FinetuneConfig:
     updates."""
     min_delta: float = 0.002
     """Relative improvement of the smoothed loss that counts as progress."""
-
-
-@dataclass
-class EvalConfig:
-    """Reconstruction evaluation (`rmio eval reconstruction`)."""
-
-    p_masks: list[float] = field(default_factory=lambda: [0.0, 0.125, 0.25, 0.375, 0.5, 0.75])
-    seeds: int = 3
-    """Independent mask draws per p_mask."""
-    gci_reward_eps: float = 0.05
-    gci_discount_eps: float = 0.05
     mask_models: list[str] = field(default_factory=lambda: ["bernoulli"])
     """Loss models the fine-tuning masks come from, one drawn per training sequence: bernoulli
     (Algorithm 2, line 22), burst, blackout (train/masks.py)."""
@@ -116,16 +105,27 @@ class EvalConfig:
 
 
 @dataclass
+class EvalConfig:
+    """Reconstruction evaluation (`rmio eval reconstruction`)."""
+
+    p_masks: list[float] = field(default_factory=lambda: [0.0, 0.125, 0.25, 0.375, 0.5, 0.75])
+    seeds: int = 3
+    """Independent mask draws per p_mask."""
+    loss_model: str = "bernoulli"
+    """Loss model of the test-time masks: bernoulli, burst or blackout (train/masks.py)."""
+    mean_burst_length: float = 4.0
+    """Mean run of consecutive lost steps of burst masks."""
+    gci_reward_eps: float = 0.05
+    gci_discount_eps: float = 0.05
+
+
+@dataclass
 class WorldModelSection:
     """Everything the world-model commands read: one `world_model:` section of a scenario YAML."""
 
     model: WorldModelConfig = field(default_factory=WorldModelConfig)
     train: WMTrainConfig = field(default_factory=WMTrainConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
-    loss_model: str = "bernoulli"
-    """Loss model of the test-time masks: bernoulli, burst or blackout (train/masks.py)."""
-    mean_burst_length: float = 4.0
-    """Mean run of consecutive lost steps of burst masks."""
     smoothing: SmoothingConfig = field(default_factory=SmoothingConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     history_window: int = 20

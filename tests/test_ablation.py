@@ -12,6 +12,7 @@ from rich.console import Console
 from rmio.errors import ConfigError
 from rmio.testing import make_tiny_bundle
 from rmio.train.ablation import load_ablation, policy_path, run_ablation
+from rmio.train.export import portable_path
 
 
 @pytest.mark.parametrize(
@@ -66,9 +67,10 @@ def test_debug_fusion_sweep_end_to_end(tmp_path: Path) -> None:
         assert 0 < r["lrec_lost"] < 10 and len(r["curve"]) == 3
         (run,) = r["runs"]
         assert not Path(run).is_absolute()
-        assert json.loads((out / run / "bundle" / "manifest.json").read_text())["budget"][
+        source = json.loads((out / run / "bundle" / "manifest.json").read_text())["budget"][
             "policy_source"
-        ] == str(policy)
+        ]
+        assert source == portable_path(str(policy)) and not Path(source).is_absolute()
     # the same real data for both methods (hard links or copies of the first run's files)
     a, b = (out / "seed0" / v / "data" / "train.npz" for v in ("rmiov2", "rmiov2-no-obs-fusion"))
     assert a.read_bytes() == b.read_bytes()
@@ -98,3 +100,43 @@ def test_parallel_trials_make_the_same_table(tmp_path: Path) -> None:
     logs = sorted(p.name for p in (tmp_path / "two" / "seed0").glob("*.log"))
     assert logs == ["p_mask_0.5.log", "p_mask_0.log", "prepare.log"]
     assert "pre-training done" in (tmp_path / "two" / "seed0" / "prepare.log").read_text()
+
+
+def test_recipe_sweep_with_burst_robustness_and_baseline_rows(tmp_path: Path) -> None:
+    """vary: recipe fine-tunes one pre-trained model several ways (issues 21 and 25); every bundle
+    is swept under Bernoulli and burst loss, and hold-last and zero-fill get rows of their own."""
+    policy = "halfcheetah_6x1"  # the shipped actor: policy-aware fine-tuning needs rmio's Actor
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text(
+        f"name: debug recipes\nscenario: halfcheetah_6x1\nvary: recipe\npolicy: {policy}\n"
+        "set: [run.data_policy=models/halfcheetah_6x1]\n"
+        "variants:\n"
+        "  - {name: paper}\n"
+        "  - {name: range, finetune: {p_mask_range: [0, 1], mask_models: [bernoulli, burst]}}\n"
+        f"  - {{name: aware, finetune: {{policy_weight: 1.0, policy: {policy}}}}}\n"
+        "robustness: {p_loss: [0, 0.5], seeds: 1, episodes: 1, steps: 20,\n"
+        "             loss_models: [bernoulli, burst], mean_burst_length: 3, baselines: true}\n"
+    )
+    console = Console(file=open(tmp_path / "log.txt", "w"))  # noqa: SIM115
+    result = run_ablation(sweep, tmp_path / "out", True, console)
+    names = [r["variant"] for r in result["rows"]]
+    assert names == [
+        "paper", "range", "aware", "hold-last (no world model)", "zero-fill (no world model)"
+    ]  # fmt: skip
+    for r in result["rows"]:
+        assert set(r["by_loss"]) == {"bernoulli", "burst"}
+        assert r["policy_metric"] == "action_mae" and r["policy_value"] >= 0
+        assert r["by_loss"]["bernoulli"]["auc_mean"] == r["auc_mean"]
+    runs = tmp_path / "out" / "seed0"
+    assert torch_load(runs / "range" / "wm_finetune.pt")["masks"].startswith("bernoulli+burst")
+    assert torch_load(runs / "aware" / "wm_finetune.pt")["masks"] == "p_mask 0.5, policy-aware 1"
+    burst = json.loads((runs / "paper" / "robustness_burst.json").read_text())
+    assert burst["loss"]["model"] == "burst" and burst["loss"]["mean_burst_length"] == 3
+    md = (tmp_path / "out" / "ablation.md").read_text()
+    assert "| AUC (burst) |" in md and "action_mae" in md and "hold-last (no world model)" in md
+
+
+def torch_load(path: Path) -> dict:
+    import torch
+
+    return torch.load(path, weights_only=False)

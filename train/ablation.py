@@ -12,20 +12,22 @@ differs. Every stage is resumable: re-running the same command skips what is alr
 from __future__ import annotations
 
 import json
-import math
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 from rich.console import Console
 from rich.markdown import Markdown
 
 from rmio.config import ALGORITHMS, build_dataclass, load_config
 from rmio.defaults import DEFAULT_P_LOSS
+from rmio.envs.loss import LossConfig
 from rmio.errors import ConfigError, RmioError
 from rmio.evaluation import robustness
 from rmio.models import find_bundle
+from rmio.train.ablation_report import aggregate, markdown
 from rmio.train.common import prepare_run_dir
 from rmio.train.export import export_run
 from rmio.train.trials import Trial, run_trials
@@ -43,6 +45,13 @@ class SweepRobustness:
     episodes: int = 5
     steps: int | None = None
     """Episode length (default: the environment's)."""
+    loss_models: list[str] = field(default_factory=lambda: ["bernoulli"])
+    """Loss models each bundle is swept under (bernoulli, burst, blackout); the first one gives
+    the table's curve, every one an AUC column."""
+    mean_burst_length: float = 4.0
+    """Mean run of lost steps of the burst sweeps."""
+    baselines: bool = False
+    """Also rows for hold-last and zero-fill (the policy without a world model)."""
 
 
 @dataclass
@@ -53,9 +62,11 @@ class AblationConfig:
     name: str
     scenario: str
     """A built-in config name or a YAML path."""
-    vary: Literal["algo", "p_mask"]
+    vary: Literal["algo", "p_mask", "recipe"]
     variants: list[Any]
-    """Method names (vary: algo) or fine-tuning mask rates (vary: p_mask)."""
+    """Method names (vary: algo), fine-tuning mask rates (vary: p_mask) or fine-tuning recipes
+    (vary: recipe: ``{name: ..., finetune: {world_model.finetune keys}}`` mappings, all on one
+    pre-trained model)."""
     policy: str
     """The actor every variant is deployed with: a policy.pt or a bundle directory (its
     actor.onnx)."""
@@ -96,8 +107,16 @@ def load_ablation(path: Path) -> AblationConfig:
             raise ConfigError(
                 f"{path}: unknown method(s) {unknown} (known: {', '.join(ALGORITHMS)})"
             )
+    elif cfg.vary == "recipe":
+        _check_recipes(cfg.variants, path)
     elif not all(isinstance(v, int | float) and 0.0 <= v <= 1.0 for v in cfg.variants):
         raise ConfigError(f"{path}: p_mask variants must be numbers in [0, 1], got {cfg.variants}")
+    known = ("bernoulli", "burst", "blackout")
+    if not cfg.robustness.loss_models or not set(cfg.robustness.loss_models) <= set(known):
+        raise ConfigError(
+            f"{path}: robustness.loss_models must name loss models among {', '.join(known)}, got "
+            f"{cfg.robustness.loss_models}"
+        )
     if not cfg.variants:
         raise ConfigError(f"{path}: no variants")
     if (
@@ -108,6 +127,24 @@ def load_ablation(path: Path) -> AblationConfig:
         raise ConfigError(f"{path}: seeds must be distinct non-negative integers, got {cfg.seeds}")
     policy_path(cfg, path)  # refused now, not after hours of training
     return cfg
+
+
+def _check_recipes(variants: list[Any], path: Path) -> None:
+    from rmio.train.wm_config import FinetuneConfig
+
+    fields = set(FinetuneConfig.__dataclass_fields__)
+    names = [v.get("name") if isinstance(v, dict) else None for v in variants]
+    if not all(isinstance(n, str) and n for n in names) or len(set(names)) != len(names):
+        raise ConfigError(f"{path}: recipe variants need distinct names, got {variants}")
+    for v in variants:
+        extra = set(v) - {"name", "finetune"}
+        unknown = set(v.get("finetune") or {}) - fields
+        if extra or unknown:
+            raise ConfigError(
+                f"{path}: recipe '{v['name']}': unknown key(s) {sorted(extra | unknown)} (a recipe "
+                f"has name and finetune, whose keys are world_model.finetune's: "
+                f"{', '.join(sorted(fields))})"
+            )
 
 
 def policy_path(ab: AblationConfig, sweep: Path | str = "the sweep") -> Path:
@@ -175,6 +212,10 @@ def run_ablation(
             Trial(seed, _trial_name(ab, k), k) for seed in ab.seeds for k in range(len(ab.variants))
         ]
         run_trials(sweep, trials, jobs, console, seed_done, prepare_seed, run_variant)
+    if ab.robustness.baselines and evaluated:
+        console.rule(f"[bold]{ab.name}: hold-last and zero-fill with the same actor")
+        baselines = _baseline_rows(ab, out, dict(sorted(evaluated.items())))
+        result = _write_table(ab, out, dict(sorted(evaluated.items())), console, baselines)
     return result
 
 
@@ -191,6 +232,8 @@ class Sweep:
 
 def _trial_name(ab: AblationConfig, index: int) -> str:
     v = ab.variants[index]
+    if ab.vary == "recipe":
+        return str(v["name"])
     return str(v) if ab.vary == "algo" else f"p_mask_{float(v):g}"
 
 
@@ -230,26 +273,41 @@ def run_variant(sweep: Sweep, seed: int, index: int, console: Console) -> dict[s
         _share(sdir / ab.variants[0] / "data", run / "data")  # the same real data for every method
         console.rule(f"[bold]{ab.name}: {variant}, seed {seed}")
         train_world_model(cfg, run, sweep.device, console)
-        finetune_world_model(run, ab.p_mask, sweep.device, console, ab.finetune_updates)
+        # a method whose preset fixes its own fine-tuning rate keeps it (GAWM: 0, no masking)
+        preset = ALGORITHMS[variant].get("world_model", {}).get("finetune", {}).get("p_mask")
+        p = ab.p_mask if preset is None else float(preset)
+        finetune_world_model(run, p, sweep.device, console, ab.finetune_updates)
         label = str(variant)
     else:
         run = sdir / _trial_name(ab, index)
         for name in ("config.yaml", "data", "wm_pretrain.pt"):  # the same pre-trained model
             _share(sdir / "pretrain" / name, run / name)
-        console.rule(f"[bold]{ab.name}: fine-tuning at p_mask {float(variant):g}, seed {seed}")
-        finetune_world_model(run, float(variant), sweep.device, console, ab.finetune_updates)
-        label = f"p_mask {float(variant):g}"
+        if ab.vary == "recipe":
+            label = str(variant["name"])
+            console.rule(f"[bold]{ab.name}: fine-tuning recipe {label}, seed {seed}")
+            recipe = dict(variant.get("finetune") or {})
+            p = float(recipe.pop("p_mask", ab.p_mask))
+            finetune_world_model(run, p, sweep.device, console, ab.finetune_updates, recipe)
+        else:
+            label = f"p_mask {float(variant):g}"
+            console.rule(f"[bold]{ab.name}: fine-tuning at p_mask {float(variant):g}, seed {seed}")
+            finetune_world_model(run, float(variant), sweep.device, console, ab.finetune_updates)
     row = _evaluate(label, run, ab, sweep.device, console)
     row["run"] = Path(row["run"]).relative_to(sweep.out).as_posix()
     return row
 
 
 def _write_table(
-    ab: AblationConfig, out: Path, evaluated: dict[int, list[dict[str, Any]]], console: Console
+    ab: AblationConfig,
+    out: Path,
+    evaluated: dict[int, list[dict[str, Any]]],
+    console: Console,
+    baselines: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     seeds = list(evaluated)
     labels = [r["variant"] for r in evaluated[seeds[0]]]
-    rows = [_aggregate(label, [evaluated[s][k] for s in seeds]) for k, label in enumerate(labels)]
+    rows = [aggregate(label, [evaluated[s][k] for s in seeds]) for k, label in enumerate(labels)]
+    rows += baselines or []
     result = {
         "name": ab.name,
         "scenario": ab.scenario,
@@ -270,41 +328,43 @@ def _write_table(
     return result
 
 
-def _aggregate(label: str, seed_rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """One table row: the mean and the spread over training seeds (each seed's AUC is itself a mean
-    over the robustness sweep's seed families)."""
-    import numpy as np
+def _rob_path(where: Path, model: str, stem: str = "robustness") -> Path:
+    return where / f"{stem}{'' if model == 'bernoulli' else '_' + model}.json"
 
-    def stats(key: str) -> tuple[float, float]:
-        v = np.array([r[key] for r in seed_rows], dtype=np.float64)
-        return float(v.mean()), float(v.std()) if len(v) > 1 else 0.0
 
-    lrec, lrec_std = stats("lrec_lost")
-    auc, auc_std = stats("auc_mean")
-    if len(seed_rows) == 1:  # one training seed: the spread over its evaluation seed families
-        auc_std = float(seed_rows[0]["auc_std"])
-    curve = np.mean([r["curve"] for r in seed_rows], axis=0).tolist()
-    first = seed_rows[0]
+def _robustness(
+    bundle: Path, ab: AblationConfig, model: str, strategies: list[str], path: Path
+) -> dict[str, Any]:
+    """One robustness sweep under one loss model, cached in ``path``."""
+    if path.exists():
+        return json.loads(path.read_text())
+    r = ab.robustness
+    rob = robustness.sweep(
+        bundle,
+        p_loss=r.p_loss,
+        episodes=r.episodes,
+        seeds=r.seeds,
+        strategies=strategies,
+        episode_limit=r.steps,
+        loss=LossConfig(model, mean_burst_length=r.mean_burst_length),
+    )
+    path.write_text(json.dumps(rob, indent=1))
+    return rob
+
+
+def _curve(summary: dict[str, Any]) -> dict[str, Any]:
     return {
-        "variant": label,
-        "runs": [r["run"] for r in seed_rows],
-        "lrec_lost": lrec,
-        "lrec_lost_std": lrec_std,
-        "lrec_p_mask": first["lrec_p_mask"],
-        "auc_mean": auc,
-        "auc_std": auc_std,
-        "curve": curve,
-        "p_loss": first["p_loss"],
-        "metric": first["metric"],
-        "per_seed": seed_rows,
+        "auc_mean": summary["auc_mean"],
+        "auc_std": summary["auc_std"],
+        "curve": [c["mean"] for c in summary["curve"]],
     }
 
 
 def _evaluate(
     label: str, run: Path, ab: AblationConfig, device: str, console: Console
 ) -> dict[str, Any]:
-    """L_rec of lost agents at the reporting p_mask, then the robustness AUC of the policy with this
-    world model."""
+    """L_rec (and the actor's disagreement) on lost agents at the reporting p_mask, then the
+    robustness AUC of the policy with this world model under every loss model of the sweep."""
     rec_path = run / "eval_reconstruction.json"
     rec = (
         json.loads(rec_path.read_text())
@@ -318,80 +378,80 @@ def _evaluate(
     bundle = run / "bundle"
     if not (bundle / "manifest.json").exists():
         export_run(run, bundle, console, policy_path(ab))
-    rob_path = run / "robustness.json"
-    if rob_path.exists():
-        rob = json.loads(rob_path.read_text())
-    else:
-        r = ab.robustness
-        rob = robustness.sweep(
-            bundle,
-            p_loss=r.p_loss,
-            episodes=r.episodes,
-            seeds=r.seeds,
-            strategies=["world-model"],
-            episode_limit=r.steps,
+    by_loss = {
+        m: _curve(
+            _robustness(bundle, ab, m, ["world-model"], _rob_path(run, m))["summary"]["world-model"]
         )
-        rob_path.write_text(json.dumps(rob, indent=1))
-    summary = rob["summary"]["world-model"]
+        for m in ab.robustness.loss_models
+    }
+    first = json.loads(_rob_path(run, ab.robustness.loss_models[0]).read_text())
     return {
         "variant": label,
         "run": str(run),
         "lrec_lost": lrec,
         "lrec_p_mask": masks[nearest],
-        "auc_mean": summary["auc_mean"],
-        "auc_std": summary["auc_std"],
-        "curve": [c["mean"] for c in summary["curve"]],
-        "p_loss": rob["p_loss"],
-        "metric": rob["metric"],
+        **_policy_metric(rec["strategies"][key], nearest),
+        **by_loss[ab.robustness.loss_models[0]],
+        "by_loss": by_loss,
+        "p_loss": first["p_loss"],
+        "metric": first["metric"],
     }
 
 
-def _budget_line(result: dict[str, Any]) -> list[str]:
-    budget = result.get("budget")
-    if not budget:
-        return []
-    updates = budget.get("finetune_updates") or "the config's"
-    sets = ", ".join(budget["set"])
-    return [f"Budget of every variant and seed: {sets}; fine-tuning updates {updates}.", ""]
+def _policy_metric(row: dict[str, Any], k: int) -> dict[str, Any]:
+    """The actor's disagreement on lost agents (issue 25), when the evaluation had an actor."""
+    for name in ("action_mae", "action_changed"):
+        if row.get(name) and row[name][k] is not None:
+            return {"policy_metric": name, "policy_value": row[name][k]}
+    return {}
 
 
-def _partial(result: dict[str, Any]) -> str:
-    planned = result.get("seeds_planned", result.get("seeds", [0]))
-    return (
-        ""
-        if planned == result.get("seeds", [0])
-        else f" (of {planned} planned: the sweep is still running)"
-    )
-
-
-def markdown(result: dict[str, Any]) -> str:
-    rows = result["rows"]
-    p_loss = rows[0]["p_loss"]
-    lines = [
-        f"# {result['name']}",
-        "",
-        f"{result['scenario']}, varying {result['vary']}; policy {result['policy']}. L_rec: lost "
-        f"agents, held-out episodes, test-time p_mask {rows[0]['lrec_p_mask']:g} (lower is "
-        "better). AUC: world-model strategy, over training seeds "
-        f"{result.get('seeds', [0])}{_partial(result)}; each seed's AUC is the mean over "
-        f"{result['robustness']['seeds']} evaluation seed families. ± is the std over training "
-        "seeds, or over the evaluation seed families when there is one training seed.",
-        "",
-        *_budget_line(result),
-        "| variant | L_rec lost agents | AUC | "
-        + " | ".join(f"{rows[0]['metric']} @ {p:g}" for p in p_loss)
-        + " |",
-        "|---|---|---|" + "---|" * len(p_loss),
-    ]
-    for r in rows:
-        auc = (
-            "n/a"
-            if not math.isfinite(r["auc_mean"])
-            else f"{r['auc_mean']:.1f} ± {r['auc_std']:.1f}"
+def _baseline_rows(
+    ab: AblationConfig, out: Path, evaluated: dict[int, list[dict[str, Any]]]
+) -> list[dict[str, Any]]:
+    """Hold-last and zero-fill with the same actor, masks and evaluation seeds (they do not depend
+    on the training seed: one sweep, cached in OUT/baselines*.json); L_rec over training seeds'
+    held-out data."""
+    first = out / evaluated[next(iter(evaluated))][0]["run"]
+    sweeps = {
+        m: _robustness(
+            first / "bundle", ab, m, ["hold-last", "zero-fill"], _rob_path(out, m, "baselines")
         )
-        curve = " | ".join(f"{v:.2f}" for v in r["curve"])
-        lrec = f"{r['lrec_lost']:.4f}" + (
-            f" ± {r['lrec_lost_std']:.4f}" if r.get("lrec_lost_std") else ""
+        for m in ab.robustness.loss_models
+    }
+    rows = []
+    for strat in ("hold-last", "zero-fill"):
+        recs = [
+            json.loads((out / rs[0]["run"] / "eval_reconstruction.json").read_text())
+            for rs in evaluated.values()
+        ]
+        k = min(
+            range(len(recs[0]["p_masks"])), key=lambda i: abs(recs[0]["p_masks"][i] - ab.p_mask)
         )
-        lines.append(f"| {r['variant']} | {lrec} | {auc} | {curve} |")
-    return "\n".join(lines) + "\n"
+        lrecs = [r["strategies"][strat]["lrec_masked"][k] for r in recs]
+        by_loss = {m: _curve(sw["summary"][strat]) for m, sw in sweeps.items()}
+        m0 = sweeps[ab.robustness.loss_models[0]]
+        pm = [_policy_metric(r["strategies"][strat], k) for r in recs]
+        rows.append(
+            {
+                "variant": f"{strat} (no world model)",
+                "runs": [],
+                "lrec_lost": float(sum(lrecs) / len(lrecs)),
+                "lrec_lost_std": float(np.std(lrecs)) if len(lrecs) > 1 else 0.0,
+                "lrec_p_mask": recs[0]["p_masks"][k],
+                **(
+                    {
+                        "policy_metric": pm[0]["policy_metric"],
+                        "policy_value": float(np.mean([x["policy_value"] for x in pm])),
+                    }
+                    if all(pm)
+                    else {}
+                ),
+                **by_loss[ab.robustness.loss_models[0]],
+                "by_loss": by_loss,
+                "p_loss": m0["p_loss"],
+                "metric": m0["metric"],
+                "per_seed": [],
+            }
+        )
+    return rows

@@ -17,7 +17,13 @@ from rmio.train.export import portable_path
 
 @pytest.mark.parametrize(
     "name",
-    ["fusion_halfcheetah_6x1", "p_mask_halfcheetah_6x1", "fig8_halfcheetah_6x1", "fig8_smax_2s3z"],
+    [
+        "fusion_halfcheetah_6x1",
+        "p_mask_halfcheetah_6x1",
+        "fig8_halfcheetah_6x1",
+        "fig8_smax_2s3z",
+        "recipes_halfcheetah_6x1",
+    ],
 )
 def test_shipped_sweeps_validate(name: str) -> None:
     ab = load_ablation(Path(name))

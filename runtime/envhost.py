@@ -64,7 +64,7 @@ class EnvHost:
         self.since: dict[str, tuple[int, int, int]] = {}
         """Agent -> (incarnation, ep, t): the first step sent to the incarnation it is now; an
         action from another incarnation or for an earlier step is stale (``stale_actions``)."""
-        self.late_streak = np.zeros(self.n, np.int64)
+        self.late_streak = [0] * self.n
         """Consecutive steps each agent missed while reachable: from ``late_after`` on, the step
         wait no longer includes it (a stalled agent must not slow everyone to one step per
         deadline) until an action of it arrives in time again."""
@@ -292,9 +292,12 @@ class EnvHost:
             i for i in range(self.n) if new_defaulted[i] and self.names[i] in self.reachable
         ]
         self.counts["deadline_misses"] += len(reachable_late)
-        self.late_streak[reachable_late] += 1
-        self.late_streak[list(self.pending)] = 0
-        self.counts["late_excluded"] += int((self.late_streak >= self.settings.late_after).sum())
+        streak, late_after = self.late_streak, self.settings.late_after
+        for i in reachable_late:
+            streak[i] += 1
+        for i in self.pending:
+            streak[i] = 0
+        self.counts["late_excluded"] += sum(k >= late_after for k in streak)
         self.counts["dead_agent_steps"] += int(new_defaulted.sum()) - len(reachable_late)
         if self.settings.record:
             self.records.append(

@@ -70,14 +70,25 @@ def expected_signatures(manifest: Manifest, role: str) -> tuple[Signature, Signa
     return inputs, outputs
 
 
+def optional_outputs(manifest: Manifest, role: str) -> Signature:
+    """Outputs a graph may add to the contract: a discrete actor's action probabilities, which
+    the policy metrics of `rmio eval reconstruction` use for their KL term."""
+    if role == "actor" and manifest.spec.discrete:
+        return {"action_probs": ("float32", (BATCH, manifest.spec.action_dim))}
+    return {}
+
+
 def check_signature(session: Any, manifest: Manifest, role: str, path: Path) -> None:
     """Refuse a graph whose input or output names, dtypes or shapes differ from the manifest's."""
     want_in, want_out = expected_signatures(manifest, role)
+    optional = optional_outputs(manifest, role)
     for kind, want, metas in (
         ("input", want_in, session.get_inputs()),
         ("output", want_out, session.get_outputs()),
     ):
         have = {m.name: m for m in metas}
+        if kind == "output":
+            want = {**want, **{k: v for k, v in optional.items() if k in have}}
         if set(have) != set(want):
             raise RmioError(
                 f"{path}: {kind}s {sorted(have)}, but a {role} graph for {manifest.spec.name} "

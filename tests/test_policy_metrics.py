@@ -96,3 +96,42 @@ def test_the_policy_term_teaches_reconstructions_the_actions_they_cause() -> Non
         opt.step()
     assert set(metrics) == {"policy_mae"}
     assert value.item() < 0.3 * first.item()
+
+
+def test_a_discrete_actor_exports_its_probabilities_for_the_kl(tmp_path: Path) -> None:
+    """rmio's discrete actor.onnx carries action_probs (an optional output the bundle check
+    accepts), so the policy metrics add KL(pi(.|o) || pi(.|o^)) to the changed-action rate."""
+    import torch
+
+    from rmio.runtime.models import make_session
+    from rmio.runtime.validate import check_signature
+    from rmio.train.export import export_actor
+    from rmio.train.policy import Actor
+
+    bundle = make_tiny_bundle(tmp_path / "b", "lbf/Foraging-8x8-2p-2f-v3")
+    probe = PolicyProbe(bundle)
+    spec = probe.manifest.spec
+    torch.manual_seed(0)
+    zeros = np.zeros((spec.n_agents, spec.obs_dim), np.float32)
+    actor = Actor(spec, 32, -0.5, zeros, np.ones_like(zeros))
+    with torch.no_grad():
+        actor.net[-1].weight.mul_(300.0)  # away from the near-uniform initial policy
+    assert export_actor(actor, bundle) == 0.0  # overwrites the tiny actor.onnx
+    check_signature(make_session(bundle / "actor.onnx"), probe.manifest, "actor", bundle)
+    probe = PolicyProbe(bundle)
+    assert probe.outputs == ["action", "action_probs"]
+    rng = np.random.default_rng(2)
+    true = rng.normal(size=(100, spec.obs_dim)).astype(np.float32)
+    recon = rng.normal(size=true.shape).astype(np.float32)
+    ids = rng.integers(0, spec.n_agents, size=100)
+    avail = rng.random((100, spec.action_dim)) > 0.3
+    avail[:, 0] = True
+    assert not probe.compare(true, true, ids, avail)["action_kl"].any()
+    got = probe.compare(true, recon, ids, avail)
+    with torch.no_grad():
+        t = torch.as_tensor
+        p = actor.dist(t(true), t(ids), t(avail).float()).probs.clamp_min(1e-8)
+        q = actor.dist(t(recon), t(ids), t(avail).float()).probs.clamp_min(1e-8)
+        want = (p * (p.log() - q.log())).sum(-1).numpy()
+    np.testing.assert_allclose(got["action_kl"], want, rtol=1e-3, atol=1e-5)
+    assert got["action_kl"].mean() > 0 and got["action_changed"].mean() > 0

@@ -46,7 +46,12 @@ class ActorGraph(nn.Module):
         self.actor = actor
 
     def forward(self, obs, agent_id, avail_actions=None):
-        return self.actor(obs, agent_id, avail_actions)
+        if avail_actions is None:
+            return self.actor(obs, agent_id, avail_actions)
+        # discrete: the greedy action and the probabilities it comes from (for the KL of the
+        # policy metrics; an optional output of the bundle contract)
+        logits = self.actor._head(obs, agent_id).masked_fill(~avail_actions.bool(), -1e9)
+        return self.actor(obs, agent_id, avail_actions), torch.softmax(logits, -1)
 
 
 def export_actor(actor: Actor, out: Path) -> float:
@@ -67,12 +72,19 @@ def export_actor(actor: Actor, out: Path) -> float:
         avail = torch.rand(2 * n, spec.action_dim, generator=gen) > 0.3
         avail[:, 0] = True
         args, names = (*args, avail), (*names, "avail_actions")
-    export_onnx(ActorGraph(actor), args, out / "actor.onnx", names, ("action",))
+    outputs = ("action", "action_probs") if spec.discrete else ("action",)
+    export_onnx(ActorGraph(actor), args, out / "actor.onnx", names, outputs)
     sess = ort.InferenceSession(str(out / "actor.onnx"), providers=["CPUExecutionProvider"])
     with torch.no_grad():
-        ref = actor(*args).numpy()
-    got = sess.run(["action"], {k: v.numpy() for k, v in zip(names, args, strict=True)})[0]
+        ref = actor(*args).numpy()  # the greedy action (the probabilities are checked below)
+    feed = {k: v.numpy() for k, v in zip(names, args, strict=True)}
+    got = sess.run(["action"], feed)[0]
     if spec.discrete:
+        with torch.no_grad():
+            probs = actor.dist(obs, ids, avail.float()).probs.numpy()
+        drift = float(np.abs(sess.run(["action_probs"], feed)[0] - probs).max())
+        if drift > 1e-4:
+            raise RmioError(f"actor.onnx's action_probs differ from torch's by {drift:.2e}")
         return float((ref != got).mean())  # fraction of different actions
     return float(np.abs(ref - got).max())
 

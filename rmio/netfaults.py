@@ -78,6 +78,7 @@ class NetLab:
         self.loss = {side: 0.0 for side in SIDES}
         self.cut = False
         self.spare = False
+        self.blocked: set[str] = set()
         self.made: list[str] = []
 
     def __enter__(self) -> NetLab:
@@ -130,6 +131,12 @@ class NetLab:
         self.cut = False
         self._rules()
 
+    def firewall(self, side: str, on: bool = True) -> None:
+        """Refuse every packet ``side`` sends over the link at its own output: unlike loss, each
+        send then fails locally with EPERM, as a host firewall makes it fail."""
+        self.blocked = (self.blocked | {side}) if on else (self.blocked - {side})
+        self._rules()
+
     def _rules(self) -> None:
         """Drops happen where the packet arrives (input hook): dropped on output, a packet would
         fail its send with EPERM, which tells the sender, as real loss does not."""
@@ -148,10 +155,13 @@ class NetLab:
                 if drop
                 else ""
             )
+            block = f'oifname "{self.dev[side]}" drop' if side in self.blocked else ""
             script = (
                 "table inet rmio\ndelete table inet rmio\n"
                 "table inet rmio {\n chain in {\n  type filter hook input priority 0;\n"
-                f"  {rule}\n }}\n}}\n"
+                f"  {rule}\n }}\n"
+                " chain out {\n  type filter hook output priority 0;\n"
+                f"  {block}\n }}\n}}\n"
             )
             _run("ip", "netns", "exec", self.ns[side], "nft", "-f", "-", stdin=script)
 

@@ -11,6 +11,8 @@ validation, drop reasons and traffic counters are the real ones. Nothing moves b
   never sleeps, whatever its timeout;
 * ``net.drop(match)``, ``net.duplicate(match)`` and ``net.reorder(match)`` (reverse the matching
   messages among themselves) change what is in flight; ``net.find(match)`` lists it;
+* ``net.firewalled.add(name)`` makes every send of that node fail locally (``send_fail.error``,
+  as a host firewall's EPERM does), while its peers stay reachable;
 * ``net.kill(name)`` is a SIGKILL: the node's in-flight messages and inbox are lost, a send to it
   fails at once (as ``ROUTER_MANDATORY`` does for a dead peer, counted as ``send_fail.unreachable``)
   and every node connected to it gets a ``(name, False)`` link event (the socket monitor's
@@ -72,6 +74,9 @@ class MemoryNode(NodeBase):
         self.peers[name] = endpoint
 
     def send_frames(self, to: str, msg_type: str, frames: Sequence[bytes | memoryview]) -> bool:
+        if self.name in self.net.firewalled:
+            self.fail("error")  # refused by this host itself (EPERM): says nothing about the peer
+            return False
         if self.closed or not self.net.reachable(self.name, to) or to not in self.peers:
             self.fail("unreachable")
             return False
@@ -101,6 +106,8 @@ class MemoryNetwork:
         self.nodes: dict[str, MemoryNode] = {}
         self.in_flight: list[Envelope] = []
         self.dead: set[str] = set()
+        self.firewalled: set[str] = set()
+        """Nodes whose every send fails locally (a host firewall's EPERM), not as unreachable."""
         self.incarnations = 0
         """The last incarnation given to a node (each new node gets the next one)."""
         self.cut: set[str] = set()

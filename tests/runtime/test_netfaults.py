@@ -208,3 +208,31 @@ def test_roster_mode_across_namespaces_with_a_restart_by_hand(bundle: Path, tmp_
     events = report["events"]
     assert report["env_steps"] == 300 and events["agent_rejoins"] >= 1
     _no_protocol_violation(events)
+
+
+def test_a_local_firewall_error_is_not_a_dead_peer(tmp_path: Path) -> None:
+    """A send refused by this host's own firewall fails with EPERM: counted as a local ``error``,
+    never as ``unreachable``, so the roles do not mark a live peer dead for it (before, any failed
+    datagram send did)."""
+    from rmio.runtime.datagram import DatagramNode
+
+    with NetLab() as lab:
+        with lab.inside("a"):
+            a = DatagramNode("a0", f"udp://{lab.addr['a']}:0", lambda name: True)
+        with lab.inside("b"):
+            b = DatagramNode("a1", f"udp://{lab.addr['b']}:0", lambda name: True)
+        try:
+            a.connect("a1", b.endpoint)
+            assert a.send("a1", "HB", epoch=0, leader=-1)
+            deadline = time.monotonic() + 5
+            while not any(m.type == "HB" for m in b.poll(20)):
+                assert time.monotonic() < deadline, "no datagram crossed the link"
+            lab.firewall("a")
+            assert not a.send("a1", "HB", epoch=0, leader=-1)
+            assert a.last_fail == "error" and a.stats.send_fail["error"] == 1
+            assert a.stats.send_fail["unreachable"] == 0 and not a.link_events[1:]
+            lab.firewall("a", on=False)
+            assert a.send("a1", "HB", epoch=0, leader=-1)
+        finally:
+            a.close()
+            b.close()

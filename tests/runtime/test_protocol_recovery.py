@@ -174,3 +174,26 @@ def test_an_epoch_at_the_top_of_its_range_crashes_nobody(swarm_factory, epoch: o
         assert sum(a.node.stats.dropped["bad_field"] for a in sw.agents[:5]) == 5
         assert sw.views() == {View.of(1, 0)}
     assert np.isfinite(sw.env.records[-1]["actions"]).all()
+
+
+def test_a_local_send_error_does_not_kill_a_live_coordinator(swarm_factory) -> None:
+    """Agent 3's host refuses its sends for a while (a firewall's EPERM): its loss report cannot
+    leave, but that says nothing about the coordinator, which stays alive in its view (before, a
+    failed send marked the peer dead, which started a needless election). It acts on hold-last at
+    its reconstruction deadline, and follows the same coordinator once its sends go through."""
+    sw: Swarm = swarm_factory()
+    sw.step(blind=[1])
+    assert sw.views() == {View.of(1, 0)}
+    sw.net.firewalled.add("a3")
+    sw.begin(blind=[3])
+    sw.settle()
+    a3 = sw.agents[3]
+    assert a3.node.stats.send_fail["error"] >= 1 and "a0" not in a3.live.down
+    assert a3.counts["leader_lost"] == 0 and a3.counts["lost_broadcast"] == 0
+    sw.advance(sw.settings.deadline_s("recon") + 1e-6)
+    sw.end()
+    assert sw.kinds(3)[1] == "fallback"
+    sw.net.firewalled.discard("a3")
+    sw.step(blind=[3])
+    assert sw.kinds(3)[2] == "world-model" and sw.views() == {View.of(1, 0)}
+    assert sum(a.counts["claims"] for a in sw.agents) == 1

@@ -135,3 +135,25 @@ def test_a_discrete_actor_exports_its_probabilities_for_the_kl(tmp_path: Path) -
         want = (p * (p.log() - q.log())).sum(-1).numpy()
     np.testing.assert_allclose(got["action_kl"], want, rtol=1e-3, atol=1e-5)
     assert got["action_kl"].mean() > 0 and got["action_changed"].mean() > 0
+
+
+def test_the_deploy_time_check_names_where_the_world_model_loses_to_hold_last() -> None:
+    from rmio.train.wm_eval import policy_warnings, reconstruction_table
+
+    res = {
+        "p_masks": [0.0, 0.25, 0.5],
+        "strategies": {
+            "wm fine-tuned (p_mask 0.5)": {
+                "lrec_masked": [None, 0.05, 0.06],
+                "action_mae": [None, 0.30, 0.10],
+            },
+            "hold-last": {"lrec_masked": [None, 0.09, 0.10], "action_mae": [None, 0.20, 0.25]},
+        },
+    }
+    (w,) = policy_warnings(res)
+    assert "does not beat hold-last on action_mae at p_mask 0.25 (0.3000 vs 0.2000)" in w
+    assert "0.5" not in w.split("at p_mask")[1].split(":")[0]
+    res["warnings"] = [w]
+    assert "**Warning:**" in reconstruction_table(res)
+    res["strategies"]["hold-last"]["action_mae"] = [None, 0.4, 0.4]
+    assert policy_warnings(res) == []

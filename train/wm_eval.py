@@ -286,6 +286,7 @@ def evaluate_run(
             ]  # identical for both checkpoints: same masks, same data
     if not results["strategies"]:
         raise RmioError(f"'{run_dir}' has no trained world model (wm_pretrain.pt / wm_finetune.pt)")
+    results["warnings"] = policy_warnings(results)
     (run_dir / f"{stem}.json").write_text(json.dumps(results, indent=2))
     md = reconstruction_table(results)
     (run_dir / f"{stem}.md").write_text(md)
@@ -293,6 +294,8 @@ def evaluate_run(
     title = cfg.env.scenario + named
     plot_reconstruction(results, run_dir / f"{stem}.png", title)
     _print(results, console)
+    for w in results["warnings"]:
+        console.print(f"[yellow]warning:[/yellow] {w}")
     console.print(f"wrote {run_dir / stem}.md, .json and .png")
     return results
 
@@ -327,6 +330,31 @@ def _probe_for(
     return None, None
 
 
+def policy_warnings(results: dict[str, Any]) -> list[str]:
+    """The deploy-time check of issue 25: every p_mask at which a world model makes the actor
+    disagree with itself more than hold-last does (the number that predicts return better than
+    L_rec), so a user learns before deploying where the world model would hurt."""
+    held = results["strategies"].get("hold-last", {})
+    out = []
+    for name, row in results["strategies"].items():
+        if not name.startswith("wm "):
+            continue
+        for key in POLICY_METRICS:
+            if key not in row or key not in held:
+                continue
+            worse = [
+                f"{p:g} ({v:.4f} vs {h:.4f})"
+                for p, v, h in zip(results["p_masks"], row[key], held[key], strict=True)
+                if v is not None and h is not None and v > h
+            ]
+            if worse:
+                out.append(
+                    f"{name} does not beat hold-last on {key} at p_mask {', '.join(worse)}: at "
+                    "those loss rates the blind agents would act better on their last observation"
+                )
+    return out
+
+
 def _masks_named(results: dict[str, Any]) -> str:
     model = results.get("loss_model", "bernoulli")
     if model == "burst":
@@ -354,6 +382,8 @@ def reconstruction_table(results: dict[str, Any]) -> str:
             if metric in row:
                 cells = ["-" if v is None else f"{v:.4f}" for v in row[metric]]
                 lines.append(f"| {name} | {metric} | " + " | ".join(cells) + " |")
+    for w in results.get("warnings", []):
+        lines += ["", f"**Warning:** {w}"]
     return "\n".join(lines) + "\n"
 
 

@@ -67,6 +67,24 @@ def _interruptible() -> None:
     signal.signal(signal.SIGTERM, signal.default_int_handler)
 
 
+def sweep_stale_ipc_dirs() -> int:
+    """Remove the socket directories (``rmio-PID-*`` in the temporary directory) of launchers that
+    are gone: a SIGKILLed launcher cannot clean up after itself. Returns how many went."""
+    gone = 0
+    for path in Path(tempfile.gettempdir()).glob("rmio-*-*"):
+        pid = path.name.split("-")[1]
+        if not (pid.isdigit() and path.is_dir()):
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(path, ignore_errors=True)
+            gone += 1
+        except PermissionError:  # alive, someone else's
+            continue
+    return gone
+
+
 class Launcher:
     def __init__(
         self,
@@ -105,7 +123,8 @@ class Launcher:
         check_bundle_fits(self.settings.transport, self.settings.bundle)
         try:
             if self.settings.transport == "ipc":
-                self.ipc_dir = tempfile.mkdtemp(prefix="rmio-")
+                sweep_stale_ipc_dirs()
+                self.ipc_dir = tempfile.mkdtemp(prefix=f"rmio-{os.getpid()}-")
             bind = self._bind_for("ctl")
             self.ctl = make_node("ctl", bind, self.settings.known)
             names = [("env", "env-host"), *((a, "agent") for a in self.settings.agent_names())]

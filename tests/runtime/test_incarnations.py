@@ -101,3 +101,23 @@ def test_repointing_a_connected_peer_does_not_abort() -> None:
         [sys.executable, "-c", _MOVE], capture_output=True, text=True, timeout=120
     )
     assert proc.returncode == 0 and "moved" in proc.stdout, (proc.returncode, proc.stderr[-2000:])
+
+
+def test_a_killed_launchers_socket_directory_is_swept(tmp_path: Path) -> None:
+    """A SIGKILLed launcher cannot remove its ``rmio-PID-*`` socket directory; the next launch
+    removes those of launchers that are gone, and leaves a live one's alone."""
+    import os
+    import tempfile
+
+    from rmio.runtime.launcher import sweep_stale_ipc_dirs
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait(timeout=30)
+    stale = Path(tempfile.mkdtemp(prefix=f"rmio-{dead.pid}-"))
+    (stale / "a0.sock").write_text("")
+    live = Path(tempfile.mkdtemp(prefix=f"rmio-{os.getpid()}-"))
+    try:
+        assert sweep_stale_ipc_dirs() >= 1
+        assert not stale.exists() and live.is_dir()
+    finally:
+        live.rmdir()

@@ -80,6 +80,11 @@ class BatchedPolicy:
         self.l = manifest.history_window
         self.recon_calls = 0
         self.recon_seconds = 0.0
+        self.truth: Any = None
+        """A Lockstep whose true observations to measure against: then, on every lost agent-step,
+        how far the observation the agent acted on is from the true one and how far its action is
+        from the one it would have taken on the truth (issue 25); ``errors`` holds the sums."""
+        self.errors = {"lost": 0.0, "obs_mae": 0.0, "action": 0.0}
 
     def reset(self, n_envs: int) -> None:
         n, d = self.spec.n_agents, self.spec.obs_dim
@@ -158,7 +163,36 @@ class BatchedPolicy:
         actions = self.actor.act(inputs.reshape(E * n, -1), ids, flat_avail)
         joint = actions.reshape(E, n, *actions.shape[1:])
         self.acts.append(joint)
+        if self.truth is not None:
+            envs = active & ~observed.all(axis=1)
+            self._measure(self.truth.true_obs, inputs, joint, avail, envs, observed)
         return joint
+
+    def _measure(
+        self,
+        obs: np.ndarray,
+        inputs: np.ndarray,
+        joint: np.ndarray,
+        avail: np.ndarray | None,
+        envs: np.ndarray,
+        observed: np.ndarray,
+    ) -> None:
+        lost = envs[:, None] & ~observed  # (E, n)
+        if not lost.any():
+            return
+        e, i = np.nonzero(lost)
+        fm = np.asarray(self.spec.obs_feature_mask, np.float32)[i]
+        true = np.asarray(obs, np.float32)[e, i]
+        err = (np.abs(inputs[e, i] - true) * fm).sum(-1) / np.maximum(fm.sum(-1), 1.0)
+        on_truth = self.actor.act(true, i.astype(np.int64), None if avail is None else avail[e, i])
+        taken = joint[e, i]
+        if self.spec.discrete:
+            act_err = (on_truth.reshape(-1) != taken.reshape(-1)).astype(np.float64)
+        else:
+            act_err = np.abs(on_truth - taken).reshape(len(e), -1).mean(-1)
+        self.errors["lost"] += len(e)
+        self.errors["obs_mae"] += float(err.sum())
+        self.errors["action"] += float(act_err.sum())
 
 
 @dataclass
@@ -168,6 +202,8 @@ class Lockstep:
     env_cfg: EnvConfig
     episodes: int
     envs: list[Any] = field(default_factory=list)
+    true_obs: Any = None
+    """The current step's true observations (E, n, d), for measurements only."""
 
     def __enter__(self) -> Lockstep:
         self.envs = [make_env(self.env_cfg) for _ in range(self.episodes)]
@@ -201,6 +237,8 @@ class Lockstep:
         won: list[bool | None] = [None] * self.episodes
         while active.any():
             obs = np.stack([ts.obs for ts in steps])
+            # what the agents would have seen: only measurements read it, never a policy
+            self.true_obs = np.stack([ts.true_obs for ts in steps])
             observed = np.stack([np.asarray(ts.observed, bool) for ts in steps])
             avail = (
                 None
@@ -313,6 +351,7 @@ def sweep(
     episode_limit: int | None = None,
     progress: Callable[[str, int], None] | None = None,
     loss: LossConfig | None = None,
+    policy_metrics: bool = False,
 ) -> dict[str, Any]:
     """Every strategy at every p_loss for every seed family; returns the JSON-ready result.
     ``loss`` (default: ``loss_model`` with its default settings) is the model whose long-run lost
@@ -371,6 +410,7 @@ def sweep(
                         tick(strategy, 1)
                         continue
                     policy = BatchedPolicy(actor, manifest, strategy, models.get(strategy), wm_mode)
+                    policy.truth = envs if policy_metrics else None
                     policy.reset(episodes)
                     began = time.perf_counter()
                     eps = envs.run(policy.act, loss, seed)
@@ -379,6 +419,12 @@ def sweep(
                     row["recon_ms_per_env_step"] = (
                         1e3 * policy.recon_seconds / max(1, sum(e.steps for e in eps))
                     )
+                    if policy_metrics and policy.errors["lost"]:
+                        # per lost agent-step: what the agent acted on vs the truth (raw units),
+                        # and its action vs the one it would have taken on the truth
+                        k = policy.errors["lost"]
+                        row["obs_mae"] = policy.errors["obs_mae"] / k
+                        row["action_error"] = policy.errors["action"] / k
                     rows.append(row)
                     timing[strategy] = timing.get(strategy, 0.0) + row["seconds"]
                     plain = plain or (row if p == 0.0 else None)

@@ -157,3 +157,40 @@ def test_the_deploy_time_check_names_where_the_world_model_loses_to_hold_last() 
     assert "**Warning:**" in reconstruction_table(res)
     res["strategies"]["hold-last"]["action_mae"] = [None, 0.4, 0.4]
     assert policy_warnings(res) == []
+
+
+def test_the_robustness_sweep_measures_what_lost_agents_acted_on(tmp_path: Path) -> None:
+    """policy_metrics: on every lost agent-step, the observation the agent acted on against the
+    true one, and its action against the one it would have taken on the truth."""
+    from types import SimpleNamespace
+
+    from rmio.evaluation import robustness
+    from rmio.runtime.bundle import load_manifest
+
+    bundle = make_tiny_bundle(tmp_path / "b", "mamujoco/HalfCheetah-6x1")
+    manifest = load_manifest(bundle)
+    runner = ActorRunner(bundle, manifest)
+    policy = robustness.BatchedPolicy(runner, manifest, "zero-fill")
+    policy.reset(2)
+    rng = np.random.default_rng(3)
+    true = rng.normal(size=(2, 6, 9)).astype(np.float32)
+    observed = np.ones((2, 6), bool)
+    observed[0, [1, 4]] = False
+    observed[1, 2] = False
+    policy.truth = SimpleNamespace(true_obs=true)
+    policy.act(true * observed[..., None], observed, None, np.ones(2, bool))
+    e, i = np.nonzero(~observed)
+    fm = manifest.spec.obs_feature_mask[i]
+    want_obs = ((np.abs(true[e, i]) * fm).sum(-1) / fm.sum(-1)).sum()
+    on_truth = runner.act(true[e, i], i)
+    on_zeros = runner.act(np.zeros_like(true[e, i]), i)
+    assert policy.errors["lost"] == 3
+    assert abs(policy.errors["obs_mae"] - want_obs) < 1e-4
+    assert abs(policy.errors["action"] - np.abs(on_truth - on_zeros).mean(-1).sum()) < 1e-5
+
+    res = robustness.sweep(
+        bundle, p_loss=[0.5], episodes=2, seeds=1, strategies=["hold-last", "zero-fill"],
+        episode_limit=20, policy_metrics=True,
+    )  # fmt: skip
+    rows = [r for r in res["rows"] if r["strategy"] != "random"]
+    assert len(rows) == 2 and all(r["obs_mae"] > 0 and r["action_error"] >= 0 for r in rows)

@@ -174,7 +174,7 @@ def test_retired_key_is_refused_but_recorded_configs_still_load(tmp_path: Path) 
     cfg = load_config("ant_4x2", preset="debug")
     path = save_config(cfg, tmp_path / "run")
     path.write_text(
-        path.read_text().replace("    threads: 2\n", "    device: cpu\n    threads: 2\n")
+        path.read_text().replace("    threads: 1\n", "    device: cpu\n    threads: 1\n")
     )
     assert "device: cpu" in path.read_text()
     assert load_config(path).digest() == cfg.digest()

@@ -280,8 +280,29 @@ def export(
     show_default=True,
     help="Worker processes: the trials (seed x variant) run in parallel, each with its own log.",
 )
+@click.option(
+    "--backend",
+    type=click.Choice(["local", "ray"]),
+    default="local",
+    show_default=True,
+    help="local: this machine (--jobs processes); ray: every trial a Ray task (the ray extra).",
+)
+@click.option(
+    "--address",
+    default=None,
+    help="With --backend ray: an existing cluster's address (default: a local Ray); the sweep "
+    "directory must be on storage every node sees.",
+)
 @device_option
-def ablate(sweep: str, debug: bool, out: Path | None, jobs: int, device: str) -> None:
+def ablate(
+    sweep: str,
+    debug: bool,
+    out: Path | None,
+    jobs: int,
+    backend: str,
+    address: str | None,
+    device: str,
+) -> None:
     """Run an ablation table (configs/ablations: fusion_halfcheetah_6x1, p_mask_halfcheetah_6x1, or
     a YAML): train every variant, then report L_rec of lost agents and the robustness AUC side by
     side."""
@@ -295,6 +316,8 @@ def ablate(sweep: str, debug: bool, out: Path | None, jobs: int, device: str) ->
         _console(),
         device,
         jobs,
+        backend,
+        address,
     )
 
 

@@ -186,13 +186,15 @@ def run_ablation(
     console: Console,
     device: str = "cpu",
     jobs: int = 1,
+    backend: str = "local",
+    address: str | None = None,
 ) -> dict[str, Any]:
     """Train and evaluate every variant of every seed; after each seed the table so far is written
     (``ablation.md`` / ``ablation.json`` with the seeds done), so a long sweep reports as it goes.
 
     ``jobs`` > 1 runs the trials (one preparation per seed, then one trial per seed and variant) in
-    that many worker processes (:mod:`rmio.train.trials`); every trial seeds itself, so the table
-    is the same as with one job."""
+    that many worker processes, ``backend="ray"`` as Ray tasks (:mod:`rmio.train.trials`); every
+    trial seeds itself, so the table is the same as with one job."""
     ab = load_ablation(path)
     sweep = Sweep(resolve_sweep(path), out, debug, device)
     evaluated: dict[int, list[dict[str, Any]]] = {}
@@ -203,7 +205,7 @@ def run_ablation(
         evaluated[seed] = rows
         result = _write_table(ab, out, dict(sorted(evaluated.items())), console)
 
-    if jobs <= 1:
+    if jobs <= 1 and backend == "local":
         for seed in ab.seeds:
             prepare_seed(sweep, seed, console)
             seed_done(seed, [run_variant(sweep, seed, k, console) for k in range(len(ab.variants))])
@@ -211,7 +213,9 @@ def run_ablation(
         trials = [
             Trial(seed, _trial_name(ab, k), k) for seed in ab.seeds for k in range(len(ab.variants))
         ]
-        run_trials(sweep, trials, jobs, console, seed_done, prepare_seed, run_variant)
+        run_trials(
+            sweep, trials, jobs, console, seed_done, prepare_seed, run_variant, backend, address
+        )
     if ab.robustness.baselines and evaluated:
         console.rule(f"[bold]{ab.name}: hold-last and zero-fill with the same actor")
         baselines = _baseline_rows(ab, out, dict(sorted(evaluated.items())))

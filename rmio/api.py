@@ -25,7 +25,7 @@ import numpy as np
 
 from rmio.defaults import DEFAULT_P_LOSS
 from rmio.envs.base import EnvSpec
-from rmio.envs.loss import LossConfig
+from rmio.envs.loss import LossConfig, resolve_loss
 from rmio.envs.registry import EnvConfig, make_env
 from rmio.envs.to_pettingzoo import parallel_env
 from rmio.errors import ConfigError, RmioError
@@ -155,19 +155,24 @@ def robustness_sweep(
     loss_model: str = "bernoulli",
     wm_mode: str = "window",
     episode_limit: int | None = None,
+    **loss_options: Any,
 ) -> dict[str, Any]:
     """``rmio eval robustness``: every strategy at every p_loss for every seed family; the result
-    has the rows, and ``summary[strategy]`` the curve and the AUC (mean and spread over seeds)."""
+    has the rows, and ``summary[strategy]`` the curve and the AUC (mean and spread over seeds).
+    ``loss_model`` is a name or a YAML file, and ``loss_options`` its settings, as on the command
+    line (``mean_burst_length=5``, ``blackout_length=3``)."""
     opened = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
+    loss = resolve_loss(loss_model, swept=True, **loss_options)
     return sweep(
         opened.path,
         p_loss=[float(p) for p in p_loss],
         episodes=episodes,
         seeds=seeds,
         strategies=list(strategies),
-        loss_model=loss_model,
+        loss_model=loss.model,
         wm_mode=wm_mode,
         episode_limit=episode_limit,
+        loss=loss,
     )
 
 

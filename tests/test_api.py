@@ -14,7 +14,7 @@ import pytest
 
 import rmio
 from rmio.envs.registry import make_env
-from rmio.errors import RmioError
+from rmio.errors import ConfigError, RmioError
 from rmio.testing import make_tiny_bundle
 
 
@@ -89,6 +89,13 @@ def test_robustness_sweep(bundle: Path) -> None:
     )
     rows = rmio.evaluate(bundle, episodes=1, p_loss=0.0, seed=0, episode_limit=15)
     assert at_zero["episodes"][0]["return"] == pytest.approx(rows[0]["return"], abs=1e-5)
+    burst = rmio.robustness_sweep(
+        bundle, p_loss=[0.0, 0.5], episodes=1, seeds=1, episode_limit=15,
+        strategies=["hold-last"], loss_model="burst", mean_burst_length=6,
+    )  # fmt: skip
+    assert burst["loss"] == {"model": "burst", "mean_burst_length": 6}
+    with pytest.raises(ConfigError):  # a setting the model does not read, as on the command line
+        rmio.robustness_sweep(bundle, p_loss=[0.0], loss_model="bernoulli", blackout_length=3)
 
 
 @pytest.mark.slow

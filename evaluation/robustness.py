@@ -28,27 +28,15 @@ from rmio.defaults import DEFAULT_P_LOSS as DEFAULT_P_LOSS
 from rmio.envs.loss import LossConfig, at_lost_fraction, describe
 from rmio.envs.registry import EnvConfig
 from rmio.errors import RmioError
-from rmio.evaluation.lockstep import (
-    SEED_STRIDE as SEED_STRIDE,
-)
-from rmio.evaluation.lockstep import (
-    BatchedPolicy as BatchedPolicy,
-)
-from rmio.evaluation.lockstep import (
-    Episode as Episode,
-)
-from rmio.evaluation.lockstep import (
-    Lockstep as Lockstep,
-)
-from rmio.evaluation.lockstep import (
-    random_policy as random_policy,
-)
+from rmio.evaluation.lockstep import SEED_STRIDE, BatchedPolicy, Episode, Lockstep, random_policy
 from rmio.runtime.models import ActorRunner, WorldModelRunner
 from rmio.runtime.settings import env_config_for
 from rmio.runtime.validate import verify_bundle
 from rmio.runtime.vocabulary import EVAL_STRATEGIES
 
 log = logging.getLogger(__name__)
+
+__all__ = ["SEED_STRIDE", "BatchedPolicy", "Episode", "Lockstep", "random_policy", "sweep"]
 
 STRATEGIES = EVAL_STRATEGIES
 """What a blind agent acts on: the fine-tuned world model's reconstruction, its last real

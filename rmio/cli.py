@@ -358,6 +358,13 @@ def _swarm_run_options(fn: Callable) -> Callable:
         click.option(
             "--record", is_flag=True, help="Write per-process step records next to the report."
         ),
+        click.option(
+            "--insecure",
+            is_flag=True,
+            default=None,
+            help="No message authentication (a lab network where everyone who can reach a port "
+            "is trusted); by default every message carries an HMAC under the swarm's key.",
+        ),
     ]
     for option in reversed(options):
         fn = option(fn)
@@ -425,7 +432,24 @@ def swarm_roster(host: str, base_port: int, output: Path, **options: Any) -> Non
         click.echo(cmd)
 
 
-def _run_role(role: str, name: str, roster: Path) -> None:
+@swarm.command("keys")
+@click.argument("roster", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--key",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Key file to write [ROSTER with the suffix .key]; its path is stored relative to the "
+    "roster.",
+)
+def swarm_keys(roster: Path, key: Path | None) -> None:
+    """Create a fresh swarm key for a roster (and clear its 'insecure' flag): copy the key file with
+    the roster to every machine, readable by its owner only."""
+    from rmio.runtime.launcher import roster_keys
+
+    click.echo(f"key: {roster_keys(roster, key)}")
+
+
+def _run_role(role: str, name: str, roster: Path, bind: str | None = None) -> None:
     from rmio.runtime.proc import install_signal_handlers, run_role
     from rmio.runtime.settings import Roster
     from rmio.runtime.validate import verify_bundle
@@ -435,7 +459,8 @@ def _run_role(role: str, name: str, roster: Path) -> None:
         raise RmioError(f"roster '{roster}' names no endpoint for {name}")
     verify_bundle(spec.settings.bundle)
     install_signal_handlers()
-    code = run_role(role, spec.settings, name, spec.endpoints[name], endpoints=spec.endpoints)
+    bind = bind or spec.bind_for(name)
+    code = run_role(role, spec.settings, name, bind, endpoints=spec.endpoints)
     report = Path(spec.settings.out_dir) / "report.json"
     if role == "env-host" and report.is_file():
         console.print(f"report: {report} and {report.with_suffix('.md')}")
@@ -448,28 +473,38 @@ _ROSTER = click.option(
     required=True,
     help="Roster file naming every role's endpoint (see `rmio swarm roster`).",
 )
+_BIND = click.option(
+    "--bind",
+    default=None,
+    metavar="ENDPOINT",
+    help="Bind here instead of the endpoint the roster advertises for this role (e.g. "
+    "tcp://0.0.0.0:5550 in a container) [the roster's 'bind' entry, else its endpoint].",
+)
 
 
 @swarm.command("env-host")
 @_ROSTER
-def swarm_env_host(roster: Path) -> None:
+@_BIND
+def swarm_env_host(roster: Path, bind: str | None) -> None:
     """Run the env host of a roster (simulator, loss model, sensors and actuators, report)."""
-    _run_role("env-host", "env", roster)
+    _run_role("env-host", "env", roster, bind)
 
 
 @swarm.command("agent")
 @click.option("--id", "agent_id", type=click.IntRange(min=0), required=True)
 @_ROSTER
-def swarm_agent(agent_id: int, roster: Path) -> None:
+@_BIND
+def swarm_agent(agent_id: int, roster: Path, bind: str | None) -> None:
     """Run agent I of a roster."""
-    _run_role("agent", f"a{agent_id}", roster)
+    _run_role("agent", f"a{agent_id}", roster, bind)
 
 
 @swarm.command("wm-node")
 @_ROSTER
-def swarm_wm_node(roster: Path) -> None:
+@_BIND
+def swarm_wm_node(roster: Path, bind: str | None) -> None:
     """Run the world-model node of a roster (CUDA provider when onnxruntime has it)."""
-    _run_role("wm-node", "wm", roster)
+    _run_role("wm-node", "wm", roster, bind)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -25,8 +25,8 @@ unordered on a real network; the protocol already treats every message as one th
   send (``too_big``). The launcher refuses the transport when the bundle's largest message (a
   whole-window world-model request) would not fit.
 
-Like ZeroMQ without CURVE, a datagram's sender is the name in its header (validated against the
-roster).
+A datagram's sender is the name in its header, validated against the roster and, in a swarm with a
+key, authenticated by the message's tag (``runtime/auth.py``).
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ import numpy as np
 
 from rmio.errors import ConfigError
 from rmio.runtime import timeline
+from rmio.runtime.auth import TRAILER_BYTES
 from rmio.runtime.bundle import Manifest
 from rmio.runtime.history import ActionCodec
 from rmio.runtime.node import NodeBase
@@ -87,7 +88,7 @@ def unpack(data: bytes) -> list[memoryview] | None:
         return None
     count = data[0]
     body = 1 + 4 * count
-    if not 1 <= count <= MAX_FRAMES + 1 or len(data) < body:
+    if not 1 <= count <= MAX_FRAMES + 2 or len(data) < body:  # header, arrays, auth trailer
         return None
     view = memoryview(data)
     frames, at = [], body
@@ -114,7 +115,7 @@ def largest_message_bytes(manifest: Manifest) -> int:
     frames = encode(
         "WM_REQ", "a9999", arrays, inc=MAX_INC, to=MAX_INC, ep=big, step=big, rid=big, cont=True
     )
-    return len(pack(frames))
+    return len(pack([*frames, bytes(TRAILER_BYTES)]))  # sealed, as every message of a keyed swarm
 
 
 def check_fits(manifest: Manifest) -> None:
@@ -174,6 +175,7 @@ class DatagramNode(NodeBase):
         if address is None:
             self.fail("unreachable")
             return False
+        frames = self.seal(to, frames)
         data = pack(frames)
         if len(data) > MAX_DATAGRAM:
             self.fail("too_big")

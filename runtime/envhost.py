@@ -59,6 +59,8 @@ class EnvHost:
         self.last_status = 0.0
         self.status_tx = (0, 0)
         self.stats: dict[str, dict[str, Any]] = {}
+        self.asked: set[str] = set()
+        """The processes sent a STATS_REQ: a STATS from any other is dropped (``unasked``)."""
         self.pending: dict[int, np.ndarray] = {}
         self.incarnations: dict[str, int] = {}
         self.since: dict[str, tuple[int, int, int]] = {}
@@ -373,6 +375,9 @@ class EnvHost:
         return None
 
     def _on_stats(self, msg: Message, step: tuple[int, int] | None) -> int | None:
+        if msg.src not in self.asked:  # statistics come only in answer to STATS_REQ
+            self.node.count_drop("unasked", f"STATS from {msg.src}")
+            return None
         samples = dict(zip(msg["names"], msg.arrays.values(), strict=False))
         self.stats[msg.src] = {"counts": msg["counts"], "samples": samples}
         return None
@@ -432,6 +437,7 @@ class EnvHost:
 
     def _collect_stats(self) -> None:
         want = [n for n in [*self.names, "wm"] if n in self.node.peers]
+        self.asked.update(want)
         for name in want:
             self.node.send(name, "STATS_REQ")
         deadline = time.monotonic() + 3.0

@@ -29,7 +29,9 @@ from typing import Any
 
 from rmio.envs.loss import describe, resolve_loss
 from rmio.errors import RmioError
+from rmio.runtime.auth import generate_key
 from rmio.runtime.node import NodeBase, local_endpoint
+from rmio.runtime.proc import swarm_auth
 from rmio.runtime.settings import Roster, SwarmSettings, env_config_for
 from rmio.runtime.transport import check_bundle_fits, make_node
 from rmio.runtime.validate import verify_bundle
@@ -100,6 +102,8 @@ class Launcher:
         self.log_level = log_level or logging.getLevelName(logging.getLogger().getEffectiveLevel())
         self.children: dict[str, Child] = {}
         self.ipc_dir: str | None = None
+        self.own_key = False
+        """This launch wrote the swarm's key (in ``ipc_dir``, gone with it)."""
         self.ctl: NodeBase | None = None
         self.report_path: Path | None = None
         self.roster: dict[str, str] = {}
@@ -118,15 +122,19 @@ class Launcher:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         (self.run_dir / "logs").mkdir(exist_ok=True)
         self.settings.out_dir = str(self.run_dir)
-        self.settings_path = self.settings.save(self.run_dir / "settings.json")
         _interruptible()
         check_bundle_fits(self.settings.transport, self.settings.bundle)
         try:
-            if self.settings.transport == "ipc":
-                sweep_stale_ipc_dirs()
-                self.ipc_dir = tempfile.mkdtemp(prefix=f"rmio-{os.getpid()}-")
+            # a private folder (0700) for the socket files and this run's key
+            sweep_stale_ipc_dirs()
+            self.ipc_dir = tempfile.mkdtemp(prefix=f"rmio-{os.getpid()}-")
+            if not self.settings.insecure and not self.settings.key_file:
+                self.settings.key_file = str(generate_key(Path(self.ipc_dir) / "swarm.key"))
+                self.own_key = True
+            self.settings_path = self.settings.save(self.run_dir / "settings.json")
             bind = self._bind_for("ctl")
             self.ctl = make_node("ctl", bind, self.settings.known)
+            self.ctl.auth = swarm_auth(self.settings, "ctl")
             names = [("env", "env-host"), *((a, "agent") for a in self.settings.agent_names())]
             if self.settings.world_model == "node":
                 names.append(("wm", "wm-node"))
@@ -185,6 +193,8 @@ class Launcher:
         if self.ipc_dir is not None:
             shutil.rmtree(self.ipc_dir, ignore_errors=True)
             self.ipc_dir = None
+        if self.own_key:  # the settings may serve another launch: it gets a key of its own
+            self.settings.key_file, self.own_key = None, False
 
     def pids(self) -> list[int]:
         return [c.proc.pid for c in self.children.values()]
@@ -431,9 +441,23 @@ def write_roster(
     endpoints = {
         name: f"{settings.transport}://{host}:{base_port + k}" for k, name in enumerate(names)
     }
+    if not settings.insecure:
+        settings.key_file = str(generate_key(Path(path).with_suffix(".key")))
     Roster(endpoints, settings).save(path)
     cmds = [f"rmio swarm env-host --roster {path}"]
     cmds += [f"rmio swarm agent --id {i} --roster {path}" for i in range(settings.n_agents)]
     if settings.world_model == "node":
         cmds.append(f"rmio swarm wm-node --roster {path}")
     return cmds
+
+
+def roster_keys(roster: str | Path, key: str | Path | None = None) -> Path:
+    """A fresh key for an existing roster (``rmio swarm keys``): written next to it unless ``key``
+    says where, named in its settings relative to it, and its ``insecure`` flag cleared."""
+    roster = Path(roster)
+    spec = Roster.load(roster, need_key=False)
+    path = generate_key(Path(key) if key is not None else roster.with_suffix(".key"))
+    spec.settings.key_file = str(path.resolve())
+    spec.settings.insecure = False
+    spec.save(roster)
+    return path

@@ -80,6 +80,7 @@ class MemoryNode(NodeBase):
         if self.closed or not self.net.reachable(self.name, to) or to not in self.peers:
             self.fail("unreachable")
             return False
+        frames = self.seal(to, frames)
         self.net.in_flight.append(Envelope(self.name, to, msg_type, [bytes(f) for f in frames]))
         self.count_sent(msg_type, frames)
         return True

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from rmio.runtime.auth import TRAILER_BYTES, Auth
 from rmio.runtime.wire import Message, WireError, decode, encode
 
 log = logging.getLogger(__name__)
@@ -97,6 +98,12 @@ class NodeBase:
     """This process's incarnation (set by whoever runs the role): every message carries it, and a
     message addressed to another incarnation of this name is dropped (``stale_incarnation``)."""
 
+    auth: Auth | None = None
+    """The swarm's message authentication (set by whoever runs the role; None: an insecure swarm
+    that trusts its network). With it every transmission is sealed (:meth:`seal`) and every
+    message whose tag does not match (``bad_auth``) or that was accepted before (``replayed``) is
+    dropped."""
+
     def __init__(self, name: str, known: Callable[[str], bool]) -> None:
         self.name = name
         self.known = known
@@ -162,14 +169,28 @@ class NodeBase:
         self.last_fail = reason
         self.stats.send_fail[reason] += 1
 
+    def seal(self, to: str, frames: Sequence[bytes | memoryview]) -> Sequence[bytes | memoryview]:
+        """What one transmission of ``frames`` to ``to`` carries: with authentication, the frames
+        and their trailer (a resend is a new transmission with its own sequence number)."""
+        return frames if self.auth is None else self.auth.seal(to, frames)
+
     def count_sent(self, msg_type: str, frames: Sequence[bytes | memoryview]) -> None:
+        """Count one transmission (``frames`` as sealed: the trailer is bytes, not payload)."""
         size = sum(len(f) for f in frames)
         self.stats.tx_msgs[msg_type] += 1
         self.stats.tx_bytes[msg_type] += size
-        self.stats.tx_payload[msg_type] += size - len(frames[0])
+        trailer = len(frames[-1]) if self.auth is not None else 0
+        self.stats.tx_payload[msg_type] += size - len(frames[0]) - trailer
 
     def decode(self, frames: Sequence[bytes | memoryview], sender: str | None) -> Message | None:
         """A valid message, or None with the drop counted by reason."""
+        seq = 0
+        if self.auth is not None:
+            opened = self.auth.open(self.name, frames)
+            if opened is None:
+                self.stats.dropped["bad_auth"] += 1
+                return None
+            frames, seq = opened
         try:
             msg = decode(frames, sender=sender, known=self.known)
         except WireError as exc:
@@ -181,6 +202,11 @@ class NodeBase:
             # meant for a dead predecessor of ours, or sent by a dead predecessor of the sender
             self.stats.dropped["stale_incarnation"] += 1
             return None
+        if self.auth is not None:
+            if not self.auth.fresh(msg.src, msg.inc, seq):
+                self.stats.dropped["replayed"] += 1
+                return None
+            msg.nbytes += TRAILER_BYTES
         if msg.inc > known:
             self.peer_inc[msg.src] = msg.inc
         self.stats.rx_msgs[msg.type] += 1

@@ -15,10 +15,12 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from rmio.errors import RmioError
 from rmio.runtime import timeline
+from rmio.runtime.auth import Auth, load_key
 from rmio.runtime.node import NodeBase
 from rmio.runtime.settings import Roster, SwarmSettings
 from rmio.runtime.stop import Stop
@@ -60,9 +62,12 @@ def join_swarm(
     inc: int = 0,
 ) -> NodeBase:
     """Bind, then learn everyone's endpoint (from the launcher's ROSTER or a roster file) and
-    connect."""
-    node = make_node(name, bind, settings.known)
+    connect. Without a launcher (``control``) the name ``ctl`` belongs to nobody: a message
+    claiming it is an unknown sender's."""
+    known = settings.known if control is not None else _without_launcher(settings.known)
+    node = make_node(name, bind, known)
     node.inc = inc
+    node.auth = swarm_auth(settings, name)
     try:
         if control is not None:
             node.connect("ctl", control)
@@ -75,6 +80,29 @@ def join_swarm(
         node.close()
         raise
     return node
+
+
+def _without_launcher(known: Callable[[str], bool]) -> Callable[[str], bool]:
+    return lambda peer: peer != "ctl" and known(peer)
+
+
+def swarm_auth(settings: SwarmSettings, name: str) -> Auth | None:
+    """The process's message authentication under the swarm's key; None, said loudly, for an
+    insecure swarm."""
+    if settings.key_file:
+        return Auth(load_key(settings.key_file))
+    if not settings.insecure:
+        raise RmioError(
+            f"{name}: the swarm has no key_file and is not marked insecure: refusing to run "
+            "unauthenticated (`rmio swarm keys ROSTER`, or 'insecure: true' for a trusted lab)"
+        )
+    log.warning(
+        "%s: INSECURE swarm: messages are not authenticated; anyone who can reach this %s "
+        "endpoint can inject them (trusted networks only)",
+        name,
+        settings.transport,
+    )
+    return None
 
 
 def _register(node: NodeBase, settings: SwarmSettings, role: str, inc: int) -> dict[str, str]:
@@ -192,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.roster is not None:
             roster = Roster.load(args.roster)
             settings, endpoints = roster.settings, roster.endpoints
-            bind = args.bind or endpoints[args.name]
+            bind = args.bind or roster.bind_for(args.name)
         else:
             if args.settings is None or args.bind is None:
                 parser.error("--settings and --bind are needed without --roster")

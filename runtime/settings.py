@@ -86,6 +86,12 @@ class SwarmSettings:
     """After the run the env host evaluates the bundle in-process with wm, zero-fill and
     hold-last."""
     out_dir: str = "results"
+    key_file: str | None = None
+    """The swarm's secret (``runtime/auth.py``): every message carries an HMAC under it. The
+    launcher writes a fresh one per run; a roster names its file relative to the roster."""
+    insecure: bool = False
+    """No key: messages are not authenticated, for a network where everyone who can reach a port
+    is trusted (each process says so at start)."""
     startup_timeout_s: float = 60.0
     orphan_timeout_s: float = 30.0
     """A process that hears nothing from the env host for this long exits."""
@@ -209,18 +215,32 @@ class Roster:
     settings: SwarmSettings
     version: int = 1
 
+    binds: dict[str, str] = field(default_factory=dict)
+    """Where a role binds when that differs from the endpoint the others reach it at (behind NAT,
+    in a container: ``tcp://0.0.0.0:5550`` bound, ``tcp://robot3.lab:5550`` advertised)."""
+
     def save(self, path: str | Path) -> Path:
+        """Write the roster; the bundle and key file paths are written relative to the roster's
+        folder when they are under it, so a folder holding all three can be copied anywhere."""
         path = Path(path)
-        data = {
-            "version": self.version,
-            "endpoints": self.endpoints,
-            "settings": self.settings.to_dict(),
-        }
+        settings = self.settings.to_dict()
+        for key in ("bundle", "key_file"):
+            if settings.get(key):
+                settings[key] = _portable(settings[key], path.parent)
+        data: dict[str, Any] = {"version": self.version, "endpoints": self.endpoints}
+        if self.binds:
+            data["bind"] = self.binds
+        data["settings"] = settings
         path.write_text(yaml.safe_dump(data, sort_keys=False))
         return path
 
+    def bind_for(self, name: str) -> str:
+        """The endpoint ``name`` binds: its ``bind`` entry, else the endpoint it advertises."""
+        return self.binds.get(name) or self.endpoints[name]
+
     @classmethod
-    def load(cls, path: str | Path) -> Roster:
+    def load(cls, path: str | Path, need_key: bool = True) -> Roster:
+        """Read and check a roster; without ``need_key`` (to give it a key) it may lack one."""
         path = Path(path)
         data = load_yaml(path, "roster")
         if not isinstance(data, dict) or not isinstance(data.get("endpoints"), dict):
@@ -231,8 +251,23 @@ class Roster:
             settings = SwarmSettings.from_dict(data["settings"])
         except ConfigError as exc:
             raise ConfigError(f"roster '{path}': {exc}") from None
+        base = path.parent
+        for key in ("bundle", "key_file"):
+            value = settings.__dict__.get(key)
+            if value and not Path(value).is_absolute():
+                setattr(settings, key, str(base / value))
+        if need_key and settings.key_file is None and not settings.insecure:
+            raise ConfigError(
+                f"roster '{path}' names no key_file: run `rmio swarm keys {path}` to create one "
+                "(copy it with the roster, readable by its owner only), or set 'insecure: true' "
+                "in its settings for a network where everyone who can reach a port is trusted"
+            )
         endpoints = {str(k): str(v) for k, v in data["endpoints"].items()}
-        for name, endpoint in endpoints.items():
+        binds = data.get("bind") or {}
+        if not isinstance(binds, dict) or not set(map(str, binds)) <= set(endpoints):
+            raise ConfigError(f"roster '{path}': 'bind' maps names of 'endpoints' to endpoints")
+        binds = {str(k): str(v) for k, v in binds.items()}
+        for name, endpoint in [*endpoints.items(), *binds.items()]:
             scheme, sep, where = endpoint.partition("://")
             host, colon, port = where.rpartition(":")
             if (
@@ -253,4 +288,12 @@ class Roster:
             raise ConfigError(
                 f"roster '{path}': world_model is 'node' but no 'wm' endpoint is named"
             )
-        return cls(endpoints, settings, int(data.get("version", 1)))
+        return cls(endpoints, settings, int(data.get("version", 1)), binds)
+
+
+def _portable(value: str, base: Path) -> str:
+    """``value`` relative to ``base`` when it lies under it, else as given."""
+    try:
+        return str(Path(value).resolve().relative_to(base.resolve()))
+    except ValueError:
+        return value

@@ -3,7 +3,8 @@ death notice.
 
 Each process binds one ROUTER *inbox* and connects one ROUTER *outbox* to every peer's inbox with
 ``CONNECT_ROUTING_ID`` set to the peer's name, so a send names its destination and the receiving
-inbox sees the sender's name as the routing id (checked against the message's ``src``). The outbox
+inbox sees the sender's name (plus a random suffix) as the routing id (checked against the message's
+``src``; with the swarm's key the ``src`` is authenticated by the message's tag). The outbox
 is ``ROUTER_MANDATORY``: a send to a peer without a live connection fails at once (EHOSTUNREACH)
 instead of queueing into the void, and a socket monitor reports a dropped connection within
 milliseconds, which is how a SIGKILLed coordinator is noticed inside the step it died in. Every
@@ -17,6 +18,7 @@ import contextlib
 import logging
 import math
 import os
+import secrets
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -74,11 +76,15 @@ class Node(NodeBase):
             sock.setsockopt(zmq.LINGER, 0)
             sock.setsockopt(zmq.SNDHWM, hwm)
             sock.setsockopt(zmq.RCVHWM, hwm)
-        # a peer that restarts takes its routing id over; frames over 4x the limit cost a disconnect
-        self.inbox.setsockopt(zmq.ROUTER_HANDOVER, 1)
+        # no handover: a second connection under a routing id in use is ignored instead of taking
+        # the first one's messages over (one connection with the id "a2" used to cut a2 off for
+        # good); each outbox's id is its name plus a random suffix, so no two processes share
+        # one, not even a restarted process and its predecessor's lingering connection. Frames
+        # over 4x the limit cost a disconnect.
+        self.inbox.setsockopt(zmq.ROUTER_HANDOVER, 0)
         self.inbox.setsockopt(zmq.MAXMSGSIZE, 4 * MAX_MESSAGE_BYTES)
         self.out.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        self.out.setsockopt(zmq.ROUTING_ID, name.encode())
+        self.out.setsockopt(zmq.ROUTING_ID, f"{name}:{secrets.token_hex(4)}".encode())
         self.out.setsockopt(zmq.RECONNECT_IVL, reconnect_ms)
         self.out.setsockopt(zmq.RECONNECT_IVL_MAX, 20 * reconnect_ms)
         if bind.startswith("ipc://"):
@@ -128,6 +134,7 @@ class Node(NodeBase):
     # -- sending ----------------------------------------------------------------------------
 
     def send_frames(self, to: str, msg_type: str, frames: Sequence[bytes | memoryview]) -> bool:
+        frames = self.seal(to, frames)
         try:
             # frame by frame with plain int flags: send_multipart's flag arithmetic builds enum
             # objects
@@ -182,8 +189,8 @@ class Node(NodeBase):
         return out
 
     def _decode(self, frames: list[bytes]) -> Message | None:
-        try:
-            sender = frames[0].decode("ascii")
+        try:  # the routing id is NAME:SUFFIX (a process of this swarm) or whatever a stranger set
+            sender = frames[0].decode("ascii").partition(":")[0]
         except UnicodeDecodeError:
             self.stats.dropped["unknown_sender"] += 1
             return None

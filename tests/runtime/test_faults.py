@@ -125,7 +125,8 @@ def _mutated(msg_type: str, changes: dict[str, Any], src: str) -> list[bytes]:
 def _fuzz_target(
     bundle: Path, run: Path, transport: str
 ) -> tuple[Launcher, threading.Thread, dict[str, Any]]:
-    """A 240-step swarm at 40 steps/s, returned once every process has registered."""
+    """A 240-step swarm at 40 steps/s, returned once every process has registered. Without a
+    key: fuzzed frames must reach the decoder, not stop at the tag check."""
     s = swarm_settings(
         bundle,
         run,
@@ -133,6 +134,7 @@ def _fuzz_target(
         rate_hz=40.0,
         transport=transport,
         loss={"model": "bernoulli", "p_loss": 0.3},
+        insecure=True,
     )
     launcher, thread, result = _start(s, run)
     deadline = time.monotonic() + 60
@@ -286,7 +288,9 @@ def test_fuzzed_datagrams_crash_nothing(bundle: Path, tmp_path: Path) -> None:
 def test_stale_epochs_are_rejected(bundle: Path, tmp_path: Path) -> None:
     """Agent 5 dies for good; a process takes its name and sends coordinator messages of epoch 0
     (older than the swarm's first election, and naming no claimant) from incarnation 0 (older than
-    the real a5's): every one is counted and dropped, and the run goes on."""
+    the real a5's): every one is counted and dropped, and the run goes on. The swarm runs without a
+    key, so that the epoch rules themselves meet the impostor (with the key, its unsigned messages
+    never get past the tag check: tests/runtime/test_auth.py)."""
     run = tmp_path / "run"
     s = swarm_settings(
         bundle,
@@ -296,6 +300,7 @@ def test_stale_epochs_are_rejected(bundle: Path, tmp_path: Path) -> None:
         kill_agents=[[5, 2]],
         rejoin_after_s=-1.0,
         loss={"model": "bernoulli", "p_loss": 0.3},
+        insecure=True,
     )
     launcher, thread, result = _start(s, run)
     deadline = time.monotonic() + 60

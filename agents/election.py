@@ -62,6 +62,12 @@ class ElectionMixin:
             self.node.count_drop("stale_step")
             return
         self.lost_reports.setdefault((ep, t), set()).add(j)
+        leader = self.view.leader
+        if msg["bcast"] and 0 <= leader != self.i and msg.src != f"a{leader}":
+            # the sender knows no live coordinator: ask ours, whose death (over udp an ICMP error
+            # to this very probe) we may not have noticed yet, instead of timing it out
+            self.send(f"a{leader}", "HB", epoch=self.view.epoch, leader=leader)
+            self.counts["leader_probes"] += 1
         self._gossip(msg, now)
         if self.view.leader == self.i and self.coord is not None:
             if msg["epoch"] < self.view.epoch:  # it does not know us yet
@@ -89,6 +95,10 @@ class ElectionMixin:
         if not self._view_learned(now):
             self.counts["claims_deferred"] += 1  # a new incarnation first learns the view
             return
+        self._claim(ep, t, now)
+
+    def _claim(self, ep: int, t: int, now: float) -> None:
+        """Take a new epoch that names us, announce it, and open the rounds of step t's reports."""
         epoch = next_epoch(self.max_epoch, self.i, self.spec.n_agents)
         if epoch >= MAX_COUNTER:  # only a forged view gets here; refusing beats crashing
             self.counts["epochs_exhausted"] += 1
@@ -101,8 +111,22 @@ class ElectionMixin:
             if peer not in self.live.down:
                 self.send(peer, "COORD", epoch=self.view.epoch, leader=self.i)
         assert self.coord is not None
-        for j in sorted(reports):
-            self.coord.on_loss(ep, t, j, now)
+        if (ep, t) == (self.ep, self.t):
+            for j in sorted(self.lost_reports.get((ep, t), set())):
+                self.coord.on_loss(ep, t, j, now)
+
+    def _named_but_not_leading(self, epoch: int, now: float) -> None:
+        """A peer's view names us as coordinator, but this incarnation leads nothing: we were
+        restarted, and the peers still follow our dead predecessor (they hear us, so they do not
+        time it out). Claiming a fresh epoch at once hands them a live coordinator again."""
+        if (
+            self.coord is None
+            and epoch >= self.view.epoch
+            and self.settings.recon == "world-model"
+            and self._view_learned(now)
+        ):
+            self.counts["reclaims"] += 1
+            self._claim(self.ep, self.t, now)
 
     def _view_learned(self, now: float) -> bool:
         """Whether this incarnation may claim: it heard from (hence learned the view of) every
@@ -150,6 +174,9 @@ class ElectionMixin:
         if epoch and not self._valid_view(epoch, leader):
             return
         self.max_epoch = max(self.max_epoch, epoch)
+        if leader == self.i and epoch:
+            self._named_but_not_leading(epoch, now)
+            return
         # our own coordinator naming its successor is a step-down notice: believed at once
         if (
             0 <= leader < self.spec.n_agents

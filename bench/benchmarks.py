@@ -78,6 +78,11 @@ SECTIONS: list[tuple[str, str, str]] = [
         "swarm_timeline.md",
         "python bench/swarm_timeline.py",
     ),
+    (
+        "The swarm off the loopback: restarts, partitions, packet loss (network namespaces)",
+        "netfaults.md",
+        "python bench/netfaults_bench.py (as root)",
+    ),
     ("What a call costs right after a sleep", "cold_calls.md", "python bench/cold_calls.py"),
     ("Environment throughput", "env_throughput.md", "python bench/env_throughput.py"),
 ]

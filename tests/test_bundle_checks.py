@@ -172,7 +172,13 @@ def test_port_in_use_is_one_line_naming_the_endpoint(tmp_path) -> None:
         endpoints.update({f"a{i}": f"tcp://127.0.0.1:{port}" for i in range(6)})
         roster = tmp_path / "roster.yaml"
         roster.write_text(
-            yaml.safe_dump({"version": 1, "endpoints": endpoints, "settings": settings.to_dict()})
+            yaml.safe_dump(
+                {
+                    "version": 1,
+                    "endpoints": endpoints,
+                    "settings": {**settings.to_dict(), "insecure": True},  # no key: not the point
+                }
+            )
         )
         res = rmio("swarm", "env-host", "--roster", str(roster), cwd=tmp_path, timeout=60)
     finally:

@@ -238,12 +238,15 @@ def test_world_model_data_from_a_trained_actor_and_export_with_another_policy(
         proc = rmio(*args)
         assert proc.returncode == 0, (args, proc.stderr[-2000:])
     from rmio.envs.trajectory import TrajectoryBuffer
+    from rmio.train.export import portable_path
 
     assert TrajectoryBuffer.load(wm / "data" / "train.npz").meta["policy"] == str(
         mappo / "policy.pt"
     )
     manifest = json.loads((tmp_path / "bundle" / "manifest.json").read_text())
-    assert manifest["budget"]["policy_source"] == str(mappo / "policy.pt")
+    # a manifest names no path of the machine that wrote it (the exporter's portable_path)
+    assert manifest["budget"]["policy_source"] == portable_path(str(mappo / "policy.pt"))
+    assert not Path(manifest["budget"]["policy_source"]).is_absolute()
     assert (
         manifest["budget"]["policy_algo"] == "mappo" and manifest["metrics"]["actor_parity"] < 1e-5
     )

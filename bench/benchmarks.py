@@ -83,6 +83,21 @@ SECTIONS: list[tuple[str, str, str]] = [
         "netfaults.md",
         "python bench/netfaults_bench.py (as root)",
     ),
+    (
+        "What authenticating every message costs (HMAC-SHA256 tags)",
+        "auth.md",
+        "python bench/auth_bench.py",
+    ),
+    (
+        "Which reconstruction number predicts return, on held-out data",
+        "policy_metrics_heldout.md",
+        "python bench/policy_metrics_heldout.py RUN_DIR... --policy halfcheetah_6x1",
+    ),
+    (
+        "Which reconstruction number predicts return, on-policy in the robustness sweep",
+        "policy_metrics_rank.md",
+        "python bench/policy_metrics_rank.py halfcheetah_6x1 smax_2s3z --seeds 3 --episodes 3",
+    ),
     ("What a call costs right after a sleep", "cold_calls.md", "python bench/cold_calls.py"),
     ("Environment throughput", "env_throughput.md", "python bench/env_throughput.py"),
 ]

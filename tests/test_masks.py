@@ -163,6 +163,9 @@ def test_policy_aware_finetuning_through_the_cli(pretrained: Path, tmp_path: Pat
     )
     rows = [json.loads(line) for line in (run / "wm_finetune.jsonl").read_text().splitlines()]
     assert rows and all(np.isfinite(r["policy_mae"]) for r in rows)
+    # a device this machine lacks is refused even when the run is finished
+    proc = _rmio("train", "finetune", str(run), "--device", "cuda:99")
+    assert proc.returncode == 2 and "CUDA device" in proc.stderr, proc.stderr
     fresh = tmp_path / "fresh"
     shutil.copytree(pretrained, fresh)
     proc = _rmio("train", "finetune", str(fresh), "--policy-weight", "1")  # no actor named

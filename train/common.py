@@ -33,10 +33,10 @@ def begin_training(
 ) -> torch.device | None:
     """None when ``final`` already exists (a finished run is never retrained by accident); otherwise
     the torch device, with threads and seeds set from the config."""
+    dev = resolve_device(device)  # a device this machine lacks is refused even for a done run
     if final.exists():
         console.print(f"{final} exists: {what} already finished (delete it to train again)")
         return None
-    dev = resolve_device(device)
     torch.set_num_threads(cfg.world_model.train.threads)
     seed_everything(cfg.run.seed)
     return dev

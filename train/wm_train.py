@@ -334,6 +334,7 @@ def finetune_world_model(
     for key, value in (masks or {}).items():
         setattr(f, key, value)
     validate_config(cfg, f"{run_dir / 'config.yaml'} with the fine-tuning mask options")
+    dev = resolve_device(device)  # a device this machine lacks is refused even for a done run
     if cfg.world_model.model.correction:  # RMIO v1: a correction block on the frozen model
         return train_correction(run_dir, p_mask, device, console, updates)
     final = run_dir / "wm_finetune.pt"
@@ -348,7 +349,6 @@ def finetune_world_model(
             f"'{run_dir}' has no wm_pretrain.pt; run "
             f"`rmio train world-model CONFIG --run-dir {run_dir}` first"
         )
-    dev = resolve_device(device)
     model, ckpt = load_model(pre, dev)
     torch.set_num_threads(cfg.world_model.train.threads)
     p = f.p_mask if p_mask is None else p_mask

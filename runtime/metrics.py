@@ -10,7 +10,7 @@ observation and its action to every other agent at every step: n (n - 1) message
 from __future__ import annotations
 
 import json
-from collections import Counter, defaultdict
+from collections import Counter, defaultdict, deque
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -20,22 +20,27 @@ import numpy as np
 from rmio.runtime.node import category
 from rmio.runtime.wire import STATS_SAMPLES
 
+SAMPLES_KEPT = 100_000
+"""Latency samples a process keeps per name: the most recent ones, so a long run's memory stays
+bounded (a STATS message carries at most these anyway)."""
+
 
 class Samples:
-    """Named latency samples in microseconds (float32 arrays travel in STATS messages)."""
+    """Named latency samples in microseconds (float32 arrays travel in STATS messages); each name
+    keeps its most recent ``cap`` samples."""
 
-    def __init__(self) -> None:
-        self.data: dict[str, list[float]] = defaultdict(list)
+    def __init__(self, cap: int = SAMPLES_KEPT) -> None:
+        self.data: dict[str, deque[float]] = defaultdict(lambda: deque(maxlen=cap))
 
     def add(self, name: str, us: float) -> None:
         self.data[name].append(float(us))
 
-    def arrays(self, limit: int = 100_000) -> tuple[list[str], dict[str, np.ndarray]]:
+    def arrays(self, limit: int = SAMPLES_KEPT) -> tuple[list[str], dict[str, np.ndarray]]:
         """(names, arrays) for a STATS message: its ``names`` field and its arrays s0, s1, ... in
         that order."""
         names = sorted(self.data)[: len(STATS_SAMPLES)]
         return names, {
-            k: np.asarray(self.data[n][-limit:], np.float32)
+            k: np.asarray(self.data[n], np.float32)[-limit:]
             for k, n in zip(STATS_SAMPLES, names, strict=False)
         }
 

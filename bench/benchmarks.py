@@ -51,7 +51,7 @@ SECTIONS: list[tuple[str, str, str]] = [
         "bench/results/robustness_smax_2s3z_swarm",
     ),
     (
-        "RMIOv2 Table 1 (fusion ablation): HalfCheetah 6x1, in progress",
+        "RMIOv2 Table 1 (fusion ablation): HalfCheetah 6x1, 2 training seeds",
         "ablation_fusion_halfcheetah_6x1/ablation.md",
         "rmio ablate fusion_halfcheetah_6x1 --out runs/ablation-fusion_halfcheetah_6x1 "
         "(one torch thread; re-run the same command to resume)",

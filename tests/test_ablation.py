@@ -88,9 +88,14 @@ def test_debug_fusion_sweep_end_to_end(tmp_path: Path) -> None:
     assert (out / "seed0" / "rmiov2" / "wm_finetune.pt").stat().st_mtime_ns == before
 
 
-def test_parallel_trials_make_the_same_table(tmp_path: Path) -> None:
-    """`--jobs 2` runs the seed's pre-training and then its p_mask trials in worker processes; each
-    trial seeds itself, so the table equals the one-process table number for number."""
+@pytest.mark.parametrize("flags", [("--jobs", "2"), ("--backend", "ray")], ids=["jobs", "ray"])
+def test_other_backends_make_the_same_table(tmp_path: Path, flags: tuple[str, str]) -> None:
+    """`--jobs 2` runs the seed's pre-training and then its p_mask trials in worker processes,
+    `--backend ray` as Ray tasks on a local Ray; each trial seeds itself, so the table equals the
+    one-process table number for number, and re-running (with any backend) skips every finished
+    stage."""
+    if flags[1] == "ray":
+        pytest.importorskip("ray")
     policy = make_tiny_bundle(tmp_path / "policy", "mamujoco/HalfCheetah-6x1", 8)
     sweep = tmp_path / "sweep.yaml"
     sweep.write_text(
@@ -100,22 +105,27 @@ def test_parallel_trials_make_the_same_table(tmp_path: Path) -> None:
     console = Console(file=open(tmp_path / "log.txt", "w"))  # noqa: SIM115
     one = run_ablation(sweep, tmp_path / "one", True, console)
     # through the CLI, in a process of its own: a spawn pool leaves multiprocessing's resource
-    # tracker running in its parent, which other tests' orphan checks would count
+    # tracker running in its parent, and Ray its helper processes, which other tests' orphan
+    # checks would count
+    out = tmp_path / "other"
     proc = subprocess.run(
-        [sys.executable, "-m", "rmio.cli", "ablate", str(sweep), "--debug", "--jobs", "2",
-         "--out", str(tmp_path / "two")],
+        [sys.executable, "-m", "rmio.cli", "ablate", str(sweep), "--debug", *flags,
+         "--out", str(out)],
         capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
-    two = json.loads((tmp_path / "two" / "ablation.json").read_text())
-    assert [r["variant"] for r in two["rows"]] == ["p_mask 0", "p_mask 0.5"]
-    for a, b in zip(one["rows"], two["rows"], strict=True):
+    other = json.loads((out / "ablation.json").read_text())
+    assert [r["variant"] for r in other["rows"]] == ["p_mask 0", "p_mask 0.5"]
+    for a, b in zip(one["rows"], other["rows"], strict=True):
         assert a["runs"] == b["runs"]
         assert a["lrec_lost"] == b["lrec_lost"] and a["curve"] == b["curve"]
     # every stage wrote its own log in the worker
-    logs = sorted(p.name for p in (tmp_path / "two" / "seed0").glob("*.log"))
+    logs = sorted(p.name for p in (out / "seed0").glob("*.log"))
     assert logs == ["p_mask_0.5.log", "p_mask_0.log", "prepare.log"]
-    assert "pre-training done" in (tmp_path / "two" / "seed0" / "prepare.log").read_text()
+    assert "pre-training done" in (out / "seed0" / "prepare.log").read_text()
+    before = (out / "seed0" / "p_mask_0.5" / "wm_finetune.pt").stat().st_mtime_ns
+    run_ablation(sweep, out, True, console)  # any backend resumes another's sweep
+    assert (out / "seed0" / "p_mask_0.5" / "wm_finetune.pt").stat().st_mtime_ns == before
 
 
 def test_recipe_sweep_with_burst_robustness_and_baseline_rows(tmp_path: Path) -> None:
@@ -156,36 +166,3 @@ def torch_load(path: Path) -> dict:
     import torch
 
     return torch.load(path, weights_only=False)
-
-
-def test_ray_backend_makes_the_same_table(tmp_path: Path) -> None:
-    """`--backend ray` runs every stage as a Ray task on a local Ray: the table equals the
-    one-process one, and re-running (with any backend) skips every finished stage."""
-    pytest.importorskip("ray")
-    policy = make_tiny_bundle(tmp_path / "policy", "mamujoco/HalfCheetah-6x1", 8)
-    sweep = tmp_path / "sweep.yaml"
-    sweep.write_text(
-        f"name: debug p_mask\nscenario: halfcheetah_6x1\nvary: p_mask\nvariants: [0, 0.5]\n"
-        f"policy: {policy}\nrobustness: {{p_loss: [0, 1.0], seeds: 1, episodes: 1, steps: 20}}\n"
-    )
-    console = Console(file=open(tmp_path / "log.txt", "w"))  # noqa: SIM115
-    one = run_ablation(sweep, tmp_path / "one", True, console)
-    # through the CLI, in a process of its own: Ray's helper processes stay out of this one
-    proc = subprocess.run(
-        [sys.executable, "-m", "rmio.cli", "ablate", str(sweep), "--debug", "--backend", "ray",
-         "--out", str(tmp_path / "ray")],
-        capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    ray = json.loads((tmp_path / "ray" / "ablation.json").read_text())
-    for a, b in zip(one["rows"], ray["rows"], strict=True):
-        assert (a["variant"], a["lrec_lost"], a["curve"]) == (
-            b["variant"],
-            b["lrec_lost"],
-            b["curve"],
-        )
-    assert "pre-training done" in (tmp_path / "ray" / "seed0" / "prepare.log").read_text()
-    before = (tmp_path / "ray" / "seed0" / "p_mask_0.5" / "wm_finetune.pt").stat().st_mtime_ns
-    run_ablation(sweep, tmp_path / "ray", True, console)  # any backend resumes a Ray sweep
-    after = (tmp_path / "ray" / "seed0" / "p_mask_0.5" / "wm_finetune.pt").stat().st_mtime_ns
-    assert before == after

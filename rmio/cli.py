@@ -365,6 +365,13 @@ def _swarm_run_options(fn: Callable) -> Callable:
             help="No message authentication (a lab network where everyone who can reach a port "
             "is trusted); by default every message carries an HMAC under the swarm's key.",
         ),
+        click.option(
+            "--curve",
+            is_flag=True,
+            default=None,
+            help="tcp/ipc: CurveZMQ on every connection (encrypted; each peer admitted only "
+            "with its role's key), beside the HMAC.",
+        ),
     ]
     for option in reversed(options):
         fn = option(fn)
@@ -386,13 +393,25 @@ def swarm() -> None:
     help="Fault injection (root): run across two network namespaces joined by a veth link that "
     "drops this share of the packets each way (tcp or udp; ipc becomes udp).",
 )
+@click.option(
+    "--net-rto-min",
+    type=click.FloatRange(0.001, 1000.0),
+    default=None,
+    metavar="MS",
+    help="With --net-loss: the minimum TCP retransmission timeout inside the namespaces "
+    "(default: the kernel's, 200 ms; 5 keeps tcp within the step deadline under loss).",
+)
 @json_option
-def swarm_launch(out: Path, net_loss: float | None, as_json: bool, **options: Any) -> None:
+def swarm_launch(
+    out: Path, net_loss: float | None, net_rto_min: float | None, as_json: bool, **options: Any
+) -> None:
     """Start the whole swarm on this machine, show a live status line, write a report (JSON +
     markdown)."""
     from rmio.cli_swarm import run_launch
     from rmio.runtime.launcher import build_settings
 
+    if net_rto_min is not None and net_loss is None:
+        raise RmioError("--net-rto-min applies to --net-loss runs only")
     if net_loss is not None and options.get("transport") == "ipc":
         options["transport"] = "udp"  # unix sockets would bypass the lossy link
     run_launch(
@@ -400,6 +419,7 @@ def swarm_launch(out: Path, net_loss: float | None, as_json: bool, **options: An
         out,
         make_console(stderr=True) if as_json else console,
         net_loss=net_loss,
+        net_rto_min=net_rto_min,
         as_json=as_json,
     )
 
@@ -432,21 +452,9 @@ def swarm_roster(host: str, base_port: int, output: Path, **options: Any) -> Non
         click.echo(cmd)
 
 
-@swarm.command("keys")
-@click.argument("roster", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option(
-    "--key",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="Key file to write [ROSTER with the suffix .key]; its path is stored relative to the "
-    "roster.",
-)
-def swarm_keys(roster: Path, key: Path | None) -> None:
-    """Create a fresh swarm key for a roster (and clear its 'insecure' flag): copy the key file with
-    the roster to every machine, readable by its owner only."""
-    from rmio.runtime.launcher import roster_keys
+from rmio.cli_deploy import register as _register_deploy  # noqa: E402
 
-    click.echo(f"key: {roster_keys(roster, key)}")
+_register_deploy(swarm)
 
 
 def _run_role(role: str, name: str, roster: Path, bind: str | None = None) -> None:

@@ -23,10 +23,12 @@ def run_launch(
     console: Any,
     net_loss: float | None = None,
     as_json: bool = False,
+    net_rto_min: float | None = None,
 ) -> dict[str, Any]:
     """`rmio swarm launch`: run with a live status line, then print the summary and the report's
     paths. With ``net_loss`` the swarm runs across two network namespaces whose link drops that
-    share of the packets each way (rmio.netfaults; root only). ``as_json``: the summary as one
+    share of the packets each way (rmio.netfaults; root only), with ``net_rto_min`` ms as the
+    minimum TCP retransmission timeout there. ``as_json``: the summary as one
     JSON document on stdout (``console`` should then write to stderr). Ctrl-C prints the partial
     report's paths and raises Interrupted."""
     from rich.live import Live
@@ -59,7 +61,11 @@ def run_launch(
 
         launcher = Launcher(settings, run_dir, on_status=on_status)
         try:
-            report = launcher.run() if net_loss is None else launch_lossy(launcher, net_loss)
+            report = (
+                launcher.run()
+                if net_loss is None
+                else launch_lossy(launcher, net_loss, net_rto_min)
+            )
         except Interrupted as stop:  # Ctrl-C: the partial report, then exit code 130
             if stop.report is not None:
                 md = stop.report.with_suffix(".md")

@@ -28,6 +28,7 @@ from typing import Any
 
 from rmio.errors import RmioError
 from rmio.runtime.launcher import Launcher
+from rmio.runtime.tcp_rto import rto_warning
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +70,9 @@ def _run(*cmd: str, check: bool = True, stdin: str | None = None) -> None:
 class NetLab:
     """Namespaces ``rmio<pid>a`` and ``rmio<pid>b``; side a is 10.231.X.1, side b 10.231.X.2."""
 
-    def __init__(self, tag: int | None = None) -> None:
+    def __init__(self, tag: int | None = None, rto_min_ms: float | None = None) -> None:
+        """``rto_min_ms``: the minimum TCP retransmission timeout inside both namespaces (None:
+        the kernel's default, 200 ms; see :mod:`rmio.runtime.tcp_rto`)."""
         k = (os.getpid() if tag is None else tag) % 250 + 1
         self.ns = {side: f"rmio{os.getpid()}{side}{k}" for side in SIDES}
         self.dev = {side: f"rmv{k}{side}" for side in SIDES}
@@ -80,6 +83,7 @@ class NetLab:
         self.spare = False
         self.blocked: set[str] = set()
         self.made: list[str] = []
+        self.rto_min_ms = rto_min_ms
 
     def __enter__(self) -> NetLab:
         try:
@@ -97,6 +101,8 @@ class NetLab:
                     _run(*ns, "ip", "addr", "add", env, "dev", self.dev[side])
                 _run(*ns, "ip", "link", "set", self.dev[side], "up")
                 _run(*ns, "ip", "link", "set", "lo", "up")
+                if self.rto_min_ms is not None:
+                    self._set_rto_min(side)
             self._rules()
         except BaseException:
             self.close()
@@ -110,6 +116,26 @@ class NetLab:
         """Delete every namespace this made (the veth pair goes with them); idempotent."""
         while self.made:
             _run("ip", "netns", "del", self.made.pop(), check=False)
+
+    def _set_rto_min(self, side: str) -> None:
+        """Per namespace where the kernel has the sysctl (6.11+), else on the link's route."""
+        ns = ("ip", "netns", "exec", self.ns[side])
+        us = max(1, round(1000 * float(self.rto_min_ms or 0)))
+        try:
+            _run(*ns, "sysctl", "-qw", f"net.ipv4.tcp_rto_min_us={us}")
+        except subprocess.CalledProcessError:
+            net = self.addr[side].rsplit(".", 1)[0] + ".0/24"
+            _run(*ns, "ip", "route", "change", net, "dev", self.dev[side], "rto_min", f"{us}us")
+
+    def rto_min_s(self, side: str) -> float:
+        """The minimum TCP retransmission timeout a process on ``side`` gets (sysctl only)."""
+        out = subprocess.run(
+            [*self.prefix(side), "sysctl", "-n", "net.ipv4.tcp_rto_min_us"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        return int(out.stdout) / 1e6 if out.returncode == 0 else 0.2
 
     # -- faults -----------------------------------------------------------------------------
 
@@ -198,16 +224,23 @@ class NetLab:
             os.close(home)
 
 
-def launch_lossy(launcher: Launcher, loss: float) -> dict[str, Any]:
+def launch_lossy(
+    launcher: Launcher, loss: float, rto_min_ms: float | None = None
+) -> dict[str, Any]:
     """Run an embedded launch across a NetLab whose link drops ``loss`` of the packets each way:
     the launcher on side a (its ZeroMQ threads start there), processes placed by
-    :meth:`NetLab.placement`. Raises RmioError where namespaces cannot be made."""
+    :meth:`NetLab.placement`; ``rto_min_ms`` as for :class:`NetLab`. Raises RmioError where
+    namespaces cannot be made."""
     why = unavailable()
     if why is not None:
         raise RmioError(f"--net-loss: {why}")
     if launcher.settings.transport == "ipc":
         raise RmioError("--net-loss needs tcp or udp: unix sockets do not cross the link")
-    with NetLab() as lab:
+    with NetLab(rto_min_ms=rto_min_ms) as lab:
+        if launcher.settings.transport == "tcp":
+            warning = rto_warning(launcher.settings.deadline_s("step"), lab.rto_min_s("a"))
+            if warning:
+                log.warning("%s", warning)
         lab.set_loss(loss)
         return run_in_lab(launcher, lab)
 

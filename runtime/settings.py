@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,12 +16,15 @@ from rmio.envs.loss import LossConfig
 from rmio.envs.registry import EnvConfig
 from rmio.errors import ConfigError
 from rmio.runtime.bundle import Manifest
+from rmio.runtime.tcp_rto import rto_warning
 from rmio.runtime.vocabulary import LEGACY, STRATEGIES
 from rmio.yamlio import load_yaml
 
 WM_MODES = ("window", "incremental")
 PLACEMENTS = ("on-agent", "node")
 TRANSPORTS = ("ipc", "tcp", "udp")
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -288,6 +292,10 @@ class Roster:
             raise ConfigError(
                 f"roster '{path}': world_model is 'node' but no 'wm' endpoint is named"
             )
+        if need_key and settings.transport == "tcp":  # this host's kernel, checked where it runs
+            warning = rto_warning(settings.deadline_s("step"))
+            if warning:
+                log.warning("roster '%s': %s", path, warning)
         return cls(endpoints, settings, int(data.get("version", 1)), binds)
 
 

@@ -30,8 +30,9 @@ from typing import Any
 from rmio.envs.loss import describe, resolve_loss
 from rmio.errors import RmioError
 from rmio.runtime.auth import generate_key
+from rmio.runtime.curve import generate_keys, swarm_names
 from rmio.runtime.node import NodeBase, local_endpoint
-from rmio.runtime.proc import swarm_auth
+from rmio.runtime.proc import swarm_auth, swarm_curve
 from rmio.runtime.settings import Roster, SwarmSettings, env_config_for
 from rmio.runtime.transport import check_bundle_fits, make_node
 from rmio.runtime.validate import verify_bundle
@@ -104,6 +105,8 @@ class Launcher:
         self.ipc_dir: str | None = None
         self.own_key = False
         """This launch wrote the swarm's key (in ``ipc_dir``, gone with it)."""
+        self.own_curve = False
+        """... and its CURVE keys."""
         self.ctl: NodeBase | None = None
         self.report_path: Path | None = None
         self.roster: dict[str, str] = {}
@@ -131,9 +134,15 @@ class Launcher:
             if not self.settings.insecure and not self.settings.key_file:
                 self.settings.key_file = str(generate_key(Path(self.ipc_dir) / "swarm.key"))
                 self.own_key = True
+            if self.settings.curve and not self.settings.curve_dir:
+                wm = self.settings.world_model == "node"
+                names = swarm_names(self.settings.n_agents, wm, launcher=True)
+                self.settings.curve_dir = str(generate_keys(Path(self.ipc_dir) / "curve", names))
+                self.own_curve = True
             self.settings_path = self.settings.save(self.run_dir / "settings.json")
             bind = self._bind_for("ctl")
-            self.ctl = make_node("ctl", bind, self.settings.known)
+            keys = swarm_curve(self.settings, "ctl", launcher=True)
+            self.ctl = make_node("ctl", bind, self.settings.known, keys)
             self.ctl.auth = swarm_auth(self.settings, "ctl")
             names = [("env", "env-host"), *((a, "agent") for a in self.settings.agent_names())]
             if self.settings.world_model == "node":
@@ -195,6 +204,8 @@ class Launcher:
             self.ipc_dir = None
         if self.own_key:  # the settings may serve another launch: it gets a key of its own
             self.settings.key_file, self.own_key = None, False
+        if self.own_curve:
+            self.settings.curve_dir, self.own_curve = None, False
 
     def pids(self) -> list[int]:
         return [c.proc.pid for c in self.children.values()]
@@ -443,6 +454,8 @@ def write_roster(
     }
     if not settings.insecure:
         settings.key_file = str(generate_key(Path(path).with_suffix(".key")))
+    if settings.curve:
+        settings.curve_dir = str(_roster_curve(Path(path), settings))
     Roster(endpoints, settings).save(path)
     cmds = [f"rmio swarm env-host --roster {path}"]
     cmds += [f"rmio swarm agent --id {i} --roster {path}" for i in range(settings.n_agents)]
@@ -451,13 +464,25 @@ def write_roster(
     return cmds
 
 
-def roster_keys(roster: str | Path, key: str | Path | None = None) -> Path:
+def roster_keys(roster: str | Path, key: str | Path | None = None, curve: bool = False) -> Path:
     """A fresh key for an existing roster (``rmio swarm keys``): written next to it unless ``key``
-    says where, named in its settings relative to it, and its ``insecure`` flag cleared."""
+    says where, named in its settings relative to it, and its ``insecure`` flag cleared. With
+    ``curve`` (or a roster that has ``curve: true``) also a fresh CURVE keypair per role, in
+    ``ROSTER.curve/``."""
     roster = Path(roster)
     spec = Roster.load(roster, need_key=False)
     path = generate_key(Path(key) if key is not None else roster.with_suffix(".key"))
     spec.settings.key_file = str(path.resolve())
     spec.settings.insecure = False
+    if curve or spec.settings.curve:
+        spec.settings.curve = True
+        spec.settings.__post_init__()  # curve needs tcp
+        spec.settings.curve_dir = str(_roster_curve(roster, spec.settings).resolve())
     spec.save(roster)
     return path
+
+
+def _roster_curve(roster: Path, settings: SwarmSettings) -> Path:
+    """Fresh CURVE keys for every role of a roster, in ``ROSTER.curve/`` (no launcher: no ctl)."""
+    names = swarm_names(settings.n_agents, settings.world_model == "node", launcher=False)
+    return generate_keys(roster.with_suffix(".curve"), names)

@@ -21,6 +21,7 @@ from pathlib import Path
 from rmio.errors import RmioError
 from rmio.runtime import timeline
 from rmio.runtime.auth import Auth, load_key
+from rmio.runtime.curve import CurveKeys, swarm_names
 from rmio.runtime.node import NodeBase
 from rmio.runtime.settings import Roster, SwarmSettings
 from rmio.runtime.stop import Stop
@@ -65,7 +66,7 @@ def join_swarm(
     connect. Without a launcher (``control``) the name ``ctl`` belongs to nobody: a message
     claiming it is an unknown sender's."""
     known = settings.known if control is not None else _without_launcher(settings.known)
-    node = make_node(name, bind, known)
+    node = make_node(name, bind, known, swarm_curve(settings, name, launcher=control is not None))
     node.inc = inc
     node.auth = swarm_auth(settings, name)
     try:
@@ -103,6 +104,16 @@ def swarm_auth(settings: SwarmSettings, name: str) -> Auth | None:
         settings.transport,
     )
     return None
+
+
+def swarm_curve(settings: SwarmSettings, name: str, launcher: bool) -> CurveKeys | None:
+    """The process's CURVE keypair and its peers' public keys, when the swarm runs CURVE."""
+    if not settings.curve:
+        return None
+    if not settings.curve_dir:
+        raise RmioError(f"{name}: the swarm asks for curve but names no curve_dir")
+    wm = settings.world_model == "node"
+    return CurveKeys.load(settings.curve_dir, name, swarm_names(settings.n_agents, wm, launcher))
 
 
 def _register(node: NodeBase, settings: SwarmSettings, role: str, inc: int) -> dict[str, str]:

@@ -96,6 +96,12 @@ class SwarmSettings:
     insecure: bool = False
     """No key: messages are not authenticated, for a network where everyone who can reach a port
     is trusted (each process says so at start)."""
+    curve: bool = False
+    """ZeroMQ transports: CurveZMQ on every connection (``runtime/curve.py``): encrypted, and each
+    peer admitted only with its role's key from ``curve_dir``. The HMAC stays on."""
+    curve_dir: str | None = None
+    """The CURVE key folder (``public/NAME.key``, ``secret/NAME.key_secret``): the launcher writes
+    one per run; a roster names it relative to the roster (``rmio swarm keys``)."""
     startup_timeout_s: float = 60.0
     orphan_timeout_s: float = 30.0
     """A process that hears nothing from the env host for this long exits."""
@@ -124,6 +130,11 @@ class SwarmSettings:
         ):
             raise ConfigError(
                 "swarm deadlines and heartbeat interval must be > 0, liveness and episodes >= 1"
+            )
+        if self.curve and self.transport == "udp":
+            raise ConfigError(
+                "swarm curve needs a ZeroMQ transport (tcp or ipc): udp is authenticated by the "
+                "swarm key's HMAC only"
             )
         self.loss_config().validate()
 
@@ -228,7 +239,7 @@ class Roster:
         folder when they are under it, so a folder holding all three can be copied anywhere."""
         path = Path(path)
         settings = self.settings.to_dict()
-        for key in ("bundle", "key_file"):
+        for key in ("bundle", "key_file", "curve_dir"):
             if settings.get(key):
                 settings[key] = _portable(settings[key], path.parent)
         data: dict[str, Any] = {"version": self.version, "endpoints": self.endpoints}
@@ -256,7 +267,7 @@ class Roster:
         except ConfigError as exc:
             raise ConfigError(f"roster '{path}': {exc}") from None
         base = path.parent
-        for key in ("bundle", "key_file"):
+        for key in ("bundle", "key_file", "curve_dir"):
             value = settings.__dict__.get(key)
             if value and not Path(value).is_absolute():
                 setattr(settings, key, str(base / value))
@@ -265,6 +276,11 @@ class Roster:
                 f"roster '{path}' names no key_file: run `rmio swarm keys {path}` to create one "
                 "(copy it with the roster, readable by its owner only), or set 'insecure: true' "
                 "in its settings for a network where everyone who can reach a port is trusted"
+            )
+        if need_key and settings.curve and settings.curve_dir is None:
+            raise ConfigError(
+                f"roster '{path}' asks for curve but names no curve_dir: run `rmio swarm keys "
+                f"{path}` to create the keys"
             )
         endpoints = {str(k): str(v) for k, v in data["endpoints"].items()}
         binds = data.get("bind") or {}

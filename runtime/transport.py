@@ -26,7 +26,7 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from rmio.errors import RmioError
-from rmio.runtime import timeline
+from rmio.runtime import curve, timeline
 from rmio.runtime.bundle import load_manifest
 from rmio.runtime.datagram import DatagramNode, check_fits
 from rmio.runtime.node import NodeBase
@@ -38,13 +38,17 @@ _MORE, _LAST = int(zmq.SNDMORE | zmq.NOBLOCK), int(zmq.NOBLOCK)
 _EVENTS, _POLLIN = int(zmq.EVENTS), int(zmq.POLLIN)
 
 
-def make_node(name: str, bind: str, known: Callable[[str], bool]) -> NodeBase:
-    """The node for an endpoint's scheme: ZeroMQ for ``tcp://`` and ``ipc://``, datagrams for
-    ``udp://``."""
+def make_node(
+    name: str, bind: str, known: Callable[[str], bool], keys: curve.CurveKeys | None = None
+) -> NodeBase:
+    """The node for an endpoint's scheme: ZeroMQ for ``tcp://`` and ``ipc://`` (with CURVE when
+    given ``keys``), datagrams for ``udp://``."""
     try:
         if bind.startswith("udp://"):
+            if keys is not None:
+                raise RmioError(f"{name}: CURVE is ZeroMQ's (tcp, ipc), not udp's")
             return DatagramNode(name, bind, known)
-        return Node(name, bind, known)
+        return Node(name, bind, known, keys=keys)
     except (zmq.ZMQError, OSError) as exc:  # a port in use, a host not of this machine
         raise RmioError(f"{name} cannot bind {bind}: {exc}") from None
 
@@ -67,6 +71,7 @@ class Node(NodeBase):
         *,
         hwm: int = 1000,
         reconnect_ms: int = 20,
+        keys: curve.CurveKeys | None = None,
     ) -> None:
         super().__init__(name, known)
         self.ctx = zmq.Context()
@@ -87,6 +92,9 @@ class Node(NodeBase):
         self.out.setsockopt(zmq.ROUTING_ID, f"{name}:{secrets.token_hex(4)}".encode())
         self.out.setsockopt(zmq.RECONNECT_IVL, reconnect_ms)
         self.out.setsockopt(zmq.RECONNECT_IVL_MAX, 20 * reconnect_ms)
+        self.keys = keys
+        """CURVE: every connection encrypted and its peer's key bound to a role's name."""
+        self.zap = curve.secure(self.ctx, self.inbox, self.out, keys) if keys else None
         if bind.startswith("ipc://"):
             path = Path(bind[len("ipc://") :])
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -126,6 +134,8 @@ class Node(NodeBase):
         # (ZMQ_IMMEDIATE would also refuse sends to a peer not connected yet, but with it libzmq
         # ignores CONNECT_ROUTING_ID, so the outbox could no longer name its peers)
         self.out.setsockopt(zmq.CONNECT_ROUTING_ID, route)
+        if self.keys is not None:
+            curve.server_key(self.out, self.keys, name)
         self.out.connect(endpoint)
         self.peers[name] = endpoint
         self._route[name] = route
@@ -167,6 +177,8 @@ class Node(NodeBase):
         events = dict(self.poller.poll(math.ceil(timeout_ms) if timeout_ms > 0 else 0))
         if self.monitor in events:
             self._drain_monitor()
+        if self.zap is not None and self.zap.refused:  # counted by the handler's thread
+            self.stats.dropped["curve_refused"] = self.zap.refused
         if self.inbox not in events:
             if timeline.ENABLED:
                 timeline.mark("wake", 0)
@@ -178,7 +190,10 @@ class Node(NodeBase):
             if k and not self.inbox.getsockopt(_EVENTS) & _POLLIN:
                 break
             try:
-                frames = self.inbox.recv_multipart(flags=zmq.NOBLOCK)
+                if self.keys is None:
+                    frames = self.inbox.recv_multipart(flags=zmq.NOBLOCK)
+                else:
+                    frames = self._recv_authenticated()
             except zmq.Again:
                 break
             msg = self._decode(frames)
@@ -187,6 +202,18 @@ class Node(NodeBase):
         if timeline.ENABLED:
             timeline.mark("wake", len(out))
         return out
+
+    def _recv_authenticated(self) -> list[bytes]:
+        """One message whose routing id names the role its CURVE key belongs to (the ZAP
+        handler's user id); another name is dropped (``wrong_key``): the routing id's name is
+        then checked against ``src`` as always."""
+        while True:
+            route = self.inbox.recv(flags=zmq.NOBLOCK, copy=False)
+            rest = self.inbox.recv_multipart(flags=zmq.NOBLOCK)
+            name = route.bytes.partition(b":")[0]
+            if name == route.get("User-Id").encode():
+                return [route.bytes, *rest]
+            self.stats.dropped["wrong_key"] += 1
 
     def _decode(self, frames: list[bytes]) -> Message | None:
         try:  # the routing id is NAME:SUFFIX (a process of this swarm) or whatever a stranger set
@@ -226,6 +253,8 @@ class Node(NodeBase):
         self._moves += 1
         route = f"{peer}#{self._moves}".encode()
         self.out.setsockopt(zmq.CONNECT_ROUTING_ID, route)
+        if self.keys is not None:
+            curve.server_key(self.out, self.keys, peer)
         self.out.connect(endpoint)
         self._route[peer] = route
 

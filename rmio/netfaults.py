@@ -19,6 +19,7 @@ import contextlib
 import ctypes
 import logging
 import os
+import re
 import shutil
 import subprocess
 import threading
@@ -34,6 +35,8 @@ log = logging.getLogger(__name__)
 
 CLONE_NEWNET = 0x40000000
 SIDES = ("a", "b")
+STALE = re.compile(r"rmio(\d+)[ab]\d+$")
+"""A NetLab's namespace: ``rmio<pid><side><k>``."""
 
 
 def unavailable() -> str | None:
@@ -67,6 +70,21 @@ def _run(*cmd: str, check: bool = True, stdin: str | None = None) -> None:
     )
 
 
+def sweep_stale() -> list[str]:
+    """Delete the namespaces a NetLab of a process that no longer exists left behind (one killed
+    by SIGKILL could not delete its own); returns their names."""
+    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, timeout=30)
+    gone = []
+    for line in out.stdout.splitlines():
+        match = STALE.match(line.split(" ", 1)[0])
+        if match and not Path(f"/proc/{match.group(1)}").exists():
+            _run("ip", "netns", "del", match.group(0), check=False)
+            gone.append(match.group(0))
+    if gone:
+        log.info("deleted %d namespaces left by killed runs: %s", len(gone), ", ".join(gone))
+    return gone
+
+
 class NetLab:
     """Namespaces ``rmio<pid>a`` and ``rmio<pid>b``; side a is 10.231.X.1, side b 10.231.X.2."""
 
@@ -86,6 +104,7 @@ class NetLab:
         self.rto_min_ms = rto_min_ms
 
     def __enter__(self) -> NetLab:
+        sweep_stale()
         try:
             for side in SIDES:
                 _run("ip", "netns", "add", self.ns[side])

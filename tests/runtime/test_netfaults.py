@@ -227,6 +227,26 @@ def test_tcp_within_the_deadline_under_loss_once_the_minimum_rto_is_lowered(
     _no_protocol_violation(events)
 
 
+def test_namespaces_of_a_killed_run_are_swept_by_the_next() -> None:
+    """A launcher killed by SIGKILL cannot delete its namespaces; the next NetLab deletes those
+    whose process is gone and leaves a live process's alone."""
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait(timeout=60)
+    stale = f"rmio{dead.pid}a7"
+    live = f"rmio{os.getpid()}b999"  # this process is alive: not stale (NetLab uses 1..250)
+    for name in (stale, live):
+        subprocess.run(["ip", "netns", "add", name], check=True, timeout=30)
+    try:
+        with NetLab():
+            names = subprocess.run(
+                ["ip", "netns", "list"], capture_output=True, text=True, timeout=30
+            ).stdout
+            assert stale not in names and live in names
+    finally:
+        for name in (stale, live):
+            subprocess.run(["ip", "netns", "del", name], capture_output=True, timeout=30)
+
+
 def test_a_local_firewall_error_is_not_a_dead_peer(tmp_path: Path) -> None:
     """A send refused by this host's own firewall fails with EPERM: counted as a local ``error``,
     never as ``unreachable``, so the roles do not mark a live peer dead for it (before, any failed

@@ -62,7 +62,8 @@ def compose(
     here = Path(os.path.relpath(roster.resolve().parent, Path(out).resolve().parent))
 
     def host(rel: PurePosixPath | str) -> str:
-        return "./" + (here / rel).as_posix().removeprefix("./")
+        path = (here / rel).as_posix()
+        return path if path.startswith("../") else f"./{path}"
 
     def mount(rel: PurePosixPath | str) -> str:
         return f"{host(rel)}:{MOUNT / rel}:ro"
@@ -84,6 +85,8 @@ def compose(
             "image": env_image if name == "env" else image,
             "command": [role, "--name", name, "--roster", str(MOUNT / roster.name)],
             "network_mode": "host",
+            # the key files are their owner's alone (0600): run as that owner
+            "user": "${RMIO_USER:-10001}",
             "working_dir": str(RUN_DIR),
             "environment": {"OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"},
             "volumes": volumes,
@@ -101,6 +104,7 @@ def write_compose(roster: str | Path, out: str | Path, **images: str) -> Path:
         "# roster; paths are relative to this file. Build the images first (docs/DEPLOY.md):\n"
         "#   docker build -f deploy/Dockerfile -t rmio-runtime .\n"
         "#   docker build -f deploy/Dockerfile --build-arg FULL=1 -t rmio-full .\n"
+        "# then, as the owner of the key files: RMIO_USER=$(id -u) docker compose up\n"
     )
     out.write_text(header + yaml.safe_dump(doc, sort_keys=False))
     return out

@@ -100,6 +100,16 @@ def mappo(cfg: Any, run_dir: Path | None, device: str) -> None:
     _start_run(cfg, run_dir, "mappo", device, "rmio.train.mappo", "train_mappo")
 
 
+@train.command("qmix")
+@config_options()
+@run_dir_option
+@device_option
+def qmix(cfg: Any, run_dir: Path | None, device: str) -> None:
+    """Model-free QMIX (episode replay, recurrent Q-agents, monotonic mixer on the global state;
+    discrete actions); settings in the config's qmix: section; resumable with --run-dir."""
+    _start_run(cfg, run_dir, "qmix", device, "rmio.train.qmix", "train_qmix")
+
+
 @train.command("finetune")
 @click.argument("run_dir", type=click.Path(path_type=Path, exists=True, file_okay=False))
 @click.option(

@@ -28,6 +28,7 @@ from rmio.envs.loss import LossConfig
 from rmio.envs.registry import FAMILIES, EnvConfig
 from rmio.errors import ConfigError
 from rmio.train.ppo_config import PolicySection
+from rmio.train.qmix_config import QMIXConfig, validate_qmix
 from rmio.train.wm_config import WorldModelSection
 from rmio.yamlio import load_yaml
 
@@ -94,6 +95,8 @@ class Config:
     run: RunConfig = field(default_factory=RunConfig)
     world_model: WorldModelSection = field(default_factory=WorldModelSection)
     policy: PolicySection = field(default_factory=PolicySection)
+    qmix: QMIXConfig = field(default_factory=QMIXConfig)
+    """`rmio train qmix` (train/qmix_config.py)."""
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -351,6 +354,7 @@ def validate(cfg: Config, src: str) -> None:
             raise ConfigError(f"{src}: {key} must be >= 1, got {value}")
     if cfg.env.episode_limit is not None and cfg.env.episode_limit < 1:
         raise ConfigError(f"{src}: env.episode_limit must be >= 1, got {cfg.env.episode_limit}")
+    validate_qmix(cfg.qmix, src)
 
 
 def family_preset_path(preset: str, family: str) -> Path | None:

@@ -38,13 +38,8 @@ def evaluate_policy(actor: Actor, env_cfg: EnvConfig, episodes: int, seed: int) 
 
 def run_label(run: Path) -> str:
     """'<algorithm> seed <s> (<dir>)', read from what the run directory holds."""
-    algo = (
-        "rmiov2"
-        if (run / "joint.jsonl").exists()
-        else "mappo"
-        if (run / "mappo.jsonl").exists()
-        else "?"
-    )
+    logs = {"joint.jsonl": "rmiov2", "mappo.jsonl": "mappo", "qmix.jsonl": "qmix"}
+    algo = next((name for log, name in logs.items() if (run / log).exists()), "?")
     seed = "?"
     cfg_path = run / "config.yaml"
     if cfg_path.exists():

@@ -27,7 +27,7 @@ import yaml
 from rmio.envs.loss import LossConfig
 from rmio.envs.registry import FAMILIES, EnvConfig
 from rmio.errors import ConfigError
-from rmio.train.ppo_config import PolicySection
+from rmio.train.ppo_config import PolicySection, apply_recipe, validate_imagination
 from rmio.train.qmix_config import QMIXConfig, validate_qmix
 from rmio.train.wm_config import WorldModelSection
 from rmio.yamlio import load_yaml
@@ -352,6 +352,7 @@ def validate(cfg: Config, src: str) -> None:
     ):
         if value < 1:
             raise ConfigError(f"{src}: {key} must be >= 1, got {value}")
+    validate_imagination(cfg.policy.imagination, src)
     if cfg.env.episode_limit is not None and cfg.env.episode_limit < 1:
         raise ConfigError(f"{src}: env.episode_limit must be >= 1, got {cfg.env.episode_limit}")
     validate_qmix(cfg.qmix, src)
@@ -436,6 +437,8 @@ def load_config(
         + (f" (algo {algo})" if algo else "")
         + (" with --set overrides" if overrides else "")
     )
+    if schema is Config:
+        raw = apply_recipe(raw, src)
     cfg = build_dataclass(schema, raw, src)
     validate(cfg, src)
     return cfg

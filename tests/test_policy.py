@@ -180,7 +180,9 @@ def test_pretrain_finetune_export_end_to_end(tmp_path: Path) -> None:
     evals = [json.loads(line) for line in (run / "eval.jsonl").read_text().splitlines()]
     assert evals[-1]["step"] >= 600 and np.isfinite(evals[-1]["return_mean"])
     rows = [json.loads(line) for line in (run / "joint.jsonl").read_text().splitlines()]
-    assert rows and all(r["imagined_steps_per_s"] > 0 for r in rows)
+    iterations = [r for r in rows if "collect_steps_per_s" in r]  # the others: diagnostics
+    assert iterations and all(r["imagined_steps_per_s"] > 0 for r in iterations)
+    assert {r["step"] for r in rows if "diag_obs_err_1" in r} == {e["step"] for e in evals}
     manifest = json.loads((tmp_path / "bundle" / "manifest.json").read_text())
     assert manifest["files"] == {
         "wm_step": "wm_step.onnx",

@@ -43,9 +43,42 @@ class Actor(nn.Module):
             self.log_std = nn.Parameter(torch.full((self.act_dim,), float(log_std_init)))
             self.register_buffer("low", torch.as_tensor(spec.action_low, dtype=torch.float32))
             self.register_buffer("high", torch.as_tensor(spec.action_high, dtype=torch.float32))
+        # [flag, std_min, std_max]: flag 1 squashes the mean into the box (tanh) and the std into
+        # [std_min, std_max]; a buffer, so a loaded checkpoint brings its own (set_bounds)
+        self.register_buffer("bounds", torch.zeros(3))
+        self.bounded = False
         with torch.no_grad():  # small initial outputs: near-uniform / near-zero-mean policies
             self.net[-1].weight.mul_(0.01)
             self.net[-1].bias.zero_()
+
+    def set_bounds(self, std_min: float, std_max: float) -> None:
+        """Bounded actions: a tanh-squashed mean inside the action box and a std in [std_min,
+        std_max] (sigmoid), so a saturated policy still gets gradient through imagination (an
+        unbounded mean past the box is clipped at execution, which has none). The std keeps its
+        current value where the range allows it."""
+        if self.spec.discrete:
+            return
+        with torch.no_grad():
+            std = self.log_std.exp().clamp(std_min + 1e-3, std_max - 1e-3)
+            frac = (std - std_min) / (std_max - std_min)
+            self.log_std.copy_(torch.log(frac) - torch.log1p(-frac))  # the sigmoid's inverse
+            self.bounds.copy_(torch.tensor([1.0, std_min, std_max]))
+        self.bounded = True
+
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args, **kwargs) -> None:
+        key = prefix + "bounds"
+        if key not in state_dict:  # checkpoints from before bounded actions: unbounded
+            state_dict[key] = torch.zeros(3)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self.bounded = bool(self.bounds[0] > 0) and not self.spec.discrete
+
+    def _mean_std(self, out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Continuous actions: the Gaussian's mean and std from the network's output."""
+        if not self.bounded:
+            return out, self.log_std.exp().expand_as(out)
+        mean = self.low + (self.high - self.low) * (torch.tanh(out) + 1.0) / 2.0
+        lo, hi = self.bounds[1], self.bounds[2]
+        return mean, (lo + (hi - lo) * torch.sigmoid(self.log_std)).expand_as(out)
 
     def _head(self, obs: torch.Tensor, agent_id: torch.Tensor) -> torch.Tensor:
         agent_id = agent_id.long()
@@ -62,7 +95,7 @@ class Actor(nn.Module):
             if avail is not None:
                 out = out.masked_fill(avail < 0.5, -1e9)
             return D.Categorical(logits=out)
-        return D.Normal(out, self.log_std.exp().expand_as(out))
+        return D.Normal(*self._mean_std(out))
 
     def log_prob(
         self, dist: D.Distribution, action: torch.Tensor, agent_id: torch.Tensor
@@ -111,8 +144,9 @@ class Actor(nn.Module):
             if avail is not None:
                 out = out.masked_fill(~avail.bool(), -1e9)
             return out.argmax(-1)
+        mean = self._mean_std(out)[0]
         return (
-            torch.minimum(torch.maximum(out, self.low), self.high)
+            torch.minimum(torch.maximum(mean, self.low), self.high)
             * self.action_mask[agent_id.long()]
         )
 
@@ -155,6 +189,19 @@ class Critic(nn.Module):
     def forward(self, joint_obs: torch.Tensor) -> torch.Tensor:
         x = ((joint_obs - self.obs_mean) / self.obs_std).clamp(-10.0, 10.0)
         return self.net(x.flatten(-2)).squeeze(-1)
+
+
+class LatentCritic(nn.Module):
+    """V(s) from all agents' world-model states (h, z), as DreamerV3's and MAMBA's critics: it
+    reads what the model carries rather than its decoded guess of the observations. Training-only
+    (imagination); nothing deployed needs a critic."""
+
+    def __init__(self, n_agents: int, feat: int, hidden: int) -> None:
+        super().__init__()
+        self.net = mlp(n_agents * feat, hidden, 1, layers=2)
+
+    def forward(self, latent: torch.Tensor) -> torch.Tensor:
+        return self.net(latent.flatten(-2)).squeeze(-1)
 
 
 class ValueNorm(nn.Module):

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import nn
 
-from rmio.train.policy import Actor, Critic, ValueNorm
+from rmio.train.policy import Actor, ValueNorm
 from rmio.train.ppo_config import PPOConfig
 
 
@@ -26,6 +27,7 @@ class Rollout:
     weights: torch.Tensor | None = (
         None  # (T, B) imagination: probability the trajectory is still alive
     )
+    critic_in: torch.Tensor | None = None  # (T, B, ...) what the critic reads, if not ``obs``
 
 
 def gae(r: Rollout, gamma: float, lam: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -44,9 +46,22 @@ class PPO:
     """Clipped-surrogate actor update and value regression for a shared actor and a central
     critic."""
 
-    def __init__(self, actor: Actor, critic: Critic, cfg: PPOConfig) -> None:
+    def __init__(
+        self,
+        actor: Actor,
+        critic: nn.Module,
+        cfg: PPOConfig,
+        adv_scaling: Literal["batch", "percentile"] = "batch",
+        percentile_decay: float = 0.99,
+    ) -> None:
+        """``adv_scaling``: per-batch standardisation of advantages (MAPPO), or division by
+        max(1, S) with S an EMA of the 5th-95th percentile range of the returns (DreamerV3), which
+        leaves small advantages small instead of scaling model noise up to unit size."""
         self.actor, self.critic, self.cfg = actor, critic, cfg
-        self.value_norm = ValueNorm().to(next(critic.parameters()).device)
+        self.adv_scaling, self.percentile_decay = adv_scaling, percentile_decay
+        device = next(critic.parameters()).device
+        self.value_norm = ValueNorm().to(device)
+        self.return_range = torch.zeros((), device=device)  # EMA of P95 - P5 (0: none yet)
         self.actor_opt = torch.optim.Adam(actor.parameters(), lr=cfg.actor_lr, eps=1e-5)
         self.critic_opt = torch.optim.Adam(critic.parameters(), lr=cfg.critic_lr, eps=1e-5)
 
@@ -64,11 +79,8 @@ class PPO:
         obs, actions, logp_old, w = flat(r.obs), flat(r.actions), flat(r.logp), flat(weights)
         adv, returns = flat(adv), flat(returns)
         avail = flat(r.avail) if r.avail is not None else None
-        mean = (
-            adv * w
-        ).sum() / w.sum()  # imagined steps count by their probability of still running
-        std = (((adv - mean) ** 2 * w).sum() / w.sum()).sqrt()
-        adv = (adv - mean) / (std + 1e-8)
+        crit_in = flat(r.critic_in) if r.critic_in is not None else obs
+        adv = self._scale(adv, returns, w)
         if cfg.value_norm:
             self.value_norm.update(returns)
             targets = self.value_norm.normalize(returns)
@@ -103,7 +115,7 @@ class PPO:
                 policy_loss.backward()
                 nn.utils.clip_grad_norm_(self.actor.parameters(), cfg.grad_clip)
                 self.actor_opt.step()
-                value_loss = ((self.critic(obs[i]) - targets[i]) ** 2 * w[i]).sum() / w[
+                value_loss = ((self.critic(crit_in[i]) - targets[i]) ** 2 * w[i]).sum() / w[
                     i
                 ].sum()  # Eq. 14
                 self.critic_opt.zero_grad(set_to_none=True)
@@ -117,7 +129,25 @@ class PPO:
                     stats["clip_frac"] += ((ratio - 1).abs() > cfg.clip).float().mean().item()
                     stats["approx_kl"] += (logp_old[i] - logp).mean().item()
                 count += 1
-        return {k: v / max(count, 1) for k, v in stats.items()}
+        out = {k: v / max(count, 1) for k, v in stats.items()}
+        if self.adv_scaling == "percentile":
+            out["return_range"] = float(self.return_range)
+        return out
+
+    @torch.no_grad()
+    def _scale(self, adv: torch.Tensor, returns: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        """Advantages as the actor sees them (see ``adv_scaling``); weights ``w`` count imagined
+        steps by their probability of still running."""
+        if self.adv_scaling == "percentile":
+            q = torch.quantile(returns.float(), torch.tensor([0.05, 0.95], device=returns.device))
+            spread = q[1] - q[0]
+            d = self.percentile_decay
+            first = bool(self.return_range == 0)
+            self.return_range = spread if first else d * self.return_range + (1 - d) * spread
+            return adv / self.return_range.clamp(min=1.0)
+        mean = (adv * w).sum() / w.sum()
+        std = (((adv - mean) ** 2 * w).sum() / w.sum()).sqrt()
+        return (adv - mean) / (std + 1e-8)
 
     def state_dict(self) -> dict:
         return {
@@ -126,6 +156,7 @@ class PPO:
             "value_norm": self.value_norm.state_dict(),
             "actor_opt": self.actor_opt.state_dict(),
             "critic_opt": self.critic_opt.state_dict(),
+            "return_range": self.return_range,
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -134,3 +165,5 @@ class PPO:
         self.value_norm.load_state_dict(state["value_norm"])
         self.actor_opt.load_state_dict(state["actor_opt"])
         self.critic_opt.load_state_dict(state["critic_opt"])
+        if "return_range" in state:  # absent from checkpoints before percentile scaling
+            self.return_range = state["return_range"].to(self.return_range.device)

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from rmio.errors import ConfigError
 
 
 @dataclass
@@ -66,7 +69,43 @@ class ImaginationConfig:
     context: int = 8
     """Real steps filtered before each start, so h and z carry history (as at deployment)."""
     eval_every: int = 10_000
+    """Real steps between evaluations; each also logs the diagnostics (``diag_*`` in joint.jsonl:
+    open-loop errors, imagined minus real return, saturated actions, the policy's spread)."""
     checkpoint_every: int = 10_000
+    recipe: Literal["paper", "tuned"] = "paper"
+    """Named settings of the keys below (rmio.config.RECIPES), under any key a config or --set
+    gives: ``paper`` is Algorithm 1 as published and as rmio first ran it (fixed E_M, decoded
+    observation at step 0, unbounded Gaussian, per-batch advantages, critic on decoded
+    observations); ``tuned`` is Algorithm 1 with DreamerV3/MARIE-style settings. Both are RMIOv2
+    (PPO in imagination only)."""
+    wm_warmup_updates: int = 0
+    """World-model updates on the random warm-up data before the first collection and policy
+    update (MARIE trains its model about 2000 updates first); 0: none."""
+    wm_ratio: float | None = None
+    """World-model updates per real environment step (fractions carry over between iterations);
+    null: a fixed ``wm_updates`` per iteration (the paper's E_M)."""
+    real_start_obs: bool = False
+    """Actors act on the real observation at step 0 of each imagined rollout (it is at hand)
+    instead of its reconstruction from the posterior state."""
+    bounded_actions: bool = False
+    """Continuous actions: tanh-squashed mean inside the action box and a std in [std_min,
+    std_max]; false: unbounded Gaussian, clipped at execution (a mean past the box gets no
+    gradient through imagination)."""
+    std_min: float = 0.1
+    """Lower bound of the policy's std with ``bounded_actions`` (DreamerV3: 0.1)."""
+    std_max: float = 1.0
+    """Upper bound of the policy's std with ``bounded_actions`` (DreamerV3: 1.0)."""
+    return_scaling: Literal["batch", "percentile"] = "batch"
+    """Advantages: standardised per batch (MAPPO), or divided by max(1, EMA of the 5th-95th
+    percentile range of the returns) as DreamerV3, which keeps small (model-noise) advantages
+    small."""
+    percentile_decay: float = 0.99
+    """EMA decay of that range."""
+    critic: Literal["obs", "latent"] = "obs"
+    """What the imagination critic reads: all agents' decoded observations, or their world-model
+    states (h, z) as DreamerV3 and MAMBA."""
+    diag_windows: int = 64
+    """Windows of the newest real episodes the diagnostics score at every evaluation."""
 
 
 @dataclass
@@ -79,3 +118,79 @@ class PolicySection:
     stats_steps: int = 2_000
     """Model-free MAPPO: random-policy steps (counted in the budget) that fix observation
     statistics."""
+
+
+# Named settings of joint pre-training (policy.imagination.recipe), merged under whatever a config
+# or --set gives. "paper" is Algorithm 1 as published and first run here (the dataclass
+# defaults); "tuned" keeps Algorithm 1 (PPO in imagination only, so still RMIOv2) with settings
+# from DreamerV3, MAMBA and MARIE: a world model trained well before the policy starts and about
+# 0.5 updates (192 replayed transitions at 16 x 24) per real step, the real observation at step 0,
+# bounded actions, percentile return scaling and a critic on latent states.
+RECIPES: dict[str, dict[str, Any]] = {
+    "paper": {
+        "wm_warmup_updates": 0,
+        "wm_ratio": None,
+        "real_start_obs": False,
+        "bounded_actions": False,
+        "return_scaling": "batch",
+        "critic": "obs",
+    },
+    "tuned": {
+        "wm_warmup_updates": 1000,
+        "wm_ratio": 0.5,
+        "real_start_obs": True,
+        "bounded_actions": True,
+        "return_scaling": "percentile",
+        "critic": "latent",
+    },
+}
+
+
+def validate_imagination(im: Any, src: str) -> None:
+    """Joint pre-training's ranges: one line naming the key."""
+    key = "policy.imagination."
+    for name, low in (
+        ("env_steps", 1),
+        ("collect_steps", 1),
+        ("num_envs", 1),
+        ("warmup_steps", 1),
+        ("wm_updates", 0),
+        ("policy_updates", 1),
+        ("horizon", 1),
+        ("starts", 1),
+        ("context", 1),
+        ("eval_every", 1),
+        ("checkpoint_every", 1),
+        ("wm_warmup_updates", 0),
+        ("diag_windows", 1),
+    ):
+        if getattr(im, name) < low:
+            raise ConfigError(f"{src}: {key}{name} must be >= {low}, got {getattr(im, name)}")
+    if im.wm_ratio is not None and not im.wm_ratio > 0:
+        raise ConfigError(
+            f"{src}: {key}wm_ratio must be > 0 (or null for wm_updates per iteration), "
+            f"got {im.wm_ratio}"
+        )
+    if not 0 < im.std_min < im.std_max:
+        raise ConfigError(
+            f"{src}: {key}std_min and std_max must satisfy 0 < std_min < std_max, got "
+            f"{im.std_min} and {im.std_max}"
+        )
+    if not 0 <= im.percentile_decay < 1:
+        raise ConfigError(
+            f"{src}: {key}percentile_decay must be in [0, 1), got {im.percentile_decay}"
+        )
+
+
+def apply_recipe(raw: dict[str, Any], src: str) -> dict[str, Any]:
+    """Merge the named recipe's settings under the config's own (RECIPES)."""
+    policy = raw.get("policy", {})
+    im = policy.get("imagination", {}) if isinstance(policy, dict) else None
+    if not isinstance(im, dict):  # None or a wrong type: the typed validation names it
+        return raw
+    name = im.get("recipe", "paper")
+    if name not in RECIPES:
+        raise ConfigError(
+            f"{src}: policy.imagination.recipe must be one of {', '.join(RECIPES)}, got {name!r}"
+        )
+    return {**raw, "policy": {**policy, "imagination": {**RECIPES[name], **im}}}

@@ -1,7 +1,10 @@
 """Training runs side by side: learning curves, returns at a matched real-step budget, throughput.
 
 Reads what `rmio train pretrain` / `rmio train mappo` leave in their run directories (eval.jsonl,
-joint.jsonl, mappo.jsonl); writes a markdown table and an overlaid learning-curve PNG.
+joint.jsonl, mappo.jsonl); writes a markdown table and an overlaid learning-curve PNG, and for joint
+pre-training runs a second table of the diagnostics logged at each evaluation (rmio.train.
+joint_diag): open-loop errors, imagined minus real return, saturated actions, the policy's spread.
+Joint runs are labelled with their recipe (``rmiov2/tuned``), so recipes never pool into one mean.
 
     python bench/training.py RUN_DIR... --budget 20000 --out bench/results/training_halfcheetah_6x1
 """
@@ -19,20 +22,50 @@ from pathlib import Path
 
 import numpy as np
 
+from rmio.config import load_config
 from rmio.train.evaluate import plot_curves, run_label
+
+DIAG_COLUMNS = (
+    ("diag_obs_err_1", "obs err 1", 3),
+    ("diag_obs_err_5", "obs err 5", 3),
+    ("diag_obs_err_15", "obs err 15", 3),
+    ("diag_reward_err_1", "reward err 1", 3),
+    ("diag_reward_err_15", "reward err 15", 3),
+    ("diag_imagined_return", "imagined H-return", 2),
+    ("diag_real_return", "real H-return", 2),
+    ("diag_return_gap", "gap", 2),
+    ("diag_saturated", "saturated", 3),
+    ("diag_std", "std", 3),
+    ("diag_entropy", "entropy", 3),
+)
 
 
 def _rows(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
+def _label(run: Path) -> str:
+    """run_label, with a joint run's recipe after the algorithm."""
+    label = run_label(run)
+    if (run / "joint.jsonl").exists() and (run / "config.yaml").exists():
+        recipe = load_config(run / "config.yaml").policy.imagination.recipe
+        label = label.replace("rmiov2 seed", f"rmiov2/{recipe} seed", 1)
+    return label
+
+
 def summarise(run: Path, budget: int, metric: str) -> dict:
     evals = [r for r in _rows(run / "eval.jsonl") if metric in r]
-    joint, mappo = _rows(run / "joint.jsonl"), _rows(run / "mappo.jsonl")
+    rows = _rows(run / "joint.jsonl")
+    joint = [r for r in rows if "collect_steps_per_s" in r]  # iterations, not diagnostics
+    diag = [r for r in rows if any(k.startswith("diag_") for k in r)]
+    mappo = _rows(run / "mappo.jsonl")
     train = joint or mappo
     within = [r for r in evals if r["step"] <= budget]
+    diag_within = [r for r in diag if r["step"] <= budget]
     out = {
-        "run": run_label(run),
+        "run": _label(run),
+        "diag_at_budget": diag_within[-1] if diag_within else None,
+        "diag_final": diag[-1] if diag else None,
         "env_steps": evals[-1]["step"] if evals else 0,
         "final": evals[-1] if evals else None,
         "best": max(evals, key=lambda r: (r[metric], r["return_mean"])) if evals else None,
@@ -55,6 +88,33 @@ def _cell(row: dict | None, metric: str) -> str:
     if metric == "win_rate":
         return f"{row['win_rate']:.2f} (return {row['return_mean']:.1f})"
     return f"{row['return_mean']:.1f} ± {row['return_std']:.1f}"
+
+
+def _diag_table(rows: list[dict], budget: int) -> list[str]:
+    """Joint runs' diagnostics at the budget and at the end (columns no run logged are left out)."""
+    picked = [
+        (r["run"], when, r[key])
+        for r in rows
+        for when, key in ((f"at {budget:,}", "diag_at_budget"), ("final", "diag_final"))
+        if r.get(key) is not None
+    ]
+    if not picked:
+        return []
+    cols = [c for c in DIAG_COLUMNS if any(c[0] in d for _, _, d in picked)]
+    lines = [
+        "",
+        "Diagnostics of joint pre-training at its evaluations (rmio.train.joint_diag): open-loop "
+        "error K steps ahead on the newest real episodes (obs: MSE in normalised units; reward: "
+        "absolute), imagined and real discounted return over the imagination horizon from the "
+        "same real starts and their gap, share of saturated actions, the policy's std or entropy.",
+        "",
+        "| run | when | step | " + " | ".join(c[1] for c in cols) + " |",
+        "|---|---|---|" + "---|" * len(cols),
+    ]
+    for run, when, d in picked:
+        cells = [f"{d[k]:.{p}f}" if k in d else "-" for k, _, p in cols]
+        lines.append(f"| {run} | {when} | {d['step']:,} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def main() -> None:
@@ -122,6 +182,7 @@ def main() -> None:
             for algo, v in groups.items()
         ),
     ]
+    lines += _diag_table(rows, args.budget)
     lines += ["", f"Command: `python bench/training.py {shlex.join(sys.argv[1:])}`", ""]
     args.out.with_suffix(".md").write_text("\n".join(lines))
     print("\n".join(lines))

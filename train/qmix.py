@@ -4,8 +4,9 @@ runners, a recurrent Q-agent, the monotonic hypernetwork mixer, target networks.
 The loop mirrors `rmio train mappo`: the same run directory, progress bar, metric logs
 (``qmix.jsonl``/``qmix.csv``/TensorBoard), greedy evaluations in ``eval.jsonl`` with the learning
 curve, and checkpoints that hold everything needed to resume (networks, targets, optimiser, the
-replay buffer, counters and every random stream) by re-running the same command. Observations go to
-the agent in raw units, as in pymarl. Discrete-action tasks only.
+replay buffer, counters and every random stream) by re-running the same command. Agent inputs and
+the mixer's state are normalised with fixed statistics (``qmix.normalise_inputs``). Discrete-action
+tasks only.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from rmio.envs.vector import make_vector_env
 from rmio.errors import RmioError
 from rmio.train.common import begin_training, progress
 from rmio.train.mappo import log_eval
+from rmio.train.qmix_config import QMIXConfig
 from rmio.train.qmix_learner import QLearner
 from rmio.train.qmix_nets import QMixer, RNNAgent, masked_argmax
 from rmio.train.qmix_replay import EpisodeBuffer, Runner, epsilon_at
@@ -196,7 +198,7 @@ def train_qmix(cfg: Config, run_dir: Path, device: str, console: Console) -> Pat
 def _log_row(
     window: dict[str, list[float]],
     returns: deque[float],
-    q: Any,
+    q: QMIXConfig,
     c: dict[str, int],
     seconds: float,
     steps0: int,

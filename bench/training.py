@@ -97,6 +97,7 @@ def _diag_table(rows: list[dict], budget: int) -> list[str]:
         for r in rows
         for when, key in ((f"at {budget:,}", "diag_at_budget"), ("final", "diag_final"))
         if r.get(key) is not None
+        and not (key == "diag_final" and r["diag_final"] is r["diag_at_budget"])
     ]
     if not picked:
         return []

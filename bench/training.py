@@ -74,6 +74,9 @@ def summarise(run: Path, budget: int, metric: str) -> dict:
     if joint:
         out["collect_steps_per_s"] = float(np.median([r["collect_steps_per_s"] for r in joint]))
         out["imagined_steps_per_s"] = float(np.median([r["imagined_steps_per_s"] for r in joint]))
+        wm_rate = [r["wm_updates_per_s"] for r in joint if "wm_updates_per_s" in r]
+        if wm_rate:  # runs from before it was logged have none
+            out["wm_updates_per_s"] = float(np.median(wm_rate))
         out["overall_steps_per_s"] = joint[-1]["real_steps_per_s"]
     elif mappo:
         out["overall_steps_per_s"] = mappo[-1]["env_steps_per_s"]
@@ -151,8 +154,9 @@ def main() -> None:
         f"{args.budget:,}' is the last evaluation at or before that many real environment steps.",
         "",
         f"| run | real env steps | eval at {args.budget:,} | final eval | best eval | collection "
-        "steps/s | imagined steps/s | overall real steps/s | wall h per 100k real steps |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "steps/s | world-model updates/s | imagined steps/s | overall real steps/s | wall h per "
+        "100k real steps |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
 
     def f(r: dict, k: str, d: int = 0) -> str:
@@ -166,6 +170,7 @@ def main() -> None:
             _cell(r["final"], args.metric),
             _cell(r["best"], args.metric),
             f(r, "collect_steps_per_s"),
+            f(r, "wm_updates_per_s", 2),
             f(r, "imagined_steps_per_s"),
             f(r, "overall_steps_per_s"),
             f(r, "hours_per_100k", 2),

@@ -67,7 +67,7 @@ def train_joint(cfg: Config, run_dir: Path, device: str, console: Console) -> Pa
         console.print(f"resuming joint pre-training at {counters['env_steps']} env steps")
     log = MetricLog(run_dir, "joint", config=cfg.to_dict())
     t0 = time.perf_counter()
-    timing = {"collect_s": 0.0, "wm_s": 0.0, "imagine_s": 0.0, "imagined_steps": 0}
+    timing = {"collect_s": 0.0, "wm_s": 0.0, "imagine_s": 0.0, "imagined_steps": 0, "wm_updates": 0}
     newest: TrajectoryBuffer | None = None  # the latest collected episodes, for the diagnostics
 
     def state() -> dict[str, Any]:
@@ -128,6 +128,7 @@ def train_joint(cfg: Config, run_dir: Path, device: str, console: Console) -> Pa
                 counters["wm_credit"] -= updates
             wm_metrics = _world_model_updates(model, wm_opt, sampler, rng, cfg, updates)
             timing["wm_s"] += time.perf_counter() - tw
+            timing["wm_updates"] += updates
             ti = time.perf_counter()
             ppo_metrics, rollout = _policy_updates(model, ppo, sampler, rng, gen, cfg)
             timing["imagined_steps"] += im.policy_updates * im.starts * im.horizon
@@ -142,6 +143,7 @@ def train_joint(cfg: Config, run_dir: Path, device: str, console: Console) -> Pa
                 "real_steps_per_s": env_steps / max(time.perf_counter() - t0, 1e-9),
                 "collect_steps_per_s": cstats.steps_per_second,
                 "imagined_steps_per_s": timing["imagined_steps"] / max(timing["imagine_s"], 1e-9),
+                "wm_updates_per_s": timing["wm_updates"] / max(timing["wm_s"], 1e-9),
             }
             log.log(env_steps, row)
             bar.update(

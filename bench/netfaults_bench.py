@@ -310,6 +310,7 @@ def main() -> int:
     if why is not None:
         print(f"netfaults_bench: {why}", file=sys.stderr)
         return 2
+    load = [os.getloadavg()[0]]
     with TemporaryDirectory(prefix="rmio-netfaults-") as tmp:
         t = Path(tmp)
         fault_table, summary = faults(t, args.quick)
@@ -318,6 +319,7 @@ def main() -> int:
         print(loss_table, "\n")
         wm_table = wm_node(t, args.quick)
         print(wm_table, "\n")
+    load.append(os.getloadavg()[0])
     text = "\n".join(
         [
             "# The swarm across two network namespaces (committed HalfCheetah 6x1 bundle, 2-core "
@@ -326,7 +328,8 @@ def main() -> int:
             "Measured by `python bench/netfaults_bench.py`: the env host, the launcher and the "
             "even agents on one side of a veth link, the odd agents on the other; nftables drops "
             "packets at random on the link. Step deadline 100 ms, p_loss 0.3 (observations), one "
-            "episode per run.",
+            f"episode per run. Load average {load[0]:.1f} at the start and {load[1]:.1f} at the "
+            "end (a loaded machine delays processes beyond what the network does).",
             "",
             "## Restarts and partitions",
             "",

@@ -1,19 +1,26 @@
-"""The cost of message authentication (issue 19): the same swarm with and without the swarm's key,
-side by side in one run, over tcp and udp.
+"""The cost of security (issue 19): the same swarm with each protection on and off, side by side.
 
-    python bench/auth_bench.py             # 6 and 10 agents, 600 steps, 2 repeats per row
-    python bench/auth_bench.py --quick     # 6 agents, 300 steps, 1 repeat
+    python bench/auth_bench.py                         # every row: 6 and 10 agents, tcp and udp
+    python bench/auth_bench.py --rows 6:tcp 6:udp      # some rows (the others are kept)
+    python bench/auth_bench.py --quick                 # 6 agents, 300 steps, 1 repeat
 
-Each configuration runs keyed and insecure in alternation (so a change of the machine's load hits
-both alike); a row gives the reconstruction round (blind agent: STEP received to RECON received)
-p50/p99, the env host's decision latency p99 and steps per second, as the median over repeats.
-Bundles: tiny random ones (rmio.testing.tiny_bundle, needs torch), HalfCheetah 6x1 and
-ManySegmentSwimmer 10x2, history window 20. Results go to bench/results/auth.md.
+Variants: over tcp none (``insecure``), ``hmac`` (the swarm key's tag on every message) and
+``hmac+curve`` (CurveZMQ on every connection besides); over udp none and ``hmac`` (CURVE is
+ZeroMQ's). The variants of one row run in rotation (a change of the machine's load hits each
+alike); a row gives the reconstruction round (blind agent: STEP received to RECON received)
+p50/p99, the env host's decision latency p99 and steps per second, as the median over repeats,
+and the change of the round p50 that the last protection added costs (curve against hmac, hmac
+against none; the issue's target is at most 20%). Rows measured by earlier calls are kept in
+bench/results/auth.json, so a long run can be split across calls of a few minutes each; the
+markdown (bench/results/auth.md) always shows every row. Bundles: tiny random ones
+(rmio.testing.tiny_bundle, needs torch), HalfCheetah 6x1 and ManySegmentSwimmer 10x2, history
+window 20.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import tempfile
@@ -24,18 +31,27 @@ from typing import Any
 from rmio.testing import launch, tiny_bundle
 
 SCENARIOS = {6: "mamujoco/HalfCheetah-6x1", 10: "mamujoco/ManySegmentSwimmer-10x2"}
+VARIANTS: dict[str, list[tuple[str, dict[str, bool]]]] = {
+    "tcp": [
+        ("none", {"insecure": True}),
+        ("hmac", {}),
+        ("hmac+curve", {"curve": True}),
+    ],
+    "udp": [("none", {"insecure": True}), ("hmac", {})],
+}
+RESULTS = Path(__file__).parent / "results"
 
 
-def one_run(bundle: Path, out: Path, transport: str, insecure: bool, steps: int) -> dict[str, Any]:
+def one_run(bundle: Path, out: Path, transport: str, steps: int, **security: bool) -> dict:
     report = launch(
         bundle,
         out,
         steps=steps,
         transport=transport,
-        insecure=insecure,
         loss={"model": "bernoulli", "p_loss": 0.3},
         episodes=1,
         wm_mode="incremental",
+        **security,
     )
     lat = report["latency"]
     rnd = lat["reconstruction_round (blind agent)"]
@@ -44,55 +60,82 @@ def one_run(bundle: Path, out: Path, transport: str, insecure: bool, steps: int)
         "p99": rnd["p99_ms"],
         "decision_p99": lat["decision_observing (env host)"]["p99_ms"],
         "steps_s": report["env_steps"] / max(report["seconds"], 1e-9),
-        "bad_auth": report["events"].get("dropped.bad_auth", 0),
+        "refused": sum(v for k, v in report["events"].items() if k.startswith("dropped.")),
     }
+
+
+def measure(n: int, transport: str, steps: int, repeats: int, tmp: Path) -> dict[str, Any]:
+    """One row: every variant of ``transport``, ``repeats`` times in rotation; medians."""
+    bundle = tiny_bundle(Path(tempfile.gettempdir()) / "rmio-bench-bundles", SCENARIOS[n], 20)
+    variants = VARIANTS[transport]
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name, _ in variants}
+    for k in range(repeats):
+        for name, security in variants[k % len(variants) :] + variants[: k % len(variants)]:
+            out = tmp / f"{n}-{transport}-{name}-{k}"
+            runs[name].append(one_run(bundle, out, transport, steps, **security))
+    return {
+        "agents": n,
+        "transport": transport,
+        "steps": steps,
+        "repeats": repeats,
+        "load": os.getloadavg()[0],
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "variants": {
+            name: {key: statistics.median(r[key] for r in rs) for key in rs[0]}
+            for name, rs in runs.items()
+        },
+    }
+
+
+def render(rows: list[dict[str, Any]]) -> str:
+    lines = [
+        "# The cost of security: HMAC and CURVE",
+        "",
+        f"{os.cpu_count()} CPUs; p_loss 0.3, incremental rounds; in each row the variants run in "
+        "rotation and each figure is the median over the row's repeats. The last column is the "
+        "change of the round p50 that the row's last protection costs (hmac+curve against hmac, "
+        "hmac against none); the issue's target is at most +20%.",
+        "",
+        "| agents | transport | security | round p50 ms | round p99 ms | decision p99 ms | "
+        "steps/s | p50 change | steps, repeats, load at the end, when |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in sorted(rows, key=lambda r: (r["agents"], r["transport"])):
+        previous = None
+        for name, m in row["variants"].items():
+            change = f"{100 * (m['p50'] / previous - 1):+.0f}%" if previous else ""
+            lines.append(
+                f"| {row['agents']} | {row['transport']} | {name} | {m['p50']:.2f} | "
+                f"{m['p99']:.2f} | {m['decision_p99']:.2f} | {m['steps_s']:.0f} | {change} | "
+                f"{row['steps']}, {row['repeats']}, {row['load']:.1f}, {row['date']} |"
+            )
+            previous = m["p50"]
+    return "\n".join(lines) + "\n"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--rows", nargs="*", default=None, metavar="AGENTS:TRANSPORT")
     parser.add_argument("--repeats", type=int, default=None)
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "auth.md")
+    parser.add_argument("--steps", type=int, default=None)
+    parser.add_argument("--out", type=Path, default=RESULTS / "auth.md")
     args = parser.parse_args()
-    sizes = [6] if args.quick else [6, 10]
-    steps = 300 if args.quick else 600
-    repeats = args.repeats or (1 if args.quick else 2)
-    cache = Path(tempfile.gettempdir()) / "rmio-bench-bundles"
-    rows = []
-    load = os.getloadavg()[0]
+    wanted = args.rows or (
+        ["6:tcp", "6:udp"] if args.quick else [f"{n}:{t}" for n in (6, 10) for t in VARIANTS]
+    )
+    steps = args.steps or (300 if args.quick else 600)
+    repeats = args.repeats or (1 if args.quick else 3)
+    store = args.out.with_suffix(".json")
+    kept = json.loads(store.read_text()) if store.is_file() else []
     with tempfile.TemporaryDirectory() as tmp:
-        for n in sizes:
-            bundle = tiny_bundle(cache, SCENARIOS[n], 20)
-            for transport in ("tcp", "udp"):
-                runs: dict[bool, list[dict[str, Any]]] = {False: [], True: []}
-                for k in range(repeats):
-                    for insecure in (False, True) if k % 2 == 0 else (True, False):
-                        out = Path(tmp) / f"{n}-{transport}-{insecure}-{k}"
-                        runs[insecure].append(one_run(bundle, out, transport, insecure, steps))
-                for insecure in (True, False):
-                    med = {
-                        key: statistics.median(r[key] for r in runs[insecure])
-                        for key in runs[insecure][0]
-                    }
-                    rows.append((n, transport, "none" if insecure else "hmac", med))
-    lines = [
-        "# Message authentication: cost on this machine",
-        "",
-        f"{time.strftime('%Y-%m-%d')}, {os.cpu_count()} CPUs, load average {load:.1f} at the "
-        f"start, {steps} steps per run, p_loss 0.3, incremental rounds, median of {repeats} "
-        "run(s) per row; keyed and insecure runs alternate.",
-        "",
-        "| agents | transport | auth | round p50 ms | round p99 ms | decision p99 ms | steps/s |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for n, transport, auth, m in rows:
-        lines.append(
-            f"| {n} | {transport} | {auth} | {m['p50']:.2f} | {m['p99']:.2f} | "
-            f"{m['decision_p99']:.2f} | {m['steps_s']:.0f} |"
-        )
-    text = "\n".join(lines) + "\n"
+        for spec in wanted:
+            n, transport = int(spec.split(":")[0]), spec.split(":")[1]
+            row = measure(n, transport, steps, repeats, Path(tmp))
+            kept = [r for r in kept if (r["agents"], r["transport"]) != (n, transport)] + [row]
+            store.write_text(json.dumps(kept, indent=1))
+    text = render(kept)
     print(text)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)
 
 

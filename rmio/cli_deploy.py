@@ -56,7 +56,47 @@ def swarm_compose(roster: Path, out: Path | None, image: str, env_image: str) ->
     click.echo(f"compose file: {write_compose(roster, out, image=image, env_image=env_image)}")
 
 
+@click.command("doctor")
+@click.option(
+    "--roster",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="Also check this roster's swarm key and which roles' CURVE keys this machine holds.",
+)
+@click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
+def swarm_doctor(roster: Path | None, as_json: bool) -> None:
+    """What this machine can run: onnxruntime's execution providers (CUDA for the world-model
+    node?), the extras installed, and a roster's keys."""
+    import json
+
+    from rmio.deploy import inventory
+
+    found = inventory(roster)
+    if as_json:
+        click.echo(json.dumps(found))
+        return
+    click.echo(f"onnxruntime {found['onnxruntime']}: {', '.join(found['providers'])}")
+    if found["onnxruntime_pair"]:
+        click.echo(
+            "  onnxruntime and onnxruntime-gpu are both installed: keep one (docs/DEPLOY.md)"
+        )
+    for extra, modules in found["extras"].items():
+        have = ", ".join(f"{m} {v}" if v else f"{m} missing" for m, v in modules.items())
+        click.echo(f"{extra}: {have}")
+    keys = found.get("roster")
+    if keys is not None:
+        key = keys["key_file"]
+        click.echo(
+            "swarm key: "
+            + ("none (insecure)" if key is None else "ok" if key["ok"] else key["error"])
+        )
+        if keys["curve"] is not None:
+            click.echo(f"CURVE public keys: {', '.join(keys['curve']['public']) or 'none'}")
+            click.echo(f"CURVE secret keys here: {', '.join(keys['curve']['secret']) or 'none'}")
+
+
 def register(swarm: click.Group) -> None:
     """Attach the deployment commands to `rmio swarm`."""
     swarm.add_command(swarm_keys)
     swarm.add_command(swarm_compose)
+    swarm.add_command(swarm_doctor)

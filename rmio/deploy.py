@@ -108,3 +108,73 @@ def write_compose(roster: str | Path, out: str | Path, **images: str) -> Path:
     )
     out.write_text(header + yaml.safe_dump(doc, sort_keys=False))
     return out
+
+
+EXTRAS = {
+    "simulators (base)": ("mujoco", "gymnasium_robotics"),
+    "plotting (base)": ("matplotlib",),
+    "cli (base)": ("click", "rich"),
+    "train": ("torch", "onnx"),
+    "smax": ("jaxmarl", "jax"),
+    "lbf": ("lbforaging",),
+    "pettingzoo": ("pettingzoo",),
+    "ray": ("ray",),
+}
+"""What each extra (or part of the base install) brings, by the modules it installs."""
+
+
+def _installed(module: str) -> str | None:
+    """The installed version of ``module``'s distribution, without importing it (None: absent)."""
+    import importlib.metadata
+    import importlib.util
+
+    if importlib.util.find_spec(module) is None:
+        return None
+    for dist in (module, module.replace("_", "-")):
+        try:
+            return importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return "installed"
+
+
+def inventory(roster: str | Path | None = None) -> dict[str, Any]:
+    """What this machine can run (``rmio swarm doctor``): onnxruntime's execution providers, the
+    extras installed, and with a roster, its swarm key and which roles' CURVE keys are here."""
+    import importlib.metadata
+
+    import onnxruntime as ort
+
+    dists = {d.metadata["Name"].lower() for d in importlib.metadata.distributions()}
+    out: dict[str, Any] = {
+        "onnxruntime": ort.__version__,
+        "providers": list(ort.get_available_providers()),
+        "onnxruntime_pair": {"onnxruntime", "onnxruntime-gpu"} <= dists,
+        "extras": {extra: {m: _installed(m) for m in modules} for extra, modules in EXTRAS.items()},
+    }
+    if roster is not None:
+        out["roster"] = _keys(Path(roster))
+    return out
+
+
+def _keys(path: Path) -> dict[str, Any]:
+    from rmio.runtime.auth import load_key
+    from rmio.runtime.curve import swarm_names
+
+    spec = Roster.load(path, need_key=False)
+    settings = spec.settings
+    found: dict[str, Any] = {"insecure": settings.insecure, "key_file": None, "curve": None}
+    if settings.key_file:
+        try:
+            found["key_file"] = {"bytes": len(load_key(settings.key_file)), "ok": True}
+        except ConfigError as exc:
+            found["key_file"] = {"ok": False, "error": str(exc)}
+    if settings.curve and settings.curve_dir:
+        folder = Path(settings.curve_dir)
+        names = swarm_names(settings.n_agents, settings.world_model == "node", launcher=False)
+        found["curve"] = {
+            "public": [n for n in names if (folder / "public" / f"{n}.key").is_file()],
+            "secret": [n for n in names if (folder / "secret" / f"{n}.key_secret").is_file()],
+            "roles": names,
+        }
+    return found

@@ -10,6 +10,7 @@ its roster, bundle, swarm key and CURVE keys from there exactly as it would in i
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -122,3 +123,25 @@ def test_a_roster_whose_bundle_lies_elsewhere_is_refused(tmp_path: Path) -> None
     assert refused.returncode == 2
     assert "not under the roster's folder" in refused.stderr
     assert not (folder / "docker-compose.yml").exists()
+
+
+def test_doctor_names_the_providers_extras_and_keys_it_finds(roster: Path, tmp_path: Path) -> None:
+    """`rmio swarm doctor`: what a deployer checks on each machine before starting a role."""
+    import importlib.util
+
+    import onnxruntime as ort
+
+    (roster.parent / "roster.curve" / "secret" / "a3.key_secret").unlink()  # not this machine's
+    done = _rmio("swarm", "doctor", "--roster", str(roster), "--json", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    found = json.loads(done.stdout)
+    assert found["providers"] == ort.get_available_providers()
+    assert "CPUExecutionProvider" in found["providers"]
+    for modules in found["extras"].values():
+        for module, version in modules.items():
+            assert (version is not None) == (importlib.util.find_spec(module) is not None), module
+    keys = found["roster"]
+    assert keys["key_file"] == {"bytes": 32, "ok": True} and not keys["insecure"]
+    names = swarm_names(6, wm=True, launcher=False)
+    assert keys["curve"]["public"] == names
+    assert keys["curve"]["secret"] == [n for n in names if n != "a3"]

@@ -94,7 +94,9 @@ def render(rows: list[dict[str, Any]]) -> str:
         f"{os.cpu_count()} CPUs; p_loss 0.3, incremental rounds; in each row the variants run in "
         "rotation and each figure is the median over the row's repeats. The last column is the "
         "change of the round p50 that the row's last protection costs (hmac+curve against hmac, "
-        "hmac against none); the issue's target is at most +20%.",
+        "hmac against none); the issue's target is at most +20%. The load is the machine's "
+        "1-minute load average when the row ended: on a shared machine other processes ran beside "
+        "the benchmark.",
         "",
         "| agents | transport | security | round p50 ms | round p99 ms | decision p99 ms | "
         "steps/s | p50 change | steps, repeats, load at the end, when |",

@@ -84,7 +84,7 @@ SECTIONS: list[tuple[str, str, str]] = [
         "python bench/netfaults_bench.py (as root)",
     ),
     (
-        "What authenticating every message costs (HMAC-SHA256 tags)",
+        "The cost of security: HMAC tags (every transport) and CURVE (tcp)",
         "auth.md",
         "python bench/auth_bench.py",
     ),

@@ -153,7 +153,7 @@ class _Core:
         pick = lambda new, old: jax.numpy.where(done, new, old)  # noqa: E731
         carry = jax.tree.map(pick, fresh_carry, carry)
         obs, state, avail = (pick(f, o) for f, o in zip(fresh[:3], out[:3], strict=True))
-        return carry, (obs, state, avail, *out[3:]), out[0]
+        return carry, (obs, state, avail, *out[3:]), out[:3]
 
 
 def _seed_key(jax: Any, seed: int | None) -> Any:
@@ -223,9 +223,10 @@ class SmaxVectorEnv(VectorEnv):
         self._carry: tuple | None = None
         self.last_won = np.zeros(num_envs, dtype=bool)
 
-    def _batch(self, out: tuple, final_obs: Any) -> BatchStep:
-        obs, state, avail, reward, term, trunc, won, final = self._core.jax.device_get(
-            (*out, final_obs)
+    def _batch(self, out: tuple, finals: tuple) -> BatchStep:
+        """``finals``: the (obs, state, avail) of each copy before its auto-reset."""
+        obs, state, avail, reward, term, trunc, won, final, final_state, final_avail = (
+            self._core.jax.device_get((*out, *finals))
         )
         self.last_won = np.array(won, dtype=bool) & np.array(term, dtype=bool)
         return BatchStep(
@@ -236,6 +237,8 @@ class SmaxVectorEnv(VectorEnv):
             truncated=np.array(trunc, dtype=bool),
             final_obs=np.array(final),
             avail_actions=np.array(avail),
+            final_state=np.array(final_state),
+            final_avail=np.array(final_avail, dtype=bool),
         )
 
     def reset(self, seed: int | None = None) -> BatchStep:
@@ -245,7 +248,7 @@ class SmaxVectorEnv(VectorEnv):
         seeds = (np.arange(self.num_envs, dtype=np.int64) + int(seed)) % _SEED_MOD
         keys = jax.vmap(jax.random.PRNGKey)(seeds.astype(np.uint32))
         self._carry, out = self._reset(keys)
-        return self._batch(out, out[0])
+        return self._batch(out, out[:3])
 
     def step(self, actions: np.ndarray) -> BatchStep:
         if self._carry is None:
@@ -256,8 +259,8 @@ class SmaxVectorEnv(VectorEnv):
                 f"{self.spec.name}: expected actions of shape "
                 f"({self.num_envs}, {self.spec.n_agents}), got {actions.shape}"
             )
-        self._carry, out, final_obs = self._step(self._carry, actions.astype(np.int32))
-        return self._batch(out, final_obs)
+        self._carry, out, finals = self._step(self._carry, actions.astype(np.int32))
+        return self._batch(out, finals)
 
 
 def make(cfg: EnvConfig) -> MultiAgentEnv:

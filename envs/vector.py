@@ -45,6 +45,9 @@ class BatchStep:
     """(B, n_agents, n_actions) bool for discrete tasks."""
     final_state: np.ndarray | None = None
     """(B, state_dim): the global state that goes with ``final_obs``."""
+    final_avail: np.ndarray | None = None
+    """(B, n_agents, n_actions) bool: the available actions that go with ``final_obs`` (discrete
+    tasks), which a value learner bootstrapping on a truncated episode's last observation needs."""
 
     @property
     def done(self) -> np.ndarray:
@@ -86,6 +89,9 @@ def stack_steps(steps: list[TimeStep], finals: list[TimeStep]) -> BatchStep:
         final_obs=np.stack([f.obs for f in finals]).astype(np.float32),
         final_state=np.stack([f.state for f in finals]).astype(np.float32),
         avail_actions=avail,
+        final_avail=None
+        if avail is None
+        else np.stack([f.avail_actions for f in finals]).astype(bool),
     )
 
 

@@ -218,3 +218,36 @@ def test_debug_run_end_to_end_and_resume(tmp_path: Path) -> None:
         np.testing.assert_array_equal(done["replay"][key][:held], stopped["replay"][key])
     steps = [json.loads(x)["step"] for x in (part / "qmix.jsonl").read_text().splitlines()]
     assert steps == sorted(steps) and len(set(steps)) == len(steps)  # one continuous history
+
+
+@pytest.mark.parametrize("name", ["lbf_8x8_2p_2f_coop", "smax_3m"])
+def test_last_observation_keeps_its_own_state_and_available_actions(name: str) -> None:
+    """An episode's last row (what a truncated episode bootstraps on) holds the state and the
+    available actions of its final observation, not the next episode's nor 'all': replaying the
+    stored actions in a fresh copy with the same seed reaches the same final row."""
+    from rmio.envs.registry import make_env
+
+    limit = 8
+    cfg = load_config(name, preset="debug", overrides=[f"env.episode_limit={limit}"])
+    with make_vector_env(cfg.env, 2, "sync") as venv:
+        learner = QLearner(venv.spec, cfg.qmix, torch.device("cpu"))
+        runner = Runner(venv, learner.agent, np.random.default_rng(1), torch.device("cpu"))
+        runner.reset(seed=11)
+        starts = [ep.obs[0] for ep in runner.current]
+        finished = [ep for _ in range(limit) for ep in runner.step(1.0)]
+    firsts = {}  # copy -> its first episode, when it ran to the limit (copy k is seeded 11 + k)
+    for ep in finished:
+        for k, first_obs in enumerate(starts):
+            if len(ep.actions) == limit and np.array_equal(ep.obs[0], first_obs):
+                firsts[k] = ep
+    assert firsts, "no first episode ran to its limit"
+    with make_env(cfg.env) as env:
+        for k, ep in firsts.items():
+            ts = env.reset(seed=11 + k)
+            for action in ep.actions:
+                ts = env.step(np.asarray(action))
+            assert ts.truncated and not ts.terminated and ts.avail_actions is not None
+            np.testing.assert_allclose(ep.obs[-1], ts.obs, atol=1e-5)
+            np.testing.assert_allclose(ep.state[-1], ts.state, atol=1e-5)
+            np.testing.assert_array_equal(ep.avail[-1], ts.avail_actions)
+            assert not ep.avail[-1].all() or not ts.avail_actions.all()

@@ -176,7 +176,6 @@ class Runner:
         nb = self.venv.step(actions)
         self.prev = torch.tensor(actions, device=self.device)  # a copy: rows reset below
         finished = []
-        final_state = nb.final_state if nb.final_state is not None else nb.state
         for k in range(self.venv.num_envs):
             ep = self.current[k]
             ep.actions.append(actions[k].copy())
@@ -184,10 +183,13 @@ class Runner:
             # an env running past its declared limit is cut there, as the buffer's rows are
             if nb.done[k] or len(ep.actions) >= spec.episode_limit:
                 ep.obs.append(nb.final_obs[k])
-                ep.state.append(final_state[k])
-                # the final observation's available actions are not reported: all, for the
-                # bootstrap of a truncated episode (a terminated one does not bootstrap)
-                ep.avail.append(np.ones((self.n, spec.action_dim), bool))
+                ep.state.append(nb.final_state[k] if nb.final_state is not None else ep.state[-1])
+                # a truncated episode bootstraps on its last observation: its own available
+                # actions (an unavailable action is never trained, so its Q must not be maxed
+                # over); a vector env that cannot report them repeats the previous step's
+                ep.avail.append(
+                    nb.final_avail[k].astype(bool) if nb.final_avail is not None else ep.avail[-1]
+                )
                 ep.terminated = bool(nb.terminated[k])
                 finished.append(ep)
                 self.current[k] = self._begin(nb, k)

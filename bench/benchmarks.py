@@ -98,6 +98,12 @@ SECTIONS: list[tuple[str, str, str]] = [
         "policy_metrics_rank.md",
         "python bench/policy_metrics_rank.py halfcheetah_6x1 smax_2s3z --seeds 3 --episodes 3",
     ),
+    (
+        "MARIE's reconstruction graphs: one round's latency and state (issue 23's spike)",
+        "marie_spike.md",
+        "python bench/marie_spike.py export --out runs/marie_spike && python "
+        "bench/marie_spike.py time --graphs runs/marie_spike (background trainings paused)",
+    ),
     ("What a call costs right after a sleep", "cold_calls.md", "python bench/cold_calls.py"),
     ("Environment throughput", "env_throughput.md", "python bench/env_throughput.py"),
 ]

@@ -545,7 +545,7 @@ def cmd_time(args: argparse.Namespace) -> None:
     wanted = set(args.presets.split(","))
     for name, g in meta["graphs"].items():
         p = Preset(**g["preset"])
-        if p.name not in wanted:
+        if p.name not in wanted or g["kind"] not in args.candidates.split(","):
             continue
         feeds = example(p, g["kind"], n, obs_dim, window, batch=1)
         ms, cpu = time_graph(graphs / name, feeds, args.calls, args.budget_s, args.min_calls)
@@ -626,7 +626,8 @@ def render(rows, ref, meta, args, date: str) -> str:
         f"Presets: {sizes}. Commands: `python bench/marie_spike.py export --out runs/marie_spike`, "
         "then for each preset P, in its own run with the background trainings paused, `python "
         "bench/marie_spike.py time --graphs runs/marie_spike --presets P` (the last run: "
-        f"`--calls {args.calls} --budget-s {args.budget_s:g} --min-calls {args.min_calls}`). "
+        f"`--presets {args.presets} --candidates {args.candidates} "
+        f"--calls {args.calls} --budget-s {args.budget_s:g} --min-calls {args.min_calls}`). "
         "load: the 1-minute load average when the row was timed.",
     ]
     return "\n".join(lines) + "\n"
@@ -650,6 +651,7 @@ def main() -> None:
     tm.add_argument("--budget-s", type=float, default=20.0, help="per graph")
     tm.add_argument("--min-calls", type=int, default=5)
     tm.add_argument("--presets", default="faithful,cpu")
+    tm.add_argument("--candidates", default=",".join(CANDIDATES))
     tm.add_argument("--bundle", default="halfcheetah_6x1", help="RMIOv2 row ('' for none)")
     args = ap.parse_args()
     torch.set_num_threads(1)

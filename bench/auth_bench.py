@@ -92,23 +92,26 @@ def render(rows: list[dict[str, Any]]) -> str:
         "# The cost of security: HMAC and CURVE",
         "",
         f"{os.cpu_count()} CPUs; p_loss 0.3, incremental rounds; in each row the variants run in "
-        "rotation and each figure is the median over the row's repeats. The last column is the "
-        "change of the round p50 that the row's last protection costs (hmac+curve against hmac, "
-        "hmac against none); the issue's target is at most +20%. The load is the machine's "
-        "1-minute load average when the row ended: on a shared machine other processes ran beside "
-        "the benchmark.",
+        "rotation and each figure is the median over the row's repeats. 'p50 change' is what the "
+        "row's last protection adds to the round p50 (hmac+curve against hmac, hmac against "
+        "none; the issue's target is at most +20%), 'p50 vs none' what all of them add. The "
+        "load is the machine's 1-minute load average when the row ended: on a shared machine "
+        "other processes ran beside the benchmark.",
         "",
         "| agents | transport | security | round p50 ms | round p99 ms | decision p99 ms | "
-        "steps/s | p50 change | steps, repeats, load at the end, when |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "steps/s | p50 change | p50 vs none | steps, repeats, load at the end, when |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in sorted(rows, key=lambda r: (r["agents"], r["transport"])):
         previous = None
+        none = row["variants"]["none"]["p50"]
         for name, m in row["variants"].items():
             change = f"{100 * (m['p50'] / previous - 1):+.0f}%" if previous else ""
+            total = f"{100 * (m['p50'] / none - 1):+.0f}%" if previous else ""
             lines.append(
                 f"| {row['agents']} | {row['transport']} | {name} | {m['p50']:.2f} | "
                 f"{m['p99']:.2f} | {m['decision_p99']:.2f} | {m['steps_s']:.0f} | {change} | "
+                f"{total} | "
                 f"{row['steps']}, {row['repeats']}, {row['load']:.1f}, {row['date']} |"
             )
             previous = m["p50"]

@@ -11,11 +11,14 @@ incarnation and as which of its messages. A receiver checks the tag before parsi
 sender's incarnation (``replayed``: a window of the newest :data:`WINDOW` sequence numbers, so
 datagrams reordered by a network still pass).
 
-Why these choices: the standard library's ``hmac.digest`` is one C call (about 1 us for a STEP on
-the 2-core VM), so verifying costs less than decoding the header; 128 bits of tag leave a forger a
+Why these choices: the standard library's HMAC runs in C (a copy of the keyed state per message:
+about 3 us to seal or check a STEP back to back on the 2-core VM, but 60-90 us in a process that
+has just woken up with cold caches, which is how a swarm process meets each message: this, not the
+arithmetic, is what the tags cost a round, bench/results/auth.md); 128 bits of tag leave a forger a
 2^-128 chance per try (NIST SP 800-107 allows truncation to that length), and the 24-byte frame is
 small beside a 100-byte STEP. The key is shared by the whole swarm: it keeps out everyone without
-it, but a member can pose as another member (runtime/PROTOCOL.md, "Threat model").
+it, but a member can pose as another member unless CURVE binds each connection to its role
+(``runtime/curve.py``; runtime/PROTOCOL.md, "Threat model").
 """
 
 from __future__ import annotations

@@ -36,10 +36,8 @@ Time on a machine where nothing else runs (the background trainings paused).
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import logging
-import math
 import os
 import platform
 import time
@@ -49,8 +47,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+from rmio.train.marie_nets import GPTBlock, Perceiver, mlp, sinusoid
 
 log = logging.getLogger("marie_spike")
 DATAGRAM = 65_507
@@ -115,24 +114,6 @@ PRESETS = {
 CANDIDATES = ("a-ar", "a-ar-cache", "b-masked", "b-raw", "c-kv")
 
 
-def _mlp(sizes: list[int]) -> nn.Sequential:
-    mods: list[nn.Module] = []
-    for i, (a, b) in enumerate(itertools.pairwise(sizes)):
-        mods.append(nn.Linear(a, b))
-        if i < len(sizes) - 2:
-            mods.append(nn.GELU())
-    return nn.Sequential(*mods)
-
-
-def _sinusoid(n: int, dim: int) -> torch.Tensor:
-    pos = torch.arange(n, dtype=torch.float32)[:, None]
-    div = torch.exp(torch.arange(0, dim, 2, dtype=torch.float32) * (-math.log(10000.0) / dim))
-    table = torch.zeros(n, dim)
-    table[:, 0::2] = torch.sin(pos * div)
-    table[:, 1::2] = torch.cos(pos * div)
-    return table
-
-
 class Tokenizer(nn.Module):
     """MARIE's VQ-VAE on vector observations (MLP encoder and decoder, nearest-code look-up)."""
 
@@ -140,8 +121,8 @@ class Tokenizer(nn.Module):
         super().__init__()
         self.p = p
         hidden = [p.vq_hidden] * (p.vq_layers - 1)
-        self.enc = _mlp([obs_dim, *hidden, p.tokens * p.code_dim])
-        self.dec = _mlp([p.tokens * p.code_dim, *hidden, obs_dim])
+        self.enc = mlp([obs_dim, *hidden, p.tokens * p.code_dim])
+        self.dec = mlp([p.tokens * p.code_dim, *hidden, obs_dim])
         self.codebook = nn.Parameter(torch.randn(p.codebook, p.code_dim))
         self.register_buffer("mean", torch.randn(n, obs_dim) * 0.1)
         self.register_buffer("std", torch.rand(n, obs_dim) + 0.5)
@@ -161,73 +142,6 @@ class Tokenizer(nn.Module):
         return self.dec(self.codebook[tokens].flatten(-2)) * self.std + self.mean
 
 
-class Attention(nn.Module):
-    """Multi-head attention written out (matmul, softmax), causal or not, with an optional past."""
-
-    def __init__(self, dim: int, heads: int, dim_head: int, ctx_dim: int | None = None) -> None:
-        super().__init__()
-        self.h, self.dh = heads, dim_head
-        self.q = nn.Linear(dim, heads * dim_head)
-        self.kv = nn.Linear(ctx_dim or dim, 2 * heads * dim_head)
-        self.out = nn.Linear(heads * dim_head, dim)
-
-    def forward(self, x, ctx=None, bias=None, past=None):
-        """``bias``: added to the scores, (T, S) with -inf where a query must not look (causal)."""
-        ctx = x if ctx is None else ctx
-        q = self.q(x).unflatten(-1, (self.h, self.dh)).transpose(1, 2)
-        k, v = self.kv(ctx).unflatten(-1, (2, self.h, self.dh)).permute(2, 0, 3, 1, 4)
-        if past is not None:
-            k, v = torch.cat([past[0], k], 2), torch.cat([past[1], v], 2)
-        att = q @ k.transpose(-1, -2) * self.dh**-0.5
-        if bias is not None:  # an Add of a constant: a Where over the scores cost ORT far more
-            att = att + bias
-        y = (F.softmax(att, -1) @ v).transpose(1, 2).flatten(2)
-        return self.out(y), (k, v)
-
-
-class GPTBlock(nn.Module):
-    def __init__(self, p: Preset) -> None:
-        super().__init__()
-        self.ln1, self.ln2 = nn.LayerNorm(p.dim), nn.LayerNorm(p.dim)
-        self.attn = Attention(p.dim, p.heads, p.dim // p.heads)
-        self.mlp = _mlp([p.dim, 4 * p.dim, p.dim])
-
-    def forward(self, x, bias, past=None):
-        a, kv = self.attn(self.ln1(x), bias=bias, past=past)
-        x = x + a
-        return x + self.mlp(self.ln2(x)), kv
-
-
-class Perceiver(nn.Module):
-    """n latents cross-attend to the team's tokens of one step, then self-attend (Table 4)."""
-
-    def __init__(self, p: Preset, n: int) -> None:
-        super().__init__()
-        self.latents = nn.Parameter(torch.randn(n, p.dim))
-        self.ln_q, self.ln_ctx = nn.LayerNorm(p.dim), nn.LayerNorm(p.dim)
-        self.cross = Attention(p.dim, p.perc_heads, p.perc_dim_head, p.dim)
-        self.cross_ff = nn.Sequential(nn.LayerNorm(p.dim), _mlp([p.dim, 4 * p.dim, p.dim]))
-        self.selfs = nn.ModuleList(
-            nn.ModuleList(
-                [
-                    nn.LayerNorm(p.dim),
-                    Attention(p.dim, p.perc_heads, p.perc_dim_head),
-                    nn.Sequential(nn.LayerNorm(p.dim), _mlp([p.dim, 4 * p.dim, p.dim])),
-                ]
-            )
-            for _ in range(p.perc_layers)
-        )
-
-    def forward(self, ctx: torch.Tensor) -> torch.Tensor:
-        x = self.latents.expand(ctx.shape[0], -1, -1)
-        x = x + self.cross(self.ln_q(x), self.ln_ctx(ctx))[0]
-        x = x + self.cross_ff(x)
-        for ln, attn, ff in self.selfs:
-            x = x + attn(ln(x))[0]
-            x = x + ff(x)
-        return x
-
-
 class Marie(nn.Module):
     """Tokenizer, embeddings, the two Perceivers and the shared causal Transformer."""
 
@@ -238,13 +152,14 @@ class Marie(nn.Module):
         self.obs_emb = nn.Embedding(p.codebook + 1, p.dim)  # id N: rmio's [MASK]
         self.act_emb = nn.Embedding(p.act_vocab, p.dim)
         self.pos = nn.Embedding(window * p.block, p.dim)
-        self.register_buffer("agent_pos", _sinusoid(n, p.dim))
+        self.register_buffer("agent_pos", sinusoid(n, p.dim))
         size = window * p.block
         causal = torch.full((size, size), float("-inf")).triu(1)
         self.register_buffer("causal", causal)
-        self.context = Perceiver(p, n)  # rmio's c_s
-        self.aggregate = Perceiver(p, n)  # MARIE's e_s
-        self.blocks = nn.ModuleList(GPTBlock(p) for _ in range(p.layers))
+        perc = (n, p.dim, p.perc_heads, p.perc_dim_head, p.perc_layers)
+        self.context = Perceiver(*perc)  # rmio's c_s
+        self.aggregate = Perceiver(*perc)  # MARIE's e_s
+        self.blocks = nn.ModuleList(GPTBlock(p.dim, p.heads) for _ in range(p.layers))
         self.ln_f = nn.LayerNorm(p.dim)
         self.head = nn.Sequential(nn.Linear(p.dim, p.dim), nn.ReLU(), nn.Linear(p.dim, p.codebook))
 

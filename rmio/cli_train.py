@@ -10,7 +10,7 @@ import click
 
 from rmio.cli_eval import register as register_robustness
 from rmio.cli_params import BUNDLE, DEVICE, config_options
-from rmio.errors import MissingExtraError
+from rmio.errors import MissingExtraError, RmioError
 
 
 def _require_torch() -> None:
@@ -58,6 +58,23 @@ def _start_run(
     getattr(importlib.import_module(module), function)(cfg, run_dir, device, _console())
 
 
+def _refuse_marie(marie: bool, what: str) -> None:
+    """MARIE has its own trainer; the RMIOv2 stages that have no MARIE counterpart yet (issue 23,
+    item 2 and later) say so instead of silently running RMIOv2's on a MARIE config."""
+    if marie:
+        raise RmioError(
+            f"{what} is not built for --algo marie yet: only `rmio train world-model --algo marie`"
+            " is (issue 23)"
+        )
+
+
+def _run_is_marie(run_dir: Path) -> bool:
+    from rmio.config import load_config
+
+    saved = run_dir / "config.yaml"
+    return saved.exists() and load_config(saved).marie.enabled
+
+
 @train.command("world-model")
 @config_options()
 @run_dir_option
@@ -66,15 +83,17 @@ def world_model(cfg: Any, run_dir: Path | None, device: str, algo: str | None = 
     """Pre-train the RMIOv2 world model on real trajectories (collected first, with a random policy
     or the actor of --set run.data_policy=RUN/policy.pt).
 
+    With --algo marie, MARIE's world model (train/marie_*.py) on the same data instead.
     Re-running with the same --run-dir resumes from the last checkpoint.
     """
+    marie = cfg.marie.enabled  # from --algo marie, or a resumed run's config
     _start_run(
         cfg,
         run_dir,
-        f"{algo or 'rmiov2'}-wm",
+        f"{algo or ('marie' if marie else 'rmiov2')}-wm",
         device,
-        "rmio.train.wm_train",
-        "train_world_model",
+        "rmio.train.marie_train" if marie else "rmio.train.wm_train",
+        "train_marie" if marie else "train_world_model",
     )
 
 
@@ -88,6 +107,7 @@ def pretrain(cfg: Any, run_dir: Path | None, device: str, algo: str | None = Non
     Leaves wm_pretrain.pt and the real data in the run directory, so `rmio train finetune` and
     `rmio export` follow directly. Resumable with --run-dir.
     """
+    _refuse_marie(cfg.marie.enabled, "joint pre-training")
     _start_run(cfg, run_dir, algo or "rmiov2", device, "rmio.train.joint", "train_joint")
 
 
@@ -163,6 +183,7 @@ def finetune(
 ) -> None:
     """Masked fine-tuning of a pre-trained world model (Algorithm 2, lines 20-27); the masks can
     also come from burst or blackout loss and from a range of rates (rmio's, not the paper's)."""
+    _refuse_marie(_run_is_marie(run_dir), "masked fine-tuning")
     _require_torch()
     from rmio.train.wm_train import finetune_world_model
 
@@ -223,6 +244,7 @@ def reconstruction(
 ) -> None:
     """L_rec on held-out trajectories for every test-time p_mask, GPE, GCI, and the zero-fill and
     hold-last baselines; writes a table (markdown, JSON) and a PNG plot into the run directory."""
+    _refuse_marie(_run_is_marie(run_dir), "the reconstruction evaluation")
     _require_torch()
     from rmio.train.wm_eval import evaluate_run
 
@@ -268,6 +290,7 @@ def export(
         return
     if run_dir is None:
         raise click.UsageError("give RUN_DIR to export, or --check BUNDLE")
+    _refuse_marie(_run_is_marie(run_dir), "export")
     _require_torch()
     from rmio.train.export import export_run
 

@@ -27,6 +27,7 @@ import yaml
 from rmio.envs.loss import LossConfig
 from rmio.envs.registry import FAMILIES, EnvConfig
 from rmio.errors import ConfigError
+from rmio.train.marie_config import MarieConfig, validate_marie
 from rmio.train.ppo_config import PolicySection, apply_recipe, validate_imagination
 from rmio.train.qmix_config import QMIXConfig, validate_qmix
 from rmio.train.wm_config import WorldModelSection
@@ -54,6 +55,8 @@ ALGORITHMS: dict[str, dict[str, Any]] = {
             "smoothing": {"mode": "fixed"},
         }
     },
+    # MARIE's world model (train/marie_*.py; the size preset is marie.preset).
+    "marie": {"marie": {"enabled": True}},
 }
 _EXPONENT_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+")
 
@@ -97,6 +100,8 @@ class Config:
     policy: PolicySection = field(default_factory=PolicySection)
     qmix: QMIXConfig = field(default_factory=QMIXConfig)
     """`rmio train qmix` (train/qmix_config.py)."""
+    marie: MarieConfig = field(default_factory=MarieConfig)
+    """MARIE's world model, `--algo marie` (train/marie_config.py)."""
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -356,6 +361,7 @@ def validate(cfg: Config, src: str) -> None:
     if cfg.env.episode_limit is not None and cfg.env.episode_limit < 1:
         raise ConfigError(f"{src}: env.episode_limit must be >= 1, got {cfg.env.episode_limit}")
     validate_qmix(cfg.qmix, src)
+    validate_marie(cfg.marie, fm.history_window, src)
 
 
 def family_preset_path(preset: str, family: str) -> Path | None:

@@ -36,6 +36,7 @@ def test_shipped_sweeps_validate(name: str) -> None:
     "body,needle",
     [
         ("vary: algo\nvariants: [rmiov2, telepathy]", "unknown method"),
+        ("vary: algo\nvariants: [rmiov2, marie]", "cannot run 'marie'"),
         ("vary: p_mask\nvariants: [0.5, 1.5]", "p_mask variants"),
         ("vary: seeds\nvariants: [1]", "vary"),
     ],

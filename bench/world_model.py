@@ -1,15 +1,23 @@
 """World-model benchmarks: update throughput, peak memory, ONNX step latency, reconstruction tables.
 
-    python bench/world_model.py speed [--device cpu] [--updates 20]
+    python bench/world_model.py speed [--device cpu] [--updates 20] [--threads 2] [--path stepwise]
+    python bench/world_model.py paths [--scenario halfcheetah_6x1] [--updates 20]
     python bench/world_model.py latency
     python bench/world_model.py reconstruction RUN_DIR [RUN_DIR ...]
 
 ``speed`` times gradient updates of the real-budget architecture (configs' world_model section)
 on HalfCheetah 6x1 and ManySegmentSwimmer 10x2, each in a fresh subprocess so that peak memory
-(max RSS) is that run's own. ``latency`` exports a randomly initialised model of the same size
-(latency does not depend on the weights) and times onnxruntime on one thread: one step, batch 1,
-and a replay of a window of l = 20. ``reconstruction`` prints L_rec on lost agents at each
-test-time p_mask from the ``eval_reconstruction.json`` of trained runs.
+(max RSS) is that run's own. ``paths`` compares, in one process and one update at a time in
+turn (so that a load that comes and goes hits every variant alike), the ways of computing the same
+update: the reference loop (``observe_stepwise``, the default), the loop of
+``rmio.train.wm_fast`` (fewer operations per step), the same step under ``torch.compile``
+(``world_model.train.compile``), on 1 and 2 torch threads; then batch against sequence length at
+a fixed number of transitions. It first checks on one fixed batch that every variant's loss and
+gradients agree with the reference's. ``latency`` exports a randomly
+initialised model of the same size (latency does not depend on the weights) and times onnxruntime
+on one thread: one step, batch 1, and a replay of a window of l = 20. ``reconstruction`` prints
+L_rec on lost agents at each test-time p_mask from the ``eval_reconstruction.json`` of trained
+runs.
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -40,7 +49,7 @@ def machine() -> str:
     )
 
 
-def _speed_child(scenario: str, device: str, updates: int, threads: int) -> None:
+def _speed_child(scenario: str, device: str, updates: int, threads: int, path: str) -> None:
     import torch
 
     from rmio.config import load_config
@@ -58,13 +67,14 @@ def _speed_child(scenario: str, device: str, updates: int, threads: int) -> None
     cfg = load_config(scenario, overrides=["env.episode_limit=200"])
     buf, _ = collect(cfg.env, LossConfig("none"), steps=1000, num_envs=1, seed=0)
     model = RMIOWorldModel(buf.spec, cfg.world_model.model, *observation_stats(buf)).to(device)
+    model.observe_path = path
     sampler = SequenceSampler(buf, cfg.world_model.smoothing, device)
     opt = torch.optim.Adam(model.parameters(), lr=3e-4)
     rng, gen = np.random.default_rng(0), torch.Generator(device=device).manual_seed(0)
     tc = cfg.world_model.train
     t0 = 0.0
     for i in range(updates + 3):
-        if i == 3:  # the first updates pay for allocator and kernel warm-up
+        if i == 3:  # the first updates pay for allocator and kernel warm-up (and compilation)
             if device.startswith("cuda"):
                 torch.cuda.synchronize()
             t0 = time.perf_counter()
@@ -95,8 +105,11 @@ def _speed_child(scenario: str, device: str, updates: int, threads: int) -> None
     )
 
 
-def speed(device: str, updates: int, threads: int) -> None:
-    print(f"World-model updates per second ({device}, {threads} torch threads): {machine()}\n")
+def speed(device: str, updates: int, threads: int, path: str = "stepwise") -> None:
+    print(
+        f"World-model updates per second ({device}, {threads} torch threads, {path} loop): "
+        f"{machine()}\n"
+    )
     print(
         "| scenario | params | batch x seq_len | updates/s | peak RSS (MiB) | peak GPU memory "
         "(MiB) |"
@@ -104,7 +117,16 @@ def speed(device: str, updates: int, threads: int) -> None:
     print("|---|---|---|---|---|---|")
     for scenario, label in SCENARIOS.items():
         proc = subprocess.run(
-            [sys.executable, __file__, "_speed", scenario, device, str(updates), str(threads)],
+            [
+                sys.executable,
+                __file__,
+                "_speed",
+                scenario,
+                device,
+                str(updates),
+                str(threads),
+                path,
+            ],
             capture_output=True,
             text=True,
             check=True,
@@ -115,6 +137,127 @@ def speed(device: str, updates: int, threads: int) -> None:
             f"| {label} | {r['params']:,} | {r['batch']} x {r['seq_len']} | {r['rate']:.2f} | "
             f"{r['peak_rss_mib']:.0f} | {gpu} |"
         )
+
+
+PATHS = ("stepwise", "fast", "compiled")
+SHAPES = ((16, 24), (32, 12), (8, 48), (48, 8))
+
+
+def _set_path(model: Any, path: str) -> None:
+    model.observe_path = path
+
+
+def _agreement(model: Any, batch: Any, mask: Any) -> dict[str, tuple[float, float]]:
+    """|loss - reference loss| and the largest gradient difference relative to the reference's
+    largest gradient entry of the same parameter, per path, on one batch and random seed."""
+    import torch
+
+    from rmio.train.wm_data import world_model_loss
+
+    grads, losses = {}, {}
+    for path in PATHS:
+        _set_path(model, path)
+        model.zero_grad()
+        torch.manual_seed(123)
+        loss, _ = world_model_loss(model, batch, mask)
+        loss.backward()
+        losses[path] = float(loss.detach())
+        grads[path] = {k: p.grad.clone() for k, p in model.named_parameters()}
+    ref = grads["stepwise"]
+    return {
+        path: (
+            abs(losses[path] - losses["stepwise"]),
+            max(
+                float((g[k] - ref[k]).abs().max() / ref[k].abs().max().clamp(min=1e-12))
+                for k in ref
+            ),
+        )
+        for path, g in grads.items()
+    }
+
+
+def paths(scenario: str, updates: int) -> None:
+    import torch
+
+    from rmio.config import load_config
+    from rmio.envs.collect import collect
+    from rmio.envs.loss import LossConfig
+    from rmio.train.wm_data import (
+        SequenceSampler,
+        observation_stats,
+        sample_masks,
+        world_model_loss,
+    )
+    from rmio.train.world_model import RMIOWorldModel
+
+    torch.set_num_threads(1)
+    cfg = load_config(scenario, overrides=["env.episode_limit=200"])
+    buf, _ = collect(cfg.env, LossConfig("none"), steps=1000, num_envs=1, seed=0)
+    torch.manual_seed(0)
+    model = RMIOWorldModel(buf.spec, cfg.world_model.model, *observation_stats(buf))
+    sampler = SequenceSampler(buf, cfg.world_model.smoothing)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-4)
+    rng, gen = np.random.default_rng(0), torch.Generator().manual_seed(0)
+    tc = cfg.world_model.train
+
+    def update(path: str, threads: int, batch: int, length: int) -> tuple[float, float]:
+        _set_path(model, path)
+        torch.set_num_threads(threads)
+        w0, c0 = time.perf_counter(), time.process_time()
+        b = sampler.sample(rng, batch, length)
+        loss, _ = world_model_loss(model, b, sample_masks(gen, tuple(b.obs.shape[:3]), 0.5, "cpu"))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        return time.perf_counter() - w0, time.process_time() - c0
+
+    print(f"World-model update paths ({SCENARIOS[scenario]}, cpu): {machine()}\n")
+    compile_s = update("compiled", 1, tc.batch_size, tc.seq_len)  # the first call compiles
+    b = sampler.sample(rng, tc.batch_size, tc.seq_len)
+    agree = _agreement(model, b, sample_masks(gen, tuple(b.obs.shape[:3]), 0.5, "cpu"))
+    for _ in range(2):  # warm-up of every combination
+        for path in PATHS:
+            for threads in (1, 2):
+                update(path, threads, tc.batch_size, tc.seq_len)
+    combos = [(path, threads) for path in PATHS for threads in (1, 2)]
+    times: dict[Any, list[tuple[float, float]]] = {c: [] for c in combos}
+    for _ in range(updates):
+        for path, threads in combos:
+            times[path, threads].append(update(path, threads, tc.batch_size, tc.seq_len))
+    print(
+        f"Batch {tc.batch_size} x {tc.seq_len}; median of {updates} updates per row, the rows "
+        "taking turns update by update. Agreement with the reference on one fixed batch: "
+        "|loss difference| and the largest gradient difference relative to the largest gradient "
+        f"of the same parameter. The compiled step's first update (compilation, empty cache) took "
+        f"{compile_s[0]:.1f} s ({compile_s[1]:.1f} s CPU).\n"
+    )
+    print(
+        "| path | torch threads | updates/s (wall) | ms per update (wall) | ms per update (CPU) | "
+        "vs stepwise, 1 thread | loss diff | grad diff |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    base = float(np.median([w for w, _ in times["stepwise", 1]]))
+    for path, threads in combos:
+        wall = float(np.median([w for w, _ in times[path, threads]]))
+        cpu = float(np.median([c for _, c in times[path, threads]]))
+        dl, dg = agree[path]
+        print(
+            f"| {path} | {threads} | {1 / wall:.2f} | {wall * 1e3:.0f} | {cpu * 1e3:.0f} | "
+            f"{base / wall:.2f}x | {dl:.1e} | {dg:.1e} |"
+        )
+    shape_times: dict[Any, list[float]] = {(p, s): [] for p in ("stepwise", "fast") for s in SHAPES}
+    for _ in range(max(updates // 2, 5)):
+        for path, shape in shape_times:
+            shape_times[path, shape].append(update(path, 1, *shape)[0])
+    print(
+        "\nBatch against sequence length at the same number of transitions per update "
+        f"(1 thread, median of {max(updates // 2, 5)} updates each):\n"
+    )
+    print("| path | batch x seq_len | updates/s | transitions/s |")
+    print("|---|---|---|---|")
+    for (path, (batch, length)), ts in shape_times.items():
+        wall = float(np.median(ts))
+        print(f"| {path} | {batch} x {length} | {1 / wall:.2f} | {batch * length / wall:.0f} |")
 
 
 def latency(repeats: int = 300) -> None:
@@ -221,7 +364,7 @@ def reconstruction(run_dirs: list[str], p_mask: float = 0.5) -> None:
 
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "_speed":
-        _speed_child(sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]))
+        _speed_child(sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]), sys.argv[6])
         return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="what", required=True)
@@ -229,13 +372,22 @@ def main() -> None:
     s.add_argument("--device", default="cpu")
     s.add_argument("--updates", type=int, default=20)
     s.add_argument("--threads", type=int, default=2)
+    s.add_argument("--path", default="stepwise", choices=PATHS)
+    pa = sub.add_parser("paths")
+    pa.add_argument("--scenario", default="halfcheetah_6x1", choices=sorted(SCENARIOS))
+    pa.add_argument("--updates", type=int, default=20)
     sub.add_parser("latency")
     r = sub.add_parser("reconstruction")
     r.add_argument("run_dirs", nargs="+")
     r.add_argument("--p-mask", type=float, default=0.5)
     args = parser.parse_args()
     if args.what == "speed":
-        speed(args.device, args.updates, args.threads)
+        speed(args.device, args.updates, args.threads, args.path)
+    elif args.what == "paths":
+        # compile from scratch, as a new machine would, not from an earlier run's cache
+        with tempfile.TemporaryDirectory(prefix="inductor-") as cache:
+            os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", cache)
+            paths(args.scenario, args.updates)
     elif args.what == "latency":
         latency()
     else:

@@ -72,6 +72,10 @@ class WMTrainConfig:
     checkpoint_every: int = 500
     threads: int = 2
     """torch intra-op threads on the CPU."""
+    compile: bool = False
+    """Run the world model's filtering step under ``torch.compile`` in these updates (the same
+    loss and gradients to float32 rounding). On the 2-core CPU it made an update 1.1-1.2x faster
+    after a compilation of about 75 s per process (bench/results/world_model_paths.md)."""
 
 
 @dataclass

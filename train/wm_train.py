@@ -218,6 +218,7 @@ def optimise(
 
     t0, done_at_start = time.perf_counter(), step
     stopped_early = False
+    model.observe_path = "compiled" if tcfg.compile else "stepwise"  # same loss either way
     with progress(console, f"world model {phase.name}", phase.updates) as (bar, task):
         bar.update(task, completed=step)
         while step < phase.updates:
@@ -262,6 +263,7 @@ def optimise(
             if phase.patience is not None and since_best >= phase.patience:
                 stopped_early = True
                 break
+    model.observe_path = "stepwise"
     checkpoint()
     metrics_log.close()
     elapsed = time.perf_counter() - t0

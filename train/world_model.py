@@ -26,6 +26,7 @@ world model's latents): only the reconstruction differs between them.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
@@ -35,6 +36,7 @@ from torch import nn
 from rmio.envs.base import EnvSpec
 from rmio.train.networks import AgentFusion, Categorical, CorrectionBlock, mlp
 from rmio.train.wm_config import WorldModelConfig
+from rmio.train.wm_fast import categorical_probs, observe_fast
 
 
 class LayerNormGRU(nn.Module):
@@ -117,6 +119,9 @@ class RMIOWorldModel(nn.Module):
         )
         self.reward_head = mlp(n * feat, cfg.hidden, 1)
         self.term_head = mlp(n * feat, cfg.hidden, 1)
+        self.observe_path: Literal["stepwise", "fast", "compiled"] = "stepwise"
+        """How ``observe`` runs its loop (``world_model.train.compile`` chooses ``compiled`` for
+        the updates of ``rmio train world-model``); not part of the state dict."""
         self.correction: CorrectionBlock | None = None
         """RMIO v1's block, attached (``attach_correction``) once it is trained on top of the frozen
         world model; the pre-trained model has none."""
@@ -247,7 +252,37 @@ class RMIOWorldModel(nn.Module):
         The sampler marks the first row of every window as a start too, which is what the deployed
         coordinator's window replay does: zero state, but the real previous action a_{s-1} (zero
         only at a true episode start, where the data already holds zeros).
+
+        ``observe_path`` picks how: ``stepwise`` (the default, ``observe_stepwise``), or, for
+        RMIOv2's posterior latents without a correction block, ``fast`` or ``compiled``
+        (``rmio.train.wm_fast``: the same function up to float32 rounding, its step optionally
+        under ``torch.compile``).
         """
+        if (
+            self.observe_path != "stepwise"
+            and self.correction is None
+            and self.cfg.lost_latent == "posterior"
+        ):
+            h_all, z_all, logits = observe_fast(
+                self, obs_n, prev_action, mask, is_first, sample, self.observe_path == "compiled"
+            )
+            prior = Categorical.__new__(Categorical)
+            prior.groups, prior.classes = self.cfg.groups, self.cfg.classes
+            c = self.cfg
+            prior.probs = categorical_probs(self.prior_net(h_all), c.classes, c.unimix)
+            prior.logits = torch.log(prior.probs)
+            return self._posterior(h_all, z_all, logits, prior)
+        return self.observe_stepwise(obs_n, prev_action, mask, is_first, sample)
+
+    def observe_stepwise(
+        self,
+        obs_n: torch.Tensor,
+        prev_action: torch.Tensor,
+        mask: torch.Tensor,
+        is_first: torch.Tensor,
+        sample: bool = True,
+    ) -> Posterior:
+        """``observe`` one step at a time through ``transition`` and ``latent`` (the reference)."""
         B, T = obs_n.shape[:2]
         h, z = self.initial(B)
         hs, zs, post_logits = [], [], []
@@ -260,12 +295,19 @@ class RMIOWorldModel(nn.Module):
             zs.append(z)
             post_logits.append(post.logits)
         h_all = torch.stack(hs, 1)
-        stacked = torch.stack(post_logits, 1)  # (B, T, n, C, K) log-probs, already mixed
+        # the prior only depends on h, so all steps go through it at once
+        prior = self.prior(h_all)
+        return self._posterior(h_all, torch.stack(zs, 1), torch.stack(post_logits, 1), prior)
+
+    def _posterior(
+        self, h_all: torch.Tensor, z_all: torch.Tensor, logits: torch.Tensor, prior: Categorical
+    ) -> Posterior:
+        """States, (B, T, n, C, K) posterior log-probs (already mixed) and the prior ->
+        ``Posterior``."""
         post_all = Categorical.__new__(Categorical)
         post_all.groups, post_all.classes = self.cfg.groups, self.cfg.classes
-        post_all.logits, post_all.probs = stacked, stacked.exp()
-        # the prior only depends on h, so all steps go through it at once
-        return Posterior(h_all, torch.stack(zs, 1), post_all, self.prior(h_all))
+        post_all.logits, post_all.probs = logits, logits.exp()
+        return Posterior(h_all, z_all, post_all, prior)
 
     def heads(self, h: torch.Tensor, z: torch.Tensor) -> dict[str, torch.Tensor]:
         """All predictors on states (..., n, feat): per-agent decoders and the global heads (Eq.

@@ -72,6 +72,12 @@ SECTIONS: list[tuple[str, str, str]] = [
         "world_model_speed.md",
         "python bench/world_model.py speed && python bench/world_model.py latency",
     ),
+    (
+        "World-model update paths, threads, batch against sequence length (issue 20)",
+        "world_model_paths.md",
+        "python bench/world_model.py paths --updates 20 && python bench/world_model.py speed "
+        "--threads N [--path compiled] (background trainings paused)",
+    ),
     ("Swarm communication and latency", "swarm.md", "python bench/swarm_bench.py"),
     (
         "Where a reconstruction round's time goes",

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -308,11 +309,18 @@ class Roster:
             raise ConfigError(
                 f"roster '{path}': world_model is 'node' but no 'wm' endpoint is named"
             )
-        if need_key and settings.transport == "tcp":  # this host's kernel, checked where it runs
+        # this host's kernel, checked where it runs; loopback loses nothing
+        if need_key and settings.transport == "tcp" and not _all_loopback(endpoints.values()):
             warning = rto_warning(settings.deadline_s("step"))
             if warning:
                 log.warning("roster '%s': %s", path, warning)
         return cls(endpoints, settings, int(data.get("version", 1)), binds)
+
+
+def _all_loopback(endpoints: Iterable[str]) -> bool:
+    """Whether every ``scheme://HOST:PORT`` names this machine's loopback."""
+    hosts = [e.partition("://")[2].rpartition(":")[0].strip("[]") for e in endpoints]
+    return all(h == "localhost" or h == "::1" or h.startswith("127.") for h in hosts)
 
 
 def _portable(value: str, base: Path) -> str:

@@ -209,6 +209,7 @@ def _device_commands(tmp_path: Path) -> dict[str, list[str]]:
         "train world-model": ["train", "world-model", "halfcheetah_6x1", "--debug"],
         "train pretrain": ["train", "pretrain", "halfcheetah_6x1", "--debug"],
         "train mappo": ["train", "mappo", "halfcheetah_6x1", "--debug"],
+        "train qmix": ["train", "qmix", "lbf_8x8_2p_2f_coop", "--debug"],
         "train finetune": ["train", "finetune", str(run)],
         "eval reconstruction": ["eval", "reconstruction", str(run)],
         "ablate": ["ablate", "fusion_halfcheetah_6x1", "--debug"],

@@ -18,15 +18,13 @@ import torch
 from rich.console import Console
 
 from rmio.config import Config
-from rmio.envs.collect import collect
-from rmio.envs.loss import LossConfig
 from rmio.envs.vector import BatchStep, make_vector_env
 from rmio.train.common import begin_training, progress
 from rmio.train.evaluate import evaluate_policy, plot_curves
 from rmio.train.policy import Actor, Critic, joint_act
 from rmio.train.ppo import PPO, Rollout
 from rmio.train.runlog import MetricLog, load_checkpoint, restore_rng, rng_state, save_checkpoint
-from rmio.train.wm_data import observation_stats
+from rmio.train.wm_data import random_policy_stats
 
 
 def build_agents(
@@ -83,14 +81,7 @@ def train_mappo(cfg: Config, run_dir: Path, device: str, console: Console) -> Pa
     ckpt_path = run_dir / "ckpt_mappo.pt"
     start = load_checkpoint(ckpt_path, dev) if ckpt_path.exists() else None
     if start is None:
-        warm, _ = collect(
-            cfg.env,
-            LossConfig("none"),
-            steps=cfg.policy.stats_steps,
-            num_envs=1,
-            seed=cfg.run.seed + 50_000,
-        )
-        mean, std, _, _ = observation_stats(warm)
+        warm, (mean, std, _, _) = random_policy_stats(cfg)
         steps_done, next_eval, next_ckpt = len(warm) - warm.num_episodes, 0, m.checkpoint_every
     else:
         mean, std = (

@@ -22,8 +22,6 @@ from rich.console import Console
 
 from rmio.config import Config
 from rmio.envs.base import EnvSpec
-from rmio.envs.collect import collect
-from rmio.envs.loss import LossConfig
 from rmio.envs.registry import make_env
 from rmio.envs.vector import make_vector_env
 from rmio.errors import RmioError
@@ -34,7 +32,7 @@ from rmio.train.qmix_learner import QLearner
 from rmio.train.qmix_nets import QMixer, RNNAgent, masked_argmax
 from rmio.train.qmix_replay import EpisodeBuffer, Runner, epsilon_at
 from rmio.train.runlog import MetricLog, load_checkpoint, restore_rng, rng_state, save_checkpoint
-from rmio.train.wm_data import observation_stats
+from rmio.train.wm_data import random_policy_stats
 
 EVAL_SEED_OFFSET = 900_000
 """Evaluation episodes use seeds apart from training's (as MAPPO's evaluation does)."""
@@ -103,14 +101,7 @@ def _fix_stats(cfg: Config, learner: QLearner) -> int:
     """Input statistics from random-policy steps (as MAPPO's); the steps they cost."""
     if not cfg.qmix.normalise_inputs:
         return 0
-    warm, _ = collect(
-        cfg.env,
-        LossConfig("none"),
-        steps=cfg.policy.stats_steps,
-        num_envs=1,
-        seed=cfg.run.seed + 50_000,
-    )
-    mean, std, s_mean, s_std = observation_stats(warm)
+    warm, (mean, std, s_mean, s_std) = random_policy_stats(cfg)
     for net in (learner.agent, learner.target_agent):
         net.set_stats(mean, std)
     for mixer in (learner.mixer, learner.target_mixer):

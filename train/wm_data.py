@@ -10,6 +10,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from rmio.config import Config
+from rmio.envs.collect import collect
+from rmio.envs.loss import LossConfig
 from rmio.envs.trajectory import TrajectoryBuffer
 from rmio.errors import RmioError
 from rmio.train.smoothing import SmoothingConfig, smooth_buffer_rewards
@@ -34,6 +37,21 @@ def observation_stats(
         s_mean.astype(np.float32),
         s_std.astype(np.float32),
     )
+
+
+def random_policy_stats(
+    cfg: Config,
+) -> tuple[TrajectoryBuffer, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
+    """The input statistics of model-free learners (MAPPO, QMIX) before any policy exists:
+    ``policy.stats_steps`` random-policy steps in one env seeded apart from training."""
+    warm, _ = collect(
+        cfg.env,
+        LossConfig("none"),
+        steps=cfg.policy.stats_steps,
+        num_envs=1,
+        seed=cfg.run.seed + 50_000,
+    )
+    return warm, observation_stats(warm)
 
 
 @dataclass

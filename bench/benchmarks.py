@@ -90,7 +90,7 @@ SECTIONS: list[tuple[str, str, str]] = [
         "python bench/netfaults_bench.py (as root)",
     ),
     (
-        "The cost of security: HMAC tags (every transport) and CURVE (tcp)",
+        "The cost of security: MAC tags (every transport) and CURVE (tcp)",
         "auth.md",
         "python bench/auth_bench.py",
     ),

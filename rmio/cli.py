@@ -363,14 +363,14 @@ def _swarm_run_options(fn: Callable) -> Callable:
             is_flag=True,
             default=None,
             help="No message authentication (a lab network where everyone who can reach a port "
-            "is trusted); by default every message carries an HMAC under the swarm's key.",
+            "is trusted); by default every message carries a MAC under the swarm's key.",
         ),
         click.option(
             "--curve",
             is_flag=True,
             default=None,
             help="tcp/ipc: CurveZMQ on every connection (encrypted; each peer admitted only "
-            "with its role's key), beside the HMAC.",
+            "with its role's key), beside the MAC.",
         ),
     ]
     for option in reversed(options):

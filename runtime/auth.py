@@ -3,20 +3,21 @@ a replay window per sender.
 
 Each message gets one trailing frame, ``seq (u64 little-endian) || tag (16 bytes)``, where ``seq``
 counts the sender's messages since its start (1, 2, ...; every transmission, resends included, has
-its own) and ``tag`` is HMAC-SHA256 under the swarm's key over the addressee's name, ``seq``, the
-frame lengths and the frames, truncated to 128 bits. The header inside the frames already names
-the sender (``src``) and its incarnation (``inc``), so the tag binds who sent it, to whom, in which
-incarnation and as which of its messages. A receiver checks the tag before parsing anything
+its own) and ``tag`` is keyed BLAKE2b (RFC 7693, 128-bit output) under the swarm's key over the
+addressee's name, ``seq``, the frame lengths and the frames. The header inside the frames already
+names the sender (``src``) and its incarnation (``inc``), so the tag binds who sent it, to whom, in
+which incarnation and as which of its messages. A receiver checks the tag before parsing anything
 (``bad_auth``), then, once the header is parsed, drops what it has already accepted from that
 sender's incarnation (``replayed``: a window of the newest :data:`WINDOW` sequence numbers, so
 datagrams reordered by a network still pass).
 
-Why these choices: the standard library's HMAC runs in C (a copy of the keyed state per message:
-about 3 us to seal or check a STEP back to back on the 2-core VM, but 60-90 us in a process that
-has just woken up with cold caches, which is how a swarm process meets each message: this, not the
-arithmetic, is what the tags cost a round, bench/results/auth.md); 128 bits of tag leave a forger a
-2^-128 chance per try (NIST SP 800-107 allows truncation to that length), and the 24-byte frame is
-small beside a 100-byte STEP. The key is shared by the whole swarm: it keeps out everyone without
+Why these choices: keyed BLAKE2b is a MAC by design (a PRF under its key, no HMAC construction
+needed) in the standard library's C code. A swarm process meets each message with cold caches,
+and there the tag, not the arithmetic, is what authentication costs a round: HMAC-SHA256 (the first
+version) cost 34-90 us per seal or check in a process that has just woken, keyed BLAKE2b about half
+(bench/results/auth.md, whose udp rows measured HMAC-SHA256 at +23-31% of the round p50 against a
+20% target). 128 bits of tag leave a forger a 2^-128 chance per try, and the 24-byte frame is small
+beside a 100-byte STEP. The key is shared by the whole swarm: it keeps out everyone without
 it, but a member can pose as another member unless CURVE binds each connection to its role
 (``runtime/curve.py``; runtime/PROTOCOL.md, "Threat model").
 """
@@ -40,6 +41,8 @@ log = logging.getLogger(__name__)
 KEY_BYTES = 32
 """Random bytes in a generated key (a key file may hold more, never fewer)."""
 TAG_BYTES = 16
+MAX_MAC_KEY = 64
+"""BLAKE2b's longest key; a longer key file is hashed down to it."""
 SEQ_BYTES = 8
 TRAILER_BYTES = SEQ_BYTES + TAG_BYTES
 WINDOW = 1024
@@ -85,10 +88,10 @@ class Auth:
         if len(key) < KEY_BYTES:
             raise ConfigError(f"a swarm key needs at least {KEY_BYTES} bytes")
         self.key = key
-        self._mac = hmac.new(key, digestmod=hashlib.sha256)
-        """The keyed HMAC state, copied per message: a swarm process wakes for each message with
-        cold caches, and ``hmac.digest`` (digest lookup by name, key schedule) then cost 51 us
-        against 34 us for a copy (bench/results/auth.md)."""
+        mac_key = key if len(key) <= MAX_MAC_KEY else hashlib.blake2b(key).digest()
+        self._mac = hashlib.blake2b(key=mac_key, digest_size=TAG_BYTES)
+        """The keyed state, copied per message (no key schedule per message: a swarm process
+        wakes for each message with cold caches)."""
         self.seq = 0
         self.windows: dict[str, list[int]] = {}
         """Sender -> [incarnation, newest sequence number, bitmap of the window below it]."""
@@ -97,7 +100,7 @@ class Auth:
         lengths = struct.pack(f"<{len(frames)}I", *map(len, frames))
         mac = self._mac.copy()
         mac.update(b"".join([to.encode(), b"\0", seq, lengths, *frames]))
-        return mac.digest()[:TAG_BYTES]
+        return mac.digest()
 
     def seal(self, to: str, frames: Sequence[bytes | memoryview]) -> list[bytes | memoryview]:
         """The frames for one transmission to ``to``: the message's, then its trailer."""

@@ -92,14 +92,15 @@ class SwarmSettings:
     hold-last."""
     out_dir: str = "results"
     key_file: str | None = None
-    """The swarm's secret (``runtime/auth.py``): every message carries an HMAC under it. The
-    launcher writes a fresh one per run; a roster names its file relative to the roster."""
+    """The swarm's secret (``runtime/auth.py``): every message carries a MAC (message
+    authentication code) under it. The launcher writes a fresh one per run; a roster names its
+    file relative to the roster."""
     insecure: bool = False
     """No key: messages are not authenticated, for a network where everyone who can reach a port
     is trusted (each process says so at start)."""
     curve: bool = False
     """ZeroMQ transports: CurveZMQ on every connection (``runtime/curve.py``): encrypted, and each
-    peer admitted only with its role's key from ``curve_dir``. The HMAC stays on."""
+    peer admitted only with its role's key from ``curve_dir``. The MAC stays on."""
     curve_dir: str | None = None
     """The CURVE key folder (``public/NAME.key``, ``secret/NAME.key_secret``): the launcher writes
     one per run; a roster names it relative to the roster (``rmio swarm keys``)."""
@@ -135,7 +136,7 @@ class SwarmSettings:
         if self.curve and self.transport == "udp":
             raise ConfigError(
                 "swarm curve needs a ZeroMQ transport (tcp or ipc): udp is authenticated by the "
-                "swarm key's HMAC only"
+                "swarm key's MAC only"
             )
         self.loss_config().validate()
 

@@ -405,3 +405,19 @@ def test_a_roster_carries_its_key_and_portable_paths(bundle: Path, tmp_path: Pat
     assert yaml.safe_load(bare.read_text())["settings"]["key_file"] == "bare.key"
     assert again.bind_for("env") == "tcp://0.0.0.0:6000"
     assert again.bind_for("a0") == again.endpoints["a0"] == "tcp://10.0.0.5:6001"
+
+
+@pytest.mark.parametrize("key_bytes", [32, 64, 100])
+def test_tags_bind_key_addressee_and_every_byte(key_bytes: int) -> None:
+    """Keyed BLAKE2b over the addressee, seq and frames: the same key opens, a key that differs in
+    one byte, another addressee or one changed byte does not (key files longer than BLAKE2b's
+    64-byte key are hashed down to it, and their last bytes still count)."""
+    key = bytes(range(key_bytes))
+    frames = [encode("HB", "a0", inc=1, epoch=0, leader=-1)[0], b"payload"]
+    sealed = Auth(key).seal("a1", frames)
+    assert Auth(key).open("a1", sealed) is not None
+    other = key[:-1] + bytes([key[-1] ^ 1])
+    assert Auth(other).open("a1", sealed) is None
+    assert Auth(key).open("a2", sealed) is None
+    changed = [*sealed[:1], b"paylOad", sealed[-1]]
+    assert Auth(key).open("a1", changed) is None

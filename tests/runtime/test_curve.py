@@ -2,9 +2,9 @@
 the in-process returns, and the real sockets refuse a peer whose key is not the roster's, or a
 member that speaks as another member.
 
-The HMAC keeps outsiders out on every transport; what CURVE adds is shown by the last test: a
-process holding the swarm's HMAC key *and* its own role's CURVE keys (a compromised agent) forges
-a BYE "from env" to another agent. Under the HMAC alone that BYE is authentic (the key is the
+The MAC keeps outsiders out on every transport; what CURVE adds is shown by the last test: a
+process holding the swarm's MAC key *and* its own role's CURVE keys (a compromised agent) forges
+a BYE "from env" to another agent. Under the MAC alone that BYE is authentic (the key is the
 swarm's, not the role's: runtime/PROTOCOL.md, "Threat model"); under CURVE the connection is bound
 to a1's name and the message is dropped (``wrong_key``).
 """
@@ -146,9 +146,9 @@ def test_a_key_not_in_the_roster_is_refused(bundle: Path, tmp_path: Path) -> Non
 
 
 def test_a_member_cannot_speak_as_another_member(bundle: Path, tmp_path: Path) -> None:
-    """tcp + CURVE: with the swarm's HMAC key and a1's own CURVE keys, a BYE "from env" to a3 (a
+    """tcp + CURVE: with the swarm's MAC key and a1's own CURVE keys, a BYE "from env" to a3 (a
     routing id and ``src`` of env, a valid tag) is dropped as ``wrong_key``: a3's connection is
-    a1's. Under the HMAC alone the same BYE would end a3."""
+    a1's. Under the MAC alone the same BYE would end a3."""
     run = tmp_path / "run"
     running = Running(_settings(bundle, run, "tcp", curve=True), run)
     a3 = running.stepping()["a3"]

@@ -1,11 +1,12 @@
 """Issue 23's export spike: what one MARIE reconstruction costs inside the swarm, per graph design.
 
-MARIE (../shared/papers/marie.txt) is not an RSSM: its state is a token history and it predicts an
-observation as K tokens. Before its training is built, this script builds candidate reconstruction
-graphs in PyTorch with random weights, exports each to ONNX and times one reconstruction with
-onnxruntime on one intra-op thread, as the coordinator runs ``wm_step``. Each graph holds the whole
-round: the VQ encode of the agents' current observations, the Perceiver aggregations, the causal
-Transformer, and the VQ decode of the tokens it predicts.
+MARIE (Zhang et al. 2024, "Decentralized Transformers with Centralized Aggregation are
+Sample-Efficient Multi-Agent World Models") is not an RSSM: its state is a token history and it
+predicts an observation as K tokens. Before its training is built, this script builds candidate
+reconstruction graphs in PyTorch with random weights, exports each to ONNX and times one
+reconstruction with onnxruntime on one intra-op thread, as the coordinator runs ``wm_step``. Each
+graph holds the whole round: the VQ encode of the agents' current observations, the Perceiver
+aggregations, the causal Transformer, and the VQ decode of the tokens it predicts.
 
 Each agent's sequence is made of blocks ``[c_s, x_{s,1..K}, a_s, e_s]``: MARIE's observation
 tokens x, action token a and Perceiver output e (over every agent's tokens and actions of step s),

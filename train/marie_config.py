@@ -1,6 +1,7 @@
 """MARIE's world-model settings (`--algo marie`; torch-free, so the CLI validates without torch).
 
-MARIE (paper: ../shared/papers/marie.txt) tokenises each agent's observation with a VQ-VAE, models
+MARIE (Zhang et al. 2024, "Decentralized Transformers with Centralized Aggregation are
+Sample-Efficient Multi-Agent World Models") tokenises each agent's observation with a VQ-VAE, models
 each agent's token sequence with a shared causal Transformer and aggregates the team with a
 Perceiver.
 The sizes come in named presets: ``faithful`` is the paper's Tables 2-4, ``cpu`` the size the swarm

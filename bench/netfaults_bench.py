@@ -25,6 +25,7 @@ machine (2 CPU cores shared with other work), so timings follow its load.
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import signal
 import sys
@@ -253,28 +254,31 @@ def losses(tmp: Path, quick: bool) -> str:
     )  # fmt: skip
 
 
-def wm_node(tmp: Path, quick: bool) -> str:
+def wm_node(tmp: Path, quick: bool, repeats: int = 1, kill_at: float = 1.5) -> str:
+    """Rows alternate on-agent and node runs so a load change hits both placements alike."""
     steps = 300 if quick else 600
     rows = []
-    for transport in ("ipc", "udp", "tcp"):
-        for placement in ("on-agent", "node"):
-            run = tmp / f"wm-{transport}-{placement}"
-            s = settings(run, steps, transport, world_model=placement)
-            when: list[float] = []
-            action = kill_wm(1.5, when) if placement == "node" else None
-            if transport == "ipc":  # unix sockets do not cross the link: plain loopback
-                report = _loopback_with(Launcher(s, run), action)
-            else:
-                with NetLab() as lab:
-                    report = run_with(lab, s, run, action)
-            ev = report["events"]
-            lat = report["latency"]["coordinator_round"]
-            rows.append(
-                [transport, placement + (" (killed at 1.5 s)" if placement == "node" else ""),
-                 f"{lat['p50_ms'] or 0:.2f}", f"{lat['p99_ms'] or 0:.2f}",
-                 ev.get("agents.wm_node_timeout", 0), ev.get("agents.wm_node_skipped", 0),
-                 f"{report['seconds']:.1f}"]
-            )  # fmt: skip
+    for transport, rep, placement in itertools.product(
+        ("ipc", "udp", "tcp"), range(repeats), ("on-agent", "node")
+    ):
+        run = tmp / f"wm-{transport}-{placement}-{rep}"
+        s = settings(run, steps, transport, world_model=placement)
+        when: list[float] = []
+        action = kill_wm(kill_at, when) if placement == "node" else None
+        if transport == "ipc":  # unix sockets do not cross the link: plain loopback
+            report = _loopback_with(Launcher(s, run), action)
+        else:
+            with NetLab() as lab:
+                report = run_with(lab, s, run, action)
+        ev = report["events"]
+        lat = report["latency"]["coordinator_round"]
+        rows.append(
+            [transport + (f" #{rep + 1}" if repeats > 1 else ""),
+             placement + (f" (killed at {kill_at:g} s)" if placement == "node" else ""),
+             f"{lat['p50_ms'] or 0:.2f}", f"{lat['p99_ms'] or 0:.2f}",
+             ev.get("agents.wm_node_timeout", 0), ev.get("agents.wm_node_skipped", 0),
+             f"{report['seconds']:.1f}"]
+        )  # fmt: skip
     return table(
         ["transport", "world model", "round p50 ms", "round p99 ms", "node timeouts",
          "rounds skipping the node", "seconds"],
@@ -305,21 +309,47 @@ def _loopback_with(launcher: Launcher, action: Any) -> dict[str, Any]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument(
+        "--sections",
+        default="faults,losses,wm",
+        help="comma-separated subset of faults, losses, wm (the world-model node killed)",
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=1, help="alternating runs per row of the wm section"
+    )
+    parser.add_argument(
+        "--kill-at",
+        type=float,
+        default=1.5,
+        help="seconds into stepping at which the wm section kills the node (0: nearly every "
+        "round runs without it)",
+    )
     args = parser.parse_args()
     why = unavailable()
     if why is not None:
         print(f"netfaults_bench: {why}", file=sys.stderr)
         return 2
+    sections = set(args.sections.split(","))
+    unknown = sections - {"faults", "losses", "wm"}
+    if unknown or args.repeats < 1:
+        print(f"netfaults_bench: bad --sections {sorted(unknown)} or --repeats", file=sys.stderr)
+        return 2
     load = [os.getloadavg()[0]]
     with TemporaryDirectory(prefix="rmio-netfaults-") as tmp:
         t = Path(tmp)
-        fault_table, summary = faults(t, args.quick)
-        print(fault_table, "\n")
-        loss_table = losses(t, args.quick)
-        print(loss_table, "\n")
-        wm_table = wm_node(t, args.quick)
-        print(wm_table, "\n")
+        if "faults" in sections:
+            fault_table, summary = faults(t, args.quick)
+            print(fault_table, "\n")
+        if "losses" in sections:
+            loss_table = losses(t, args.quick)
+            print(loss_table, "\n")
+        if "wm" in sections:
+            wm_table = wm_node(t, args.quick, args.repeats, args.kill_at)
+            print(wm_table, "\n")
     load.append(os.getloadavg()[0])
+    print(f"load average {load[0]:.1f} at the start, {load[1]:.1f} at the end")
+    if sections != {"faults", "losses", "wm"}:
+        return 0  # a subset only prints: the results file keeps every section of one run
     text = "\n".join(
         [
             "# The swarm across two network namespaces (committed HalfCheetah 6x1 bundle, 2-core "
@@ -349,7 +379,8 @@ def main() -> int:
             "",
             "## The world-model node killed mid-run",
             "",
-            "One run of 600 steps per row; the killed rows include the rounds through the node "
+            f"{'Alternating runs' if args.repeats > 1 else 'One run'} of 600 steps per row; "
+            "the killed rows include the rounds through the node "
             "before the kill. Node timeouts are the rounds that waited for the dead node: the "
             "first after the kill, then one per retry (backoff from 0.25 s to 5 s).",
             "",

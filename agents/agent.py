@@ -63,6 +63,10 @@ class Agent(LivenessMixin, ElectionMixin):
         if self.spec.n_agents != settings.n_agents or not 0 <= index < settings.n_agents:
             raise ValueError(f"agent {index} does not fit a bundle of {self.spec.n_agents} agents")
         self.actor = ActorRunner(settings.bundle, self.manifest)
+        self.actor_state = self.actor.initial_state(1)
+        """A recurrent actor's hidden state (None if stateless): advanced by every action this
+        agent takes, on what it acted on (its observation, a reconstruction, a fill), and zeroed
+        when an episode starts, as rmio.evaluation.reference does."""
         self.codec = ActionCodec.of(self.spec)
         self.l = self.manifest.history_window
         self.ring = HistoryRing(self.l + 2, self.spec.obs_dim, self.codec)
@@ -231,6 +235,7 @@ class Agent(LivenessMixin, ElectionMixin):
             self.awaiting = None
         if ep != self.ep:
             self.ring.reset(ep)
+            self.actor_state = self.actor.initial_state(1)
         elif t > self.t + 1:  # STEPs that never reached us: observation losses, default actions
             self.counts["steps_missed"] += t - self.t - 1
             for h in range(self.t + 1, t):
@@ -278,7 +283,8 @@ class Agent(LivenessMixin, ElectionMixin):
 
     def _act(self, ep: int, t: int, obs: np.ndarray, kind: str) -> None:
         start = now_ns()
-        action = self.codec.check(self.actor.act(obs, self.i, self.avail))
+        action, self.actor_state = self.actor.step(obs, self.i, self.avail, self.actor_state)
+        action = self.codec.check(action)
         if kind != "obs":
             self.ring.obs[t] = np.asarray(obs, np.float32)
         self.ring.put_action(t, action)

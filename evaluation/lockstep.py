@@ -72,6 +72,8 @@ class BatchedPolicy:
         self.chain_t = np.full(n_envs, -(10**9))
         self.chain: LatentState | None = None
         self.none = np.stack([self.codec.none()] * n)
+        self.actor_state = self.actor.initial_state(n_envs * n)
+        """A recurrent actor's hidden state, row e * n + i for agent i of environment e."""
 
     def _prev_actions(self, start: int, t: int, envs: np.ndarray) -> np.ndarray:
         rows = [
@@ -137,12 +139,15 @@ class BatchedPolicy:
         E, n = observed.shape
         ids = np.tile(np.arange(n, dtype=np.int64), E)
         flat_avail = None if avail is None else avail.reshape(E * n, -1)
-        actions = self.actor.act(inputs.reshape(E * n, -1), ids, flat_avail)
+        before = self.actor_state
+        actions, self.actor_state = self.actor.step(
+            inputs.reshape(E * n, -1), ids, flat_avail, before
+        )
         joint = actions.reshape(E, n, *actions.shape[1:])
         self.acts.append(joint)
         if self.truth is not None:
             envs = active & ~observed.all(axis=1)
-            self._measure(self.truth.true_obs, inputs, joint, avail, envs, observed)
+            self._measure(self.truth.true_obs, inputs, joint, avail, envs, observed, before)
         return joint
 
     def _measure(
@@ -153,7 +158,10 @@ class BatchedPolicy:
         avail: np.ndarray | None,
         envs: np.ndarray,
         observed: np.ndarray,
+        state: np.ndarray | None = None,
     ) -> None:
+        """``state``: a recurrent actor's hidden state before this step (the action on the truth
+        is taken from the same state, not advanced)."""
         lost = envs[:, None] & ~observed  # (E, n)
         if not lost.any():
             return
@@ -161,7 +169,10 @@ class BatchedPolicy:
         fm = np.asarray(self.spec.obs_feature_mask, np.float32)[i]
         true = np.asarray(obs, np.float32)[e, i]
         err = (np.abs(inputs[e, i] - true) * fm).sum(-1) / np.maximum(fm.sum(-1), 1.0)
-        on_truth = self.actor.act(true, i.astype(np.int64), None if avail is None else avail[e, i])
+        rows = None if state is None else state[e * observed.shape[1] + i]
+        on_truth, _ = self.actor.step(
+            true, i.astype(np.int64), None if avail is None else avail[e, i], rows
+        )
         taken = joint[e, i]
         if self.spec.discrete:
             act_err = (on_truth.reshape(-1) != taken.reshape(-1)).astype(np.float64)

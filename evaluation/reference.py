@@ -56,6 +56,8 @@ class ReferencePolicy:
         self.last_real = np.zeros((self.spec.n_agents, self.spec.obs_dim), np.float32)
         self.chain: _Chain | None = None
         self.recons: dict[int, np.ndarray] = {}
+        # a recurrent actor's hidden state, one per agent (batch 1, as each agent process keeps it)
+        self.actor_states = [self.actor.initial_state(1) for _ in range(self.spec.n_agents)]
 
     def window(self, t: int, start: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """obs (T, n, d), prev actions a_{start-1..t-1} (T, n, ...), masks (T, n) for steps
@@ -94,10 +96,12 @@ class ReferencePolicy:
                 inputs[~observed] = recon[~observed]
             elif self.recon == "hold-last":
                 inputs[~observed] = self.last_real[~observed]
-        actions = [
-            self.codec.check(self.actor.act(inputs[i], i, None if avail is None else avail[i]))
-            for i in range(self.spec.n_agents)
-        ]
+        actions = []
+        for i in range(self.spec.n_agents):
+            action, self.actor_states[i] = self.actor.step(
+                inputs[i], i, None if avail is None else avail[i], self.actor_states[i]
+            )
+            actions.append(self.codec.check(action))
         joint = np.stack(actions)
         self.acts.append(joint)
         return joint

@@ -67,7 +67,9 @@ class Bundle:
 
     @property
     def actor(self) -> ActorRunner:
-        """``actor.onnx``: ``actor.act(obs, agent_id, avail=None)`` for one agent or a batch."""
+        """``actor.onnx``: ``actor.act(obs, agent_id, avail=None)`` for one agent or a batch; a
+        recurrent actor (``manifest.actor_state``) takes ``actor.step(obs, agent_id, avail,
+        state)`` and returns ``(action, next_state)``, from ``actor.initial_state(batch)``."""
         if self._actor is None:
             self._actor = ActorRunner(self.path, self.manifest)
         return self._actor

@@ -228,6 +228,7 @@ def build_bundle(
                 files[role] = manifest.files[role]
         data = json.loads((source / "manifest.json").read_text())
         data["files"] = files
+        data.pop("actor_state", None)  # the world model's bundle's own actor may be recurrent
         budget = {k: v for k, v in data.get("budget", {}).items() if not k.startswith("policy")}
         data["budget"] = {**budget, "policy_source": f"external ONNX actor {actor.name}"}
         # what was measured of the world model stays; what was measured of its old actor goes

@@ -275,13 +275,26 @@ register_robustness(eval_group)
     "--policy",
     type=click.Path(path_type=Path, exists=True, dir_okay=False),
     default=None,
-    help="Ship the actor of this policy.pt instead of RUN_DIR's own (same scenario).",
+    help="Ship the actor of this policy.pt instead of RUN_DIR's own (same scenario); a QMIX "
+    "qmix.pt ships its Q-agent as a recurrent actor.",
+)
+@click.option(
+    "--world-model",
+    "world_model",
+    default=None,
+    help="For a QMIX run (which trains no world model): the world model to pair its Q-agent "
+    "with, a bundle (directory or shipped name) or a world-model run directory of the same task.",
 )
 def export(
-    run_dir: Path | None, out: Path | None, check_dir: Path | None, policy: Path | None
+    run_dir: Path | None,
+    out: Path | None,
+    check_dir: Path | None,
+    policy: Path | None,
+    world_model: str | None,
 ) -> None:
     """Export the (fine-tuned) world model as a one-step ONNX graph plus manifest, checked against
-    PyTorch."""
+    PyTorch. A QMIX run exports its Q-agent (greedy over available actions, its GRU state carried
+    between steps) beside the world model named by --world-model."""
     # onnxruntime alone: a deployment can check a bundle without torch
     if check_dir is not None:
         from rmio.runtime.validate import check_bundle
@@ -293,8 +306,25 @@ def export(
     _refuse_marie(_run_is_marie(run_dir), "export")
     _require_torch()
     from rmio.train.export import export_run
+    from rmio.train.export_q import export_qmix, is_q_checkpoint
 
-    export_run(run_dir, out or run_dir / "bundle", _console(), policy)
+    q_run = (run_dir / "qmix.pt").is_file() and not list(run_dir.glob("wm_*.pt"))
+    if policy is not None and is_q_checkpoint(policy):  # RUN_DIR holds the world model
+        export_qmix(policy, world_model or run_dir, out or run_dir / "bundle", _console())
+    elif q_run:
+        if world_model is None:
+            raise RmioError(
+                f"'{run_dir}' is a QMIX run, which trains no world model: name one of the same "
+                "task with --world-model (a bundle, a shipped name or a world-model run directory)"
+            )
+        export_qmix(run_dir / "qmix.pt", world_model, out or run_dir / "bundle", _console())
+    elif world_model is not None:
+        raise RmioError(
+            f"--world-model pairs a QMIX actor with a world model, and '{run_dir}' is no QMIX run "
+            "(export its own world model, or give --policy RUN/qmix.pt)"
+        )
+    else:
+        export_run(run_dir, out or run_dir / "bundle", _console(), policy)
 
 
 @click.command("ablate")

@@ -23,7 +23,9 @@ runtime only ever handles raw observations.
 
 ``actor.onnx`` inputs: ``obs`` (B, obs_dim) raw, ``agent_id`` (B,) int64, and for discrete tasks
 ``avail_actions`` (B, n_actions) bool; output ``action``: (B, act_dim) float32 (continuous, already
-clipped to the action box) or (B,) int64 (discrete, the best available action).
+clipped to the action box) or (B,) int64 (discrete, the best available action). A recurrent actor
+(schema 2, ``actor_state`` in the manifest) also takes its hidden state (B, *shape) float32 and
+returns the next one; the caller keeps it per agent, zeros at an episode's start (docs/BUNDLE.md).
 
 This module only reads and checks bundles; it never imports torch.
 """
@@ -40,11 +42,49 @@ import numpy as np
 from rmio.envs.base import EnvSpec
 from rmio.errors import RmioError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""What rmio writes. 2 added ``actor_state`` (a recurrent actor's hidden state); a version-1
+manifest (every bundle exported before) reads exactly as it did."""
+READABLE_VERSIONS = (1, 2)
 WM_INPUTS = ("h", "z", "prev_action", "obs", "mask")
 WM_OUTPUTS = ("h_next", "z_next", "obs_recon")
 ACTOR_INPUTS = ("obs", "agent_id")
 ACTOR_OUTPUTS = ("action",)
+_ACTOR_NAMES = (*ACTOR_INPUTS, "avail_actions", *ACTOR_OUTPUTS, "action_probs")
+
+
+@dataclass(frozen=True)
+class ActorState:
+    """A recurrent actor's hidden state: graph input ``input`` (B, *shape) float32 is the state
+    before the step, output ``output`` the state after it. Opaque to the runtime, which only keeps
+    it per agent and zeroes it at an episode's start."""
+
+    input: str
+    output: str
+    shape: tuple[int, ...]
+
+    @classmethod
+    def parse(cls, data: Any, where: str) -> ActorState:
+        """The manifest's ``actor_state`` object; anything malformed is one RmioError line."""
+        bad = f"{where}: actor_state must be {{input: NAME, output: NAME, shape: [N, ...]}}"
+        if not isinstance(data, dict) or set(data) != {"input", "output", "shape"}:
+            raise RmioError(f"{bad}, got {data!r}")
+        names, shape = (data["input"], data["output"]), data["shape"]
+        if not all(isinstance(x, str) and x for x in names) or names[0] == names[1]:
+            raise RmioError(f"{bad}: two different non-empty names, got {list(names)}")
+        taken = [x for x in names if x in _ACTOR_NAMES]
+        if taken:
+            raise RmioError(f"{where}: actor_state name {taken[0]!r} is already the actor's own")
+        if (
+            not isinstance(shape, list | tuple)
+            or not shape
+            or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape)
+        ):
+            raise RmioError(f"{bad}: shape a list of positive integers, got {shape!r}")
+        return cls(names[0], names[1], tuple(shape))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"input": self.input, "output": self.output, "shape": list(self.shape)}
 
 
 @dataclass
@@ -73,22 +113,34 @@ class Manifest:
     sha256: dict[str, str] = field(default_factory=dict)
     """File name -> sha256 hex digest of every graph, so a corrupt or swapped file is refused before
     anything runs (``rmio.runtime.validate``). Bundles written before checksums have none."""
+    actor_state: ActorState | None = None
+    """A recurrent actor's hidden state (schema 2); None: the actor is a function of its step."""
 
     def to_dict(self) -> dict[str, Any]:
-        out = {k: v for k, v in self.__dict__.items() if k != "spec"}
+        out = {k: v for k, v in self.__dict__.items() if k not in ("spec", "actor_state")}
         out["spec"] = self.spec.to_dict()
+        if self.actor_state is not None:  # a stateless actor's manifest reads as before
+            out["actor_state"] = self.actor_state.to_dict()
         return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], where: str = "manifest") -> Manifest:
         try:
             version = int(data["schema_version"])
-            if version != SCHEMA_VERSION:
+            if version not in READABLE_VERSIONS:
                 raise RmioError(
-                    f"{where}: schema version {version}, this rmio reads {SCHEMA_VERSION}"
+                    f"{where}: schema version {version}, this rmio reads "
+                    f"{' and '.join(map(str, READABLE_VERSIONS))}"
                 )
-            fields = {k: v for k, v in data.items() if k != "spec"}
-            man = cls(spec=EnvSpec.from_dict(data["spec"]), **fields)
+            fields = {k: v for k, v in data.items() if k not in ("spec", "actor_state")}
+            state = data.get("actor_state")
+            if state is not None and version < 2:
+                raise RmioError(f"{where}: actor_state needs schema_version 2, not {version}")
+            man = cls(
+                spec=EnvSpec.from_dict(data["spec"]),
+                actor_state=None if state is None else ActorState.parse(state, where),
+                **fields,
+            )
         except (KeyError, TypeError, ValueError) as exc:
             raise RmioError(f"{where}: missing or invalid field ({exc})") from None
         n, d = man.spec.n_agents, man.spec.obs_dim

@@ -85,29 +85,68 @@ class BoundCall:
 
 
 class ActorRunner:
-    """The decentralised policy: one agent's local observation in, its action out."""
+    """The decentralised policy: one agent's local observation in, its action out.
+
+    A recurrent actor (the manifest's ``actor_state``) also carries a hidden state: ``step`` takes
+    the state before the step and returns the one after it, and ``initial_state`` is the zeros an
+    episode starts from. The caller keeps one per agent (per row of a batch)."""
 
     def __init__(self, bundle_dir: str | Path, manifest: Manifest | None = None) -> None:
         self.manifest = manifest or load_manifest(bundle_dir)
         self.session = make_session(Path(bundle_dir) / self.manifest.files["actor"])
         self._discrete = self.manifest.spec.discrete
+        self.state_spec = self.manifest.actor_state
         names = {i.name for i in self.session.get_inputs()}
         missing = set(ACTOR_INPUTS) - names
+        if self.state_spec is not None:
+            missing |= {self.state_spec.input} - names
         if missing:
             raise ValueError(f"actor.onnx lacks inputs {sorted(missing)}")
         self._one = BoundCall(self.session)
         self._one_obs = self._one.inputs["obs"]
 
+    @property
+    def recurrent(self) -> bool:
+        return self.state_spec is not None
+
+    def initial_state(self, batch: int = 1) -> np.ndarray | None:
+        """The hidden state of ``batch`` rows at an episode's start (None: a stateless actor)."""
+        if self.state_spec is None:
+            return None
+        return np.zeros((batch, *self.state_spec.shape), np.float32)
+
     def act(
         self, obs: np.ndarray, agent_id: np.ndarray | int, avail: np.ndarray | None = None
     ) -> np.ndarray:
+        """The action of a stateless actor; a recurrent one needs ``step`` and its state."""
+        if self.state_spec is not None:
+            raise RmioError(
+                f"the actor of {self.manifest.spec.name} is recurrent (actor_state in its "
+                "manifest): it needs its hidden state, which this caller does not keep"
+            )
+        return self.step(obs, agent_id, avail)[0]
+
+    def step(
+        self,
+        obs: np.ndarray,
+        agent_id: np.ndarray | int,
+        avail: np.ndarray | None = None,
+        state: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """(action, next hidden state) for one row (``obs`` (obs_dim,), ``state`` (1, *shape)) or a
+        batch (``obs`` (B, obs_dim), ``state`` (B, *shape)); the state is None for a stateless
+        actor."""
         obs = np.asarray(obs, np.float32)
+        spec = self.state_spec
+        if spec is not None and state is None:
+            raise ValueError("a recurrent actor's step needs its state (initial_state at t = 0)")
         one = self._one
         avail_row = one.inputs.get("avail_actions")
         if (
             obs.shape == self._one_obs.shape[1:]
             and type(agent_id) is int  # an agent's own step: the short path
             and (avail is None or (avail_row is not None and np.size(avail) == avail_row.size))
+            and (spec is None or np.shape(state) == one.inputs[spec.input].shape)
         ):
             self._one_obs[0] = (
                 obs  # exact shapes only: a buffer write would broadcast a wrong one silently
@@ -115,7 +154,10 @@ class ActorRunner:
             one.inputs["agent_id"][0] = agent_id
             if avail_row is not None:
                 avail_row[0] = True if avail is None else np.asarray(avail, bool).reshape(-1)
-            return one.run()["action"][0].copy()
+            if spec is not None:
+                one.inputs[spec.input][...] = state
+            out = one.run()
+            return out["action"][0].copy(), (None if spec is None else out[spec.output].copy())
         single = obs.ndim == 1
         if single:
             obs = obs[None]
@@ -125,8 +167,12 @@ class ActorRunner:
             if avail is None:
                 avail = np.ones((obs.shape[0], self.manifest.spec.action_dim), bool)
             feed["avail_actions"] = np.asarray(avail, bool).reshape(obs.shape[0], -1)
-        (action,) = self.session.run(["action"], feed)
-        return action[0] if single else action
+        if spec is None:
+            (action,) = self.session.run(["action"], feed)
+            return (action[0] if single else action), None
+        feed[spec.input] = np.asarray(state, np.float32).reshape(obs.shape[0], *spec.shape)
+        action, state_next = self.session.run(["action", spec.output], feed)
+        return (action[0] if single else action), state_next
 
 
 @dataclass

@@ -54,6 +54,10 @@ def expected_signatures(manifest: Manifest, role: str) -> tuple[Signature, Signa
             outputs: Signature = {"action": ("int64", (BATCH,))}
         else:
             outputs = {"action": ("float32", (BATCH, spec.action_dim))}
+        state = manifest.actor_state
+        if state is not None:  # a recurrent actor: its hidden state in and out
+            inputs[state.input] = ("float32", (BATCH, *state.shape))
+            outputs[state.output] = ("float32", (BATCH, *state.shape))
         return inputs, outputs
     inputs = {
         "h": ("float32", (BATCH, n, manifest.deter)),
@@ -162,8 +166,15 @@ def check_bundle(bundle: str | Path) -> str:
             )
     if "actor" in manifest.files:
         actor = ActorRunner(bundle, manifest)
-        action = actor.act(np.zeros((3, d), np.float32), np.arange(3) % n)
-        if not np.isfinite(np.asarray(action, np.float64)).all():
+        action, state = actor.step(
+            np.zeros((3, d), np.float32), np.arange(3) % n, None, actor.initial_state(3)
+        )
+        if state is not None:  # a second step from the state the first one returned
+            action, state = actor.step(np.zeros((3, d), np.float32), np.arange(3) % n, None, state)
+        if not all(
+            np.isfinite(np.asarray(a, np.float64)).all()
+            for a in (action, 0 if state is None else state)
+        ):
             raise RmioError(
                 f"bundle '{bundle}': {manifest.files['actor']} returns non-finite values"
             )

@@ -250,7 +250,12 @@ def export_run(run_dir: Path, out: Path, console: Console, policy: Path | None =
     if not path.exists():
         path = run_dir / "wm_pretrain.pt"
         if not path.exists():
-            raise RmioError(f"'{run_dir}' has no trained world model to export")
+            hint = (
+                " (a QMIX run: `rmio export RUN --world-model WM` pairs its Q-agent with one)"
+                if (run_dir / "qmix.pt").is_file()
+                else ""
+            )
+            raise RmioError(f"'{run_dir}' has no trained world model to export{hint}")
         console.print(
             "[yellow]no fine-tuned world model in this run: exporting the pre-trained one; it was "
             "never trained to fill in lost observations[/]"
@@ -309,6 +314,7 @@ def export_run(run_dir: Path, out: Path, console: Console, policy: Path | None =
             raise RmioError(f"bundle '{policy}' has no actor for {model.spec.name}")
         shutil.copy2(policy / other.files["actor"], out / "actor.onnx")
         manifest.files["actor"] = "actor.onnx"
+        manifest.actor_state = other.actor_state  # a recurrent actor keeps its declaration
         manifest.budget.update(
             {
                 "policy_source": portable_path(str(policy)),

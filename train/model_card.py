@@ -60,6 +60,11 @@ def model_card(manifest: Manifest) -> str:
         "wm_step": f"one {algo} world-model step after fine-tuning",
         "wm_step_pretrain": "the same world model before fine-tuning (the no-finetune baseline)",
     }
+    if manifest.actor_state is not None:
+        what["actor"] = (
+            f"recurrent actor ({manifest.budget.get('policy_algo') or 'policy'}): local "
+            "observation, id, available actions and hidden state -> action and next hidden state"
+        )
     lines += [f"| `{name}` | {what.get(role, role)} |" for role, name in manifest.files.items()]
     lines += ["", "## Variant", ""]
     lines += [f"- `world_model.model.{k}`: {model[k]}" for k in switches if k in model]

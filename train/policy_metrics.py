@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from rmio.errors import RmioError
 from rmio.runtime.bundle import load_manifest
 from rmio.runtime.models import make_session
 
@@ -38,6 +39,11 @@ class PolicyProbe:
         self.manifest = load_manifest(self.bundle)
         if "actor" not in self.manifest.files:
             raise ValueError(f"bundle '{bundle}' has no actor.onnx")
+        if self.manifest.actor_state is not None:
+            raise RmioError(
+                f"bundle '{bundle}': its actor is recurrent, and the policy metrics apply it to "
+                "single held-out steps without the hidden state their episode would have built"
+            )
         self.session = make_session(self.bundle / self.manifest.files["actor"])
         self.discrete = self.manifest.spec.discrete
         self.outputs = ["action"] + (

@@ -254,12 +254,18 @@ def losses(tmp: Path, quick: bool) -> str:
     )  # fmt: skip
 
 
-def wm_node(tmp: Path, quick: bool, repeats: int = 1, kill_at: float = 1.5) -> str:
+def wm_node(
+    tmp: Path,
+    quick: bool,
+    repeats: int = 1,
+    kill_at: float = 1.5,
+    transports: tuple[str, ...] = ("ipc", "udp", "tcp"),
+) -> str:
     """Rows alternate on-agent and node runs so a load change hits both placements alike."""
     steps = 300 if quick else 600
     rows = []
     for transport, rep, placement in itertools.product(
-        ("ipc", "udp", "tcp"), range(repeats), ("on-agent", "node")
+        transports, range(repeats), ("on-agent", "node")
     ):
         run = tmp / f"wm-{transport}-{placement}-{rep}"
         s = settings(run, steps, transport, world_model=placement)
@@ -324,6 +330,9 @@ def main() -> int:
         help="seconds into stepping at which the wm section kills the node (0: nearly every "
         "round runs without it)",
     )
+    parser.add_argument(
+        "--transports", default="ipc,udp,tcp", help="comma-separated transports of the wm section"
+    )
     args = parser.parse_args()
     why = unavailable()
     if why is not None:
@@ -331,8 +340,9 @@ def main() -> int:
         return 2
     sections = set(args.sections.split(","))
     unknown = sections - {"faults", "losses", "wm"}
+    unknown |= set(args.transports.split(",")) - {"ipc", "udp", "tcp"}
     if unknown or args.repeats < 1:
-        print(f"netfaults_bench: bad --sections {sorted(unknown)} or --repeats", file=sys.stderr)
+        print(f"netfaults_bench: unknown {sorted(unknown)} or --repeats < 1", file=sys.stderr)
         return 2
     load = [os.getloadavg()[0]]
     with TemporaryDirectory(prefix="rmio-netfaults-") as tmp:
@@ -344,7 +354,9 @@ def main() -> int:
             loss_table = losses(t, args.quick)
             print(loss_table, "\n")
         if "wm" in sections:
-            wm_table = wm_node(t, args.quick, args.repeats, args.kill_at)
+            wm_table = wm_node(
+                t, args.quick, args.repeats, args.kill_at, tuple(args.transports.split(","))
+            )
             print(wm_table, "\n")
     load.append(os.getloadavg()[0])
     print(f"load average {load[0]:.1f} at the start, {load[1]:.1f} at the end")

@@ -142,32 +142,40 @@ def table(header: list[str], rows: list[list[Any]]) -> str:
     return "\n".join(lines)
 
 
-def faults(tmp: Path, quick: bool) -> tuple[str, str]:
+def faults(
+    tmp: Path, quick: bool, transports: tuple[str, ...] = ("udp", "tcp", "ipc")
+) -> tuple[str, str]:
+    """Coordinator kills across the link with 2% loss (udp, tcp) and on the loopback without loss
+    (ipc: unix sockets do not cross the link), then partition-heal cycles over udp."""
     runs, steps = (2, 300) if quick else (9, 500)
     rows, totals = [], {"kills": 0, "cycles": 0, **dict.fromkeys(EVENTS, 0), "elections": 0}
     fast: dict[str, list[int]] = {}
-    for transport in ("udp", "tcp"):
+    for transport in transports:
         for k in range(runs if transport == "udp" else max(1, runs // 3)):
-            with NetLab() as lab:
-                lab.set_loss(0.02)
-                kills: list[float] = []
-                run = tmp / f"kill-{transport}-{k}"
-                s = settings(run, steps, transport, rate_hz=60.0, record=True)
-                s.seed = k
-                s.rejoin_after_s = 0.2
-                report = run_with(lab, s, run, kill_coordinators(1.0, kills))
+            kills: list[float] = []
+            run = tmp / f"kill-{transport}-{k}"
+            s = settings(run, steps, transport, rate_hz=60.0, record=True)
+            s.seed = k
+            s.rejoin_after_s = 0.2
+            if transport == "ipc":
+                report = _loopback_with(Launcher(s, run), kill_coordinators(1.0, kills))
+            else:
+                with NetLab() as lab:
+                    lab.set_loss(0.02)
+                    report = run_with(lab, s, run, kill_coordinators(1.0, kills))
             ev = report["events"]
             took = failovers(run, kills)
             totals["kills"] += len(kills)
             fast[transport] = fast.get(transport, []) + took
             for key in (*EVENTS, "elections"):
                 totals[key] += ev[key]
+            link = "loopback" if transport == "ipc" else "2% loss"
             rows.append(
-                [f"SIGKILL coordinator ({transport}, 2% loss)", len(kills), ev["elections"],
+                [f"SIGKILL coordinator ({transport}, {link})", len(kills), ev["elections"],
                  *(ev[e] for e in EVENTS), f"{ev['steps_missed']} / {report['env_steps']}",
                  f"{sum(x <= 1 for x in took)} / {len(took)}"]
             )  # fmt: skip
-    for k in range(1 if quick else 2):
+    for k in range(0 if "udp" not in transports else 1 if quick else 2):
         with NetLab() as lab:
             count = [0]
             s = settings(tmp / f"part-{k}", 400, "udp", rate_hz=60.0)
@@ -296,12 +304,14 @@ def _loopback_with(launcher: Launcher, action: Any) -> dict[str, Any]:
     if action is None:
         return launcher.run()
     stop = threading.Event()
+    status: dict[str, Any] = {}
+    launcher.on_status = status.update
 
     def drive() -> None:
         while not launcher.stepping and not stop.is_set():
             time.sleep(0.05)
         if not stop.is_set():
-            action(launcher, {}, stop)
+            action(launcher, status, stop)
 
     thread = threading.Thread(target=drive, daemon=True)
     thread.start()
@@ -331,7 +341,7 @@ def main() -> int:
         "round runs without it)",
     )
     parser.add_argument(
-        "--transports", default="ipc,udp,tcp", help="comma-separated transports of the wm section"
+        "--transports", default="ipc,udp,tcp", help="comma-separated transports of faults and wm"
     )
     args = parser.parse_args()
     why = unavailable()
@@ -348,7 +358,7 @@ def main() -> int:
     with TemporaryDirectory(prefix="rmio-netfaults-") as tmp:
         t = Path(tmp)
         if "faults" in sections:
-            fault_table, summary = faults(t, args.quick)
+            fault_table, summary = faults(t, args.quick, tuple(args.transports.split(",")))
             print(fault_table, "\n")
         if "losses" in sections:
             loss_table = losses(t, args.quick)

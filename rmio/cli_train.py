@@ -182,10 +182,16 @@ def finetune(
     device: str,
 ) -> None:
     """Masked fine-tuning of a pre-trained world model (Algorithm 2, lines 20-27); the masks can
-    also come from burst or blackout loss and from a range of rates (rmio's, not the paper's)."""
-    _refuse_marie(_run_is_marie(run_dir), "masked fine-tuning")
+    also come from burst or blackout loss and from a range of rates (rmio's, not the paper's).
+
+    On a MARIE run (--algo marie), rmio's masked-token fine-tuning of MARIE (not the paper's):
+    lost agents' tokens become [MASK] and are predicted all at once."""
     _require_torch()
-    from rmio.train.wm_train import finetune_world_model
+    marie = _run_is_marie(run_dir)  # rmio's masked fine-tuning of MARIE (train/marie_finetune.py)
+    if marie:
+        from rmio.train.marie_finetune import finetune_marie as finetune_world_model
+    else:
+        from rmio.train.wm_train import finetune_world_model
 
     masks: dict[str, Any] = {}
     if mask_models is not None:

@@ -110,6 +110,16 @@ SECTIONS: list[tuple[str, str, str]] = [
         "python bench/marie_spike.py export --out runs/marie_spike && python "
         "bench/marie_spike.py time --graphs runs/marie_spike (background trainings paused)",
     ),
+    (
+        "Open-loop error against horizon, RMIOv2 and MARIE: HalfCheetah 6x1 (issue 23)",
+        "open_loop_halfcheetah_6x1.md",
+        "python bench/open_loop.py LABEL=RUN_DIR... --root RUNS (see the command line inside)",
+    ),
+    (
+        "Open-loop error against horizon, RMIOv2 and MARIE: SMAX 2s3z (issue 23)",
+        "open_loop_smax_2s3z.md",
+        "python bench/open_loop.py LABEL=RUN_DIR... --root RUNS (see the command line inside)",
+    ),
     ("What a call costs right after a sleep", "cold_calls.md", "python bench/cold_calls.py"),
     ("Environment throughput", "env_throughput.md", "python bench/env_throughput.py"),
 ]

@@ -1,5 +1,5 @@
 """`rmio eval robustness`: the paper's robustness curve from a bundle (torch-free) or a run
-(exported first)."""
+(exported first); `rmio eval open-loop`: world models' open-loop error against horizon."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from typing import Any
 
 import click
 
-from rmio.cli_params import BUNDLE_OR_RUN, json_option, loss_options
+from rmio.cli_params import BUNDLE_OR_RUN, DEVICE, json_option, loss_options
 from rmio.defaults import DEFAULT_P_LOSS
-from rmio.errors import RmioError
+from rmio.errors import MissingExtraError, RmioError
 from rmio.runtime.settings import TRANSPORTS
 
 
@@ -208,3 +208,86 @@ def register(eval_group: click.Group) -> None:
         if as_json:
             files = {k: Path(v) for k, v in result["files"].items()}
             click.echo(json.dumps(summary_json(result, files)))
+
+
+def register_open_loop(eval_group: click.Group) -> None:
+    @eval_group.command("open-loop")
+    @click.argument(
+        "run_dirs",
+        nargs=-1,
+        required=True,
+        type=click.Path(path_type=Path, exists=True, file_okay=False),
+    )
+    @click.option(
+        "--data",
+        type=click.Path(path_type=Path, exists=True, file_okay=False),
+        default=None,
+        help="Run directory whose held-out episodes every model is scored on (default: the first).",
+    )
+    @click.option("--context", type=click.IntRange(min=1), default=5, show_default=True)
+    @click.option("--horizon", type=click.IntRange(min=1), default=15, show_default=True)
+    @click.option(
+        "--windows",
+        type=click.IntRange(min=1),
+        default=256,
+        show_default=True,
+        help="Held-out windows, spread evenly over the episodes.",
+    )
+    @click.option(
+        "--checkpoint",
+        type=click.Choice(["pretrain", "finetune"]),
+        default="pretrain",
+        show_default=True,
+        help="wm_<checkpoint>.pt (RMIOv2) or marie_<checkpoint>.pt (MARIE).",
+    )
+    @click.option("--sample", is_flag=True, help="MARIE draws its tokens (default: argmax).")
+    @click.option(
+        "--out",
+        type=click.Path(path_type=Path),
+        default=None,
+        help="Results folder (default: results/open-loop-<data run>).",
+    )
+    @click.option(
+        "--device", type=DEVICE, default="cpu", show_default=True, help="cpu, cuda or cuda:N."
+    )
+    def open_loop_cmd(
+        run_dirs: tuple[Path, ...],
+        data: Path | None,
+        context: int,
+        horizon: int,
+        windows: int,
+        checkpoint: str,
+        sample: bool,
+        out: Path | None,
+        device: str,
+    ) -> None:
+        """Open-loop error against prediction horizon (MARIE's Fig. 7) of RMIOv2 and MARIE world
+        models on the same held-out windows: observation L1 and reward error at every horizon,
+        open loop and teacher-forced; writes open_loop.{md,json,png}."""
+        try:
+            import torch
+        except ImportError:
+            raise MissingExtraError("training", "train") from None
+        from rmio.console import console
+        from rmio.train import open_loop_report
+        from rmio.train.common import resolve_device
+        from rmio.train.open_loop import evaluate_open_loop
+
+        dev = resolve_device(device)
+        torch.set_num_threads(1)
+        result = evaluate_open_loop(
+            list(run_dirs),
+            data,
+            context=context,
+            horizon=horizon,
+            windows=windows,
+            checkpoint=checkpoint,
+            device=dev,
+            sample=sample,
+        )
+        if out is None:
+            out = Path("results") / f"open-loop-{(data or run_dirs[0]).resolve().name}"
+        title = f"{result['scenario']}: open-loop error against horizon"
+        paths = open_loop_report.write(result, out, "open_loop", title)
+        open_loop_report.print_table(result, console)
+        console.print(f"wrote {paths['md']}, {paths['json']} and {paths['png']}")

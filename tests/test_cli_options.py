@@ -212,6 +212,7 @@ def _device_commands(tmp_path: Path) -> dict[str, list[str]]:
         "train qmix": ["train", "qmix", "lbf_8x8_2p_2f_coop", "--debug"],
         "train finetune": ["train", "finetune", str(run)],
         "eval reconstruction": ["eval", "reconstruction", str(run)],
+        "eval open-loop": ["eval", "open-loop", str(run)],
         "ablate": ["ablate", "fusion_halfcheetah_6x1", "--debug"],
     }
 

@@ -23,6 +23,7 @@ the learning curve does:
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -50,25 +51,35 @@ def slice_batch(batch: Batch, start: int, stop: int) -> Batch:
 
 
 @torch.no_grad()
+def prior_rollout(
+    model: RMIOWorldModel, batch: Batch, context: int, horizon: int
+) -> Iterator[tuple[int, dict[str, torch.Tensor]]]:
+    """The posterior filters rows [0, context), then the prior's mode rolls forward under the real
+    actions: yields (k, the heads at row context - 1 + k) for k = 1..horizon while rows remain
+    (also `rmio eval open-loop`'s RMIOv2 side, rmio.train.open_loop)."""
+    h, z, _ = start_batch(model, slice_batch(batch, 0, context))
+    for k in range(1, horizon + 1):
+        t = context - 1 + k
+        if t >= batch.obs.shape[1]:
+            return
+        h = model.transition(h, z, batch.prev_action[:, t])
+        z = model.prior(h).mode()
+        yield k, model.heads(h, z)
+
+
+@torch.no_grad()
 def open_loop_errors(
     model: RMIOWorldModel, batch: Batch, context: int, steps: tuple[int, ...] = DIAG_STEPS
 ) -> dict[str, float]:
     """Open-loop observation and reward error ``steps`` ahead of the last context row (see the
     module docstring); a step no window reaches is left out."""
     obs_n = model.normalize_obs(batch.obs)
-    ctx = slice_batch(batch, 0, context)
-    h, z, _ = start_batch(model, ctx)
     fm = model.feature_mask
     alive = torch.ones(batch.obs.shape[0], device=batch.obs.device)
     out: dict[str, float] = {}
-    for k in range(1, max(steps) + 1):
+    for k, heads in prior_rollout(model, batch, context, max(steps)):
         t = context - 1 + k
-        if t >= batch.obs.shape[1]:
-            break
         alive = alive * (1.0 - batch.is_first[:, t])  # the real episode ended before row t
-        h = model.transition(h, z, batch.prev_action[:, t])
-        z = model.prior(h).mode()
-        heads = model.heads(h, z)
         if k not in steps or alive.sum() == 0:
             continue
         err = (((heads["obs"] - obs_n[:, t]) ** 2 * fm).sum(-1) / fm.sum(-1)).mean(-1)

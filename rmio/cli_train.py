@@ -316,16 +316,21 @@ def export(
     from rmio.train.export import export_run
     from rmio.train.export_q import export_qmix, is_q_checkpoint
 
-    q_run = (run_dir / "qmix.pt").is_file() and not list(run_dir.glob("wm_*.pt"))
+    # a QMIX run (no world model of its own): its final Q-agent, else its last checkpoint's
+    q_ckpt = next(
+        (run_dir / f for f in ("qmix.pt", "ckpt_qmix.pt") if (run_dir / f).is_file()), None
+    )
+    if list(run_dir.glob("wm_*.pt")):
+        q_ckpt = None
     if policy is not None and is_q_checkpoint(policy):  # RUN_DIR holds the world model
         export_qmix(policy, world_model or run_dir, out or run_dir / "bundle", _console())
-    elif q_run:
+    elif q_ckpt is not None:
         if world_model is None:
             raise RmioError(
                 f"'{run_dir}' is a QMIX run, which trains no world model: name one of the same "
                 "task with --world-model (a bundle, a shipped name or a world-model run directory)"
             )
-        export_qmix(run_dir / "qmix.pt", world_model, out or run_dir / "bundle", _console())
+        export_qmix(q_ckpt, world_model, out or run_dir / "bundle", _console())
     elif world_model is not None:
         raise RmioError(
             f"--world-model pairs a QMIX actor with a world model, and '{run_dir}' is no QMIX run "

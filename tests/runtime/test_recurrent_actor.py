@@ -281,6 +281,33 @@ def test_export_errors_are_one_line(qmix_run: Path, tmp_path: Path) -> None:
     assert "\n" not in str(err.value) and not (tmp_path / "b2").exists()
 
 
+def test_the_other_export_forms(qmix_run: Path, world_model: Path, tmp_path: Path) -> None:
+    """A QMIX run that only has its last checkpoint, and the pairing named from the world model's
+    side (`rmio export WM --policy qmix.pt`), give the same actor."""
+    from click.testing import CliRunner
+
+    from rmio.cli import cli
+
+    partial = tmp_path / "partial"
+    partial.mkdir()
+    for name in ("config.yaml", "ckpt_qmix.pt"):
+        shutil.copy2(qmix_run / name, partial / name)
+    runs = {
+        "ckpt": ["export", str(partial), "--world-model", str(world_model)],
+        "policy": ["export", str(world_model), "--policy", str(qmix_run / "qmix.pt")],
+    }
+    digests = {}
+    for key, args in runs.items():
+        out = tmp_path / key
+        res = CliRunner().invoke(cli, [*args, "--out", str(out)])
+        assert res.exit_code == 0, res.output
+        man = load_manifest(out)
+        assert man.actor_state is not None and man.metrics["actor_parity"] == 0.0
+        digests[key] = man.sha256["actor.onnx"]
+    # ckpt_qmix.pt and qmix.pt hold the same final agent: the same graph, byte for byte
+    assert digests["ckpt"] == digests["policy"]
+
+
 def test_a_stateless_manifest_round_trips_without_the_key(q_bundle: Path) -> None:
     man = load_manifest(q_bundle)
     again = Manifest.from_dict(json.loads(json.dumps(man.to_dict())))

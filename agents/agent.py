@@ -30,7 +30,7 @@ from rmio.runtime.bundle import load_manifest
 from rmio.runtime.history import ActionCodec, HistoryRing
 from rmio.runtime.membership import Liveness, ServerHealth, View
 from rmio.runtime.metrics import Samples
-from rmio.runtime.models import ActorRunner, WorldModelRunner
+from rmio.runtime.models import ActorRunner, WorldModel, world_model_runner
 from rmio.runtime.node import NodeBase, now_ns
 from rmio.runtime.settings import SwarmSettings
 from rmio.runtime.stop import Stop
@@ -98,14 +98,14 @@ class Agent(LivenessMixin, ElectionMixin):
         self.lost_retry_at = float("inf")
         self.wm_health = ServerHealth()
         self._live_due = 0.0
-        self._wm: WorldModelRunner | None = None
+        self._wm: WorldModel | None = None
         if settings.recon == "world-model":
             # loaded up front: any agent may have to coordinate within a step deadline
             self.world_model()
 
-    def world_model(self) -> WorldModelRunner:
-        if self._wm is None:
-            self._wm = WorldModelRunner(self.settings.bundle, self.manifest)
+    def world_model(self) -> WorldModel:
+        if self._wm is None:  # RMIOv2's step graph, or a window graph (MARIE's)
+            self._wm = world_model_runner(self.settings.bundle, self.manifest)
         return self._wm
 
     # -- the event loop ---------------------------------------------------------------------

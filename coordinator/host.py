@@ -15,7 +15,7 @@ import numpy as np
 
 from rmio.runtime.history import HistoryRing
 from rmio.runtime.membership import Liveness, ServerHealth, View
-from rmio.runtime.models import WorldModelRunner
+from rmio.runtime.models import WorldModel
 from rmio.runtime.node import NodeBase
 from rmio.runtime.settings import SwarmSettings
 
@@ -54,7 +54,7 @@ class AgentHost(Protocol):
         """A step a peer may talk about now: ours, one either side, or the next episode's start."""
         ...
 
-    def world_model(self) -> WorldModelRunner: ...
+    def world_model(self) -> WorldModel: ...
 
     def deliver_recon(self, ep: int, t: int, row: np.ndarray, start: int, epoch: int) -> None:
         """Act on a reconstruction of this agent's own observation."""

@@ -32,7 +32,7 @@ from rmio.runtime import timeline
 from rmio.runtime.bundle import Manifest
 from rmio.runtime.history import ActionCodec, WindowCache, replay_plan
 from rmio.runtime.metrics import Samples
-from rmio.runtime.models import LatentState, WorldModelRunner
+from rmio.runtime.models import LatentState, WorldModel, carries_state
 from rmio.runtime.node import now_ns
 from rmio.runtime.wire import MAX_COUNTER, Message, WireError
 
@@ -110,6 +110,11 @@ class Coordinator:
         self.rounds_started = 0
         self._rid = 0
         self.use_node = self.settings.world_model == "node"
+        self.stateful = carries_state(manifest)
+        """False for a window graph (MARIE's): no latent state, in a WM_REP or between rounds."""
+        self.incremental = self.settings.wm_mode == "incremental" and self.stateful
+        """Continue the latent state between rounds (never without one: every round of a window
+        graph reads its whole window)."""
         steps = self.settings.stream_steps
         self.stream_steps = 0 if self.settings.full_resync else (self.l if steps is None else steps)
         every = self.settings.resend_s()
@@ -120,7 +125,7 @@ class Coordinator:
         self.stream_epoch = -1
 
     @property
-    def wm(self) -> WorldModelRunner:
+    def wm(self) -> WorldModel:
         return self.agent.world_model()
 
     def close(self) -> None:
@@ -391,7 +396,7 @@ class Coordinator:
         r.observed |= {j for j in range(self.n) if self.cache.obs[j].get(r.t) is not None}
         chain = self.chain
         chain_t = chain.t if chain is not None and chain.ep == r.ep else None
-        cont, r.start = replay_plan(r.t, self.l, chain_t, self.settings.wm_mode == "incremental")
+        cont, r.start = replay_plan(r.t, self.l, chain_t, self.incremental)
         r.chain_start = chain.start if cont and chain is not None else r.start
         obs_w, act_w, masks, complete = self.cache.window(r.t, r.start)
         state = chain.state if cont and chain is not None else None
@@ -433,10 +438,13 @@ class Coordinator:
             return
         spec = self.manifest.spec
         recon = msg.array("obs", (self.n, spec.obs_dim), "<f4")
-        h = msg.array("h", (self.n, self.manifest.deter), "<f4")
-        z = msg.array("z", (self.n, self.manifest.stoch), "<f4")
+        state = None  # a window graph's WM_REP carries no state
+        if self.stateful:
+            h = msg.array("h", (self.n, self.manifest.deter), "<f4")
+            z = msg.array("z", (self.n, self.manifest.stoch), "<f4")
+            state = LatentState(h[None].copy(), z[None].copy())
         self.samples.add("wm_us", float(msg["us"]))
-        self._finish(r, recon.copy(), LatentState(h[None].copy(), z[None].copy()))
+        self._finish(r, recon.copy(), state)
 
     def _finish_locally(self, r: Round) -> None:
         obs_w, act_w, masks, state, _ = r.request
@@ -445,10 +453,10 @@ class Coordinator:
         self.samples.add("wm_us", (now_ns() - start) / 1e3)
         self._finish(r, recons[-1], new_state)
 
-    def _finish(self, r: Round, recon: np.ndarray, state: LatentState) -> None:
+    def _finish(self, r: Round, recon: np.ndarray, state: LatentState | None) -> None:
         complete = r.request[4] if r.request is not None else False
         # continue next time only from a window nothing was missing in
-        if self.settings.wm_mode == "incremental":
+        if self.incremental and state is not None:
             self.chain = Chain(r.ep, r.t, r.chain_start, state) if complete else None
         r.recon = recon
         r.state = "done"

@@ -1,11 +1,12 @@
 """The world-model node: a stateless reconstruction server a coordinator can forward its window to.
 
-It runs the same ``WorldModelRunner.replay`` as an on-agent coordinator, on the CUDA provider when
-onnxruntime has it (the CPU otherwise), so a swarm of small devices can keep its world model on one
-bigger machine. Stateless on purpose: in incremental mode the coordinator sends the latent state
-with the request and keeps the returned one, so a node restart loses nothing and any coordinator
-can use any node. Requests are checked against the bundle's shapes; a bad one is counted and
-dropped.
+It runs the same ``replay`` as an on-agent coordinator (RMIOv2's step graph, or MARIE's window
+graph), on the CUDA provider when onnxruntime has it (the CPU otherwise), so a swarm of small
+devices can keep its world model on one bigger machine. Stateless on purpose: in incremental mode
+the coordinator sends the latent state with the request and keeps the returned one, so a node
+restart loses nothing and any coordinator can use any node (a window graph has no state: its
+WM_REP carries the reconstruction alone). Requests are checked against the bundle's shapes; a bad
+one is counted and dropped.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from collections import Counter
 from rmio.runtime.bundle import load_manifest
 from rmio.runtime.history import ActionCodec
 from rmio.runtime.metrics import Samples
-from rmio.runtime.models import LatentState, WorldModelRunner
+from rmio.runtime.models import LatentState, carries_state, world_model_runner
 from rmio.runtime.node import NodeBase, now_ns
 from rmio.runtime.settings import SwarmSettings
 from rmio.runtime.stop import Stop
@@ -32,7 +33,10 @@ class WorldModelNode:
     ) -> None:
         self.settings, self.node, self.inc = settings, node, inc
         self.manifest = load_manifest(settings.bundle)
-        self.wm = WorldModelRunner(settings.bundle, self.manifest, device=device)
+        self.wm = world_model_runner(settings.bundle, self.manifest, device=device)
+        self.stateful = carries_state(self.manifest)
+        """False for a window graph (MARIE's): requests never continue a state, and a WM_REP
+        carries the reconstruction alone."""
         self.codec = ActionCodec.of(self.manifest.spec)
         self.samples = Samples()
         self.counts: Counter = Counter()
@@ -105,6 +109,8 @@ class WorldModelNode:
         masks = msg.array("mask", (T, n), "<f4")
         state = None
         if msg["cont"]:
+            if not self.stateful:
+                raise WireError("bad_field", "a window graph has no state to continue")
             h = msg.array("h", (n, m.deter), "<f4")
             z = msg.array("z", (n, m.stoch), "<f4")
             state = LatentState(h[None].copy(), z[None].copy())
@@ -113,10 +119,13 @@ class WorldModelNode:
         us = (now_ns() - start) // 1000
         self.samples.add("wm_node_us", float(us))
         self.counts["requests"] += 1
+        arrays = {"obs": recons[-1]}
+        if self.stateful:
+            arrays.update(h=new_state.h[0], z=new_state.z[0])
         self.node.send(
             msg.src,
             "WM_REP",
-            {"obs": recons[-1], "h": new_state.h[0], "z": new_state.z[0]},
+            arrays,
             rid=msg["rid"],
             ok=True,
             us=int(us),

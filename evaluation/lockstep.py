@@ -16,7 +16,7 @@ from rmio.envs.loss import LossConfig, LossyEnv, make_loss_model
 from rmio.envs.registry import EnvConfig, make_env
 from rmio.runtime.bundle import Manifest
 from rmio.runtime.history import ActionCodec, replay_plan
-from rmio.runtime.models import ActorRunner, LatentState, WorldModelRunner
+from rmio.runtime.models import ActorRunner, LatentState, WorldModel, carries_state
 
 SEED_STRIDE = 1000
 """Seed family s runs episodes with env seeds s*SEED_STRIDE + k."""
@@ -40,7 +40,7 @@ class BatchedPolicy:
         actor: ActorRunner,
         manifest: Manifest,
         strategy: str,
-        wm: WorldModelRunner | None = None,
+        wm: WorldModel | None = None,
         wm_mode: str = "window",
     ) -> None:
         if strategy in ("world-model", "no-finetune") and wm is None:
@@ -50,7 +50,7 @@ class BatchedPolicy:
             manifest,
             strategy,
             wm,
-            wm_mode,
+            wm_mode if carries_state(manifest) else "window",  # a window graph has no state
         )
         self.spec = manifest.spec
         self.codec = ActionCodec.of(self.spec)

@@ -21,7 +21,7 @@ from rmio.envs.loss import LossConfig, LossyEnv, make_loss_model
 from rmio.envs.registry import EnvConfig, make_env
 from rmio.runtime.bundle import load_manifest
 from rmio.runtime.history import ActionCodec, replay_plan
-from rmio.runtime.models import ActorRunner, LatentState, WorldModelRunner
+from rmio.runtime.models import ActorRunner, LatentState, carries_state, world_model_runner
 from rmio.runtime.vocabulary import STRATEGIES
 
 
@@ -43,8 +43,10 @@ class ReferencePolicy:
         self.actor = ActorRunner(bundle, self.manifest)
         if recon not in STRATEGIES:
             raise ValueError(f"recon must be one of {STRATEGIES}, got {recon!r}")
-        self.wm = WorldModelRunner(bundle, self.manifest) if recon == "world-model" else None
-        self.recon, self.wm_mode = recon, wm_mode
+        self.wm = world_model_runner(bundle, self.manifest) if recon == "world-model" else None
+        self.recon = recon
+        # a window graph (MARIE's) has no state to continue: every round reads its whole window
+        self.wm_mode = wm_mode if carries_state(self.manifest) else "window"
         self.codec = ActionCodec.of(self.spec)
         self.l = self.manifest.history_window
         self.reset()

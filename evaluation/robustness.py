@@ -29,7 +29,7 @@ from rmio.envs.loss import LossConfig, at_lost_fraction, describe
 from rmio.envs.registry import EnvConfig
 from rmio.errors import RmioError
 from rmio.evaluation.lockstep import SEED_STRIDE, BatchedPolicy, Episode, Lockstep, random_policy
-from rmio.runtime.models import ActorRunner, WorldModelRunner
+from rmio.runtime.models import ActorRunner, world_model_runner
 from rmio.runtime.settings import env_config_for
 from rmio.runtime.validate import verify_bundle
 from rmio.runtime.vocabulary import EVAL_STRATEGIES
@@ -143,10 +143,10 @@ def sweep(
     env_cfg = EnvConfig(**env_config_for(manifest, episode_limit))
     actor = ActorRunner(bundle, manifest)
     models = {
-        "world-model": WorldModelRunner(bundle, manifest) if "world-model" in strategies else None
+        "world-model": world_model_runner(bundle, manifest) if "world-model" in strategies else None
     }
     if "no-finetune" in strategies:
-        models["no-finetune"] = WorldModelRunner(
+        models["no-finetune"] = world_model_runner(
             bundle, manifest, file=manifest.files["wm_step_pretrain"]
         )
     metric = (

@@ -35,7 +35,7 @@ from rmio.evaluation.robustness import resolve_bundle, sweep
 from rmio.models import find_bundle
 from rmio.runtime.bundle import Manifest, load_manifest
 from rmio.runtime.launcher import Launcher
-from rmio.runtime.models import ActorRunner, WorldModelRunner
+from rmio.runtime.models import ActorRunner, WorldModel, world_model_runner
 from rmio.runtime.settings import SwarmSettings, env_config_for
 from rmio.runtime.validate import check_bundle
 
@@ -80,12 +80,13 @@ class Bundle:
         """The greedy action of agent(s) ``agent_id`` on raw observation(s) ``obs``."""
         return self.actor.act(obs, agent_id, avail)
 
-    def world_model(self, pretrain: bool = False, device: str = "cpu") -> WorldModelRunner:
-        """``wm_step.onnx`` (or the pre-fine-tuning one): ``step``, ``replay`` over a window."""
+    def world_model(self, pretrain: bool = False, device: str = "cpu") -> WorldModel:
+        """``wm_step.onnx`` (or the pre-fine-tuning one): ``step``, ``replay`` over a window; a
+        MARIE bundle's window graph: ``replay`` only (rmio.runtime.models.WindowModelRunner)."""
         role = "wm_step_pretrain" if pretrain else "wm_step"
         if role not in self.manifest.files:
             raise RmioError(f"bundle '{self.path}' has no {role} graph")
-        return WorldModelRunner(self.path, self.manifest, device, self.manifest.files[role])
+        return world_model_runner(self.path, self.manifest, device, self.manifest.files[role])
 
     def env_config(self, episode_limit: int | None = None) -> EnvConfig:
         """The task the bundle was trained on, as ``make_env`` and ``parallel_env`` take it."""

@@ -204,3 +204,43 @@ def launch(bundle: str | Path, out: str | Path, *, steps: int = 200, **kw: Any) 
         bundle=str(bundle), n_agents=man.spec.n_agents, env=env_config_for(man, steps), **kw
     )
     return Launcher(settings, Path(out)).run()
+
+
+def make_tiny_marie_bundle(
+    out_dir: str | Path,
+    history_window: int = 6,
+    updates: int = 12,
+    finetune_updates: int = 8,
+    preset: str = "tiny",
+) -> Path:
+    """A MARIE bundle for HalfCheetah 6x1 (issue 23): MARIE trained ``updates`` updates on the
+    debug preset's data, masked-fine-tuned ``finetune_updates`` more, exported with the committed
+    HalfCheetah actor. Its run directory is ``<out_dir>-run``. Returns the bundle directory."""
+    from rich.console import Console
+
+    from rmio.config import load_config, save_config
+    from rmio.models import find_bundle
+    from rmio.train.export import export_run
+    from rmio.train.marie_finetune import finetune_marie
+    from rmio.train.marie_train import train_marie
+
+    out = Path(out_dir)
+    run = out.parent / f"{out.name}-run"
+    cfg = load_config(
+        "halfcheetah_6x1",
+        preset="debug",
+        algo="marie",
+        overrides=[
+            f"marie.preset={preset}",
+            f"marie.seq_len={history_window}",
+            f"world_model.history_window={history_window}",
+            f"world_model.train.updates={updates}",
+            "world_model.train.checkpoint_every=4",
+            "world_model.train.log_every=4",
+        ],
+    )
+    save_config(cfg, run)
+    quiet = Console(quiet=True)
+    train_marie(cfg, run, "cpu", quiet)
+    finetune_marie(run, None, "cpu", quiet, finetune_updates)
+    return export_run(run, out, quiet, find_bundle("halfcheetah_6x1"))

@@ -101,6 +101,12 @@ class Manifest:
     """Width of an agent's action as the world model consumes it (one-hot size for discrete)."""
     obs_mean: list[list[float]]
     obs_std: list[list[float]]
+    wm_window: dict[str, Any] | None = None
+    """None (every bundle before MARIE's): ``wm_step`` is RMIOv2's one-step graph. Otherwise
+    ``wm_step`` names a window graph (MARIE's; inputs and outputs in ``rmio.runtime.models``'s
+    ``WM_WINDOW_INPUTS``): ``{"algo": "marie", "preset": ..., "steps": L, "tokens": K}`` with L
+    the last steps of the window it reads and K the tokens per observation; it carries no state
+    between rounds (deter = stoch = 0)."""
     files: dict[str, str] = field(
         default_factory=lambda: {"actor": "actor.onnx", "wm_step": "wm_step.onnx"}
     )
@@ -118,6 +124,8 @@ class Manifest:
 
     def to_dict(self) -> dict[str, Any]:
         out = {k: v for k, v in self.__dict__.items() if k not in ("spec", "actor_state")}
+        if self.wm_window is None:  # only a window graph's: a step graph's manifest is as before
+            del out["wm_window"]
         out["spec"] = self.spec.to_dict()
         if self.actor_state is not None:  # a stateless actor's manifest reads as before
             out["actor_state"] = self.actor_state.to_dict()

@@ -279,3 +279,131 @@ class WorldModelRunner:
             state, recon = self.step(state, enc[t], visible, masks[t])
             recons.append(recon)
         return state, np.stack(recons)
+
+
+WM_WINDOW_INPUTS = ("obs", "actions", "mask", "valid")
+"""A window graph's inputs (``Manifest.wm_window``, MARIE's), all float32: ``obs`` (B, n, L,
+obs_dim) raw with zero rows where lost, ``actions`` (B, n, L - 1, act_width) the actions taken on
+the window's steps before t, encoded as for ``wm_step``, ``mask`` (B, n, L) 1 observed, ``valid``
+(B, L) 1 for the window's steps: a window of k < L steps (an episode's first) fills positions
+0..k-1 and ends there."""
+WM_WINDOW_OUTPUTS = ("obs_recon", "tokens_t")
+"""``obs_recon`` (B, n, obs_dim) float32, step t in raw units; ``tokens_t`` (B, n, K) int64."""
+
+
+def carries_state(manifest: Manifest) -> bool:
+    """Whether rounds can continue a latent state (the ``incremental`` mode): RMIOv2's step graph
+    can; a window graph has no state, so every round reads its whole window."""
+    return manifest.wm_window is None
+
+
+class WindowModelRunner:
+    """A window graph (MARIE's, docs/ARCHITECTURE.md "MARIE in the swarm"): one call per round on
+    the last L steps of the window, no state between rounds. The same ``replay`` and
+    ``replay_batch`` as ``WorldModelRunner``, so every caller runs either; the reconstruction they
+    return is step t's alone ((1, ...) where a step graph gives every step), and the state is
+    empty (width 0)."""
+
+    def __init__(
+        self,
+        bundle_dir: str | Path,
+        manifest: Manifest | None = None,
+        device: str = "cpu",
+        file: str | None = None,
+    ) -> None:
+        self.manifest = manifest or load_manifest(bundle_dir)
+        window = self.manifest.wm_window
+        steps = None if window is None else window.get("steps")
+        if not isinstance(steps, int) or not 2 <= steps <= self.manifest.history_window + 1:
+            raise RmioError(
+                f"bundle '{bundle_dir}': wm_window.steps must be an integer in [2, history_window "
+                f"+ 1], got {steps!r}"
+            )
+        self.steps = steps
+        self.session = make_session(
+            Path(bundle_dir) / (file or self.manifest.files["wm_step"]), device=device
+        )
+        names = [i.name for i in self.session.get_inputs()]
+        if sorted(names) != sorted(WM_WINDOW_INPUTS):
+            raise ValueError(f"window graph inputs are {names}, expected {list(WM_WINDOW_INPUTS)}")
+        self._one = BoundCall(self.session) if device == "cpu" else None
+
+    def initial_state(self, batch: int = 1) -> LatentState:
+        """No state: (batch, n, 0) arrays, so code that stores states stores nothing."""
+        empty = np.zeros((batch, self.manifest.spec.n_agents, 0), np.float32)
+        return LatentState(empty, empty.copy())
+
+    def encode_actions(self, actions: np.ndarray) -> np.ndarray:
+        """As ``WorldModelRunner.encode_actions``: one-hot (-1, no action, as zeros) or floats."""
+        actions = np.asarray(actions)
+        if self.manifest.spec.discrete:
+            ids = actions.astype(np.int64)[..., None]
+            return (ids == np.arange(self.manifest.act_width)).astype(np.float32)
+        return actions.astype(np.float32)
+
+    def feeds(
+        self, obs: np.ndarray, prev_actions: np.ndarray, masks: np.ndarray
+    ) -> dict[str, np.ndarray]:
+        """The graph's inputs for B windows (T, B, n, ...) of steps s..t with a_{s-1..t-1}: their
+        last k = min(T, L) steps at positions 0..k-1 (padded after them when k < L)."""
+        T, B, n, d = obs.shape
+        L, k = self.steps, min(obs.shape[0], self.steps)
+        m = np.asarray(masks[T - k :], np.float32)
+        o = np.zeros((B, n, L, d), np.float32)
+        o[:, :, :k] = (obs[T - k :] * m[..., None]).transpose(1, 2, 0, 3)
+        mask = np.zeros((B, n, L), np.float32)
+        mask[:, :, :k] = m.transpose(1, 2, 0)
+        acts = np.zeros((B, n, L - 1, self.manifest.act_width), np.float32)
+        if k > 1:  # the actions taken on the window's steps before t
+            acts[:, :, : k - 1] = self.encode_actions(prev_actions[T - k + 1 :]).transpose(
+                1, 2, 0, 3
+            )
+        valid = np.zeros((B, L), np.float32)
+        valid[:, :k] = 1.0
+        return {"obs": o, "actions": acts, "mask": mask, "valid": valid}
+
+    def replay(
+        self,
+        obs: np.ndarray,
+        prev_actions: np.ndarray,
+        masks: np.ndarray,
+        state: LatentState | None = None,
+    ) -> tuple[LatentState, np.ndarray]:
+        """The window o_{s..t} (T, n, obs_dim), a_{s-1..t-1} (T, n, ...), m (T, n) -> (empty state,
+        step t's reconstruction (1, n, obs_dim)); ``state`` is ignored (there is none)."""
+        state, recons = self.replay_batch(
+            obs[:, None], prev_actions[:, None], masks[:, None], state
+        )
+        return state, recons[:, 0]
+
+    def replay_batch(
+        self,
+        obs: np.ndarray,
+        prev_actions: np.ndarray,
+        masks: np.ndarray,
+        state: LatentState | None = None,
+    ) -> tuple[LatentState, np.ndarray]:
+        """``replay`` for B windows: (T, B, n, ...) in, (1, B, n, obs_dim) out."""
+        feeds = self.feeds(obs, prev_actions, masks)
+        if self._one is not None and self._one.fits(feeds):  # a coordinator's round: batch 1
+            recon = self._one.run(feeds)["obs_recon"].copy()
+        else:
+            recon = self.session.run(["obs_recon"], feeds)[0]
+        return self.initial_state(obs.shape[1]), recon[None]
+
+
+WorldModel = WorldModelRunner | WindowModelRunner
+"""Either kind of world-model runner: both ``replay`` a window."""
+
+
+def world_model_runner(
+    bundle_dir: str | Path,
+    manifest: Manifest | None = None,
+    device: str = "cpu",
+    file: str | None = None,
+) -> WorldModel:
+    """The runner a bundle's world model needs: RMIOv2's step graph, or a window graph
+    (``Manifest.wm_window``, MARIE's)."""
+    manifest = manifest or load_manifest(bundle_dir)
+    cls = WorldModelRunner if manifest.wm_window is None else WindowModelRunner
+    return cls(bundle_dir, manifest, device, file)

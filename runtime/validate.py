@@ -17,7 +17,8 @@ import numpy as np
 
 from rmio.errors import RmioError
 from rmio.runtime.bundle import Manifest, load_manifest
-from rmio.runtime.models import ActorRunner, WorldModelRunner, make_session
+from rmio.runtime.history import ActionCodec
+from rmio.runtime.models import ActorRunner, WorldModelRunner, make_session, world_model_runner
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,8 @@ def bundle_checksums(bundle: str | Path, manifest: Manifest) -> dict[str, str]:
 def expected_signatures(manifest: Manifest, role: str) -> tuple[Signature, Signature]:
     """The inputs and outputs (name -> dtype, shape) a graph of ``role`` must have for this
     manifest: the contract of ``rmio.runtime.bundle``."""
+    if role == "wm_window":
+        return window_signatures(manifest)
     spec = manifest.spec
     n, d = spec.n_agents, spec.obs_dim
     if role == "actor":
@@ -70,6 +73,27 @@ def expected_signatures(manifest: Manifest, role: str) -> tuple[Signature, Signa
         "h_next": ("float32", (BATCH, n, manifest.deter)),
         "z_next": ("float32", (BATCH, n, manifest.stoch)),
         "obs_recon": ("float32", (BATCH, n, d)),
+    }
+    return inputs, outputs
+
+
+def window_signatures(manifest: Manifest) -> tuple[Signature, Signature]:
+    """A window graph's (``Manifest.wm_window``, MARIE's): ``WM_WINDOW_INPUTS`` over the L steps
+    the manifest names, ``WM_WINDOW_OUTPUTS`` with its K tokens."""
+    window = manifest.wm_window or {}
+    n, d, w = manifest.spec.n_agents, manifest.spec.obs_dim, manifest.act_width
+    steps, k = window.get("steps"), window.get("tokens")
+    if not all(isinstance(v, int) and v >= 1 for v in (steps, k)):
+        raise RmioError(f"manifest: wm_window needs integer steps and tokens, got {window}")
+    inputs: Signature = {
+        "obs": ("float32", (BATCH, n, steps, d)),
+        "actions": ("float32", (BATCH, n, steps - 1, w)),
+        "mask": ("float32", (BATCH, n, steps)),
+        "valid": ("float32", (BATCH, steps)),
+    }
+    outputs: Signature = {
+        "obs_recon": ("float32", (BATCH, n, d)),
+        "tokens_t": ("int64", (BATCH, n, k)),
     }
     return inputs, outputs
 
@@ -138,9 +162,8 @@ def verify_bundle(bundle: str | Path, manifest: Manifest | None = None) -> Manif
         )
     for role, name in manifest.files.items():
         path = bundle / name
-        check_signature(
-            make_session(path), manifest, "actor" if role == "actor" else "wm_step", path
-        )
+        graph = "wm_step" if manifest.wm_window is None else "wm_window"
+        check_signature(make_session(path), manifest, "actor" if role == "actor" else graph, path)
     return manifest
 
 
@@ -152,13 +175,23 @@ def check_bundle(bundle: str | Path) -> str:
     for role in ("wm_step", "wm_step_pretrain"):
         if role not in manifest.files:
             continue
-        runner = WorldModelRunner(bundle, manifest, file=manifest.files[role])
-        _, recon = runner.step(
-            runner.initial_state(3),
-            np.zeros((3, n, manifest.act_width), np.float32),
-            np.zeros((3, n, d), np.float32),
-            np.ones((3, n), np.float32),
-        )
+        runner = world_model_runner(bundle, manifest, file=manifest.files[role])
+        if isinstance(runner, WorldModelRunner):
+            _, recon = runner.step(
+                runner.initial_state(3),
+                np.zeros((3, n, manifest.act_width), np.float32),
+                np.zeros((3, n, d), np.float32),
+                np.ones((3, n), np.float32),
+            )
+        else:  # a window graph: a 2-step window of 3 rounds, every agent lost at its last step
+            codec = ActionCodec.of(manifest.spec)
+            masks = np.ones((2, 3, n), np.float32)
+            masks[-1] = 0.0
+            recon = runner.replay_batch(
+                np.zeros((2, 3, n, d), np.float32),
+                np.zeros((2, 3, n, *codec.shape), codec.dtype),
+                masks,
+            )[1][-1]
         if recon.shape != (3, n, d) or not np.isfinite(recon).all():
             raise RmioError(
                 f"bundle '{bundle}': {manifest.files[role]} returns {recon.shape} or non-finite "

@@ -244,8 +244,44 @@ def replay_parity(
 
 def export_run(run_dir: Path, out: Path, console: Console, policy: Path | None = None) -> Path:
     """World model of ``run_dir`` (fine-tuned if it was) plus the actor of ``policy`` (default: the
-    run's own policy.pt), checked against PyTorch."""
+    run's own policy.pt), checked against PyTorch. A MARIE run (``marie.enabled``) ships its window
+    graph (train/marie_export.py) in place of the step graph."""
+    if load_config(run_dir / "config.yaml").marie.enabled:
+        from rmio.train.marie_export import export_marie_world_model
 
+        manifest, spec, parity = export_marie_world_model(run_dir, out, console, export_onnx)
+        manifest.config = _portable_config(manifest.config)
+        manifest.budget = {"env_steps": _env_steps(run_dir), **manifest.budget}
+    else:
+        manifest, spec, parity = _export_step_world_model(run_dir, out, console)
+    _attach_policy(manifest, spec, run_dir, out, console, policy)
+    eval_json = run_dir / "eval_reconstruction.json"
+    if eval_json.exists():
+        manifest.metrics["reconstruction"] = json.loads(eval_json.read_text())
+    manifest.sha256 = bundle_checksums(out, manifest)
+    manifest.save(out)
+    write_model_card(out, manifest)
+    if manifest.wm_window is None:
+        console.print(
+            f"parity onnxruntime vs torch: max |diff| {parity['parity_max_abs_random']:.2e} "
+            f"(random inputs, batch 3), {parity['parity_max_abs_replay']:.2e} (held-out replay "
+            "with masks)"
+        )
+    if max(parity.values()) > PARITY_TOLERANCE:
+        worst = max(parity["parity_max_abs_random"], parity["parity_max_abs_replay"])
+        raise RmioError(
+            f"exported world model drifts from PyTorch by {worst:.2e} "
+            f"(tolerance {PARITY_TOLERANCE}); the bundle in '{out}' must not be used"
+        )
+    console.print(f"wrote bundle {out}")
+    return out
+
+
+def _export_step_world_model(
+    run_dir: Path, out: Path, console: Console
+) -> tuple[Manifest, EnvSpec, dict[str, float]]:
+    """RMIOv2's ``wm_step.onnx`` (and ``wm_step_pretrain.onnx``) and the manifest; returns it, the
+    task's spec and the parity errors."""
     path = run_dir / "wm_finetune.pt"
     if not path.exists():
         path = run_dir / "wm_pretrain.pt"
@@ -307,11 +343,25 @@ def export_run(run_dir: Path, out: Path, console: Console, policy: Path | None =
         manifest.metrics["parity_max_abs_random_pretrain"] = random_parity(
             pre, WorldModelRunner(out, manifest, file="wm_step_pretrain.onnx")
         )
+    parity = {k: v for k, v in manifest.metrics.items() if k.startswith("parity_max_abs")}
+    return manifest, model.spec, parity
+
+
+def _attach_policy(
+    manifest: Manifest,
+    spec: EnvSpec,
+    run_dir: Path,
+    out: Path,
+    console: Console,
+    policy: Path | None,
+) -> None:
+    """The bundle's actor.onnx: another bundle's as it is, or exported from a policy.pt (default:
+    the run's own), or none."""
     policy = policy or run_dir / "policy.pt"
     if policy.is_dir():  # another bundle's actor.onnx, as it is
         other = load_manifest(policy)
-        if "actor" not in other.files or not _same_agents(other.spec, model.spec):
-            raise RmioError(f"bundle '{policy}' has no actor for {model.spec.name}")
+        if "actor" not in other.files or not _same_agents(other.spec, spec):
+            raise RmioError(f"bundle '{policy}' has no actor for {spec.name}")
         shutil.copy2(policy / other.files["actor"], out / "actor.onnx")
         manifest.files["actor"] = "actor.onnx"
         manifest.actor_state = other.actor_state  # a recurrent actor keeps its declaration
@@ -325,7 +375,7 @@ def export_run(run_dir: Path, out: Path, console: Console, policy: Path | None =
         manifest.metrics["actor_parity"] = other.metrics.get("actor_parity")
     elif policy.exists():
         actor, pckpt = load_actor(policy)
-        if not _same_agents(EnvSpec.from_dict(pckpt["spec"]), model.spec):
+        if not _same_agents(EnvSpec.from_dict(pckpt["spec"]), spec):
             raise RmioError(
                 f"the actor of {policy} was trained for another environment spec than {run_dir}'s "
                 "world model"
@@ -348,26 +398,6 @@ def export_run(run_dir: Path, out: Path, console: Console, policy: Path | None =
             "[yellow]no policy.pt in this run: the bundle has the world model only (no "
             "actor.onnx)[/]"
         )
-    eval_json = run_dir / "eval_reconstruction.json"
-    if eval_json.exists():
-        manifest.metrics["reconstruction"] = json.loads(eval_json.read_text())
-    manifest.sha256 = bundle_checksums(out, manifest)
-    manifest.save(out)
-    write_model_card(out, manifest)
-    console.print(
-        f"parity onnxruntime vs torch: max |diff| {err_random:.2e} (random inputs, batch 3), "
-        f"{err_replay:.2e} (held-out replay with masks)"
-    )
-    if (
-        max(err_random, err_replay, manifest.metrics.get("parity_max_abs_random_pretrain", 0.0))
-        > PARITY_TOLERANCE
-    ):
-        raise RmioError(
-            f"exported world model drifts from PyTorch by {max(err_random, err_replay):.2e} "
-            f"(tolerance {PARITY_TOLERANCE}); the bundle in '{out}' must not be used"
-        )
-    console.print(f"wrote bundle {out}")
-    return out
 
 
 def _same_agents(a: EnvSpec, b: EnvSpec) -> bool:

@@ -27,6 +27,12 @@ VARIANTS: dict[str, str] = {
     "p(z | h), so nothing the other agents observe at that step can inform it. MAMBA's original "
     "actor acts on the world model's latents; rmio keeps its observation-based r-MAPPO actor for "
     "every variant, so only the reconstruction of lost observations differs.",
+    "marie": "MARIE (Decentralized Transformers with Centralized Aggregation are Sample-Efficient "
+    "Multi-Agent World Models) as a world model for reconstruction: a VQ tokenizer, a shared "
+    "causal Transformer over each agent's tokens, Perceiver aggregation, plus rmio's masked-token "
+    "extension (not the paper's): a context token over the team's current tokens and masked "
+    "fine-tuning, so a lost agent's tokens are predicted as [MASK], all at once, in one window "
+    "graph per round (no state carried between rounds).",
     "rmio-v1": "RMIO v1 as a baseline of the paper's Fig. 8: a MAMBA-style world model (no "
     "observation fusion, lost agents predicted by the prior) plus a correction block (MLP and "
     "self-attention over the concatenated joint observation) trained with the world model frozen, "
@@ -57,7 +63,9 @@ def model_card(manifest: Manifest) -> str:
     ]
     what = {
         "actor": "observation-based actor (local observation, id, available actions -> action)",
-        "wm_step": f"one {algo} world-model step after fine-tuning",
+        "wm_step": f"one {algo} world-model step after fine-tuning"
+        if manifest.wm_window is None
+        else f"{algo}'s window graph after fine-tuning: one whole reconstruction round",
         "wm_step_pretrain": "the same world model before fine-tuning (the no-finetune baseline)",
     }
     if manifest.actor_state is not None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,7 @@ from rmio.train.common import begin_training, progress
 from rmio.train.mappo import log_eval
 from rmio.train.qmix_config import QMIXConfig
 from rmio.train.qmix_learner import QLearner
-from rmio.train.qmix_nets import QMixer, RNNAgent, masked_argmax
+from rmio.train.qmix_nets import RNNAgent, masked_argmax
 from rmio.train.qmix_replay import EpisodeBuffer, Runner, epsilon_at
 from rmio.train.runlog import MetricLog, load_checkpoint, restore_rng, rng_state, save_checkpoint
 from rmio.train.wm_data import random_policy_stats
@@ -89,10 +90,10 @@ def _evaluate(
     return result
 
 
-def _require_discrete(spec: EnvSpec) -> None:
+def _require_discrete(spec: EnvSpec, what: str) -> None:
     if not spec.discrete:
         raise RmioError(
-            f"QMIX needs discrete actions and {spec.name} has continuous ones; use "
+            f"{what} needs discrete actions and {spec.name} has continuous ones; use "
             "`rmio train mappo` there"
         )
 
@@ -101,31 +102,45 @@ def _fix_stats(cfg: Config, learner: QLearner) -> int:
     """Input statistics from random-policy steps (as MAPPO's); the steps they cost."""
     if not cfg.qmix.normalise_inputs:
         return 0
-    warm, (mean, std, s_mean, s_std) = random_policy_stats(cfg)
-    for net in (learner.agent, learner.target_agent):
-        net.set_stats(mean, std)
-    for mixer in (learner.mixer, learner.target_mixer):
-        if isinstance(mixer, QMixer):
-            mixer.set_stats(s_mean, s_std)
+    warm, stats = random_policy_stats(cfg)
+    learner.set_stats(*stats)
     return len(warm) - warm.num_episodes
 
 
 def train_qmix(cfg: Config, run_dir: Path, device: str, console: Console) -> Path:
     """Train until ``qmix.env_steps``; writes ``qmix.pt`` (the final networks and evaluation)."""
-    final = run_dir / "qmix.pt"
-    dev = begin_training(cfg, final, device, "QMIX", console)
+    return train_value(
+        cfg, run_dir, device, console, "QMIX", lambda spec, dev: QLearner(spec, cfg.qmix, dev)
+    )
+
+
+def train_value(
+    cfg: Config,
+    run_dir: Path,
+    device: str,
+    console: Console,
+    what: str,
+    make_learner: Callable[[EnvSpec, torch.device], QLearner],
+) -> Path:
+    """The off-policy loop QMIX and MMSA share (``what`` names the algorithm, its files are
+    ``<what>.pt``, ``ckpt_<what>.pt`` and ``<what>.jsonl``/``.csv`` in lower case): collect with
+    the learner's epsilon-greedy agent, store whole episodes, update on sampled batches, evaluate,
+    log and checkpoint on ``qmix:``'s schedule, until ``qmix.env_steps``."""
+    stem = what.lower()
+    final = run_dir / f"{stem}.pt"
+    dev = begin_training(cfg, final, device, what, console)
     if dev is None:
         return final
     q = cfg.qmix
-    ckpt_path = run_dir / "ckpt_qmix.pt"
+    ckpt_path = run_dir / f"ckpt_{stem}.pt"
     start = load_checkpoint(ckpt_path, dev) if ckpt_path.exists() else None
     rng = np.random.default_rng(cfg.run.seed)
     c = {"steps": 0, "episodes": 0, "updates": 0, "next_eval": 0}
     c.update(next_ckpt=q.checkpoint_every, next_log=q.log_every, since_update=0)
     with make_vector_env(cfg.env, cfg.run.num_envs, cfg.run.vector_mode) as venv:
         spec = venv.spec
-        _require_discrete(spec)
-        learner = QLearner(spec, q, dev)
+        _require_discrete(spec, what)
+        learner = make_learner(spec, dev)
         buffer = EpisodeBuffer(q.buffer_size, spec)
         if start is None:
             c["steps"] = _fix_stats(cfg, learner)
@@ -135,14 +150,14 @@ def train_qmix(cfg: Config, run_dir: Path, device: str, console: Console) -> Pat
             c.update(start["counters"])
             rng.bit_generator.state = start["np_rng"]
             restore_rng(start["torch_rng"])
-            console.print(f"resuming QMIX at {c['steps']} env steps ({c['episodes']} episodes)")
-        metrics = MetricLog(run_dir, "qmix", config=cfg.to_dict())
+            console.print(f"resuming {what} at {c['steps']} env steps ({c['episodes']} episodes)")
+        metrics = MetricLog(run_dir, stem, config=cfg.to_dict())
         runner = Runner(venv, learner.agent, rng, dev)
         runner.reset(seed=cfg.run.seed + c["steps"])
         returns: deque[float] = deque(maxlen=100)
         window: dict[str, list[float]] = {}
         t0, steps0 = time.perf_counter(), c["steps"]
-        with progress(console, "QMIX", q.env_steps) as (bar, task):
+        with progress(console, what, q.env_steps) as (bar, task):
             bar.update(task, completed=c["steps"])
             while c["steps"] < q.env_steps:
                 if c["steps"] >= c["next_eval"]:
@@ -181,8 +196,8 @@ def train_qmix(cfg: Config, run_dir: Path, device: str, console: Console) -> Pat
         state = _state(cfg, spec, learner, buffer, c, rng)
     save_checkpoint(ckpt_path, state)
     del state["replay"]
-    save_checkpoint(final, {**state, "algo": "qmix", "final_eval": result})
-    console.print(f"QMIX done: {c['steps']} env steps, {c['updates']} updates; wrote {final}")
+    save_checkpoint(final, {**state, "algo": stem, "final_eval": result})
+    console.print(f"{what} done: {c['steps']} env steps, {c['updates']} updates; wrote {final}")
     return final
 
 

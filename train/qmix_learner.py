@@ -11,12 +11,13 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
 from rmio.envs.base import EnvSpec
 from rmio.train.qmix_config import QMIXConfig
-from rmio.train.qmix_nets import RNNAgent, build_mixer, masked_argmax
+from rmio.train.qmix_nets import QMixer, RNNAgent, build_mixer, masked_argmax
 
 
 def lambda_returns(
@@ -45,39 +46,85 @@ def lambda_returns(
     return out * filled.float()
 
 
-class QLearner:
-    """Online and target agents and mixers, the optimiser, and the update rule."""
+def make_optimizer(params: list[nn.Parameter], q: QMIXConfig, lr: float) -> torch.optim.Optimizer:
+    """pymarl's RMSProp or pymarl2's Adam (``qmix.optimizer``) at ``lr``."""
+    if q.optimizer == "adam":
+        return torch.optim.Adam(params, lr=lr, eps=q.optim_eps)
+    return torch.optim.RMSprop(params, lr=lr, alpha=q.optim_alpha, eps=q.optim_eps)
 
-    def __init__(self, spec: EnvSpec, q: QMIXConfig, device: torch.device) -> None:
+
+class QLearner:
+    """Online and target agents and mixers, the optimiser, and the update rule.
+
+    Subclasses (MMSA's learner) swap the networks through :meth:`build_agent` and
+    :meth:`build_mixer`, add their own losses to :meth:`td_loss`'s and train more parameters
+    through :meth:`optimise`."""
+
+    def __init__(
+        self, spec: EnvSpec, q: QMIXConfig, device: torch.device, lr: float | None = None
+    ) -> None:
         self.q, self.device = q, device
-        self.agent = RNNAgent(spec, q).to(device)
-        self.mixer = build_mixer(spec, q).to(device)
+        self.agent = self.build_agent(spec, q).to(device)
+        self.mixer = self.build_mixer(spec, q).to(device)
         self.target_agent = copy.deepcopy(self.agent)
         self.target_mixer = copy.deepcopy(self.mixer)
         for p in (*self.target_agent.parameters(), *self.target_mixer.parameters()):
             p.requires_grad_(False)
-        self.params = [*self.agent.parameters(), *self.mixer.parameters()]
-        if q.optimizer == "adam":
-            self.opt: torch.optim.Optimizer = torch.optim.Adam(
-                self.params, lr=q.lr, eps=q.optim_eps
-            )
-        else:
-            self.opt = torch.optim.RMSprop(
-                self.params, lr=q.lr, alpha=q.optim_alpha, eps=q.optim_eps
-            )
+        self.params = [
+            p for p in (*self.agent.parameters(), *self.mixer.parameters()) if p.requires_grad
+        ]
+        self.opt = make_optimizer(self.params, q, q.lr if lr is None else lr)
         self.last_target_update = 0
         """Finished-episode count at the last hard target update."""
+
+    def build_agent(self, spec: EnvSpec, q: QMIXConfig) -> RNNAgent:
+        return RNNAgent(spec, q)
+
+    def build_mixer(self, spec: EnvSpec, q: QMIXConfig) -> nn.Module:
+        return build_mixer(spec, q)
+
+    def set_stats(
+        self, mean: np.ndarray, std: np.ndarray, s_mean: np.ndarray, s_std: np.ndarray
+    ) -> None:
+        """Fixed input statistics: observations (agents) and global state (QMIX's mixer)."""
+        for net in (self.agent, self.target_agent):
+            net.set_stats(mean, std)
+        for mixer in (self.mixer, self.target_mixer):
+            if isinstance(mixer, QMixer):
+                mixer.set_stats(s_mean, s_std)
 
     def update(self, batch: dict[str, torch.Tensor], episodes: int) -> dict[str, float]:
         """One gradient step on a sampled batch, then a hard target update if ``episodes``
         (finished so far) is ``target_update_episodes`` past the last one."""
+        qvals = self.agent.unroll(batch["obs"], batch["actions"])  # (B, T+1, n, A)
+        with torch.no_grad():
+            target_q = self.target_agent.unroll(batch["obs"], batch["actions"])[:, 1:]
+        state = batch["state"]
+        loss, stats = self.td_loss(batch, qvals, target_q, state[:, :-1], state[:, 1:])
+        (grad_norm,) = self.optimise(loss, self.params)
+        updated = self.maybe_update_targets(episodes)
+        return {
+            "loss": stats.pop("loss"),
+            "grad_norm": grad_norm,
+            **stats,
+            "target_updated": float(updated),
+        }
+
+    def td_loss(
+        self,
+        batch: dict[str, torch.Tensor],
+        qvals: torch.Tensor,
+        target_q: torch.Tensor,
+        mix_state: torch.Tensor,
+        next_mix_state: torch.Tensor,
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """The masked mean squared TD error of Q_tot and its statistics. ``qvals`` (B, T+1, n, A)
+        online, ``target_q`` (B, T, n, A) the target agents' at steps 1..T; ``mix_state`` and
+        ``next_mix_state`` (B, T, ...) what the online and target mixers see at t and t + 1."""
         q = self.q
-        obs, actions, avail = batch["obs"], batch["actions"], batch["avail"]
-        filled = batch["filled"]
-        qvals = self.agent.unroll(obs, actions)  # (B, T+1, n, A)
+        actions, avail, filled = batch["actions"], batch["avail"], batch["filled"]
         chosen = qvals[:, :-1].gather(-1, actions.unsqueeze(-1)).squeeze(-1)  # (B, T, n)
         with torch.no_grad():
-            target_q = self.target_agent.unroll(obs, actions)[:, 1:]
             next_avail = avail[:, 1:]
             if q.double_q:
                 best = masked_argmax(qvals[:, 1:].detach(), next_avail)
@@ -85,28 +132,30 @@ class QLearner:
                 best = masked_argmax(target_q, next_avail)
             target_max = target_q.gather(-1, best.unsqueeze(-1)).squeeze(-1)
             target_max = target_max * next_avail.any(-1).float()  # padding: no action, value 0
-            next_value = self.target_mixer(target_max, batch["state"][:, 1:])
+            next_value = self.target_mixer(target_max, next_mix_state)
             targets = lambda_returns(
                 batch["reward"], batch["terminated"], filled, next_value, q.gamma, q.td_lambda
             )
-        q_tot = self.mixer(chosen, batch["state"][:, :-1])
+        q_tot = self.mixer(chosen, mix_state)
         mask = filled.float()
         td = (q_tot - targets) * mask
         loss = td.pow(2).sum() / mask.sum()
-        self.opt.zero_grad()
-        loss.backward()
-        grad_norm = nn.utils.clip_grad_norm_(self.params, q.grad_clip)
-        self.opt.step()
-        updated = self.maybe_update_targets(episodes)
         n_real = mask.sum().item()
-        return {
+        return loss, {
             "loss": float(loss.item()),
-            "grad_norm": float(grad_norm),
             "td_error_abs": float(td.abs().sum().item() / n_real),
             "q_taken_mean": float((q_tot * mask).sum().item() / n_real),
             "target_mean": float((targets * mask).sum().item() / n_real),
-            "target_updated": float(updated),
         }
+
+    def optimise(self, loss: torch.Tensor, *groups: list[nn.Parameter]) -> list[float]:
+        """One optimiser step on ``loss``; each group's gradient is clipped to ``grad_clip`` on
+        its own (their norms before clipping)."""
+        self.opt.zero_grad()
+        loss.backward()
+        norms = [float(nn.utils.clip_grad_norm_(g, self.q.grad_clip)) for g in groups]
+        self.opt.step()
+        return norms
 
     def maybe_update_targets(self, episodes: int) -> bool:
         if episodes - self.last_target_update < self.q.target_update_episodes:

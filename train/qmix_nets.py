@@ -46,15 +46,20 @@ class RNNAgent(nn.Module):
         self.obs_mean.copy_(torch.as_tensor(mean, dtype=torch.float32))
         self.obs_std.copy_(torch.as_tensor(std, dtype=torch.float32))
 
+    def normalise_obs(self, obs: torch.Tensor, agent_id: torch.Tensor) -> torch.Tensor:
+        """``obs`` (..., obs_dim) in the units the network sees (unchanged without
+        ``normalise_inputs``); the first ``obs_dim`` features of :meth:`inputs`."""
+        if not self.normalise:
+            return obs
+        obs = (obs - self.obs_mean[agent_id]) / self.obs_std[agent_id]
+        return obs.clamp(-10.0, 10.0) * self.feature_mask[agent_id]
+
     def inputs(
         self, obs: torch.Tensor, last_action: torch.Tensor, agent_id: torch.Tensor
     ) -> torch.Tensor:
         """[obs, one-hot previous action, one-hot id]: ``obs`` (..., obs_dim), ``last_action``
         (...) int64 with -1 for none (an episode's first step), ``agent_id`` (...) int64."""
-        if self.normalise:
-            obs = (obs - self.obs_mean[agent_id]) / self.obs_std[agent_id]
-            obs = obs.clamp(-10.0, 10.0) * self.feature_mask[agent_id]
-        parts = [obs]
+        parts = [self.normalise_obs(obs, agent_id)]
         if self.last_action:
             prev = F.one_hot(last_action.clamp(min=0), self.n_actions).float()
             parts.append(prev * (last_action >= 0).unsqueeze(-1).float())
@@ -64,10 +69,19 @@ class RNNAgent(nn.Module):
 
     def forward(self, x: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(Q (..., n_actions), h_next (..., hidden)) from inputs ``x`` and hidden state ``h``."""
+        h_next = self.recur(x, h)
+        return self.qvalues(x, h_next), h_next
+
+    def recur(self, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        """The GRU's next state (..., hidden) from inputs ``x`` and state ``h``."""
         lead = x.shape[:-1]
         y = F.relu(self.fc1(x.reshape(-1, self.input_dim)))
-        h_next = self.rnn(y, h.reshape(-1, self.hidden))
-        return self.fc2(h_next).reshape(*lead, self.n_actions), h_next.reshape(*lead, self.hidden)
+        return self.rnn(y, h.reshape(-1, self.hidden)).reshape(*lead, self.hidden)
+
+    def qvalues(self, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        """Q (..., n_actions) from the step's inputs ``x`` and the GRU's new state ``h`` (QMIX
+        reads only ``h``; any leading axes, so a whole unroll is one call)."""
+        return self.fc2(h)
 
     def init_hidden(self, *lead: int, device: torch.device | None = None) -> torch.Tensor:
         return torch.zeros(*lead, self.hidden, device=device)
@@ -75,15 +89,24 @@ class RNNAgent(nn.Module):
     def unroll(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         """Q-values along whole episodes: ``obs`` (B, T+1, n, obs_dim), ``actions`` (B, T, n)
         int64 taken; returns (B, T+1, n, n_actions) from a zero hidden state."""
+        return self.unroll_hidden(obs, actions)[0]
+
+    def unroll_hidden(
+        self, obs: torch.Tensor, actions: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`unroll`'s Q-values and the hidden state after each step, (B, T+1, n, hidden):
+        h_t summarises o_0..o_t and a_0..a_{t-1} (MMSA's world model starts from it)."""
         b, t1, n, _ = obs.shape
         prev = torch.cat([torch.full_like(actions[:, :1], -1), actions], 1)  # (B, T+1, n)
         ids = torch.arange(n, device=obs.device).expand(b, n)
         h = self.init_hidden(b, n, device=obs.device)
-        out = []
-        for t in range(t1):
-            q, h = self(self.inputs(obs[:, t], prev[:, t], ids), h)
-            out.append(q)
-        return torch.stack(out, 1)
+        xs, hs = [], []
+        for t in range(t1):  # only the recurrence is sequential
+            xs.append(self.inputs(obs[:, t], prev[:, t], ids))
+            h = self.recur(xs[-1], h)
+            hs.append(h)
+        h_all = torch.stack(hs, 1)
+        return self.qvalues(torch.stack(xs, 1), h_all), h_all
 
 
 def masked_argmax(q: torch.Tensor, avail: torch.Tensor | None) -> torch.Tensor:

@@ -136,6 +136,17 @@ def qmix(cfg: Any, run_dir: Path | None, device: str) -> None:
     _start_run(cfg, run_dir, "qmix", device, "rmio.train.qmix", "train_qmix")
 
 
+@train.command("mmsa")
+@config_options()
+@run_dir_option
+@device_option
+def mmsa(cfg: Any, run_dir: Path | None, device: str) -> None:
+    """MMSA (model-based QMIX: SALE embeddings in the Q-agents, a latent world model rolled out 3
+    steps from each agent's recurrent state, the roll-out state in the mixer; discrete actions);
+    settings in the config's qmix: and mmsa: sections; resumable with --run-dir."""
+    _start_run(cfg, run_dir, "mmsa", device, "rmio.train.mmsa", "train_mmsa")
+
+
 @train.command("finetune")
 @click.argument("run_dir", type=click.Path(path_type=Path, exists=True, file_okay=False))
 @click.option(

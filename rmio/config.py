@@ -28,6 +28,7 @@ from rmio.envs.loss import LossConfig
 from rmio.envs.registry import FAMILIES, EnvConfig
 from rmio.errors import ConfigError
 from rmio.train.marie_config import MarieConfig, validate_marie
+from rmio.train.mmsa_config import MMSAConfig, validate_mmsa
 from rmio.train.ppo_config import PolicySection, apply_recipe, validate_imagination
 from rmio.train.qmix_config import QMIXConfig, validate_qmix
 from rmio.train.wm_config import WorldModelSection
@@ -100,6 +101,8 @@ class Config:
     policy: PolicySection = field(default_factory=PolicySection)
     qmix: QMIXConfig = field(default_factory=QMIXConfig)
     """`rmio train qmix` (train/qmix_config.py)."""
+    mmsa: MMSAConfig = field(default_factory=MMSAConfig)
+    """`rmio train mmsa`: what MMSA adds to the qmix: section (train/mmsa_config.py)."""
     marie: MarieConfig = field(default_factory=MarieConfig)
     """MARIE's world model, `--algo marie` (train/marie_config.py)."""
 
@@ -361,6 +364,7 @@ def validate(cfg: Config, src: str) -> None:
     if cfg.env.episode_limit is not None and cfg.env.episode_limit < 1:
         raise ConfigError(f"{src}: env.episode_limit must be >= 1, got {cfg.env.episode_limit}")
     validate_qmix(cfg.qmix, src)
+    validate_mmsa(cfg.mmsa, src)
     validate_marie(cfg.marie, fm.history_window, src)
 
 

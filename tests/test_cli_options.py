@@ -210,6 +210,7 @@ def _device_commands(tmp_path: Path) -> dict[str, list[str]]:
         "train pretrain": ["train", "pretrain", "halfcheetah_6x1", "--debug"],
         "train mappo": ["train", "mappo", "halfcheetah_6x1", "--debug"],
         "train qmix": ["train", "qmix", "lbf_8x8_2p_2f_coop", "--debug"],
+        "train mmsa": ["train", "mmsa", "lbf_8x8_2p_2f_coop", "--debug"],
         "train finetune": ["train", "finetune", str(run)],
         "eval reconstruction": ["eval", "reconstruction", str(run)],
         "eval open-loop": ["eval", "open-loop", str(run)],

@@ -18,6 +18,7 @@ from rmio.config import load_config
 from rmio.envs.base import EnvSpec
 from rmio.envs.vector import make_vector_env
 from rmio.errors import ConfigError
+from rmio.train.mmsa import train_mmsa
 from rmio.train.qmix import train_qmix
 from rmio.train.qmix_config import QMIXConfig
 from rmio.train.qmix_learner import QLearner, lambda_returns
@@ -25,6 +26,7 @@ from rmio.train.qmix_nets import QMixer, masked_argmax
 from rmio.train.qmix_replay import EpisodeBuffer, Runner, epsilon_at, epsilon_greedy
 from rmio.train.runlog import load_checkpoint
 
+TRAINERS = {"qmix": train_qmix, "mmsa": train_mmsa}
 SPEC = EnvSpec("test/q", 3, (5, 5, 4), 12, "discrete", (4, 4, 4), 6)
 
 
@@ -180,19 +182,23 @@ def _rmio(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_debug_run_end_to_end_and_resume(tmp_path: Path) -> None:
+@pytest.mark.parametrize("algo", ["qmix", "mmsa"])
+def test_debug_run_end_to_end_and_resume(tmp_path: Path, algo: str) -> None:
+    """Both trainers of the off-policy loop (train_value): QMIX and MMSA (tests/test_mmsa.py
+    checks what MMSA adds)."""
     run = tmp_path / "run"
-    proc = _rmio("train", "qmix", "lbf_8x8_2p_2f_coop", "--debug", "--run-dir", str(run))
+    proc = _rmio("train", algo, "lbf_8x8_2p_2f_coop", "--debug", "--run-dir", str(run))
     assert proc.returncode == 0, proc.stderr[-2000:]
-    for name in ("qmix.pt", "ckpt_qmix.pt", "qmix.csv", "qmix.jsonl", "eval.jsonl", "config.yaml"):
+    for name in (f"{algo}.pt", f"ckpt_{algo}.pt", f"{algo}.csv", f"{algo}.jsonl", "eval.jsonl"):
         assert (run / name).is_file(), name
+    assert (run / "config.yaml").is_file()
     assert any((run / "tb").iterdir())
-    final = load_checkpoint(run / "qmix.pt")
-    assert final["algo"] == "qmix" and final["env_steps"] >= 600 and "replay" not in final
+    final = load_checkpoint(run / f"{algo}.pt")
+    assert final["algo"] == algo and final["env_steps"] >= 600 and "replay" not in final
     assert final["counters"]["updates"] > 0 and "return_mean" in final["final_eval"]
-    rows = [json.loads(x) for x in (run / "qmix.jsonl").read_text().splitlines()]
+    rows = [json.loads(x) for x in (run / f"{algo}.jsonl").read_text().splitlines()]
     assert rows and all("train_return" in r and "epsilon" in r for r in rows)
-    again = _rmio("train", "qmix", "lbf_8x8_2p_2f_coop", "--debug", "--run-dir", str(run))
+    again = _rmio("train", algo, "lbf_8x8_2p_2f_coop", "--debug", "--run-dir", str(run))
     assert again.returncode == 0 and "already finished" in again.stdout
 
     # resume: a run stopped at its checkpoint continues from it on the next call
@@ -200,13 +206,13 @@ def test_debug_run_end_to_end_and_resume(tmp_path: Path) -> None:
     cut = load_config("lbf_8x8_2p_2f_coop", preset="debug", overrides=["qmix.env_steps=300"])
     part = tmp_path / "part"
     console = Console(file=io.StringIO(), width=200)
-    train_qmix(cut, part, "cpu", console)
-    stopped = load_checkpoint(part / "ckpt_qmix.pt")
+    TRAINERS[algo](cut, part, "cpu", console)
+    stopped = load_checkpoint(part / f"ckpt_{algo}.pt")
     assert 300 <= stopped["env_steps"] < 600
-    (part / "qmix.pt").unlink()
-    train_qmix(cfg, part, "cpu", console)
-    assert f"resuming QMIX at {stopped['env_steps']} env steps" in console.file.getvalue()
-    done = load_checkpoint(part / "ckpt_qmix.pt")
+    (part / f"{algo}.pt").unlink()
+    TRAINERS[algo](cfg, part, "cpu", console)
+    assert f"resuming {algo.upper()} at {stopped['env_steps']} env steps" in console.file.getvalue()
+    done = load_checkpoint(part / f"ckpt_{algo}.pt")
     assert done["env_steps"] >= 600
     c0, c1 = stopped["counters"], done["counters"]
     assert c1["episodes"] > c0["episodes"] and c1["updates"] > c0["updates"]
@@ -216,7 +222,7 @@ def test_debug_run_end_to_end_and_resume(tmp_path: Path) -> None:
     assert held > 0 and len(done["replay"]["length"]) == held + new
     for key in ("obs", "state", "avail", "actions", "reward", "terminated", "length"):
         np.testing.assert_array_equal(done["replay"][key][:held], stopped["replay"][key])
-    steps = [json.loads(x)["step"] for x in (part / "qmix.jsonl").read_text().splitlines()]
+    steps = [json.loads(x)["step"] for x in (part / f"{algo}.jsonl").read_text().splitlines()]
     assert steps == sorted(steps) and len(set(steps)) == len(steps)  # one continuous history
 
 

@@ -194,6 +194,24 @@ def test_batched_sweep_acts_as_the_reference(q_bundle: Path) -> None:
         assert np.array_equal(got[: r["steps"], k], r["actions"]), f"episode {k}"
 
 
+def test_policy_metrics_of_the_sweep_act_from_the_same_state(q_bundle: Path) -> None:
+    """The sweep's counterfactual action on the true observation is taken from the state the agent
+    had at that step (a stateless call would be refused)."""
+    from rmio.evaluation import robustness
+
+    result = robustness.sweep(
+        q_bundle,
+        p_loss=[0.5],
+        episodes=2,
+        seeds=1,
+        strategies=["zero-fill"],
+        episode_limit=STEPS,
+        policy_metrics=True,
+    )
+    row = next(r for r in result["rows"] if r["strategy"] == "zero-fill")
+    assert 0.0 <= row["action_error"] <= 1.0 and row["obs_mae"] > 0.0
+
+
 def test_rmio_eval_robustness_in_process_and_swarm_agree(q_bundle: Path, tmp_path: Path) -> None:
     from click.testing import CliRunner
 

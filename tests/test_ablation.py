@@ -16,17 +16,12 @@ from rmio.testing import make_tiny_bundle
 from rmio.train.ablation import load_ablation, policy_path, run_ablation
 from rmio.train.export import portable_path
 
-
-@pytest.mark.parametrize(
-    "name",
-    [
-        "fusion_halfcheetah_6x1",
-        "p_mask_halfcheetah_6x1",
-        "fig8_halfcheetah_6x1",
-        "fig8_smax_2s3z",
-        "recipes_halfcheetah_6x1",
-    ],
+SHIPPED = sorted(
+    p.stem for p in (Path(__file__).parents[1] / "configs" / "ablations").glob("*.yaml")
 )
+
+
+@pytest.mark.parametrize("name", SHIPPED)
 def test_shipped_sweeps_validate(name: str) -> None:
     ab = load_ablation(Path(name))
     assert ab.variants and ab.robustness.p_loss[0] == 0.0 and ab.robustness.p_loss[-1] == 1.0

@@ -120,6 +120,12 @@ SECTIONS: list[tuple[str, str, str]] = [
         "open_loop_smax_2s3z.md",
         "python bench/open_loop.py LABEL=RUN_DIR... --root RUNS (see the command line inside)",
     ),
+    (
+        "Reconstruction rounds of a MARIE bundle against RMIOv2's, in the swarm (issue 23)",
+        "marie_rounds.md",
+        "python bench/marie_rounds.py --marie BUNDLE --steps 200 --repeats 2 (background "
+        "trainings paused)",
+    ),
     ("What a call costs right after a sleep", "cold_calls.md", "python bench/cold_calls.py"),
     ("Environment throughput", "env_throughput.md", "python bench/env_throughput.py"),
 ]

@@ -52,7 +52,7 @@ class MMSALearner(QLearner):
     def rollout_state(self, wm: LatentWorldModel, h: torch.Tensor) -> torch.Tensor:
         """s^Rollout for every step: (B, T+1, n, hidden) recurrent states -> (B, T+1, R)."""
         with torch.no_grad():
-            states, _ = wm.rollout(h.detach(), self.m.horizon)
+            states, _ = wm.rollout(h.detach(), self.m.horizon, decode=False)
         return states.flatten(2)
 
     def update(self, batch: dict[str, torch.Tensor], episodes: int) -> dict[str, float]:

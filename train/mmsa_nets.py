@@ -188,33 +188,43 @@ class LatentWorldModel(nn.Module):
         flat = F.one_hot(actions, self.n_actions).float().flatten(-2)
         return flat.unsqueeze(-2).expand(*actions.shape, flat.shape[-1])
 
-    def embed(self, s: torch.Tensor, joint: torch.Tensor) -> torch.Tensor:
-        """[z^sa, z^s, phi^sa] (..., n, 2 d + phi_dim), VAE-1's input; z carries no gradient."""
+    def embed(
+        self, s: torch.Tensor, joint: torch.Tensor, zs: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """[z^sa, z^s, phi^sa] (..., n, 2 d + phi_dim), VAE-1's input; z carries no gradient
+        (``zs``: z^s of ``s`` when already computed)."""
         with torch.no_grad():
-            zs = self.sale.zs(s)
+            zs = self.sale.zs(s) if zs is None else zs
             zsa = self.sale.zsa(zs, joint)
         phi = avg_l1_norm(self.phi_sa(torch.cat([s, joint], -1)))
         return torch.cat([zsa, zs, phi], -1)
 
-    def policy_logits(self, s: torch.Tensor) -> torch.Tensor:
+    def policy_logits(self, s: torch.Tensor, zs: torch.Tensor | None = None) -> torch.Tensor:
         """pi(z^s, phi^s) over an agent's actions, (..., A)."""
-        with torch.no_grad():
-            zs = self.sale.zs(s)
+        if zs is None:
+            with torch.no_grad():
+                zs = self.sale.zs(s)
         return self.policy(torch.cat([zs, avg_l1_norm(self.phi_s(s))], -1))
 
-    def rollout(self, h: torch.Tensor, horizon: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def rollout(
+        self, h: torch.Tensor, horizon: int, decode: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Imagine ``horizon`` steps from every agent's recurrent state ``h`` (..., n, hidden):
         the latent states s^_t..s^_{t+j} (..., n, j + 1, d), starting at the posterior's mean,
-        and h'_{t+1}..h'_{t+j} (..., n, j, hidden). Actions are the latent policy's argmax;
-        each next state is the prior's mean (deterministic, so the mixer's input is too)."""
+        and (with ``decode``) h'_{t+1}..h'_{t+j} (..., n, j, hidden). Actions are the latent
+        policy's argmax; each next state is the prior's mean (deterministic, so the mixer's
+        input is too)."""
         s = self.posterior(h)[0]
         states, hs = [s], []
         for _ in range(horizon):
-            joint = self.joint_action(self.policy_logits(s).argmax(-1))
-            s = self.prior(self.embed(s, joint))[0]
+            with torch.no_grad():
+                zs = self.sale.zs(s)
+            joint = self.joint_action(self.policy_logits(s, zs).argmax(-1))
+            s = self.prior(self.embed(s, joint, zs))[0]
             states.append(s)
-            hs.append(self.decode_h(s))
-        return torch.stack(states, -2), torch.stack(hs, -2)
+            if decode:
+                hs.append(self.decode_h(s))
+        return torch.stack(states, -2), torch.stack(hs, -2) if decode else None
 
     def losses(
         self,

@@ -46,6 +46,7 @@ def main() -> None:
     ap.add_argument("--checkpoint", choices=["pretrain", "finetune"], default="pretrain")
     ap.add_argument("--sample", action="store_true", help="MARIE draws its tokens (not argmax)")
     ap.add_argument("--note", default="", help="what else the machine was doing, for the header")
+    ap.add_argument("--remark", default="", help="a paragraph after the tables (what to read)")
     ap.add_argument("--out", type=Path, default=HERE / "results")
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -90,9 +91,11 @@ def main() -> None:
         f"{time.perf_counter() - t0:.0f} s{note})"
     )
     result["command"] = command
-    paths = open_loop_report.write(result, args.out, f"open_loop_{scenario}", title)
+    paths = open_loop_report.write(result, args.out, f"open_loop_{scenario}", title, scenario)
     md = paths["md"].read_text().splitlines()
     md[1:1] = ["", f"Command: `{command}`"]
+    if args.remark:
+        md += ["", args.remark]
     paths["md"].write_text("\n".join(md) + "\n")
     print(paths["md"].read_text())
     print(f"wrote {paths['md']}, {paths['json']} and {paths['png']}")

@@ -225,8 +225,8 @@ def marie_rollout(
 
 @torch.no_grad()
 def tokenizer_floor(model: MarieWorldModel, batch: Batch, context: int, horizon: int) -> Any:
-    """MARIE's floor: the L1 error (common units are applied by the caller) of decode(encode(o))
-    on the predicted rows, raw (B, H, n, D); no token prediction can do better than its code."""
+    """MARIE's tokenizer floor, decode(encode(o)) of the predicted rows, raw (B, H, n, D): what
+    predicting every code id right would give (the caller scores it in the common units)."""
     obs = batch.obs[:, context : context + horizon]
     return model.tok.decode(model.tok.encode(obs))
 

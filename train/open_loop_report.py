@@ -77,7 +77,7 @@ def markdown(result: dict[str, Any], title: str | None = None) -> str:
         lines += [
             "",
             "MARIE's tokenizer floor, the observation L1 of decode(encode(o)) on the same rows "
-            "(no token prediction does better): "
+            "(what predicting every code id right would score): "
             + ", ".join(f"{r['label']} {r['tokenizer_floor_l1']:.4f}" for r in floors)
             + ".",
         ]
@@ -86,7 +86,7 @@ def markdown(result: dict[str, Any], title: str | None = None) -> str:
 
 def plot(result: dict[str, Any], path: Path, title: str) -> None:
     """Observation L1 and reward error against horizon: a solid line per model (open loop), its
-    teacher-forced floor dashed in the same colour."""
+    teacher-forced floor dashed in the same colour, MARIE's tokenizer floor dotted."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -99,24 +99,31 @@ def plot(result: dict[str, Any], path: Path, title: str) -> None:
         for ax, metric in zip(axes, ("obs_l1", "reward_abs"), strict=True):
             ax.plot(ks, r["open_loop"][metric], marker="o", ms=3, color=colour, label=r["label"])
             ax.plot(ks, r["teacher_forced"][metric], ls="--", color=colour, alpha=0.6)
+        if "tokenizer_floor_l1" in r:  # every code id predicted right
+            axes[0].axhline(r["tokenizer_floor_l1"], ls=":", color=colour, alpha=0.6)
     for ax, metric in zip(axes, ("obs_l1", "reward_abs"), strict=True):
         ax.set_xlabel("prediction horizon k (steps)")
         ax.set_ylabel(LABELS[metric])
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
-    fig.suptitle(f"{title}: open loop (solid), teacher-forced (dashed)", fontsize=10)
+    fig.suptitle(
+        f"{title}: open loop (solid), teacher-forced (dashed), MARIE's tokenizer floor (dotted)",
+        fontsize=10,
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
-def write(result: dict[str, Any], out: Path, stem: str, title: str) -> dict[str, Path]:
-    """``out/<stem>.json``, ``.md`` and ``.png``."""
+def write(
+    result: dict[str, Any], out: Path, stem: str, title: str, plot_title: str | None = None
+) -> dict[str, Path]:
+    """``out/<stem>.json``, ``.md`` (headed ``title``) and ``.png`` (``plot_title`` or title)."""
     out.mkdir(parents=True, exist_ok=True)
     paths = {k: out / f"{stem}.{k}" for k in ("json", "md", "png")}
     paths["json"].write_text(json.dumps(result, indent=2))
     paths["md"].write_text(markdown(result, title))
-    plot(result, paths["png"], title)
+    plot(result, paths["png"], plot_title or title)
     return paths
 
 

@@ -292,3 +292,14 @@ def _assert_equal_trees(a: object, b: object) -> None:
         assert torch.equal(a, b)  # type: ignore[arg-type]
     else:
         assert a == b
+
+
+def test_mmsa_refuses_a_sum_mixer_and_continuous_actions(tmp_path: Path) -> None:
+    from rmio.errors import RmioError
+
+    console = Console(file=io.StringIO(), width=200)
+    vdn = load_config("lbf_8x8_2p_2f_coop", preset="debug", overrides=["qmix.mixer=vdn"])
+    with pytest.raises(RmioError, match=r"qmix\.mixer is 'vdn'"):
+        train_mmsa(vdn, tmp_path / "vdn", "cpu", console)
+    with pytest.raises(RmioError, match="MMSA needs discrete actions"):
+        train_mmsa(load_config("halfcheetah_6x1", preset="debug"), tmp_path / "hc", "cpu", console)

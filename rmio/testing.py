@@ -212,10 +212,13 @@ def make_tiny_marie_bundle(
     updates: int = 12,
     finetune_updates: int = 8,
     preset: str = "tiny",
+    scenario: str = "halfcheetah_6x1",
+    actor: str | None = "halfcheetah_6x1",
 ) -> Path:
-    """A MARIE bundle for HalfCheetah 6x1 (issue 23): MARIE trained ``updates`` updates on the
-    debug preset's data, masked-fine-tuned ``finetune_updates`` more, exported with the committed
-    HalfCheetah actor. Its run directory is ``<out_dir>-run``. Returns the bundle directory."""
+    """A MARIE bundle (issue 23): MARIE trained ``updates`` updates on the debug preset's data of
+    ``scenario`` (a config name), masked-fine-tuned ``finetune_updates`` more, exported with the
+    committed bundle ``actor``'s actor (None: no actor). Its run directory is ``<out_dir>-run``.
+    Returns the bundle directory."""
     from rich.console import Console
 
     from rmio.config import load_config, save_config
@@ -227,7 +230,7 @@ def make_tiny_marie_bundle(
     out = Path(out_dir)
     run = out.parent / f"{out.name}-run"
     cfg = load_config(
-        "halfcheetah_6x1",
+        scenario,
         preset="debug",
         algo="marie",
         overrides=[
@@ -243,4 +246,4 @@ def make_tiny_marie_bundle(
     quiet = Console(quiet=True)
     train_marie(cfg, run, "cpu", quiet)
     finetune_marie(run, None, "cpu", quiet, finetune_updates)
-    return export_run(run, out, quiet, find_bundle("halfcheetah_6x1"))
+    return export_run(run, out, quiet, None if actor is None else find_bundle(actor))

@@ -44,6 +44,19 @@ def marie(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_tiny_marie_bundle(tmp_path_factory.mktemp("marie") / "bundle", WINDOW)
 
 
+@pytest.fixture(scope="module")
+def marie_lbf(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A discrete task's (LBF 8x8, 2 agents, one-hot actions) bundle, without an actor."""
+    return make_tiny_marie_bundle(
+        tmp_path_factory.mktemp("marie_lbf") / "bundle",
+        WINDOW,
+        updates=6,
+        finetune_updates=4,
+        scenario="lbf_8x8_2p_2f_coop",
+        actor=None,
+    )
+
+
 def _run(bundle: Path) -> Path:
     return bundle.parent / f"{bundle.name}-run"
 
@@ -103,6 +116,15 @@ def test_bundle_manifest_parity_and_check(marie: Path) -> None:
     assert raw["wm_window"]["tokens"] == 3
 
 
+def test_a_discrete_task_bundle_encodes_actions_one_hot(marie_lbf: Path) -> None:
+    man = load_manifest(marie_lbf)
+    assert man.spec.discrete and man.act_width == man.spec.action_dim
+    assert "actor" not in man.files and man.wm_window["steps"] == WINDOW
+    for key in ("parity_max_abs_random", "parity_max_abs_replay"):
+        assert 0.0 <= man.metrics[key] <= 1e-3
+    assert "wm_window.onnx" in check_bundle(marie_lbf)
+
+
 def test_parity_check_catches_a_model_that_is_not_the_graph(marie: Path) -> None:
     """The held-out parity compares the lost agents' rows: the exported graph against a model
     whose Transformer differs fails it; against its own model it passes."""
@@ -118,10 +140,15 @@ def test_parity_check_catches_a_model_that_is_not_the_graph(marie: Path) -> None
     assert replay_parity(model, runner, holdout, WINDOW, steps=12) > 1e-3
 
 
-def test_training_and_the_deployed_graph_predict_the_same_tokens(marie: Path) -> None:
+@pytest.mark.parametrize("which", ["marie", "marie_lbf"], ids=["halfcheetah", "lbf-discrete"])
+def test_training_and_the_deployed_graph_predict_the_same_tokens(
+    which: str, request: pytest.FixtureRequest
+) -> None:
     """The masked fine-tuning's prediction of a lost agent at a window's last step (PyTorch, from
     a training batch) is the graph's (onnxruntime, from the raw history through the runner), at an
-    episode's start (a padded window) and in the middle of an episode."""
+    episode's start (a padded window) and in the middle of an episode; continuous actions (binned
+    in the graph) and discrete ones (one-hot)."""
+    marie = request.getfixturevalue(which)
     from rmio.config import Config, build_dataclass
     from rmio.train.marie_masked import masked_predictions
     from rmio.train.marie_train import load_marie
@@ -130,9 +157,11 @@ def test_training_and_the_deployed_graph_predict_the_same_tokens(marie: Path) ->
     model, ckpt = load_marie(_run(marie) / "marie_finetune.pt")
     buf = TrajectoryBuffer.load(_run(marie) / "data" / "holdout.npz")
     cfg = build_dataclass(Config, ckpt["config"], "ckpt")
-    episode = SequenceSampler(buf, cfg.world_model.smoothing).episodes()[0]
+    long = next(k for k in range(buf.num_episodes) if len(buf.episode(k)["obs"]) > WINDOW + 6)
+    episode = SequenceSampler(buf, cfg.world_model.smoothing).episodes()[long]
     runner = WindowModelRunner(marie)
-    ep = buf.episode(0)
+    ep = buf.episode(long)
+    assert load_manifest(marie).spec.discrete == (which == "marie_lbf")
     rng = np.random.default_rng(3)
     n = model.n
     compared = 0
@@ -147,7 +176,7 @@ def test_training_and_the_deployed_graph_predict_the_same_tokens(marie: Path) ->
         with torch.no_grad():
             _, logits, target, _ = masked_predictions(model, batch, mask)
         want = logits[0, :, -1].argmax(-1).numpy()  # (n, K) at step t
-        prev = np.zeros_like(ep["action"][start : end + 1])
+        prev = np.full_like(ep["action"][start : end + 1], -1 if model.discrete else 0)
         if start > 0:
             prev[0] = ep["action"][start - 1]
         prev[1:] = ep["action"][start:end]

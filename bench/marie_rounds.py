@@ -9,7 +9,7 @@ window mode only), RMIOv2's step graph replayed over the window and continued in
 with the world model on the coordinating agent and on a world-model node. Each row gives the blind
 agent's reconstruction round (its STEP received to its RECON received) and the world-model call
 (the coordinator's own, or the node's), p50 / p99 in ms, pooled over the repeats. Run it with the
-background trainings paused (/root/bin/quiet_run.sh on the development VM); other processes still
+background trainings paused (quiet_run on the development VM); other processes still
 show in every number.
 """
 

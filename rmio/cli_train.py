@@ -44,19 +44,29 @@ def train() -> None:
 
 
 def _start_run(
-    cfg: Any, run_dir: Path | None, algo: str, device: str, module: str, function: str
+    cfg: Any,
+    run_dir: Path | None,
+    algo: str,
+    device: str,
+    module: str,
+    function: str,
+    check: str | None = None,
 ) -> None:
     """New or resumed run directory, then the trainer ``module.function(cfg, run_dir, device,
-    console)``."""
+    console)``; ``check`` names the module's ``check(cfg)``, which refuses a setting the trainer
+    cannot train before the run directory is made (so a refused run leaves none behind)."""
     import importlib
 
     _require_torch()
     from rmio.train.common import prepare_run_dir, resolve_device
 
     resolve_device(device)  # a GPU this machine lacks: refused before the run directory is made
+    trainer = importlib.import_module(module)
+    if check is not None:
+        getattr(trainer, check)(cfg)
     run_dir = prepare_run_dir(cfg, run_dir, algo)
     _console().print(f"run directory: {run_dir}")
-    getattr(importlib.import_module(module), function)(cfg, run_dir, device, _console())
+    getattr(trainer, function)(cfg, run_dir, device, _console())
 
 
 _MARIE_BUILT = ("export",)
@@ -133,7 +143,9 @@ def mappo(cfg: Any, run_dir: Path | None, device: str) -> None:
 def qmix(cfg: Any, run_dir: Path | None, device: str) -> None:
     """Model-free QMIX (episode replay, recurrent Q-agents, monotonic mixer on the global state;
     discrete actions); settings in the config's qmix: section; resumable with --run-dir."""
-    _start_run(cfg, run_dir, "qmix", device, "rmio.train.qmix", "train_qmix")
+    _start_run(
+        cfg, run_dir, "qmix", device, "rmio.train.qmix", "train_qmix", check="check_value_task"
+    )
 
 
 @train.command("mmsa")
@@ -144,7 +156,7 @@ def mmsa(cfg: Any, run_dir: Path | None, device: str) -> None:
     """MMSA (model-based QMIX: SALE embeddings in the Q-agents, a latent world model rolled out 3
     steps from each agent's recurrent state, the roll-out state in the mixer; discrete actions);
     settings in the config's qmix: and mmsa: sections; resumable with --run-dir."""
-    _start_run(cfg, run_dir, "mmsa", device, "rmio.train.mmsa", "train_mmsa")
+    _start_run(cfg, run_dir, "mmsa", device, "rmio.train.mmsa", "train_mmsa", check="check_mmsa")
 
 
 @train.command("finetune")

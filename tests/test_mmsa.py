@@ -303,3 +303,28 @@ def test_mmsa_refuses_a_sum_mixer_and_continuous_actions(tmp_path: Path) -> None
         train_mmsa(vdn, tmp_path / "vdn", "cpu", console)
     with pytest.raises(RmioError, match="MMSA needs discrete actions"):
         train_mmsa(load_config("halfcheetah_6x1", preset="debug"), tmp_path / "hc", "cpu", console)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["mmsa", "lbf_8x8_2p_2f_coop", "--set", "qmix.mixer=vdn"], "qmix.mixer is 'vdn'"),
+        (["mmsa", "halfcheetah_6x1"], "MMSA needs discrete actions"),
+        (["qmix", "halfcheetah_6x1"], "QMIX needs discrete actions"),
+    ],
+)
+def test_a_refused_run_leaves_no_run_directory(
+    args: list[str], message: str, tmp_path: Path
+) -> None:
+    """`rmio train mmsa`/`qmix` refuse what they cannot train with one line (exit code 2) before
+    the run directory is made, whether named (--run-dir) or made under run.runs_dir."""
+    import subprocess
+    import sys
+
+    runs = tmp_path / "runs"
+    for where in (["--run-dir", str(tmp_path / "run")], ["--set", f"run.runs_dir={runs}"]):
+        cmd = [sys.executable, "-m", "rmio", "train", *args, "--debug", *where]
+        proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+        err = proc.stderr.strip()
+        assert proc.returncode == 2 and message in err and len(err.splitlines()) == 1, err
+        assert sorted(p.name for p in tmp_path.iterdir()) == [], list(tmp_path.iterdir())

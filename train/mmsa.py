@@ -20,17 +20,28 @@ from rmio.envs.base import EnvSpec
 from rmio.errors import RmioError
 from rmio.train.mmsa_learner import MMSALearner
 from rmio.train.mmsa_nets import MMSAAgent
-from rmio.train.qmix import train_value
+from rmio.train.qmix import check_value_task, train_value
 from rmio.train.runlog import load_checkpoint
 
 
-def train_mmsa(cfg: Config, run_dir: Path, device: str, console: Console) -> Path:
-    """Train until ``qmix.env_steps``; writes ``mmsa.pt`` (the final networks and evaluation)."""
+def _check_mixer(cfg: Config) -> None:
     if cfg.qmix.mixer != "qmix":
         raise RmioError(
             f"MMSA feeds its roll-out state to QMIX's hypernetwork mixer; qmix.mixer is "
             f"{cfg.qmix.mixer!r} (set qmix.mixer=qmix)"
         )
+
+
+def check_mmsa(cfg: Config) -> None:
+    """Refuse what MMSA cannot train (a mixer other than QMIX's, continuous actions) with one
+    RmioError line; `rmio train mmsa` calls it before it makes the run directory."""
+    _check_mixer(cfg)
+    check_value_task(cfg, "MMSA")
+
+
+def train_mmsa(cfg: Config, run_dir: Path, device: str, console: Console) -> Path:
+    """Train until ``qmix.env_steps``; writes ``mmsa.pt`` (the final networks and evaluation)."""
+    _check_mixer(cfg)
     return train_value(
         cfg,
         run_dir,

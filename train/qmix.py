@@ -98,6 +98,14 @@ def _require_discrete(spec: EnvSpec, what: str) -> None:
         )
 
 
+def check_value_task(cfg: Config, what: str = "QMIX") -> None:
+    """Refuse a task QMIX's stack cannot train (continuous actions) with one RmioError line, read
+    from the environment's spec: `rmio train` calls it before it makes the run directory, so a
+    refused run leaves nothing behind."""
+    with make_env(cfg.env) as env:
+        _require_discrete(env.spec, what)
+
+
 def _fix_stats(cfg: Config, learner: QLearner) -> int:
     """Input statistics from random-policy steps (as MAPPO's); the steps they cost."""
     if not cfg.qmix.normalise_inputs:

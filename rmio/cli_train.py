@@ -312,14 +312,15 @@ register_open_loop(eval_group)
     type=click.Path(path_type=Path, exists=True, dir_okay=False),
     default=None,
     help="Ship the actor of this policy.pt instead of RUN_DIR's own (same scenario); a QMIX "
-    "qmix.pt ships its Q-agent as a recurrent actor.",
+    "qmix.pt or an MMSA mmsa.pt (or their ckpt_*.pt) ships its Q-agent as a recurrent actor.",
 )
 @click.option(
     "--world-model",
     "world_model",
     default=None,
-    help="For a QMIX run (which trains no world model): the world model to pair its Q-agent "
-    "with, a bundle (directory or shipped name) or a world-model run directory of the same task.",
+    help="For a QMIX or MMSA run (which export no world model): the world model to pair its "
+    "Q-agent with, a bundle (directory or shipped name) or a world-model run directory of the "
+    "same task.",
 )
 def export(
     run_dir: Path | None,
@@ -329,8 +330,8 @@ def export(
     world_model: str | None,
 ) -> None:
     """Export the (fine-tuned) world model as a one-step ONNX graph plus manifest, checked against
-    PyTorch. A QMIX run exports its Q-agent (greedy over available actions, its GRU state carried
-    between steps) beside the world model named by --world-model."""
+    PyTorch. A QMIX or MMSA run exports its Q-agent (greedy over available actions, its GRU state
+    carried between steps) beside the world model named by --world-model."""
     # onnxruntime alone: a deployment can check a bundle without torch
     if check_dir is not None:
         from rmio.runtime.validate import check_bundle
@@ -344,10 +345,9 @@ def export(
     from rmio.train.export import export_run
     from rmio.train.export_q import export_qmix, is_q_checkpoint
 
-    # a QMIX run (no world model of its own): its final Q-agent, else its last checkpoint's
-    q_ckpt = next(
-        (run_dir / f for f in ("qmix.pt", "ckpt_qmix.pt") if (run_dir / f).is_file()), None
-    )
+    # a QMIX or MMSA run (no world model to export): its final Q-agent, else its last checkpoint's
+    names = [f"{stem}{a}.pt" for a in ("qmix", "mmsa") for stem in ("", "ckpt_")]
+    q_ckpt = next((run_dir / f for f in names if (run_dir / f).is_file()), None)
     if list(run_dir.glob("wm_*.pt")):
         q_ckpt = None
     if policy is not None and is_q_checkpoint(policy):  # RUN_DIR holds the world model
@@ -355,14 +355,15 @@ def export(
     elif q_ckpt is not None:
         if world_model is None:
             raise RmioError(
-                f"'{run_dir}' is a QMIX run, which trains no world model: name one of the same "
-                "task with --world-model (a bundle, a shipped name or a world-model run directory)"
+                f"'{run_dir}' is a {q_ckpt.stem.removeprefix('ckpt_').upper()} run, which exports "
+                "no world model: name one of the same task with --world-model (a bundle, a "
+                "shipped name or a world-model run directory)"
             )
         export_qmix(q_ckpt, world_model, out or run_dir / "bundle", _console())
     elif world_model is not None:
         raise RmioError(
-            f"--world-model pairs a QMIX actor with a world model, and '{run_dir}' is no QMIX run "
-            "(export its own world model, or give --policy RUN/qmix.pt)"
+            f"--world-model pairs a QMIX or MMSA actor with a world model, and '{run_dir}' is "
+            "neither (export its own world model, or give --policy RUN/qmix.pt or RUN/mmsa.pt)"
         )
     else:
         export_run(run_dir, out or run_dir / "bundle", _console(), policy)

@@ -287,8 +287,9 @@ def _export_step_world_model(
         path = run_dir / "wm_pretrain.pt"
         if not path.exists():
             hint = (
-                " (a QMIX run: `rmio export RUN --world-model WM` pairs its Q-agent with one)"
-                if (run_dir / "qmix.pt").is_file()
+                " (a QMIX or MMSA run: `rmio export RUN --world-model WM` pairs its Q-agent with "
+                "one)"
+                if (run_dir / "qmix.pt").is_file() or (run_dir / "mmsa.pt").is_file()
                 else ""
             )
             raise RmioError(f"'{run_dir}' has no trained world model to export{hint}")

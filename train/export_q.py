@@ -1,5 +1,12 @@
-"""A Q-agent (QMIX's recurrent agent) exported as the bundle's actor: greedy over the available
-actions, its GRU state carried by the runtime between steps (docs/BUNDLE.md, "A recurrent actor").
+"""A Q-agent (QMIX's or MMSA's recurrent agent) exported as the bundle's actor: greedy over the
+available actions, its GRU state carried by the runtime between steps (docs/BUNDLE.md, "A recurrent
+actor").
+
+MMSA's agent is QMIX's GRU with a SALE Q-head (train/mmsa_nets.py, ``MMSAAgent``): the head reads
+the normalised observation through the agent's fixed SALE encoder copy (z^o, z^oa for every
+action) and its own phi^oa layer beside the GRU state, all inside the agent's ``forward``, so the
+same graph exports it and computes exactly the greedy evaluation's Q-values. Its mixer, world model
+and online encoders are training-only and are not exported.
 
 QMIX's agent reads its observation, its previous action (one-hot, zeros at an episode's start) and
 its one-hot id. The graph builds all three itself, so the runtime feeds it nothing new beyond the
@@ -37,6 +44,7 @@ from rmio.runtime.models import ActorRunner
 from rmio.runtime.settings import env_config_for
 from rmio.runtime.validate import bundle_checksums, check_bundle
 from rmio.train.export import PARITY_TOLERANCE, _same_agents, export_onnx, portable_path
+from rmio.train.mmsa_nets import MMSAAgent
 from rmio.train.model_card import write_model_card
 from rmio.train.qmix_nets import NEG_INF, RNNAgent, masked_argmax
 from rmio.train.runlog import load_checkpoint
@@ -78,25 +86,59 @@ class QActorGraph(nn.Module):
         return action, torch.cat([h_next, (action[:, None] == self.actions[None, :]).float()], -1)
 
 
-def load_q_agent(path: Path) -> tuple[RNNAgent, Config, dict[str, Any]]:
-    """The Q-agent of a ``qmix.pt`` (or ``ckpt_qmix.pt``), its run's config and the checkpoint."""
-    ckpt = load_checkpoint(path, "cpu")
+Q_ALGOS = ("qmix", "mmsa")
+"""The value-based trainers whose agents export as a Q-actor (``<algo>.pt``, ``ckpt_<algo>.pt``)."""
+
+
+def q_algo_of(ckpt: dict[str, Any], path: Path) -> str | None:
+    """``"qmix"`` or ``"mmsa"`` for a Q-agent checkpoint, None for anything else (a MAPPO
+    policy.pt, a world model). The final file names its algorithm; a training checkpoint is told
+    by its agent's weights (MMSA's carries the SALE head, QMIX's the linear Q layer ``fc2``). A
+    Q-agent of neither kind is a one-line error, not a weight mismatch later."""
     learner = ckpt.get("learner")
     if not isinstance(learner, dict) or "agent" not in learner:
-        raise RmioError(f"'{path}' is not a QMIX checkpoint (qmix.pt or ckpt_qmix.pt)")
+        return None
+    algo = ckpt.get("algo")
+    if algo is None:
+        keys = set(learner["agent"])
+        if "q_out.weight" in keys and any(k.startswith("sale.") for k in keys):
+            algo = "mmsa"
+        elif "fc2.weight" in keys:
+            algo = "qmix"
+    if algo not in Q_ALGOS:
+        raise RmioError(
+            f"'{path}' holds a Q-agent of an unknown algorithm ({algo or 'unrecognised weights'}):"
+            f" only {' and '.join(a.upper() for a in Q_ALGOS)} agents export as actors"
+        )
+    return str(algo)
+
+
+def load_q_agent(path: Path) -> tuple[RNNAgent, Config, dict[str, Any]]:
+    """The Q-agent of a ``qmix.pt``/``mmsa.pt`` (or their ``ckpt_*.pt``), its run's config and the
+    checkpoint, whose ``"algo"`` is set to the algorithm found."""
+    ckpt = load_checkpoint(path, "cpu")
+    algo = q_algo_of(ckpt, path)
+    if algo is None:
+        raise RmioError(
+            f"'{path}' is not a QMIX or MMSA checkpoint (qmix.pt, mmsa.pt or their ckpt_*.pt)"
+        )
     cfg = build_dataclass(Config, ckpt["config"], str(path))
-    agent = RNNAgent(EnvSpec.from_dict(ckpt["spec"]), cfg.qmix)
-    agent.load_state_dict(learner["agent"])
-    return agent.eval(), cfg, ckpt
+    spec = EnvSpec.from_dict(ckpt["spec"])
+    agent = MMSAAgent(spec, cfg.qmix, cfg.mmsa) if algo == "mmsa" else RNNAgent(spec, cfg.qmix)
+    try:
+        agent.load_state_dict(ckpt["learner"]["agent"])
+    except RuntimeError as err:
+        first = str(err).splitlines()[0]
+        raise RmioError(f"the {algo.upper()} agent of '{path}' does not load: {first}") from None
+    return agent.eval(), cfg, {**ckpt, "algo": algo}
 
 
 def is_q_checkpoint(path: Path) -> bool:
-    """Whether ``path`` is a QMIX checkpoint (what `rmio export --policy` then ships as a
-    Q-actor)."""
+    """Whether ``path`` is a QMIX or MMSA checkpoint (what `rmio export --policy` then ships as a
+    Q-actor); a Q-agent of another algorithm is a one-line error."""
     if not path.is_file():
         return False
-    learner = load_checkpoint(path, "cpu").get("learner")
-    return isinstance(learner, dict) and "agent" in learner
+    return q_algo_of(load_checkpoint(path, "cpu"), path) is not None
 
 
 def export_q_actor(agent: RNNAgent, out: Path) -> ActorState:
@@ -199,7 +241,8 @@ def _check_task(
 
 
 def export_qmix(policy: Path, world_model: str | Path, out: Path, console: Console) -> Path:
-    """A bundle of the Q-agent of ``policy`` (a qmix.pt) and the world model of ``world_model``,
+    """A bundle of the Q-agent of ``policy`` (a qmix.pt or mmsa.pt, or a ``ckpt_*.pt``) and the
+    world model of ``world_model``,
     checked (rollout parity, then ``check_bundle``); a bundle that fails is removed."""
     agent, cfg, ckpt = load_q_agent(policy)
     source = _world_model_bundle(world_model, console)
@@ -240,7 +283,7 @@ def _write(
     data["budget"] = {
         **budget,
         "policy_source": portable_path(str(policy)),
-        "policy_algo": "qmix",
+        "policy_algo": ckpt["algo"],
         "policy_env_steps": ckpt.get("env_steps"),
         "world_model_source": portable_path(str(world_model)),
     }

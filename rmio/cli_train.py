@@ -214,11 +214,15 @@ def finetune(
     also come from burst or blackout loss and from a range of rates (rmio's, not the paper's).
 
     On a MARIE run (--algo marie), rmio's masked-token fine-tuning of MARIE (not the paper's):
-    lost agents' tokens become [MASK] and are predicted all at once."""
+    lost agents' tokens become [MASK] and are predicted all at once. On an MMSA run, rmio's
+    observation decoder then masked fine-tuning of MMSA's latent model (not the paper's), which
+    `rmio export MMSA_RUN` ships as the bundle's world model."""
     _require_torch()
     marie = _run_is_marie(run_dir)  # rmio's masked fine-tuning of MARIE (train/marie_finetune.py)
     if marie:
         from rmio.train.marie_finetune import finetune_marie as finetune_world_model
+    elif (run_dir / "mmsa.pt").is_file():  # rmio's observation decoder for MMSA, not the paper's
+        from rmio.train.mmsa_finetune import finetune_mmsa as finetune_world_model
     else:
         from rmio.train.wm_train import finetune_world_model
 
@@ -352,6 +356,10 @@ def export(
         q_ckpt = None
     if policy is not None and is_q_checkpoint(policy):  # RUN_DIR holds the world model
         export_qmix(policy, world_model or run_dir, out or run_dir / "bundle", _console())
+    elif q_ckpt is not None and world_model is None and (run_dir / "mmsa_wm.pt").is_file():
+        from rmio.train.mmsa_export import export_mmsa_bundle  # its own fine-tuned world model
+
+        export_mmsa_bundle(run_dir, q_ckpt, out or run_dir / "bundle", _console())
     elif q_ckpt is not None:
         if world_model is None:
             raise RmioError(

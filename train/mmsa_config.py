@@ -54,6 +54,19 @@ class MMSAConfig:
     DreamerV2's convention, which the paper cites, and what its text asks for ("allows the prior
     to mature quickly while preventing the posterior from being over-regularized"); the paper's
     printed equation puts alpha on the other term, which kl_alpha: 0.2 reproduces."""
+    # rmio's extension, not the paper's: an observation decoder and masked fine-tuning on the
+    # trained latent model (`rmio train finetune MMSA_RUN`, train/mmsa_finetune.py); the masks,
+    # fine-tuning updates and learning rate are world_model.finetune's, as for RMIOv2.
+    recon_episodes: int = 200
+    """Episodes the trained agent plays (epsilon qmix.epsilon_finish) for the decoder's data."""
+    recon_holdout: int = 20
+    """More episodes, on other seeds, behind the held-out errors the stage reports."""
+    recon_updates: int = 2_000
+    """Updates of the decoder stage (the decoder alone, every observation seen)."""
+    recon_batch: int = 32
+    """Episodes per update of both stages."""
+    recon_lr: float = 1e-3
+    """Adam's learning rate of the decoder stage (fine-tuning uses world_model.finetune.lr)."""
 
 
 def validate_mmsa(m: MMSAConfig, src: str) -> None:
@@ -62,11 +75,13 @@ def validate_mmsa(m: MMSAConfig, src: str) -> None:
     def bad(key: str, rule: str, value: Any) -> ConfigError:
         return ConfigError(f"{src}: mmsa.{key} must be {rule}, got {value!r}")
 
-    for key in ("horizon", "latent_dim", "phi_dim", "sale_hidden", "wm_hidden"):
+    keys = ("horizon", "latent_dim", "phi_dim", "sale_hidden", "wm_hidden", "recon_episodes")
+    for key in (*keys, "recon_holdout", "recon_updates", "recon_batch"):
         if getattr(m, key) < 1:
             raise bad(key, ">= 1", getattr(m, key))
-    if not m.lr > 0:
-        raise bad("lr", "> 0", m.lr)
+    for key in ("lr", "recon_lr"):
+        if not getattr(m, key) > 0:
+            raise bad(key, "> 0", getattr(m, key))
     if not m.min_std > 0:
         raise bad("min_std", "> 0", m.min_std)
     if not 0.0 <= m.kl_alpha <= 1.0:

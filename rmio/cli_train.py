@@ -69,19 +69,12 @@ def _start_run(
     getattr(trainer, function)(cfg, run_dir, device, _console())
 
 
-_MARIE_BUILT = ("export",)
-"""Stages whose MARIE counterpart exists (issue 23, item 2): export dispatches to
-train/marie_export.py itself, so its call here lets it through."""
-
-
 def _refuse_marie(marie: bool, what: str) -> None:
-    """MARIE has its own trainer; the RMIOv2 stages that have no MARIE counterpart yet (issue 23,
-    item 3 and later) say so instead of silently running RMIOv2's on a MARIE config."""
-    if marie and what not in _MARIE_BUILT:
-        raise RmioError(
-            f"{what} is not built for --algo marie yet: only `rmio train world-model --algo marie`"
-            " is (issue 23)"
-        )
+    """MARIE has its own trainer, fine-tuning, export and evaluation; a stage that has no MARIE
+    counterpart (joint pre-training) says so instead of silently running RMIOv2's on a MARIE
+    config."""
+    if marie:
+        raise RmioError(f"{what} is not built for --algo marie (issue 23)")
 
 
 def _run_is_marie(run_dir: Path) -> bool:
@@ -272,6 +265,13 @@ def eval_group() -> None:
     help="Bundle whose actor the policy metrics use (default: the run's bundle, else "
     "run.data_policy when it is a bundle).",
 )
+@click.option(
+    "--beside",
+    multiple=True,
+    type=click.Path(path_type=Path, exists=True, file_okay=False),
+    help="Another run of the same task (RMIOv2, a variant or MARIE) whose world models are scored "
+    "on RUN_DIR's held-out episodes with the same masks, in the same table; repeatable.",
+)
 @device_option
 def reconstruction(
     run_dir: Path,
@@ -279,15 +279,20 @@ def reconstruction(
     loss_model: str | None,
     mean_burst_length: float | None,
     policy: str | None,
+    beside: tuple[Path, ...],
     device: str,
 ) -> None:
     """L_rec on held-out trajectories for every test-time p_mask, GPE, GCI, and the zero-fill and
-    hold-last baselines; writes a table (markdown, JSON) and a PNG plot into the run directory."""
-    _refuse_marie(_run_is_marie(run_dir), "the reconstruction evaluation")
-    _require_torch()
-    from rmio.train.wm_eval import evaluate_run
+    hold-last baselines; writes a table (markdown, JSON) and a PNG plot into the run directory.
 
-    evaluate_run(run_dir, checkpoint, device, _console(), loss_model, mean_burst_length, policy)
+    A MARIE run is scored through its window graph's PyTorch module (the swarm's round), with
+    the same masks as RMIOv2's; --beside puts other runs' models in the same table."""
+    _require_torch()
+    from rmio.train.marie_eval import evaluate_reconstruction
+
+    evaluate_reconstruction(
+        run_dir, checkpoint, device, _console(), loss_model, mean_burst_length, policy, list(beside)
+    )
 
 
 register_robustness(eval_group)
@@ -313,9 +318,10 @@ register_open_loop(eval_group)
 )
 @click.option(
     "--policy",
-    type=click.Path(path_type=Path, exists=True, dir_okay=False),
+    "policy_arg",
     default=None,
-    help="Ship the actor of this policy.pt instead of RUN_DIR's own (same scenario); a QMIX "
+    help="Ship the actor of this policy.pt, or a bundle's actor.onnx (a directory or a shipped "
+    "name, e.g. halfcheetah_6x1), instead of RUN_DIR's own (same scenario); a QMIX "
     "qmix.pt or an MMSA mmsa.pt (or their ckpt_*.pt) ships its Q-agent as a recurrent actor.",
 )
 @click.option(
@@ -330,7 +336,7 @@ def export(
     run_dir: Path | None,
     out: Path | None,
     check_dir: Path | None,
-    policy: Path | None,
+    policy_arg: str | None,
     world_model: str | None,
 ) -> None:
     """Export the (fine-tuned) world model as a one-step ONNX graph plus manifest, checked against
@@ -344,11 +350,15 @@ def export(
         return
     if run_dir is None:
         raise click.UsageError("give RUN_DIR to export, or --check BUNDLE")
-    _refuse_marie(_run_is_marie(run_dir), "export")
     _require_torch()
+    from rmio.models import find_bundle
     from rmio.train.export import export_run
     from rmio.train.export_q import export_qmix, is_q_checkpoint
 
+    # a policy.pt (or Q checkpoint) file, else a bundle directory or a shipped bundle's name
+    policy = None if policy_arg is None else Path(policy_arg)
+    if policy is not None and not policy.is_file():
+        policy = find_bundle(policy_arg)
     # a QMIX or MMSA run (no world model to export): its final Q-agent, else its last checkpoint's
     names = [f"{stem}{a}.pt" for a in ("qmix", "mmsa") for stem in ("", "ckpt_")]
     q_ckpt = next((run_dir / f for f in names if (run_dir / f).is_file()), None)

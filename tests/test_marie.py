@@ -5,6 +5,7 @@ context token)."""
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 from pathlib import Path
@@ -192,8 +193,9 @@ def test_the_context_token_never_holds_the_agents_own_tokens(model: MarieWorldMo
 
 def test_cli_trains_marie_and_refuses_the_stages_not_built_yet(tmp_path: Path) -> None:
     """`rmio train world-model --algo marie` runs MARIE's trainer into a marie-wm run directory;
-    rerunning it on that directory finds it done; the reconstruction evaluation refuses it rather
-    than running RMIOv2's on it (fine-tuning and export are built: tests/test_marie_bundle.py)."""
+    rerunning it on that directory finds it done; the reconstruction evaluation scores the
+    pre-trained MARIE (it refused a MARIE run before issue 23's evaluation); joint pre-training,
+    which has no MARIE counterpart, is refused in one line rather than running RMIOv2's."""
     from click.testing import CliRunner
 
     from rmio.cli import cli
@@ -206,8 +208,13 @@ def test_cli_trains_marie_and_refuses_the_stages_not_built_yet(tmp_path: Path) -
     assert (run / "marie_pretrain.pt").is_file() and not (run / "wm_pretrain.pt").exists()
     again = CliRunner().invoke(cli, [*args, "--run-dir", str(run)])
     assert again.exit_code == 0 and "already finished" in again.output
-    for stage in (["eval", "reconstruction"],):
-        refused = CliRunner().invoke(cli, [*stage, str(run)])
-        assert refused.exit_code != 0 and "not built for --algo marie" in str(
-            refused.output + repr(refused.exception)
-        ), (stage, refused.output)
+    scored = CliRunner().invoke(cli, ["eval", "reconstruction", str(run)])
+    assert scored.exit_code == 0, scored.output
+    rows = json.loads((run / "eval_reconstruction.json").read_text())["strategies"]
+    assert list(rows) == ["MARIE pre-trained", "zero-fill", "hold-last"]
+    pretrain = ["train", "pretrain", "halfcheetah_6x1", "--debug", "--algo", "marie"]
+    refused = CliRunner().invoke(cli, [*pretrain, "--run-dir", str(tmp_path / "joint")])
+    assert refused.exit_code != 0 and not (tmp_path / "joint").exists()
+    message = str(refused.exception)
+    assert "joint pre-training is not built for --algo marie" in message
+    assert "\n" not in message

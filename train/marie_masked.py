@@ -158,6 +158,14 @@ class MarieWindow(nn.Module):
     def forward(
         self, obs: torch.Tensor, actions: torch.Tensor, mask: torch.Tensor, valid: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        recon, codes, _ = self.round(obs, actions, mask, valid)
+        return recon, codes
+
+    def round(
+        self, obs: torch.Tensor, actions: torch.Tensor, mask: torch.Tensor, valid: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``forward``'s outputs and the hidden states (B, n, L, block, D) they come from (the
+        reconstruction evaluation reads MARIE's reward and termination heads off them)."""
         m = self.m
         b, n, steps, w = actions.shape[0], actions.shape[1], obs.shape[2], actions.shape[3]
         enc = m.tok.encode(obs.transpose(1, 2))  # (B, L, n, K)
@@ -173,4 +181,4 @@ class MarieWindow(nn.Module):
         enc_t = (enc * last[:, :, None, None].long()).sum(1)  # (B, n, K)
         seen_t = (mask * last[:, None]).sum(-1)[..., None] > 0.5
         codes = torch.where(seen_t, enc_t, pred)
-        return m.tok.decode(codes), codes
+        return m.tok.decode(codes), codes, h

@@ -25,6 +25,8 @@ Metrics, in normalised observation units (per feature (o - mean) / std of the tr
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,9 +45,34 @@ from rmio.train.common import load_model, resolve_device
 from rmio.train.masks import sample_loss_masks
 from rmio.train.policy_metrics import POLICY_METRICS, PolicyProbe
 from rmio.train.wm_data import Batch, SequenceSampler
+from rmio.train.wm_eval_plot import plot_reconstruction
 from rmio.train.world_model import RMIOWorldModel
 
 BASELINES = ("zero-fill", "hold-last")
+
+
+@dataclass(frozen=True)
+class ModelFamily:
+    """How :func:`evaluate_run` finds, loads and scores one kind of world model: RMIOv2's (and
+    its variants') here, MARIE's in train/marie_eval.py."""
+
+    label: str
+    """Row label prefix: ``wm`` (RMIOv2), ``MARIE``."""
+    files: dict[str, str]
+    """Checkpoint name (finetune, pretrain) -> file in the run directory."""
+    load: Callable[[Path, Any], tuple[Any, dict]]
+    episode_fn: Callable[..., dict[str, dict[str, np.ndarray]]]
+
+
+def is_model_row(name: str) -> bool:
+    """A world model's row of the results (not a baseline's)."""
+    return name not in BASELINES
+
+
+def finetuned_row(strategies: dict[str, Any]) -> str:
+    """The one fine-tuned world model's row label (RMIOv2's or MARIE's)."""
+    (key,) = [k for k in strategies if is_model_row(k) and " fine-tuned" in k]
+    return key
 
 
 def hold_last(obs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -81,16 +108,8 @@ def evaluate_episode(
     come from ``loss_model`` at each p_mask (its long-run lost fraction)."""
     P = len(p_masks)
     B = P * seeds
-    T, n = ep.obs.shape[1], ep.obs.shape[2]
-    gen = torch.Generator(device=ep.obs.device).manual_seed(seed)
-    probs = torch.tensor(p_masks, device=ep.obs.device).repeat_interleave(seeds)
-    if loss_model == "bernoulli":  # drawn as before the other loss models existed
-        mask = torch.rand((B, T, n), generator=gen, device=ep.obs.device) >= probs.view(B, 1, 1)
-        mask = mask.float()
-    else:
-        mask = sample_loss_masks(
-            gen, (B, T, n), probs, loss_model, mean_burst_length, ep.obs.device
-        )
+    T = ep.obs.shape[1]
+    mask = draw_masks(ep, p_masks, seeds, seed, loss_model, mean_burst_length)
     rep = lambda x: x.expand(B, *x.shape[1:])  # noqa: E731 - one episode, many mask draws
     obs = rep(ep.obs)
     obs_n = model.normalize_obs(obs)
@@ -106,17 +125,9 @@ def evaluate_episode(
         + lost.unsqueeze(-1) * model.normalize_obs(torch.zeros_like(obs)),
         "hold-last": model.normalize_obs(held),
     }
-    res: dict[str, dict[str, np.ndarray]] = {}
-    for name, pred in joint.items():
-        err = _smooth_l1(pred, obs_n, fm)  # (B, T, n)
-        res[name] = {
-            "masked_sum": (err * lost).sum((1, 2)).view(P, seeds).sum(1).cpu().numpy(),
-            "masked_count": lost.sum((1, 2)).view(P, seeds).sum(1).cpu().numpy(),
-            "all_sum": err.sum((1, 2)).view(P, seeds).sum(1).cpu().numpy(),
-            "all_count": np.full(P, T * n * seeds, dtype=np.float64),
-        }
+    res = strategy_sums(joint, obs_n, fm, lost, P, seeds)
     if probe is not None:
-        _policy_sums(res, probe, model, obs, ep, lost, decoded, held, P, seeds)
+        policy_sums(res, probe, obs, ep, lost, model.denormalize_obs(decoded), held, P, seeds)
     dec_err = _smooth_l1(decoded, obs_n, fm)
     # GPE (GAWM Eq. 8): per agent ||o^ - o||_2 + |r^ - r| + |gamma^ - gamma|, averaged over agents
     # and steps
@@ -139,20 +150,60 @@ def evaluate_episode(
     return res
 
 
-def _policy_sums(
+def draw_masks(
+    ep: Batch,
+    p_masks: list[float],
+    seeds: int,
+    seed: int,
+    loss_model: str = "bernoulli",
+    mean_burst_length: float = 4.0,
+) -> torch.Tensor:
+    """Test-time masks (P * seeds, T, n), 1 = observed, for one episode: the same draws for every
+    world model scored on it (RMIOv2's and MARIE's), given the same seed."""
+    B, T, n = len(p_masks) * seeds, ep.obs.shape[1], ep.obs.shape[2]
+    gen = torch.Generator(device=ep.obs.device).manual_seed(seed)
+    probs = torch.tensor(p_masks, device=ep.obs.device).repeat_interleave(seeds)
+    if loss_model == "bernoulli":  # drawn as before the other loss models existed
+        mask = torch.rand((B, T, n), generator=gen, device=ep.obs.device) >= probs.view(B, 1, 1)
+        return mask.float()
+    return sample_loss_masks(gen, (B, T, n), probs, loss_model, mean_burst_length, ep.obs.device)
+
+
+def strategy_sums(
+    joint: dict[str, torch.Tensor],
+    obs_n: torch.Tensor,
+    fm: torch.Tensor,
+    lost: torch.Tensor,
+    P: int,
+    seeds: int,
+) -> dict[str, dict[str, np.ndarray]]:
+    """L_rec sums per p_mask of each strategy's joint observation (B, T, n, D) normalised."""
+    T, n = lost.shape[1], lost.shape[2]
+    res: dict[str, dict[str, np.ndarray]] = {}
+    for name, pred in joint.items():
+        err = _smooth_l1(pred, obs_n, fm)  # (B, T, n)
+        res[name] = {
+            "masked_sum": (err * lost).sum((1, 2)).view(P, seeds).sum(1).cpu().numpy(),
+            "masked_count": lost.sum((1, 2)).view(P, seeds).sum(1).cpu().numpy(),
+            "all_sum": err.sum((1, 2)).view(P, seeds).sum(1).cpu().numpy(),
+            "all_count": np.full(P, T * n * seeds, dtype=np.float64),
+        }
+    return res
+
+
+def policy_sums(
     res: dict[str, dict[str, np.ndarray]],
     probe: PolicyProbe,
-    model: RMIOWorldModel,
     obs: torch.Tensor,
     ep: Batch,
     lost: torch.Tensor,
-    decoded: torch.Tensor,
+    recon: torch.Tensor,
     held: torch.Tensor,
     P: int,
     seeds: int,
 ) -> None:
-    """Add the actor's disagreement on every lost agent-step (raw units, as the actor sees them)
-    to each strategy's sums, per p_mask."""
+    """Add the actor's disagreement on every lost agent-step (raw units, as the actor sees them,
+    ``recon`` the world model's) to each strategy's sums, per p_mask."""
     b, t, i = lost.nonzero(as_tuple=True)
     if len(b) == 0:
         return
@@ -161,7 +212,7 @@ def _policy_sums(
     avail = None if ep.avail is None else ep.avail[0, t, i].cpu().numpy()
     p_idx = (b // seeds).cpu().numpy()
     recon = {
-        "model": model.denormalize_obs(decoded)[b, t, i].cpu().numpy(),
+        "model": recon[b, t, i].cpu().numpy(),
         "zero-fill": np.zeros_like(true),
         "hold-last": held[b, t, i].cpu().numpy(),
     }
@@ -171,16 +222,19 @@ def _policy_sums(
 
 
 def evaluate_model(
-    model: RMIOWorldModel,
+    model: Any,
     episodes: list[Batch],
     cfg: Any,
     seed: int,
     probe: PolicyProbe | None = None,
+    episode_fn: Callable[..., dict[str, dict[str, np.ndarray]]] | None = None,
 ) -> dict[str, Any]:
+    """Every metric over held-out episodes; ``episode_fn`` scores one episode (default RMIOv2's
+    :func:`evaluate_episode`; MARIE's has the same signature)."""
     ev = cfg.world_model.eval
     totals: dict[str, dict[str, np.ndarray]] = {}
     for k, ep in enumerate(episodes):
-        res = evaluate_episode(
+        res = (episode_fn or evaluate_episode)(
             model,
             ep,
             ev.p_masks,
@@ -216,6 +270,11 @@ def evaluate_model(
     return out
 
 
+RMIOV2 = ModelFamily(
+    "wm", {"finetune": "wm_finetune.pt", "pretrain": "wm_pretrain.pt"}, load_model, evaluate_episode
+)
+
+
 def evaluate_run(
     run_dir: Path,
     which: str,
@@ -224,11 +283,16 @@ def evaluate_run(
     loss_model: str | None = None,
     mean_burst_length: float | None = None,
     policy: str | Path | None = None,
+    family: ModelFamily | None = None,
+    beside: list[tuple[Path, ModelFamily]] | None = None,
 ) -> dict[str, Any]:
     """Evaluate a run's world models on its held-out data; writes ``eval_reconstruction.*`` (the
     run config's test-time loss model, Bernoulli by default) or ``eval_reconstruction_<model>.*``
     when ``loss_model`` asks for another one.
 
+    ``family`` says what the run's world model is (default RMIOv2's); ``beside`` adds the world
+    models of other runs of the same task, scored on this run's held-out episodes with the same
+    masks, their rows named after their run directory (MARIE beside RMIOv2 in one table).
     With an actor (``policy``, else the run's exported bundle, else ``run.data_policy`` when it is
     a bundle) the policy metrics of :mod:`rmio.train.policy_metrics` are added."""
     cfg = load_config(run_dir / "config.yaml")
@@ -259,33 +323,39 @@ def evaluate_run(
         "strategies": {},
     }
     probe, results["policy"] = _probe_for(run_dir, cfg, policy, holdout.spec.name)
-    for name in names:
-        path = run_dir / f"wm_{name}.pt"
-        if not path.exists():
-            if which == "both":
+    runs = [(run_dir, family or RMIOV2, ""), *((r, f, f"{r.name}: ") for r, f in beside or [])]
+    for run, fam, prefix in runs:
+        found = False
+        for name in names:
+            path = run / fam.files[name]
+            if not path.exists():
                 continue
-            raise RmioError(f"'{run_dir}' has no {path.name}")
-        model, ckpt = load_model(path, dev)
-        if ckpt["spec"] != holdout.spec.to_dict():
-            raise RmioError(
-                f"{path} was trained for {ckpt['spec']['name']}, the held-out data is "
-                f"{holdout.spec.name}"
+            found = True
+            model, ckpt = fam.load(path, dev)
+            if ckpt["spec"] != holdout.spec.to_dict():
+                raise RmioError(
+                    f"{path} was trained for {ckpt['spec']['name']}, the held-out data is "
+                    f"{holdout.spec.name}"
+                )
+            model.eval()
+            sampler = SequenceSampler(holdout, cfg.world_model.smoothing, dev)
+            res = evaluate_model(
+                model, sampler.episodes(), cfg, cfg.run.seed + 555, probe, fam.episode_fn
             )
-        model.eval()
-        sampler = SequenceSampler(holdout, cfg.world_model.smoothing, dev)
-        res = evaluate_model(model, sampler.episodes(), cfg, cfg.run.seed + 555, probe)
-        label = (
-            f"wm fine-tuned ({ckpt.get('masks') or 'p_mask ' + format(ckpt['p_mask'], 'g')})"
-            if name == "finetune"
-            else "wm pre-trained"
-        )
-        results["strategies"][label] = res["model"]
-        for b in BASELINES:
-            results["strategies"][b] = res[
-                b
-            ]  # identical for both checkpoints: same masks, same data
-    if not results["strategies"]:
-        raise RmioError(f"'{run_dir}' has no trained world model (wm_pretrain.pt / wm_finetune.pt)")
+            label = (
+                f"{fam.label} fine-tuned "
+                f"({ckpt.get('masks') or 'p_mask ' + format(ckpt['p_mask'], 'g')})"
+                if name == "finetune"
+                else f"{fam.label} pre-trained"
+            )
+            results["strategies"][prefix + label] = res["model"]
+            for b in BASELINES:  # the same masks and data for every model: the main run's
+                results["strategies"].setdefault(b, res[b])
+        if not found and len(names) == 1:
+            raise RmioError(f"'{run}' has no {fam.files[names[0]]}")
+        if not found:
+            files = " / ".join(fam.files[k] for k in reversed(names))
+            raise RmioError(f"'{run}' has no trained world model ({files})")
     results["warnings"] = policy_warnings(results)
     (run_dir / f"{stem}.json").write_text(json.dumps(results, indent=2))
     md = reconstruction_table(results)
@@ -337,7 +407,7 @@ def policy_warnings(results: dict[str, Any]) -> list[str]:
     held = results["strategies"].get("hold-last", {})
     out = []
     for name, row in results["strategies"].items():
-        if not name.startswith("wm "):
+        if not is_model_row(name):
             continue
         for key in POLICY_METRICS:
             if key not in row or key not in held:
@@ -412,33 +482,3 @@ def _print(results: dict[str, Any], console: Console) -> None:
         for name, vals in rows:
             table.add_row(name, *["-" if v is None else f"{v:.4f}" for v in vals])
         console.print(table)
-
-
-def plot_reconstruction(results: dict[str, Any], path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    first = next(iter(results["strategies"].values()))
-    panels = [("lrec_masked", "L_rec on lost agents (SmoothL1, normalised)")] + [
-        (k, f"{k} of the actor on lost agents") for k in POLICY_METRICS if k in first
-    ]
-    fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4), squeeze=False)
-    for ax, (key, label) in zip(axes[0], panels, strict=True):
-        for name, row in results["strategies"].items():
-            pts = [
-                (p, v)
-                for p, v in zip(results["p_masks"], row.get(key, []), strict=False)
-                if v is not None
-            ]
-            if pts:
-                ax.plot(*zip(*pts, strict=True), marker="o", label=name)
-        ax.set_xlabel("test-time p_mask")
-        ax.set_ylabel(label)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    axes[0][0].set_title(f"{title}: reconstruction of lost observations")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from rich.console import Console
 
@@ -31,7 +32,6 @@ def test_shipped_sweeps_validate(name: str) -> None:
     "body,needle",
     [
         ("vary: algo\nvariants: [rmiov2, telepathy]", "unknown method"),
-        ("vary: algo\nvariants: [rmiov2, marie]", "cannot run 'marie'"),
         ("vary: p_mask\nvariants: [0.5, 1.5]", "p_mask variants"),
         ("vary: seeds\nvariants: [1]", "vary"),
     ],
@@ -41,6 +41,57 @@ def test_bad_sweeps_are_refused(tmp_path: Path, body: str, needle: str) -> None:
     path.write_text(f"name: x\nscenario: halfcheetah_6x1\npolicy: halfcheetah_6x1\n{body}\n")
     with pytest.raises(ConfigError, match=needle):
         load_ablation(path)
+
+
+def test_marie_is_a_method_variant(tmp_path: Path) -> None:
+    """`variants: [rmiov2, marie]` validates (it was refused before issue 23's item 2): the sweep
+    trains MARIE with its own trainer and fine-tuning, see the end-to-end test below."""
+    path = tmp_path / "sweep.yaml"
+    path.write_text(
+        "name: x\nscenario: halfcheetah_6x1\npolicy: halfcheetah_6x1\nvary: algo\n"
+        "variants: [rmiov2, marie]\n"
+    )
+    assert load_ablation(path).variants == ["rmiov2", "marie"]
+
+
+def test_debug_marie_beside_rmiov2_end_to_end(tmp_path: Path) -> None:
+    """`rmio ablate` with [rmiov2, marie] at debug scale: both trained on the same real data,
+    fine-tuned, exported (MARIE as its window graph), scored on their held-out L_rec and swept for
+    robustness with the same actor; MARIE's row sits beside RMIOv2's."""
+    from click.testing import CliRunner
+
+    from rmio.cli import cli
+
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text(
+        "name: debug marie\nscenario: halfcheetah_6x1\nvary: algo\nvariants: [rmiov2, marie]\n"
+        "policy: halfcheetah_6x1\nfinetune_updates: 4\n"
+        "set: [marie.preset=tiny, marie.seq_len=6, world_model.history_window=6,\n"
+        "      world_model.train.updates=12]\n"
+        "robustness: {p_loss: [0, 0.5, 1.0], seeds: 1, episodes: 1, steps: 20}\n"
+    )
+    out = tmp_path / "out"
+    res = CliRunner().invoke(cli, ["ablate", str(sweep), "--debug", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    result = json.loads((out / "ablation.json").read_text())
+    rows = {r["variant"]: r for r in result["rows"]}
+    assert list(rows) == ["rmiov2", "marie"]
+    for r in rows.values():
+        assert 0 < r["lrec_lost"] < 10 and len(r["curve"]) == 3
+        assert all(np.isfinite(r["curve"])) and np.isfinite(r["auc_mean"])
+    marie = out / "seed0" / "marie"
+    manifest = json.loads((marie / "bundle" / "manifest.json").read_text())
+    assert manifest["wm_window"]["algo"] == "marie"
+    assert not Path(manifest["budget"]["policy_source"]).is_absolute()
+    rec = json.loads((marie / "eval_reconstruction.json").read_text())
+    assert "MARIE fine-tuned (p_mask 0.5)" in rec["strategies"]
+    # the same real data, and so the same held-out episodes and masks, for both methods
+    a, b = (out / "seed0" / v / "data" / "holdout.npz" for v in ("rmiov2", "marie"))
+    assert a.read_bytes() == b.read_bytes()
+    other = json.loads((out / "seed0" / "rmiov2" / "eval_reconstruction.json").read_text())
+    assert rec["strategies"]["zero-fill"] == other["strategies"]["zero-fill"]
+    md = (out / "ablation.md").read_text()
+    assert "| marie |" in md and "| rmiov2 |" in md
 
 
 def test_policy_is_checked_before_training(tmp_path: Path) -> None:

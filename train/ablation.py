@@ -1,7 +1,9 @@
 """Ablation sweeps of the RMIOv2 paper's Tables 1 and 2 (`rmio ablate SWEEP.yaml`): one command per
 table.
 
-A sweep varies one thing, either the method (``vary: algo``: fusion ablations) or the fine-tuning
+A sweep varies one thing, either the method (``vary: algo``: fusion ablations, or MARIE beside
+RMIOv2: ``marie`` is pre-trained by its own trainer, masked-fine-tuned and exported as a window
+graph, then evaluated like the others) or the fine-tuning
 mask rate (``vary: p_mask``), and reports for every variant the reconstruction loss of lost agents
 on held-out episodes next to the robustness AUC of one fixed policy deployed with that variant's
 world model, so the two columns can be read side by side. All variants share the real data (the
@@ -30,8 +32,11 @@ from rmio.models import find_bundle
 from rmio.train.ablation_report import aggregate, markdown
 from rmio.train.common import prepare_run_dir
 from rmio.train.export import export_run
+from rmio.train.marie_eval import evaluate_reconstruction
+from rmio.train.marie_finetune import finetune_marie
+from rmio.train.marie_train import train_marie
 from rmio.train.trials import Trial, run_trials
-from rmio.train.wm_eval import evaluate_run
+from rmio.train.wm_eval import finetuned_row
 from rmio.train.wm_train import ensure_data, finetune_world_model, train_world_model
 from rmio.yamlio import load_yaml
 
@@ -107,8 +112,6 @@ def load_ablation(path: Path) -> AblationConfig:
             raise ConfigError(
                 f"{path}: unknown method(s) {unknown} (known: {', '.join(ALGORITHMS)})"
             )
-        if "marie" in cfg.variants:  # its own trainer; the sweep's RMIOv2 stages do not apply
-            raise ConfigError(f"{path}: the ablation pipeline cannot run 'marie' yet (issue 23)")
     elif cfg.vary == "recipe":
         _check_recipes(cfg.variants, path)
     elif not all(isinstance(v, int | float) and 0.0 <= v <= 1.0 for v in cfg.variants):
@@ -278,11 +281,15 @@ def run_variant(sweep: Sweep, seed: int, index: int, console: Console) -> dict[s
         run = prepare_run_dir(cfg, sdir / variant, variant)
         _share(sdir / ab.variants[0] / "data", run / "data")  # the same real data for every method
         console.rule(f"[bold]{ab.name}: {variant}, seed {seed}")
-        train_world_model(cfg, run, sweep.device, console)
         # a method whose preset fixes its own fine-tuning rate keeps it (GAWM: 0, no masking)
         preset = ALGORITHMS[variant].get("world_model", {}).get("finetune", {}).get("p_mask")
         p = ab.p_mask if preset is None else float(preset)
-        finetune_world_model(run, p, sweep.device, console, ab.finetune_updates)
+        if cfg.marie.enabled:  # MARIE's trainer and rmio's masked fine-tuning of it (issue 23)
+            train_marie(cfg, run, sweep.device, console)
+            finetune_marie(run, p, sweep.device, console, ab.finetune_updates)
+        else:
+            train_world_model(cfg, run, sweep.device, console)
+            finetune_world_model(run, p, sweep.device, console, ab.finetune_updates)
         label = str(variant)
     else:
         run = sdir / _trial_name(ab, index)
@@ -375,9 +382,9 @@ def _evaluate(
     rec = (
         json.loads(rec_path.read_text())
         if rec_path.exists()
-        else evaluate_run(run, "finetune", device, console)
+        else evaluate_reconstruction(run, "finetune", device, console)
     )
-    (key,) = [k for k in rec["strategies"] if k.startswith("wm fine-tuned")]
+    key = finetuned_row(rec["strategies"])
     masks = rec["p_masks"]
     nearest = min(range(len(masks)), key=lambda i: abs(masks[i] - ab.p_mask))
     lrec = rec["strategies"][key]["lrec_masked"][nearest]

@@ -3,12 +3,13 @@ train/mmsa_finetune.py): the MMSA Q-actor beside the run's own world model, rmio
 the paper's).
 
 The world model is RMIOv2's contract unchanged (docs/BUNDLE.md, ``wm_step.onnx``): ``h`` is the
-Q-agent's GRU state (deter = qmix.rnn_hidden), ``z`` MMSA's latent state s^ (stoch =
-mmsa.latent_dim), so the coordinator, the incremental mode and every evaluation run it as they run
-RMIOv2's. ``wm_step_pretrain.onnx`` is the decoder stage's model (the ``no-finetune`` strategy).
-Parity against PyTorch: random inputs, then real episodes of the agent replayed with masks through
-the runtime's own ``WorldModelRunner``; a bundle beyond ``PARITY_TOLERANCE`` is refused. The actor
-is then written and checked by the Q-actor export (train/export_q.py), as with ``--world-model``.
+Q-agent's GRU state (deter = qmix.rnn_hidden), ``z`` MMSA's latent state s^ and the observation
+the agent last acted on (stoch = mmsa.latent_dim + obs_dim), so the coordinator, the incremental
+mode and every evaluation run it as they run RMIOv2's. ``wm_step_pretrain.onnx`` is the decoder
+stage's model (the ``no-finetune`` strategy). Parity against PyTorch: random inputs, then real
+episodes of the agent replayed with masks through the runtime's own ``WorldModelRunner``; a bundle
+beyond ``PARITY_TOLERANCE`` is refused. The actor is then written and checked by the Q-actor
+export (train/export_q.py), as with ``--world-model``.
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ def _random_inputs(
 ) -> tuple[torch.Tensor, ...]:
     n, d, a = model.n_agents, model.obs_dim, model.agent
     h = torch.randn(batch, n, model.hidden, generator=gen).tanh()
-    z = torch.randn(batch, n, model.latent_dim, generator=gen)
+    z = torch.randn(batch, n, model.stoch, generator=gen)
     acts = torch.randint(model.n_actions, (batch, n), generator=gen)
     prev = torch.nn.functional.one_hot(acts, model.n_actions).float()
     obs = a.obs_mean + a.obs_std * torch.randn(batch, n, d, generator=gen)
@@ -115,7 +116,7 @@ def _world_model_files(run_dir: Path, out: Path, console: Console) -> Manifest:
         spec=EnvSpec.from_dict(ckpt["spec"]),
         history_window=cfg.world_model.history_window,
         deter=model.hidden,
-        stoch=model.latent_dim,
+        stoch=model.stoch,
         act_width=model.n_actions,
         obs_mean=a.obs_mean.tolist(),
         obs_std=a.obs_std.tolist(),

@@ -24,6 +24,7 @@ keeps no resumable checkpoint: an interrupted stage starts again.
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
@@ -79,7 +80,8 @@ def holdout_errors(
     """Reconstruction errors on every held-out episode (normalised units, summed over features):
     ``rec_lost`` of the lost agents under fixed masks at ``p_mask`` (the same masks for every
     model compared), ``rec_prior_all`` of the prediction of every agent, ``rec_post`` of the
-    observed agents' decode."""
+    observed agents' decode; ``rec_lost_hold_last`` is ``rec_lost`` of hold-last (the model with
+    D = 0, which predicts the observation last acted on: zeros at an episode's first step)."""
     dev = model.ids.device
     batch = holdout.sample(holdout.count, np.random.default_rng(0), dev)
     b, t1, n, _ = batch["obs"].shape
@@ -90,8 +92,15 @@ def holdout_errors(
     )
     full = torch.ones_like(mask)
     seen = reconstruction_terms(model, batch["obs"], batch["actions"], batch["filled"], full, False)
+    hold = copy.deepcopy(model)
+    hold.decode_o[-1].weight.zero_()
+    hold.decode_o[-1].bias.zero_()
+    baseline = reconstruction_terms(
+        hold, batch["obs"], batch["actions"], batch["filled"], mask, True
+    )
     return {
         "rec_lost": float(masked["rec_prior"]),
+        "rec_lost_hold_last": float(baseline["rec_prior"]),
         "rec_prior_all": float(seen["rec_prior"]),
         "rec_post": float(seen["rec_post"]),
     }

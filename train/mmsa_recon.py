@@ -3,24 +3,27 @@ one-step graph the swarm runs (rmio's extension, not the paper's: MMSA never rec
 observations).
 
 The bundle's world-model contract (docs/BUNDLE.md, ``wm_step.onnx``) carries a state ``h, z`` per
-agent. MMSA's latent model already has one: ``h`` is the Q-agent's GRU state (MMSA's posterior
-reads it) and ``z`` the agent's latent state s^_t (``mmsa.latent_dim`` wide), so the step graph
-is MMSA's own networks plus a decoder, with no window (MARIE's kind) needed:
+agent. MMSA's latent model fits it: ``h`` is the Q-agent's GRU state (MMSA's posterior reads it)
+and ``z`` = [s^_t, o~_t], the agent's latent state (``mmsa.latent_dim``) and the observation it
+last acted on (normalised, ``obs_dim``), so the step graph is MMSA's own networks plus a decoder,
+with no window (MARIE's kind) needed:
 
 1. s^prior_t = mean of VAE-1's prior p(s^_t | z^sa, z^s, phi^sa of (s^_{t-1}, a_{t-1})), the
    latent transition MMSA's roll-outs use;
-2. o^prior_t = D(s^prior_t), the new observation decoder (normalised units): the prediction of o_t
-   before seeing it;
-3. the GRU input is the agent's own observation where it arrived and o^prior_t where it was lost
-   (in the units the actor sees it after the runtime hands it the reconstruction), then
-   h_t = GRU(h_{t-1}, [o, a_{t-1}, id]) with the agent's frozen weights: exactly the step the
+2. o^prior_t = o~_{t-1} + D(s^prior_t, o~_{t-1}), the new observation decoder D predicting the
+   change since the last observation (normalised units): o_t before seeing it. D = 0 is hold-last,
+   so the latent transition is what the decoder adds to it (a decoder of s^ alone, tried first,
+   was 4-14x worse than hold-last on debug LBF runs, whose observations change little per step);
+3. o~_t is the agent's own observation where it arrived and o^prior_t where it was lost (in the
+   units the actor sees once the runtime hands it the reconstruction), then
+   h_t = GRU(h_{t-1}, [o~_t, a_{t-1}, id]) with the agent's frozen weights: exactly the step the
    blind actor takes on the reconstruction, so ``h`` stays the actor's own state;
-4. z_t = s^_t = mean of VAE-2's posterior q(s^_t | h_t);
-5. ``obs_recon`` = o^prior_t for lost agents, D(s^_t) (the posterior's decode) for observed ones,
-   in raw units.
+4. s^_t = mean of VAE-2's posterior q(s^_t | h_t);
+5. ``obs_recon`` = o^prior_t for lost agents, o~_{t-1} + D(s^_t, o~_{t-1}) (the posterior's
+   decode) for observed ones, in raw units.
 
-A lost agent's observation is thus predicted from its own latent state and the joint action:
-MMSA's latent transition has no other path between agents (every agent sees the joint action).
+A lost agent's observation is thus predicted from its own history and the joint action: MMSA's
+latent transition has no other path between agents (every agent sees the joint action).
 """
 
 from __future__ import annotations
@@ -45,7 +48,10 @@ class MMSAObsModel(nn.Module):
         self.wm = copy.deepcopy(wm)
         self.n_agents, self.n_actions, self.obs_dim = agent.n_agents, agent.n_actions, agent.obs_dim
         self.hidden, self.latent_dim = agent.hidden, wm.latent_dim
-        self.decode_o = _mlp([wm.latent_dim, m.wm_hidden, m.wm_hidden, agent.obs_dim])
+        self.stoch = wm.latent_dim + agent.obs_dim
+        """z's width: s^ and the observation the agent last acted on (normalised)."""
+        d = agent.obs_dim
+        self.decode_o = _mlp([wm.latent_dim + d, m.wm_hidden, m.wm_hidden, d])
         self.register_buffer("ids", torch.eye(agent.n_agents))
         self.register_buffer("agent_index", torch.arange(agent.n_agents))
 
@@ -60,7 +66,7 @@ class MMSAObsModel(nn.Module):
         n = self.n_agents
         return (
             torch.zeros(batch, n, self.hidden, device=device),
-            torch.zeros(batch, n, self.latent_dim, device=device),
+            torch.zeros(batch, n, self.stoch, device=device),
         )
 
     def _parts(
@@ -71,24 +77,28 @@ class MMSAObsModel(nn.Module):
         obs: torch.Tensor,
         mask: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(h_t, s^_t, o^prior_t, D(s^_t)), the decodes in normalised units; ``prev_action``
-        (B, n, A) one-hot (zeros before the first step), ``obs`` raw, ``mask`` (B, n)."""
+        """(h_t, z_t, o^prior_t, the posterior's decode), the decodes in normalised units;
+        ``prev_action`` (B, n, A) one-hot (zeros before the first step), ``obs`` raw, ``mask``
+        (B, n)."""
         wm, a = self.wm, self.agent
+        s_prev, o_last = z.split([self.latent_dim, self.obs_dim], -1)
         joint = prev_action.flatten(-2).unsqueeze(-2).expand(*prev_action.shape[:-1], -1)
-        s_prior = wm.prior(wm.embed(z, joint))[0]
-        o_prior = self.decode_o(s_prior)
+        s_prior = wm.prior(wm.embed(s_prev, joint))[0]
+        o_prior = o_last + self.decode_o(torch.cat([s_prior, o_last], -1))
         # the blind actor normalises the raw reconstruction as it would its own observation
         fill = o_prior.clamp(-10.0, 10.0) * a.feature_mask if a.normalise else o_prior
         seen = a.normalise_obs(obs, self.agent_index)
         m = mask.unsqueeze(-1)
-        parts = [m * seen + (1.0 - m) * fill]
+        acted = m * seen + (1.0 - m) * fill
+        parts = [acted]
         if a.last_action:
             parts.append(prev_action)
         if a.agent_id:
             parts.append(self.ids.expand(*obs.shape[:-2], -1, -1))
         h_next = a.recur(torch.cat(parts, -1), h)
         s = wm.posterior(h_next)[0]
-        return h_next, s, o_prior, self.decode_o(s)
+        o_post = o_last + self.decode_o(torch.cat([s, o_last], -1))
+        return h_next, torch.cat([s, acted], -1), o_prior, o_post
 
     def to_raw(self, o: torch.Tensor) -> torch.Tensor:
         """Normalised units -> the raw observation the runtime hands the actor."""
@@ -106,9 +116,9 @@ class MMSAObsModel(nn.Module):
         mask: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``wm_step.onnx``: (h_next, z_next, obs_recon raw)."""
-        h_next, s, o_prior, o_post = self._parts(h, z, prev_action, obs, mask)
+        h_next, z_next, o_prior, o_post = self._parts(h, z, prev_action, obs, mask)
         m = mask.unsqueeze(-1)
-        return h_next, s, self.to_raw(m * o_post + (1.0 - m) * o_prior)
+        return h_next, z_next, self.to_raw(m * o_post + (1.0 - m) * o_prior)
 
     def unroll(
         self, obs: torch.Tensor, actions: torch.Tensor, mask: torch.Tensor

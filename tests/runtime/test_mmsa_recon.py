@@ -50,7 +50,8 @@ def bundle(tuned_run: Path) -> Path:
 def test_decoder_then_masked_finetuning(tuned_run: Path) -> None:
     """The decoder stage leaves MMSA's trained networks as they were and lowers the held-out
     prediction error; fine-tuning trains the latent model's posterior and prior (the agent's GRU
-    and the SALE encoders stay) and lowers the lost agents' error under the same masks."""
+    and the SALE encoders stay) and lowers the lost agents' error under the same masks, below
+    hold-last's."""
     from rmio.train.mmsa_finetune import load_obs_model
     from rmio.train.runlog import load_checkpoint
 
@@ -70,6 +71,7 @@ def test_decoder_then_masked_finetuning(tuned_run: Path) -> None:
     assert h["decoder"]["rec_prior_all"] < 0.9 * h["untrained"]["rec_prior_all"]
     assert h["decoder"]["rec_post"] < 0.9 * h["untrained"]["rec_post"]
     assert h["finetune"]["rec_lost"] < h["decoder"]["rec_lost"]
+    assert h["finetune"]["rec_lost"] < h["finetune"]["rec_lost_hold_last"]
     assert ckpt["p_mask"] == 0.3 and ckpt["updates"] == 40  # the debug preset's fine-tuning
 
 
@@ -79,7 +81,8 @@ def test_export_contract_and_parity(tuned_run: Path, bundle: Path) -> None:
 
     cfg = load_config(tuned_run / "config.yaml")
     man = load_manifest(bundle)
-    assert (man.deter, man.stoch) == (cfg.qmix.rnn_hidden, cfg.mmsa.latent_dim)
+    width = cfg.mmsa.latent_dim + man.spec.obs_dim  # z = [s^, the observation acted on]
+    assert (man.deter, man.stoch) == (cfg.qmix.rnn_hidden, width)
     assert man.budget["wm_algo"] == "mmsa-recon" and "not the paper's" in man.budget["wm_extension"]
     assert man.budget["policy_algo"] == "mmsa" and man.actor_state is not None
     assert man.files["wm_step_pretrain"] == "wm_step_pretrain.onnx"

@@ -1,6 +1,7 @@
 """`rmio export` of a MARIE run: the window graph (``wm_window.onnx``, train/marie_masked.py's
-``MarieWindow``) in place of RMIOv2's ``wm_step.onnx``, under the manifest role ``wm_step`` with
-``Manifest.wm_window`` saying what it is, checked for parity against PyTorch.
+``LostRowsWindow``, which runs the Transformer for the lost agents' rows alone) in place of
+RMIOv2's ``wm_step.onnx``, under the manifest role ``wm_step`` with ``Manifest.wm_window`` saying
+what it is, checked for parity against PyTorch's ``MarieWindow`` (every row computed).
 
 Parity is checked twice, as for RMIOv2: on random windows with a batch of 3 (lost rows, a padded
 window), and on held-out episodes with random loss masks, every step's window built by the
@@ -27,7 +28,7 @@ from rmio.errors import RmioError
 from rmio.runtime.bundle import SCHEMA_VERSION, Manifest
 from rmio.runtime.models import WM_WINDOW_INPUTS, WM_WINDOW_OUTPUTS, WindowModelRunner
 from rmio.train.marie_finetune import FINAL as FINETUNED
-from rmio.train.marie_masked import MarieWindow
+from rmio.train.marie_masked import LostRowsWindow, MarieWindow
 from rmio.train.marie_model import MarieWorldModel
 from rmio.train.marie_train import FINAL as PRETRAINED
 from rmio.train.marie_train import load_marie
@@ -161,7 +162,9 @@ def export_marie_world_model(
             f"in [2, marie.seq_len = {cfg.marie.seq_len}]"
         )
     example = random_windows(model, 2, steps, torch.Generator().manual_seed(1))
-    export_onnx(MarieWindow(model, steps), example, out / FILE, WM_WINDOW_INPUTS, WM_WINDOW_OUTPUTS)
+    export_onnx(
+        LostRowsWindow(model, steps), example, out / FILE, WM_WINDOW_INPUTS, WM_WINDOW_OUTPUTS
+    )
     summary: dict[str, Any] = ckpt.get("summary", {})
     stats = ckpt["stats"]
     manifest = Manifest(
@@ -181,6 +184,7 @@ def export_marie_world_model(
             "codebook": model.codebook,
             "context_token": bool(model.ctx),
             "graph": "rmio's masked-token extension: lost agents' tokens [MASK], all K at once",
+            "rows": "lost",
         },
         files={"wm_step": FILE},
         config=ckpt["config"],
@@ -204,7 +208,7 @@ def export_marie_world_model(
     if path.name == FINETUNED and (run_dir / PRETRAINED).exists():
         pre, _ = load_marie(run_dir / PRETRAINED, "cpu")
         export_onnx(
-            MarieWindow(pre, steps),
+            LostRowsWindow(pre, steps),
             example,
             out / FILE_PRETRAIN,
             WM_WINDOW_INPUTS,

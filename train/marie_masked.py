@@ -10,9 +10,10 @@ masks drawn as for RMIOv2 (train/masks.py), cross-entropy on the masked position
 pre-training terms on the rest so that fine-tuning keeps what pre-training learned. The tokenizer
 is frozen: its ids are the targets.
 
-The window graph (``MarieWindow``, exported as ``wm_window.onnx``) is that prediction for step t
-of a raw window, the design chosen in docs/ARCHITECTURE.md ("MARIE in the swarm"): no state is
-carried between rounds; the prediction is the training one, position for position.
+The window graph (``MarieWindow``) is that prediction for step t of a raw window, the design
+chosen in docs/ARCHITECTURE.md ("MARIE in the swarm"): no state is carried between rounds; the
+prediction is the training one, position for position. ``LostRowsWindow``, exported as
+``wm_window.onnx``, gives the same outputs with the Transformer run for the lost agents alone.
 """
 
 from __future__ import annotations
@@ -135,9 +136,71 @@ def masked_loss(
     return loss, metrics
 
 
+class LostRowsWindow(nn.Module):
+    """``MarieWindow``'s round computing the Transformer only for the rows it has to predict (the
+    graph exported as ``wm_window.onnx``): same inputs, same outputs, value for value.
+
+    MARIE's Transformer is shared but runs each agent's sequence on its own, so an agent's
+    prediction needs only its own blocks: its tokens, actions and context tokens c_s, and the
+    team's e_s. The tokenizer and the aggregating Perceiver (e_s, over the whole team) still run
+    for every agent; the context Perceiver (c_s, one input per agent) and the Transformer run for
+    the rows lost at step t alone (``mask`` at the window's last step is 0), which the graph reads
+    off ``mask`` and ``valid``, so the inputs are those of ``MarieWindow``. A round with one lost
+    agent runs one row of the Transformer instead of n. When no row of the batch is lost, row 0 runs
+    and is discarded (a graph of zero rows is avoided); observed rows are their own tokens decoded,
+    as in ``MarieWindow``.
+    """
+
+    def __init__(self, model: MarieWorldModel, steps: int) -> None:
+        super().__init__()
+        self.m = model
+        causal = model.attention_bias(torch.zeros(1, steps, dtype=torch.long))[0]  # (1, T, T)
+        self.register_buffer("causal", causal, persistent=False)
+
+    def forward(
+        self, obs: torch.Tensor, actions: torch.Tensor, mask: torch.Tensor, valid: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        m = self.m
+        b, n, steps, w = actions.shape[0], actions.shape[1], obs.shape[2], actions.shape[3]
+        enc = m.tok.encode(obs.transpose(1, 2))  # (B, L, n, K)
+        seen = mask.transpose(1, 2)[..., None] > 0.5
+        ids = torch.where(seen, enc, m.mask_id)
+        act = torch.cat([actions.transpose(1, 2), actions.new_zeros(b, 1, n, w)], 1)
+        last = valid * (1.0 - torch.cat([valid[:, 1:], valid.new_zeros(b, 1)], 1))  # step t
+        none = (valid < 0.5) | (last > 0.5)  # no action on padding, and a_t is not chosen yet
+        xe = m.obs_emb(ids)  # (B, L, n, K, D)
+        ae = m.act_emb(m.action_ids(act, none)) + m.act_slot  # (B, L, n, A, D)
+        e = m.team(m.aggregate, torch.cat([xe, ae], -2))  # (B, L, n, D): the whole team's
+        seen_t = (mask * last[:, None]).sum(-1) > 0.5  # (B, n)
+        lost = ~seen_t.flatten()
+        first = torch.arange(b * n, device=obs.device) == 0
+        rows = (lost | (first & ~lost.any())).nonzero()[:, 0]  # (R,) rows b * n + i
+        bi, ai = rows // n, rows % n
+
+        def pick(t: torch.Tensor) -> torch.Tensor:  # (B, L, n, ...) -> (R, L, ...)
+            return t.transpose(1, 2).flatten(0, 1).index_select(0, rows)
+
+        parts = [pick(xe), pick(ae), pick(e)[:, :, None]]
+        if m.ctx:  # c_s of agent i: the team's ids with agent i's masked, latent i (m.contexts)
+            own = ai[:, None] == torch.arange(n, device=obs.device)  # (R, n)
+            masked = torch.where(own[:, None, :, None], m.mask_id, ids.index_select(0, bi))
+            lat = m.team(m.context, m.obs_emb(masked))  # (R, L, n, D)
+            index = ai[:, None, None, None].expand(-1, steps, 1, m.dim)
+            parts.insert(0, lat.gather(2, index))  # (R, L, 1, D)
+        x = torch.cat(parts, 2).flatten(1, 2)  # (R, L * block, D)
+        h = m.transform(x, self.causal).reshape(-1, 1, steps, m.block, m.dim)
+        at = before_positions(m, h)[:, 0] * last.index_select(0, bi)[:, :, None, None]
+        pred = m.obs_head(at.sum(1)).argmax(-1)  # (R, K)
+        enc_t = (enc * last[:, :, None, None].long()).sum(1)  # (B, n, K)
+        codes = enc_t.flatten(0, 1).index_copy(0, rows, pred).reshape(enc_t.shape)
+        codes = torch.where(seen_t[..., None], enc_t, codes)
+        return m.tok.decode(codes), codes
+
+
 class MarieWindow(nn.Module):
-    """The swarm's reconstruction round as one graph (``wm_window.onnx``): the raw window of up to
-    L steps ending at t in, step t's observations out, for every agent (a lost agent's from
+    """The swarm's reconstruction round as one module, every agent's row computed (the reference
+    that ``LostRowsWindow``, exported as ``wm_window.onnx``, is checked against): the raw window of
+    up to L steps ending at t in, step t's observations out, for every agent (a lost agent's from
     [MASK] tokens, an observed agent's own tokens decoded).
 
     Inputs: ``obs`` (B, n, L, obs_dim) raw, zero rows where lost; ``actions`` (B, n, L-1, act_width)

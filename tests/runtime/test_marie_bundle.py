@@ -141,6 +141,70 @@ def test_parity_check_catches_a_model_that_is_not_the_graph(marie: Path) -> None
 
 
 @pytest.mark.parametrize("which", ["marie", "marie_lbf"], ids=["halfcheetah", "lbf-discrete"])
+def test_the_graph_runs_the_transformer_for_the_lost_rows_alone(
+    which: str, request: pytest.FixtureRequest
+) -> None:
+    """The exported graph runs the Transformer (and the context Perceiver) for the agents lost at
+    t alone, one row per lost agent and one when none is: its outputs (onnxruntime, batch 1 as a
+    coordinator calls it, and a batch of windows with different lost rows) are those of
+    ``MarieWindow``, which computes every row, for 0, 1, some and all agents lost."""
+    from rmio.train.marie_export import random_windows
+    from rmio.train.marie_masked import LostRowsWindow, MarieWindow
+    from rmio.train.marie_train import load_marie
+
+    marie = request.getfixturevalue(which)
+    model, _ = load_marie(_run(marie) / "marie_finetune.pt")
+    assert load_manifest(marie).wm_window["rows"] == "lost"
+    n = model.n
+    obs, actions, mask, valid = random_windows(model, 4, WINDOW, torch.Generator().manual_seed(5))
+    t = [WINDOW - 1] * 3 + [2]  # the last window is 3 steps long (padded)
+    lost_sets = [[], [1], list(range(n)), [0]] if n > 2 else [[], [1], [0, 1], [0]]
+    rows_seen: list[int] = []
+    hook = model.blocks[0].register_forward_hook(
+        lambda mod, a, out: rows_seen.append(a[0].shape[0])
+    )
+    session = WindowModelRunner(marie).session
+    compared = 0
+    try:
+        for b, lost in enumerate(lost_sets):  # batch 1: row b alone, its lost agents at its t
+            m = mask[b : b + 1].clone()
+            m[0, :, t[b]] = 1.0
+            m[0, lost, t[b]] = 0.0
+            args = (obs[b : b + 1] * m[..., None], actions[b : b + 1], m, valid[b : b + 1])
+            rows_seen.clear()
+            with torch.no_grad():
+                want = MarieWindow(model, WINDOW)(*args)
+                assert rows_seen == [n]  # the reference runs every row
+                rows_seen.clear()
+                mine = LostRowsWindow(model, WINDOW)(*args)
+            assert rows_seen == [max(1, len(lost))]
+            got = session.run(
+                None, {k: v.numpy() for k, v in zip(WM_WINDOW_INPUTS, args, strict=True)}
+            )
+            for out in (got, [v.numpy() for v in mine]):
+                np.testing.assert_array_equal(out[1], want[1].numpy())
+                np.testing.assert_allclose(out[0], want[0].numpy(), atol=1e-5)
+            compared += len(lost)
+        m = mask.clone()  # all four windows at once: rows lost in some windows only
+        for b, lost in enumerate(lost_sets):
+            m[b, :, t[b]] = 1.0
+            m[b, lost, t[b]] = 0.0
+        args = (obs * m[..., None], actions, m, valid)
+        rows_seen.clear()
+        with torch.no_grad():
+            want = MarieWindow(model, WINDOW)(*args)
+            rows_seen.clear()
+            LostRowsWindow(model, WINDOW)(*args)
+        assert rows_seen == [sum(len(lost) for lost in lost_sets)]
+        got = session.run(None, {k: v.numpy() for k, v in zip(WM_WINDOW_INPUTS, args, strict=True)})
+        np.testing.assert_array_equal(got[1], want[1].numpy())
+        np.testing.assert_allclose(got[0], want[0].numpy(), atol=1e-5)
+    finally:
+        hook.remove()
+    assert compared >= n + 2
+
+
+@pytest.mark.parametrize("which", ["marie", "marie_lbf"], ids=["halfcheetah", "lbf-discrete"])
 def test_training_and_the_deployed_graph_predict_the_same_tokens(
     which: str, request: pytest.FixtureRequest
 ) -> None:

@@ -123,7 +123,8 @@ SECTIONS: list[tuple[str, str, str]] = [
     (
         "Reconstruction rounds of a MARIE bundle against RMIOv2's, in the swarm (issue 23)",
         "marie_rounds.md",
-        "python bench/marie_rounds.py --marie BUNDLE --steps 200 --repeats 2 (background "
+        "python bench/marie_rounds.py --marie BUNDLE --marie-before OLD_BUNDLE --steps 200 "
+        "--repeats 2 --placement on-agent, then --graph-calls 0 --placement node (background "
         "trainings paused)",
     ),
     ("What a call costs right after a sleep", "cold_calls.md", "python bench/cold_calls.py"),

@@ -57,6 +57,7 @@ from rmio.config import load_config
 from rmio.envs.trajectory import TrajectoryBuffer
 from rmio.errors import RmioError
 from rmio.train.common import load_model, progress, resolve_device, seed_everything
+from rmio.train.plateau import Plateau
 from rmio.train.runlog import MetricLog, load_checkpoint, restore_rng, rng_state, save_checkpoint
 from rmio.train.wm_data import Batch, SequenceSampler, sample_masks
 from rmio.train.world_model import RMIOWorldModel
@@ -145,7 +146,7 @@ def train_correction(
     extra = {k: ckpt[k] for k in ("config", "config_hash", "spec", "stats")}
     extra.update({"p_mask": p, "masks": f"p_mask {p:g}", "correction": True})
     ck = run_dir / f"ckpt_{PHASE}.pt"
-    state = {"step": 0, "best": float("inf"), "since_best": 0, "ema": None}
+    step, plateau = 0, Plateau(f.min_delta)
     if ck.exists():
         start = load_checkpoint(ck, dev)
         if abs(start["p_mask"] - p) > 1e-12:
@@ -155,18 +156,20 @@ def train_correction(
             )
         block.load_state_dict(start["block"])
         opt.load_state_dict(start["optim"])
-        state = {k: start[k] for k in state}
+        step = start["step"]
+        plateau.restore(start)
         rng.bit_generator.state = start["np_rng"]
         mask_gen.set_state(start["mask_rng"].cpu())
         restore_rng(start["torch_rng"])
-        console.print(f"resuming the correction stage from update {state['step']}")
+        console.print(f"resuming the correction stage from update {step}")
 
     def checkpoint() -> None:
         save_checkpoint(
             ck,
             {
                 **extra,
-                **state,
+                "step": step,
+                **plateau.state(),
                 "block": block.state_dict(),
                 "optim": opt.state_dict(),
                 "np_rng": rng.bit_generator.state,
@@ -177,10 +180,10 @@ def train_correction(
 
     total = updates or f.updates
     log = MetricLog(run_dir, "wm_finetune")  # the fine-tuning phase's log, as RMIOv2's
-    t0, first, stopped = time.perf_counter(), state["step"], False
+    t0, first, stopped = time.perf_counter(), step, False
     with progress(console, "RMIO v1 correction block", total) as (bar, task):
-        bar.update(task, completed=state["step"])
-        while state["step"] < total:
+        bar.update(task, completed=step)
+        while step < total:
             batch = sampler.sample(rng, tcfg.batch_size, tcfg.seq_len)
             mask = sample_masks(mask_gen, tuple(batch.obs.shape[:3]), p, dev)
             loss, metrics = correction_loss(model, batch, mask)
@@ -188,38 +191,32 @@ def train_correction(
             loss.backward()
             torch.nn.utils.clip_grad_norm_(block.parameters(), tcfg.grad_clip)
             opt.step()
-            state["step"] += 1
-            ema = state["ema"]
-            state["ema"] = metrics["loss"] if ema is None else 0.98 * ema + 0.02 * metrics["loss"]
-            if state["ema"] < state["best"] * (1 - f.min_delta):
-                state["best"], state["since_best"] = state["ema"], 0
-            else:
-                state["since_best"] += 1
-            step = state["step"]
+            step += 1
+            ema = plateau.update(metrics["loss"])
             if step % tcfg.log_every == 0 or step == total:
                 rate = (step - first) / (time.perf_counter() - t0)
-                log.log(step, {**metrics, "loss_ema": state["ema"], "updates_per_s": rate})
+                log.log(step, {**metrics, "loss_ema": ema, "updates_per_s": rate})
             bar.update(task, completed=step, info=f"lost agents {metrics['obs_masked']:.3f}")
             if step % tcfg.checkpoint_every == 0:
                 checkpoint()
-            if state["since_best"] >= f.patience:
+            if plateau.stalled(f.patience):
                 stopped = True
                 break
     checkpoint()
     log.close()
     elapsed = time.perf_counter() - t0
     summary: dict[str, Any] = {
-        "updates": state["step"],
+        "updates": step,
         "seconds": elapsed,
-        "updates_per_s": (state["step"] - first) / max(elapsed, 1e-9),
-        "final_loss_ema": state["ema"],
+        "updates_per_s": (step - first) / max(elapsed, 1e-9),
+        "final_loss_ema": plateau.ema,
         "stopped_early": stopped,
     }
     save_checkpoint(
         final, {**extra, "phase": PHASE, "model": model.state_dict(), "summary": summary}
     )
     console.print(
-        f"correction stage (p_mask {p:g}, world model frozen) done: {state['step']} updates"
+        f"correction stage (p_mask {p:g}, world model frozen) done: {step} updates"
         f"{' (converged early)' if stopped else ''}; wrote {final}"
     )
     return final

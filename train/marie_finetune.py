@@ -28,6 +28,7 @@ from rmio.train.marie_masked import masked_loss
 from rmio.train.marie_model import MarieWorldModel
 from rmio.train.marie_train import FINAL as PRETRAINED
 from rmio.train.marie_train import _optimiser, load_marie
+from rmio.train.plateau import Plateau
 from rmio.train.runlog import MetricLog, load_checkpoint, restore_rng, rng_state, save_checkpoint
 from rmio.train.wm_data import SequenceSampler
 from rmio.train.wm_train import FINETUNE, Phase, mask_recipe
@@ -132,7 +133,7 @@ def finetune_marie(
     fm = _feature_mask(model, train_buf.spec)
     rng = np.random.default_rng(cfg.run.seed + 1)
     mask_gen = torch.Generator(device=dev).manual_seed(cfg.run.seed + 7)
-    step, best, since_best, ema = 0, float("inf"), 0, None
+    step, plateau = 0, Plateau(phase.min_delta)
     extra = {k: ckpt[k] for k in ("config", "config_hash", "spec", "stats")}
     extra.update(p_mask=p, masks=recipe)
     before: dict[str, float] | None = None
@@ -146,7 +147,8 @@ def finetune_marie(
             )
         model.load_state_dict(start["model"])
         opt.load_state_dict(start["optim"])
-        step, best, since_best, ema = (start[k] for k in ("step", "best", "since_best", "ema"))
+        step = start["step"]
+        plateau.restore(start)
         before = start["holdout_before"]
         rng.bit_generator.state = start["np_rng"]
         mask_gen.set_state(start["mask_rng"].cpu())
@@ -164,9 +166,7 @@ def finetune_marie(
                 "model": model.state_dict(),
                 "optim": opt.state_dict(),
                 "step": step,
-                "best": best,
-                "since_best": since_best,
-                "ema": ema,
+                **plateau.state(),
                 "holdout_before": before,
                 "np_rng": rng.bit_generator.state,
                 "mask_rng": mask_gen.get_state(),
@@ -194,11 +194,7 @@ def finetune_marie(
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.grad_clip)
             opt.step()
             step += 1
-            ema = metrics["loss"] if ema is None else 0.98 * ema + 0.02 * metrics["loss"]
-            if ema < best * (1 - phase.min_delta):
-                best, since_best = ema, 0
-            else:
-                since_best += 1
+            ema = plateau.update(metrics["loss"])
             if step % tcfg.log_every == 0 or step == phase.updates:
                 rate = (step - done_at_start) / (time.perf_counter() - t0)
                 metrics_log.log(
@@ -213,7 +209,7 @@ def finetune_marie(
             )
             if step % tcfg.checkpoint_every == 0:
                 checkpoint()
-            if phase.patience is not None and since_best >= phase.patience:
+            if plateau.stalled(phase.patience):
                 stopped_early = True
                 break
     checkpoint()
@@ -227,7 +223,7 @@ def finetune_marie(
         "updates": step,
         "seconds": elapsed,
         "updates_per_s": (step - done_at_start) / max(elapsed, 1e-9),
-        "final_loss_ema": ema,
+        "final_loss_ema": plateau.ema,
         "stopped_early": stopped_early,
         **held,
     }

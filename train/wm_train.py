@@ -39,6 +39,7 @@ from rmio.train.common import (
 )
 from rmio.train.correction import train_correction
 from rmio.train.masks import sample_mixed_masks
+from rmio.train.plateau import Plateau
 from rmio.train.policy import actor_policy
 from rmio.train.policy_aware import PolicyAwareTerm, load_frozen_actor
 from rmio.train.runlog import MetricLog, load_checkpoint, restore_rng, rng_state, save_checkpoint
@@ -182,16 +183,12 @@ def optimise(
     opt = torch.optim.Adam(model.parameters(), lr=phase.lr, eps=1e-6)
     rng = np.random.default_rng(cfg.run.seed + (0 if phase.name == PRETRAIN else 1))
     mask_gen = torch.Generator(device=device).manual_seed(cfg.run.seed + 7)
-    step, best, since_best, ema = 0, float("inf"), 0, None
+    step, plateau = 0, Plateau(phase.min_delta)
     if start is not None:  # resume exactly: weights, optimiser, step and every random stream
         model.load_state_dict(start["model"])
         opt.load_state_dict(start["optim"])
-        step, best, since_best, ema = (
-            start["step"],
-            start["best"],
-            start["since_best"],
-            start["ema"],
-        )
+        step = start["step"]
+        plateau.restore(start)
         rng.bit_generator.state = start["np_rng"]
         mask_gen.set_state(start["mask_rng"].cpu())
         restore_rng(start["torch_rng"])
@@ -207,9 +204,7 @@ def optimise(
                 "model": model.state_dict(),
                 "optim": opt.state_dict(),
                 "step": step,
-                "best": best,
-                "since_best": since_best,
-                "ema": ema,
+                **plateau.state(),
                 "np_rng": rng.bit_generator.state,
                 "mask_rng": mask_gen.get_state(),
                 "torch_rng": rng_state(),
@@ -236,11 +231,7 @@ def optimise(
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.grad_clip)
             opt.step()
             step += 1
-            ema = metrics["loss"] if ema is None else 0.98 * ema + 0.02 * metrics["loss"]
-            if ema < best * (1 - phase.min_delta):
-                best, since_best = ema, 0
-            else:
-                since_best += 1
+            ema = plateau.update(metrics["loss"])
             if step % tcfg.log_every == 0 or step == phase.updates:
                 rate = (step - done_at_start) / (time.perf_counter() - t0)
                 metrics_log.log(
@@ -260,7 +251,7 @@ def optimise(
             )
             if step % tcfg.checkpoint_every == 0:
                 checkpoint()
-            if phase.patience is not None and since_best >= phase.patience:
+            if plateau.stalled(phase.patience):
                 stopped_early = True
                 break
     model.observe_path = "stepwise"
@@ -271,7 +262,7 @@ def optimise(
         "updates": step,
         "seconds": elapsed,
         "updates_per_s": (step - done_at_start) / max(elapsed, 1e-9),
-        "final_loss_ema": ema,
+        "final_loss_ema": plateau.ema,
         "stopped_early": stopped_early,
     }
 

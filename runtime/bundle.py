@@ -43,8 +43,10 @@ from rmio.envs.base import EnvSpec
 from rmio.errors import RmioError
 
 SCHEMA_VERSION = 2
-"""What rmio writes. 2 added ``actor_state`` (a recurrent actor's hidden state); a version-1
-manifest (every bundle exported before) reads exactly as it did."""
+"""The newest version rmio writes. 2 added ``actor_state`` (a recurrent actor's hidden state) and
+``wm_window`` (a window world model); a manifest that uses neither is written as version 1, so a
+runtime that reads only version 1 still loads it, and a version-1 manifest (every bundle exported
+before) reads exactly as it did."""
 READABLE_VERSIONS = (1, 2)
 WM_INPUTS = ("h", "z", "prev_action", "obs", "mask")
 WM_OUTPUTS = ("h_next", "z_next", "obs_recon")
@@ -126,6 +128,8 @@ class Manifest:
         out = {k: v for k, v in self.__dict__.items() if k not in ("spec", "actor_state")}
         if self.wm_window is None:  # only a window graph's: a step graph's manifest is as before
             del out["wm_window"]
+        # the lowest version that holds what this manifest uses
+        out["schema_version"] = 1 if self.actor_state is None and self.wm_window is None else 2
         out["spec"] = self.spec.to_dict()
         if self.actor_state is not None:  # a stateless actor's manifest reads as before
             out["actor_state"] = self.actor_state.to_dict()
@@ -142,8 +146,9 @@ class Manifest:
                 )
             fields = {k: v for k, v in data.items() if k not in ("spec", "actor_state")}
             state = data.get("actor_state")
-            if state is not None and version < 2:
-                raise RmioError(f"{where}: actor_state needs schema_version 2, not {version}")
+            for key in ("actor_state", "wm_window"):
+                if data.get(key) is not None and version < 2:
+                    raise RmioError(f"{where}: {key} needs schema_version 2, not {version}")
             man = cls(
                 spec=EnvSpec.from_dict(data["spec"]),
                 actor_state=None if state is None else ActorState.parse(state, where),

@@ -22,7 +22,7 @@ from rmio.envs.trajectory import TrajectoryBuffer
 from rmio.errors import RmioError
 from rmio.evaluation import robustness
 from rmio.evaluation.reference import evaluate
-from rmio.runtime.bundle import load_manifest
+from rmio.runtime.bundle import Manifest, load_manifest
 from rmio.runtime.models import (
     WM_WINDOW_INPUTS,
     WindowModelRunner,
@@ -370,7 +370,12 @@ def test_batched_sweep_equals_the_reference(marie: Path) -> None:
 
 
 def test_rmiov2_bundles_keep_their_manifest_and_runner(bundle: Path) -> None:
-    assert "wm_window" not in json.loads((bundle / "manifest.json").read_text())
+    data = json.loads((bundle / "manifest.json").read_text())
+    # nothing of version 2 used: written as version 1, which older runtimes still read
+    assert "wm_window" not in data and data["schema_version"] == 1
+    data["wm_window"] = {"algo": "marie", "steps": 2}  # version 1 cannot say it
+    with pytest.raises(RmioError, match="wm_window needs schema_version 2"):
+        Manifest.from_dict(data)
     assert isinstance(world_model_runner(bundle), WorldModelRunner)
     with pytest.raises(RmioError, match=r"wm_window\.steps"):
         WindowModelRunner(bundle)

@@ -19,6 +19,7 @@ from rich.console import Console
 
 from rmio.cli import cli
 from rmio.envs.trajectory import TrajectoryBuffer
+from rmio.errors import RmioError
 from rmio.runtime.bundle import load_manifest
 from rmio.runtime.models import WindowModelRunner
 from rmio.runtime.validate import check_bundle
@@ -128,6 +129,23 @@ def test_rmiov2_beside_marie_in_one_table(runs: tuple[Path, Path]) -> None:
     assert rows[name] == alone["wm fine-tuned (p_mask 0.5)"]  # same episodes, same masks
     assert rows["zero-fill"]["lrec_masked"] == pytest.approx(alone["zero-fill"]["lrec_masked"])
     assert rows[name]["lrec_masked"] != rows["MARIE fine-tuned (p_mask 0.5)"]["lrec_masked"]
+
+
+def test_beside_a_run_trained_on_other_data_is_refused(
+    runs: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """L_rec is in each model's own normalised units: a run whose input statistics differ would
+    put rows of different units in one table, so `--beside` refuses it in one line."""
+    marie, rmio = runs
+    other = tmp_path / "other"
+    shutil.copytree(rmio, other)
+    ckpt = torch.load(other / "wm_finetune.pt", map_location="cpu", weights_only=False)
+    ckpt["stats"]["obs_std"] = (np.asarray(ckpt["stats"]["obs_std"]) * 2).tolist()
+    torch.save(ckpt, other / "wm_finetune.pt")
+    args = ["eval", "reconstruction", str(marie), "--checkpoint", "finetune"]
+    res = CliRunner().invoke(cli, [*args, "--beside", str(other)])
+    assert isinstance(res.exception, RmioError), res.output  # rmio's CLI prints it as one line
+    assert "trained on other data" in str(res.exception) and "\n" not in str(res.exception)
 
 
 @pytest.mark.parametrize("form", ["shipped name", "bundle directory"])

@@ -70,9 +70,32 @@ def is_model_row(name: str) -> bool:
 
 
 def finetuned_row(strategies: dict[str, Any]) -> str:
-    """The one fine-tuned world model's row label (RMIOv2's or MARIE's)."""
-    (key,) = [k for k in strategies if is_model_row(k) and " fine-tuned" in k]
-    return key
+    """The run's own fine-tuned world model's row label (RMIOv2's or MARIE's); rows of models
+    scored ``--beside`` it carry their run's name before a colon and are not it."""
+    keys = [k for k in strategies if is_model_row(k) and " fine-tuned" in k and ": " not in k]
+    if len(keys) != 1:
+        raise RmioError(
+            f"the reconstruction results hold {len(keys)} fine-tuned rows of their own run "
+            f"({', '.join(keys) or 'none'}), expected one; re-run rmio eval reconstruction"
+        )
+    return keys[0]
+
+
+def _same_stats(a: Any, b: Any) -> bool:
+    """Two checkpoints' input statistics (nested dicts, lists, arrays or tensors) are equal."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same_stats(a[k], b[k]) for k in a)
+    if a is None or b is None:
+        return a is b
+    if isinstance(a, torch.Tensor):
+        a = a.detach().cpu().numpy()
+    if isinstance(b, torch.Tensor):
+        b = b.detach().cpu().numpy()
+    try:
+        x, y = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    except (TypeError, ValueError):
+        return bool(a == b)
+    return x.shape == y.shape and bool(np.allclose(x, y, rtol=1e-6, atol=1e-9))
 
 
 def hold_last(obs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -323,6 +346,7 @@ def evaluate_run(
         "strategies": {},
     }
     probe, results["policy"] = _probe_for(run_dir, cfg, policy, holdout.spec.name)
+    main_stats: Any = None
     runs = [(run_dir, family or RMIOV2, ""), *((r, f, f"{r.name}: ") for r, f in beside or [])]
     for run, fam, prefix in runs:
         found = False
@@ -336,6 +360,15 @@ def evaluate_run(
                 raise RmioError(
                     f"{path} was trained for {ckpt['spec']['name']}, the held-out data is "
                     f"{holdout.spec.name}"
+                )
+            if not prefix:
+                main_stats = ckpt.get("stats")
+            elif not _same_stats(main_stats, ckpt.get("stats")):
+                # L_rec is in each model's own normalised units: other data, other units
+                raise RmioError(
+                    f"--beside {run}: its world model was trained on other data (other input "
+                    f"statistics) than '{run_dir}', so their L_rec would be in different units; "
+                    "give runs that share their training data (as rmio ablate's variants do)"
                 )
             model.eval()
             sampler = SequenceSampler(holdout, cfg.world_model.smoothing, dev)
@@ -386,7 +419,7 @@ def _probe_for(
             continue
         try:
             probe = PolicyProbe(path)
-        except ValueError as e:  # a bundle without an actor
+        except (ValueError, RmioError) as e:  # a bundle without an actor, or a recurrent one
             if given:
                 raise RmioError(f"--policy '{c}': {e}") from None
             continue

@@ -71,10 +71,7 @@ class QActorGraph(nn.Module):
 
     def forward(self, obs, agent_id, avail_actions, state):
         a = self.agent
-        if a.normalise:  # RNNAgent.inputs, with the previous action read from the state
-            obs = (obs - a.obs_mean[agent_id]) / a.obs_std[agent_id]
-            obs = obs.clamp(-10.0, 10.0) * a.feature_mask[agent_id]
-        parts = [obs]
+        parts = [a.normalise_obs(obs, agent_id)]  # RNNAgent.inputs, the last action from the state
         if a.last_action:
             parts.append(state[:, self.hidden :])
         if a.agent_id:
@@ -167,7 +164,8 @@ def rollout_parity(
     p_blind: float = 0.3,
 ) -> dict[str, float]:
     """Greedy episodes played by the PyTorch agent, onnxruntime carrying its own state beside it
-    (even episodes: one call for the n agents; odd ones: batch 1 per agent, the swarm's call).
+    (steps alternate between one call for the n agents and batch 1 per agent, the swarm's call,
+    so both are compared whatever the episodes' length).
     Observations are zeroed with probability ``p_blind``, as a lost one reaches an actor. Returns
     the fraction of differing actions, the largest state difference and the steps compared."""
     rng = np.random.default_rng(0)
@@ -189,7 +187,7 @@ def rollout_parity(
                 with torch.no_grad():
                     q, h = agent(agent.inputs(torch.as_tensor(obs), prev, ids), h)
                     want = masked_argmax(q, torch.as_tensor(avail))
-                if k % 2 == 0:
+                if (total // n) % 2 == 0:
                     got, state = runner.step(obs, np.arange(n), avail, state)
                 else:
                     pairs = [runner.step(obs[i], i, avail[i], state[i : i + 1]) for i in range(n)]

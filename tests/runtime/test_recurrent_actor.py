@@ -194,22 +194,49 @@ def test_batched_sweep_acts_as_the_reference(q_bundle: Path) -> None:
         assert np.array_equal(got[: r["steps"], k], r["actions"]), f"episode {k}"
 
 
-def test_policy_metrics_of_the_sweep_act_from_the_same_state(q_bundle: Path) -> None:
-    """The sweep's counterfactual action on the true observation is taken from the state the agent
-    had at that step (a stateless call would be refused)."""
+def test_the_counterfactual_call_gets_the_state_before_the_step(
+    q_bundle: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every real call of the actor is recorded (the real onnxruntime actor runs): each
+    counterfactual call on a lost agent's true observation must get that agent's state from
+    before the step (the state the step's own call got), not the advanced one, and the sweep's
+    action error must be the share of those calls whose action differs from the one taken."""
     from rmio.evaluation import robustness
 
+    calls: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
+    step = ActorRunner.step
+
+    def recording(self, obs, agent_id, avail=None, state=None):  # type: ignore[no-untyped-def]
+        action, after = step(self, obs, agent_id, avail, state)
+        ids = np.atleast_1d(np.asarray(agent_id))
+        calls.append((ids.copy(), np.asarray(state).copy(), np.asarray(after).copy(), action))
+        return action, after
+
+    monkeypatch.setattr(ActorRunner, "step", recording)
     result = robustness.sweep(
         q_bundle,
         p_loss=[0.5],
-        episodes=2,
+        episodes=1,
         seeds=1,
         strategies=["zero-fill"],
         episode_limit=STEPS,
         policy_metrics=True,
     )
+    checked = differ = 0
+    main = calls[0]
+    for ids, state, after, action in calls[1:]:
+        _, before, advanced, taken = main
+        # a counterfactual call repeats rows of the step's own input state; a step's call starts
+        # from the state the previous step left (so a counterfactual given the advanced state
+        # would pass for a step, and none would be counted)
+        if np.array_equal(state, before[ids]) and not np.array_equal(state, advanced[ids]):
+            differ += int((np.asarray(action).reshape(-1) != taken[ids].reshape(-1)).sum())
+            checked += len(ids)
+        else:
+            main = (ids, state, after, action)
+    assert checked >= 5  # lost agent-steps were measured from the state before the step
     row = next(r for r in result["rows"] if r["strategy"] == "zero-fill")
-    assert 0.0 <= row["action_error"] <= 1.0 and row["obs_mae"] > 0.0
+    assert row["action_error"] == pytest.approx(differ / checked)
 
 
 def test_rmio_eval_robustness_in_process_and_swarm_agree(q_bundle: Path, tmp_path: Path) -> None:

@@ -183,7 +183,53 @@ class LatentState:
     """(B, n, stoch)"""
 
 
-class WorldModelRunner:
+class _Replayer:
+    """What both world-model runners share: actions encoded as the bundle contract says, and
+    ``replay`` as ``replay_batch`` over one window."""
+
+    manifest: Manifest
+
+    def encode_actions(self, actions: np.ndarray) -> np.ndarray:
+        """Joint actions as the world model consumes them: one-hot for discrete tasks, padded floats
+        otherwise.
+
+        A discrete action of -1 means "no action" (before an episode's first step) and encodes as
+        the zero vector, as the bundle contract asks; indexing an identity matrix would wrap it to
+        the last class.
+        """
+        actions = np.asarray(actions)
+        if self.manifest.spec.discrete:
+            ids = actions.astype(np.int64)[..., None]
+            return (ids == np.arange(self.manifest.act_width)).astype(np.float32)
+        return actions.astype(np.float32)
+
+    def replay_batch(
+        self,
+        obs: np.ndarray,
+        prev_actions: np.ndarray,
+        masks: np.ndarray,
+        state: LatentState | None = None,
+    ) -> tuple[LatentState, np.ndarray]:
+        raise NotImplementedError
+
+    def replay(
+        self,
+        obs: np.ndarray,
+        prev_actions: np.ndarray,
+        masks: np.ndarray,
+        state: LatentState | None = None,
+    ) -> tuple[LatentState, np.ndarray]:
+        """One window o_{s..t} (T, n, obs_dim) with a_{s-1..t-1} (T, n, ...) and m (T, n): the
+        final state and the reconstructions, (T, n, obs_dim) for a step graph (every step), (1, n,
+        obs_dim) for a window graph (step t; its state is empty and ``state`` ignored). Lost rows
+        of ``obs`` are zeroed whatever the caller put in them."""
+        state, recons = self.replay_batch(
+            obs[:, None], prev_actions[:, None], masks[:, None], state
+        )
+        return state, recons[:, 0]
+
+
+class WorldModelRunner(_Replayer):
     """The fine-tuned world model's one-step graph, replayed over a window or run incrementally."""
 
     def __init__(
@@ -209,21 +255,6 @@ class WorldModelRunner:
             np.zeros((batch, n, m.deter), np.float32), np.zeros((batch, n, m.stoch), np.float32)
         )
 
-    def encode_actions(self, actions: np.ndarray) -> np.ndarray:
-        """Joint actions as the world model consumes them: one-hot for discrete tasks, padded floats
-        otherwise.
-
-        A discrete action of -1 means "no action" (before an episode's first step) and encodes as
-        the zero vector, as the bundle contract asks; indexing an identity matrix would wrap it to
-        the last class.
-        """
-        spec = self.manifest.spec
-        actions = np.asarray(actions)
-        if spec.discrete:
-            ids = actions.astype(np.int64)[..., None]
-            return (ids == np.arange(self.manifest.act_width)).astype(np.float32)
-        return actions.astype(np.float32)
-
     def step(
         self, state: LatentState, prev_action: np.ndarray, obs: np.ndarray, mask: np.ndarray
     ) -> tuple[LatentState, np.ndarray]:
@@ -244,23 +275,6 @@ class WorldModelRunner:
             },
         )
         return LatentState(h, z), recon
-
-    def replay(
-        self,
-        obs: np.ndarray,
-        prev_actions: np.ndarray,
-        masks: np.ndarray,
-        state: LatentState | None = None,
-    ) -> tuple[LatentState, np.ndarray]:
-        """Run the window o_{t-l..t} (T, n, obs_dim) with a_{t-l-1..t-1} (T, n, ...) and m (T, n).
-
-        Returns the final latent state and the reconstruction of every step (T, n, obs_dim). Lost
-        rows of ``obs`` are zeroed here, whatever the caller put in them.
-        """
-        state, recons = self.replay_batch(
-            obs[:, None], prev_actions[:, None], masks[:, None], state
-        )
-        return state, recons[:, 0]
 
     def replay_batch(
         self,
@@ -297,7 +311,7 @@ def carries_state(manifest: Manifest) -> bool:
     return manifest.wm_window is None
 
 
-class WindowModelRunner:
+class WindowModelRunner(_Replayer):
     """A window graph (MARIE's, docs/ARCHITECTURE.md "MARIE in the swarm"): one call per round on
     the last L steps of the window, no state between rounds. The same ``replay`` and
     ``replay_batch`` as ``WorldModelRunner``, so every caller runs either; the reconstruction they
@@ -333,14 +347,6 @@ class WindowModelRunner:
         empty = np.zeros((batch, self.manifest.spec.n_agents, 0), np.float32)
         return LatentState(empty, empty.copy())
 
-    def encode_actions(self, actions: np.ndarray) -> np.ndarray:
-        """As ``WorldModelRunner.encode_actions``: one-hot (-1, no action, as zeros) or floats."""
-        actions = np.asarray(actions)
-        if self.manifest.spec.discrete:
-            ids = actions.astype(np.int64)[..., None]
-            return (ids == np.arange(self.manifest.act_width)).astype(np.float32)
-        return actions.astype(np.float32)
-
     def feeds(
         self, obs: np.ndarray, prev_actions: np.ndarray, masks: np.ndarray
     ) -> dict[str, np.ndarray]:
@@ -361,20 +367,6 @@ class WindowModelRunner:
         valid = np.zeros((B, L), np.float32)
         valid[:, :k] = 1.0
         return {"obs": o, "actions": acts, "mask": mask, "valid": valid}
-
-    def replay(
-        self,
-        obs: np.ndarray,
-        prev_actions: np.ndarray,
-        masks: np.ndarray,
-        state: LatentState | None = None,
-    ) -> tuple[LatentState, np.ndarray]:
-        """The window o_{s..t} (T, n, obs_dim), a_{s-1..t-1} (T, n, ...), m (T, n) -> (empty state,
-        step t's reconstruction (1, n, obs_dim)); ``state`` is ignored (there is none)."""
-        state, recons = self.replay_batch(
-            obs[:, None], prev_actions[:, None], masks[:, None], state
-        )
-        return state, recons[:, 0]
 
     def replay_batch(
         self,

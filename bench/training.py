@@ -60,7 +60,10 @@ def summarise(run: Path, budget: int, metric: str) -> dict:
     diag = [r for r in rows if any(k.startswith("diag_") for k in r)]
     mappo = _rows(run / "mappo.jsonl")
     train = joint or mappo
-    within = [r for r in evals if r["step"] <= budget]
+    # a run that has not reached the budget has no figure at it: its last evaluation would
+    # otherwise stand in for a budget it never trained to
+    reached = bool(evals) and evals[-1]["step"] >= budget
+    within = [r for r in evals if r["step"] <= budget] if reached else []
     diag_within = [r for r in diag if r["step"] <= budget]
     out = {
         "run": _label(run),
@@ -85,9 +88,9 @@ def summarise(run: Path, budget: int, metric: str) -> dict:
     return out
 
 
-def _cell(row: dict | None, metric: str) -> str:
+def _cell(row: dict | None, metric: str, missing: str = "-") -> str:
     if row is None:
-        return "-"
+        return missing
     if metric == "win_rate":
         return f"{row['win_rate']:.2f} (return {row['return_mean']:.1f})"
     return f"{row['return_mean']:.1f} ± {row['return_std']:.1f}"
@@ -151,7 +154,8 @@ def main() -> None:
         f"Training runs: {machine}, {time.strftime('%Y-%m-%d')}. {args.note}".rstrip(),
         "",
         "Deterministic evaluation episodes in the real environment, complete observations. 'at "
-        f"{args.budget:,}' is the last evaluation at or before that many real environment steps.",
+        f"{args.budget:,}' is the last evaluation at or before that many real environment steps, "
+        "for runs that have trained that far ('not reached' otherwise, and left out of the means).",
         "",
         f"| run | real env steps | eval at {args.budget:,} | final eval | best eval | collection "
         "steps/s | world-model updates/s | imagined steps/s | overall real steps/s | wall h per "
@@ -166,7 +170,7 @@ def main() -> None:
         cells = [
             r["run"],
             f"{r['env_steps']:,}",
-            _cell(r["at_budget"], args.metric),
+            _cell(r["at_budget"], args.metric, "not reached"),
             _cell(r["final"], args.metric),
             _cell(r["best"], args.metric),
             f(r, "collect_steps_per_s"),

@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 from rich.console import Console
 
+from rmio.config import load_config, preset_keys
 from rmio.errors import ConfigError
 from rmio.testing import make_tiny_bundle
-from rmio.train.ablation import load_ablation, policy_path, run_ablation
+from rmio.train.ablation import Sweep, _config, load_ablation, policy_path, run_ablation
 from rmio.train.export import portable_path
 
 SHIPPED = sorted(
@@ -26,6 +27,26 @@ SHIPPED = sorted(
 def test_shipped_sweeps_validate(name: str) -> None:
     ab = load_ablation(Path(name))
     assert ab.variants and ab.robustness.p_loss[0] == 0.0 and ab.robustness.p_loss[-1] == 1.0
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_debug_shrinks_shipped_sweeps(name: str) -> None:
+    """`rmio ablate SWEEP --debug`: every key the debug preset sets keeps the preset's value, though
+    the sweep's own set: lines give full-size ones (it used to train the shipped sizes)."""
+    ab = load_ablation(Path(name))
+    algo = ab.variants[0] if ab.vary == "algo" else None
+    got = _config(ab, Sweep(Path(name), Path("unused"), True, "cpu"), 0, algo).to_dict()
+    want = load_config(ab.scenario, preset="debug", algo=algo).to_dict()
+    keys = sorted(preset_keys(ab.scenario, "debug") - {"run.seed"})
+    assert keys
+
+    def at(tree: dict, key: str) -> object:
+        for part in key.split("."):
+            tree = tree[part]
+        return tree
+
+    assert [at(got, k) for k in keys] == [at(want, k) for k in keys]
+    assert got["run"]["seed"] == 0
 
 
 @pytest.mark.parametrize(

@@ -23,7 +23,7 @@ import numpy as np
 from rich.console import Console
 from rich.markdown import Markdown
 
-from rmio.config import ALGORITHMS, build_dataclass, load_config
+from rmio.config import ALGORITHMS, build_dataclass, load_config, preset_keys
 from rmio.defaults import DEFAULT_P_LOSS
 from rmio.envs.loss import LossConfig
 from rmio.errors import ConfigError, RmioError
@@ -249,6 +249,9 @@ def _trial_name(ab: AblationConfig, index: int) -> str:
 def _config(ab: AblationConfig, sweep: Sweep, seed: int, algo: str | None = None) -> Any:
     preset = "debug" if sweep.debug else None
     overrides = [*ab.set, f"run.seed={seed}"]
+    if sweep.debug:  # --debug shrinks a shipped sweep too: its set: lines lose to the preset
+        shrunk = preset_keys(ab.scenario, "debug")
+        overrides = [o for o in overrides if o.partition("=")[0].strip() not in shrunk]
     if algo is None:
         return load_config(ab.scenario, preset=preset, overrides=overrides)
     return load_config(ab.scenario, preset=preset, overrides=overrides, algo=algo)
@@ -276,6 +279,10 @@ def run_variant(sweep: Sweep, seed: int, index: int, console: Console) -> dict[s
     ab = load_ablation(sweep.path)
     sdir = sweep.out / f"seed{seed}"
     variant = ab.variants[index]
+    n_ft = ab.finetune_updates
+    if sweep.debug:  # a shipped sweep's count must not lift the debug preset's
+        own = _config(ab, sweep, seed).world_model.finetune.updates
+        n_ft = own if n_ft is None else min(n_ft, own)
     if ab.vary == "algo":
         cfg = _config(ab, sweep, seed, variant)
         run = prepare_run_dir(cfg, sdir / variant, variant)
@@ -286,10 +293,10 @@ def run_variant(sweep: Sweep, seed: int, index: int, console: Console) -> dict[s
         p = ab.p_mask if preset is None else float(preset)
         if cfg.marie.enabled:  # MARIE's trainer and rmio's masked fine-tuning of it (issue 23)
             train_marie(cfg, run, sweep.device, console)
-            finetune_marie(run, p, sweep.device, console, ab.finetune_updates)
+            finetune_marie(run, p, sweep.device, console, n_ft)
         else:
             train_world_model(cfg, run, sweep.device, console)
-            finetune_world_model(run, p, sweep.device, console, ab.finetune_updates)
+            finetune_world_model(run, p, sweep.device, console, n_ft)
         label = str(variant)
     else:
         run = sdir / _trial_name(ab, index)
@@ -300,11 +307,11 @@ def run_variant(sweep: Sweep, seed: int, index: int, console: Console) -> dict[s
             console.rule(f"[bold]{ab.name}: fine-tuning recipe {label}, seed {seed}")
             recipe = dict(variant.get("finetune") or {})
             p = float(recipe.pop("p_mask", ab.p_mask))
-            finetune_world_model(run, p, sweep.device, console, ab.finetune_updates, recipe)
+            finetune_world_model(run, p, sweep.device, console, n_ft, recipe)
         else:
             label = f"p_mask {float(variant):g}"
             console.rule(f"[bold]{ab.name}: fine-tuning at p_mask {float(variant):g}, seed {seed}")
-            finetune_world_model(run, float(variant), sweep.device, console, ab.finetune_updates)
+            finetune_world_model(run, float(variant), sweep.device, console, n_ft)
     row = _evaluate(label, run, ab, sweep.device, console)
     row["run"] = Path(row["run"]).relative_to(sweep.out).as_posix()
     return row

@@ -53,6 +53,26 @@ def _label(run: Path) -> str:
     return label
 
 
+def wall_hours_per_100k(run: Path) -> float | None:
+    """Wall hours per 100k real steps from the TensorBoard event times: each events file is one
+    process (a resume starts a new one), and its span from first to last logged step counts, so
+    the time between sessions never does (start-up before the first row is left out). None
+    without event files."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    steps = wall = 0.0
+    for events in sorted((run / "tb").glob("events.out.tfevents.*")):
+        acc = EventAccumulator(str(events), size_guidance={"scalars": 0})
+        acc.Reload()
+        points = [(e.step, e.wall_time) for tag in acc.Tags()["scalars"] for e in acc.Scalars(tag)]
+        if len(points) > 1:
+            step_span = max(p[0] for p in points) - min(p[0] for p in points)
+            if step_span > 0:
+                steps += step_span
+                wall += max(p[1] for p in points) - min(p[1] for p in points)
+    return 100_000 * wall / steps / 3600 if steps else None
+
+
 def summarise(run: Path, budget: int, metric: str) -> dict:
     evals = [r for r in _rows(run / "eval.jsonl") if metric in r]
     rows = _rows(run / "joint.jsonl")
@@ -83,7 +103,11 @@ def summarise(run: Path, budget: int, metric: str) -> dict:
         out["overall_steps_per_s"] = joint[-1]["real_steps_per_s"]
     elif mappo:
         out["overall_steps_per_s"] = mappo[-1]["env_steps_per_s"]
-    if train:
+    hours = wall_hours_per_100k(run)
+    if hours is not None:  # the logged rate of a resumed joint run counted earlier sessions' steps
+        out["hours_per_100k"] = hours
+        out["overall_steps_per_s"] = 100_000 / (hours * 3600)
+    elif train:  # no event files: the last logged rate
         out["hours_per_100k"] = 100_000 / max(out["overall_steps_per_s"], 1e-9) / 3600
     return out
 
@@ -155,7 +179,10 @@ def main() -> None:
         "",
         "Deterministic evaluation episodes in the real environment, complete observations. 'at "
         f"{args.budget:,}' is the last evaluation at or before that many real environment steps, "
-        "for runs that have trained that far ('not reached' otherwise, and left out of the means).",
+        "for runs that have trained that far ('not reached' otherwise, and left out of the means). "
+        "Wall hours per 100k real steps: from the TensorBoard event times of each training process "
+        "(first to last logged step, evaluations included, start-up and pauses between resumes "
+        "not).",
         "",
         f"| run | real env steps | eval at {args.budget:,} | final eval | best eval | collection "
         "steps/s | world-model updates/s | imagined steps/s | overall real steps/s | wall h per "

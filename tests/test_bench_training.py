@@ -33,3 +33,19 @@ def test_budget_figure_only_for_runs_that_reached_it(tmp_path: Path) -> None:
     assert short["at_budget"] is None
     assert short["final"]["step"] == 8000 and short["env_steps"] == 8000
     assert bench._cell(short["at_budget"], "return_mean", "not reached") == "not reached"
+
+
+def test_wall_time_counts_each_process_span_not_the_pause_between(tmp_path: Path) -> None:
+    """Two training processes (a resume): 800 s of training for 8,000 steps, with a day between
+    them that must not count."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    run = tmp_path / "run"
+    for start_step, start_wall in ((1000, 1.0e9), (5000, 1.0e9 + 86_400)):
+        writer = SummaryWriter(str(run / "tb"), filename_suffix=f".{start_step}")
+        for k in range(5):
+            writer.add_scalar("loss", 1.0, start_step + 1000 * k, walltime=start_wall + 100 * k)
+        writer.close()
+    assert len(list((run / "tb").glob("events.out.tfevents.*"))) == 2
+    hours = _bench().wall_hours_per_100k(run)
+    assert abs(hours - 100_000 * 800 / 8000 / 3600) < 1e-6

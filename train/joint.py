@@ -66,7 +66,7 @@ def train_joint(cfg: Config, run_dir: Path, device: str, console: Console) -> Pa
         restore_rng(start["torch_rng"])
         console.print(f"resuming joint pre-training at {counters['env_steps']} env steps")
     log = MetricLog(run_dir, "joint", config=cfg.to_dict())
-    t0 = time.perf_counter()
+    t0, steps0 = time.perf_counter(), counters["env_steps"]  # this process's share, on resume
     timing = {"collect_s": 0.0, "wm_s": 0.0, "imagine_s": 0.0, "imagined_steps": 0, "wm_updates": 0}
     newest: TrajectoryBuffer | None = None  # the latest collected episodes, for the diagnostics
 
@@ -140,7 +140,7 @@ def train_joint(cfg: Config, run_dir: Path, device: str, console: Console) -> Pa
                 **ppo_metrics,
                 "imagined_reward": float(rollout.rewards.mean()),
                 "train_return": float(new.episode_returns().mean()),
-                "real_steps_per_s": env_steps / max(time.perf_counter() - t0, 1e-9),
+                "real_steps_per_s": (env_steps - steps0) / max(time.perf_counter() - t0, 1e-9),
                 "collect_steps_per_s": cstats.steps_per_second,
                 "imagined_steps_per_s": timing["imagined_steps"] / max(timing["imagine_s"], 1e-9),
                 "wm_updates_per_s": timing["wm_updates"] / max(timing["wm_s"], 1e-9),

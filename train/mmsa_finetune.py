@@ -18,13 +18,20 @@ without retraining. The stage (train/mmsa_recon.py has the model):
    agents' reconstruction error (plus the observed agents' decode), D, the posterior, the prior
    and phi^sa trained (``world_model.finetune.updates`` at its ``lr``); ``mmsa_wm.pt``.
 
-Both files hold the held-out errors before and after. The stage runs in seconds to minutes and
-keeps no resumable checkpoint: an interrupted stage starts again.
+Both files hold the held-out errors before and after. As RMIOv2's fine-tuning, the stages resume
+by re-running the same command: the data is collected once (``mmsa_wm_data.pt``), and
+``ckpt_mmsa_wm.pt`` holds the stage, its update count, the weights, the optimiser, the
+early-stopping state (train/plateau.py) and every random stream, written every
+``world_model.train.checkpoint_every`` updates and at each stage's start and end. Fine-tuning
+stops early by ``world_model.finetune``'s patience and min_delta on the smoothed loss; the decoder
+stage, like RMIOv2's pre-training, runs its whole budget.
 """
 
 from __future__ import annotations
 
 import copy
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,17 +41,21 @@ from rich.console import Console
 
 from rmio.config import Config, load_config
 from rmio.config import validate as validate_config
+from rmio.envs.base import EnvSpec
 from rmio.envs.vector import make_vector_env
 from rmio.errors import RmioError
-from rmio.train.common import resolve_device, seed_everything
+from rmio.train.common import progress, resolve_device, seed_everything
 from rmio.train.masks import sample_mixed_masks
 from rmio.train.mmsa_nets import LatentWorldModel, MMSAAgent
 from rmio.train.mmsa_recon import MMSAObsModel, reconstruction_terms
+from rmio.train.plateau import Plateau
 from rmio.train.qmix_replay import EpisodeBuffer, Runner
-from rmio.train.runlog import MetricLog, load_checkpoint, save_checkpoint
+from rmio.train.runlog import MetricLog, load_checkpoint, restore_rng, rng_state, save_checkpoint
 from rmio.train.wm_train import mask_recipe
 
 PRETRAINED, FINAL, LOG = "mmsa_wm_pretrain.pt", "mmsa_wm.pt", "mmsa_wm"
+CKPT, DATA = "ckpt_mmsa_wm.pt", "mmsa_wm_data.pt"
+DECODER, FINETUNE = "decoder", "finetune"
 DATA_SEED = 800_000
 """The stage's episodes use env seeds apart from training's, evaluation's and export's."""
 
@@ -106,42 +117,149 @@ def holdout_errors(
     }
 
 
-def _optimise(
+@dataclass
+class Stage:
+    """One of the two stages: what it trains, for how long, on which masks."""
+
+    name: str
+    label: str
+    params: list[torch.nn.Parameter]
+    lr: float
+    updates: int
+    offset: int
+    """Seeds its sampling streams (``run.seed + offset``) and numbers its log rows after the
+    previous stage's."""
+    p_mask: float | None = None
+    """None: every observation seen (the decoder stage); else masks of that rate (fine-tuning)."""
+    patience: int | None = None
+    min_delta: float = 0.0
+
+
+@dataclass
+class Record:
+    """What every checkpoint of the run carries besides the stage's own state."""
+
+    meta: dict[str, Any]
+    holdout: dict[str, dict[str, float]] = field(default_factory=dict)
+    summary: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def payload(self) -> dict[str, Any]:
+        return {**self.meta, "holdout": dict(self.holdout), "summary": dict(self.summary)}
+
+
+def run_stage(
     model: MMSAObsModel,
-    params: list[torch.nn.Parameter],
-    lr: float,
-    updates: int,
+    stage: Stage,
     data: EpisodeBuffer,
     cfg: Config,
-    p_mask: float | None,
+    ck: Path,
+    record: Record,
+    start: dict[str, Any] | None,
     log: MetricLog,
-    offset: int,
-) -> None:
-    """``updates`` Adam steps on sampled episodes; ``p_mask`` None: every observation seen (the
-    decoder stage), else masks of that rate and the lost agents' error (fine-tuning)."""
+    console: Console,
+) -> dict[str, Any]:
+    """``stage.updates`` Adam steps on sampled episodes (fewer when the smoothed loss stalls for
+    ``stage.patience``), resumed exactly from ``start`` (a checkpoint of this stage) when given:
+    weights, optimiser, update count, early-stopping state and every random stream."""
     dev = model.ids.device
-    opt = torch.optim.Adam(params, lr=lr)
-    rng = np.random.default_rng(cfg.run.seed + offset)
-    gen = torch.Generator(device=dev).manual_seed(cfg.run.seed + offset)
-    size = min(cfg.mmsa.recon_batch, data.count)
-    every = max(1, updates // 20)
-    for step in range(1, updates + 1):
-        batch = data.sample(size, rng, dev)
-        b, t1, n, _ = batch["obs"].shape
-        if p_mask is None:
-            mask = torch.ones(b, t1, n, device=dev)
-        else:
-            mask = draw_masks(cfg, p_mask, gen, (b, t1, n), dev)
-        terms = reconstruction_terms(
-            model, batch["obs"], batch["actions"], batch["filled"], mask, p_mask is not None
+    opt = torch.optim.Adam(stage.params, lr=stage.lr)
+    rng = np.random.default_rng(cfg.run.seed + stage.offset)
+    gen = torch.Generator(device=dev).manual_seed(cfg.run.seed + stage.offset)
+    step, plateau = 0, Plateau(stage.min_delta)
+    if start is not None:
+        model.load_state_dict(start["model"])
+        opt.load_state_dict(start["optim"])
+        step = start["step"]
+        plateau.restore(start)
+        rng.bit_generator.state = start["np_rng"]
+        gen.set_state(start["mask_rng"].cpu())
+        restore_rng(start["torch_rng"])
+
+    def checkpoint() -> None:
+        save_checkpoint(
+            ck,
+            {
+                **record.payload(),
+                "stage": stage.name,
+                "model": model.state_dict(),
+                "optim": opt.state_dict(),
+                "step": step,
+                **plateau.state(),
+                "np_rng": rng.bit_generator.state,
+                "mask_rng": gen.get_state(),
+                "torch_rng": rng_state(),
+            },
         )
-        loss = terms["rec_prior"] + terms["rec_post"]
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 10.0)
-        opt.step()
-        if step % every == 0 or step == updates:
-            log.log(offset + step, {k: float(v.detach()) for k, v in terms.items()})
+
+    if start is None:  # the stage's starting point: after the decoder stage, fine-tuning's
+        checkpoint()
+    size = min(cfg.mmsa.recon_batch, data.count)
+    every, ckpt_every = max(1, stage.updates // 20), cfg.world_model.train.checkpoint_every
+    # a run stopped early, then interrupted before its final file, stays stopped
+    t0, first, stopped = time.perf_counter(), step, plateau.stalled(stage.patience)
+    model.train()
+    with progress(console, stage.label, stage.updates) as (bar, task):
+        bar.update(task, completed=step)
+        while step < stage.updates and not stopped:
+            batch = data.sample(size, rng, dev)
+            b, t1, n, _ = batch["obs"].shape
+            if stage.p_mask is None:
+                mask = torch.ones(b, t1, n, device=dev)
+            else:
+                mask = draw_masks(cfg, stage.p_mask, gen, (b, t1, n), dev)
+            terms = reconstruction_terms(
+                model,
+                batch["obs"],
+                batch["actions"],
+                batch["filled"],
+                mask,
+                stage.p_mask is not None,
+            )
+            loss = terms["rec_prior"] + terms["rec_post"]
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(stage.params, 10.0)
+            opt.step()
+            step += 1
+            ema = plateau.update(float(loss.detach()))
+            stopped = plateau.stalled(stage.patience)
+            if step % every == 0 or step == stage.updates or stopped:
+                row = {k: float(v.detach()) for k, v in terms.items()}
+                log.log(stage.offset + step, {**row, "loss_ema": ema})
+            bar.update(task, completed=step, info=f"loss {ema:.3f}")
+            if step % ckpt_every == 0:
+                checkpoint()
+    model.eval()
+    checkpoint()
+    elapsed = time.perf_counter() - t0
+    return {
+        "updates": step,
+        "budget": stage.updates,
+        "stopped_early": stopped,
+        "final_loss_ema": plateau.ema,
+        **plateau.state(),
+        "seconds": elapsed,
+        "updates_per_s": (step - first) / max(elapsed, 1e-9),
+    }
+
+
+def ensure_data(
+    run_dir: Path, agent: MMSAAgent, cfg: Config, spec: EnvSpec, dev: torch.device, console: Console
+) -> tuple[EpisodeBuffer, EpisodeBuffer]:
+    """The stage's training and held-out episodes, collected once (``mmsa_wm_data.pt``) and then
+    reused, so a resumed stage samples the episodes an uninterrupted one would."""
+    path, m = run_dir / DATA, cfg.mmsa
+    if path.exists():
+        saved = load_checkpoint(path)
+        data, holdout = (EpisodeBuffer(len(saved[k]["length"]), spec) for k in ("train", "holdout"))
+        data.load_state_dict(saved["train"])
+        holdout.load_state_dict(saved["holdout"])
+        return data, holdout
+    data = collect(agent, cfg, m.recon_episodes, cfg.run.seed + DATA_SEED, dev)
+    holdout = collect(agent, cfg, m.recon_holdout, cfg.run.seed + 2 * DATA_SEED, dev)
+    save_checkpoint(path, {"train": data.state_dict(), "holdout": holdout.state_dict()})
+    console.print(f"collected {data.count} episodes (+{holdout.count} held out) into {path}")
+    return data, holdout
 
 
 def finetune_mmsa(
@@ -152,9 +270,9 @@ def finetune_mmsa(
     updates: int | None = None,
     masks: dict[str, Any] | None = None,
 ) -> Path:
-    """The decoder stage then masked fine-tuning of an MMSA run's latent model; returns the path
-    of ``mmsa_wm.pt``. ``masks`` overrides ``world_model.finetune``'s recipe keys, as for
-    RMIOv2."""
+    """The decoder stage then masked fine-tuning of an MMSA run's latent model, resumed where an
+    interrupted run stopped; returns the path of ``mmsa_wm.pt``. ``masks`` overrides
+    ``world_model.finetune``'s recipe keys, as for RMIOv2."""
     cfg = load_config(run_dir / "config.yaml")
     f = cfg.world_model.finetune
     for key, value in (masks or {}).items():
@@ -178,57 +296,93 @@ def finetune_mmsa(
     p = f.p_mask if p_mask is None else p_mask
     if not 0.0 <= p <= 1.0:
         raise RmioError(f"--p-mask must be in [0, 1], got {p}")
+    recipe = mask_recipe(f, p)
+    ck = run_dir / CKPT
+    start = load_checkpoint(ck, dev) if ck.exists() else None
+    if start is not None and (abs(start["p_mask"] - p) > 1e-12 or start["masks"] != recipe):
+        raise RmioError(
+            f"an interrupted fine-tuning in '{run_dir}' drew its masks as {start['masks']}, "
+            f"not {recipe}; resume with the same settings or delete {ck.name}"
+        )
     ckpt = load_checkpoint(trained, dev)
     agent, wm = _trained_networks(ckpt, cfg, dev)
     torch.set_num_threads(cfg.world_model.train.threads)
+    data, holdout = ensure_data(run_dir, agent, cfg, EnvSpec.from_dict(ckpt["spec"]), dev, console)
     seed_everything(cfg.run.seed + 11)
     m = cfg.mmsa
-    data = collect(agent, cfg, m.recon_episodes, cfg.run.seed + DATA_SEED, dev)
-    holdout = collect(agent, cfg, m.recon_holdout, cfg.run.seed + 2 * DATA_SEED, dev)
     model = MMSAObsModel(agent, wm, m).to(dev)
+    meta = {k: ckpt[k] for k in ("config", "spec")}
+    record = Record({**meta, "p_mask": p, "masks": recipe})
+    decoder = Stage(
+        DECODER,
+        "MMSA decoder stage",
+        params=list(model.decode_o.parameters()),
+        lr=m.recon_lr,
+        updates=m.recon_updates,
+        offset=0,
+    )
+    tune = Stage(
+        FINETUNE,
+        "MMSA masked fine-tuning",
+        params=model.finetuned_parameters(),
+        lr=f.lr,
+        updates=updates or f.updates,
+        offset=m.recon_updates,
+        p_mask=p,
+        patience=f.patience,
+        min_delta=f.min_delta,
+    )
+    if start is not None:
+        record.holdout, record.summary = start["holdout"], start["summary"]
+        done = " (the decoder stage is done)" if start["stage"] == FINETUNE else ""
+        label = decoder.label if start["stage"] == DECODER else tune.label
+        console.print(f"resuming the {label} from update {start['step']}{done}")
     log = MetricLog(run_dir, LOG)
-    extra = {k: ckpt[k] for k in ("config", "spec")}
+    held = record.holdout
     try:
-        before = holdout_errors(model, holdout, cfg, p)
-        model.train()
-        decoder = list(model.decode_o.parameters())
-        _optimise(model, decoder, m.recon_lr, m.recon_updates, data, cfg, None, log, 0)
-        model.eval()
-        decoded = holdout_errors(model, holdout, cfg, p)
-        stage = {"untrained": before, "decoder": decoded}
-        save_checkpoint(
-            run_dir / PRETRAINED,
-            {**extra, "model": model.state_dict(), "stage": "decoder", "holdout": stage},
-        )
-        console.print(
-            f"MMSA decoder: held-out prediction error {before['rec_prior_all']:.3f} -> "
-            f"{decoded['rec_prior_all']:.3f}, lost agents at p_mask {p:g} {decoded['rec_lost']:.3f}"
-        )
-        model.train()
-        n_ft = updates or f.updates
-        params = model.finetuned_parameters()
-        _optimise(model, params, f.lr, n_ft, data, cfg, p, log, m.recon_updates)
-        model.eval()
-        tuned = holdout_errors(model, holdout, cfg, p)
+        if start is None or start["stage"] == DECODER:
+            if start is None:
+                held["untrained"] = holdout_errors(model, holdout, cfg, p)
+            record.summary[DECODER] = run_stage(
+                model, decoder, data, cfg, ck, record, start, log, console
+            )
+            held["decoder"] = holdout_errors(model, holdout, cfg, p)
+            start = None
+            save_checkpoint(
+                run_dir / PRETRAINED,
+                {**record.payload(), "model": model.state_dict(), "stage": DECODER},
+            )
+            before, decoded = held["untrained"], held["decoder"]
+            console.print(
+                f"MMSA decoder: held-out prediction error {before['rec_prior_all']:.3f} -> "
+                f"{decoded['rec_prior_all']:.3f}, lost agents at p_mask {p:g} "
+                f"{decoded['rec_lost']:.3f}"
+            )
+        ft = run_stage(model, tune, data, cfg, ck, record, start, log, console)
+        record.summary[FINETUNE] = ft
+        held["finetune"] = holdout_errors(model, holdout, cfg, p)
     finally:
         log.close()
-    recipe = mask_recipe(f, p)
-    result = {"untrained": before, "decoder": decoded, "finetune": tuned}
     save_checkpoint(
         final,
         {
-            **extra,
+            **record.payload(),
             "model": model.state_dict(),
-            "stage": "finetune",
-            "p_mask": p,
-            "masks": recipe,
-            "updates": n_ft,
-            "holdout": result,
+            "stage": FINETUNE,
+            "updates": ft["updates"],
+            "stopped_early": ft["stopped_early"],
         },
     )
+    why = (
+        f"stopped early: no {f.min_delta:g} relative gain of the smoothed loss in "
+        f"{f.patience} updates, of a budget of {tune.updates}"
+        if ft["stopped_early"]
+        else "the whole budget"
+    )
     console.print(
-        f"MMSA masked fine-tuning ({recipe}, {n_ft} updates): lost agents' held-out error "
-        f"{decoded['rec_lost']:.3f} -> {tuned['rec_lost']:.3f}; wrote {final}"
+        f"MMSA masked fine-tuning ({recipe}, {ft['updates']} updates, {why}): lost agents' "
+        f"held-out error {held['decoder']['rec_lost']:.3f} -> {held['finetune']['rec_lost']:.3f}; "
+        f"wrote {final}"
     )
     return final
 
@@ -236,8 +390,6 @@ def finetune_mmsa(
 def _trained_networks(
     ckpt: dict[str, Any], cfg: Config, dev: torch.device
 ) -> tuple[MMSAAgent, LatentWorldModel]:
-    from rmio.envs.base import EnvSpec
-
     spec = EnvSpec.from_dict(ckpt["spec"])
     agent = MMSAAgent(spec, cfg.qmix, cfg.mmsa).to(dev)
     agent.load_state_dict(ckpt["learner"]["agent"])
@@ -249,7 +401,6 @@ def _trained_networks(
 def load_obs_model(path: Path, device: str = "cpu") -> tuple[MMSAObsModel, dict[str, Any]]:
     """The reconstruction model of an ``mmsa_wm.pt`` / ``mmsa_wm_pretrain.pt``, in eval mode."""
     from rmio.config import build_dataclass
-    from rmio.envs.base import EnvSpec
 
     ckpt = load_checkpoint(path, device)
     cfg = build_dataclass(Config, ckpt["config"], str(path))

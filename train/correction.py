@@ -58,7 +58,8 @@ from rmio.envs.trajectory import TrajectoryBuffer
 from rmio.errors import RmioError
 from rmio.train.common import load_model, progress, resolve_device, seed_everything
 from rmio.train.plateau import Plateau
-from rmio.train.runlog import MetricLog, load_checkpoint, restore_rng, rng_state, save_checkpoint
+from rmio.train.resume import Resumable
+from rmio.train.runlog import MetricLog, load_checkpoint, save_checkpoint
 from rmio.train.wm_data import Batch, SequenceSampler, sample_masks
 from rmio.train.world_model import RMIOWorldModel
 
@@ -147,6 +148,7 @@ def train_correction(
     extra.update({"p_mask": p, "masks": f"p_mask {p:g}", "correction": True})
     ck = run_dir / f"ckpt_{PHASE}.pt"
     step, plateau = 0, Plateau(f.min_delta)
+    resume = Resumable(block, opt, plateau, rng, mask_gen, net_key="block")
     if ck.exists():
         start = load_checkpoint(ck, dev)
         if abs(start["p_mask"] - p) > 1e-12:
@@ -154,29 +156,11 @@ def train_correction(
                 f"an interrupted correction stage in '{run_dir}' used p_mask {start['p_mask']}, "
                 f"not {p}; resume with --p-mask {start['p_mask']} or delete {ck.name}"
             )
-        block.load_state_dict(start["block"])
-        opt.load_state_dict(start["optim"])
-        step = start["step"]
-        plateau.restore(start)
-        rng.bit_generator.state = start["np_rng"]
-        mask_gen.set_state(start["mask_rng"].cpu())
-        restore_rng(start["torch_rng"])
+        step = resume.restore(start)
         console.print(f"resuming the correction stage from update {step}")
 
     def checkpoint() -> None:
-        save_checkpoint(
-            ck,
-            {
-                **extra,
-                "step": step,
-                **plateau.state(),
-                "block": block.state_dict(),
-                "optim": opt.state_dict(),
-                "np_rng": rng.bit_generator.state,
-                "mask_rng": mask_gen.get_state(),
-                "torch_rng": rng_state(),
-            },
-        )
+        save_checkpoint(ck, {**extra, **resume.state(step)})
 
     total = updates or f.updates
     log = MetricLog(run_dir, "wm_finetune")  # the fine-tuning phase's log, as RMIOv2's

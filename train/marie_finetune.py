@@ -29,7 +29,8 @@ from rmio.train.marie_model import MarieWorldModel
 from rmio.train.marie_train import FINAL as PRETRAINED
 from rmio.train.marie_train import _optimiser, load_marie
 from rmio.train.plateau import Plateau
-from rmio.train.runlog import MetricLog, load_checkpoint, restore_rng, rng_state, save_checkpoint
+from rmio.train.resume import Resumable
+from rmio.train.runlog import MetricLog, load_checkpoint, save_checkpoint
 from rmio.train.wm_data import SequenceSampler
 from rmio.train.wm_train import FINETUNE, Phase, mask_recipe
 
@@ -134,6 +135,7 @@ def finetune_marie(
     rng = np.random.default_rng(cfg.run.seed + 1)
     mask_gen = torch.Generator(device=dev).manual_seed(cfg.run.seed + 7)
     step, plateau = 0, Plateau(phase.min_delta)
+    resume = Resumable(model, opt, plateau, rng, mask_gen)
     extra = {k: ckpt[k] for k in ("config", "config_hash", "spec", "stats")}
     extra.update(p_mask=p, masks=recipe)
     before: dict[str, float] | None = None
@@ -145,14 +147,8 @@ def finetune_marie(
                 f"an interrupted fine-tuning in '{run_dir}' drew its masks as {start['masks']}, "
                 f"not {recipe}; resume with the same settings or delete {ck.name}"
             )
-        model.load_state_dict(start["model"])
-        opt.load_state_dict(start["optim"])
-        step = start["step"]
-        plateau.restore(start)
+        step = resume.restore(start)
         before = start["holdout_before"]
-        rng.bit_generator.state = start["np_rng"]
-        mask_gen.set_state(start["mask_rng"].cpu())
-        restore_rng(start["torch_rng"])
         console.print(f"resuming MARIE's masked fine-tuning from update {step}")
     if before is None:
         before = holdout_lrec(model, holdout, cfg, phase, cfg.run.seed + 99)
@@ -160,18 +156,7 @@ def finetune_marie(
     def checkpoint() -> None:
         save_checkpoint(
             ck,
-            {
-                **extra,
-                "phase": "marie_finetune",
-                "model": model.state_dict(),
-                "optim": opt.state_dict(),
-                "step": step,
-                **plateau.state(),
-                "holdout_before": before,
-                "np_rng": rng.bit_generator.state,
-                "mask_rng": mask_gen.get_state(),
-                "torch_rng": rng_state(),
-            },
+            {**extra, "phase": "marie_finetune", "holdout_before": before, **resume.state(step)},
         )
 
     tcfg = cfg.world_model.train

@@ -50,7 +50,8 @@ from rmio.train.mmsa_nets import LatentWorldModel, MMSAAgent
 from rmio.train.mmsa_recon import MMSAObsModel, reconstruction_terms
 from rmio.train.plateau import Plateau
 from rmio.train.qmix_replay import EpisodeBuffer, Runner
-from rmio.train.runlog import MetricLog, load_checkpoint, restore_rng, rng_state, save_checkpoint
+from rmio.train.resume import Resumable
+from rmio.train.runlog import MetricLog, load_checkpoint, save_checkpoint
 from rmio.train.wm_train import mask_recipe
 
 PRETRAINED, FINAL, LOG = "mmsa_wm_pretrain.pt", "mmsa_wm.pt", "mmsa_wm"
@@ -165,31 +166,12 @@ def run_stage(
     opt = torch.optim.Adam(stage.params, lr=stage.lr)
     rng = np.random.default_rng(cfg.run.seed + stage.offset)
     gen = torch.Generator(device=dev).manual_seed(cfg.run.seed + stage.offset)
-    step, plateau = 0, Plateau(stage.min_delta)
-    if start is not None:
-        model.load_state_dict(start["model"])
-        opt.load_state_dict(start["optim"])
-        step = start["step"]
-        plateau.restore(start)
-        rng.bit_generator.state = start["np_rng"]
-        gen.set_state(start["mask_rng"].cpu())
-        restore_rng(start["torch_rng"])
+    plateau = Plateau(stage.min_delta)
+    resume = Resumable(model, opt, plateau, rng, gen)
+    step = 0 if start is None else resume.restore(start)
 
     def checkpoint() -> None:
-        save_checkpoint(
-            ck,
-            {
-                **record.payload(),
-                "stage": stage.name,
-                "model": model.state_dict(),
-                "optim": opt.state_dict(),
-                "step": step,
-                **plateau.state(),
-                "np_rng": rng.bit_generator.state,
-                "mask_rng": gen.get_state(),
-                "torch_rng": rng_state(),
-            },
-        )
+        save_checkpoint(ck, {**record.payload(), "stage": stage.name, **resume.state(step)})
 
     if start is None:  # the stage's starting point: after the decoder stage, fine-tuning's
         checkpoint()

@@ -42,7 +42,8 @@ from rmio.train.masks import sample_mixed_masks
 from rmio.train.plateau import Plateau
 from rmio.train.policy import actor_policy
 from rmio.train.policy_aware import PolicyAwareTerm, load_frozen_actor
-from rmio.train.runlog import MetricLog, load_checkpoint, restore_rng, rng_state, save_checkpoint
+from rmio.train.resume import Resumable
+from rmio.train.runlog import MetricLog, load_checkpoint, save_checkpoint
 from rmio.train.wm_data import SequenceSampler, observation_stats, sample_masks, world_model_loss
 from rmio.train.world_model import RMIOWorldModel
 
@@ -183,33 +184,15 @@ def optimise(
     opt = torch.optim.Adam(model.parameters(), lr=phase.lr, eps=1e-6)
     rng = np.random.default_rng(cfg.run.seed + (0 if phase.name == PRETRAIN else 1))
     mask_gen = torch.Generator(device=device).manual_seed(cfg.run.seed + 7)
-    step, plateau = 0, Plateau(phase.min_delta)
-    if start is not None:  # resume exactly: weights, optimiser, step and every random stream
-        model.load_state_dict(start["model"])
-        opt.load_state_dict(start["optim"])
-        step = start["step"]
-        plateau.restore(start)
-        rng.bit_generator.state = start["np_rng"]
-        mask_gen.set_state(start["mask_rng"].cpu())
-        restore_rng(start["torch_rng"])
+    plateau = Plateau(phase.min_delta)
+    resume = Resumable(model, opt, plateau, rng, mask_gen)
+    # resume exactly: weights, optimiser, step and every random stream
+    step = 0 if start is None else resume.restore(start)
     metrics_log = MetricLog(run_dir, f"wm_{phase.name}")
     ckpt_path = run_dir / f"ckpt_{phase.name}.pt"
 
     def checkpoint() -> None:
-        save_checkpoint(
-            ckpt_path,
-            {
-                **extra,
-                "phase": phase.name,
-                "model": model.state_dict(),
-                "optim": opt.state_dict(),
-                "step": step,
-                **plateau.state(),
-                "np_rng": rng.bit_generator.state,
-                "mask_rng": mask_gen.get_state(),
-                "torch_rng": rng_state(),
-            },
-        )
+        save_checkpoint(ckpt_path, {**extra, "phase": phase.name, **resume.state(step)})
 
     t0, done_at_start = time.perf_counter(), step
     stopped_early = False

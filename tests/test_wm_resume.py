@@ -2,7 +2,9 @@
 RMIO v1's correction block and MARIE's masked fine-tuning (train/resume.py holds the keys every
 world-model trainer checkpoints; RMIOv2's loop is interrupted in tests/test_world_model.py and
 MMSA's in tests/test_mmsa_resume.py). Each stage runs 12 updates in one go in one run directory,
-and 8 then (its final file deleted, as if killed after its last checkpoint) 12 in a copy of it."""
+and 8 then (its final file deleted, as if killed after its last checkpoint) 12 in a copy of it.
+A stage that stopped early and lost its final file stays stopped when re-run (RMIOv2, RMIO v1,
+MARIE; MMSA's in tests/test_mmsa_resume.py)."""
 
 from __future__ import annotations
 
@@ -103,3 +105,49 @@ def test_marie_finetuning_resumes_to_the_uninterrupted_weights(tmp_path: Path) -
     )
     for key in ("holdout_lrec_masked", "holdout_lrec_masked_pretrain"):
         assert done["summary"][key] == resumed["summary"][key], key
+
+
+def _stop_early(run: Path) -> None:
+    """Patience 2 and an improvement of 90% required: fine-tuning stalls at update 3."""
+    import yaml
+
+    path = run / "config.yaml"
+    raw = yaml.safe_load(path.read_text())
+    raw["world_model"]["finetune"].update({"patience": 2, "min_delta": 0.9})
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+
+
+def _pretrained(tmp_path: Path, algo: str) -> tuple[Path, Stage]:
+    from rmio.train.common import prepare_run_dir
+    from rmio.train.marie_finetune import finetune_marie
+    from rmio.train.marie_train import train_marie
+    from rmio.train.wm_train import finetune_world_model, train_world_model
+
+    run = tmp_path / "pretrained"
+    if algo == "marie":
+        cfg = _debug_config(
+            "marie", "marie.preset=tiny", "marie.seq_len=6", "world_model.history_window=6"
+        )
+        save_config(cfg, run)
+        train_marie(cfg, run, "cpu", QUIET)
+        return run, lambda r, console, n: finetune_marie(r, 0.5, "cpu", console, n)
+    cfg = _debug_config(algo, "world_model.train.seq_len=8")
+    prepare_run_dir(cfg, run, algo)
+    train_world_model(cfg, run, "cpu", QUIET)
+    return run, lambda r, console, n: finetune_world_model(r, 0.5, "cpu", console, n)
+
+
+@pytest.mark.parametrize("algo", ["rmiov2", "rmio-v1", "marie"])
+def test_a_stage_that_stopped_early_stays_stopped_on_rerun(tmp_path: Path, algo: str) -> None:
+    """Killed after its early stop's checkpoint but before its final file, a re-run makes no
+    further update (it made one, and kept training if that one improved the loss)."""
+    run, stage = _pretrained(tmp_path, algo)
+    _stop_early(run)
+    final = stage(run, QUIET, 40)
+    first = torch.load(final, weights_only=False)
+    assert first["summary"]["stopped_early"] and first["summary"]["updates"] == 3
+    final.unlink()  # as if killed between the last checkpoint and the final file
+    again = torch.load(stage(run, QUIET, 40), weights_only=False)
+    assert again["summary"]["stopped_early"] and again["summary"]["updates"] == 3
+    for name, value in first["model"].items():
+        torch.testing.assert_close(value, again["model"][name], rtol=0, atol=0, msg=name)

@@ -164,10 +164,12 @@ def train_correction(
 
     total = updates or f.updates
     log = MetricLog(run_dir, "wm_finetune")  # the fine-tuning phase's log, as RMIOv2's
-    t0, first, stopped = time.perf_counter(), step, False
+    t0, first = time.perf_counter(), step
+    # a run that stopped early and was killed before its final file stays stopped
+    stopped = plateau.stalled(f.patience)
     with progress(console, "RMIO v1 correction block", total) as (bar, task):
         bar.update(task, completed=step)
-        while step < total:
+        while step < total and not stopped:
             batch = sampler.sample(rng, tcfg.batch_size, tcfg.seq_len)
             mask = sample_masks(mask_gen, tuple(batch.obs.shape[:3]), p, dev)
             loss, metrics = correction_loss(model, batch, mask)

@@ -161,11 +161,13 @@ def finetune_marie(
 
     tcfg = cfg.world_model.train
     metrics_log = MetricLog(run_dir, LOG)
-    t0, done_at_start, stopped_early = time.perf_counter(), step, False
+    t0, done_at_start = time.perf_counter(), step
+    # a run that stopped early and was killed before its final file stays stopped
+    stopped_early = plateau.stalled(phase.patience)
     model.train()
     with progress(console, "MARIE masked fine-tuning", phase.updates) as (bar, task):
         bar.update(task, completed=step)
-        while step < phase.updates:
+        while step < phase.updates and not stopped_early:
             batch = sampler.sample(rng, tcfg.batch_size, cfg.marie.seq_len + 1)
             mask = phase.sample(mask_gen, tuple(batch.obs.shape[:3]), dev)
             loss, metrics = masked_loss(model, batch, mask, fm)

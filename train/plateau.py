@@ -1,6 +1,7 @@
 """Early stopping on a smoothed training loss, shared by every world-model trainer (RMIOv2's
-pre-training and fine-tuning, RMIO v1's correction block, MARIE's masked fine-tuning), so that they
-stop by one rule and resume it exactly from the same checkpoint keys."""
+pre-training and fine-tuning, RMIO v1's correction block, MARIE's and MMSA's masked fine-tuning),
+so that they stop by one rule and resume it exactly from the same checkpoint keys; a resumed run
+that had already stalled makes no further update."""
 
 from __future__ import annotations
 

@@ -195,11 +195,12 @@ def optimise(
         save_checkpoint(ckpt_path, {**extra, "phase": phase.name, **resume.state(step)})
 
     t0, done_at_start = time.perf_counter(), step
-    stopped_early = False
+    # a run that stopped early and was killed before its final file stays stopped
+    stopped_early = plateau.stalled(phase.patience)
     model.observe_path = "compiled" if tcfg.compile else "stepwise"  # same loss either way
     with progress(console, f"world model {phase.name}", phase.updates) as (bar, task):
         bar.update(task, completed=step)
-        while step < phase.updates:
+        while step < phase.updates and not stopped_early:
             batch = sampler.sample(rng, tcfg.batch_size, tcfg.seq_len)
             mask = phase.sample(mask_gen, tuple(batch.obs.shape[:3]), device)
             loss, metrics = world_model_loss(model, batch, mask, phase.policy_term)

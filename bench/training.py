@@ -53,6 +53,11 @@ def _label(run: Path) -> str:
     return label
 
 
+# The logs whose step axis is real environment steps; a run directory's TensorBoard also holds
+# fine-tuning processes (wm_finetune, mmsa_wm...) that count updates instead.
+POLICY_LOGS = {"joint", "mappo", "qmix", "mmsa", "eval"}
+
+
 def wall_hours_per_100k(run: Path) -> float | None:
     """Wall hours per 100k real steps from the TensorBoard event times: each events file is one
     process (a resume starts a new one), and its span from first to last logged step counts, so
@@ -64,7 +69,12 @@ def wall_hours_per_100k(run: Path) -> float | None:
     for events in sorted((run / "tb").glob("events.out.tfevents.*")):
         acc = EventAccumulator(str(events), size_guidance={"scalars": 0})
         acc.Reload()
-        points = [(e.step, e.wall_time) for tag in acc.Tags()["scalars"] for e in acc.Scalars(tag)]
+        points = [
+            (e.step, e.wall_time)
+            for tag in acc.Tags()["scalars"]
+            if tag.split("/")[0] in POLICY_LOGS
+            for e in acc.Scalars(tag)
+        ]
         if len(points) > 1:
             step_span = max(p[0] for p in points) - min(p[0] for p in points)
             if step_span > 0:

@@ -37,15 +37,21 @@ def test_budget_figure_only_for_runs_that_reached_it(tmp_path: Path) -> None:
 
 def test_wall_time_counts_each_process_span_not_the_pause_between(tmp_path: Path) -> None:
     """Two training processes (a resume): 800 s of training for 8,000 steps, with a day between
-    them that must not count."""
+    them that must not count, and a fine-tuning process whose steps are updates."""
     from torch.utils.tensorboard import SummaryWriter
 
     run = tmp_path / "run"
     for start_step, start_wall in ((1000, 1.0e9), (5000, 1.0e9 + 86_400)):
         writer = SummaryWriter(str(run / "tb"), filename_suffix=f".{start_step}")
         for k in range(5):
-            writer.add_scalar("loss", 1.0, start_step + 1000 * k, walltime=start_wall + 100 * k)
+            step, wall = start_step + 1000 * k, start_wall + 100 * k
+            writer.add_scalar("joint/loss", 1.0, step, walltime=wall)
         writer.close()
-    assert len(list((run / "tb").glob("events.out.tfevents.*"))) == 2
+    # fine-tuning in the same run directory counts updates, not real steps: left out
+    writer = SummaryWriter(str(run / "tb"), filename_suffix=".finetune")
+    for k in range(5):
+        writer.add_scalar("wm_finetune/loss", 1.0, 1 + 5000 * k, walltime=2.0e9 + 10 * k)
+    writer.close()
+    assert len(list((run / "tb").glob("events.out.tfevents.*"))) == 3
     hours = _bench().wall_hours_per_100k(run)
     assert abs(hours - 100_000 * 800 / 8000 / 3600) < 1e-6

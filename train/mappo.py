@@ -105,7 +105,7 @@ def train_mappo(cfg: Config, run_dir: Path, device: str, console: Console) -> Pa
         b = venv.reset(seed=cfg.run.seed + steps_done)
         episode_returns: list[float] = []
         running = np.zeros(venv.num_envs)
-        t0 = time.perf_counter()
+        t0, steps0 = time.perf_counter(), steps_done  # this process's share, on resume
         with progress(console, "MAPPO", m.env_steps) as (bar, task):
             bar.update(task, completed=steps_done)
             while steps_done < m.env_steps:
@@ -166,7 +166,8 @@ def train_mappo(cfg: Config, run_dir: Path, device: str, console: Console) -> Pa
                 stats.update(
                     {
                         "train_return": float(np.mean(recent)) if recent else float("nan"),
-                        "env_steps_per_s": steps_done / max(time.perf_counter() - t0, 1e-9),
+                        "env_steps_per_s": (steps_done - steps0)
+                        / max(time.perf_counter() - t0, 1e-9),
                     }
                 )
                 metrics.log(steps_done, stats)

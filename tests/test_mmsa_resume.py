@@ -194,3 +194,27 @@ def test_fine_tuning_stops_early_and_records_the_updates_it_made(trained: Path) 
     again = load_checkpoint(run / FINAL)
     assert again["stopped_early"] and again["updates"] == made
     _assert_same_weights(again["model"], _weights(fixed))
+
+
+def test_a_retrained_agent_starts_over_instead_of_resuming(
+    trained: Path, uninterrupted: Path
+) -> None:
+    """mmsa.pt retrained after an interrupted fine-tuning: its episodes are collected again and
+    fine-tuning starts from the new agent, not from the old agent's checkpoint; the same mmsa.pt
+    re-run resumes as before."""
+    run = _copy(trained, trained.parent / "retrained")
+    finetune_mmsa(run, P_MASK, "cpu", _console(), updates=25)
+    (run / FINAL).unlink()
+    ckpt = load_checkpoint(run / "mmsa.pt")
+    weights = ckpt["learner"]["agent"]
+    name = next(k for k, v in weights.items() if v.is_floating_point())
+    weights[name] = weights[name] + 0.01  # a retrained agent: other bytes, other behaviour
+    torch.save(ckpt, run / "mmsa.pt")
+    console = _console()
+    finetune_mmsa(run, P_MASK, "cpu", console)
+    text = " ".join(console.file.getvalue().split())
+    assert "came from an earlier mmsa.pt: collecting its episodes again" in text
+    assert "came from an earlier mmsa.pt: fine-tuning from the start" in text
+    assert "resuming" not in text and "MMSA decoder:" in text
+    assert load_checkpoint(run / FINAL)["updates"] == 40
+    assert any(not torch.equal(v, _weights(uninterrupted)[k]) for k, v in _weights(run).items())

@@ -30,6 +30,7 @@ stage, like RMIOv2's pre-training, runs its whole budget.
 from __future__ import annotations
 
 import copy
+import hashlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -225,21 +226,39 @@ def run_stage(
     }
 
 
+def source_id(trained: Path) -> str:
+    """Which ``mmsa.pt`` the cached episodes and the interrupted stage came from: a retrained
+    agent must not resume on another agent's episodes and weights."""
+    return hashlib.sha256(trained.read_bytes()).hexdigest()[:16]
+
+
 def ensure_data(
-    run_dir: Path, agent: MMSAAgent, cfg: Config, spec: EnvSpec, dev: torch.device, console: Console
+    run_dir: Path,
+    agent: MMSAAgent,
+    cfg: Config,
+    spec: EnvSpec,
+    dev: torch.device,
+    console: Console,
+    source: str | None = None,
 ) -> tuple[EpisodeBuffer, EpisodeBuffer]:
     """The stage's training and held-out episodes, collected once (``mmsa_wm_data.pt``) and then
-    reused, so a resumed stage samples the episodes an uninterrupted one would."""
+    reused, so a resumed stage samples the episodes an uninterrupted one would; collected again
+    when they came from another ``mmsa.pt`` than ``source``."""
     path, m = run_dir / DATA, cfg.mmsa
-    if path.exists():
-        saved = load_checkpoint(path)
+    saved = load_checkpoint(path) if path.exists() else None
+    if saved is not None and saved.get("source", source) != source:
+        console.print(f"{path.name} came from an earlier mmsa.pt: collecting its episodes again")
+        saved = None
+    if saved is not None:
         data, holdout = (EpisodeBuffer(len(saved[k]["length"]), spec) for k in ("train", "holdout"))
         data.load_state_dict(saved["train"])
         holdout.load_state_dict(saved["holdout"])
         return data, holdout
     data = collect(agent, cfg, m.recon_episodes, cfg.run.seed + DATA_SEED, dev)
     holdout = collect(agent, cfg, m.recon_holdout, cfg.run.seed + 2 * DATA_SEED, dev)
-    save_checkpoint(path, {"train": data.state_dict(), "holdout": holdout.state_dict()})
+    save_checkpoint(
+        path, {"train": data.state_dict(), "holdout": holdout.state_dict(), "source": source}
+    )
     console.print(f"collected {data.count} episodes (+{holdout.count} held out) into {path}")
     return data, holdout
 
@@ -269,7 +288,8 @@ def finetune_mmsa(
     final = run_dir / FINAL
     if final.exists():
         console.print(
-            f"{final} exists: fine-tuning already finished (delete it to fine-tune again)"
+            f"{final} exists: fine-tuning already finished (delete it, {CKPT} and {DATA} to "
+            "fine-tune again from the start)"
         )
         return final
     trained = run_dir / "mmsa.pt"
@@ -279,8 +299,11 @@ def finetune_mmsa(
     if not 0.0 <= p <= 1.0:
         raise RmioError(f"--p-mask must be in [0, 1], got {p}")
     recipe = mask_recipe(f, p)
-    ck = run_dir / CKPT
+    ck, source = run_dir / CKPT, source_id(trained)
     start = load_checkpoint(ck, dev) if ck.exists() else None
+    if start is not None and start.get("source", source) != source:
+        console.print(f"{ck.name} came from an earlier mmsa.pt: fine-tuning from the start")
+        start = None
     if start is not None and (abs(start["p_mask"] - p) > 1e-12 or start["masks"] != recipe):
         raise RmioError(
             f"an interrupted fine-tuning in '{run_dir}' drew its masks as {start['masks']}, "
@@ -289,12 +312,13 @@ def finetune_mmsa(
     ckpt = load_checkpoint(trained, dev)
     agent, wm = _trained_networks(ckpt, cfg, dev)
     torch.set_num_threads(cfg.world_model.train.threads)
-    data, holdout = ensure_data(run_dir, agent, cfg, EnvSpec.from_dict(ckpt["spec"]), dev, console)
+    spec = EnvSpec.from_dict(ckpt["spec"])
+    data, holdout = ensure_data(run_dir, agent, cfg, spec, dev, console, source)
     seed_everything(cfg.run.seed + 11)
     m = cfg.mmsa
     model = MMSAObsModel(agent, wm, m).to(dev)
     meta = {k: ckpt[k] for k in ("config", "spec")}
-    record = Record({**meta, "p_mask": p, "masks": recipe})
+    record = Record({**meta, "p_mask": p, "masks": recipe, "source": source})
     decoder = Stage(
         DECODER,
         "MMSA decoder stage",

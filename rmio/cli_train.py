@@ -389,7 +389,11 @@ def export(
 
 @click.command("ablate")
 @click.argument("sweep")
-@click.option("--debug", is_flag=True, help="The scenario's tiny debug preset for every variant.")
+@click.option(
+    "--debug",
+    is_flag=True,
+    help="The scenario's tiny debug preset for every variant (it wins over the sweep's set: keys).",
+)
 @click.option(
     "--out",
     type=click.Path(path_type=Path),

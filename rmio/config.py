@@ -404,24 +404,25 @@ def _preset_layers(preset: str, raw: dict[str, Any], own: Any, path: Path) -> li
     return layers
 
 
-def preset_keys(name_or_path: str | Path, preset: str) -> set[str]:
-    """The dotted keys (``section.key``) that ``preset`` sets on a config, so that a caller which
-    also has overrides (an ablation's ``set:`` lines) can let the preset win where it must."""
+def preset_values(name_or_path: str | Path, preset: str) -> dict[str, Any]:
+    """The dotted keys (``section.key``) that ``preset`` sets on a config, with their values, so
+    that a caller which also has overrides (an ablation's ``set:`` lines) can let the preset win
+    where it must."""
     path = resolve_config_path(name_or_path)
     raw = read_yaml(path)
     own = {name: raw.pop(name) for name in PRESETS if name in raw}
-    keys: set[str] = set()
+    values: dict[str, Any] = {}
 
     def walk(node: dict[str, Any], prefix: str) -> None:
         for key, value in node.items():
             if isinstance(value, dict) and value:
                 walk(value, f"{prefix}{key}.")
             else:
-                keys.add(f"{prefix}{key}")
+                values[f"{prefix}{key}"] = value
 
     for layer in _preset_layers(preset, raw, own.get(preset), path):
         walk(layer, "")
-    return keys
+    return values
 
 
 def _is_recorded(path: Path) -> bool:

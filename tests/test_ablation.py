@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 from rich.console import Console
 
-from rmio.config import load_config, preset_keys
+from rmio.config import load_config, preset_values
 from rmio.errors import ConfigError
 from rmio.testing import make_tiny_bundle
-from rmio.train.ablation import Sweep, _config, load_ablation, policy_path, run_ablation
+from rmio.train.ablation import Sweep, _config, _shrunk, load_ablation, policy_path, run_ablation
 from rmio.train.export import portable_path
 
 SHIPPED = sorted(
@@ -37,7 +37,7 @@ def test_debug_shrinks_shipped_sweeps(name: str) -> None:
     algo = ab.variants[0] if ab.vary == "algo" else None
     got = _config(ab, Sweep(Path(name), Path("unused"), True, "cpu"), 0, algo).to_dict()
     want = load_config(ab.scenario, preset="debug", algo=algo).to_dict()
-    keys = sorted(preset_keys(ab.scenario, "debug") - {"run.seed"})
+    keys = sorted(set(preset_values(ab.scenario, "debug")) - {"run.seed"})
     assert keys
 
     def at(tree: dict, key: str) -> object:
@@ -47,6 +47,25 @@ def test_debug_shrinks_shipped_sweeps(name: str) -> None:
 
     assert [at(got, k) for k in keys] == [at(want, k) for k in keys]
     assert got["run"]["seed"] == 0
+
+
+def test_debug_keeps_only_lines_that_shrink(tmp_path: Path) -> None:
+    """Under --debug a set: line survives when the preset does not set its key, or when it is a
+    number below the preset's; a section line covering a preset key loses, and the seed line is
+    never filtered."""
+    path = tmp_path / "sweep.yaml"
+    path.write_text(
+        "name: x\nscenario: halfcheetah_6x1\npolicy: halfcheetah_6x1\nvary: p_mask\n"
+        "variants: [0.5]\nset: [world_model.train.updates=12, run.collect_steps=50000,\n"
+        "  'world_model.model={deter: 256}', marie.preset=cpu, run.data_policy=halfcheetah_6x1]\n"
+    )
+    ab = load_ablation(path)
+    assert _shrunk(ab) == ["world_model.train.updates=12", "run.data_policy=halfcheetah_6x1"]
+    cfg = _config(ab, Sweep(path, tmp_path, True, "cpu"), 3)
+    debug = load_config("halfcheetah_6x1", preset="debug")
+    assert (cfg.world_model.train.updates, cfg.run.seed, cfg.marie.preset) == (12, 3, "tiny")
+    assert cfg.run.collect_steps == debug.run.collect_steps < 50000
+    assert cfg.world_model.model.deter == debug.world_model.model.deter < 256
 
 
 @pytest.mark.parametrize(

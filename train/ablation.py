@@ -20,10 +20,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+import yaml
 from rich.console import Console
 from rich.markdown import Markdown
 
-from rmio.config import ALGORITHMS, build_dataclass, load_config, preset_keys
+from rmio.config import ALGORITHMS, build_dataclass, load_config, preset_values
 from rmio.defaults import DEFAULT_P_LOSS
 from rmio.envs.loss import LossConfig
 from rmio.errors import ConfigError, RmioError
@@ -246,12 +247,33 @@ def _trial_name(ab: AblationConfig, index: int) -> str:
     return str(v) if ab.vary == "algo" else f"p_mask_{float(v):g}"
 
 
+def _shrunk(ab: AblationConfig) -> list[str]:
+    """The sweep's ``set:`` lines that --debug keeps: it shrinks a shipped sweep, so a line loses
+    to every key the debug preset sets (a section line to any key under it), unless it is a
+    number smaller than the preset's."""
+    small = preset_values(ab.scenario, "debug")
+    kept = []
+    for line in ab.set:
+        key, _, text = line.partition("=")
+        key = key.strip()
+        covered = [k for k in small if k == key or k.startswith(key + ".")]
+        value = yaml.safe_load(text) if text.strip() else None
+        smaller = (
+            covered == [key]
+            and all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) for v in (value, small[key])
+            )
+            and value < small[key]
+        )
+        if not covered or smaller:
+            kept.append(line)
+    return kept
+
+
 def _config(ab: AblationConfig, sweep: Sweep, seed: int, algo: str | None = None) -> Any:
     preset = "debug" if sweep.debug else None
-    overrides = [*ab.set, f"run.seed={seed}"]
-    if sweep.debug:  # --debug shrinks a shipped sweep too: its set: lines lose to the preset
-        shrunk = preset_keys(ab.scenario, "debug")
-        overrides = [o for o in overrides if o.partition("=")[0].strip() not in shrunk]
+    lines = _shrunk(ab) if sweep.debug else list(ab.set)
+    overrides = [*lines, f"run.seed={seed}"]
     if algo is None:
         return load_config(ab.scenario, preset=preset, overrides=overrides)
     return load_config(ab.scenario, preset=preset, overrides=overrides, algo=algo)

@@ -1,9 +1,11 @@
 """Training runs side by side: learning curves, returns at a matched real-step budget, throughput.
 
-Reads what `rmio train pretrain` / `rmio train mappo` leave in their run directories (eval.jsonl,
-joint.jsonl, mappo.jsonl); writes a markdown table and an overlaid learning-curve PNG, and for joint
-pre-training runs a second table of the diagnostics logged at each evaluation (rmio.train.
-joint_diag): open-loop errors, imagined minus real return, saturated actions, the policy's spread.
+Reads what `rmio train pretrain` / `mappo` / `qmix` / `mmsa` leave in their run directories
+(eval.jsonl, joint.jsonl, mappo.jsonl, qmix.jsonl, mmsa.jsonl); writes a markdown table and an
+overlaid learning-curve PNG, and for joint pre-training runs a second table of the diagnostics
+logged at each evaluation (rmio.train.joint_diag): open-loop errors, imagined minus real return,
+saturated actions, the policy's spread. ``--wall-per`` sets the step count the wall-time column is
+given for (100k by default; 1M suits LBF's budgets).
 Joint runs are labelled with their recipe (``rmiov2/tuned``), so recipes never pool into one mean.
 
     python bench/training.py RUN_DIR... --budget 20000 --out bench/results/training_halfcheetah_6x1
@@ -88,8 +90,11 @@ def summarise(run: Path, budget: int, metric: str) -> dict:
     rows = _rows(run / "joint.jsonl")
     joint = [r for r in rows if "collect_steps_per_s" in r]  # iterations, not diagnostics
     diag = [r for r in rows if any(k.startswith("diag_") for k in r)]
-    mappo = _rows(run / "mappo.jsonl")
-    train = joint or mappo
+    model_free = next(  # a trainer logging its own real-step rate
+        (logged for name in ("mappo", "qmix", "mmsa") if (logged := _rows(run / f"{name}.jsonl"))),
+        [],
+    )
+    train = joint or model_free
     # a run that has not reached the budget has no figure at it: its last evaluation would
     # otherwise stand in for a budget it never trained to
     reached = bool(evals) and evals[-1]["step"] >= budget
@@ -111,8 +116,8 @@ def summarise(run: Path, budget: int, metric: str) -> dict:
         if wm_rate:  # runs from before it was logged have none
             out["wm_updates_per_s"] = float(np.median(wm_rate))
         out["overall_steps_per_s"] = joint[-1]["real_steps_per_s"]
-    elif mappo:
-        out["overall_steps_per_s"] = mappo[-1]["env_steps_per_s"]
+    elif model_free:
+        out["overall_steps_per_s"] = model_free[-1]["env_steps_per_s"]
     hours = wall_hours_per_100k(run)
     if hours is not None:  # the logged rate of a resumed joint run counted earlier sessions' steps
         out["hours_per_100k"] = hours
@@ -169,6 +174,12 @@ def main() -> None:
     )
     ap.add_argument("--metric", choices=["return_mean", "win_rate"], default="return_mean")
     ap.add_argument(
+        "--wall-per",
+        type=int,
+        default=100_000,
+        help="Real steps the wall-time column is given for (default 100k; e.g. 1000000 for LBF).",
+    )
+    ap.add_argument(
         "--note",
         default="",
         help="Conditions worth stating (e.g. other processes sharing the CPU).",
@@ -190,19 +201,21 @@ def main() -> None:
         "Deterministic evaluation episodes in the real environment, complete observations. 'at "
         f"{args.budget:,}' is the last evaluation at or before that many real environment steps, "
         "for runs that have trained that far ('not reached' otherwise, and left out of the means). "
-        "Wall hours per 100k real steps: from the TensorBoard event times of each training process "
+        f"Wall hours per {args.wall_per:,} real steps: from the TensorBoard event times of each "
+        "training process "
         "(first to last logged step, evaluations included, start-up and pauses between resumes "
         "not).",
         "",
         f"| run | real env steps | eval at {args.budget:,} | final eval | best eval | collection "
         "steps/s | world-model updates/s | imagined steps/s | overall real steps/s | wall h per "
-        "100k real steps |",
+        f"{args.wall_per:,} real steps |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
 
     def f(r: dict, k: str, d: int = 0) -> str:
         return "-" if k not in r else f"{r[k]:,.{d}f}"
 
+    scale = args.wall_per / 100_000
     for r in rows:
         cells = [
             r["run"],
@@ -214,7 +227,7 @@ def main() -> None:
             f(r, "wm_updates_per_s", 2),
             f(r, "imagined_steps_per_s"),
             f(r, "overall_steps_per_s"),
-            f(r, "hours_per_100k", 2),
+            "-" if "hours_per_100k" not in r else f"{r['hours_per_100k'] * scale:,.2f}",
         ]
         lines.append("| " + " | ".join(cells) + " |")
     groups: dict[str, list[float]] = {}

@@ -7,6 +7,8 @@ import importlib.util
 import json
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -55,3 +57,14 @@ def test_wall_time_counts_each_process_span_not_the_pause_between(tmp_path: Path
     assert len(list((run / "tb").glob("events.out.tfevents.*"))) == 3
     hours = _bench().wall_hours_per_100k(run)
     assert abs(hours - 100_000 * 800 / 8000 / 3600) < 1e-6
+
+
+@pytest.mark.parametrize("algo", ["mappo", "qmix", "mmsa"])
+def test_model_free_and_value_based_runs_report_their_rate(tmp_path: Path, algo: str) -> None:
+    """Without event files the rate column is the trainer's own logged one, for MAPPO, QMIX and
+    MMSA alike (QMIX and MMSA rows had none)."""
+    run = _run(tmp_path, "r", [5000, 10000])
+    (run / f"{algo}.jsonl").write_text(json.dumps({"step": 10000, "env_steps_per_s": 250.0}))
+    row = _bench().summarise(run, 10000, "return_mean")
+    assert row["overall_steps_per_s"] == 250.0
+    assert abs(row["hours_per_100k"] - 100_000 / 250.0 / 3600) < 1e-9

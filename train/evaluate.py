@@ -38,7 +38,12 @@ def evaluate_policy(actor: Actor, env_cfg: EnvConfig, episodes: int, seed: int) 
 
 def run_label(run: Path) -> str:
     """'<algorithm> seed <s> (<dir>)', read from what the run directory holds."""
-    logs = {"joint.jsonl": "rmiov2", "mappo.jsonl": "mappo", "qmix.jsonl": "qmix"}
+    logs = {
+        "joint.jsonl": "rmiov2",
+        "mappo.jsonl": "mappo",
+        "qmix.jsonl": "qmix",
+        "mmsa.jsonl": "mmsa",
+    }
     algo = next((name for log, name in logs.items() if (run / log).exists()), "?")
     seed = "?"
     cfg_path = run / "config.yaml"

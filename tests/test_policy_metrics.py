@@ -138,7 +138,7 @@ def test_a_discrete_actor_exports_its_probabilities_for_the_kl(tmp_path: Path) -
 
 
 def test_the_deploy_time_check_names_where_the_world_model_loses_to_hold_last() -> None:
-    from rmio.train.wm_eval import policy_warnings, reconstruction_table
+    from rmio.train.wm_eval_report import policy_warnings, reconstruction_table
 
     res = {
         "p_masks": [0.0, 0.25, 0.5],

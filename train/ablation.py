@@ -37,7 +37,7 @@ from rmio.train.marie_eval import evaluate_reconstruction
 from rmio.train.marie_finetune import finetune_marie
 from rmio.train.marie_train import train_marie
 from rmio.train.trials import Trial, run_trials
-from rmio.train.wm_eval import finetuned_row
+from rmio.train.wm_eval_report import finetuned_row
 from rmio.train.wm_train import ensure_data, finetune_world_model, train_world_model
 from rmio.yamlio import load_yaml
 

@@ -20,6 +20,9 @@ Metrics, in normalised observation units (per feature (o - mean) / std of the tr
   the paper's L_rec;
 * GPE and GCI of GAWM section 4.3 (Eq. 7-8) for the world models (p_mask 0 gives the classic
   numbers).
+
+The results are written and shown by train/wm_eval_report.py (tables, warnings) and
+train/wm_eval_plot.py (the figure).
 """
 
 from __future__ import annotations
@@ -34,7 +37,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from rich.console import Console
-from rich.table import Table
 
 from rmio.config import load_config
 from rmio.config import validate as validate_config
@@ -46,9 +48,14 @@ from rmio.train.masks import sample_loss_masks
 from rmio.train.policy_metrics import POLICY_METRICS, PolicyProbe
 from rmio.train.wm_data import Batch, SequenceSampler
 from rmio.train.wm_eval_plot import plot_reconstruction
+from rmio.train.wm_eval_report import (
+    BASELINES,
+    masks_named,
+    policy_warnings,
+    print_results,
+    reconstruction_table,
+)
 from rmio.train.world_model import RMIOWorldModel
-
-BASELINES = ("zero-fill", "hold-last")
 
 
 @dataclass(frozen=True)
@@ -62,23 +69,6 @@ class ModelFamily:
     """Checkpoint name (finetune, pretrain) -> file in the run directory."""
     load: Callable[[Path, Any], tuple[Any, dict]]
     episode_fn: Callable[..., dict[str, dict[str, np.ndarray]]]
-
-
-def is_model_row(name: str) -> bool:
-    """A world model's row of the results (not a baseline's)."""
-    return name not in BASELINES
-
-
-def finetuned_row(strategies: dict[str, Any]) -> str:
-    """The run's own fine-tuned world model's row label (RMIOv2's or MARIE's); rows of models
-    scored ``--beside`` it carry their run's name before a colon and are not it."""
-    keys = [k for k in strategies if is_model_row(k) and " fine-tuned" in k and ": " not in k]
-    if len(keys) != 1:
-        raise RmioError(
-            f"the reconstruction results hold {len(keys)} fine-tuned rows of their own run "
-            f"({', '.join(keys) or 'none'}), expected one; re-run rmio eval reconstruction"
-        )
-    return keys[0]
 
 
 def _same_stats(a: Any, b: Any) -> bool:
@@ -393,10 +383,10 @@ def evaluate_run(
     (run_dir / f"{stem}.json").write_text(json.dumps(results, indent=2))
     md = reconstruction_table(results)
     (run_dir / f"{stem}.md").write_text(md)
-    named = "" if ev.loss_model == "bernoulli" else f", {_masks_named(results)}"
+    named = "" if ev.loss_model == "bernoulli" else f", {masks_named(results)}"
     title = cfg.env.scenario + named
     plot_reconstruction(results, run_dir / f"{stem}.png", title)
-    _print(results, console)
+    print_results(results, console)
     for w in results["warnings"]:
         console.print(f"[yellow]warning:[/yellow] {w}")
     console.print(f"wrote {run_dir / stem}.md, .json and .png")
@@ -431,87 +421,3 @@ def _probe_for(
             continue
         return probe, ("bundle" if c == run_dir / "bundle" else str(c))
     return None, None
-
-
-def policy_warnings(results: dict[str, Any]) -> list[str]:
-    """The deploy-time check of issue 25: every p_mask at which a world model makes the actor
-    disagree with itself more than hold-last does (the number that predicts return better than
-    L_rec), so a user learns before deploying where the world model would hurt."""
-    held = results["strategies"].get("hold-last", {})
-    out = []
-    for name, row in results["strategies"].items():
-        if not is_model_row(name):
-            continue
-        for key in POLICY_METRICS:
-            if key not in row or key not in held:
-                continue
-            worse = [
-                f"{p:g} ({v:.4f} vs {h:.4f})"
-                for p, v, h in zip(results["p_masks"], row[key], held[key], strict=True)
-                if v is not None and h is not None and v > h
-            ]
-            if worse:
-                out.append(
-                    f"{name} does not beat hold-last on {key} at p_mask {', '.join(worse)}: at "
-                    "those loss rates the blind agents would act better on their last observation"
-                )
-    return out
-
-
-def _masks_named(results: dict[str, Any]) -> str:
-    model = results.get("loss_model", "bernoulli")
-    if model == "burst":
-        return f"burst masks (mean burst {results['mean_burst_length']:g} steps)"
-    return f"{model} masks"
-
-
-def reconstruction_table(results: dict[str, Any]) -> str:
-    p = results["p_masks"]
-    lines = [
-        f"Test-time {_masks_named(results)}; p_mask is the long-run fraction of lost steps.",
-        "",
-        "| strategy | metric | " + " | ".join(f"p_mask {x:g}" for x in p) + " |",
-        "|---|---|" + "---|" * len(p),
-    ]
-    for name, row in results["strategies"].items():
-        for metric in (
-            "lrec_masked",
-            *POLICY_METRICS,
-            "lrec_all",
-            "lrec_decoder_all",
-            "gpe",
-            "gci",
-        ):
-            if metric in row:
-                cells = ["-" if v is None else f"{v:.4f}" for v in row[metric]]
-                lines.append(f"| {name} | {metric} | " + " | ".join(cells) + " |")
-    for w in results.get("warnings", []):
-        lines += ["", f"**Warning:** {w}"]
-    return "\n".join(lines) + "\n"
-
-
-def _print(results: dict[str, Any], console: Console) -> None:
-    table = Table(
-        title="L_rec on lost agents (held-out episodes, normalised units; lower is better), "
-        + _masks_named(results)
-    )
-    table.add_column("strategy")
-    for x in results["p_masks"]:
-        table.add_column(f"p_mask {x:g}", justify="right")
-    for name, row in results["strategies"].items():
-        table.add_row(name, *["-" if v is None else f"{v:.4f}" for v in row["lrec_masked"]])
-    console.print(table)
-    for key in POLICY_METRICS:
-        rows = [(n, r[key]) for n, r in results["strategies"].items() if key in r]
-        if not rows:
-            continue
-        table = Table(
-            title=f"{key}: the actor on reconstructed vs true observations of lost "
-            f"agents ({results['policy']}; lower is better)"
-        )
-        table.add_column("strategy")
-        for x in results["p_masks"]:
-            table.add_column(f"p_mask {x:g}", justify="right")
-        for name, vals in rows:
-            table.add_row(name, *["-" if v is None else f"{v:.4f}" for v in vals])
-        console.print(table)

@@ -15,7 +15,8 @@ from rich.console import Console
 from rmio.config import load_config, preset_values
 from rmio.errors import ConfigError
 from rmio.testing import make_tiny_bundle
-from rmio.train.ablation import Sweep, _config, _shrunk, load_ablation, policy_path, run_ablation
+from rmio.train.ablation import Sweep, _config, _shrunk, run_ablation
+from rmio.train.ablation_config import load_ablation, policy_path
 from rmio.train.export import portable_path
 
 SHIPPED = sorted(

@@ -5,8 +5,9 @@ A config file has one mapping per section (``env``, ``loss``, ``run``, ...). The
 ``configs/debug/<family>.yaml`` with the same shape, and merged over the config; a config may add an
 optional ``debug`` mapping of its own exceptions, merged last. Single keys can be overridden from
 the command line (``--set loss.p_loss=0.3``). Unknown keys and wrong types are errors that name the
-file and the dotted key. The resolved config is saved next to a run's outputs together with a hash,
-so any result can be traced back to exactly what produced it.
+file and the dotted key (rmio/config_schema.py builds the typed sections). The resolved config is
+saved next to a run's outputs together with a hash, so any result can be traced back to exactly
+what produced it.
 """
 
 from __future__ import annotations
@@ -16,14 +17,14 @@ import dataclasses
 import hashlib
 import json
 import re
-import types
-from dataclasses import dataclass, field, fields, is_dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
+from typing import Any, Literal
 
 import yaml
 
+from rmio.config_schema import build_dataclass, refuse_retired
 from rmio.envs.loss import LossConfig
 from rmio.envs.registry import FAMILIES, EnvConfig
 from rmio.errors import ConfigError
@@ -61,12 +62,6 @@ ALGORITHMS: dict[str, dict[str, Any]] = {
 }
 _EXPONENT_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+")
 
-# Keys configs no longer have, and why. A scenario file or a --set override that names one is
-# refused like any unknown key; configs recorded before it was retired (a run directory's
-# config.yaml, a checkpoint's config) still load without it, since it never had an effect.
-RETIRED_KEYS: dict[str, str] = {
-    "world_model.train.device": "it was never read; the device is each command's --device option",
-}
 _RECORDED_HEADER = "# resolved rmio config"
 
 
@@ -187,108 +182,6 @@ def apply_override(raw: dict[str, Any], assignment: str, source: str = "--set") 
     node[parts[-1]] = value
 
 
-# --------------------------------------------------------------------------------------------
-# Typed validation
-
-
-_NAMES = {
-    int: "an integer",
-    float: "a number",
-    str: "a string",
-    bool: "true or false",
-    list: "a list",
-    tuple: "a list",
-    dict: "a mapping",
-}
-
-
-def _type_name(tp: Any) -> str:
-    if get_origin(tp) is Literal:
-        return "one of " + ", ".join(repr(a) for a in get_args(tp))
-    return _NAMES.get(get_origin(tp) or tp, getattr(tp, "__name__", str(tp)))
-
-
-def _coerce(tp: Any, value: Any, key: str, src: str) -> Any:
-    origin, args = get_origin(tp), get_args(tp)
-    if is_dataclass(tp):
-        return build_dataclass(tp, value, src, key)
-    if tp is Any:
-        return value
-    if origin in (Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in (a for a in args if a is not type(None)):
-            try:
-                return _coerce(arg, value, key, src)
-            except ConfigError as exc:
-                errors.append(exc)
-        names = " or ".join(_type_name(a) for a in args)
-        raise ConfigError(f"{src}: key '{key}' must be {names}, got {value!r}")
-    if origin is Literal:
-        if value in args:
-            return value
-        raise ConfigError(f"{src}: key '{key}' must be {_type_name(tp)}, got {value!r}")
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-    elif tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    elif tp is float:
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-    elif tp is str:
-        if isinstance(value, str):
-            return value
-    elif origin in (list, tuple):
-        if isinstance(value, list | tuple):
-            item = args[0] if args else Any
-            items = [_coerce(item, v, f"{key}[{i}]", src) for i, v in enumerate(value)]
-            return tuple(items) if origin is tuple else items
-    elif origin is dict:
-        if isinstance(value, dict) and all(isinstance(k, str) for k in value):
-            return dict(value)
-    else:  # pragma: no cover - a schema author used a type this validator does not know
-        raise TypeError(f"config schema type {tp!r} is not supported")
-    got = f"{value!r} ({type(value).__name__})"
-    raise ConfigError(f"{src}: key '{key}' must be {_type_name(tp)}, got {got}")
-
-
-def build_dataclass(cls: type, data: Any, src: str, prefix: str = "") -> Any:
-    """Build ``cls`` from a mapping, rejecting unknown keys and values of the wrong type."""
-    where = prefix or "the top level"
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{src}: '{where}' must be a mapping, got {data!r}")
-    hints = get_type_hints(cls)
-    names = [f.name for f in fields(cls)]
-    kwargs = {}
-    for key, value in data.items():
-        dotted = f"{prefix}.{key}" if prefix else str(key)
-        if key in names:
-            kwargs[key] = _coerce(hints[key], value, dotted, src)
-        elif dotted not in RETIRED_KEYS:  # a retired key here comes from a recorded config: dropped
-            raise ConfigError(f"{src}: unknown key '{dotted}' (known here: {', '.join(names)})")
-    return cls(**kwargs)
-
-
-def _holds(raw: dict[str, Any], dotted: str) -> bool:
-    node: Any = raw
-    for part in dotted.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return False
-        node = node[part]
-    return True
-
-
-def _refuse_retired(raw: dict[str, Any], src: str) -> None:
-    for key, why in RETIRED_KEYS.items():
-        if _holds(raw, key):
-            raise ConfigError(f"{src}: unknown key '{key}' (removed: {why})")
-
-
 def _validate_masks(fm: Any, src: str) -> None:
     """The fine-tuning and evaluation mask settings (train/masks.py)."""
     known = ("bernoulli", "burst", "blackout")
@@ -388,7 +281,7 @@ def _preset_layers(preset: str, raw: dict[str, Any], own: Any, path: Path) -> li
     shared = family_preset_path(preset, family)
     if shared is not None:
         body = read_yaml(shared)
-        _refuse_retired(body, str(shared))
+        refuse_retired(body, str(shared))
         build_dataclass(
             Config, body, str(shared)
         )  # unknown keys and wrong types name the preset's file
@@ -449,7 +342,7 @@ def load_config(
     own = {name: raw.pop(name) for name in PRESETS if name in raw}
     if not _is_recorded(path):
         for section in (raw, *(v for v in own.values() if isinstance(v, dict))):
-            _refuse_retired(section, str(path))
+            refuse_retired(section, str(path))
     if preset is not None:
         for layer in _preset_layers(preset, raw, own.get(preset), path):
             raw = deep_merge(raw, layer)
@@ -461,7 +354,7 @@ def load_config(
     for assignment in overrides:
         apply_override(raw, assignment)
         apply_override(given, assignment)
-    _refuse_retired(given, "--set")
+    refuse_retired(given, "--set")
     src = (
         str(path)
         + (f" (preset {preset})" if preset else "")

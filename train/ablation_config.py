@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from rmio.config import ALGORITHMS, build_dataclass
+from rmio.config import ALGORITHMS
+from rmio.config_schema import build_dataclass
 from rmio.defaults import DEFAULT_P_LOSS
 from rmio.errors import ConfigError, RmioError
 from rmio.models import find_bundle

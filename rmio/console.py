@@ -1,5 +1,6 @@
 """The one console every command prints through, in a leaf module so that the CLI's command modules
-(cli, cli_eval, cli_train, cli_swarm, demo) share it without importing each other."""
+(cli, cli_eval, cli_train, cli_swarm, cli_swarm_group, demo) share it without importing each
+other."""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
-"""`rmio swarm keys` and `rmio swarm compose`: what a deployment across machines is given besides
-the roster (its keys, and a compose file with one service per role)."""
+"""`rmio swarm keys`, `rmio swarm compose` and `rmio swarm doctor`: what a deployment across
+machines is given besides the roster (its keys, and a compose file with one service per role),
+and what a machine can run before it joins one."""
 
 from __future__ import annotations
 

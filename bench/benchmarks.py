@@ -61,6 +61,12 @@ SECTIONS: list[tuple[str, str, str]] = [
         "training_halfcheetah_6x1.md",
         "see the command line inside",
     ),
+    (
+        "Joint pre-training with the tuned recipe against MAPPO, per real step: HalfCheetah 6x1 "
+        "(issue 20)",
+        "training_halfcheetah_6x1_tuned.md",
+        "see the command line inside (runs resume with their training command)",
+    ),
     ("Policy training: SMAX 2s3z", "training_smax_2s3z.md", "see the command line inside"),
     (
         "World-model reconstruction (L_rec, GPE, GCI)",

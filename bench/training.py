@@ -226,7 +226,7 @@ def main() -> None:
             f(r, "collect_steps_per_s"),
             f(r, "wm_updates_per_s", 2),
             f(r, "imagined_steps_per_s"),
-            f(r, "overall_steps_per_s"),
+            f(r, "overall_steps_per_s", 1),
             "-" if "hours_per_100k" not in r else f"{r['hours_per_100k'] * scale:,.2f}",
         ]
         lines.append("| " + " | ".join(cells) + " |")

@@ -17,6 +17,7 @@ from rmio.envs import EnvConfig
 from rmio.envs.base import EnvSpec
 from rmio.envs.collect import collect
 from rmio.envs.loss import LossConfig
+from rmio.envs.trajectory import TrajectoryBuffer
 from rmio.train.imagination import imagine, start_states
 from rmio.train.policy import Actor, Critic, joint_act
 from rmio.train.ppo import PPO, Rollout, gae
@@ -172,11 +173,21 @@ def test_pretrain_finetune_export_end_to_end(tmp_path: Path) -> None:
     for args in (
         ("train", "pretrain", "halfcheetah_6x1", "--debug", "--run-dir", str(run)),
         ("train", "finetune", str(run)),
+        ("eval", "reconstruction", str(run), "--checkpoint", "finetune"),
         ("export", str(run), "--out", str(tmp_path / "bundle")),
         ("export", "--check", str(tmp_path / "bundle")),
     ):
         proc = rmio(*args)
         assert proc.returncode == 0, (args, proc.stderr[-2000:])
+    # Algorithm 1's own held-out set is random play; the reconstruction is scored on episodes of the
+    # trained actor instead (the states the fine-tuned world model serves at deployment)
+    recon = json.loads((run / "eval_reconstruction.json").read_text())
+    assert recon["holdout_policy"] == "the run's own actor (policy.pt)"
+    random_play = TrajectoryBuffer.load(run / "data" / "holdout.npz")
+    by_actor = TrajectoryBuffer.load(run / "data" / "holdout_actor.npz")
+    assert by_actor.meta["policy"] == "the run's policy.pt"
+    assert recon["holdout_rows"] == len(by_actor) and by_actor.num_episodes == 2
+    assert not np.array_equal(by_actor.data["action"], random_play.data["action"])
     evals = [json.loads(line) for line in (run / "eval.jsonl").read_text().splitlines()]
     assert evals[-1]["step"] >= 600 and np.isfinite(evals[-1]["return_mean"])
     rows = [json.loads(line) for line in (run / "joint.jsonl").read_text().splitlines()]

@@ -40,7 +40,6 @@ from rich.console import Console
 
 from rmio.config import load_config
 from rmio.config import validate as validate_config
-from rmio.envs.trajectory import TrajectoryBuffer
 from rmio.errors import RmioError
 from rmio.models import find_bundle, resolve_model_path
 from rmio.train.common import load_model, resolve_device
@@ -55,6 +54,7 @@ from rmio.train.wm_eval_report import (
     print_results,
     reconstruction_table,
 )
+from rmio.train.wm_train import eval_holdout
 from rmio.train.world_model import RMIOWorldModel
 
 
@@ -318,10 +318,7 @@ def evaluate_run(
     stem = "eval_reconstruction" + ("" if ev.loss_model == "bernoulli" else f"_{ev.loss_model}")
     dev = resolve_device(device)
     torch.set_num_threads(cfg.world_model.train.threads)
-    holdout_path = run_dir / "data" / "holdout.npz"
-    if not holdout_path.exists():
-        raise RmioError(f"'{run_dir}' has no held-out data; train a world model in it first")
-    holdout = TrajectoryBuffer.load(holdout_path)
+    holdout, holdout_policy = eval_holdout(run_dir, cfg, console)
     names = {"finetune": ["finetune"], "pretrain": ["pretrain"], "both": ["finetune", "pretrain"]}[
         which
     ]
@@ -333,6 +330,7 @@ def evaluate_run(
         "policy": None,
         "holdout_episodes": holdout.num_episodes,
         "holdout_rows": len(holdout),
+        "holdout_policy": holdout_policy,
         "strategies": {},
     }
     probe, results["policy"] = _probe_for(run_dir, cfg, policy, holdout.spec.name)

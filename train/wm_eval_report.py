@@ -72,6 +72,15 @@ def reconstruction_table(results: dict[str, Any]) -> str:
     lines = [
         f"Test-time {masks_named(results)}; p_mask is the long-run fraction of lost steps.",
         "",
+        *(
+            [
+                f"Held-out episodes: {results['holdout_episodes']}, collected by "
+                f"{results['holdout_policy']}.",
+                "",
+            ]
+            if results.get("holdout_policy")
+            else []
+        ),
         "| strategy | metric | " + " | ".join(f"p_mask {x:g}" for x in p) + " |",
         "|---|---|" + "---|" * len(p),
     ]

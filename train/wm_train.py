@@ -102,6 +102,41 @@ def ensure_data(
     return TrajectoryBuffer.load(train_path), TrajectoryBuffer.load(holdout_path)
 
 
+def eval_holdout(run_dir: Path, cfg: Config, console: Console) -> tuple[TrajectoryBuffer, str]:
+    """The held-out episodes a run's world models are scored on, and what collected them.
+
+    A world-model run's held-out set was collected by its data policy, like its training data.
+    Joint pre-training (Algorithm 1) collected its held-out set with the random warm-up policy,
+    far from the states its trained actor visits and a world model fine-tuned on that actor's
+    data serves; so once the run has its final actor (``policy.pt``) the held-out episodes are
+    that actor's (sampling, the held-out seeds), collected once into ``data/holdout_actor.npz``."""
+    data_dir = run_dir / "data"
+    own, cached = run_dir / "policy.pt", data_dir / "holdout_actor.npz"
+    if not own.exists():
+        path = data_dir / "holdout.npz"
+        if not path.exists():
+            raise RmioError(f"'{run_dir}' has no held-out data; train a world model in it first")
+        return TrajectoryBuffer.load(path), cfg.run.data_policy or "uniform-random"
+    if not cached.exists():
+        actor, ckpt = load_actor(own)
+        steps = cfg.world_model.train.holdout_episodes * (cfg.env.episode_limit or 1000)
+        console.print(
+            f"collecting {cfg.world_model.train.holdout_episodes} held-out episodes with the run's "
+            f"{ckpt.get('algo', '?')} actor ({ckpt.get('env_steps')} env steps)"
+        )
+        buf, _ = collect(
+            cfg.env,
+            LossConfig(model="none"),
+            steps=steps,
+            num_envs=1,
+            seed=cfg.run.seed + HOLDOUT_SEED_OFFSET,
+            policy=actor_policy(actor),
+        )
+        buf.meta["policy"] = "the run's policy.pt"
+        buf.save(cached)
+    return TrajectoryBuffer.load(cached), "the run's own actor (policy.pt)"
+
+
 def _data_policy(cfg: Config, console: Console) -> Any:
     """``run.data_policy``'s sampling actor (its exploration is the data's diversity), or None for
     random."""

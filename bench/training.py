@@ -85,7 +85,7 @@ def wall_hours_per_100k(run: Path) -> float | None:
     return 100_000 * wall / steps / 3600 if steps else None
 
 
-def summarise(run: Path, budget: int, metric: str) -> dict:
+def summarise(run: Path, budgets: list[int], metric: str) -> dict:
     evals = [r for r in _rows(run / "eval.jsonl") if metric in r]
     rows = _rows(run / "joint.jsonl")
     joint = [r for r in rows if "collect_steps_per_s" in r]  # iterations, not diagnostics
@@ -95,20 +95,23 @@ def summarise(run: Path, budget: int, metric: str) -> dict:
         [],
     )
     train = joint or model_free
-    # a run that has not reached the budget has no figure at it: its last evaluation would
-    # otherwise stand in for a budget it never trained to
-    reached = bool(evals) and evals[-1]["step"] >= budget
-    within = [r for r in evals if r["step"] <= budget] if reached else []
-    diag_within = [r for r in diag if r["step"] <= budget]
     out = {
         "run": _label(run),
-        "diag_at_budget": diag_within[-1] if diag_within else None,
         "diag_final": diag[-1] if diag else None,
         "env_steps": evals[-1]["step"] if evals else 0,
         "final": evals[-1] if evals else None,
         "best": max(evals, key=lambda r: (r[metric], r["return_mean"])) if evals else None,
-        "at_budget": within[-1] if within else None,
+        "at_budget": {},
+        "diag_at_budget": {},
     }
+    for budget in budgets:
+        # a run that has not reached the budget has no figure at it: its last evaluation would
+        # otherwise stand in for a budget it never trained to
+        reached = bool(evals) and evals[-1]["step"] >= budget
+        within = [r for r in evals if r["step"] <= budget] if reached else []
+        diag_within = [r for r in diag if r["step"] <= budget]
+        out["at_budget"][budget] = within[-1] if within else None
+        out["diag_at_budget"][budget] = diag_within[-1] if diag_within else None
     if joint:
         out["collect_steps_per_s"] = float(np.median([r["collect_steps_per_s"] for r in joint]))
         out["imagined_steps_per_s"] = float(np.median([r["imagined_steps_per_s"] for r in joint]))
@@ -135,15 +138,17 @@ def _cell(row: dict | None, metric: str, missing: str = "-") -> str:
     return f"{row['return_mean']:.1f} ± {row['return_std']:.1f}"
 
 
-def _diag_table(rows: list[dict], budget: int) -> list[str]:
-    """Joint runs' diagnostics at the budget and at the end (columns no run logged are left out)."""
-    picked = [
-        (r["run"], when, r[key])
-        for r in rows
-        for when, key in ((f"at {budget:,}", "diag_at_budget"), ("final", "diag_final"))
-        if r.get(key) is not None
-        and not (key == "diag_final" and r["diag_final"] is r["diag_at_budget"])
-    ]
+def _diag_table(rows: list[dict], budgets: list[int]) -> list[str]:
+    """Joint runs' diagnostics at each budget and at the end (a row logged once is shown once;
+    columns no run logged are left out)."""
+    picked = []
+    for r in rows:
+        seen: list[dict] = []
+        whens = [(f"at {b:,}", r["diag_at_budget"][b]) for b in budgets]
+        for when, d in [*whens, ("final", r["diag_final"])]:
+            if d is not None and not any(d is x for x in seen):
+                seen.append(d)
+                picked.append((r["run"], when, d))
     if not picked:
         return []
     cols = [c for c in DIAG_COLUMNS if any(c[0] in d for _, _, d in picked)]
@@ -169,8 +174,9 @@ def main() -> None:
     ap.add_argument(
         "--budget",
         type=int,
+        action="append",
         required=True,
-        help="Matched real-environment-step budget to compare at.",
+        help="Matched real-environment-step budget to compare at; repeat for several.",
     )
     ap.add_argument("--metric", choices=["return_mean", "win_rate"], default="return_mean")
     ap.add_argument(
@@ -191,7 +197,9 @@ def main() -> None:
         help="Output path without suffix (.md and .png are written).",
     )
     args = ap.parse_args()
-    rows = [summarise(run, args.budget, args.metric) for run in args.runs]
+    budgets = sorted(set(args.budget))
+    rows = [summarise(run, budgets, args.metric) for run in args.runs]
+    at = " and ".join(f"{b:,}" for b in budgets)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     plot_curves(args.runs, args.out.with_suffix(".png"), args.metric)
     machine = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
@@ -199,17 +207,18 @@ def main() -> None:
         f"Training runs: {machine}, {time.strftime('%Y-%m-%d')}. {args.note}".rstrip(),
         "",
         "Deterministic evaluation episodes in the real environment, complete observations. 'at "
-        f"{args.budget:,}' is the last evaluation at or before that many real environment steps, "
+        f"{at}' is the last evaluation at or before that many real environment steps, "
         "for runs that have trained that far ('not reached' otherwise, and left out of the means). "
         f"Wall hours per {args.wall_per:,} real steps: from the TensorBoard event times of each "
         "training process "
         "(first to last logged step, evaluations included, start-up and pauses between resumes "
         "not).",
         "",
-        f"| run | real env steps | eval at {args.budget:,} | final eval | best eval | collection "
-        "steps/s | world-model updates/s | imagined steps/s | overall real steps/s | wall h per "
-        f"{args.wall_per:,} real steps |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| run | real env steps | "
+        + "".join(f"eval at {b:,} | " for b in budgets)
+        + "final eval | best eval | collection steps/s | world-model updates/s | imagined steps/s "
+        f"| overall real steps/s | wall h per {args.wall_per:,} real steps |",
+        "|---|---|" + "---|" * len(budgets) + "---|---|---|---|---|---|---|",
     ]
 
     def f(r: dict, k: str, d: int = 0) -> str:
@@ -220,7 +229,7 @@ def main() -> None:
         cells = [
             r["run"],
             f"{r['env_steps']:,}",
-            _cell(r["at_budget"], args.metric, "not reached"),
+            *(_cell(r["at_budget"][b], args.metric, "not reached") for b in budgets),
             _cell(r["final"], args.metric),
             _cell(r["best"], args.metric),
             f(r, "collect_steps_per_s"),
@@ -230,19 +239,23 @@ def main() -> None:
             "-" if "hours_per_100k" not in r else f"{r['hours_per_100k'] * scale:,.2f}",
         ]
         lines.append("| " + " | ".join(cells) + " |")
-    groups: dict[str, list[float]] = {}
-    for r in rows:
-        if r["at_budget"] is not None:
-            groups.setdefault(r["run"].split(" seed")[0], []).append(r["at_budget"][args.metric])
-    lines += [
-        "",
-        f"Mean ± std over seeds at {args.budget:,} real steps: "
-        + "; ".join(
-            f"{algo} {np.mean(v):.2f} ± {np.std(v):.2f} ({len(v)} seeds)"
-            for algo, v in groups.items()
-        ),
-    ]
-    lines += _diag_table(rows, args.budget)
+    lines.append("")
+    for b in budgets:
+        groups: dict[str, list[float]] = {}
+        for r in rows:
+            if r["at_budget"][b] is not None:
+                groups.setdefault(r["run"].split(" seed")[0], []).append(
+                    r["at_budget"][b][args.metric]
+                )
+        lines.append(
+            f"Mean ± std over seeds at {b:,} real steps: "
+            + "; ".join(
+                f"{algo} {np.mean(v):.2f} ± {np.std(v):.2f} ({len(v)} seeds)"
+                for algo, v in groups.items()
+            )
+            + "  "
+        )
+    lines += _diag_table(rows, budgets)
     lines += ["", f"Command: `python bench/training.py {shlex.join(sys.argv[1:])}`", ""]
     args.out.with_suffix(".md").write_text("\n".join(lines))
     print("\n".join(lines))

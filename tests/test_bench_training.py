@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -29,12 +31,36 @@ def _run(tmp: Path, name: str, steps: list[int]) -> Path:
 
 def test_budget_figure_only_for_runs_that_reached_it(tmp_path: Path) -> None:
     bench = _bench()
-    done = bench.summarise(_run(tmp_path, "done", [5000, 10000, 15000]), 10000, "return_mean")
-    short = bench.summarise(_run(tmp_path, "short", [5000, 8000]), 10000, "return_mean")
-    assert done["at_budget"]["step"] == 10000 and done["at_budget"]["return_mean"] == 1000.0
-    assert short["at_budget"] is None
-    assert short["final"]["step"] == 8000 and short["env_steps"] == 8000
-    assert bench._cell(short["at_budget"], "return_mean", "not reached") == "not reached"
+    budgets = [10000, 12000]
+    done = bench.summarise(_run(tmp_path, "done", [5000, 10000, 15000]), budgets, "return_mean")
+    short = bench.summarise(_run(tmp_path, "short", [5000, 8000, 11000]), budgets, "return_mean")
+    assert done["at_budget"][10000]["step"] == 10000
+    assert done["at_budget"][10000]["return_mean"] == 1000.0
+    assert done["at_budget"][12000]["step"] == 10000  # the last evaluation at or before it
+    assert short["at_budget"][10000]["step"] == 8000 and short["at_budget"][12000] is None
+    assert short["final"]["step"] == 11000 and short["env_steps"] == 11000
+    assert bench._cell(short["at_budget"][12000], "return_mean", "not reached") == "not reached"
+
+
+def test_the_table_has_a_column_and_a_mean_per_budget(tmp_path: Path) -> None:
+    a = _run(tmp_path, "algo-seed0", [5000, 10000])
+    b = _run(tmp_path, "algo-seed1", [5000, 10000])
+    out = tmp_path / "table"
+    script = str(ROOT / "bench" / "training.py")
+    budgets = ("--budget", "10000", "--budget", "5000")
+    proc = subprocess.run(
+        [sys.executable, script, str(a), str(b), *budgets, "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    md = out.with_suffix(".md").read_text()
+    assert "| eval at 5,000 | eval at 10,000 |" in md
+    assert "| 500.0 ± 1.0 | 1000.0 ± 1.0 |" in md
+    means = [line for line in md.splitlines() if line.startswith("Mean ± std")]
+    assert len(means) == 2 and "500.00 ± 0.00 (2 seeds)" in means[0]
+    assert "1000.00 ± 0.00 (2 seeds)" in means[1]
 
 
 def test_wall_time_counts_each_process_span_not_the_pause_between(tmp_path: Path) -> None:
@@ -65,6 +91,6 @@ def test_model_free_and_value_based_runs_report_their_rate(tmp_path: Path, algo:
     MMSA alike (QMIX and MMSA rows had none)."""
     run = _run(tmp_path, "r", [5000, 10000])
     (run / f"{algo}.jsonl").write_text(json.dumps({"step": 10000, "env_steps_per_s": 250.0}))
-    row = _bench().summarise(run, 10000, "return_mean")
+    row = _bench().summarise(run, [10000], "return_mean")
     assert row["overall_steps_per_s"] == 250.0
     assert abs(row["hours_per_100k"] - 100_000 / 250.0 / 3600) < 1e-9

@@ -254,3 +254,30 @@ def torch_load(path: Path) -> dict:
     import torch
 
     return torch.load(path, weights_only=False)
+
+
+def test_a_sweep_refuses_to_resume_after_its_actor_was_replaced(tmp_path: Path) -> None:
+    """Re-exporting a shipped bundle mid-sweep would mix two actors' numbers in one table: the
+    actors the sweep deploys and collects with are pinned when it starts."""
+    from rmio.errors import RmioError
+    from rmio.train.ablation import pin_policies
+
+    bundle = make_tiny_bundle(tmp_path / "policy", "mamujoco/HalfCheetah-6x1", 8, seed=0)
+    other = make_tiny_bundle(tmp_path / "other", "mamujoco/HalfCheetah-6x1", 8, seed=1)
+    path = tmp_path / "sweep.yaml"
+    path.write_text(
+        "name: x\nscenario: halfcheetah_6x1\nvary: p_mask\nvariants: [0.5]\n"
+        f"policy: {bundle}\nset: [run.data_policy={bundle}]\n"
+    )
+    out, console = tmp_path / "out", Console(quiet=True)
+    pin_policies(load_ablation(path), out, console)
+    pinned = json.loads((out / "policies.json").read_text())
+    assert set(pinned) == {"policy", "run.data_policy"} and len(set(pinned.values())) == 1
+    pin_policies(load_ablation(path), out, console)  # unchanged: resumes
+    actor = bundle / "actor.onnx"
+    replaced = (other / "actor.onnx").read_bytes()
+    assert replaced != actor.read_bytes()  # the two random actors differ, so this is a real change
+    actor.write_bytes(replaced)
+    with pytest.raises(RmioError, match=r"policy \(.*\) and run.data_policy .* not the one"):
+        pin_policies(load_ablation(path), out, console)
+    assert json.loads((out / "policies.json").read_text()) == pinned  # the record is kept

@@ -15,6 +15,7 @@ The sweep's YAML and its checks are train/ablation_config.py, its table train/ab
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from dataclasses import dataclass
@@ -28,7 +29,9 @@ from rich.markdown import Markdown
 
 from rmio.config import ALGORITHMS, load_config, preset_values
 from rmio.envs.loss import LossConfig
+from rmio.errors import RmioError
 from rmio.evaluation import robustness
+from rmio.models import resolve_model_path
 from rmio.train.ablation_config import AblationConfig, load_ablation, policy_path, resolve_sweep
 from rmio.train.ablation_report import aggregate, markdown
 from rmio.train.common import prepare_run_dir
@@ -76,6 +79,7 @@ def run_ablation(
     that many worker processes, ``backend="ray"`` as Ray tasks (:mod:`rmio.train.trials`); every
     trial seeds itself, so the table is the same as with one job."""
     ab = load_ablation(path)
+    pin_policies(ab, out, console)
     sweep = Sweep(resolve_sweep(path), out, debug, device)
     evaluated: dict[int, list[dict[str, Any]]] = {}
     result: dict[str, Any] = {}
@@ -101,6 +105,47 @@ def run_ablation(
         baselines = _baseline_rows(ab, out, dict(sorted(evaluated.items())))
         result = _write_table(ab, out, dict(sorted(evaluated.items())), console, baselines)
     return result
+
+
+def _actor_digest(source: Path) -> str:
+    """sha256 of what acts: a bundle's actor file, or a policy.pt."""
+    if source.is_dir():
+        manifest = json.loads((source / "manifest.json").read_text())
+        source = source / manifest["files"]["actor"]
+    return hashlib.sha256(source.read_bytes()).hexdigest()
+
+
+def pin_policies(ab: AblationConfig, out: Path, console: Console) -> None:
+    """A sweep resumed after its policy was replaced (a shipped bundle re-exported, a policy.pt
+    retrained) would put two actors' numbers in one table. The actors the sweep deploys and
+    collects with are fingerprinted in ``OUT/policies.json`` when it starts, and every re-run
+    checks them."""
+    given = {"policy": ab.policy}
+    for line in ab.set:
+        key, _, value = line.partition("=")
+        if key.strip() == "run.data_policy" and value.strip() not in ("", "null"):
+            given["run.data_policy"] = value.strip()
+    sources = {
+        k: policy_path(ab) if k == "policy" else resolve_model_path(v) for k, v in given.items()
+    }  # a data policy that is not there is the trainer's error to report
+    now = {k: _actor_digest(v) for k, v in sources.items() if v.exists()}
+    record = out / "policies.json"
+    if record.exists():
+        before = json.loads(record.read_text())
+        changed = [f"{k} ({given[k]})" for k in now if before.get(k) not in (None, now[k])]
+        if changed:
+            raise RmioError(
+                f"{out}: the actor of the sweep's {' and '.join(changed)} is not the one the "
+                "sweep started with; run it into a new --out, or delete this one to start over"
+            )
+        now = {**before, **now}
+    elif out.is_dir() and any(out.glob("seed*")):
+        console.print(
+            f"[yellow]warning:[/yellow] {out} was started before rmio recorded its policies; "
+            "from now on they are checked against the ones it has today"
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    record.write_text(json.dumps(now, indent=1))
 
 
 @dataclass(frozen=True)

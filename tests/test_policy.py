@@ -169,13 +169,15 @@ def rmio(*args: str) -> subprocess.CompletedProcess:
 def test_pretrain_finetune_export_end_to_end(tmp_path: Path) -> None:
     """The debug preset of HalfCheetah 6x1: Algorithm 1, masked fine-tuning, a full bundle, both
     runtimes."""
-    run = tmp_path / "run"
+    run, bundle = tmp_path / "run", tmp_path / "bundle"
     for args in (
         ("train", "pretrain", "halfcheetah_6x1", "--debug", "--run-dir", str(run)),
         ("train", "finetune", str(run)),
-        ("eval", "reconstruction", str(run), "--checkpoint", "finetune"),
         ("export", str(run), "--out", str(tmp_path / "bundle")),
         ("export", "--check", str(tmp_path / "bundle")),
+        # the policy metrics with the exported actor, named by a path of this machine
+        ("eval", "reconstruction", str(run), "--checkpoint", "finetune", "--policy", str(bundle)),
+        ("export", str(run), "--out", str(tmp_path / "bundle2")),
     ):
         proc = rmio(*args)
         assert proc.returncode == 0, (args, proc.stderr[-2000:])
@@ -188,6 +190,11 @@ def test_pretrain_finetune_export_end_to_end(tmp_path: Path) -> None:
     assert by_actor.meta["policy"] == "the run's policy.pt"
     assert recon["holdout_rows"] == len(by_actor) and by_actor.num_episodes == 2
     assert not np.array_equal(by_actor.data["action"], random_play.data["action"])
+    assert recon["policy"] == str(tmp_path / "bundle") and "action_mae" in next(
+        iter(recon["strategies"].values())
+    )
+    shipped = json.loads((tmp_path / "bundle2" / "manifest.json").read_text())
+    assert shipped["metrics"]["reconstruction"]["policy"] == "bundle"  # no machine path in it
     evals = [json.loads(line) for line in (run / "eval.jsonl").read_text().splitlines()]
     assert evals[-1]["step"] >= 600 and np.isfinite(evals[-1]["return_mean"])
     rows = [json.loads(line) for line in (run / "joint.jsonl").read_text().splitlines()]

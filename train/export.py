@@ -257,7 +257,9 @@ def export_run(run_dir: Path, out: Path, console: Console, policy: Path | None =
     _attach_policy(manifest, spec, run_dir, out, console, policy)
     eval_json = run_dir / "eval_reconstruction.json"
     if eval_json.exists():
-        manifest.metrics["reconstruction"] = json.loads(eval_json.read_text())
+        recon = json.loads(eval_json.read_text())
+        recon["policy"] = portable_path(recon.get("policy"))  # an --policy given as a machine path
+        manifest.metrics["reconstruction"] = recon
     manifest.sha256 = bundle_checksums(out, manifest)
     manifest.save(out)
     write_model_card(out, manifest)

@@ -291,8 +291,18 @@ def test_paper_recipe_is_the_default_and_tuned_sets_every_key() -> None:
     defaults = ImaginationConfig()
     assert RECIPES["paper"] == {k: getattr(defaults, k) for k in RECIPES["paper"]}
     assert set(RECIPES["tuned"]) == set(RECIPES["paper"])
-    paper = load_config("halfcheetah_6x1").policy.imagination
+    paper = load_config("smax_2s3z").policy.imagination  # a config that names no recipe
     assert paper.recipe == "paper" and paper.wm_ratio is None and not paper.bounded_actions
+    paper = (
+        load_config(
+            "halfcheetah_6x1", overrides=["policy.imagination.recipe=paper"]
+        ).policy.imagination
+    )  # HalfCheetah's config picks the tuned one; the paper's stays one flag away
+    assert paper.wm_ratio is None and not paper.bounded_actions and paper.wm_warmup_updates == 0
+    cheetah = load_config("halfcheetah_6x1").policy.imagination
+    assert cheetah.recipe == "tuned" and cheetah.wm_ratio == 0.5 and cheetah.env_steps == 100_000
+    debug = load_config("halfcheetah_6x1", preset="debug").policy.imagination
+    assert debug.recipe == "tuned" and debug.wm_warmup_updates == 5  # a smoke test's warm-start
     tuned = load_config(
         "halfcheetah_6x1",
         overrides=["policy.imagination.recipe=tuned", "policy.imagination.critic=obs"],
@@ -306,7 +316,7 @@ def test_recorded_configs_round_trip_and_old_ones_resume_as_paper(tmp_path: Path
     save_config(tuned, tmp_path / "new")
     assert load_config(tmp_path / "new" / "config.yaml").digest() == tuned.digest()
     # a run directory recorded before the recipe existed: none of its keys
-    paper = load_config("halfcheetah_6x1")
+    paper = load_config("halfcheetah_6x1", overrides=["policy.imagination.recipe=paper"])
     old = paper.to_dict()
     for key in (*RECIPES["paper"], "recipe", "std_min", "std_max", "percentile_decay"):
         del old["policy"]["imagination"][key]

@@ -55,8 +55,16 @@ def actor_from_bundle(bundle: Path) -> Actor:
     runner = ActorRunner(bundle, manifest)
     rng = np.random.default_rng(0)
     ids = np.tile(np.arange(spec.n_agents), 8)
-    for mean, std in itertools.permutations(stats, 2):
+    # an actor trained in imagination may squash its mean into the action box (bounded_actions);
+    # which one the graph is, the outputs below decide
+    im = (manifest.config.get("policy") or {}).get("imagination") or {}
+    bounds = [None, (float(im.get("std_min", 0.1)), float(im.get("std_max", 1.0)))]
+    for (mean, std), bound in itertools.product(itertools.permutations(stats, 2), bounds):
+        if bound is not None and spec.discrete:
+            continue
         actor = Actor(spec, hidden, 0.0, mean, std)
+        if bound is not None:
+            actor.set_bounds(*bound)
         state = actor.state_dict()
         state.update({k: torch.tensor(v) for k, v in weights.items()})
         actor.load_state_dict(state)

@@ -167,41 +167,60 @@ def rmio(*args: str) -> subprocess.CompletedProcess:
 
 
 def test_pretrain_finetune_export_end_to_end(tmp_path: Path) -> None:
-    """The debug preset of HalfCheetah 6x1: Algorithm 1, masked fine-tuning, a full bundle, both
+    """The debug preset of HalfCheetah 6x1 with the paper's recipe of Algorithm 1 (the config's
+    default is the tuned one, which test_joint_diag runs): masked fine-tuning, a full bundle, both
     runtimes."""
-    run, bundle = tmp_path / "run", tmp_path / "bundle"
+    run, bundle = tmp_path / "run", tmp_path / "deployed"
+    paper = ("--set", "policy.imagination.recipe=paper")
+    paper += ("--set", "policy.imagination.wm_warmup_updates=0")
     for args in (
-        ("train", "pretrain", "halfcheetah_6x1", "--debug", "--run-dir", str(run)),
+        ("train", "pretrain", "halfcheetah_6x1", "--debug", "--run-dir", str(run), *paper),
         ("train", "finetune", str(run)),
-        ("export", str(run), "--out", str(tmp_path / "bundle")),
-        ("export", "--check", str(tmp_path / "bundle")),
-        # the policy metrics with the exported actor, named by a path of this machine
+        ("export", str(run), "--out", str(bundle)),
+        ("export", "--check", str(bundle)),
+        # the policy metrics with an actor named by a path of this machine
         ("eval", "reconstruction", str(run), "--checkpoint", "finetune", "--policy", str(bundle)),
         ("export", str(run), "--out", str(tmp_path / "bundle2")),
     ):
         proc = rmio(*args)
         assert proc.returncode == 0, (args, proc.stderr[-2000:])
+    assert load_config(run / "config.yaml").policy.imagination.critic == "obs"  # the paper's
     # Algorithm 1's own held-out set is random play; the reconstruction is scored on episodes of the
-    # trained actor instead (the states the fine-tuned world model serves at deployment)
+    # trained actor instead (sampling, as it collected its training data)
     recon = json.loads((run / "eval_reconstruction.json").read_text())
-    assert recon["holdout_policy"] == "the run's own actor (policy.pt)"
+    assert recon["holdout_policy"] == "the run's own actor (policy.pt, sampling)"
     random_play = TrajectoryBuffer.load(run / "data" / "holdout.npz")
     by_actor = TrajectoryBuffer.load(run / "data" / "holdout_actor.npz")
-    assert by_actor.meta["policy"] == "the run's policy.pt"
+    assert by_actor.meta["policy"] == "the run's policy.pt (sampling)"
     assert recon["holdout_rows"] == len(by_actor) and by_actor.num_episodes == 2
+    assert by_actor.data["action"].shape == random_play.data["action"].shape
     assert not np.array_equal(by_actor.data["action"], random_play.data["action"])
-    assert recon["policy"] == str(tmp_path / "bundle") and "action_mae" in next(
+    assert recon["policy"] == str(bundle) and "action_mae" in next(
         iter(recon["strategies"].values())
     )
     shipped = json.loads((tmp_path / "bundle2" / "manifest.json").read_text())
-    assert shipped["metrics"]["reconstruction"]["policy"] == "bundle"  # no machine path in it
+    assert shipped["metrics"]["reconstruction"]["policy"] == "deployed"  # no machine path in it
+    # a retrained actor (another policy.pt) gets its own held-out episodes, not the cached ones
+    from rich.console import Console
+
+    from rmio.train.runlog import load_checkpoint, save_checkpoint
+    from rmio.train.wm_train import eval_holdout
+
+    ckpt = load_checkpoint(run / "policy.pt")
+    for name, w in ckpt["ppo"]["actor"].items():
+        if name.startswith("net."):
+            w.add_(0.5 * torch.randn_like(w))
+    save_checkpoint(run / "policy.pt", ckpt)
+    again, _ = eval_holdout(run, load_config(run / "config.yaml"), Console(quiet=True))
+    assert again.meta["policy_sha256"] != by_actor.meta["policy_sha256"]
+    assert not np.array_equal(again.data["action"][:10], by_actor.data["action"][:10])
     evals = [json.loads(line) for line in (run / "eval.jsonl").read_text().splitlines()]
     assert evals[-1]["step"] >= 600 and np.isfinite(evals[-1]["return_mean"])
     rows = [json.loads(line) for line in (run / "joint.jsonl").read_text().splitlines()]
     iterations = [r for r in rows if "collect_steps_per_s" in r]  # the others: diagnostics
     assert iterations and all(r["imagined_steps_per_s"] > 0 for r in iterations)
     assert {r["step"] for r in rows if "diag_obs_err_1" in r} == {e["step"] for e in evals}
-    manifest = json.loads((tmp_path / "bundle" / "manifest.json").read_text())
+    manifest = json.loads((bundle / "manifest.json").read_text())
     assert manifest["files"] == {
         "wm_step": "wm_step.onnx",
         "actor": "actor.onnx",
@@ -210,7 +229,7 @@ def test_pretrain_finetune_export_end_to_end(tmp_path: Path) -> None:
     assert manifest["metrics"]["actor_parity"] < 1e-5
     from rmio.runtime.models import ActorRunner
 
-    runner = ActorRunner(tmp_path / "bundle")
+    runner = ActorRunner(bundle)
     action = runner.act(np.zeros(9, np.float32), 3)
     assert action.shape == (1,) and -1 <= action[0] <= 1
 

@@ -25,6 +25,7 @@ from rmio.config import algorithm_of, load_config
 from rmio.envs.base import EnvSpec
 from rmio.envs.trajectory import TrajectoryBuffer
 from rmio.errors import RmioError
+from rmio.rundir import portable_path
 from rmio.runtime.bundle import SCHEMA_VERSION, WM_INPUTS, WM_OUTPUTS, Manifest, load_manifest
 from rmio.runtime.models import WorldModelRunner
 from rmio.runtime.validate import bundle_checksums
@@ -155,26 +156,6 @@ def strip_stack_traces(path: Path) -> None:
         onnx.save(model, str(path))
 
 
-def portable_path(value: str | None) -> str | None:
-    """A path as a manifest may record it: relative ones as they are; an absolute one relative to
-    the working directory when it lies under it, else from its last ``runs`` folder on (the
-    repository's convention), else its file name. A manifest must name no path of the machine that
-    wrote it."""
-    if not value:
-        return value
-    path = Path(value)
-    if not path.is_absolute():
-        return value
-    try:
-        return path.relative_to(Path.cwd()).as_posix()
-    except ValueError:
-        pass
-    if "runs" in path.parts:
-        at = len(path.parts) - 1 - path.parts[::-1].index("runs")
-        return Path(*path.parts[at:]).as_posix()
-    return path.name
-
-
 def _portable_config(config: dict[str, Any]) -> dict[str, Any]:
     run = config.get("run")
     if isinstance(run, dict) and run.get("data_policy"):
@@ -258,7 +239,8 @@ def export_run(run_dir: Path, out: Path, console: Console, policy: Path | None =
     eval_json = run_dir / "eval_reconstruction.json"
     if eval_json.exists():
         recon = json.loads(eval_json.read_text())
-        recon["policy"] = portable_path(recon.get("policy"))  # an --policy given as a machine path
+        for key in ("policy", "holdout_policy"):  # either may be a machine path
+            recon[key] = portable_path(recon.get(key))
         manifest.metrics["reconstruction"] = recon
     manifest.sha256 = bundle_checksums(out, manifest)
     manifest.save(out)

@@ -34,7 +34,7 @@ from rmio.train.policy import LatentCritic, actor_policy
 from rmio.train.ppo import PPO
 from rmio.train.runlog import MetricLog, load_checkpoint, restore_rng, rng_state, save_checkpoint
 from rmio.train.wm_data import SequenceSampler, observation_stats, world_model_loss
-from rmio.train.wm_train import HOLDOUT_SEED_OFFSET
+from rmio.train.wm_train import collect_holdout
 
 NO_LOSS = LossConfig("none")  # pre-training sees complete observations (paper section 5)
 
@@ -200,7 +200,7 @@ def _initial_data(
 ) -> tuple[TrajectoryBuffer, tuple[np.ndarray, ...], dict[str, Any]]:
     """The real data, the normalisation statistics and the step counters: a random warm-up (and a
     held-out set) on a new run, else what the checkpoint recorded."""
-    im, wt = cfg.policy.imagination, cfg.world_model.train
+    im = cfg.policy.imagination
     if start is None:
         real, _ = collect(
             cfg.env,
@@ -210,14 +210,7 @@ def _initial_data(
             vector_mode=cfg.run.vector_mode,
             seed=cfg.run.seed,
         )
-        holdout, _ = collect(
-            cfg.env,
-            NO_LOSS,
-            steps=wt.holdout_episodes * (cfg.env.episode_limit or 1000),
-            num_envs=1,
-            seed=cfg.run.seed + HOLDOUT_SEED_OFFSET,
-        )
-        holdout.save(data_dir / "holdout.npz")
+        collect_holdout(cfg).save(data_dir / "holdout.npz")  # random play, as the warm-up
         stats = observation_stats(
             real
         )  # fixed from the random warm-up, shared by world model and actor

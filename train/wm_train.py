@@ -8,6 +8,7 @@ the same command on the same directory resumes where it stopped.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from rmio.envs.loss import LossConfig
 from rmio.envs.trajectory import TrajectoryBuffer
 from rmio.errors import RmioError
 from rmio.models import find_bundle, resolve_model_path
+from rmio.rundir import portable_path
 from rmio.runtime.bundle import load_manifest
 from rmio.runtime.models import ActorRunner
 from rmio.train.common import (
@@ -88,18 +90,22 @@ def ensure_data(
             f"{stats.steps_per_second:.0f} steps/s"
         )
     if not holdout_path.exists():
-        limit = cfg.env.episode_limit or 1000
-        steps = cfg.world_model.train.holdout_episodes * limit
-        buf, _ = collect(
-            cfg.env,
-            no_loss,
-            steps=steps,
-            num_envs=1,
-            seed=cfg.run.seed + HOLDOUT_SEED_OFFSET,
-            policy=policy,
-        )
-        buf.save(holdout_path)
+        collect_holdout(cfg, policy).save(holdout_path)
     return TrajectoryBuffer.load(train_path), TrajectoryBuffer.load(holdout_path)
+
+
+def collect_holdout(cfg: Config, policy: Any = None) -> TrajectoryBuffer:
+    """``holdout_episodes`` whole episodes of ``policy`` (None: random) on the held-out seeds,
+    complete observations."""
+    buf, _ = collect(
+        cfg.env,
+        LossConfig(model="none"),
+        steps=cfg.world_model.train.holdout_episodes * (cfg.env.episode_limit or 1000),
+        num_envs=1,
+        seed=cfg.run.seed + HOLDOUT_SEED_OFFSET,
+        policy=policy,
+    )
+    return buf
 
 
 def eval_holdout(run_dir: Path, cfg: Config, console: Console) -> tuple[TrajectoryBuffer, str]:
@@ -107,34 +113,30 @@ def eval_holdout(run_dir: Path, cfg: Config, console: Console) -> tuple[Trajecto
 
     A world-model run's held-out set was collected by its data policy, like its training data.
     Joint pre-training (Algorithm 1) collected its held-out set with the random warm-up policy,
-    far from the states its trained actor visits and a world model fine-tuned on that actor's
-    data serves; so once the run has its final actor (``policy.pt``) the held-out episodes are
-    that actor's (sampling, the held-out seeds), collected once into ``data/holdout_actor.npz``."""
+    far from the states its trained actor visits; so once the run has its final actor
+    (``policy.pt``) the held-out episodes are that actor's, sampling as it did when it collected
+    the training data, collected into ``data/holdout_actor.npz`` and again whenever policy.pt
+    changes."""
     data_dir = run_dir / "data"
     own, cached = run_dir / "policy.pt", data_dir / "holdout_actor.npz"
-    if not own.exists():
+    ckpt = load_checkpoint(own) if own.exists() else None
+    if ckpt is None or ckpt.get("algo") != "rmiov2":  # not a finished joint pre-training run
         path = data_dir / "holdout.npz"
         if not path.exists():
             raise RmioError(f"'{run_dir}' has no held-out data; train a world model in it first")
-        return TrajectoryBuffer.load(path), cfg.run.data_policy or "uniform-random"
-    if not cached.exists():
-        actor, ckpt = load_actor(own)
-        steps = cfg.world_model.train.holdout_episodes * (cfg.env.episode_limit or 1000)
+        return TrajectoryBuffer.load(path), portable_path(cfg.run.data_policy) or "uniform-random"
+    digest = hashlib.sha256(own.read_bytes()).hexdigest()
+    buf = TrajectoryBuffer.load(cached) if cached.exists() else None
+    if buf is None or buf.meta.get("policy_sha256") != digest:
+        actor, _ = load_actor(own)
         console.print(
             f"collecting {cfg.world_model.train.holdout_episodes} held-out episodes with the run's "
-            f"{ckpt.get('algo', '?')} actor ({ckpt.get('env_steps')} env steps)"
+            f"actor (joint pre-training, {ckpt.get('env_steps')} env steps; sampling)"
         )
-        buf, _ = collect(
-            cfg.env,
-            LossConfig(model="none"),
-            steps=steps,
-            num_envs=1,
-            seed=cfg.run.seed + HOLDOUT_SEED_OFFSET,
-            policy=actor_policy(actor),
-        )
-        buf.meta["policy"] = "the run's policy.pt"
+        buf = collect_holdout(cfg, actor_policy(actor))
+        buf.meta.update(policy="the run's policy.pt (sampling)", policy_sha256=digest)
         buf.save(cached)
-    return TrajectoryBuffer.load(cached), "the run's own actor (policy.pt)"
+    return buf, "the run's own actor (policy.pt, sampling)"
 
 
 def _data_policy(cfg: Config, console: Console) -> Any:

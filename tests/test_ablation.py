@@ -4,6 +4,7 @@ reports L_rec and AUC side by side; re-running resumes instead of retraining."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -281,3 +282,14 @@ def test_a_sweep_refuses_to_resume_after_its_actor_was_replaced(tmp_path: Path) 
     with pytest.raises(RmioError, match=r"policy \(.*\) and run.data_policy .* not the one"):
         pin_policies(load_ablation(path), out, console)
     assert json.loads((out / "policies.json").read_text()) == pinned  # the record is kept
+    # a folder started before the record existed: its trials' exported actors stand in for it
+    old = tmp_path / "old"
+    trial = old / "seed0" / "pretrain" / "bundle"
+    shutil.copytree(other, trial)
+    (trial / "actor.onnx").write_bytes(b"the actor the trials deployed before the swap")
+    with pytest.raises(RmioError, match="not the one the sweep started with"):
+        pin_policies(load_ablation(path), old, console)
+    assert not (old / "policies.json").exists()
+    shutil.copy(bundle / "actor.onnx", trial / "actor.onnx")  # the same actor: it resumes
+    pin_policies(load_ablation(path), old, console)
+    assert (old / "policies.json").exists()

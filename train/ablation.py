@@ -117,14 +117,19 @@ def _actor_digest(source: Path) -> str:
 
 def pin_policies(ab: AblationConfig, out: Path, console: Console) -> None:
     """A sweep resumed after its policy was replaced (a shipped bundle re-exported, a policy.pt
-    retrained) would put two actors' numbers in one table. The actors the sweep deploys and
-    collects with are fingerprinted in ``OUT/policies.json`` when it starts, and every re-run
-    checks them."""
+    retrained) would put two actors' numbers in one table. The actors the sweep deploys, collects
+    with and fine-tunes for (policy-aware recipes) are fingerprinted in ``OUT/policies.json`` when
+    it starts, and every re-run checks them; a folder started before rmio kept that record is
+    checked against the actors its trials exported."""
     given = {"policy": ab.policy}
+    keys = {"run.data_policy": "run.data_policy", "world_model.finetune.policy": "finetune.policy"}
     for line in ab.set:
         key, _, value = line.partition("=")
-        if key.strip() == "run.data_policy" and value.strip() not in ("", "null"):
-            given["run.data_policy"] = value.strip()
+        if key.strip() in keys and value.strip() not in ("", "null"):
+            given[keys[key.strip()]] = value.strip()
+    for v in ab.variants if ab.vary == "recipe" else []:
+        if (v.get("finetune") or {}).get("policy"):
+            given[f"finetune.policy of {v['name']}"] = str(v["finetune"]["policy"])
     sources = {
         k: policy_path(ab) if k == "policy" else resolve_model_path(v) for k, v in given.items()
     }  # a data policy that is not there is the trainer's error to report
@@ -133,16 +138,18 @@ def pin_policies(ab: AblationConfig, out: Path, console: Console) -> None:
     if record.exists():
         before = json.loads(record.read_text())
         changed = [f"{k} ({given[k]})" for k in now if before.get(k) not in (None, now[k])]
-        if changed:
-            raise RmioError(
-                f"{out}: the actor of the sweep's {' and '.join(changed)} is not the one the "
-                "sweep started with; run it into a new --out, or delete this one to start over"
-            )
         now = {**before, **now}
-    elif out.is_dir() and any(out.glob("seed*")):
-        console.print(
-            f"[yellow]warning:[/yellow] {out} was started before rmio recorded its policies; "
-            "from now on they are checked against the ones it has today"
+    else:  # the actors already deployed by this folder's trials, if any
+        shipped = {
+            _actor_digest(m.parent)
+            for m in out.glob("seed*/*/bundle/manifest.json")
+            if "actor" in json.loads(m.read_text()).get("files", {})
+        }
+        changed = [f"policy ({ab.policy})"] if shipped and now["policy"] not in shipped else []
+    if changed:
+        raise RmioError(
+            f"{out}: the actor of the sweep's {' and '.join(changed)} is not the one the "
+            "sweep started with; run it into a new --out, or delete this one to start over"
         )
     out.mkdir(parents=True, exist_ok=True)
     record.write_text(json.dumps(now, indent=1))

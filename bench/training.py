@@ -109,7 +109,7 @@ def summarise(run: Path, budgets: list[int], metric: str) -> dict:
         # otherwise stand in for a budget it never trained to
         reached = bool(evals) and evals[-1]["step"] >= budget
         within = [r for r in evals if r["step"] <= budget] if reached else []
-        diag_within = [r for r in diag if r["step"] <= budget]
+        diag_within = [r for r in diag if r["step"] <= budget] if reached else []
         out["at_budget"][budget] = within[-1] if within else None
         out["diag_at_budget"][budget] = diag_within[-1] if diag_within else None
     if joint:

@@ -33,7 +33,13 @@ def test_budget_figure_only_for_runs_that_reached_it(tmp_path: Path) -> None:
     bench = _bench()
     budgets = [10000, 12000]
     done = bench.summarise(_run(tmp_path, "done", [5000, 10000, 15000]), budgets, "return_mean")
-    short = bench.summarise(_run(tmp_path, "short", [5000, 8000, 11000]), budgets, "return_mean")
+    short_run = _run(tmp_path, "short", [5000, 8000, 11000])
+    diag = [{"step": s, "diag_obs_err_1": 0.1} for s in (5000, 8000, 11000)]
+    (short_run / "joint.jsonl").write_text("".join(json.dumps(r) + "\n" for r in diag))
+    short = bench.summarise(short_run, budgets, "return_mean")
+    # nor diagnostics "at" a budget it never reached
+    assert short["diag_at_budget"][10000]["step"] == 8000
+    assert short["diag_at_budget"][12000] is None
     assert done["at_budget"][10000]["step"] == 10000
     assert done["at_budget"][10000]["return_mean"] == 1000.0
     assert done["at_budget"][12000]["step"] == 10000  # the last evaluation at or before it

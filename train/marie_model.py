@@ -23,7 +23,15 @@ from torch import nn
 
 from rmio.envs.base import EnvSpec
 from rmio.train.marie_config import MarieConfig
-from rmio.train.marie_nets import GPTBlock, Perceiver, VQTokenizer, mlp, sinusoid
+from rmio.train.marie_nets import (
+    Dropout,
+    GPTBlock,
+    Perceiver,
+    VQTokenizer,
+    fast_paths,
+    mlp,
+    sinusoid,
+)
 
 
 class MarieWorldModel(nn.Module):
@@ -64,7 +72,7 @@ class MarieWorldModel(nn.Module):
         perc = (self.n, d, z["perc_heads"], z["perc_dim_head"], z["perc_layers"], drop)
         self.aggregate = Perceiver(*perc)  # MARIE's e_s
         self.context = Perceiver(*perc) if self.ctx else None  # rmio's c_s
-        self.drop = nn.Dropout(drop)
+        self.drop = Dropout(drop)
         self.blocks = nn.ModuleList(GPTBlock(d, z["heads"], drop) for _ in range(z["layers"]))
         self.ln_f = nn.LayerNorm(d)
         self.obs_head = mlp([d, d, z["codebook"]])
@@ -96,6 +104,11 @@ class MarieWorldModel(nn.Module):
         """rmio's c_s: (..., n, K) ids, [MASK] where lost -> (..., n, D), agent i's from the team's
         tokens with its own masked too (one Perceiver input per agent)."""
         n = self.n
+        if fast_paths(self) and self.context is not None:  # the same values, one input per step
+            emb = self.obs_emb(ids) + self.agent_pos[:, None]  # (..., n, K, D)
+            mask = self.obs_emb.weight[self.mask_id] + self.agent_pos  # (n, D)
+            lat = self.context.own_masked(emb.reshape(-1, *emb.shape[-3:]), mask)
+            return lat.reshape(*ids.shape[:-1], self.dim)
         own = torch.eye(n, dtype=torch.bool, device=ids.device)[:, :, None]  # (i, j, 1)
         masked = torch.where(own, self.mask_id, ids[..., None, :, :])  # (..., i, j, K)
         lat = self.team(self.context, self.obs_emb(masked))  # (..., i, n latents, D)

@@ -272,6 +272,22 @@ def eval_group() -> None:
     help="Another run of the same task (RMIOv2, a variant or MARIE) whose world models are scored "
     "on RUN_DIR's held-out episodes with the same masks, in the same table; repeatable.",
 )
+@click.option(
+    "--mode",
+    type=click.Choice(["window", "episode"]),
+    default=None,
+    help="How a filtering world model reconstructs step t (default world_model.eval.mode, "
+    "window): window replays the last history_window steps from the zero state, as the swarm "
+    "does, at every world_model.eval.window_stride-th step; episode filters each whole episode "
+    "in one pass. MARIE always scores windows.",
+)
+@click.option(
+    "--window-stride",
+    type=click.IntRange(min=1),
+    default=None,
+    help="In window mode, reconstruct and score every N-th step of an episode (default "
+    "world_model.eval.window_stride); the baselines score every step.",
+)
 @device_option
 def reconstruction(
     run_dir: Path,
@@ -280,18 +296,36 @@ def reconstruction(
     mean_burst_length: float | None,
     policy: str | None,
     beside: tuple[Path, ...],
+    mode: str | None,
+    window_stride: int | None,
     device: str,
 ) -> None:
     """L_rec on held-out trajectories for every test-time p_mask, GPE, GCI, and the zero-fill and
     hold-last baselines; writes a table (markdown, JSON) and a PNG plot into the run directory.
 
-    A MARIE run is scored through its window graph's PyTorch module (the swarm's round), with
-    the same masks as RMIOv2's; --beside puts other runs' models in the same table."""
+    RMIOv2's world models reconstruct as the swarm does (--mode window, the default). A MARIE run
+    is scored through its window graph's PyTorch module (the swarm's round), with the same masks
+    as RMIOv2's; --beside puts other runs' models in the same table."""
     _require_torch()
-    from rmio.train.marie_eval import evaluate_reconstruction
+    from rmio.errors import RmioError
+    from rmio.train.marie_eval import family_of
+    from rmio.train.wm_eval import evaluate_run
 
-    evaluate_reconstruction(
-        run_dir, checkpoint, device, _console(), loss_model, mean_burst_length, policy, list(beside)
+    for other in beside:  # as marie_eval.evaluate_reconstruction, which has no mode to pass
+        if not (other / "config.yaml").is_file():
+            raise RmioError(f"--beside '{other}' is no run directory (no config.yaml)")
+    evaluate_run(
+        run_dir,
+        checkpoint,
+        device,
+        _console(),
+        loss_model,
+        mean_burst_length,
+        policy,
+        family_of(run_dir),
+        [(other, family_of(other)) for other in beside],
+        mode,
+        window_stride,
     )
 
 

@@ -250,6 +250,7 @@ def validate(cfg: Config, src: str) -> None:
         ("world_model.train.batch_size", fm.train.batch_size),
         ("world_model.train.seq_len", fm.train.seq_len),
         ("world_model.history_window", fm.history_window),
+        ("world_model.eval.window_stride", fm.eval.window_stride),
     ):
         if value < 1:
             raise ConfigError(f"{src}: {key} must be >= 1, got {value}")

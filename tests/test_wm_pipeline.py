@@ -132,3 +132,124 @@ def test_bad_inputs_are_one_clear_line(run_dir: Path, tmp_path: Path) -> None:
     assert proc.returncode == 2 and "corrupt" in proc.stderr and "Traceback" not in proc.stderr
     proc = rmio("export", "--check", str(tmp_path))
     assert proc.returncode == 2 and "no manifest.json" in proc.stderr
+
+
+@pytest.fixture(scope="module")
+def bundle(run_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("wb") / "bundle"
+    proc = rmio("export", str(run_dir), "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    return out
+
+
+def _episode(run_dir: Path) -> tuple:
+    """The run's config, fine-tuned world model, first held-out episode and one p_mask 0.5 mask."""
+    from rmio.config import load_config
+    from rmio.envs.trajectory import TrajectoryBuffer
+    from rmio.train.common import load_model
+    from rmio.train.wm_data import SequenceSampler
+    from rmio.train.wm_eval import draw_masks
+
+    cfg = load_config(run_dir / "config.yaml")
+    model, _ = load_model(run_dir / "wm_finetune.pt")
+    model.eval()
+    holdout = TrajectoryBuffer.load(run_dir / "data" / "holdout.npz")
+    ep = SequenceSampler(holdout, cfg.world_model.smoothing).episodes()[0]
+    return cfg, model, ep, draw_masks(ep, [0.5], 1, 7)
+
+
+def test_window_mode_reconstructs_as_the_exported_bundle_replays(
+    run_dir: Path, bundle: Path
+) -> None:
+    """Issue 25: window mode's reconstruction of step t is the swarm's: WorldModelRunner.replay of
+    the exported wm_step.onnx over steps max(0, t - l)..t from the zero state, with a_{s-1} at the
+    window's first step (evaluation/reference.py's window), for a t inside the first l steps and
+    one after; and it is not what one pass over the whole episode gives after l steps."""
+    import torch
+
+    from rmio.envs.trajectory import TrajectoryBuffer
+    from rmio.runtime.history import ActionCodec, window_start
+    from rmio.runtime.models import WorldModelRunner
+    from rmio.train.wm_eval_window import window_heads
+
+    cfg, model, ep, mask = _episode(run_dir)
+    l = cfg.world_model.history_window  # noqa: E741
+    raw = TrajectoryBuffer.load(run_dir / "data" / "holdout.npz").episode(0)
+    T = raw["obs"].shape[0]
+    assert ep.obs.shape[1] == T and l + 10 < T
+    steps = [7, T - 5]
+    obs_n = model.normalize_obs(ep.obs)
+    with torch.no_grad():
+        heads = window_heads(
+            model, obs_n, ep.prev_action, mask, torch.tensor(steps), l, rows=2 * (l + 1)
+        )
+        post = model.observe(obs_n, ep.prev_action, mask, ep.is_first, sample=False)
+        whole = model.heads(post.h, post.z)["obs"]
+    ours = model.denormalize_obs(heads["obs"])[0].numpy()  # (W, n, D) raw units
+    runner = WorldModelRunner(bundle)
+    codec = ActionCodec.of(runner.manifest.spec)
+    none = np.stack([codec.none()] * raw["obs"].shape[1])
+    m = mask[0].numpy()
+    fm = np.broadcast_to(model.feature_mask.numpy().astype(bool), ours.shape[1:])  # real features
+    for k, t in enumerate(steps):
+        s = window_start(t, l)
+        prev = np.stack([raw["action"][h] if h >= 0 else none for h in range(s - 1, t)])
+        _, recon = runner.replay(raw["obs"][s : t + 1], prev, m[s : t + 1])
+        lost = m[t] == 0
+        assert lost.any()  # the comparison covers lost agents
+        np.testing.assert_allclose(ours[k][fm], recon[-1][fm], rtol=1e-4, atol=1e-4)
+        gap = np.abs(model.denormalize_obs(whole)[0, t].numpy() - ours[k])[fm].max()
+        # inside the first l steps the window is the episode so far; after, it is not
+        assert gap < 1e-4 if t <= l else gap > 1e-3, (t, gap)
+
+
+def test_window_and_episode_modes_differ_and_share_the_baselines(run_dir: Path) -> None:
+    """The two modes score the same masks: the baselines are identical (every step scored in
+    either mode), the world model's rows are not (the debug run's episodes are longer than the
+    window)."""
+    from rmio.train.wm_eval import evaluate_episode
+
+    cfg, model, ep, _ = _episode(run_dir)
+    args = (model, ep, [0.25, 0.75], 2, 3, 0.05, 0.05)
+    win = evaluate_episode(*args, mode="window", window=cfg.world_model.history_window, stride=1)
+    one = evaluate_episode(*args, mode="episode")
+    for name in ("zero-fill", "hold-last"):
+        for key, v in one[name].items():
+            np.testing.assert_allclose(win[name][key], v, rtol=1e-6)
+    assert np.all(np.abs(win["model"]["masked_sum"] - one["model"]["masked_sum"]) > 1e-3)
+    np.testing.assert_array_equal(win["model"]["masked_count"], one["model"]["masked_count"])
+
+    proc = rmio("eval", "reconstruction", str(run_dir), "--mode", "episode")
+    assert proc.returncode == 0, proc.stderr
+    res = json.loads((run_dir / "eval_reconstruction.json").read_text())
+    assert res["mode"] == "episode" and "episode mode" in proc.stdout
+    assert "Reconstruction: episode mode" in (run_dir / "eval_reconstruction.md").read_text()
+    proc = rmio("eval", "reconstruction", str(run_dir))  # the default: the swarm's windows
+    assert proc.returncode == 0, proc.stderr
+    win_res = json.loads((run_dir / "eval_reconstruction.json").read_text())
+    assert (win_res["mode"], win_res["window_stride"], win_res["history_window"]) == (
+        "window",
+        3,
+        20,
+    )
+    assert "steps t = 0, 3, 6" in (run_dir / "eval_reconstruction.md").read_text()
+    label = "wm fine-tuned (p_mask 0.5)"
+    assert win_res["strategies"][label]["lrec_masked"] != res["strategies"][label]["lrec_masked"]
+    for name in ("zero-fill", "hold-last"):  # strided model rows, every step for the baselines
+        assert win_res["strategies"][name] == res["strategies"][name]
+
+
+@pytest.mark.parametrize(
+    ("setting", "says"),
+    [
+        ("world_model.eval.mode=sliding", "world_model.eval.mode' must be one of 'window'"),
+        ("world_model.eval.window_stride=0", "world_model.eval.window_stride must be >= 1"),
+    ],
+)
+def test_a_bad_evaluation_mode_is_one_config_line(setting: str, says: str, tmp_path: Path) -> None:
+    proc = rmio(
+        "train", "world-model", "halfcheetah_6x1", "--debug", "--set", setting, "--run-dir",
+        str(tmp_path / "run"),
+    )  # fmt: skip
+    assert proc.returncode == 2 and says in proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr

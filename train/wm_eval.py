@@ -4,8 +4,13 @@ For every test-time p_mask, agents' observations are dropped at random (several 
 strategy fills them in:
 
 * ``world model (fine-tuned)`` / ``world model (pre-trained)``: the posterior with the mask, then
-  the observation decoder (categorical modes, deterministic), filtering whole episodes
-  incrementally;
+  the observation decoder (categorical modes, deterministic). ``world_model.eval.mode`` says over
+  what: ``window`` (the default) replays, for every ``window_stride``-th step t, the window of the
+  last history_window steps from the zero state, as every round of the deployed swarm does
+  (train/wm_eval_window.py); ``episode`` filters each whole episode in one pass from step 0, which
+  the swarm never runs. Every metric of a world model below, the policy metrics included, is taken
+  at the same scored steps from the same reconstructions (the baselines score every step in either
+  mode);
 * ``zero-fill``: a lost observation is all zeros (in raw units), which is what an agent without
   reconstruction would act on;
 * ``hold-last``: the agent's last observation it did receive in this episode (zeros before the
@@ -30,6 +35,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -50,10 +56,12 @@ from rmio.train.wm_eval_plot import plot_reconstruction
 from rmio.train.wm_eval_report import (
     BASELINES,
     masks_named,
+    mode_named,
     policy_warnings,
     print_results,
     reconstruction_table,
 )
+from rmio.train.wm_eval_window import at_steps, eval_steps, window_heads
 from rmio.train.wm_train import eval_holdout
 from rmio.train.world_model import RMIOWorldModel
 
@@ -69,6 +77,10 @@ class ModelFamily:
     """Checkpoint name (finetune, pretrain) -> file in the run directory."""
     load: Callable[[Path, Any], tuple[Any, dict]]
     episode_fn: Callable[..., dict[str, dict[str, np.ndarray]]]
+    filters: bool = False
+    """Whether its model filters a latent state (RMIOv2's): its ``episode_fn`` then takes
+    ``mode``, ``window`` and ``stride`` (world_model.eval.mode). A window model (MARIE's) scores
+    every step's window whatever the mode."""
 
 
 def _same_stats(a: Any, b: Any) -> bool:
@@ -116,31 +128,48 @@ def evaluate_episode(
     loss_model: str = "bernoulli",
     mean_burst_length: float = 4.0,
     probe: PolicyProbe | None = None,
+    mode: str = "episode",
+    window: int = 20,
+    stride: int = 1,
 ) -> dict[str, dict[str, np.ndarray]]:
     """Sums (and counts) of every metric for one episode, batched over p_masks x seeds; the masks
-    come from ``loss_model`` at each p_mask (its long-run lost fraction)."""
+    come from ``loss_model`` at each p_mask (its long-run lost fraction). ``mode`` ``episode``
+    filters the whole episode once; ``window`` reconstructs every ``stride``-th step t, each from
+    its own window of ``window`` + 1 steps (the swarm's replay), and the world model's metrics
+    average over those steps. The baselines are the same in both modes: every step."""
     P = len(p_masks)
     B = P * seeds
-    T = ep.obs.shape[1]
     mask = draw_masks(ep, p_masks, seeds, seed, loss_model, mean_burst_length)
     rep = lambda x: x.expand(B, *x.shape[1:])  # noqa: E731 - one episode, many mask draws
     obs = rep(ep.obs)
     obs_n = model.normalize_obs(obs)
     fm = model.feature_mask
-    post = model.observe(obs_n, rep(ep.prev_action), mask, rep(ep.is_first), sample=False)
-    out = model.heads(post.h, post.z)
     lost = 1 - mask
-    decoded = out["obs"]
     held = hold_last(obs, mask)
-    joint = {
-        "model": mask.unsqueeze(-1) * obs_n + lost.unsqueeze(-1) * decoded,
+    baselines = {
         "zero-fill": mask.unsqueeze(-1) * obs_n
         + lost.unsqueeze(-1) * model.normalize_obs(torch.zeros_like(obs)),
         "hold-last": model.normalize_obs(held),
     }
-    res = strategy_sums(joint, obs_n, fm, lost, P, seeds)
+    res = strategy_sums(baselines, obs_n, fm, lost, P, seeds)
     if probe is not None:
-        policy_sums(res, probe, obs, ep, lost, model.denormalize_obs(decoded), held, P, seeds)
+        policy_sums(res, probe, obs, ep, lost, None, held, P, seeds)
+    if mode == "window":
+        steps = eval_steps(obs.shape[1], stride, obs.device)
+        out = window_heads(model, obs_n, rep(ep.prev_action), mask, steps, window)
+        ep, obs, obs_n = at_steps(ep, steps), obs[:, steps], obs_n[:, steps]
+        mask, lost = mask[:, steps], lost[:, steps]
+    elif mode == "episode":
+        post = model.observe(obs_n, rep(ep.prev_action), mask, rep(ep.is_first), sample=False)
+        out = model.heads(post.h, post.z)
+    else:
+        raise ValueError(f"mode must be window or episode, got {mode!r}")
+    T = obs.shape[1]
+    decoded = out["obs"]
+    joint = {"model": mask.unsqueeze(-1) * obs_n + lost.unsqueeze(-1) * decoded}
+    res = {**strategy_sums(joint, obs_n, fm, lost, P, seeds), **res}
+    if probe is not None:
+        policy_sums(res, probe, obs, ep, lost, model.denormalize_obs(decoded), None, P, seeds)
     dec_err = _smooth_l1(decoded, obs_n, fm)
     # GPE (GAWM Eq. 8): per agent ||o^ - o||_2 + |r^ - r| + |gamma^ - gamma|, averaged over agents
     # and steps
@@ -210,13 +239,14 @@ def policy_sums(
     obs: torch.Tensor,
     ep: Batch,
     lost: torch.Tensor,
-    recon: torch.Tensor,
-    held: torch.Tensor,
+    recon: torch.Tensor | None,
+    held: torch.Tensor | None,
     P: int,
     seeds: int,
 ) -> None:
     """Add the actor's disagreement on every lost agent-step (raw units, as the actor sees them,
-    ``recon`` the world model's) to each strategy's sums, per p_mask."""
+    ``recon`` the world model's) to each strategy's sums, per p_mask: the world model's when
+    ``recon`` is given, the baselines' when ``held`` is (zero-fill's with it)."""
     b, t, i = lost.nonzero(as_tuple=True)
     if len(b) == 0:
         return
@@ -224,12 +254,13 @@ def policy_sums(
     ids = i.cpu().numpy()
     avail = None if ep.avail is None else ep.avail[0, t, i].cpu().numpy()
     p_idx = (b // seeds).cpu().numpy()
-    recon = {
-        "model": recon[b, t, i].cpu().numpy(),
-        "zero-fill": np.zeros_like(true),
-        "hold-last": held[b, t, i].cpu().numpy(),
-    }
-    for name, rows in recon.items():
+    rows_of = {}
+    if recon is not None:
+        rows_of["model"] = recon[b, t, i].cpu().numpy()
+    if held is not None:
+        rows_of["zero-fill"] = np.zeros_like(true)
+        rows_of["hold-last"] = held[b, t, i].cpu().numpy()
+    for name, rows in rows_of.items():
         for key, v in probe.compare(true, rows, ids, avail).items():
             res[name][f"{key}_sum"] = np.bincount(p_idx, weights=v, minlength=P).astype(np.float64)
 
@@ -243,11 +274,13 @@ def evaluate_model(
     episode_fn: Callable[..., dict[str, dict[str, np.ndarray]]] | None = None,
 ) -> dict[str, Any]:
     """Every metric over held-out episodes; ``episode_fn`` scores one episode (default RMIOv2's
-    :func:`evaluate_episode`; MARIE's has the same signature)."""
+    :func:`evaluate_episode` in ``cfg``'s world_model.eval.mode; MARIE's has the same
+    signature)."""
     ev = cfg.world_model.eval
     totals: dict[str, dict[str, np.ndarray]] = {}
+    fn = episode_fn or partial(evaluate_episode, **mode_kwargs(cfg))
     for k, ep in enumerate(episodes):
-        res = (episode_fn or evaluate_episode)(
+        res = fn(
             model,
             ep,
             ev.p_masks,
@@ -283,8 +316,20 @@ def evaluate_model(
     return out
 
 
+def mode_kwargs(cfg: Any, window: int | None = None) -> dict[str, Any]:
+    """What a filtering model's ``episode_fn`` takes from ``cfg`` (world_model.eval.mode, its
+    stride, and the history window l, unless ``window`` gives the model's own)."""
+    ev = cfg.world_model.eval
+    l = cfg.world_model.history_window if window is None else window  # noqa: E741
+    return {"mode": ev.mode, "window": l, "stride": ev.window_stride}
+
+
 RMIOV2 = ModelFamily(
-    "wm", {"finetune": "wm_finetune.pt", "pretrain": "wm_pretrain.pt"}, load_model, evaluate_episode
+    "wm",
+    {"finetune": "wm_finetune.pt", "pretrain": "wm_pretrain.pt"},
+    load_model,
+    evaluate_episode,
+    filters=True,
 )
 
 
@@ -298,6 +343,8 @@ def evaluate_run(
     policy: str | Path | None = None,
     family: ModelFamily | None = None,
     beside: list[tuple[Path, ModelFamily]] | None = None,
+    mode: str | None = None,
+    window_stride: int | None = None,
 ) -> dict[str, Any]:
     """Evaluate a run's world models on its held-out data; writes ``eval_reconstruction.*`` (the
     run config's test-time loss model, Bernoulli by default) or ``eval_reconstruction_<model>.*``
@@ -307,9 +354,18 @@ def evaluate_run(
     models of other runs of the same task, scored on this run's held-out episodes with the same
     masks, their rows named after their run directory (MARIE beside RMIOv2 in one table).
     With an actor (``policy``, else the run's exported bundle, else ``run.data_policy`` when it is
-    a bundle) the policy metrics of :mod:`rmio.train.policy_metrics` are added."""
+    a bundle) the policy metrics of :mod:`rmio.train.policy_metrics` are added. ``mode``
+    overrides world_model.eval.mode (``window``: the swarm's window replay; ``episode``: one pass
+    over each episode) and ``window_stride`` world_model.eval.window_stride."""
     cfg = load_config(run_dir / "config.yaml")
     ev = cfg.world_model.eval
+    if mode is not None:
+        if mode not in ("window", "episode"):
+            raise RmioError(f"mode must be window or episode, got {mode!r}")
+        ev.mode = mode
+    if window_stride is not None:
+        ev.window_stride = window_stride
+    runs = [(run_dir, family or RMIOV2, ""), *((r, f, f"{r.name}: ") for r, f in beside or [])]
     if loss_model is not None:
         ev.loss_model = loss_model
     if mean_burst_length is not None:
@@ -327,6 +383,9 @@ def evaluate_run(
         "seeds": cfg.world_model.eval.seeds,
         "loss_model": cfg.world_model.eval.loss_model,
         "mean_burst_length": cfg.world_model.eval.mean_burst_length,
+        "mode": ev.mode,
+        "window_stride": ev.window_stride if ev.mode == "window" else 1,
+        "history_window": cfg.world_model.history_window,
         "policy": None,
         "holdout_episodes": holdout.num_episodes,
         "holdout_rows": len(holdout),
@@ -335,7 +394,6 @@ def evaluate_run(
     }
     probe, results["policy"] = _probe_for(run_dir, cfg, policy, holdout.spec.name)
     main_stats: Any = None
-    runs = [(run_dir, family or RMIOV2, ""), *((r, f, f"{r.name}: ") for r, f in beside or [])]
     for run, fam, prefix in runs:
         found = False
         for name in names:
@@ -360,9 +418,13 @@ def evaluate_run(
                 )
             model.eval()
             sampler = SequenceSampler(holdout, cfg.world_model.smoothing, dev)
-            res = evaluate_model(
-                model, sampler.episodes(), cfg, cfg.run.seed + 555, probe, fam.episode_fn
-            )
+            fn = fam.episode_fn
+            if fam.filters:  # the model's own history window, as its bundle's swarm replays it
+                own = ckpt.get("config", {}).get("world_model", {}).get("history_window")
+                fn = partial(fn, **mode_kwargs(cfg, own))
+            elif fam.label not in results.setdefault("window_models", []):
+                results["window_models"].append(fam.label)
+            res = evaluate_model(model, sampler.episodes(), cfg, cfg.run.seed + 555, probe, fn)
             label = (
                 f"{fam.label} fine-tuned "
                 f"({ckpt.get('masks') or 'p_mask ' + format(ckpt['p_mask'], 'g')})"
@@ -382,7 +444,7 @@ def evaluate_run(
     md = reconstruction_table(results)
     (run_dir / f"{stem}.md").write_text(md)
     named = "" if ev.loss_model == "bernoulli" else f", {masks_named(results)}"
-    title = cfg.env.scenario + named
+    title = f"{cfg.env.scenario}{named}, {mode_named(results, short=True)}"
     plot_reconstruction(results, run_dir / f"{stem}.png", title)
     print_results(results, console)
     for w in results["warnings"]:

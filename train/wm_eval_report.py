@@ -66,11 +66,38 @@ def masks_named(results: dict[str, Any]) -> str:
     return f"{model} masks"
 
 
+def mode_named(results: dict[str, Any], short: bool = False) -> str:
+    """How the world models' reconstructions were made, in words (results written before the
+    mode existed filtered whole episodes)."""
+    mode = results.get("mode", "episode")
+    stride = results.get("window_stride", 1)
+    every = "every step t" if stride == 1 else f"steps t = 0, {stride}, {2 * stride}, ..."
+    if short:
+        return f"{mode} mode" + (f", {every}" if mode == "window" else "")
+    if mode == "window":
+        text = (
+            f"window mode, as the swarm replays: {every} of each episode, each reconstructed from "
+            f"its own window of the last l = {results.get('history_window')} steps, from the zero "
+            "state; the world models' metrics average over those steps, the baselines over "
+            "every step"
+        )
+    else:
+        text = (
+            "episode mode: each episode filtered in one pass from step 0 (which the deployed "
+            "swarm never runs), every step scored"
+        )
+    for label in results.get("window_models", []):
+        text += f"; {label} rows: every step from its own window (its model keeps no state)"
+    return text
+
+
 def reconstruction_table(results: dict[str, Any]) -> str:
     """``eval_reconstruction.md``: every metric of every strategy per p_mask, then the warnings."""
     p = results["p_masks"]
     lines = [
         f"Test-time {masks_named(results)}; p_mask is the long-run fraction of lost steps.",
+        "",
+        f"Reconstruction: {mode_named(results)}.",
         "",
         *(
             [
@@ -102,10 +129,12 @@ def reconstruction_table(results: dict[str, Any]) -> str:
 
 
 def print_results(results: dict[str, Any], console: Console) -> None:
-    """The console's view: L_rec on lost agents, then each policy metric, one table each."""
+    """The console's view: how the reconstructions were made, L_rec on lost agents, then each
+    policy metric, one table each."""
+    console.print(f"Reconstruction: {mode_named(results)}")
     table = Table(
         title="L_rec on lost agents (held-out episodes, normalised units; lower is better), "
-        + masks_named(results)
+        + f"{masks_named(results)}, {mode_named(results, short=True)}"
     )
     table.add_column("strategy")
     for x in results["p_masks"]:
@@ -119,7 +148,7 @@ def print_results(results: dict[str, Any], console: Console) -> None:
             continue
         table = Table(
             title=f"{key}: the actor on reconstructed vs true observations of lost "
-            f"agents ({results['policy']}; lower is better)"
+            f"agents ({results['policy']}; lower is better), {mode_named(results, short=True)}"
         )
         table.add_column("strategy")
         for x in results["p_masks"]:

@@ -126,9 +126,14 @@ def test_debug_preset_is_the_task_family_s(tmp_path: Path) -> None:
     configs alike; a config's own `debug:` block holds its exceptions and is merged over the
     family's."""
     assert all(family_preset_path("debug", family) for family in FAMILIES)
-    assert not [
-        name for name in ALL if "debug" in yaml.safe_load(resolve_config_path(name).read_text())
-    ]
+    own = {
+        name: yaml.safe_load(resolve_config_path(name).read_text())["debug"]
+        for name in ALL
+        if "debug" in yaml.safe_load(resolve_config_path(name).read_text())
+    }
+    # the only built-in exception: HalfCheetah's default tuned recipe warms its world model up for
+    # 1000 updates, which its family's preset (written for the paper's recipe) does not cut
+    assert own == {"halfcheetah_6x1": {"policy": {"imagination": {"wm_warmup_updates": 5}}}}
     mine = load_config(_write(tmp_path, "env: {family: smax, scenario: 3m}\n"), preset="debug")
     builtin = load_config("smax_3m", preset="debug")
     assert (

@@ -277,7 +277,7 @@ def eval_group() -> None:
     type=click.Choice(["window", "episode"]),
     default=None,
     help="How a filtering world model reconstructs step t (default world_model.eval.mode, "
-    "window): window replays the last history_window steps from the zero state, as the swarm "
+    "window): window replays steps t - history_window..t from the zero state, as the swarm "
     "does, at every world_model.eval.window_stride-th step; episode filters each whole episode "
     "in one pass. MARIE always scores windows.",
 )
@@ -286,7 +286,7 @@ def eval_group() -> None:
     type=click.IntRange(min=1),
     default=None,
     help="In window mode, reconstruct and score every N-th step of an episode (default "
-    "world_model.eval.window_stride); the baselines score every step.",
+    "world_model.eval.window_stride, 1); the baselines score every step.",
 )
 @device_option
 def reconstruction(
@@ -307,26 +307,12 @@ def reconstruction(
     is scored through its window graph's PyTorch module (the swarm's round), with the same masks
     as RMIOv2's; --beside puts other runs' models in the same table."""
     _require_torch()
-    from rmio.errors import RmioError
-    from rmio.train.marie_eval import family_of
-    from rmio.train.wm_eval import evaluate_run
+    from rmio.train.marie_eval import evaluate_reconstruction
 
-    for other in beside:  # as marie_eval.evaluate_reconstruction, which has no mode to pass
-        if not (other / "config.yaml").is_file():
-            raise RmioError(f"--beside '{other}' is no run directory (no config.yaml)")
-    evaluate_run(
-        run_dir,
-        checkpoint,
-        device,
-        _console(),
-        loss_model,
-        mean_burst_length,
-        policy,
-        family_of(run_dir),
-        [(other, family_of(other)) for other in beside],
-        mode,
-        window_stride,
-    )
+    evaluate_reconstruction(
+        run_dir, checkpoint, device, _console(), loss_model, mean_burst_length, policy,
+        list(beside), mode, window_stride,
+    )  # fmt: skip
 
 
 register_robustness(eval_group)

@@ -173,8 +173,19 @@ def test_debug_fusion_sweep_end_to_end(tmp_path: Path) -> None:
     assert a.read_bytes() == b.read_bytes()
     assert "L_rec lost agents" in (out / "ablation.md").read_text()
     before = (out / "seed0" / "rmiov2" / "wm_finetune.pt").stat().st_mtime_ns
-    run_ablation(sweep, out, True, console)  # resumes: nothing is retrained
+    # a cached evaluation from before window mode (no mode: whole-episode filtering) is redone,
+    # so one table never mixes the two kinds of L_rec; the other one is reused as it is
+    old = out / "seed0" / "rmiov2" / "eval_reconstruction.json"
+    kept = out / "seed0" / "rmiov2-no-obs-fusion" / "eval_reconstruction.json"
+    rec = json.loads(old.read_text())
+    assert rec["mode"] == "window"
+    del rec["mode"]
+    old.write_text(json.dumps(rec))
+    kept_at = kept.stat().st_mtime_ns
+    again = run_ablation(sweep, out, True, console)  # resumes: nothing is retrained
     assert (out / "seed0" / "rmiov2" / "wm_finetune.pt").stat().st_mtime_ns == before
+    assert json.loads(old.read_text())["mode"] == "window" and kept.stat().st_mtime_ns == kept_at
+    assert [r["lrec_lost"] for r in again["rows"]] == [r["lrec_lost"] for r in rows]
 
 
 @pytest.mark.parametrize("flags", [("--jobs", "2"), ("--backend", "ray")], ids=["jobs", "ray"])

@@ -180,9 +180,7 @@ def test_window_mode_reconstructs_as_the_exported_bundle_replays(
     steps = [7, T - 5]
     obs_n = model.normalize_obs(ep.obs)
     with torch.no_grad():
-        heads = window_heads(
-            model, obs_n, ep.prev_action, mask, torch.tensor(steps), l, rows=2 * (l + 1)
-        )
+        heads = window_heads(model, obs_n, ep.prev_action, mask, torch.tensor(steps), l, rows=l + 1)
         post = model.observe(obs_n, ep.prev_action, mask, ep.is_first, sample=False)
         whole = model.heads(post.h, post.z)["obs"]
     ours = model.denormalize_obs(heads["obs"])[0].numpy()  # (W, n, D) raw units
@@ -229,14 +227,21 @@ def test_window_and_episode_modes_differ_and_share_the_baselines(run_dir: Path) 
     win_res = json.loads((run_dir / "eval_reconstruction.json").read_text())
     assert (win_res["mode"], win_res["window_stride"], win_res["history_window"]) == (
         "window",
-        3,
+        1,
         20,
     )
-    assert "steps t = 0, 3, 6" in (run_dir / "eval_reconstruction.md").read_text()
+    assert "every step t" in (run_dir / "eval_reconstruction.md").read_text()
     label = "wm fine-tuned (p_mask 0.5)"
     assert win_res["strategies"][label]["lrec_masked"] != res["strategies"][label]["lrec_masked"]
-    for name in ("zero-fill", "hold-last"):  # strided model rows, every step for the baselines
+    for name in ("zero-fill", "hold-last"):  # the same masks and steps for the baselines
         assert win_res["strategies"][name] == res["strategies"][name]
+    proc = rmio("eval", "reconstruction", str(run_dir), "--window-stride", "3")
+    assert proc.returncode == 0, proc.stderr
+    strided = json.loads((run_dir / "eval_reconstruction.json").read_text())
+    assert strided["window_stride"] == 3
+    assert "steps t = 0, 3, 6" in (run_dir / "eval_reconstruction.md").read_text()
+    every_step = win_res["strategies"][label]["lrec_masked"]
+    assert strided["strategies"][label]["lrec_masked"] != every_step
 
 
 @pytest.mark.parametrize(

@@ -334,11 +334,15 @@ def _evaluate(
     """L_rec (and the actor's disagreement) on lost agents at the reporting p_mask, then the
     robustness AUC of the policy with this world model under every loss model of the sweep."""
     rec_path = run / "eval_reconstruction.json"
-    rec = (
-        json.loads(rec_path.read_text())
-        if rec_path.exists()
-        else evaluate_reconstruction(run, "finetune", device, console)
-    )
+    ev = load_config(run / "config.yaml").world_model.eval
+    rec = json.loads(rec_path.read_text()) if rec_path.exists() else None
+    # a cached evaluation made in another mode (those before window mode had none: episode) would
+    # put two kinds of L_rec in one table
+    if rec is None or (rec.get("mode", "episode"), rec.get("window_stride", 1)) != (
+        ev.mode,
+        ev.window_stride if ev.mode == "window" else rec.get("window_stride", 1),
+    ):
+        rec = evaluate_reconstruction(run, "finetune", device, console)
     key = finetuned_row(rec["strategies"])
     masks = rec["p_masks"]
     nearest = min(range(len(masks)), key=lambda i: abs(masks[i] - ab.p_mask))

@@ -184,9 +184,12 @@ def evaluate_reconstruction(
     mean_burst_length: float | None = None,
     policy: str | Path | None = None,
     beside: list[Path] | None = None,
+    mode: str | None = None,
+    window_stride: int | None = None,
 ) -> dict[str, Any]:
     """`rmio eval reconstruction` of any run (RMIOv2's, a variant's or MARIE's), with the world
-    models of the runs ``beside`` scored on its held-out episodes in the same table."""
+    models of the runs ``beside`` scored on its held-out episodes in the same table; ``mode`` and
+    ``window_stride`` override world_model.eval's for the filtering models."""
     for other in beside or []:
         if not (other / "config.yaml").is_file():
             raise RmioError(f"--beside '{other}' is no run directory (no config.yaml)")
@@ -200,4 +203,6 @@ def evaluate_reconstruction(
         policy,
         family_of(run_dir),
         [(other, family_of(other)) for other in beside or []],
+        mode,
+        window_stride,
     )

@@ -77,8 +77,8 @@ def mode_named(results: dict[str, Any], short: bool = False) -> str:
     if mode == "window":
         text = (
             f"window mode, as the swarm replays: {every} of each episode, each reconstructed from "
-            f"its own window of the last l = {results.get('history_window')} steps, from the zero "
-            "state; the world models' metrics average over those steps, the baselines over "
+            f"its own window of steps t - l..t (l = {results.get('history_window')}), from the "
+            "zero state; the world models' metrics average over those steps, the baselines over "
             "every step"
         )
     else:

@@ -42,6 +42,10 @@ def test_a_restarted_agent_acts_only_on_steps_sent_to_it(
         kill_agents=[[2, 30]],
         rejoin_after_s=0.2,
         loss={"model": "bernoulli", "p_loss": 0.5},
+        # paced, so the episode outlasts the successor's start-up (a second or more on one loaded
+        # core): unpaced, the 190 steps after the kill took about a second and the successor
+        # sometimes came up after the last one, with nothing recorded
+        rate_hz=25.0,
     )
     report, _ = run_swarm(s, run)
     env = np.load(run / "records" / "env.npz")

@@ -56,6 +56,13 @@ def main() -> None:
     ap.add_argument("--policy", default="halfcheetah_6x1", help="the deployed actor's bundle")
     ap.add_argument("--baselines", type=Path, default=HERE / "results/policy_metrics_rank.json")
     ap.add_argument("--out", type=Path, default=HERE / "results/policy_metrics_heldout")
+    ap.add_argument(
+        "--mode",
+        choices=["window", "episode"],
+        default="window",
+        help="how the world models reconstruct (world_model.eval.mode): the swarm's windows, or "
+        "one pass over each episode",
+    )
     args = ap.parse_args()
     torch.set_num_threads(1)
     probe = PolicyProbe(find_bundle(args.policy))
@@ -63,6 +70,7 @@ def main() -> None:
     for run in args.runs:
         cfg = load_config(run / "config.yaml")
         cfg.world_model.eval.p_masks = P
+        cfg.world_model.eval.mode = args.mode
         model, _ = load_model(run / "wm_finetune.pt")
         model.eval()
         holdout = TrajectoryBuffer.load(run / "data" / "holdout.npz")
@@ -100,7 +108,8 @@ def main() -> None:
         f"{platform.machine()}, {os.cpu_count()} cores, {time.strftime('%Y-%m-%d')}; actor of "
         f"`{args.policy}`; command: `python bench/policy_metrics_heldout.py "
         + " ".join(f"RUNS/{r.parent.name}/{r.name}" for r in args.runs)
-        + f" --policy {args.policy}` (RUNS: the ablation sweep's directory). L_rec and "
+        + f" --policy {args.policy} --mode {args.mode}` (RUNS: the ablation sweep's directory); "
+        f"world models in {args.mode} mode (rmio eval reconstruction --mode). L_rec and "
         "action_mae of lost agents on each run's held-out episodes (hold-last and zero-fill: "
         "averaged over those runs' data); return at the same p_loss from each run's "
         "robustness.json (hold-last, zero-fill: bench/results/policy_metrics_rank.json). Spearman "

@@ -25,14 +25,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from rich.console import Console
 
 from rmio.config import load_config
-from rmio.envs.trajectory import TrajectoryBuffer
 from rmio.models import find_bundle
 from rmio.train.common import load_model
 from rmio.train.policy_metrics import PolicyProbe
 from rmio.train.wm_data import SequenceSampler
 from rmio.train.wm_eval import evaluate_model
+from rmio.train.wm_train import eval_holdout
 
 P = [0.2, 0.4, 0.6, 0.8]
 HERE = Path(__file__).resolve().parent
@@ -73,7 +74,7 @@ def main() -> None:
         cfg.world_model.eval.mode = args.mode
         model, _ = load_model(run / "wm_finetune.pt")
         model.eval()
-        holdout = TrajectoryBuffer.load(run / "data" / "holdout.npz")
+        holdout, _ = eval_holdout(run, cfg, Console(quiet=True))  # a joint run's: its actor's
         sampler = SequenceSampler(holdout, cfg.world_model.smoothing, "cpu")
         res = evaluate_model(model, sampler.episodes(), cfg, cfg.run.seed + 555, probe)
         rob = json.loads((run / "robustness.json").read_text())

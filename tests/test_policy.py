@@ -214,6 +214,12 @@ def test_pretrain_finetune_export_end_to_end(tmp_path: Path) -> None:
     again, _ = eval_holdout(run, load_config(run / "config.yaml"), Console(quiet=True))
     assert again.meta["policy_sha256"] != by_actor.meta["policy_sha256"]
     assert not np.array_equal(again.data["action"][:10], by_actor.data["action"][:10])
+    # the open-loop error is measured on those episodes too, not on the random warm-up's
+    from rmio.train.open_loop import evaluate_open_loop
+
+    loop = evaluate_open_loop([run], context=3, horizon=2, windows=4, quiet=True)
+    assert loop["data_policy"] == "the run's own actor (policy.pt, sampling)"
+    assert loop["holdout_episodes"] == again.num_episodes
     evals = [json.loads(line) for line in (run / "eval.jsonl").read_text().splitlines()]
     assert evals[-1]["step"] >= 600 and np.isfinite(evals[-1]["return_mean"])
     rows = [json.loads(line) for line in (run / "joint.jsonl").read_text().splitlines()]

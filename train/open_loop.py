@@ -41,6 +41,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from rich.console import Console
 
 from rmio.config import load_config
 from rmio.envs.trajectory import TrajectoryBuffer
@@ -48,6 +49,7 @@ from rmio.errors import RmioError
 from rmio.train.joint_diag import prior_rollout
 from rmio.train.marie_model import MarieWorldModel
 from rmio.train.wm_data import Batch, SequenceSampler, observation_stats
+from rmio.train.wm_train import eval_holdout
 from rmio.train.world_model import RMIOWorldModel
 
 METRICS = ("obs_l1", "obs_mse", "reward_abs", "reward_abs_target")
@@ -281,28 +283,31 @@ def evaluate_open_loop(
     device: torch.device | str = "cpu",
     labels: list[str] | None = None,
     sample: bool = False,
+    quiet: bool = False,
 ) -> dict[str, Any]:
     """Open-loop and teacher-forced errors against horizon of every run's world model on the same
     held-out windows (``data_dir``'s, by default the first run's), in that run's units;
-    ``sample``: MARIE draws its tokens instead of taking the argmax."""
+    ``sample``: MARIE draws its tokens instead of taking the argmax. The held-out episodes are
+    ``wm_train.eval_holdout``'s: a finished joint pre-training run's are its own actor's."""
     import time
 
     data_dir = data_dir or run_dirs[0]
-    held_path, train_path = data_dir / "data" / "holdout.npz", data_dir / "data" / "train.npz"
-    if not held_path.is_file() or not train_path.is_file():
-        raise RmioError(f"'{data_dir}' has no collected data (data/train.npz, data/holdout.npz)")
-    holdout = TrajectoryBuffer.load(held_path)
+    train_path = data_dir / "data" / "train.npz"
+    if not train_path.is_file() or not (data_dir / "config.yaml").is_file():
+        raise RmioError(f"'{data_dir}' has no collected data (data/train.npz, config.yaml)")
+    data_cfg = load_config(data_dir / "config.yaml")
+    # a joint pre-training run's held-out episodes are its own actor's, not the random warm-up's
+    holdout, held_by = eval_holdout(data_dir, data_cfg, Console(stderr=True, quiet=quiet))
     spec = holdout.spec
     train_buf = TrajectoryBuffer.load(train_path)
     _, std = observation_stats(train_buf)[:2]
     std_t = torch.as_tensor(std, device=device)
     fm = torch.as_tensor(spec.obs_feature_mask, dtype=torch.float32, device=device)
-    data_cfg = load_config(data_dir / "config.yaml")
     length = context + horizon
     result: dict[str, Any] = {
         "scenario": spec.name,
         "data": _label(data_dir),
-        "data_policy": train_buf.meta.get("policy"),  # the held-out data's too
+        "data_policy": held_by,
         "holdout_episodes": holdout.num_episodes,
         "context": context,
         "horizon": horizon,

@@ -14,6 +14,7 @@ Joint runs are labelled with their recipe (``rmiov2/tuned``), so recipes never p
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import platform
@@ -95,6 +96,7 @@ def summarise(run: Path, budgets: list[int], metric: str) -> dict:
         [],
     )
     train = joint or model_free
+    updates = [r for r in train if "approx_kl" in r]
     out = {
         "run": _label(run),
         "diag_final": diag[-1] if diag else None,
@@ -112,6 +114,7 @@ def summarise(run: Path, budgets: list[int], metric: str) -> dict:
         diag_within = [r for r in diag if r["step"] <= budget] if reached else []
         out["at_budget"][budget] = within[-1] if within else None
         out["diag_at_budget"][budget] = diag_within[-1] if diag_within else None
+    out["updates"] = _update_strength(updates, budgets)
     if joint:
         out["collect_steps_per_s"] = float(np.median([r["collect_steps_per_s"] for r in joint]))
         out["imagined_steps_per_s"] = float(np.median([r["imagined_steps_per_s"] for r in joint]))
@@ -136,6 +139,42 @@ def _cell(row: dict | None, metric: str, missing: str = "-") -> str:
     if metric == "win_rate":
         return f"{row['win_rate']:.2f} (return {row['return_mean']:.1f})"
     return f"{row['return_mean']:.1f} ± {row['return_std']:.1f}"
+
+
+UPDATE_COLUMNS = (("approx_kl", 4), ("clip_frac", 3), ("entropy", 3))
+
+
+def _update_strength(updates: list[dict], budgets: list[int]) -> dict[str, dict[str, float]]:
+    """Median PPO update statistics over the iterations between consecutive budgets (after the
+    last one: "later"). They tell a policy that barely moves (tiny KL and clip fraction, entropy
+    not falling) from a model that misleads it, which the diagnostics cannot."""
+    edges = [0, *budgets, float("inf")]
+    out: dict[str, dict[str, float]] = {}
+    for lo, hi in itertools.pairwise(edges):
+        rows = [r for r in updates if lo < r["step"] <= hi]
+        if rows:
+            name = f"{lo:,}-{hi:,}" if hi != float("inf") else f"after {lo:,}"
+            out[name] = {k: float(np.median([r[k] for r in rows])) for k, _ in UPDATE_COLUMNS}
+    return out
+
+
+def _update_table(rows: list[dict]) -> list[str]:
+    picked = [(r["run"], span, u) for r in rows for span, u in r["updates"].items()]
+    if not picked:
+        return []
+    lines = [
+        "",
+        "The policy updates (median over the PPO updates logged in each span of real steps; joint "
+        "pre-training: PPO in imagination, MAPPO: on real rollouts): approximate KL between the "
+        "old and the new policy, fraction of clipped ratios, policy entropy.",
+        "",
+        "| run | real steps | " + " | ".join(k for k, _ in UPDATE_COLUMNS) + " |",
+        "|---|---|" + "---|" * len(UPDATE_COLUMNS),
+    ]
+    for run, span, u in picked:
+        cells = [f"{u[k]:.{p}f}" for k, p in UPDATE_COLUMNS]
+        lines.append(f"| {run} | {span} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def _diag_table(rows: list[dict], budgets: list[int]) -> list[str]:
@@ -256,6 +295,7 @@ def main() -> None:
             + "  "
         )
     lines += _diag_table(rows, budgets)
+    lines += _update_table(rows)
     lines += ["", f"Command: `python bench/training.py {shlex.join(sys.argv[1:])}`", ""]
     args.out.with_suffix(".md").write_text("\n".join(lines))
     print("\n".join(lines))

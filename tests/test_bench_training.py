@@ -100,3 +100,29 @@ def test_model_free_and_value_based_runs_report_their_rate(tmp_path: Path, algo:
     row = _bench().summarise(run, [10000], "return_mean")
     assert row["overall_steps_per_s"] == 250.0
     assert abs(row["hours_per_100k"] - 100_000 / 250.0 / 3600) < 1e-9
+
+
+def test_update_strength_is_the_median_of_each_span_between_budgets(tmp_path: Path) -> None:
+    """The PPO update table: each span between budgets has the median of its own iterations."""
+    run = _run(tmp_path, "joint", [5000, 10000, 15000])
+    rows = [
+        {
+            "step": s,
+            "collect_steps_per_s": 1.0,
+            "imagined_steps_per_s": 1.0,
+            "real_steps_per_s": 1.0,
+        }
+        | {"approx_kl": kl, "clip_frac": 10 * kl, "entropy": 1.0 - kl}
+        for s, kl in ((2000, 0.1), (4000, 0.3), (6000, 0.2), (9000, 0.01), (14000, 0.5))
+    ]
+    rows.append({"step": 5000, "diag_obs_err_1": 0.1})  # a diagnostics row, no update
+    (run / "joint.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    updates = _bench().summarise(run, [5000, 10000], "return_mean")["updates"]
+    assert list(updates) == ["0-5,000", "5,000-10,000", "after 10,000"]
+    assert updates["0-5,000"]["approx_kl"] == pytest.approx(0.2)
+    assert updates["5,000-10,000"]["clip_frac"] == pytest.approx(1.05)
+    assert updates["after 10,000"]["entropy"] == pytest.approx(0.5)
+    assert any(
+        "| 0-5,000 | 0.2000 | 2.000 | 0.800 |" in line
+        for line in _bench()._update_table([{"run": "r", "updates": updates}])
+    )

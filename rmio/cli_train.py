@@ -450,9 +450,9 @@ def ablate(
     address: str | None,
     device: str,
 ) -> None:
-    """Run an ablation table (configs/ablations: fusion_halfcheetah_6x1, p_mask_halfcheetah_6x1, or
-    a YAML): train every variant, then report L_rec of lost agents and the robustness AUC side by
-    side."""
+    """Run an ablation table (a sweep shipped in configs/ablations, e.g. recipes_halfcheetah_6x1,
+    or a YAML): train every variant, then report L_rec of lost agents and the robustness AUC side
+    by side."""
     _require_torch()
     from rmio.train.ablation import run_ablation
 

@@ -31,6 +31,12 @@ def test_shipped_sweeps_validate(name: str) -> None:
     assert ab.variants and ab.robustness.p_loss[0] == 0.0 and ab.robustness.p_loss[-1] == 1.0
 
 
+def test_an_unknown_sweep_name_lists_the_shipped_ones() -> None:
+    with pytest.raises(ConfigError, match="nor one of the shipped sweeps") as err:
+        load_ablation(Path("no_such_sweep"))
+    assert all(name in str(err.value) for name in SHIPPED)
+
+
 @pytest.mark.parametrize("name", SHIPPED)
 def test_debug_shrinks_shipped_sweeps(name: str) -> None:
     """`rmio ablate SWEEP --debug`: every key the debug preset sets keeps the preset's value, though

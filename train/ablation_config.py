@@ -70,11 +70,13 @@ def resolve_sweep(name_or_path: str | Path) -> Path:
         return path
     from importlib import resources
 
-    shipped = Path(str(resources.files("rmio.configs"))) / "ablations" / f"{path.stem}.yaml"
+    folder = Path(str(resources.files("rmio.configs"))) / "ablations"
+    shipped = folder / f"{path.stem}.yaml"
     if shipped.is_file():
         return shipped
+    names = ", ".join(sorted(p.stem for p in folder.glob("*.yaml")))
     raise ConfigError(
-        f"ablation sweep '{name_or_path}' is neither a file nor one of the shipped sweeps"
+        f"ablation sweep '{name_or_path}' is neither a file nor one of the shipped sweeps ({names})"
     )
 
 

@@ -27,6 +27,7 @@ import numpy as np
 
 from rmio.config import load_config
 from rmio.train.evaluate import plot_curves, run_label
+from rmio.train.ppo_config import RECIPES
 
 DIAG_COLUMNS = (
     ("diag_obs_err_1", "obs err 1", 3),
@@ -48,11 +49,17 @@ def _rows(path: Path) -> list[dict]:
 
 
 def _label(run: Path) -> str:
-    """run_label, with a joint run's recipe after the algorithm."""
+    """run_label, with a joint run's recipe after the algorithm and any of the recipe's keys the
+    run set otherwise (e.g. ``rmiov2/tuned+return_scaling=batch``)."""
     label = run_label(run)
     if (run / "joint.jsonl").exists() and (run / "config.yaml").exists():
-        recipe = load_config(run / "config.yaml").policy.imagination.recipe
-        label = label.replace("rmiov2 seed", f"rmiov2/{recipe} seed", 1)
+        im = load_config(run / "config.yaml").policy.imagination
+        changed = [
+            f"+{k}={getattr(im, k)}"
+            for k, v in RECIPES.get(im.recipe, {}).items()
+            if getattr(im, k) != v
+        ]
+        label = label.replace("rmiov2 seed", f"rmiov2/{im.recipe}{''.join(changed)} seed", 1)
     return label
 
 

@@ -126,3 +126,16 @@ def test_update_strength_is_the_median_of_each_span_between_budgets(tmp_path: Pa
         "| 0-5,000 | 0.2000 | 2.000 | 0.800 |" in line
         for line in _bench()._update_table([{"run": "r", "updates": updates}])
     )
+
+
+def test_a_joint_run_is_labelled_with_its_recipe_and_what_it_changed(tmp_path: Path) -> None:
+    from rmio.config import load_config, save_config
+
+    labels = []
+    for name, extra in (("a", []), ("b", ["policy.imagination.return_scaling=batch"])):
+        run = tmp_path / name
+        cfg = load_config("smax_2s3z", overrides=["policy.imagination.recipe=tuned", *extra])
+        save_config(cfg, run)
+        (run / "joint.jsonl").write_text("")
+        labels.append(_bench()._label(run))
+    assert labels == ["rmiov2/tuned seed 0 (a)", "rmiov2/tuned+return_scaling=batch seed 0 (b)"]

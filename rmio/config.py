@@ -109,6 +109,25 @@ class Config:
         blob = json.dumps(self.to_dict(), sort_keys=True, default=str).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
+    def changes_from(self, other: Config) -> list[tuple[str, Any, Any]]:
+        """The dotted keys whose values differ: (key, other's value, this one's)."""
+        mine, theirs = _leaves(self.to_dict()), _leaves(other.to_dict())
+        return [
+            (k, theirs.get(k), mine.get(k))
+            for k in sorted(mine.keys() | theirs.keys())
+            if mine.get(k) != theirs.get(k)
+        ]
+
+
+def _leaves(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_leaves(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
 
 # --------------------------------------------------------------------------------------------
 # Locating and reading files

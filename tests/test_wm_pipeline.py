@@ -124,6 +124,8 @@ def test_bad_inputs_are_one_clear_line(run_dir: Path, tmp_path: Path) -> None:
         str(run_dir),
     )
     assert proc.returncode == 2 and "different config" in proc.stderr
+    # and says which key differs, so the user can resume with the run's value
+    assert "world_model.train.lr 0.001 here" in proc.stderr and len(proc.stderr.splitlines()) == 1
     corrupt = tmp_path / "run"
     (corrupt / "data").mkdir(parents=True)
     (corrupt / "config.yaml").write_text((run_dir / "config.yaml").read_text())

@@ -76,10 +76,15 @@ def prepare_run_dir(cfg: Config, run_dir: Path | None, algo: str) -> Path:
                 f"not {cfg.env.family}/{cfg.env.scenario}; pick another --run-dir"
             )
         if old.digest() != cfg.digest():
+            changes = old.changes_from(cfg)  # (key, this command's value, the run's)
+            shown = ", ".join(
+                f"{k} {new!r} here, {was!r} in the run" for k, new, was in changes[:3]
+            )
+            more = f" and {len(changes) - 3} more" if len(changes) > 3 else ""
             raise RmioError(
                 f"run directory '{run_dir}' was made with a different config (hash {old.digest()} "
-                f"vs {cfg.digest()}); resume with the same config and overrides, or use a new "
-                "--run-dir"
+                f"vs {cfg.digest()}: {shown}{more}); resume with the same config and overrides "
+                "(--set KEY=VALUE), or use a new --run-dir"
             )
         return run_dir
     run_dir.mkdir(parents=True, exist_ok=True)

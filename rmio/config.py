@@ -30,7 +30,12 @@ from rmio.envs.registry import FAMILIES, EnvConfig
 from rmio.errors import ConfigError
 from rmio.train.marie_config import MarieConfig, validate_marie
 from rmio.train.mmsa_config import MMSAConfig, validate_mmsa
-from rmio.train.ppo_config import PolicySection, apply_recipe, validate_imagination
+from rmio.train.ppo_config import (
+    PolicySection,
+    apply_recipe,
+    validate_imagination,
+    validate_ppo,
+)
 from rmio.train.qmix_config import QMIXConfig, validate_qmix
 from rmio.train.wm_config import WorldModelSection
 from rmio.yamlio import load_yaml
@@ -274,6 +279,7 @@ def validate(cfg: Config, src: str) -> None:
         if value < 1:
             raise ConfigError(f"{src}: {key} must be >= 1, got {value}")
     validate_imagination(cfg.policy.imagination, src)
+    validate_ppo(cfg.policy.ppo, cfg.policy.mappo, src)
     if cfg.env.episode_limit is not None and cfg.env.episode_limit < 1:
         raise ConfigError(f"{src}: env.episode_limit must be >= 1, got {cfg.env.episode_limit}")
     validate_qmix(cfg.qmix, src)

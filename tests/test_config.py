@@ -103,6 +103,22 @@ def test_range_checks(tmp_path: Path) -> None:
         load_config(_write(tmp_path, "env:\n  family: starcraft\n"))
 
 
+@pytest.mark.parametrize(
+    ("override", "needle"),
+    [
+        ("policy.ppo.clip=0", "policy.ppo.clip must be > 0, got 0"),
+        ("policy.ppo.entropy_coef=-0.1", "policy.ppo.entropy_coef must be >= 0"),
+        ("policy.ppo.gamma=1.5", r"policy.ppo.gamma must be in \[0, 1\]"),
+        ("policy.ppo.minibatches=0", "policy.ppo.minibatches must be > 0"),
+        ("policy.mappo.rollout=0", "policy.mappo.rollout must be >= 1"),
+        ("policy.imagination.horizon=0", "policy.imagination.horizon must be >= 1"),
+    ],
+)
+def test_policy_ranges_are_one_line_errors(override: str, needle: str) -> None:
+    with pytest.raises(ConfigError, match=needle):
+        load_config("smax_2s3z", overrides=[override])
+
+
 def test_overrides_keep_yaml_types() -> None:
     cfg = load_config(
         "halfcheetah_6x1", overrides=["loss.p_loss=3e-1", "run.seed=7", "env.options={a: 1}"]

@@ -182,6 +182,27 @@ def validate_imagination(im: Any, src: str) -> None:
         )
 
 
+def validate_ppo(ppo: PPOConfig, mappo: MAPPOConfig, src: str) -> None:
+    """The PPO update's and MAPPO's ranges: one line naming the key (a zero clip or a negative
+    entropy bonus would otherwise train silently into nonsense)."""
+    key = "policy.ppo."
+    positive = ("hidden", "actor_lr", "critic_lr", "clip", "epochs", "minibatches", "grad_clip")
+    for name in positive:
+        if not getattr(ppo, name) > 0:
+            raise ConfigError(f"{src}: {key}{name} must be > 0, got {getattr(ppo, name)}")
+    for name in ("entropy_coef", "value_coef"):
+        if getattr(ppo, name) < 0:
+            raise ConfigError(f"{src}: {key}{name} must be >= 0, got {getattr(ppo, name)}")
+    for name, high in (("gamma", 1.0), ("gae_lambda", 1.0)):
+        if not 0 <= getattr(ppo, name) <= high:
+            raise ConfigError(f"{src}: {key}{name} must be in [0, 1], got {getattr(ppo, name)}")
+    for name in ("env_steps", "rollout", "eval_every", "checkpoint_every"):
+        if getattr(mappo, name) < 1:
+            raise ConfigError(
+                f"{src}: policy.mappo.{name} must be >= 1, got {getattr(mappo, name)}"
+            )
+
+
 def apply_recipe(raw: dict[str, Any], src: str) -> dict[str, Any]:
     """Merge the named recipe's settings under the config's own (RECIPES)."""
     policy = raw.get("policy", {})

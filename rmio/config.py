@@ -149,6 +149,8 @@ def resolve_config_path(name_or_path: str | Path) -> Path:
     path = Path(name_or_path)
     if path.suffix in (".yaml", ".yml") or path.exists():
         if not path.is_file():
+            if path.name == "config.yaml" and path.parent.is_dir():  # a run directory was meant
+                raise ConfigError(f"'{path.parent}' is not a run directory (it has no config.yaml)")
             raise ConfigError(f"config file '{path}' does not exist")
         return path
     candidate = resources.files("rmio.configs") / f"{name_or_path}.yaml"
@@ -253,6 +255,8 @@ def validate(cfg: Config, src: str) -> None:
     ):
         if value < low:
             raise ConfigError(f"{src}: {key} must be >= {low}, got {value}")
+    if not 0 <= cfg.run.seed < 2**31:  # derived streams add offsets; numpy takes < 2**32
+        raise ConfigError(f"{src}: run.seed must be in [0, 2**31), got {cfg.run.seed}")
     fm = cfg.world_model
     if not 0.0 <= fm.finetune.p_mask <= 1.0:
         raise ConfigError(

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -96,6 +97,13 @@ def test_top_level_must_be_mapping(tmp_path: Path) -> None:
         load_config(_write(tmp_path, "- a\n- b\n"))
 
 
+def test_a_directory_without_config_is_not_a_run_directory(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=re.escape(f"'{tmp_path}' is not a run directory")):
+        load_config(tmp_path / "config.yaml")
+    with pytest.raises(ConfigError, match=r"config file .* does not exist"):
+        load_config(tmp_path / "nowhere" / "config.yaml")
+
+
 def test_range_checks(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"p_loss must be in \[0, 1\]"):
         load_config(_write(tmp_path, "loss:\n  p_loss: 1.5\n"))
@@ -112,6 +120,7 @@ def test_range_checks(tmp_path: Path) -> None:
         ("policy.ppo.minibatches=0", "policy.ppo.minibatches must be > 0"),
         ("policy.mappo.rollout=0", "policy.mappo.rollout must be >= 1"),
         ("policy.imagination.horizon=0", "policy.imagination.horizon must be >= 1"),
+        ("run.seed=-1", r"run.seed must be in \[0, 2\*\*31\), got -1"),
     ],
 )
 def test_policy_ranges_are_one_line_errors(override: str, needle: str) -> None:

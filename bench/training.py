@@ -172,8 +172,9 @@ def _update_table(rows: list[dict]) -> list[str]:
     lines = [
         "",
         "The policy updates (median over the PPO updates logged in each span of real steps; joint "
-        "pre-training: PPO in imagination, MAPPO: on real rollouts): approximate KL between the "
-        "old and the new policy, fraction of clipped ratios, policy entropy.",
+        "pre-training: PPO in imagination, one row per iteration holding its last imagination "
+        "round; MAPPO: on real rollouts): approximate KL between the old and the new policy, "
+        "fraction of clipped ratios, policy entropy.",
         "",
         "| run | real steps | " + " | ".join(k for k, _ in UPDATE_COLUMNS) + " |",
         "|---|---|" + "---|" * len(UPDATE_COLUMNS),

@@ -24,7 +24,7 @@ from typing import Any, Literal
 
 import yaml
 
-from rmio.config_schema import build_dataclass, refuse_retired
+from rmio.config_schema import build_dataclass, flatten, refuse_retired
 from rmio.envs.loss import LossConfig
 from rmio.envs.registry import FAMILIES, EnvConfig
 from rmio.errors import ConfigError
@@ -116,22 +116,12 @@ class Config:
 
     def changes_from(self, other: Config) -> list[tuple[str, Any, Any]]:
         """The dotted keys whose values differ: (key, other's value, this one's)."""
-        mine, theirs = _leaves(self.to_dict()), _leaves(other.to_dict())
+        mine, theirs = flatten(self.to_dict()), flatten(other.to_dict())
         return [
             (k, theirs.get(k), mine.get(k))
             for k in sorted(mine.keys() | theirs.keys())
             if mine.get(k) != theirs.get(k)
         ]
-
-
-def _leaves(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            out.update(_leaves(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -150,7 +140,9 @@ def resolve_config_path(name_or_path: str | Path) -> Path:
     if path.suffix in (".yaml", ".yml") or path.exists():
         if not path.is_file():
             if path.name == "config.yaml" and path.parent.is_dir():  # a run directory was meant
-                raise ConfigError(f"'{path.parent}' is not a run directory (it has no config.yaml)")
+                raise ConfigError(
+                    f"'{path}' does not exist: '{path.parent}' is not a run directory"
+                )
             raise ConfigError(f"config file '{path}' does not exist")
         return path
     candidate = resources.files("rmio.configs") / f"{name_or_path}.yaml"

@@ -117,3 +117,14 @@ def refuse_retired(raw: dict[str, Any], src: str) -> None:
     for key, why in RETIRED_KEYS.items():
         if _holds(raw, key):
             raise ConfigError(f"{src}: unknown key '{key}' (removed: {why})")
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested mapping as ``{"a.b.c": leaf}`` (dotted keys as --set writes them)."""
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out

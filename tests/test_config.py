@@ -213,6 +213,21 @@ def test_retired_key_is_refused_but_recorded_configs_still_load(tmp_path: Path) 
     assert build_dataclass(Config, checkpoint, "wm_pretrain.pt") == cfg
 
 
+def test_changes_from_names_each_differing_key(tmp_path: Path) -> None:
+    from rmio.errors import RmioError
+    from rmio.train.common import prepare_run_dir
+
+    a = load_config("smax_2s3z", overrides=["run.seed=3", "env.options={k: 1}"])
+    b = load_config("smax_2s3z", overrides=["policy.ppo.clip=0.1", "env.options={k: 1.0}"])
+    assert a.changes_from(b) == [("policy.ppo.clip", 0.1, 0.2), ("run.seed", 0, 3)]
+    # 1 and 1.0 hash apart but compare equal: the refusal says so instead of naming nothing
+    prepare_run_dir(a, tmp_path / "run", "rmiov2")
+    same_but_float = load_config("smax_2s3z", overrides=["run.seed=3", "env.options={k: 1.0}"])
+    assert same_but_float.digest() != a.digest() and not a.changes_from(same_but_float)
+    with pytest.raises(RmioError, match="values differ only in type"):
+        prepare_run_dir(same_but_float, tmp_path / "run", "rmiov2")
+
+
 def test_saved_config_reloads_to_same_hash(tmp_path: Path) -> None:
     cfg = load_config("ant_4x2", preset="debug", overrides=["loss.p_loss=0.4"])
     path = save_config(cfg, tmp_path)

@@ -77,9 +77,8 @@ def prepare_run_dir(cfg: Config, run_dir: Path | None, algo: str) -> Path:
             )
         if old.digest() != cfg.digest():
             changes = old.changes_from(cfg)  # (key, this command's value, the run's)
-            shown = ", ".join(
-                f"{k} {new!r} here, {was!r} in the run" for k, new, was in changes[:3]
-            )
+            shown = ", ".join(f"{k} {v!r} here, {was!r} in the run" for k, v, was in changes[:3])
+            shown = shown or "values differ only in type"
             more = f" and {len(changes) - 3} more" if len(changes) > 3 else ""
             raise RmioError(
                 f"run directory '{run_dir}' was made with a different config (hash {old.digest()} "

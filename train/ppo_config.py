@@ -191,7 +191,7 @@ def validate_ppo(ppo: PPOConfig, mappo: MAPPOConfig, src: str) -> None:
         if not getattr(ppo, name) > 0:
             raise ConfigError(f"{src}: {key}{name} must be > 0, got {getattr(ppo, name)}")
     for name in ("entropy_coef", "value_coef"):
-        if getattr(ppo, name) < 0:
+        if not getattr(ppo, name) >= 0:  # NaN too
             raise ConfigError(f"{src}: {key}{name} must be >= 0, got {getattr(ppo, name)}")
     for name, high in (("gamma", 1.0), ("gae_lambda", 1.0)):
         if not 0 <= getattr(ppo, name) <= high:

@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from rmio.config_schema import flatten
 from rmio.errors import RmioError
 
 CHECKPOINT_FORMAT = 1
@@ -44,7 +45,7 @@ class MetricLog:
         self.writer.add_text("config", "\n".join("    " + line for line in text.splitlines()))
         flat = {
             k: v if isinstance(v, (bool, int, float, str)) else json.dumps(v)
-            for k, v in _flatten(config).items()
+            for k, v in flatten(config).items()
         }
         exp, ssi, sei = hparams(flat, {"eval/return_mean": float("nan")})
         writer = self.writer._get_file_writer()
@@ -85,16 +86,6 @@ class MetricLog:
 
     def close(self) -> None:
         self.writer.close()
-
-
-def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            out.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
 
 
 def rng_state() -> dict[str, Any]:

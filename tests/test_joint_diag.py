@@ -247,6 +247,21 @@ def test_latent_critic_trains_on_what_imagination_hands_it(setup) -> None:
     assert any(not torch.equal(a, b) for a, b in zip(before, critic.parameters(), strict=True))
 
 
+def test_imagination_entropy_coef_overrides_the_shared_one_for_imagination_only(setup) -> None:
+    from rmio.train.joint import _build_ppo
+
+    model, _ = setup
+    stats = (model.obs_mean.numpy(), model.obs_std.numpy())
+    got = {}
+    for value in (None, 3e-4):
+        cfg = load_config(
+            "halfcheetah_6x1", overrides=[f"policy.imagination.entropy_coef={value or 'null'}"]
+        )
+        got[value] = _build_ppo(cfg, model.spec, stats, model, torch.device("cpu")).cfg
+        assert cfg.policy.ppo.entropy_coef == 0.01  # MAPPO's is left alone
+    assert got[None].entropy_coef == 0.01 and got[3e-4].entropy_coef == 3e-4
+
+
 # ------------------------------------------------------------------------------------ config
 
 

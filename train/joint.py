@@ -13,6 +13,7 @@ evaluation also logs the diagnostics of ``rmio.train.joint_diag``. The run direc
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 from typing import Any
@@ -192,6 +193,8 @@ def _build_ppo(
     if im.critic == "latent":
         feat = model.cfg.deter + model.stoch
         critic = LatentCritic(spec.n_agents, feat, p.hidden).to(dev)
+    if im.entropy_coef is not None:
+        p = dataclasses.replace(p, entropy_coef=im.entropy_coef)
     return PPO(base.actor, critic, p, im.return_scaling, im.percentile_decay)
 
 

@@ -101,6 +101,10 @@ class ImaginationConfig:
     small."""
     percentile_decay: float = 0.99
     """EMA decay of that range."""
+    entropy_coef: float | None = None
+    """Entropy bonus of PPO in imagination; null: ``policy.ppo.entropy_coef`` (MAPPO's 0.01, sized
+    for standardised advantages). With percentile scaling and returns spread less than 1 the
+    advantages stay in reward units, and DreamerV3 pairs that with 3e-4."""
     critic: Literal["obs", "latent"] = "obs"
     """What the imagination critic reads: all agents' decoded observations, or their world-model
     states (h, z) as DreamerV3 and MAMBA."""
@@ -176,6 +180,8 @@ def validate_imagination(im: Any, src: str) -> None:
             f"{src}: {key}std_min and std_max must satisfy 0 < std_min < std_max, got "
             f"{im.std_min} and {im.std_max}"
         )
+    if im.entropy_coef is not None and not im.entropy_coef >= 0:
+        raise ConfigError(f"{src}: {key}entropy_coef must be >= 0 or null, got {im.entropy_coef}")
     if not 0 <= im.percentile_decay < 1:
         raise ConfigError(
             f"{src}: {key}percentile_decay must be in [0, 1), got {im.percentile_decay}"

@@ -69,6 +69,12 @@ SECTIONS: list[tuple[str, str, str]] = [
     ),
     ("Policy training: SMAX 2s3z", "training_smax_2s3z.md", "see the command line inside"),
     (
+        "Joint pre-training with the tuned recipe against MAPPO, per real step: SMAX 2s3z "
+        "(issue 20, interim)",
+        "training_smax_2s3z_tuned.md",
+        "see the command line inside (runs resume with their training command)",
+    ),
+    (
         "World-model reconstruction (L_rec, GPE, GCI)",
         "world_model_reconstruction.md",
         "python bench/world_model.py reconstruction RUN_DIR...",

@@ -297,7 +297,7 @@ def main() -> None:
         lines.append(
             f"Mean ± std over seeds at {b:,} real steps: "
             + "; ".join(
-                f"{algo} {np.mean(v):.2f} ± {np.std(v):.2f} ({len(v)} seeds)"
+                f"{algo} {np.mean(v):.2f} ± {np.std(v):.2f} ({len(v)} seed{'s' * (len(v) != 1)})"
                 for algo, v in groups.items()
             )
             + "  "

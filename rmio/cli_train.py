@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from rmio.cli_eval import register as register_robustness
-from rmio.cli_eval import register_open_loop
+from rmio.cli_eval import register_open_loop, register_policy
 from rmio.cli_params import BUNDLE, DEVICE, config_options
 from rmio.errors import MissingExtraError, RmioError
 
@@ -317,6 +317,7 @@ def reconstruction(
 
 register_robustness(eval_group)
 register_open_loop(eval_group)
+register_policy(eval_group)
 
 
 @click.command("export")

@@ -295,6 +295,21 @@ def test_world_model_data_from_a_trained_actor_and_export_with_another_policy(
     assert (
         manifest["budget"]["policy_algo"] == "mappo" and manifest["metrics"]["actor_parity"] < 1e-5
     )
+    # rmio eval policy: the same greedy episodes as evaluate_policy on those seeds, by run dir
+    out = tmp_path / "eval" / "policy"
+    proc = rmio("eval", "policy", str(mappo), "--episodes", "2", "--seed", "7", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (row,) = json.loads(out.with_suffix(".json").read_text())["rows"]
+    from rmio.train.common import load_actor
+    from rmio.train.evaluate import evaluate_policy
+
+    actor, ckpt = load_actor(mappo / "policy.pt")
+    again = evaluate_policy(actor, load_config(mappo / "config.yaml").env, 2, 7)
+    assert row["file"] == "policy.pt" and row["env_steps"] == ckpt["env_steps"]
+    assert row["return_mean"] == pytest.approx(again["return_mean"]) and row["episodes"] == 2
+    assert "| policy.pt |" in out.with_suffix(".md").read_text()
+    proc = rmio("eval", "policy", str(wm))  # a world-model run has no actor
+    assert proc.returncode == 2 and "holds no actor checkpoint" in proc.stderr
     wrong = rmio(
         "train",
         "world-model",

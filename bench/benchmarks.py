@@ -67,6 +67,14 @@ SECTIONS: list[tuple[str, str, str]] = [
         "training_halfcheetah_6x1_tuned.md",
         "see the command line inside (runs resume with their training command)",
     ),
+    (
+        "Joint pre-training against MAPPO at 100k real steps, 100 greedy episodes per actor: "
+        "HalfCheetah 6x1 (issue 20)",
+        "policy_eval_halfcheetah_6x1_100k.md",
+        "rmio eval policy runs/h20-hc-tuned-s0 runs/h20-hc-tuned-s1 runs/h20-hc-mappo100k-s0 "
+        "runs/h20-hc-mappo100k-s1 runs/h20-hc-mappo100k-s2 --episodes 100 --out "
+        "bench/results/policy_eval_halfcheetah_6x1_100k (runs: training_halfcheetah_6x1_tuned.md)",
+    ),
     ("Policy training: SMAX 2s3z", "training_smax_2s3z.md", "see the command line inside"),
     (
         "Joint pre-training with the tuned recipe against MAPPO, per real step: SMAX 2s3z "

@@ -4,6 +4,9 @@ learning-curve plots."""
 from __future__ import annotations
 
 import json
+import os
+import platform
+import time
 from pathlib import Path
 from typing import Any
 
@@ -94,9 +97,10 @@ def checkpoints_markdown(rows: list[dict[str, Any]], seed: int) -> str:
     head = "| run | file | real env steps | episodes | return (± s.e.) |" + (
         " win rate (± s.e.) |" if wins else ""
     )
+    machine = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
     lines = [
-        f"Greedy evaluation, complete observations, the same {rows[0]['episodes']} episodes "
-        f"(environment seeds from {seed}) for every actor.",
+        f"Greedy evaluation ({machine}, {time.strftime('%Y-%m-%d')}), complete observations, the "
+        f"same {rows[0]['episodes']} episodes (environment seeds from {seed}) for every actor.",
         "",
         head,
         "|---|---|---|---|---|" + ("---|" if wins else ""),

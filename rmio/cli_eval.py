@@ -320,9 +320,10 @@ def register_policy(eval_group: click.Group) -> None:
         help="Write the table and its JSON here (OUT.md, OUT.json).",
     )
     def policy_cmd(targets: tuple[Path, ...], episodes: int, seed: int, out: Path | None) -> None:
-        """Win rate or return of trained actors (run directories or policy.pt / ckpt_*.pt files)
-        on the same greedy episodes, with standard errors, to compare policies at a budget more
-        tightly than the 20 evaluation episodes logged during training."""
+        """Win rate or return of trained actors (run directories, policy.pt / ckpt_*.pt files or
+        model bundles' actor.onnx) on the same greedy episodes, with standard errors, to compare
+        policies at a budget more tightly than the 20 evaluation episodes logged during
+        training."""
         try:
             import torch
         except ImportError:

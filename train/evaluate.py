@@ -15,8 +15,11 @@ import numpy as np
 from rmio.config import Config, build_dataclass, load_config
 from rmio.envs.loss import LossConfig
 from rmio.envs.registry import EnvConfig
-from rmio.envs.rollout import run_episodes
+from rmio.envs.rollout import EpisodeRecord, run_episodes
 from rmio.errors import RmioError
+from rmio.runtime.models import ActorRunner
+from rmio.runtime.settings import env_config_for
+from rmio.runtime.validate import verify_bundle
 from rmio.train.common import load_actor
 from rmio.train.policy import Actor, actor_policy
 
@@ -30,6 +33,11 @@ def evaluate_policy(actor: Actor, env_cfg: EnvConfig, episodes: int, seed: int) 
         episodes=episodes,
         seed=seed,
     )
+    return summarise(records)
+
+
+def summarise(records: list[EpisodeRecord]) -> dict[str, float]:
+    """Mean and std of the return, mean length and (where the env reports wins) win rate."""
     rets = np.array([r.ret for r in records])
     out = {
         "return_mean": float(rets.mean()),
@@ -63,32 +71,70 @@ def policy_file(target: Path) -> Path:
 def evaluate_checkpoints(
     targets: list[Path], episodes: int, seed: int, progress: Any = None
 ) -> list[dict[str, Any]]:
-    """Greedy evaluation of each actor on the same ``episodes`` environment seeds (from ``seed``),
-    with standard errors: the 20 episodes logged during training tell two policies apart only
-    when they differ by more than about 0.2 in win rate."""
+    """Greedy evaluation of each actor (a run's checkpoint or a bundle's ``actor.onnx``) on the same
+    ``episodes`` environment seeds (from ``seed``), with standard errors: the 20 episodes logged
+    during training tell two policies apart only when they differ by more than about 0.2 in win
+    rate."""
     rows = []
     for target in targets:
-        path = policy_file(target)
-        try:
-            actor, ckpt = load_actor(path)
-        except (KeyError, TypeError) as exc:
-            raise RmioError(f"'{path}' is not an actor checkpoint (missing {exc})") from None
-        cfg = build_dataclass(Config, ckpt["config"], str(path))
-        res = evaluate_policy(actor, cfg.env, episodes, seed)
-        row: dict[str, Any] = {
-            "run": run_label(path.parent),
-            "file": path.name,
-            "env_steps": ckpt.get("env_steps"),
-            "episodes": episodes,
-            **res,
-            "return_sem": res["return_std"] / np.sqrt(episodes),
-        }
-        if "win_rate" in res:
-            row["win_rate_sem"] = float(np.sqrt(res["win_rate"] * (1 - res["win_rate"]) / episodes))
+        if target.is_dir() and (target / "manifest.json").is_file():
+            row = _evaluate_bundle(target, episodes, seed)
+        else:
+            row = _evaluate_checkpoint(policy_file(target), episodes, seed)
+        row["return_sem"] = row["return_std"] / np.sqrt(episodes)
+        if "win_rate" in row:
+            row["win_rate_sem"] = float(np.sqrt(row["win_rate"] * (1 - row["win_rate"]) / episodes))
         rows.append(row)
         if progress is not None:
             progress(row)
     return rows
+
+
+def _evaluate_checkpoint(path: Path, episodes: int, seed: int) -> dict[str, Any]:
+    try:
+        actor, ckpt = load_actor(path)
+    except (KeyError, TypeError) as exc:
+        raise RmioError(f"'{path}' is not an actor checkpoint (missing {exc})") from None
+    cfg = build_dataclass(Config, ckpt["config"], str(path))
+    res = evaluate_policy(actor, cfg.env, episodes, seed)
+    return {
+        "run": run_label(path.parent),
+        "file": path.name,
+        "env_steps": ckpt.get("env_steps"),
+        "episodes": episodes,
+        **res,
+    }
+
+
+def _evaluate_bundle(bundle: Path, episodes: int, seed: int) -> dict[str, Any]:
+    """The shipped ``actor.onnx`` under onnxruntime, as the swarm's agents run it, on the same
+    episodes as a checkpoint would be: a bundle's actor and a newly trained one compare directly."""
+    manifest = verify_bundle(bundle)
+    if "actor" not in manifest.files:
+        raise RmioError(f"bundle '{bundle}' has no actor.onnx: export a run that trained a policy")
+    if manifest.actor_state is not None:
+        raise RmioError(
+            f"the actor of bundle '{bundle}' is recurrent; `rmio eval robustness {bundle} "
+            "--p-loss 0` evaluates it with its hidden state"
+        )
+    runner = ActorRunner(bundle, manifest)
+    ids = np.arange(manifest.spec.n_agents)
+
+    def factory(spec: object):
+        def act(obs: np.ndarray, observed: np.ndarray, avail: np.ndarray | None) -> np.ndarray:
+            return runner.step(obs, ids, avail)[0]
+
+        return act
+
+    env_cfg = EnvConfig(**env_config_for(manifest))
+    records = run_episodes(env_cfg, LossConfig("none"), factory, episodes=episodes, seed=seed)
+    return {
+        "run": f"bundle ({bundle.name})",
+        "file": manifest.files["actor"],
+        "env_steps": manifest.budget.get("policy_env_steps"),
+        "episodes": episodes,
+        **summarise(records),
+    }
 
 
 def checkpoints_markdown(rows: list[dict[str, Any]], seed: int) -> str:

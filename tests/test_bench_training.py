@@ -134,7 +134,7 @@ def test_a_joint_run_is_labelled_with_its_recipe_and_what_it_changed(tmp_path: P
     labels = []
     for name, extra in (("a", []), ("b", ["policy.imagination.return_scaling=batch"])):
         run = tmp_path / name
-        cfg = load_config("smax_2s3z", overrides=["policy.imagination.recipe=tuned", *extra])
+        cfg = load_config("halfcheetah_6x1", overrides=["policy.imagination.recipe=tuned", *extra])
         save_config(cfg, run)
         (run / "joint.jsonl").write_text("")
         labels.append(_bench()._label(run))

@@ -306,8 +306,12 @@ def test_paper_recipe_is_the_default_and_tuned_sets_every_key() -> None:
     defaults = ImaginationConfig()
     assert RECIPES["paper"] == {k: getattr(defaults, k) for k in RECIPES["paper"]}
     assert set(RECIPES["tuned"]) == set(RECIPES["paper"])
-    paper = load_config("smax_2s3z").policy.imagination  # a config that names no recipe
+    paper = load_config("smax_3m").policy.imagination  # a config that names no recipe
     assert paper.recipe == "paper" and paper.wm_ratio is None and not paper.bounded_actions
+    smax = load_config("smax_2s3z").policy.imagination  # tuned, with per-batch advantages
+    assert (smax.recipe, smax.return_scaling, smax.wm_ratio, smax.env_steps) == (
+        "tuned", "batch", 0.5, 100_000,
+    )  # fmt: skip
     paper = (
         load_config(
             "halfcheetah_6x1", overrides=["policy.imagination.recipe=paper"]

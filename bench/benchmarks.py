@@ -78,9 +78,20 @@ SECTIONS: list[tuple[str, str, str]] = [
     ("Policy training: SMAX 2s3z", "training_smax_2s3z.md", "see the command line inside"),
     (
         "Joint pre-training with the tuned recipe against MAPPO, per real step: SMAX 2s3z "
-        "(issue 20, interim)",
+        "(issue 20)",
         "training_smax_2s3z_tuned.md",
         "see the command line inside (runs resume with their training command)",
+    ),
+    (
+        "Joint pre-training against MAPPO at 100k real steps, 100 greedy episodes per actor: "
+        "SMAX 2s3z (issue 20)",
+        "policy_eval_smax_2s3z_100k.md",
+        "rmio eval policy runs/h20-smax-batch-s0 runs/h20-smax-batch-s1 runs/h20-smax-mappo100k-s0 "
+        "runs/h20-smax-mappo100k-s1 models/smax_2s3z runs/smax_2s3z-mappo300k --episodes 100 "
+        "--out bench/results/policy_eval_smax_2s3z_100k (runs: training_smax_2s3z_tuned.md; "
+        "runs/smax_2s3z-mappo300k is the MAPPO bundle shipped before: mkdir -p "
+        "runs/smax_2s3z-mappo300k && git archive fec71cc models/smax_2s3z | tar -x "
+        "--strip-components=2 -C runs/smax_2s3z-mappo300k)",
     ),
     (
         "World-model reconstruction (L_rec, GPE, GCI)",

@@ -308,23 +308,18 @@ def test_world_model_data_from_a_trained_actor_and_export_with_another_policy(
     assert row["file"] == "policy.pt" and row["env_steps"] == ckpt["env_steps"]
     assert row["return_mean"] == pytest.approx(again["return_mean"]) and row["episodes"] == 2
     assert "| policy.pt |" in out.with_suffix(".md").read_text()
-    # a bundle's actor.onnx, under onnxruntime, plays the episodes the torch actor plays
+    # a bundle's actor.onnx, under onnxruntime, plays the episodes its torch checkpoint plays (the
+    # training run's episode length included: the debug preset's is shorter than the task's)
     bundle_out = tmp_path / "eval" / "bundle"
     proc = rmio(
-        "eval", "policy", str(tmp_path / "bundle"), "--episodes", "2", "--seed", "7",
-        "--out", str(bundle_out),
+        "eval", "policy", str(tmp_path / "bundle" / "actor.onnx"), "--episodes", "2",
+        "--seed", "7", "--out", str(bundle_out),
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     (brow,) = json.loads(bundle_out.with_suffix(".json").read_text())["rows"]
-    from rmio.envs.registry import EnvConfig
-    from rmio.runtime.bundle import load_manifest
-    from rmio.runtime.settings import env_config_for
-
-    bundle_env = EnvConfig(**env_config_for(load_manifest(tmp_path / "bundle")))
-    torch_side = evaluate_policy(actor, bundle_env, 2, 7)
     assert brow["file"] == "actor.onnx" and brow["env_steps"] == ckpt["env_steps"]
-    assert brow["episode_length"] == torch_side["episode_length"]
-    assert brow["return_mean"] == pytest.approx(torch_side["return_mean"], rel=1e-4)
+    assert brow["episode_length"] == row["episode_length"] < 1000
+    assert brow["return_mean"] == pytest.approx(row["return_mean"], rel=1e-4)
     proc = rmio("eval", "policy", str(wm))  # a world-model run has no actor
     assert proc.returncode == 2 and "holds no actor checkpoint" in proc.stderr
     wrong = rmio(

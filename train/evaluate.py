@@ -77,6 +77,8 @@ def evaluate_checkpoints(
     rate."""
     rows = []
     for target in targets:
+        if target.suffix == ".onnx":  # a bundle's actor.onnx: the bundle it belongs to
+            target = target.parent
         if target.is_dir() and (target / "manifest.json").is_file():
             row = _evaluate_bundle(target, episodes, seed)
         else:
@@ -126,7 +128,8 @@ def _evaluate_bundle(bundle: Path, episodes: int, seed: int) -> dict[str, Any]:
 
         return act
 
-    env_cfg = EnvConfig(**env_config_for(manifest))
+    # the training run's episode length (its spec's), as a checkpoint of that run is evaluated
+    env_cfg = EnvConfig(**env_config_for(manifest, manifest.spec.episode_limit))
     records = run_episodes(env_cfg, LossConfig("none"), factory, episodes=episodes, seed=seed)
     return {
         "run": f"bundle ({bundle.name})",

@@ -236,7 +236,8 @@ def test_other_backends_make_the_same_table(tmp_path: Path, flags: tuple[str, st
 
 def test_recipe_sweep_with_burst_robustness_and_baseline_rows(tmp_path: Path) -> None:
     """vary: recipe fine-tunes one pre-trained model several ways (issues 21 and 25); every bundle
-    is swept under Bernoulli and burst loss, and hold-last and zero-fill get rows of their own."""
+    is swept under Bernoulli and burst loss, and the pre-trained model, hold-last and zero-fill get
+    rows of their own."""
     policy = "halfcheetah_6x1"  # the shipped actor: policy-aware fine-tuning needs rmio's Actor
     sweep = tmp_path / "sweep.yaml"
     sweep.write_text(
@@ -253,7 +254,8 @@ def test_recipe_sweep_with_burst_robustness_and_baseline_rows(tmp_path: Path) ->
     result = run_ablation(sweep, tmp_path / "out", True, console)
     names = [r["variant"] for r in result["rows"]]
     assert names == [
-        "paper", "range", "aware", "hold-last (no world model)", "zero-fill (no world model)"
+        "paper", "range", "aware", "pre-trained (no fine-tuning)",
+        "hold-last (no world model)", "zero-fill (no world model)",
     ]  # fmt: skip
     for r in result["rows"]:
         assert set(r["by_loss"]) == {"bernoulli", "burst"}
@@ -262,6 +264,16 @@ def test_recipe_sweep_with_burst_robustness_and_baseline_rows(tmp_path: Path) ->
     runs = tmp_path / "out" / "seed0"
     assert torch_load(runs / "range" / "wm_finetune.pt")["masks"].startswith("bernoulli+burst")
     assert torch_load(runs / "aware" / "wm_finetune.pt")["masks"] == "p_mask 0.5, policy-aware 1"
+    pre = json.loads((runs / "pretrain" / "robustness_burst.json").read_text())
+    assert pre["strategies"] == ["no-finetune"] and pre["loss"]["model"] == "burst"
+    rec = json.loads((runs / "pretrain" / "eval_reconstruction.json").read_text())
+    (label,) = [k for k in rec["strategies"] if k.endswith(" pre-trained")]
+    row = result["rows"][3]
+    assert row["runs"] == ["seed0/pretrain"] and row["lrec_lost"] == pytest.approx(
+        rec["strategies"][label]["lrec_masked"][rec["p_masks"].index(0.5)]
+    )
+    # the pre-trained model is not a fine-tuned one: its L_rec differs from every recipe's
+    assert all(row["lrec_lost"] != r["lrec_lost"] for r in result["rows"][:3])
     burst = json.loads((runs / "paper" / "robustness_burst.json").read_text())
     assert burst["loss"]["model"] == "burst" and burst["loss"]["mean_burst_length"] == 3
     md = (tmp_path / "out" / "ablation.md").read_text()

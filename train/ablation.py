@@ -102,8 +102,11 @@ def run_ablation(
         )
     if ab.robustness.baselines and evaluated:
         console.rule(f"[bold]{ab.name}: hold-last and zero-fill with the same actor")
-        baselines = _baseline_rows(ab, out, dict(sorted(evaluated.items())))
-        result = _write_table(ab, out, dict(sorted(evaluated.items())), console, baselines)
+        done = dict(sorted(evaluated.items()))
+        baselines = _baseline_rows(ab, out, done)
+        if ab.vary == "recipe":  # every recipe starts from one pre-trained model per seed
+            baselines.insert(0, _pretrained_row(ab, out, done, device))
+        result = _write_table(ab, out, done, console, baselines)
     return result
 
 
@@ -427,3 +430,45 @@ def _baseline_rows(
             }
         )
     return rows
+
+
+def _pretrained_row(
+    ab: AblationConfig, out: Path, evaluated: dict[int, list[dict[str, Any]]], device: str
+) -> dict[str, Any]:
+    """The model every recipe of a seed was fine-tuned from, before any fine-tuning (issue 21 asks
+    whether a recipe ever loses to it): L_rec of ``OUT/seed<S>/pretrain`` and the robustness of the
+    bundles' ``no-finetune`` world model (the seed's pre-trained weights), per training seed."""
+    rows = []
+    for seed, variants in evaluated.items():
+        pre = out / f"seed{seed}" / "pretrain"
+        rec_path = pre / "eval_reconstruction.json"
+        if rec_path.exists():
+            rec = json.loads(rec_path.read_text())
+        else:
+            rec = evaluate_reconstruction(pre, "pretrain", device, Console(quiet=True))
+        keys = [k for k in rec["strategies"] if k.endswith(" pre-trained") and ": " not in k]
+        if len(keys) != 1:
+            raise RmioError(f"{rec_path}: expected one pre-trained row, found {keys or 'none'}")
+        masks = rec["p_masks"]
+        k = min(range(len(masks)), key=lambda i: abs(masks[i] - ab.p_mask))
+        bundle = out / variants[0]["run"] / "bundle"  # its wm_step_pretrain.onnx is this seed's
+        sweeps = {
+            m: _robustness(bundle, ab, m, ["no-finetune"], _rob_path(pre, m))
+            for m in ab.robustness.loss_models
+        }
+        by_loss = {m: _curve(sw["summary"]["no-finetune"]) for m, sw in sweeps.items()}
+        m0 = sweeps[ab.robustness.loss_models[0]]
+        rows.append(
+            {
+                "variant": "pre-trained",
+                "run": pre.relative_to(out).as_posix(),
+                "lrec_lost": rec["strategies"][keys[0]]["lrec_masked"][k],
+                "lrec_p_mask": masks[k],
+                **_policy_metric(rec["strategies"][keys[0]], k),
+                **by_loss[ab.robustness.loss_models[0]],
+                "by_loss": by_loss,
+                "p_loss": m0["p_loss"],
+                "metric": m0["metric"],
+            }
+        )
+    return aggregate("pre-trained (no fine-tuning)", rows)

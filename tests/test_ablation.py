@@ -31,6 +31,16 @@ def test_shipped_sweeps_validate(name: str) -> None:
     assert ab.variants and ab.robustness.p_loss[0] == 0.0 and ab.robustness.p_loss[-1] == 1.0
 
 
+def test_paper_numbers_need_one_entry_per_variant(tmp_path: Path) -> None:
+    path = tmp_path / "sweep.yaml"
+    path.write_text(
+        "name: x\nscenario: halfcheetah_6x1\nvary: p_mask\nvariants: [0.25, 0.5]\n"
+        "policy: halfcheetah_6x1\npaper: {source: Table 2, auc: [54.9, 81.7, 93.8]}\n"
+    )
+    with pytest.raises(ConfigError, match="one entry per variant \\(2\\), got 3 and 0"):
+        load_ablation(path)
+
+
 def test_an_unknown_sweep_name_lists_the_shipped_ones() -> None:
     with pytest.raises(ConfigError, match="nor one of the shipped sweeps") as err:
         load_ablation(Path("no_such_sweep"))
@@ -249,6 +259,7 @@ def test_recipe_sweep_with_burst_robustness_and_baseline_rows(tmp_path: Path) ->
         f"  - {{name: aware, finetune: {{policy_weight: 1.0, policy: {policy}}}}}\n"
         "robustness: {p_loss: [0, 0.5], seeds: 1, episodes: 1, steps: 20,\n"
         "             loss_models: [bernoulli, burst], mean_burst_length: 3, baselines: true}\n"
+        "paper: {source: a table, auc: [91.5, null, 7], lrec: [0.07, 0.2, null]}\n"
     )
     console = Console(file=open(tmp_path / "log.txt", "w"))  # noqa: SIM115
     result = run_ablation(sweep, tmp_path / "out", True, console)
@@ -278,6 +289,16 @@ def test_recipe_sweep_with_burst_robustness_and_baseline_rows(tmp_path: Path) ->
     assert burst["loss"]["model"] == "burst" and burst["loss"]["mean_burst_length"] == 3
     md = (tmp_path / "out" / "ablation.md").read_text()
     assert "| AUC (burst) |" in md and "action_mae" in md and "hold-last (no world model)" in md
+    # the paper's numbers sit in their variants' rows, and only there
+    assert "Paper: a table" in md and "| paper AUC / L_rec |" in md
+    table = [[c.strip() for c in line.strip("|").split("|")] for line in md.splitlines()[-8:]]
+    col = table[0].index("paper AUC / L_rec")
+    cells = {row[0]: row[col] for row in table[2:]}
+    assert cells == {
+        "paper": "91.5 / 0.07", "range": "- / 0.2", "aware": "7 / -",
+        "pre-trained (no fine-tuning)": "-", "hold-last (no world model)": "-",
+        "zero-fill (no world model)": "-",
+    }  # fmt: skip
 
 
 def torch_load(path: Path) -> dict:

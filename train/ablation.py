@@ -291,6 +291,17 @@ def _write_table(
         "rows": rows,
         "budget": {"set": ab.set, "finetune_updates": ab.finetune_updates},
     }
+    if ab.paper:
+        n = len(labels)
+        result["paper"] = {
+            "source": ab.paper.source,
+            "rows": {
+                label: {"auc": auc, "lrec": lrec}
+                for label, auc, lrec in zip(
+                    labels, ab.paper.auc or [None] * n, ab.paper.lrec or [None] * n, strict=True
+                )
+            },
+        }
     (out / "ablation.json").write_text(json.dumps(result, indent=1))
     md = markdown(result)
     (out / "ablation.md").write_text(md)

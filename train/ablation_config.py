@@ -35,6 +35,19 @@ class SweepRobustness:
 
 
 @dataclass
+class PaperNumbers:
+    """The paper's own numbers for the table a sweep reproduces, printed beside rmio's (they enter
+    no computation)."""
+
+    source: str
+    """Where they come from: the paper's table, task and budget."""
+    auc: list[float | None] = field(default_factory=list)
+    """AUC per variant, in the order of ``variants`` (null where the paper has none)."""
+    lrec: list[float | None] = field(default_factory=list)
+    """L_rec per variant, in the order of ``variants``."""
+
+
+@dataclass
 class AblationConfig:
     """One table: a scenario, the thing varied, its values, and the policy that plays the robustness
     sweep."""
@@ -61,6 +74,8 @@ class AblationConfig:
     seeds: list[int] = field(default_factory=lambda: [0])
     """Training seeds (``run.seed``): every variant is trained once per seed, and the table reports
     the mean and spread over them. Each seed's runs live in ``OUT/seed<S>/``."""
+    paper: PaperNumbers | None = None
+    """The paper's numbers for these variants, shown in the table beside the measured ones."""
 
 
 def resolve_sweep(name_or_path: str | Path) -> Path:
@@ -109,6 +124,12 @@ def load_ablation(path: Path) -> AblationConfig:
         or not all(type(s) is int and s >= 0 for s in cfg.seeds)
     ):
         raise ConfigError(f"{path}: seeds must be distinct non-negative integers, got {cfg.seeds}")
+    paper = cfg.paper
+    if paper and any(len(v) not in (0, len(cfg.variants)) for v in (paper.auc, paper.lrec)):
+        raise ConfigError(
+            f"{path}: paper.auc and paper.lrec need one entry per variant ({len(cfg.variants)}), "
+            f"got {len(paper.auc)} and {len(paper.lrec)}"
+        )
     policy_path(cfg, path)  # refused now, not after hours of training
     return cfg
 

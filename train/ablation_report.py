@@ -89,8 +89,14 @@ def markdown(result: dict[str, Any]) -> str:
             + f"; the curve columns are {models[0]}'s.",
             "",
         ]
+    paper = result.get("paper")
+    if paper:
+        lines += [
+            f"Paper: {paper['source']} (its AUC / L_rec beside ours; - where it has none).",
+            "",
+        ]
     head = ["variant", "L_rec lost agents"] + ([policy] if policy else []) + ["AUC"]
-    head += [f"AUC ({m})" for m in extra]
+    head += [f"AUC ({m})" for m in extra] + (["paper AUC / L_rec"] if paper else [])
     head += [f"{rows[0]['metric']} @ {p:g}" for p in p_loss]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
@@ -99,6 +105,8 @@ def markdown(result: dict[str, Any]) -> str:
         )
         cells = [r["variant"], lrec] + ([f"{r['policy_value']:.4f}"] if policy else [])
         cells += [_auc(r)] + [_auc(r["by_loss"][m]) for m in extra]
+        if paper:
+            cells.append(_paper_cell(paper["rows"].get(r["variant"])))
         cells += [f"{v:.2f}" for v in r["curve"]]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
@@ -108,3 +116,12 @@ def _auc(r: dict[str, Any]) -> str:
     if not math.isfinite(r["auc_mean"]):
         return "n/a"
     return f"{r['auc_mean']:.1f} ± {r['auc_std']:.1f}"
+
+
+def _paper_cell(row: dict[str, Any] | None) -> str:
+    if not row:
+        return "-"
+    auc, lrec = row.get("auc"), row.get("lrec")
+    return (
+        f"{'-' if auc is None else format(auc, 'g')} / {'-' if lrec is None else format(lrec, 'g')}"
+    )

@@ -441,6 +441,14 @@ def export(
     help="With --backend ray: an existing cluster's address (default: a local Ray); the sweep "
     "directory must be on storage every node sees.",
 )
+@click.option(
+    "--reuse",
+    "reuse",
+    multiple=True,
+    type=click.Path(path_type=Path, exists=True, file_okay=False),
+    help="Another sweep directory (repeatable): a finished pre-training there with the same "
+    "config hash and data actor is hard-linked instead of trained again.",
+)
 @device_option
 def ablate(
     sweep: str,
@@ -449,6 +457,7 @@ def ablate(
     jobs: int,
     backend: str,
     address: str | None,
+    reuse: tuple[Path, ...],
     device: str,
 ) -> None:
     """Run an ablation table (a sweep shipped in configs/ablations, e.g. recipes_halfcheetah_6x1,
@@ -466,6 +475,7 @@ def ablate(
         jobs,
         backend,
         address,
+        reuse,
     )
 
 

@@ -343,3 +343,46 @@ def test_a_sweep_refuses_to_resume_after_its_actor_was_replaced(tmp_path: Path) 
     shutil.copy(bundle / "actor.onnx", trial / "actor.onnx")  # the same actor: it resumes
     pin_policies(load_ablation(path), old, console)
     assert (old / "policies.json").exists()
+
+
+def test_a_sweep_reuses_another_sweeps_identical_pretraining(tmp_path: Path) -> None:
+    """`--reuse OTHER`: the rmiov2 column of a fusion-style sweep starts from the p_mask sweep's
+    pre-trained model of the same seed (same config hash, same data actor) instead of training it
+    again; a sweep that collects with another actor trains its own."""
+    from click.testing import CliRunner
+
+    from rmio.cli import cli
+
+    actor = make_tiny_bundle(tmp_path / "actor", "mamujoco/HalfCheetah-6x1", 8, seed=0)
+    other = make_tiny_bundle(tmp_path / "other", "mamujoco/HalfCheetah-6x1", 8, seed=1)
+    tail = "robustness: {p_loss: [0, 1.0], seeds: 1, episodes: 1, steps: 10}\nfinetune_updates: 2\n"
+
+    def sweep(name: str, vary: str, policy: Path) -> Path:
+        path = tmp_path / f"{name}.yaml"
+        variants = "[0.5]" if vary == "p_mask" else "[rmiov2]"
+        path.write_text(
+            f"name: {name}\nscenario: halfcheetah_6x1\nvary: {vary}\nvariants: {variants}\n"
+            f"policy: {policy}\nset: [run.data_policy={policy}]\n{tail}"
+        )
+        return path
+
+    def ablate(path: Path, out: Path, *extra: str) -> str:
+        args = ["ablate", str(path), "--debug", "--out", str(out), *extra]
+        res = CliRunner().invoke(cli, args)
+        assert res.exit_code == 0, res.output
+        return res.output
+
+    first = tmp_path / "p_mask"
+    ablate(sweep("p", "p_mask", actor), first)
+    source = first / "seed0" / "pretrain"
+    log = ablate(sweep("f", "algo", actor), tmp_path / "fusion", "--reuse", str(first))
+    run = tmp_path / "fusion" / "seed0" / "rmiov2"
+    assert "pre-training reused from" in log and "pre-training done" not in log
+    assert (run / "REUSED_FROM").read_text().strip() == "p_mask/seed0/pretrain"
+    for name in ("wm_pretrain.pt", "data/train.npz", "data/holdout.npz"):
+        assert (run / name).read_bytes() == (source / name).read_bytes()
+    assert (run / "wm_finetune.pt").is_file() and (run / "bundle" / "manifest.json").is_file()
+    # another data actor: the same config hash, but not the same data, so nothing is reused
+    log = ablate(sweep("g", "algo", other), tmp_path / "other", "--reuse", str(first))
+    assert "reused" not in log and "pre-training done" in log
+    assert not (tmp_path / "other" / "seed0" / "rmiov2" / "REUSED_FROM").exists()

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +33,7 @@ from rmio.evaluation import robustness
 from rmio.models import resolve_model_path
 from rmio.train.ablation_config import AblationConfig, load_ablation, policy_path, resolve_sweep
 from rmio.train.ablation_report import aggregate, markdown
+from rmio.train.ablation_reuse import reuse_pretraining, share
 from rmio.train.common import prepare_run_dir
 from rmio.train.export import export_run
 from rmio.train.marie_eval import evaluate_reconstruction
@@ -42,24 +42,6 @@ from rmio.train.marie_train import train_marie
 from rmio.train.trials import Trial, run_trials
 from rmio.train.wm_eval_report import finetuned_row
 from rmio.train.wm_train import ensure_data, finetune_world_model, train_world_model
-
-
-def _share(src: Path, dst: Path) -> None:
-    """Hard-link (or copy) a finished artefact into another run directory."""
-    if dst.exists():
-        return
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    if src.is_dir():
-        shutil.copytree(src, dst, copy_function=_link)
-    else:
-        _link(src, dst)
-
-
-def _link(src: str | Path, dst: str | Path) -> None:
-    try:
-        Path(dst).hardlink_to(src)
-    except OSError:
-        shutil.copy2(src, dst)
 
 
 def run_ablation(
@@ -71,16 +53,19 @@ def run_ablation(
     jobs: int = 1,
     backend: str = "local",
     address: str | None = None,
+    reuse: tuple[Path, ...] = (),
 ) -> dict[str, Any]:
     """Train and evaluate every variant of every seed; after each seed the table so far is written
     (``ablation.md`` / ``ablation.json`` with the seeds done), so a long sweep reports as it goes.
 
     ``jobs`` > 1 runs the trials (one preparation per seed, then one trial per seed and variant) in
     that many worker processes, ``backend="ray"`` as Ray tasks (:mod:`rmio.train.trials`); every
-    trial seeds itself, so the table is the same as with one job."""
+    trial seeds itself, so the table is the same as with one job. ``reuse`` names other sweep
+    directories whose finished pre-trainings stand in for identical ones here
+    (:mod:`rmio.train.ablation_reuse`)."""
     ab = load_ablation(path)
     pin_policies(ab, out, console)
-    sweep = Sweep(resolve_sweep(path), out, debug, device)
+    sweep = Sweep(resolve_sweep(path), out, debug, device, tuple(reuse))
     evaluated: dict[int, list[dict[str, Any]]] = {}
     result: dict[str, Any] = {}
 
@@ -167,6 +152,8 @@ class Sweep:
     out: Path
     debug: bool
     device: str
+    reuse: tuple[Path, ...] = ()
+    """Other sweep directories whose finished pre-trainings may stand in for this sweep's."""
 
 
 def _trial_name(ab: AblationConfig, index: int) -> str:
@@ -216,10 +203,13 @@ def prepare_seed(sweep: Sweep, seed: int, console: Console) -> None:
     if ab.vary == "algo":
         algo = ab.variants[0]
         cfg = _config(ab, sweep, seed, algo)
-        ensure_data(cfg, prepare_run_dir(cfg, sdir / algo, algo), console)
+        run = prepare_run_dir(cfg, sdir / algo, algo)
+        reuse_pretraining(cfg, run, seed, sweep.reuse, sweep.out, console)
+        ensure_data(cfg, run, console)
     else:
         cfg = _config(ab, sweep, seed)
         pre = prepare_run_dir(cfg, sdir / "pretrain", "rmiov2")
+        reuse_pretraining(cfg, pre, seed, sweep.reuse, sweep.out, console)
         console.rule(f"[bold]{ab.name}: pre-training, seed {seed}")
         train_world_model(cfg, pre, sweep.device, console)
 
@@ -237,7 +227,8 @@ def run_variant(sweep: Sweep, seed: int, index: int, console: Console) -> dict[s
     if ab.vary == "algo":
         cfg = _config(ab, sweep, seed, variant)
         run = prepare_run_dir(cfg, sdir / variant, variant)
-        _share(sdir / ab.variants[0] / "data", run / "data")  # the same real data for every method
+        reuse_pretraining(cfg, run, seed, sweep.reuse, sweep.out, console)
+        share(sdir / ab.variants[0] / "data", run / "data")  # the same real data for every method
         console.rule(f"[bold]{ab.name}: {variant}, seed {seed}")
         # a method whose preset fixes its own fine-tuning rate keeps it (GAWM: 0, no masking)
         preset = ALGORITHMS[variant].get("world_model", {}).get("finetune", {}).get("p_mask")
@@ -252,7 +243,7 @@ def run_variant(sweep: Sweep, seed: int, index: int, console: Console) -> dict[s
     else:
         run = sdir / _trial_name(ab, index)
         for name in ("config.yaml", "data", "wm_pretrain.pt"):  # the same pre-trained model
-            _share(sdir / "pretrain" / name, run / name)
+            share(sdir / "pretrain" / name, run / name)
         if ab.vary == "recipe":
             label = str(variant["name"])
             console.rule(f"[bold]{ab.name}: fine-tuning recipe {label}, seed {seed}")

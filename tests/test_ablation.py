@@ -386,3 +386,44 @@ def test_a_sweep_reuses_another_sweeps_identical_pretraining(tmp_path: Path) -> 
     log = ablate(sweep("g", "algo", other), tmp_path / "other", "--reuse", str(first))
     assert "reused" not in log and "pre-training done" in log
     assert not (tmp_path / "other" / "seed0" / "rmiov2" / "REUSED_FROM").exists()
+
+
+def _row(label: str, auc: float, auc_std: float, lrec: float, lrec_std: float = 0.0) -> dict:
+    return {
+        "variant": label, "auc_mean": auc, "auc_std": auc_std, "lrec_lost": lrec,
+        "lrec_lost_std": lrec_std,
+    }  # fmt: skip
+
+
+def test_the_papers_orderings_are_checked_on_the_table() -> None:
+    from rmio.train.ablation_report import orderings
+
+    fusion = {
+        "vary": "algo",
+        "rows": [
+            _row("rmiov2", 84.0, 1.7, 0.056, 0.001),
+            _row("rmiov2-no-obs-fusion", 75.1, 0.9, 0.065, 0.001),
+            _row("rmiov2-no-action-fusion", 84.6, 0.9, 0.074, 0.002),
+            _row("rmiov2-no-fusion", 64.2, 2.5, 0.050, 0.001),
+        ],
+    }
+    got = orderings(fusion)
+    assert got[0].startswith("full > (a) on AUC (84.0 vs 75.1): holds;")
+    assert "full > (b) on AUC (84.0 vs 84.6): does not hold (within the spread);" in got[1]
+    assert got[2].endswith("(a) < (c) on L_rec (0.0650 vs 0.0500): does not hold")
+    rows = [(0, 27.9), (0.125, 54.9), (0.25, 81.7), (0.375, 90.6), (0.5, 93.8), (0.75, 92.4)]
+    table = {"vary": "p_mask", "rows": [_row(f"p_mask {p:g}", a, 1.0, 0.1) for p, a in rows]}
+    assert orderings(table)[1:] == [
+        "AUC rises from p_mask 0 to 0.5 at every step: holds",
+        "the best AUC is near 0.5 (at 0.375 or 0.5): holds (best at 0.5)",
+        "AUC dips at 0.75 (below 0.5's): holds (within the spread)",
+    ]
+    rows[2] = (0.25, 20.0)  # a fall on the way up, and the best at 0.75
+    rows[5] = (0.75, 99.0)
+    table = {"vary": "p_mask", "rows": [_row(f"p_mask {p:g}", a, 1.0, 0.1) for p, a in rows]}
+    assert orderings(table)[1:] == [
+        "AUC rises from p_mask 0 to 0.5 at every step: does not hold",
+        "the best AUC is near 0.5 (at 0.375 or 0.5): does not hold (best at 0.75)",
+        "AUC dips at 0.75 (below 0.5's): does not hold",
+    ]
+    assert orderings({"vary": "recipe", "rows": fusion["rows"]}) == []

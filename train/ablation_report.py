@@ -3,6 +3,7 @@ beside the JSON (train/ablation.py writes both)."""
 
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Any
 
@@ -109,7 +110,70 @@ def markdown(result: dict[str, Any]) -> str:
             cells.append(_paper_cell(paper["rows"].get(r["variant"])))
         cells += [f"{v:.2f}" for v in r["curve"]]
         lines.append("| " + " | ".join(cells) + " |")
+    claims = orderings(result)
+    if claims:
+        lines += ["", "The paper's orderings, checked on the means above:", ""]
+        lines += [f"- {c}" for c in claims]
     return "\n".join(lines) + "\n"
+
+
+FUSION = {
+    "rmiov2": "full",
+    "rmiov2-no-obs-fusion": "(a)",
+    "rmiov2-no-action-fusion": "(b)",
+    "rmiov2-no-fusion": "(c)",
+}
+"""Table 1's columns: RMIOv2 and its three fusion ablations."""
+
+
+def _verdict(ok: bool, a: dict[str, Any], b: dict[str, Any], key: str) -> str:
+    """Holds or not, and whether the gap is inside the spread (the sum of the two stds)."""
+    std = {"auc_mean": "auc_std", "lrec_lost": "lrec_lost_std"}[key]
+    gap = abs(a[key] - b[key])
+    spread = a.get(std, 0.0) + b.get(std, 0.0)
+    within = " (within the spread)" if spread and gap <= spread else ""
+    return ("holds" if ok else "does not hold") + within
+
+
+def orderings(result: dict[str, Any]) -> list[str]:
+    """RMIOv2's claims for its Table 1 (AUC: full > (a), (b) > (c); L_rec the other way) and Table
+    2 (AUC rises with p_mask to a plateau near 0.5 and dips at 0.75), each said to hold or not on
+    this table's means; empty for other tables."""
+    by = {r["variant"]: r for r in result["rows"]}
+    if result["vary"] == "algo" and set(FUSION) <= set(by):
+        t = {FUSION[k]: by[k] for k in FUSION}
+        out = []
+        for hi, lo in (("full", "(a)"), ("full", "(b)"), ("(a)", "(c)"), ("(b)", "(c)")):
+            a, b = t[hi], t[lo]
+            auc = _verdict(a["auc_mean"] > b["auc_mean"], a, b, "auc_mean")
+            lrec = _verdict(a["lrec_lost"] < b["lrec_lost"], a, b, "lrec_lost")
+            out.append(
+                f"{hi} > {lo} on AUC ({a['auc_mean']:.1f} vs {b['auc_mean']:.1f}): {auc}; "
+                f"{hi} < {lo} on L_rec ({a['lrec_lost']:.4f} vs {b['lrec_lost']:.4f}): {lrec}"
+            )
+        return out
+    if result["vary"] != "p_mask":
+        return []
+    rows = {float(k.removeprefix("p_mask ")): v for k, v in by.items() if k.startswith("p_mask ")}
+    if not {0.0, 0.5, 0.75} <= set(rows):
+        return []
+    ps = sorted(rows)
+    auc = [rows[p]["auc_mean"] for p in ps]
+    best = ps[int(np.argmax(auc))]
+    upto = [rows[p]["auc_mean"] for p in ps if p <= 0.5]
+    rising = all(b >= a for a, b in itertools.pairwise(upto))
+    seq = ", ".join(f"{p:g}: {a:.1f}" for p, a in zip(ps, auc, strict=True))
+    return [
+        f"AUC by p_mask: {seq}",
+        f"AUC rises from p_mask 0 to 0.5 at every step: {'holds' if rising else 'does not hold'}",
+        "the best AUC is near 0.5 (at 0.375 or 0.5): "
+        + ("holds" if best in (0.375, 0.5) else "does not hold")
+        + f" (best at {best:g})",
+        "AUC dips at 0.75 (below 0.5's): "
+        + _verdict(
+            rows[0.75]["auc_mean"] < rows[0.5]["auc_mean"], rows[0.5], rows[0.75], "auc_mean"
+        ),
+    ]
 
 
 def _auc(r: dict[str, Any]) -> str:

@@ -355,7 +355,10 @@ def test_a_sweep_reuses_another_sweeps_identical_pretraining(tmp_path: Path) -> 
 
     actor = make_tiny_bundle(tmp_path / "actor", "mamujoco/HalfCheetah-6x1", 8, seed=0)
     other = make_tiny_bundle(tmp_path / "other", "mamujoco/HalfCheetah-6x1", 8, seed=1)
-    tail = "robustness: {p_loss: [0, 1.0], seeds: 1, episodes: 1, steps: 10}\nfinetune_updates: 2\n"
+    tail = (
+        "robustness: {p_loss: [0, 1.0], seeds: 1, episodes: 1, steps: 10, baselines: true}\n"
+        "finetune_updates: 2\n"
+    )
 
     def sweep(name: str, vary: str, policy: Path) -> Path:
         path = tmp_path / f"{name}.yaml"
@@ -382,6 +385,10 @@ def test_a_sweep_reuses_another_sweeps_identical_pretraining(tmp_path: Path) -> 
     for name in ("wm_pretrain.pt", "data/train.npz", "data/holdout.npz"):
         assert (run / name).read_bytes() == (source / name).read_bytes()
     assert (run / "wm_finetune.pt").is_file() and (run / "bundle" / "manifest.json").is_file()
+    rows = json.loads((tmp_path / "fusion" / "ablation.json").read_text())["rows"]
+    assert [r["variant"] for r in rows] == [
+        "rmiov2", "hold-last (no world model)", "zero-fill (no world model)"
+    ]  # fmt: skip  (Fig. 8's baseline columns, on a method sweep)
     # another data actor: the same config hash, but not the same data, so nothing is reused
     log = ablate(sweep("g", "algo", other), tmp_path / "other", "--reuse", str(first))
     assert "reused" not in log and "pre-training done" in log

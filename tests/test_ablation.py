@@ -386,9 +386,10 @@ def test_a_sweep_reuses_another_sweeps_identical_pretraining(tmp_path: Path) -> 
         assert (run / name).read_bytes() == (source / name).read_bytes()
     assert (run / "wm_finetune.pt").is_file() and (run / "bundle" / "manifest.json").is_file()
     rows = json.loads((tmp_path / "fusion" / "ablation.json").read_text())["rows"]
+    # Fig. 8's baseline columns, on a method sweep
     assert [r["variant"] for r in rows] == [
         "rmiov2", "hold-last (no world model)", "zero-fill (no world model)"
-    ]  # fmt: skip  (Fig. 8's baseline columns, on a method sweep)
+    ]  # fmt: skip
     # another data actor: the same config hash, but not the same data, so nothing is reused
     log = ablate(sweep("g", "algo", other), tmp_path / "other", "--reuse", str(first))
     assert "reused" not in log and "pre-training done" in log

@@ -11,6 +11,8 @@ from typing import Any
 
 import click
 
+from rmio.errors import MissingExtraError
+
 
 class BundleParam(click.ParamType):
     """A bundle directory, or the name of a bundle shipped with rmio (``halfcheetah_6x1`` or
@@ -154,3 +156,16 @@ json_option = click.option(
     "to stderr.",
 )
 """--json, the same in every command that has it (eval robustness, swarm launch, demo)."""
+
+
+def require_torch() -> None:
+    """The training commands need the `train` extra: one line saying so, not a traceback."""
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        raise MissingExtraError("training", "train") from None
+
+
+device_option = click.option(
+    "--device", type=DEVICE, default="cpu", show_default=True, help="cpu, cuda or cuda:N."
+)

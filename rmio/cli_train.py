@@ -8,17 +8,12 @@ from typing import Any
 
 import click
 
+from rmio.cli_ablate import register as register_ablate
 from rmio.cli_eval import register as register_robustness
 from rmio.cli_eval import register_open_loop, register_policy
-from rmio.cli_params import BUNDLE, DEVICE, config_options
-from rmio.errors import MissingExtraError, RmioError
-
-
-def _require_torch() -> None:
-    try:
-        import torch  # noqa: F401
-    except ImportError:
-        raise MissingExtraError("training", "train") from None
+from rmio.cli_params import BUNDLE, config_options, device_option
+from rmio.cli_params import require_torch as _require_torch
+from rmio.errors import RmioError
 
 
 def _console():
@@ -27,9 +22,6 @@ def _console():
     return console
 
 
-device_option = click.option(
-    "--device", type=DEVICE, default="cpu", show_default=True, help="cpu, cuda or cuda:N."
-)
 run_dir_option = click.option(
     "--run-dir",
     type=click.Path(path_type=Path),
@@ -408,77 +400,6 @@ def export(
         export_run(run_dir, out or run_dir / "bundle", _console(), policy)
 
 
-@click.command("ablate")
-@click.argument("sweep")
-@click.option(
-    "--debug",
-    is_flag=True,
-    help="The scenario's tiny debug preset for every variant (it wins over the sweep's set: keys).",
-)
-@click.option(
-    "--out",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="Sweep directory (default runs/ablation-<sweep name>); re-run to resume.",
-)
-@click.option(
-    "--jobs",
-    type=click.IntRange(min=1),
-    default=1,
-    show_default=True,
-    help="Worker processes: the trials (seed x variant) run in parallel, each with its own log.",
-)
-@click.option(
-    "--backend",
-    type=click.Choice(["local", "ray"]),
-    default="local",
-    show_default=True,
-    help="local: this machine (--jobs processes); ray: every trial a Ray task (the ray extra).",
-)
-@click.option(
-    "--address",
-    default=None,
-    help="With --backend ray: an existing cluster's address (default: a local Ray); the sweep "
-    "directory must be on storage every node sees.",
-)
-@click.option(
-    "--reuse",
-    "reuse",
-    multiple=True,
-    type=click.Path(path_type=Path, exists=True, file_okay=False),
-    help="Another sweep directory (repeatable): a finished pre-training there with the same "
-    "config hash and data actor is hard-linked instead of trained again.",
-)
-@device_option
-def ablate(
-    sweep: str,
-    debug: bool,
-    out: Path | None,
-    jobs: int,
-    backend: str,
-    address: str | None,
-    reuse: tuple[Path, ...],
-    device: str,
-) -> None:
-    """Run an ablation table (a sweep shipped in configs/ablations, e.g. recipes_halfcheetah_6x1,
-    or a YAML): train every variant, then report L_rec of lost agents and the robustness AUC side
-    by side."""
-    _require_torch()
-    from rmio.train.ablation import run_ablation
-
-    run_ablation(
-        Path(sweep),
-        out or Path("runs") / f"ablation-{Path(sweep).stem}",
-        debug,
-        _console(),
-        device,
-        jobs,
-        backend,
-        address,
-        reuse,
-    )
-
-
 @click.command("plot")
 @click.argument(
     "run_dirs",
@@ -513,7 +434,7 @@ def plot(run_dirs: tuple[Path, ...], out: Path, metric: str) -> None:
 def register(cli: click.Group) -> None:
     """Attach the training, evaluation and export commands to the main group (keeps cli.py free of
     torch)."""
-    cli.add_command(ablate)
+    register_ablate(cli)
     cli.add_command(plot)
     cli.add_command(train)
     cli.add_command(eval_group)

@@ -354,7 +354,6 @@ def test_a_sweep_reuses_another_sweeps_identical_pretraining(tmp_path: Path) -> 
     from rmio.cli import cli
 
     actor = make_tiny_bundle(tmp_path / "actor", "mamujoco/HalfCheetah-6x1", 8, seed=0)
-    other = make_tiny_bundle(tmp_path / "other", "mamujoco/HalfCheetah-6x1", 8, seed=1)
     tail = (
         "robustness: {p_loss: [0, 1.0], seeds: 1, episodes: 1, steps: 10, baselines: true}\n"
         "finetune_updates: 2\n"
@@ -382,16 +381,21 @@ def test_a_sweep_reuses_another_sweeps_identical_pretraining(tmp_path: Path) -> 
     run = tmp_path / "fusion" / "seed0" / "rmiov2"
     assert "pre-training reused from" in log and "pre-training done" not in log
     assert (run / "REUSED_FROM").read_text().strip() == "p_mask/seed0/pretrain"
-    for name in ("wm_pretrain.pt", "data/train.npz", "data/holdout.npz"):
-        assert (run / name).read_bytes() == (source / name).read_bytes()
+    for name in ("wm_pretrain.pt", "data/train.npz", "data/holdout.npz"):  # the very same files
+        assert (run / name).stat().st_ino == (source / name).stat().st_ino
+    # its log is a copy: a run trained again appends to its own
+    assert (run / "wm_pretrain.csv").read_text() == (source / "wm_pretrain.csv").read_text()
+    assert (run / "wm_pretrain.csv").stat().st_ino != (source / "wm_pretrain.csv").stat().st_ino
     assert (run / "wm_finetune.pt").is_file() and (run / "bundle" / "manifest.json").is_file()
     rows = json.loads((tmp_path / "fusion" / "ablation.json").read_text())["rows"]
     # Fig. 8's baseline columns, on a method sweep
     assert [r["variant"] for r in rows] == [
         "rmiov2", "hold-last (no world model)", "zero-fill (no world model)"
     ]  # fmt: skip
-    # another data actor: the same config hash, but not the same data, so nothing is reused
-    log = ablate(sweep("g", "algo", other), tmp_path / "other", "--reuse", str(first))
+    # the actor at the same path replaced: the same config hash, but other data, so no reuse
+    make_tiny_bundle(tmp_path / "actor", "mamujoco/HalfCheetah-6x1", 8, seed=1)
+    log = ablate(sweep("g", "algo", actor), tmp_path / "other", "--reuse", str(first))
+    assert "skipped, its data come from another actor" in log
     assert "reused" not in log and "pre-training done" in log
     assert not (tmp_path / "other" / "seed0" / "rmiov2" / "REUSED_FROM").exists()
 
@@ -419,19 +423,34 @@ def test_the_papers_orderings_are_checked_on_the_table() -> None:
     assert got[0].startswith("full > (a) on AUC (84.0 vs 75.1): holds;")
     assert "full > (b) on AUC (84.0 vs 84.6): does not hold (within the spread);" in got[1]
     assert got[2].endswith("(a) < (c) on L_rec (0.0650 vs 0.0500): does not hold")
-    rows = [(0, 27.9), (0.125, 54.9), (0.25, 81.7), (0.375, 90.6), (0.5, 93.8), (0.75, 92.4)]
-    table = {"vary": "p_mask", "rows": [_row(f"p_mask {p:g}", a, 1.0, 0.1) for p, a in rows]}
-    assert orderings(table)[1:] == [
-        "AUC rises from p_mask 0 to 0.5 at every step: holds",
-        "the best AUC is near 0.5 (at 0.375 or 0.5): holds (best at 0.5)",
-        "AUC dips at 0.75 (below 0.5's): holds (within the spread)",
+    # the paper's 2s3z row of Table 2: AUC and L_rec by p_mask
+    rows = [
+        (0, 27.9, 8.76), (0.125, 54.9, 0.136), (0.25, 81.7, 0.102), (0.375, 90.6, 0.091),
+        (0.5, 93.8, 0.071), (0.75, 92.4, 0.079),
+    ]  # fmt: skip
+
+    def table(rows: list) -> dict:
+        return {"vary": "p_mask", "rows": [_row(f"p_mask {p:g}", a, 1.0, lr) for p, a, lr in rows]}
+
+    assert orderings(table(rows))[1:] == [
+        "AUC rises at every step from p_mask 0 to 0.5: holds",
+        "L_rec falls at every step from p_mask 0 to 0.5: holds",
+        "AUC levels off near 0.5 (0.5's within the spread of the best): holds (best at p_mask 0.5)",
+        "L_rec worse at 0.75 than at 0.5 (all four of the paper's maps): holds",
+        "AUC lower at 0.75 than at 0.5 (three of the paper's four maps): holds (within the spread)",
     ]
-    rows[2] = (0.25, 20.0)  # a fall on the way up, and the best at 0.75
-    rows[5] = (0.75, 99.0)
-    table = {"vary": "p_mask", "rows": [_row(f"p_mask {p:g}", a, 1.0, 0.1) for p, a in rows]}
-    assert orderings(table)[1:] == [
-        "AUC rises from p_mask 0 to 0.5 at every step: does not hold",
-        "the best AUC is near 0.5 (at 0.375 or 0.5): does not hold (best at 0.75)",
-        "AUC dips at 0.75 (below 0.5's): does not hold",
+    rows[2] = (0.25, 20.0, 0.2)  # a fall on the way up, and the best at 0.75, far above 0.5's
+    rows[5] = (0.75, 99.0, 0.05)
+    assert orderings(table(rows))[1:] == [
+        "AUC rises at every step from p_mask 0 to 0.5: does not hold",
+        "L_rec falls at every step from p_mask 0 to 0.5: does not hold",
+        "AUC levels off near 0.5 (0.5's within the spread of the best): does not hold (best at "
+        "p_mask 0.75)",
+        "L_rec worse at 0.75 than at 0.5 (all four of the paper's maps): does not hold",
+        "AUC lower at 0.75 than at 0.5 (three of the paper's four maps): does not hold",
     ]
+    rows[5] = (0.75, 95.0, 0.08)  # 3s_vs_5z's shape: best at 0.75 by less than the spread
+    assert "holds (best at p_mask 0.75)" in orderings(table(rows))[3]
+    rows[4] = (0.5, float("nan"), 0.071)
+    assert orderings(table(rows))[-1].endswith(": n/a")
     assert orderings({"vary": "recipe", "rows": fusion["rows"]}) == []

@@ -85,13 +85,16 @@ def run_ablation(
         run_trials(
             sweep, trials, jobs, console, seed_done, prepare_seed, run_variant, backend, address
         )
-    if ab.robustness.baselines and evaluated:
+    done = dict(sorted(evaluated.items()))
+    extra = []
+    if ab.vary == "recipe" and done:  # every recipe starts from one pre-trained model per seed
+        console.rule(f"[bold]{ab.name}: the pre-trained model")
+        extra.append(_pretrained_row(ab, out, done, device))
+    if ab.robustness.baselines and done:
         console.rule(f"[bold]{ab.name}: hold-last and zero-fill with the same actor")
-        done = dict(sorted(evaluated.items()))
-        baselines = _baseline_rows(ab, out, done)
-        if ab.vary == "recipe":  # every recipe starts from one pre-trained model per seed
-            baselines.insert(0, _pretrained_row(ab, out, done, device))
-        result = _write_table(ab, out, done, console, baselines)
+        extra += _baseline_rows(ab, out, done)
+    if extra:
+        result = _write_table(ab, out, done, console, extra)
     return result
 
 
@@ -227,8 +230,8 @@ def run_variant(sweep: Sweep, seed: int, index: int, console: Console) -> dict[s
     if ab.vary == "algo":
         cfg = _config(ab, sweep, seed, variant)
         run = prepare_run_dir(cfg, sdir / variant, variant)
-        reuse_pretraining(cfg, run, seed, sweep.reuse, sweep.out, console)
         share(sdir / ab.variants[0] / "data", run / "data")  # the same real data for every method
+        reuse_pretraining(cfg, run, seed, sweep.reuse, sweep.out, console)
         console.rule(f"[bold]{ab.name}: {variant}, seed {seed}")
         # a method whose preset fixes its own fine-tuning rate keeps it (GAWM: 0, no masking)
         preset = ALGORITHMS[variant].get("world_model", {}).get("finetune", {}).get("p_mask")
@@ -333,21 +336,27 @@ def _curve(summary: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _reconstruction(run: Path, which: str, device: str, console: Console) -> dict[str, Any]:
+    """``rmio eval reconstruction`` of the run's ``which`` model, or its cached result when that
+    was made in the run's evaluation mode: a cached one from another mode (those before window
+    mode had none: episode) would put two kinds of L_rec in one table."""
+    rec_path = run / "eval_reconstruction.json"
+    ev = load_config(run / "config.yaml").world_model.eval
+    rec = json.loads(rec_path.read_text()) if rec_path.exists() else None
+    if rec is None or (rec.get("mode", "episode"), rec.get("window_stride", 1)) != (
+        ev.mode,
+        ev.window_stride if ev.mode == "window" else rec.get("window_stride", 1),
+    ):
+        rec = evaluate_reconstruction(run, which, device, console)
+    return rec
+
+
 def _evaluate(
     label: str, run: Path, ab: AblationConfig, device: str, console: Console
 ) -> dict[str, Any]:
     """L_rec (and the actor's disagreement) on lost agents at the reporting p_mask, then the
     robustness AUC of the policy with this world model under every loss model of the sweep."""
-    rec_path = run / "eval_reconstruction.json"
-    ev = load_config(run / "config.yaml").world_model.eval
-    rec = json.loads(rec_path.read_text()) if rec_path.exists() else None
-    # a cached evaluation made in another mode (those before window mode had none: episode) would
-    # put two kinds of L_rec in one table
-    if rec is None or (rec.get("mode", "episode"), rec.get("window_stride", 1)) != (
-        ev.mode,
-        ev.window_stride if ev.mode == "window" else rec.get("window_stride", 1),
-    ):
-        rec = evaluate_reconstruction(run, "finetune", device, console)
+    rec = _reconstruction(run, "finetune", device, console)
     key = finetuned_row(rec["strategies"])
     masks = rec["p_masks"]
     nearest = min(range(len(masks)), key=lambda i: abs(masks[i] - ab.p_mask))
@@ -443,14 +452,10 @@ def _pretrained_row(
     rows = []
     for seed, variants in evaluated.items():
         pre = out / f"seed{seed}" / "pretrain"
-        rec_path = pre / "eval_reconstruction.json"
-        if rec_path.exists():
-            rec = json.loads(rec_path.read_text())
-        else:
-            rec = evaluate_reconstruction(pre, "pretrain", device, Console(quiet=True))
+        rec = _reconstruction(pre, "pretrain", device, Console(quiet=True))
         keys = [k for k in rec["strategies"] if k.endswith(" pre-trained") and ": " not in k]
         if len(keys) != 1:
-            raise RmioError(f"{rec_path}: expected one pre-trained row, found {keys or 'none'}")
+            raise RmioError(f"{pre}: expected one pre-trained row, found {keys or 'none'}")
         masks = rec["p_masks"]
         k = min(range(len(masks)), key=lambda i: abs(masks[i] - ab.p_mask))
         bundle = out / variants[0]["run"] / "bundle"  # its wm_step_pretrain.onnx is this seed's

@@ -10,6 +10,7 @@ evaluation still run in the new sweep."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -17,10 +18,14 @@ from pathlib import Path
 from rich.console import Console
 
 from rmio.config import Config, load_config
+from rmio.errors import RmioError
 
-SHARED = ("data", "wm_pretrain.pt", "wm_pretrain.csv", "wm_pretrain.jsonl")
-"""What a finished pre-training leaves that later stages read (its checkpoint for resuming and
-its TensorBoard files stay behind)."""
+LINKED = ("data", "wm_pretrain.pt")
+"""What a finished pre-training leaves that later stages read, hard-linked (both are written once;
+its checkpoint for resuming and its TensorBoard files stay behind)."""
+COPIED = ("wm_pretrain.csv", "wm_pretrain.jsonl")
+"""Its logs, copied: they are appended to, and a run trained again must not write into the other
+sweep's."""
 
 
 def share(src: Path, dst: Path) -> None:
@@ -48,28 +53,48 @@ def _data_actor(out: Path) -> str | None:
     return json.loads(pinned.read_text()).get("run.data_policy", "random")
 
 
+def _same_file(a: Path, b: Path) -> bool:
+    if a.stat().st_size != b.stat().st_size:
+        return False
+    return hashlib.sha256(a.read_bytes()).digest() == hashlib.sha256(b.read_bytes()).digest()
+
+
 def reuse_pretraining(
     cfg: Config, run: Path, seed: int, reuse: tuple[Path, ...], out: Path, console: Console
 ) -> Path | None:
     """Fill ``run`` (made by prepare_run_dir, so its config.yaml is ``cfg``'s) from the first
     finished pre-training of seed ``seed`` in the ``reuse`` sweep directories with the same config
-    hash and data actor; returns the run it came from, or None (then the stage trains)."""
+    hash and data actor; returns the run it came from, or None (then the stage trains). A run that
+    already holds data of its own reuses only a model trained on the very same data."""
     if (run / "wm_pretrain.pt").exists() or not reuse:
         return None
     mine = _data_actor(out)
     for other in reuse:
-        if other.resolve() == out.resolve() or mine is None or _data_actor(other) != mine:
-            continue  # a sweep without pinned actors, or collected with another actor
+        if other.resolve() == out.resolve():
+            continue
+        theirs = _data_actor(other)
+        if mine is None or theirs != mine:
+            why = "it pinned no actors" if theirs is None else "its data come from another actor"
+            console.print(f"--reuse {other}: skipped, {why}")
+            continue
         found = (other / f"seed{seed}").glob("*/config.yaml")  # a sweep's own pretrain first
         for saved in sorted(found, key=lambda c: (c.parent.name != "pretrain", c.as_posix())):
             source = saved.parent
             if not (source / "wm_pretrain.pt").is_file():
+                continue  # written at once when pre-training ends: absent while it runs
+            try:
+                if load_config(saved).digest() != cfg.digest():
+                    continue
+            except RmioError:  # a config of another rmio version or of a foreign tool
                 continue
-            if load_config(saved).digest() != cfg.digest():
+            own = run / "data" / "train.npz"
+            if own.exists() and not _same_file(own, source / "data" / "train.npz"):
                 continue
-            for name in SHARED:
-                if (source / name).exists():
-                    share(source / name, run / name)
+            for name in LINKED:
+                share(source / name, run / name)
+            for name in COPIED:
+                if (source / name).exists() and not (run / name).exists():
+                    shutil.copy2(source / name, run / name)
             (run / "REUSED_FROM").write_text(f"{source.relative_to(other.parent).as_posix()}\n")
             console.print(
                 f"seed {seed}: pre-training reused from {source} (config hash {cfg.digest()}, "

@@ -291,7 +291,10 @@ def test_recipe_sweep_with_burst_robustness_and_baseline_rows(tmp_path: Path) ->
     assert "| AUC (burst) |" in md and "action_mae" in md and "hold-last (no world model)" in md
     # the paper's numbers sit in their variants' rows, and only there
     assert "Paper: a table" in md and "| paper AUC / L_rec |" in md
-    table = [[c.strip() for c in line.strip("|").split("|")] for line in md.splitlines()[-8:]]
+    assert "return under burst loss, by p_loss:" in md and "- aware: bernoulli: " in md
+    lines = md.splitlines()
+    top = next(i for i, line in enumerate(lines) if line.startswith("| variant | L_rec"))
+    table = [[c.strip() for c in line.strip("|").split("|")] for line in lines[top : top + 8]]
     col = table[0].index("paper AUC / L_rec")
     cells = {row[0]: row[col] for row in table[2:]}
     assert cells == {
@@ -454,3 +457,37 @@ def test_the_papers_orderings_are_checked_on_the_table() -> None:
     rows[4] = (0.5, float("nan"), 0.071)
     assert orderings(table(rows))[-1].endswith(": n/a")
     assert orderings({"vary": "recipe", "rows": fusion["rows"]}) == []
+
+
+def test_recipe_checks_say_where_a_recipe_loses() -> None:
+    """Issue 21's goal per recipe and loss model: never below the pre-trained model, above hold-last
+    and zero-fill at every p_loss > 0 (p_loss 0 is one run for every row and never counts)."""
+    from rmio.train.ablation_report import recipe_checks
+
+    def row(label: str, bern: list[float], burst: list[float]) -> dict:
+        return {
+            "variant": label,
+            "p_loss": [0, 0.5, 1],
+            "by_loss": {"bernoulli": {"curve": bern}, "burst": {"curve": burst}},
+        }
+
+    result = {
+        "vary": "recipe",
+        "rows": [
+            row("good", [10, 8, 3], [10, 7, 3]),
+            row("fragile", [10, 9, 1], [10, 4, 1]),
+            row("pre-trained (no fine-tuning)", [10, 6, 2], [10, 5, 2]),
+            row("hold-last (no world model)", [10, 5, 2], [10, 4, 2]),
+            row("zero-fill (no world model)", [10, 4, 2.5], [10, 3, 2.5]),
+        ],
+    }
+    assert recipe_checks(result) == [
+        "good: bernoulli: never below the pre-trained model; above hold-last and zero-fill "
+        "everywhere; burst: never below the pre-trained model; above hold-last and zero-fill "
+        "everywhere",
+        "fragile: bernoulli: below the pre-trained model at p_loss 1; not above hold-last and "
+        "zero-fill at p_loss 1; burst: below the pre-trained model at p_loss 0.5, 1; not above "
+        "hold-last and zero-fill at p_loss 0.5, 1",
+    ]
+    assert recipe_checks({**result, "vary": "p_mask"}) == []
+    assert recipe_checks({**result, "rows": result["rows"][:3]}) == []  # no baseline rows

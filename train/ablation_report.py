@@ -111,6 +111,17 @@ def markdown(result: dict[str, Any]) -> str:
             cells.append(_paper_cell(paper["rows"].get(r["variant"])))
         cells += [f"{v:.2f}" for v in r["curve"]]
         lines.append("| " + " | ".join(cells) + " |")
+    for m in extra:  # the first loss model's curve is in the table above
+        lines += ["", f"{rows[0]['metric']} under {m} loss, by p_loss:", ""]
+        lines += ["| variant | " + " | ".join(f"@ {p:g}" for p in p_loss) + " |"]
+        lines += ["|" + "---|" * (len(p_loss) + 1)]
+        for r in rows:
+            curve = " | ".join(f"{v:.2f}" for v in r["by_loss"][m]["curve"])
+            lines.append(f"| {r['variant']} | {curve} |")
+    wins = recipe_checks(result)
+    if wins:
+        lines += ["", "Where each recipe stands, on the means above (p_loss > 0):", ""]
+        lines += [f"- {w}" for w in wins]
     claims = orderings(result)
     if claims:
         one = len(result.get("seeds", [0])) == 1
@@ -203,6 +214,47 @@ def orderings(result: dict[str, Any]) -> list[str]:
         "AUC lower at 0.75 than at 0.5 (three of the paper's four maps): "
         + _verdict(high["auc_mean"] < half["auc_mean"], half, high, "auc_mean"),
     ]
+
+
+PRETRAINED = "pre-trained (no fine-tuning)"
+BASELINES = ("hold-last (no world model)", "zero-fill (no world model)")
+
+
+def _at(p_loss: list[float], where: list[bool]) -> str:
+    return ", ".join(f"{p:g}" for p, w in zip(p_loss, where, strict=True) if w)
+
+
+def recipe_checks(result: dict[str, Any]) -> list[str]:
+    """Issue 21's goal for a fine-tuning recipe, under every loss model of the sweep: never below
+    the pre-trained model it started from, and above both hold-last and zero-fill, at every
+    p_loss > 0 (at 0 nothing is lost: every row is the same run)."""
+    if result["vary"] != "recipe":
+        return []
+    by = {r["variant"]: r for r in result["rows"]}
+    if not all(k in by and "by_loss" in by[k] for k in (PRETRAINED, *BASELINES)):
+        return []
+    p_loss = result["rows"][0]["p_loss"]
+    out = []
+    for r in result["rows"]:
+        if r["variant"] in (PRETRAINED, *BASELINES) or "by_loss" not in r:
+            continue
+        parts = []
+        for m, mine in r["by_loss"].items():
+            pre = by[PRETRAINED]["by_loss"][m]["curve"]
+            hold, zero = (by[b]["by_loss"][m]["curve"] for b in BASELINES)
+            base = [max(h, z) for h, z in zip(hold, zero, strict=True)]
+            below = [p > 0 and a < b for p, a, b in zip(p_loss, mine["curve"], pre, strict=True)]
+            beaten = [p > 0 and a <= b for p, a, b in zip(p_loss, mine["curve"], base, strict=True)]
+            parts.append(
+                f"{m}: "
+                + (f"below the pre-trained model at p_loss {_at(p_loss, below)}" if any(below)
+                   else "never below the pre-trained model")
+                + "; "
+                + (f"not above hold-last and zero-fill at p_loss {_at(p_loss, beaten)}"
+                   if any(beaten) else "above hold-last and zero-fill everywhere")
+            )  # fmt: skip
+        out.append(f"{r['variant']}: " + "; ".join(parts))
+    return out
 
 
 def _auc(r: dict[str, Any]) -> str:

@@ -57,6 +57,13 @@ SECTIONS: list[tuple[str, str, str]] = [
         "(one torch thread; re-run the same command to resume)",
     ),
     (
+        "Fine-tuning recipes against the pre-trained model, hold-last and zero-fill: HalfCheetah "
+        "6x1, 2 training seeds (issues 21 and 25)",
+        "ablation_recipes_halfcheetah_6x1/ablation.md",
+        "rmio ablate recipes_halfcheetah_6x1 --out runs/ablation-recipes_halfcheetah_6x1 "
+        "(one torch thread; re-run the same command to resume)",
+    ),
+    (
         "Policy training: HalfCheetah 6x1",
         "training_halfcheetah_6x1.md",
         "see the command line inside",

@@ -64,6 +64,13 @@ SECTIONS: list[tuple[str, str, str]] = [
         "(one torch thread; re-run the same command to resume)",
     ),
     (
+        "Fine-tuning recipes against the pre-trained model, hold-last and zero-fill: SMAX 2s3z, "
+        "2 training seeds (issues 21 and 25)",
+        "ablation_recipes_smax_2s3z/ablation.md",
+        "rmio ablate recipes_smax_2s3z --out runs/ablation-recipes_smax_2s3z "
+        "(one torch thread; re-run the same command to resume)",
+    ),
+    (
         "Policy training: HalfCheetah 6x1",
         "training_halfcheetah_6x1.md",
         "see the command line inside",

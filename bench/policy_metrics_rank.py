@@ -29,6 +29,8 @@ from rmio.models import find_bundle
 
 STRATEGIES = ["world-model", "hold-last", "zero-fill"]
 P_LOSS = [0.2, 0.4, 0.6, 0.8]
+NUMBERS = ("obs_mae", "action_error", "action_kl")
+"""action_kl: discrete actors whose graph exports action_probs only."""
 
 
 def ranks(x: np.ndarray) -> np.ndarray:
@@ -56,22 +58,18 @@ def cells(result: dict) -> list[dict]:
         for p in P_LOSS:
             rows = [r for r in result["rows"] if r["strategy"] == s and r["p_loss"] == p]
             rets = [e["return"] for r in rows for e in r["episodes"]]
-            out.append(
-                {
-                    "strategy": s,
-                    "p_loss": p,
-                    "return": float(np.mean(rets)),
-                    "obs_mae": float(np.mean([r["obs_mae"] for r in rows])),
-                    "action_error": float(np.mean([r["action_error"] for r in rows])),
-                }
-            )
+            cell = {"strategy": s, "p_loss": p, "return": float(np.mean(rets))}
+            for key in NUMBERS:
+                if all(key in r for r in rows):
+                    cell[key] = float(np.mean([r[key] for r in rows]))
+            out.append(cell)
     return out
 
 
 def correlations(cs: list[dict]) -> dict:
     ret = np.array([c["return"] for c in cs])
     out = {}
-    for key in ("obs_mae", "action_error"):
+    for key in [k for k in NUMBERS if all(k in c for c in cs)]:
         err = -np.array([c[key] for c in cs])
         within = [
             spearman(
@@ -109,7 +107,9 @@ def main() -> None:
         f"--episodes {args.episodes}" + (f" --steps {args.steps}" if args.steps else "") + "`.",
         "obs_mae: mean absolute error of the observation a lost agent acted on (what L_rec "
         "measures); action_error: its action against the one it would have taken on the true "
-        "observation (mean absolute difference, or the changed-action rate for discrete actions). "
+        "observation (mean absolute difference, or the changed-action rate for discrete actions); "
+        "action_kl (discrete actors): KL(pi(.|o) || pi(.|o^)) between its action distributions "
+        "on the true observation and on what it acted on. "
         "Spearman rho of the negated error with the return: over all 12 (strategy, p_loss) cells, "
         "and within each p_loss across the three strategies, averaged.",
         "",
@@ -128,6 +128,7 @@ def main() -> None:
         )
         cs = cells(result)
         corr = correlations(cs)
+        keys = [k for k in NUMBERS if k in cs[0]]
         report["tasks"][name] = {
             "scenario": result["scenario"],
             "cells": cs,
@@ -137,11 +138,12 @@ def main() -> None:
         lines += [
             f"## {name} ({result['scenario']})",
             "",
-            "| strategy | p_loss | return | obs_mae | action_error |",
-            "|---|---|---|---|---|",
+            "| strategy | p_loss | return | " + " | ".join(keys) + " |",
+            "|---" * (3 + len(keys)) + "|",
             *[
-                f"| {c['strategy']} | {c['p_loss']:g} | {c['return']:.2f} | {c['obs_mae']:.4f} | "
-                f"{c['action_error']:.4f} |"
+                f"| {c['strategy']} | {c['p_loss']:g} | {c['return']:.2f} | "
+                + " | ".join(f"{c[k]:.4f}" for k in keys)
+                + " |"
                 for c in cs
             ],
             "",

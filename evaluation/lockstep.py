@@ -176,6 +176,12 @@ class BatchedPolicy:
         taken = joint[e, i]
         if self.spec.discrete:
             act_err = (on_truth.reshape(-1) != taken.reshape(-1)).astype(np.float64)
+            if self.actor.exports_probs:  # KL(pi(.|o) || pi(.|o^)): changes before they flip
+                av = None if avail is None else avail[e, i]
+                p = np.clip(self.actor.probs(true, i.astype(np.int64), av, rows), 1e-8, 1.0)
+                q = self.actor.probs(inputs[e, i], i.astype(np.int64), av, rows)
+                kl = (p * (np.log(p) - np.log(np.clip(q, 1e-8, 1.0)))).sum(-1)
+                self.errors["action_kl"] = self.errors.get("action_kl", 0.0) + float(kl.sum())
         else:
             act_err = np.abs(on_truth - taken).reshape(len(e), -1).mean(-1)
         self.errors["lost"] += len(e)

@@ -190,6 +190,8 @@ def sweep(
                         k = policy.errors["lost"]
                         row["obs_mae"] = policy.errors["obs_mae"] / k
                         row["action_error"] = policy.errors["action"] / k
+                        if "action_kl" in policy.errors:
+                            row["action_kl"] = policy.errors["action_kl"] / k
                     rows.append(row)
                     timing[strategy] = timing.get(strategy, 0.0) + row["seconds"]
                     plain = plain or (row if p == 0.0 else None)

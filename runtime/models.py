@@ -159,20 +159,50 @@ class ActorRunner:
             out = one.run()
             return out["action"][0].copy(), (None if spec is None else out[spec.output].copy())
         single = obs.ndim == 1
-        if single:
-            obs = obs[None]
+        feed = self._feed(obs[None] if single else obs, agent_id, avail, state)
+        if spec is None:
+            (action,) = self.session.run(["action"], feed)
+            return (action[0] if single else action), None
+        action, state_next = self.session.run(["action", spec.output], feed)
+        return (action[0] if single else action), state_next
+
+    def _feed(
+        self,
+        obs: np.ndarray,
+        agent_id: np.ndarray | int,
+        avail: np.ndarray | None,
+        state: np.ndarray | None,
+    ) -> dict[str, np.ndarray]:
+        """The graph's inputs for a batch of rows (``obs`` (B, obs_dim))."""
         ids = np.broadcast_to(np.asarray(agent_id, np.int64), (obs.shape[0],)).copy()
         feed = {"obs": obs, "agent_id": ids}
         if self._discrete:
             if avail is None:
                 avail = np.ones((obs.shape[0], self.manifest.spec.action_dim), bool)
             feed["avail_actions"] = np.asarray(avail, bool).reshape(obs.shape[0], -1)
-        if spec is None:
-            (action,) = self.session.run(["action"], feed)
-            return (action[0] if single else action), None
-        feed[spec.input] = np.asarray(state, np.float32).reshape(obs.shape[0], *spec.shape)
-        action, state_next = self.session.run(["action", spec.output], feed)
-        return (action[0] if single else action), state_next
+        if self.state_spec is not None:
+            shape = self.state_spec.shape
+            feed[self.state_spec.input] = np.asarray(state, np.float32).reshape(-1, *shape)
+        return feed
+
+    @property
+    def exports_probs(self) -> bool:
+        """Whether the graph exports a discrete actor's distribution (an ``action_probs``
+        output)."""
+        return any(o.name == "action_probs" for o in self.session.get_outputs())
+
+    def probs(
+        self,
+        obs: np.ndarray,
+        agent_id: np.ndarray,
+        avail: np.ndarray | None = None,
+        state: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """The action distributions (B, n_actions) of a batch of rows, for measurements (the KL
+        between what an agent would do on two observations); needs ``exports_probs``."""
+        feed = self._feed(np.asarray(obs, np.float32), agent_id, avail, state)
+        (probs,) = self.session.run(["action_probs"], feed)
+        return probs
 
 
 @dataclass

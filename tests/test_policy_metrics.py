@@ -4,7 +4,9 @@ zero-fill."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -12,6 +14,7 @@ import pytest
 pytest.importorskip("torch")
 
 from rmio.runtime.models import ActorRunner
+from rmio.runtime.validate import file_sha256
 from rmio.testing import make_tiny_bundle
 from rmio.train.policy_metrics import PolicyProbe
 
@@ -98,9 +101,9 @@ def test_the_policy_term_teaches_reconstructions_the_actions_they_cause() -> Non
     assert value.item() < 0.3 * first.item()
 
 
-def test_a_discrete_actor_exports_its_probabilities_for_the_kl(tmp_path: Path) -> None:
-    """rmio's discrete actor.onnx carries action_probs (an optional output the bundle check
-    accepts), so the policy metrics add KL(pi(.|o) || pi(.|o^)) to the changed-action rate."""
+def _discrete_bundle_with_probs(where: Path) -> tuple[Path, Any]:
+    """A tiny LBF bundle whose actor.onnx is rmio's exported discrete actor (with action_probs),
+    far from the near-uniform initial policy; returns the bundle and the torch actor."""
     import torch
 
     from rmio.runtime.models import make_session
@@ -108,17 +111,31 @@ def test_a_discrete_actor_exports_its_probabilities_for_the_kl(tmp_path: Path) -
     from rmio.train.export import export_actor
     from rmio.train.policy import Actor
 
-    bundle = make_tiny_bundle(tmp_path / "b", "lbf/Foraging-8x8-2p-2f-v3")
-    probe = PolicyProbe(bundle)
-    spec = probe.manifest.spec
+    bundle = make_tiny_bundle(where, "lbf/Foraging-8x8-2p-2f-v3")
+    manifest = PolicyProbe(bundle).manifest
+    spec = manifest.spec
     torch.manual_seed(0)
     zeros = np.zeros((spec.n_agents, spec.obs_dim), np.float32)
     actor = Actor(spec, 32, -0.5, zeros, np.ones_like(zeros))
     with torch.no_grad():
-        actor.net[-1].weight.mul_(300.0)  # away from the near-uniform initial policy
+        actor.net[-1].weight.mul_(300.0)
     assert export_actor(actor, bundle) == 0.0  # overwrites the tiny actor.onnx
-    check_signature(make_session(bundle / "actor.onnx"), probe.manifest, "actor", bundle)
+    check_signature(make_session(bundle / "actor.onnx"), manifest, "actor", bundle)
+    meta = json.loads((bundle / "manifest.json").read_text())
+    if meta.get("sha256"):  # the replaced file's digest, as an export records it
+        meta["sha256"]["actor.onnx"] = file_sha256(bundle / "actor.onnx")
+        (bundle / "manifest.json").write_text(json.dumps(meta, indent=1))
+    return bundle, actor
+
+
+def test_a_discrete_actor_exports_its_probabilities_for_the_kl(tmp_path: Path) -> None:
+    """rmio's discrete actor.onnx carries action_probs (an optional output the bundle check
+    accepts), so the policy metrics add KL(pi(.|o) || pi(.|o^)) to the changed-action rate."""
+    import torch
+
+    bundle, actor = _discrete_bundle_with_probs(tmp_path / "b")
     probe = PolicyProbe(bundle)
+    spec = probe.manifest.spec
     assert probe.outputs == ["action", "action_probs"]
     rng = np.random.default_rng(2)
     true = rng.normal(size=(100, spec.obs_dim)).astype(np.float32)
@@ -194,3 +211,41 @@ def test_the_robustness_sweep_measures_what_lost_agents_acted_on(tmp_path: Path)
     )  # fmt: skip
     rows = [r for r in res["rows"] if r["strategy"] != "random"]
     assert len(rows) == 2 and all(r["obs_mae"] > 0 and r["action_error"] >= 0 for r in rows)
+
+
+def test_the_robustness_sweep_measures_the_kl_of_a_discrete_actor(tmp_path: Path) -> None:
+    """On-policy, a lost agent's KL between its action distributions on the truth and on what it
+    acted on equals the held-out probe's on the same rows (another path through onnxruntime)."""
+    from types import SimpleNamespace
+
+    from rmio.evaluation import robustness
+    from rmio.runtime.bundle import load_manifest
+
+    bundle, _ = _discrete_bundle_with_probs(tmp_path / "b")
+    manifest = load_manifest(bundle)
+    spec = manifest.spec
+    runner = ActorRunner(bundle, manifest)
+    assert runner.exports_probs
+    policy = robustness.BatchedPolicy(runner, manifest, "zero-fill")
+    policy.reset(3)
+    rng = np.random.default_rng(5)
+    true = rng.normal(size=(3, spec.n_agents, spec.obs_dim)).astype(np.float32)
+    avail = rng.random((3, spec.n_agents, spec.action_dim)) > 0.3
+    avail[..., 0] = True
+    observed = np.ones((3, spec.n_agents), bool)
+    observed[0, 1] = observed[2, 0] = observed[2, 1] = False
+    policy.truth = SimpleNamespace(true_obs=true)
+    policy.act(true * observed[..., None], observed, avail, np.ones(3, bool))
+    e, i = np.nonzero(~observed)
+    got = PolicyProbe(bundle).compare(true[e, i], np.zeros_like(true[e, i]), i, avail[e, i])
+    assert policy.errors["lost"] == 3
+    assert got["action_kl"].sum() > 0
+    assert policy.errors["action_kl"] == pytest.approx(got["action_kl"].sum(), rel=1e-5)
+    assert policy.errors["action"] == pytest.approx(got["action_changed"].sum())
+
+    res = robustness.sweep(
+        bundle, p_loss=[0.5], episodes=2, seeds=1, strategies=["zero-fill"],
+        episode_limit=20, policy_metrics=True,
+    )  # fmt: skip
+    (row,) = [r for r in res["rows"] if r["strategy"] == "zero-fill"]
+    assert row["action_kl"] >= 0 and "action_error" in row

@@ -71,6 +71,13 @@ SECTIONS: list[tuple[str, str, str]] = [
         "(one torch thread; re-run the same command to resume)",
     ),
     (
+        "Fine-tuning recipes against the pre-trained model, hold-last and zero-fill: Ant 4x2, "
+        "2 training seeds (issues 21 and 25)",
+        "ablation_recipes_ant_4x2/ablation.md",
+        "rmio ablate recipes_ant_4x2 --out runs/ablation-recipes_ant_4x2 --jobs 2 "
+        "(one torch thread per trial; re-run the same command to resume)",
+    ),
+    (
         "Policy training: HalfCheetah 6x1",
         "training_halfcheetah_6x1.md",
         "see the command line inside",
@@ -147,7 +154,8 @@ SECTIONS: list[tuple[str, str, str]] = [
     (
         "Which reconstruction number predicts return, on-policy in the robustness sweep",
         "policy_metrics_rank.md",
-        "python bench/policy_metrics_rank.py halfcheetah_6x1 smax_2s3z --seeds 3 --episodes 3",
+        "python bench/policy_metrics_rank.py halfcheetah_6x1 ant_4x2 smax_2s3z --seeds 3 "
+        "--episodes 3",
     ),
     (
         "MARIE's reconstruction graphs: one round's latency and state (issue 23's spike)",

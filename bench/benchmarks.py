@@ -26,6 +26,12 @@ SECTIONS: list[tuple[str, str, str]] = [
         "bench/results/robustness_halfcheetah_6x1",
     ),
     (
+        "Robustness under observation loss: Ant 4x2 (committed bundle)",
+        "robustness_ant_4x2/robustness.md",
+        "rmio eval robustness models/ant_4x2 --seeds 3 --episodes 5 --strategies "
+        "world-model,hold-last,zero-fill,no-finetune --out bench/results/robustness_ant_4x2",
+    ),
+    (
         "Robustness through the real swarm: HalfCheetah 6x1",
         "robustness_halfcheetah_6x1_swarm/robustness.md",
         "rmio eval robustness models/halfcheetah_6x1 --p-loss 0,0.3,0.6 --seeds 1 --episodes 2 "

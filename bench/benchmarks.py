@@ -84,10 +84,10 @@ SECTIONS: list[tuple[str, str, str]] = [
         "(one torch thread per trial; re-run the same command to resume)",
     ),
     (
-        "RMIOv2 Table 2 (fine-tuning mask rate): SMAX 2s3z, 1 training seed so far",
-        "ablation_p_mask_smax_2s3z_seed0/ablation.md",
-        "python bench/sweep_backends.py p_mask_smax_2s3z --seeds 0 --jobs 2 (the local "
-        "backend's table; Ray's is equal number for number)",
+        "RMIOv2 Table 2 (fine-tuning mask rate): SMAX 2s3z, 3 training seeds (issue 21)",
+        "ablation_p_mask_smax_2s3z/ablation.md",
+        "rmio ablate p_mask_smax_2s3z --out runs/ablation-p_mask_smax_2s3z --jobs 2 (one torch "
+        "thread per worker; re-run the same command to resume)",
     ),
     (
         "One sweep on the local backend and on Ray, same machine (issue 21)",

@@ -16,7 +16,13 @@ from rmio.envs.loss import LossConfig, LossyEnv, make_loss_model
 from rmio.envs.registry import EnvConfig, make_env
 from rmio.runtime.bundle import Manifest
 from rmio.runtime.history import ActionCodec, replay_plan
-from rmio.runtime.models import ActorRunner, LatentState, WorldModel, carries_state
+from rmio.runtime.models import (
+    ActorRunner,
+    LatentState,
+    WorldModel,
+    carries_state,
+    categorical_kl,
+)
 
 SEED_STRIDE = 1000
 """Seed family s runs episodes with env seeds s*SEED_STRIDE + k."""
@@ -178,9 +184,9 @@ class BatchedPolicy:
             act_err = (on_truth.reshape(-1) != taken.reshape(-1)).astype(np.float64)
             if self.actor.exports_probs:  # KL(pi(.|o) || pi(.|o^)): changes before they flip
                 av = None if avail is None else avail[e, i]
-                p = np.clip(self.actor.probs(true, i.astype(np.int64), av, rows), 1e-8, 1.0)
+                p = self.actor.probs(true, i.astype(np.int64), av, rows)
                 q = self.actor.probs(inputs[e, i], i.astype(np.int64), av, rows)
-                kl = (p * (np.log(p) - np.log(np.clip(q, 1e-8, 1.0)))).sum(-1)
+                kl = categorical_kl(p, q)
                 self.errors["action_kl"] = self.errors.get("action_kl", 0.0) + float(kl.sum())
         else:
             act_err = np.abs(on_truth - taken).reshape(len(e), -1).mean(-1)

@@ -205,6 +205,13 @@ class ActorRunner:
         return probs
 
 
+def categorical_kl(p: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """KL(p || q) per row of two batches of action distributions (..., n_actions), clipped at 1e-8
+    so an action one side rules out stays finite."""
+    p, q = np.clip(p, 1e-8, 1.0), np.clip(q, 1e-8, 1.0)
+    return (p * (np.log(p) - np.log(q))).sum(-1)
+
+
 @dataclass
 class LatentState:
     h: np.ndarray

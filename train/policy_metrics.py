@@ -26,7 +26,7 @@ import numpy as np
 
 from rmio.errors import RmioError
 from rmio.runtime.bundle import load_manifest
-from rmio.runtime.models import make_session
+from rmio.runtime.models import categorical_kl, make_session
 
 POLICY_METRICS = ("action_mae", "action_changed", "action_kl")
 
@@ -80,9 +80,7 @@ class PolicyProbe:
                 a, b = true[0].reshape(-1), recon[0].reshape(-1)
                 out.setdefault("action_changed", []).append((a != b).astype(np.float64))
                 if len(true) > 1:
-                    p = np.clip(true[1], 1e-8, 1.0)
-                    q = np.clip(recon[1], 1e-8, 1.0)
-                    kl = (p * (np.log(p) - np.log(q))).sum(-1)
+                    kl = categorical_kl(true[1], recon[1])
                     out.setdefault("action_kl", []).append(kl.astype(np.float64))
             else:
                 diff = np.abs(true[0] - recon[0]).reshape(len(true[0]), -1)

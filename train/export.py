@@ -27,7 +27,7 @@ from rmio.envs.trajectory import TrajectoryBuffer
 from rmio.errors import RmioError
 from rmio.rundir import portable_path
 from rmio.runtime.bundle import SCHEMA_VERSION, WM_INPUTS, WM_OUTPUTS, Manifest, load_manifest
-from rmio.runtime.models import WorldModelRunner
+from rmio.runtime.models import LatentState, WorldModelRunner
 from rmio.runtime.validate import bundle_checksums
 from rmio.train.common import load_actor, load_model
 from rmio.train.model_card import write_model_card
@@ -187,17 +187,44 @@ def random_parity(model: RMIOWorldModel, runner: WorldModelRunner, batch: int = 
     return max(float(np.abs(a - b).max()) for a, b in zip(ref, got, strict=True))
 
 
+def argmax_ties(
+    logits: np.ndarray, z_ref: np.ndarray, z_got: np.ndarray, tolerance: float = PARITY_TOLERANCE
+) -> np.ndarray | None:
+    """Which agents' latents differ only by argmax ties: the boolean (n,) mask of agents whose
+    one-hot latents ``z_ref`` and ``z_got`` (n, groups * classes) pick another class only in groups
+    where ``logits`` (n, groups, classes; the reference's) put the two best classes within
+    ``tolerance`` of each other, or None if some group picks otherwise with a wider margin (a real
+    discrepancy)."""
+    n, groups, classes = logits.shape
+    ref = z_ref.reshape(n, groups, classes).argmax(-1)
+    got = z_got.reshape(n, groups, classes).argmax(-1)
+    differs = ref != got
+    top2 = np.sort(logits, axis=-1)[..., -2:]
+    near = (top2[..., 1] - top2[..., 0]) <= tolerance
+    if (differs & ~near).any():
+        return None
+    return differs.any(-1)
+
+
 def replay_parity(
     model: RMIOWorldModel,
     runner: WorldModelRunner,
     holdout: TrajectoryBuffer,
     steps: int = 200,
     p_mask: float = 0.5,
-) -> float:
-    """Replay the start of each held-out episode with random masks in both runtimes; max abs
-    difference."""
+) -> tuple[float, int]:
+    """Replay the start of each held-out episode with random masks through the runtime's replay,
+    one step at a time, and through PyTorch: the max abs difference of the reconstructions, and
+    how many agent-steps were argmax ties.
+
+    The latent is the argmax of each group's logits, so where two classes' logits are within float
+    rounding of each other the two runtimes may rightly pick different classes, and from there the
+    chains part (seen on SMAX 2s3z: a gap of 7e-7 flipped one class, and the replayed
+    reconstructions then differed by up to 0.19). Such an agent-step (argmax_ties) is left out of
+    the comparison and the runtime's chain continues from PyTorch's state; a flip with a wider
+    margin is compared in full and fails the export."""
     rng = np.random.default_rng(0)
-    worst = 0.0
+    worst, ties = 0.0, 0
     for k in range(min(holdout.num_episodes, 2)):
         ep = holdout.episode(k)
         T = min(steps, len(ep["obs"]))
@@ -209,18 +236,26 @@ def replay_parity(
         )
         prev[1:] = ep["action"][: T - 1]  # -1 (discrete) / zeros: no action before the first step
         masks = (rng.random((T, obs.shape[1])) >= p_mask).astype(np.float32)
-        _, onnx_rec = runner.replay(obs, prev, masks)
+        enc = torch.as_tensor(runner.encode_actions(prev))
+        state = runner.initial_state(1)
         with torch.no_grad():
             h, z = model.initial(1)
-            enc = torch.as_tensor(runner.encode_actions(prev))
-            recs = []
             for t in range(T):
                 m = torch.as_tensor(masks[t])[None]
                 o = torch.as_tensor(obs[t])[None] * m.unsqueeze(-1)
                 h, z, rec = model.step(h, z, enc[t][None], o, m)
-                recs.append(rec[0].numpy())
-        worst = max(worst, float(np.abs(np.stack(recs) - onnx_rec).max()))
-    return worst
+                state, got = runner.replay(obs[t : t + 1], prev[t : t + 1], masks[t : t + 1], state)
+                compared = np.ones(obs.shape[1], bool)
+                if not np.array_equal(state.z[0] > 0.5, z[0].numpy() > 0.5):
+                    _, dist = model.latent(h, model.normalize_obs(o), m, sample=False)
+                    tied = argmax_ties(dist.logits[0].numpy(), z[0].numpy(), state.z[0])
+                    if tied is not None:
+                        ties += int(tied.sum())
+                        compared = ~tied
+                        state = LatentState(h.numpy().copy(), z.numpy().copy())
+                diff = np.abs(rec[0].numpy() - got[0])[compared]
+                worst = max(worst, float(diff.max()) if diff.size else 0.0)
+    return worst, ties
 
 
 def export_run(run_dir: Path, out: Path, console: Console, policy: Path | None = None) -> Path:
@@ -249,7 +284,7 @@ def export_run(run_dir: Path, out: Path, console: Console, policy: Path | None =
         console.print(
             f"parity onnxruntime vs torch: max |diff| {parity['parity_max_abs_random']:.2e} "
             f"(random inputs, batch 3), {parity['parity_max_abs_replay']:.2e} (held-out replay "
-            "with masks)"
+            f"with masks{_ties_note(manifest.metrics.get('parity_replay_ties', 0))})"
         )
     if max(parity.values()) > PARITY_TOLERANCE:
         worst = max(parity["parity_max_abs_random"], parity["parity_max_abs_replay"])
@@ -259,6 +294,10 @@ def export_run(run_dir: Path, out: Path, console: Console, policy: Path | None =
         )
     console.print(f"wrote bundle {out}")
     return out
+
+
+def _ties_note(ties: int) -> str:
+    return f"; {ties} agent-step(s) left out as argmax ties" if ties else ""
 
 
 def _export_step_world_model(
@@ -314,8 +353,12 @@ def _export_step_world_model(
     runner = WorldModelRunner(out, manifest)
     err_random = random_parity(model, runner)
     holdout = TrajectoryBuffer.load(run_dir / "data" / "holdout.npz")
-    err_replay = replay_parity(model, runner, holdout)
-    manifest.metrics = {"parity_max_abs_random": err_random, "parity_max_abs_replay": err_replay}
+    err_replay, ties = replay_parity(model, runner, holdout)
+    manifest.metrics = {
+        "parity_max_abs_random": err_random,
+        "parity_max_abs_replay": err_replay,
+        "parity_replay_ties": ties,
+    }
     before = run_dir / "wm_pretrain.pt"
     # for the no-finetune strategy of `rmio eval robustness`
     if path.name == "wm_finetune.pt" and before.exists():

@@ -63,6 +63,21 @@ SECTIONS: list[tuple[str, str, str]] = [
         "(one torch thread; re-run the same command to resume)",
     ),
     (
+        "RMIOv2 Table 1 (fusion ablation): SMAX 2s3z, 3 training seeds (issue 21)",
+        "ablation_fusion_smax_2s3z/ablation.md",
+        "rmio ablate fusion_smax_2s3z --out runs/ablation-fusion_smax_2s3z --jobs 2 --reuse "
+        "runs/ablation-p_mask_smax_2s3z (one torch thread per worker; --reuse takes the rmiov2 "
+        "column's pre-training from the Table 2 sweep; re-run the same command to resume)",
+    ),
+    (
+        "RMIOv2 Fig. 8 (RMIOv2 against RMIO v1, MAMBA and GAWM): SMAX 2s3z, 3 training seeds "
+        "(issue 21)",
+        "ablation_fig8_smax_2s3z/ablation.md",
+        "rmio ablate fig8_smax_2s3z --out runs/ablation-fig8_smax_2s3z --jobs 2 --reuse "
+        "runs/ablation-fusion_smax_2s3z (one torch thread per worker; re-run the same command to "
+        "resume)",
+    ),
+    (
         "Fine-tuning recipes against the pre-trained model, hold-last and zero-fill: HalfCheetah "
         "6x1, 2 training seeds (issues 21 and 25)",
         "ablation_recipes_halfcheetah_6x1/ablation.md",

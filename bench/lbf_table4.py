@@ -1,0 +1,197 @@
+"""MMSA against QMIX and MAPPO on the paper's LBF tasks at one real-step budget (issue 22, its
+Table 4): trains every (task, algorithm, seed) run that is not finished, two at a time with one
+torch thread each, then writes the returns at the budget beside the paper's and the learning curves.
+
+    python bench/lbf_table4.py --tasks lbf_2s_8x8_2p_2f_coop lbf_10x10_3p_5f \\
+        --seeds 0 1 2 --steps 300000 --root runs/lbf-table4 --jobs 2 --out bench/results/lbf_table4
+
+Re-running the same command resumes: a finished run is left as it is, an interrupted one goes on
+from its last checkpoint (each trainer resumes its --run-dir). ``--report-only`` writes the tables
+from what is there. The paper trains 2M steps (its Table 10); say the budget you used.
+Writes OUT.md, OUT.json and OUT_<task>.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from pathlib import Path
+
+import numpy as np
+from training import summarise, wall_hours_per_100k
+
+from rmio.train.evaluate import plot_curves
+
+PAPER = {  # MMSA paper, Table 4 (LBF, final episode return at 2M steps; its tasks are -v2)
+    "lbf_10x10_3p_5f": {"mmsa": 0.53, "qmix": 0.11, "mappo": 0.33},
+    "lbf_10x10_4p_3f": {"mmsa": 0.88, "qmix": 0.31, "mappo": 0.27},
+    "lbf_2s_8x8_2p_2f_coop": {"mmsa": 0.93, "qmix": 0.73, "mappo": 0.69},
+    "lbf_2s_10x10_3p_3f": {"mmsa": 0.86, "qmix": 0.53, "mappo": 0.61},
+}
+BUDGET_KEY = {"qmix": "qmix", "mmsa": "qmix", "mappo": "policy.mappo"}
+"""Where each trainer reads its budget and evaluation period (MMSA shares QMIX's section)."""
+
+
+def command(
+    task: str, algo: str, seed: int, run: Path, steps: int, every: int, debug: bool = False
+) -> list[str]:
+    key = BUDGET_KEY[algo]
+    return [
+        *(sys.executable, "-m", "rmio.cli", "train", algo, task, "--seed", str(seed)),
+        *("--run-dir", str(run)),
+        *("--set", f"{key}.env_steps={steps}", "--set", f"{key}.eval_every={every}"),
+        *("--set", "world_model.train.threads=1"),
+        *(["--debug"] if debug else []),
+    ]
+
+
+def finished(run: Path, steps: int) -> bool:
+    """The run's last evaluation reached the budget."""
+    path = run / "eval.jsonl"
+    if not path.is_file():
+        return False
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return bool(rows) and rows[-1]["step"] >= steps
+
+
+def train(job: tuple[str, str, int, Path], args: argparse.Namespace) -> tuple[str, float, int]:
+    task, algo, seed, run = job
+    run.parent.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    start = time.time()
+    with open(run.parent / f"{run.name}.log", "a") as log:
+        rc = subprocess.run(
+            command(task, algo, seed, run, args.steps, args.eval_every, args.debug),
+            stdout=log,
+            stderr=log,
+            env=env,
+        ).returncode
+    return f"{task} {algo} seed {seed}", time.time() - start, rc
+
+
+def _num(value: float | None, digits: int) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def report(args: argparse.Namespace) -> tuple[str, dict]:
+    lines = [
+        f"# MMSA, QMIX and MAPPO on LBF at {args.steps:,} real steps (MMSA paper Table 4)",
+        "",
+        f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; one torch thread per run, "
+        f"{args.jobs} runs at a time.",
+        "",
+        f"Command: `python bench/lbf_table4.py --tasks {' '.join(args.tasks)} --algos "
+        f"{' '.join(args.algos)} --seeds {' '.join(map(str, args.seeds))} --steps {args.steps} "
+        f"--eval-every {args.eval_every} --jobs {args.jobs}`",
+        "",
+        "Return: fraction of the food collected (greedy evaluation, the trainer's eval episodes on "
+        "seeds apart from training's), at the last evaluation at or before the budget; mean ± std "
+        "over the seeds that reached it. The paper's column is its Table 4 at 2M steps (tasks "
+        "-v2; lbforaging here provides -v3).",
+        "",
+        "| task | algorithm | seeds at budget | return | paper (2M steps) | best seen | "
+        "h per 1M steps | env steps/s |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    table: dict = {}
+    for task in args.tasks:
+        for algo in args.algos:
+            runs = [args.root / task / algo / f"seed{s}" for s in args.seeds]
+            done = [summarise(r, [args.steps], "return_mean") for r in runs if r.is_dir()]
+            at = [
+                d["at_budget"][args.steps]["return_mean"]
+                for d in done
+                if d["at_budget"][args.steps]
+            ]
+            best = [d["best"]["return_mean"] for d in done if d["best"]]
+            hours = [h for r in runs if r.is_dir() and (h := wall_hours_per_100k(r)) is not None]
+            rate = [d["overall_steps_per_s"] for d in done if "overall_steps_per_s" in d]
+            cell = {
+                "seeds": len(at),
+                "return_mean": float(np.mean(at)) if at else None,
+                "return_std": float(np.std(at)) if at else None,
+                "per_seed": at,
+                "best_mean": float(np.mean(best)) if best else None,
+                "hours_per_1m": 10 * float(np.median(hours)) if hours else None,
+                "env_steps_per_s": float(np.median(rate)) if rate else None,
+                "paper": PAPER.get(task, {}).get(algo),
+            }
+            table.setdefault(task, {})[algo] = cell
+            lines.append(
+                f"| {task} | {algo} | {len(at)} of {len(runs)} | "
+                + " | ".join(
+                    [
+                        f"{cell['return_mean']:.2f} ± {cell['return_std']:.2f}" if at else "-",
+                        _num(cell["paper"], 2),
+                        _num(cell["best_mean"], 2),
+                        _num(cell["hours_per_1m"], 1),
+                        _num(cell["env_steps_per_s"], 0),
+                    ]
+                )
+                + " |"
+            )
+    lines += ["", "MMSA above QMIX at the budget (means over seeds):"]
+    for task, cells in table.items():
+        m, q = cells.get("mmsa", {}).get("return_mean"), cells.get("qmix", {}).get("return_mean")
+        if m is None or q is None:
+            lines.append(f"- {task}: not measured")
+        else:
+            verdict = "holds" if m > q else "does not hold"
+            lines.append(f"- {task}: {verdict} ({m:.2f} against {q:.2f})")
+    return "\n".join(lines) + "\n", table
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--tasks", nargs="+", default=["lbf_2s_8x8_2p_2f_coop", "lbf_10x10_3p_5f"])
+    ap.add_argument("--algos", nargs="+", default=["mmsa", "qmix", "mappo"])
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    ap.add_argument("--steps", type=int, default=300_000, help="real env steps per run")
+    ap.add_argument("--eval-every", type=int, default=10_000)
+    ap.add_argument("--root", type=Path, default=Path("runs/lbf-table4"))
+    ap.add_argument("--jobs", type=int, default=2, help="runs at a time")
+    ap.add_argument("--debug", action="store_true", help="the configs' debug presets (a check)")
+    ap.add_argument("--report-only", action="store_true", help="write the tables, train nothing")
+    ap.add_argument("--out", type=Path, required=True, help="OUT.md, OUT.json, OUT_<task>.png")
+    args = ap.parse_args()
+    unknown = sorted(set(args.algos) - set(BUDGET_KEY))
+    if unknown:
+        ap.error(f"unknown algorithm(s) {', '.join(unknown)}: choose from {', '.join(BUDGET_KEY)}")
+    # seed-major: a partial study still compares every algorithm on the same seeds
+    jobs = [
+        (task, algo, seed, args.root / task / algo / f"seed{seed}")
+        for seed in args.seeds
+        for task in args.tasks
+        for algo in args.algos
+    ]
+    todo = [j for j in jobs if not finished(j[3], args.steps)]
+    if not args.report_only and todo:
+        print(f"{len(todo)} of {len(jobs)} runs to train, {args.jobs} at a time; logs beside them")
+        start = time.time()
+        with ThreadPoolExecutor(args.jobs) as pool:
+            running = [pool.submit(train, j, args) for j in todo]
+            for done in as_completed(running):
+                name, took, rc = done.result()
+                state = "done" if rc == 0 else f"failed (exit {rc}; see its .log)"
+                minutes = (time.time() - start) / 60
+                print(f"[{minutes:6.1f} min] {name} {state} in {took / 60:.1f} min", flush=True)
+    text, table = report(args)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.with_suffix(".md").write_text(text)
+    args.out.with_suffix(".json").write_text(json.dumps(table, indent=1) + "\n")
+    for task in args.tasks:
+        runs = [j[3] for j in jobs if j[0] == task and (j[3] / "eval.jsonl").is_file()]
+        if runs:
+            plot_curves(runs, args.out.parent / f"{args.out.name}_{task}.png")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -138,6 +138,23 @@ def test_bad_inputs_are_one_clear_line(run_dir: Path, tmp_path: Path) -> None:
     assert proc.returncode == 2 and "no manifest.json" in proc.stderr
 
 
+def test_a_refused_export_leaves_no_bundle_behind(run_dir: Path, tmp_path: Path) -> None:
+    """The world model's graphs are written before the actor is checked; a refusal must not leave
+    a manifest that a resumed sweep (train/ablation.py) would take for a finished export."""
+    smax = Path(__file__).resolve().parents[1] / "models" / "smax_2s3z"
+    out = tmp_path / "fresh"
+    proc = rmio("export", str(run_dir), "--out", str(out), "--policy", str(smax))
+    assert proc.returncode == 2 and "has no actor for" in proc.stderr, proc.stderr
+    assert not out.exists()
+    kept = tmp_path / "existing"
+    kept.mkdir()
+    (kept / "notes.txt").write_text("mine")
+    proc = rmio("export", str(run_dir), "--out", str(kept), "--policy", str(smax))
+    assert proc.returncode == 2 and "has no actor for" in proc.stderr, proc.stderr
+    assert (kept / "wm_step.onnx").is_file()  # it did get as far as the world model
+    assert not (kept / "manifest.json").exists() and (kept / "notes.txt").read_text() == "mine"
+
+
 @pytest.fixture(scope="module")
 def bundle(run_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("wb") / "bundle"

@@ -261,7 +261,22 @@ def replay_parity(
 def export_run(run_dir: Path, out: Path, console: Console, policy: Path | None = None) -> Path:
     """World model of ``run_dir`` (fine-tuned if it was) plus the actor of ``policy`` (default: the
     run's own policy.pt), checked against PyTorch. A MARIE run (``marie.enabled``) ships its window
-    graph (train/marie_export.py) in place of the step graph."""
+    graph (train/marie_export.py) in place of the step graph.
+
+    A bundle that fails a check is removed (its manifest only, where ``out`` already held
+    something), so that nothing later, a resumed sweep included, takes it for a finished export."""
+    fresh = not out.exists()
+    try:
+        return _export_run(run_dir, out, console, policy)
+    except BaseException:
+        if fresh:
+            shutil.rmtree(out, ignore_errors=True)
+        else:
+            (out / "manifest.json").unlink(missing_ok=True)
+        raise
+
+
+def _export_run(run_dir: Path, out: Path, console: Console, policy: Path | None) -> Path:
     if load_config(run_dir / "config.yaml").marie.enabled:
         from rmio.train.marie_export import export_marie_world_model
 

@@ -78,6 +78,13 @@ SECTIONS: list[tuple[str, str, str]] = [
         "resume)",
     ),
     (
+        "RMIOv2 Fig. 8 through the real swarm: every world model of SMAX 2s3z, training seed 0 "
+        "(issue 21)",
+        "swarm_fig8_smax_2s3z.md",
+        "python bench/sweep_swarm.py runs/ablation-fig8_smax_2s3z --seed 0 --p-loss 0.3 "
+        "--episodes 5 --out bench/results/swarm_fig8_smax_2s3z",
+    ),
+    (
         "Fine-tuning recipes against the pre-trained model, hold-last and zero-fill: HalfCheetah "
         "6x1, 2 training seeds (issues 21 and 25)",
         "ablation_recipes_halfcheetah_6x1/ablation.md",

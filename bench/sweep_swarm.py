@@ -39,6 +39,10 @@ def variants(sweep: Path, seed: int) -> list[tuple[str, Path]]:
     return found
 
 
+def _returns(per_seed: list[list[float]]) -> str:
+    return ", ".join(f"{x:.2f}" for seed in per_seed for x in seed)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("sweep", type=Path, help="an `rmio ablate` output directory")
@@ -73,25 +77,42 @@ def main() -> None:
             inproc = point["per_seed"]
             (through,) = [r for r in swarm if r["p_loss"] == args.p_loss]
             diff = float(np.max(np.abs(np.subtract(inproc, through["per_seed"]))))
+            # every episode's return as well: on SMAX the win rate alone is 0 or 1 per episode
+            inproc_returns = [
+                [float(e["return"]) for e in row["episodes"]]
+                for row in sorted(result["rows"], key=lambda r: r["seed"])
+                if row["strategy"] == "world-model" and row["p_loss"] == args.p_loss
+            ]
+            return_diff = float(
+                np.max(np.abs(np.subtract(inproc_returns, through["episode_returns"])))
+            )
             rows.append(
                 {
                     "variant": label,
                     "bundle": bundle.relative_to(args.sweep).as_posix(),
+                    "metric": result["metric"],
                     "in_process": inproc,
                     "swarm": through["per_seed"],
                     "max_abs_diff": diff,
+                    "episode_returns_in_process": inproc_returns,
+                    "episode_returns_swarm": through["episode_returns"],
+                    "episode_return_max_abs_diff": return_diff,
                     "round_p50_ms": through["round_p50_ms"],
                     "round_p99_ms": through["round_p99_ms"],
                     "deadline_misses": through["deadline_misses"],
                     "seconds": time.perf_counter() - start,
                 }
             )
-            print(f"{label}: in-process {inproc} swarm {through['per_seed']} diff {diff:g}")
+            print(
+                f"{label}: in-process {inproc} swarm {through['per_seed']} diff {diff:g}; "
+                f"episode returns {inproc_returns} and {through['episode_returns']}"
+            )
     head = (
         f"# Every world model of `{args.sweep.name}` (training seed {args.seed}) through the real "
         f"swarm: {platform.machine()}, {len(os.sched_getaffinity(0))} cores, "
         f"{time.strftime('%Y-%m-%d')}"
     )
+    metric = rows[0]["metric"]
     lines = [
         head,
         "",
@@ -102,15 +123,17 @@ def main() -> None:
         + (f" --steps {args.steps}" if args.steps else "")
         + f" --transport {args.transport}`.",
         "",
-        "| world model | return in-process | return through the swarm | max abs diff | "
-        "round p50 / p99 ms | deadline misses |",
-        "|---|---|---|---|---|---|",
+        f"| world model | {metric} in-process | {metric} through the swarm | max abs diff | "
+        "episode returns in-process / through the swarm | max abs diff | round p50 / p99 ms | "
+        "deadline misses |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         p50, p99 = r["round_p50_ms"], r["round_p99_ms"]
         lines.append(
             f"| {r['variant']} | {np.mean(r['in_process']):.2f} | {np.mean(r['swarm']):.2f} | "
-            f"{r['max_abs_diff']:g} | "
+            f"{r['max_abs_diff']:g} | {_returns(r['episode_returns_in_process'])} / "
+            f"{_returns(r['episode_returns_swarm'])} | {r['episode_return_max_abs_diff']:g} | "
             + ("- / -" if p50 is None else f"{p50:.2f} / {p99:.2f}")
             + f" | {r['deadline_misses']} |"
         )

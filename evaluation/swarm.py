@@ -37,7 +37,7 @@ def swarm_sweep(
     rows = []
     for strategy in [s for s in result["strategies"] if s in SWARM_STRATEGIES]:
         for p in result["p_loss"]:
-            per_seed, traffic, msgs, p50, p99, misses = [], [], [], [], [], 0
+            per_seed, returns, traffic, msgs, p50, p99, misses = [], [], [], [], [], [], 0
             for seed in range(result["seeds"]):
                 settings = build_settings(
                     bundle,
@@ -54,6 +54,7 @@ def swarm_sweep(
                 )
                 report = Launcher(settings, out_dir / f"{strategy}-p{p:g}-s{seed}").run()
                 per_seed.append(score(report["episodes"], result["metric"]))
+                returns.append([float(e["return"]) for e in report["episodes"]])
                 proto = report["traffic_by_category"].get("protocol", {})
                 traffic.append(proto.get("bytes_per_step", 0.0))
                 msgs.append(proto.get("msgs_per_step", 0.0))
@@ -70,6 +71,7 @@ def swarm_sweep(
                     "mean": float(np.mean(per_seed)),
                     "std": float(np.std(per_seed)),
                     "per_seed": per_seed,
+                    "episode_returns": returns,
                     "bytes_per_step": float(np.mean(traffic)),
                     "msgs_per_step": float(np.mean(msgs)),
                     "round_p50_ms": float(np.mean(p50)) if p50 else None,

@@ -24,7 +24,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 import numpy as np
-from training import summarise, wall_hours_per_100k
+from training import summarise
 
 from rmio.train.evaluate import plot_curves
 
@@ -83,7 +83,8 @@ def report(args: argparse.Namespace) -> tuple[str, dict]:
     lines = [
         f"# MMSA, QMIX and MAPPO on LBF at {args.steps:,} real steps (MMSA paper Table 4)",
         "",
-        f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+        f"{platform.machine()}, {len(os.sched_getaffinity(0))} cores, "
+        f"Python {platform.python_version()}, "
         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; one torch thread per run, "
         f"{args.jobs} runs at a time.",
         "",
@@ -111,7 +112,7 @@ def report(args: argparse.Namespace) -> tuple[str, dict]:
                 if d["at_budget"][args.steps]
             ]
             best = [d["best"]["return_mean"] for d in done if d["best"]]
-            hours = [h for r in runs if r.is_dir() and (h := wall_hours_per_100k(r)) is not None]
+            hours = [d["hours_per_100k"] for d in done if "hours_per_100k" in d]
             rate = [d["overall_steps_per_s"] for d in done if "overall_steps_per_s" in d]
             cell = {
                 "seeds": len(at),

@@ -8,6 +8,8 @@ table above it is what a deployment gets.
     python bench/sweep_swarm.py runs/ablation-fig8_halfcheetah_6x1 --seed 0 --p-loss 0.3 \\
         --episodes 2 --out bench/results/swarm_fig8_halfcheetah_6x1
 
+or any bundles, each named: ``--bundle mmsa=runs/mmsa-robustness/mmsa_bundle --bundle ...``.
+
 Writes OUT.md and OUT.json.
 """
 
@@ -45,7 +47,11 @@ def _returns(per_seed: list[list[float]]) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("sweep", type=Path, help="an `rmio ablate` output directory")
+    ap.add_argument("sweep", type=Path, nargs="?", help="an `rmio ablate` output directory")
+    ap.add_argument(
+        "--bundle", action="append", default=[], metavar="LABEL=DIR",
+        help="a bundle to run instead of a sweep's (repeatable)",
+    )  # fmt: skip
     ap.add_argument("--seed", type=int, default=0, help="training seed whose bundles run")
     ap.add_argument("--p-loss", type=float, default=0.3)
     ap.add_argument("--episodes", type=int, default=2)
@@ -54,9 +60,15 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True, help="OUT.md and OUT.json are written")
     args = ap.parse_args()
     rows = []
-    found = variants(args.sweep, args.seed)
+    if (args.sweep is None) == (not args.bundle):
+        raise SystemExit("give a sweep directory or --bundle LABEL=DIR, not both")
+    if args.bundle:
+        found = [(b.split("=", 1)[0], Path(b.split("=", 1)[-1])) for b in args.bundle]
+    else:
+        found = variants(args.sweep, args.seed)
     if not found:
         raise SystemExit(f"{args.sweep}: no exported bundle of seed {args.seed} in ablation.json")
+    name = args.sweep.name if args.sweep else ", ".join(label for label, _ in found)
     with tempfile.TemporaryDirectory() as tmp:
         for label, bundle in found:
             start = time.perf_counter()
@@ -89,7 +101,7 @@ def main() -> None:
             rows.append(
                 {
                     "variant": label,
-                    "bundle": bundle.relative_to(args.sweep).as_posix(),
+                    "bundle": (bundle.relative_to(args.sweep) if args.sweep else bundle).as_posix(),
                     "metric": result["metric"],
                     "in_process": inproc,
                     "swarm": through["per_seed"],
@@ -107,9 +119,10 @@ def main() -> None:
                 f"{label}: in-process {inproc} swarm {through['per_seed']} diff {diff:g}; "
                 f"episode returns {inproc_returns} and {through['episode_returns']}"
             )
+    what = f"Every world model of `{name}` (training seed {args.seed})" if args.sweep else name
     head = (
-        f"# Every world model of `{args.sweep.name}` (training seed {args.seed}) through the real "
-        f"swarm: {platform.machine()}, {len(os.sched_getaffinity(0))} cores, "
+        f"# {what} through the real swarm: {platform.machine()}, "
+        f"{len(os.sched_getaffinity(0))} cores, "
         f"{time.strftime('%Y-%m-%d')}"
     )
     metric = rows[0]["metric"]
@@ -118,8 +131,9 @@ def main() -> None:
         "",
         f"Bernoulli p_loss {args.p_loss:g}, {args.episodes} episodes, world model in window mode, "
         f"transport {args.transport}; in-process = `rmio eval robustness` on the same seeds and "
-        "masks. Command: `python bench/sweep_swarm.py SWEEP_OUT --seed "
-        f"{args.seed} --p-loss {args.p_loss:g} --episodes {args.episodes}"
+        "masks. Command: `python bench/sweep_swarm.py "
+        + (f"SWEEP_OUT --seed {args.seed}" if args.sweep else "--bundle LABEL=DIR ...")
+        + f" --p-loss {args.p_loss:g} --episodes {args.episodes}"
         + (f" --steps {args.steps}" if args.steps else "")
         + f" --transport {args.transport}`.",
         "",

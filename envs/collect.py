@@ -17,7 +17,14 @@ from rmio.envs.vector import make_vector_env
 
 Policy = Callable[[np.ndarray, np.ndarray, np.ndarray | None], np.ndarray]
 """(obs (B, n, obs_dim) with lost rows zeroed, observed (B, n), avail (B, n, A) or None) ->
-actions."""
+actions. A policy with memory (a recurrent actor) may also have an ``episode_start(k)`` method:
+``collect`` calls it whenever copy k starts an episode, so it can reset that copy's state."""
+
+
+def _episode_start(policy: Policy, k: int) -> None:
+    start = getattr(policy, "episode_start", None)
+    if start is not None:
+        start(k)
 
 
 def random_policy(spec: EnvSpec, seed: int) -> Policy:
@@ -87,6 +94,7 @@ def collect(
         builders = [EpisodeBuilder(spec) for _ in range(num_envs)]
         for k, b in enumerate(builders):
             b.start(bstep.obs[k], bstep.state[k], observed[k], _avail(bstep.avail_actions, k))
+            _episode_start(policy, k)
         active = np.ones(num_envs, dtype=bool)  # copies whose current episode will be kept
         taken = 0
         while active.any():
@@ -120,6 +128,7 @@ def collect(
                     buf.add_episode(b.finish())
                     losses[k].reset()
                     new_observed[k] = losses[k].sample()
+                    _episode_start(policy, k)  # the vector env already reset copy k
                     if taken >= steps:
                         active[k] = False
                     else:

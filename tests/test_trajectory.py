@@ -109,3 +109,38 @@ def test_buffer_stores_the_actions_the_environment_executed() -> None:
     )
     acted = buf.data["action"][~buf.data["is_last"]]
     np.testing.assert_array_equal(acted, 1.0)
+
+
+class _Counting:
+    """A policy with memory: per copy, the actions it chose since ``collect`` last told it that
+    copy's episode started (what a recurrent actor resets its state on)."""
+
+    def __init__(self, copies: int) -> None:
+        self.since: list[int | None] = [None] * copies
+        self.lengths: list[int] = []  # per finished episode, in the order episodes finish
+
+    def episode_start(self, k: int) -> None:
+        if self.since[k]:
+            self.lengths.append(self.since[k])
+        self.since[k] = 0
+
+    def __call__(self, obs, observed, avail):
+        assert None not in self.since, "an action before its copy's episode started"
+        self.since = [s + 1 for s in self.since]
+        return np.zeros((obs.shape[0], 6, 1), np.float32)
+
+
+def test_collect_tells_a_policy_when_each_copys_episode_starts() -> None:
+    """Every stored episode is exactly the actions between two ``episode_start`` calls of its
+    copy, and no copy acts before its first episode started."""
+    policy = _Counting(2)
+    buf, _ = collect(
+        EnvConfig("mamujoco", "HalfCheetah-6x1", episode_limit=7),
+        LossConfig("none"),
+        steps=40,
+        num_envs=2,
+        policy=policy,
+    )
+    lengths = [b - a - 1 for a, b in buf.episode_bounds()]
+    assert len(lengths) >= 4
+    assert policy.lengths == lengths

@@ -443,25 +443,46 @@ def _bundle_policy(cfg: Config, bundle: Path, console: Console) -> Any:
         or "actor" not in manifest.files
     ):
         raise RmioError(f"bundle '{bundle}' has no actor for {cfg.env.family}/{cfg.env.scenario}")
-    runner, spec = ActorRunner(bundle, manifest), manifest.spec
-    rng = np.random.default_rng(cfg.run.seed + 17)
-    ids = np.arange(spec.n_agents)
     console.print(f"collecting with the actor of bundle {bundle} plus exploration noise")
+    return _NoisyBundleActor(ActorRunner(bundle, manifest), cfg.run.seed + 17)
 
-    def act(obs: np.ndarray, observed: np.ndarray, avail: np.ndarray | None) -> np.ndarray:
-        """``obs`` is ``(num_envs, n, d)``: every agent of every copy in one batched actor call."""
-        lead = obs.shape[:-2]
+
+class _NoisyBundleActor:
+    """``collect``'s policy: every agent of every copy in one batched actor call, then noise
+    (``explore``: the chance of a random available action, discrete tasks).
+
+    A recurrent actor (a QMIX or MMSA Q-agent) keeps one hidden state per agent of each copy, reset
+    when ``collect`` starts that copy's episode (``episode_start``). Its state records the greedy
+    action it chose, not the random one that exploration may put in its place: the data's actor
+    is the deployed one, with noise on top."""
+
+    def __init__(self, runner: ActorRunner, seed: int, explore: float = 0.1) -> None:
+        self.runner, self.spec, self.explore = runner, runner.manifest.spec, explore
+        self.rng = np.random.default_rng(seed)
+        self.state: np.ndarray | None = None  # (copies * n, *shape) of a recurrent actor
+
+    def episode_start(self, k: int) -> None:
+        if self.state is not None:
+            n = self.spec.n_agents
+            self.state[k * n : (k + 1) * n] = 0.0
+
+    def __call__(self, obs: np.ndarray, observed: np.ndarray, avail: np.ndarray | None) -> Any:
+        """``obs`` is ``(num_envs, n, d)``."""
+        spec, rows = self.spec, int(np.prod(obs.shape[:-1]))
         flat_avail = None if avail is None else avail.reshape(-1, avail.shape[-1])
-        action = runner.act(
-            obs.reshape(-1, obs.shape[-1]), np.tile(ids, int(np.prod(lead))), flat_avail
-        )
+        ids = np.tile(np.arange(spec.n_agents), rows // spec.n_agents)
+        flat = obs.reshape(-1, obs.shape[-1])
+        if self.runner.recurrent:
+            if self.state is None or self.state.shape[0] != rows:  # a new batch of copies
+                self.state = self.runner.initial_state(rows)
+            action, self.state = self.runner.step(flat, ids, flat_avail, self.state)
+        else:
+            action = self.runner.act(flat, ids, flat_avail)
         action = action.reshape(*obs.shape[:-1], *action.shape[1:])
         if spec.discrete:
-            explore = rng.random(action.shape) < 0.1
-            return np.where(explore, spec.random_actions(rng, avail), action)
-        noisy = action + rng.normal(0.0, 0.3, action.shape).astype(np.float32)
+            explore = self.rng.random(action.shape) < self.explore
+            return np.where(explore, spec.random_actions(self.rng, avail), action)
+        noisy = action + self.rng.normal(0.0, 0.3, action.shape).astype(np.float32)
         return np.clip(noisy, spec.action_low, spec.action_high) * np.asarray(
             spec.action_feature_mask, np.float32
         )
-
-    return act

@@ -158,3 +158,36 @@ def test_a_q_agent_of_an_unknown_algorithm_is_one_line(
     with pytest.raises(RmioError, match="not a QMIX or MMSA checkpoint") as err:
         load_q_agent(no_q)
     assert "\n" not in str(err.value)
+
+
+def test_a_recurrent_actor_collects_world_model_data(mmsa_bundle: Path) -> None:
+    """`run.data_policy` may name a bundle with a recurrent actor (an RMIOv2 world model for
+    MMSA's Q-actor, bench/mmsa_robustness.py). Without exploration, every stored action is the
+    greedy action of the actor stepped alone over that episode from a fresh state, on copies that
+    finish several episodes each (when ``collect`` resets a copy's state: test_trajectory.py)."""
+    import numpy as np
+
+    from rmio.config import load_config
+    from rmio.envs.collect import collect
+    from rmio.envs.loss import LossConfig
+    from rmio.train.wm_train import _NoisyBundleActor
+
+    cfg = load_config("lbf_8x8_2p_2f_coop", preset="debug")
+    runner = ActorRunner(mmsa_bundle)
+    buf, _ = collect(
+        cfg.env, LossConfig(model="none"), steps=8 * STEPS, num_envs=2, seed=3,
+        policy=_NoisyBundleActor(runner, seed=0, explore=0.0),
+    )  # fmt: skip
+    assert buf.num_episodes >= 8
+    reference = ActorRunner(mmsa_bundle)
+    compared = 0
+    for e in range(buf.num_episodes):
+        ep = buf.episode(e)
+        n = ep["obs"].shape[1]
+        state = reference.initial_state(n)
+        for t in range(len(ep["action"])):
+            avail = ep["avail_actions"][t] if "avail_actions" in ep else None
+            action, state = reference.step(ep["obs"][t], np.arange(n), avail, state)
+            np.testing.assert_array_equal(ep["action"][t], action, err_msg=f"episode {e}, t {t}")
+            compared += n
+    assert compared >= 8 * STEPS * n

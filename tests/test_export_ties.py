@@ -8,7 +8,7 @@ import pytest
 
 pytest.importorskip("torch")
 
-from rmio.train.export import argmax_ties
+from rmio.train.parity import argmax_ties
 
 
 def _one_hot(classes: np.ndarray, width: int) -> np.ndarray:

@@ -31,12 +31,11 @@ from rmio.runtime.models import LatentState, WorldModelRunner
 from rmio.runtime.validate import bundle_checksums
 from rmio.train.common import load_actor, load_model
 from rmio.train.model_card import write_model_card
+from rmio.train.parity import PARITY_TOLERANCE, argmax_ties
 from rmio.train.policy import Actor
 from rmio.train.world_model import RMIOWorldModel
 
 log = logging.getLogger(__name__)
-PARITY_TOLERANCE = 1e-3
-"""Largest accepted |onnxruntime - torch| on reconstructed observations (raw units) and states."""
 
 
 class ActorGraph(nn.Module):
@@ -185,25 +184,6 @@ def random_parity(model: RMIOWorldModel, runner: WorldModelRunner, batch: int = 
         list(WM_OUTPUTS), {k: v.numpy() for k, v in zip(WM_INPUTS, args, strict=True)}
     )
     return max(float(np.abs(a - b).max()) for a, b in zip(ref, got, strict=True))
-
-
-def argmax_ties(
-    logits: np.ndarray, z_ref: np.ndarray, z_got: np.ndarray, tolerance: float = PARITY_TOLERANCE
-) -> np.ndarray | None:
-    """Which agents' latents differ only by argmax ties: the boolean (n,) mask of agents whose
-    one-hot latents ``z_ref`` and ``z_got`` (n, groups * classes) pick another class only in groups
-    where ``logits`` (n, groups, classes; the reference's) put the two best classes within
-    ``tolerance`` of each other, or None if some group picks otherwise with a wider margin (a real
-    discrepancy)."""
-    n, groups, classes = logits.shape
-    ref = z_ref.reshape(n, groups, classes).argmax(-1)
-    got = z_got.reshape(n, groups, classes).argmax(-1)
-    differs = ref != got
-    top2 = np.sort(logits, axis=-1)[..., -2:]
-    near = (top2[..., 1] - top2[..., 0]) <= tolerance
-    if (differs & ~near).any():
-        return None
-    return differs.any(-1)
 
 
 def replay_parity(

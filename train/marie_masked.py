@@ -239,9 +239,15 @@ class MarieWindow(nn.Module):
         none = (valid < 0.5) | (last > 0.5)  # no action on padding, and a_t is not chosen yet
         x = m.sequences(ids, m.action_ids(act, none)).flatten(2, 3).flatten(0, 1)
         h = m.transform(x, self.causal).reshape(b, n, steps, m.block, m.dim)
-        at_t = (before_positions(m, h) * last[:, None, :, None, None]).sum(2)  # (B, n, K, D)
-        pred = m.obs_head(at_t).argmax(-1)
+        pred = self.step_logits(h, valid).argmax(-1)
         enc_t = (enc * last[:, :, None, None].long()).sum(1)  # (B, n, K)
         seen_t = (mask * last[:, None]).sum(-1)[..., None] > 0.5
         codes = torch.where(seen_t, enc_t, pred)
         return m.tok.decode(codes), codes, h
+
+    def step_logits(self, h: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """The observation head's token logits (B, n, K, codebook) at each window's step t, from
+        ``round``'s hidden states (what its [MASK] predictions are the argmax of)."""
+        last = valid * (1.0 - torch.cat([valid[:, 1:], valid.new_zeros(valid.shape[0], 1)], 1))
+        at_t = (before_positions(self.m, h) * last[:, None, :, None, None]).sum(2)  # (B, n, K, D)
+        return self.m.obs_head(at_t)

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from rmio.evaluation import robustness
-from rmio.evaluation.report import plot
+from rmio.evaluation.report import markdown, plot
 from rmio.runtime.bundle import load_manifest
 
 KEEP = ("config.yaml", "mmsa.pt", "ckpt_mmsa.pt")
@@ -138,13 +138,8 @@ def merged(results: dict[str, Any]) -> dict[str, Any]:
     return base
 
 
-def _pm(mean: float, std: float, digits: int = 3) -> str:
-    return f"{mean:.{digits}f} ± {std:.{digits}f}"
-
-
 def report(args: argparse.Namespace, result: dict[str, Any], wall: float) -> str:
     cores = len(os.sched_getaffinity(0))
-    s = result["summary"]
     lines = [
         f"# MMSA's reconstruction against RMIOv2's with MMSA's Q-actor: {result['scenario']}, "
         f"{platform.machine()}, {cores} cores, {time.strftime('%Y-%m-%d')}",
@@ -157,21 +152,9 @@ def report(args: argparse.Namespace, result: dict[str, Any], wall: float) -> str
         f"last invocation took {wall / 60:.0f} min. Command: `python bench/mmsa_robustness.py "
         f"{args.run.as_posix()} --out OUT --p-mask {args.p_mask:g} --collect-steps "
         f"{args.collect_steps}`.",
-        "",
-        "| p_loss | " + " | ".join(COLUMNS) + " |",
-        "|---|" + "---|" * len(COLUMNS),
     ]
-    for i, p in enumerate(result["p_loss"]):
-        cells = [_pm(s[c]["curve"][i]["mean"], s[c]["curve"][i]["std"]) for c in COLUMNS]
-        lines.append(f"| {p:g} | " + " | ".join(cells) + " |")
-    aucs = [f"**{_pm(s[c]['auc_mean'], s[c]['auc_std'], 1)}**" for c in COLUMNS]
-    lines.append("| **AUC** | " + " | ".join(aucs) + " |")
-    lines += [
-        "",
-        f"Random policy: {s['random']['mean']:.3f}. AUC as in `rmio eval robustness` "
-        "(docs/ARCHITECTURE.md).",
-    ]
-    return "\n".join(lines) + "\n"
+    table = markdown(result).split("\n", 2)[2]  # without its title
+    return "\n".join(lines) + "\n\n" + table
 
 
 def main() -> None:

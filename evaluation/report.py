@@ -31,7 +31,10 @@ def loss_text(result: dict[str, Any]) -> str:
 
 def markdown(result: dict[str, Any]) -> str:
     metric = result["metric"]
-    digits = 2 if metric == "win_rate" else 1
+    scale = max(
+        abs(c["mean"]) for s in result["strategies"] for c in result["summary"][s]["curve"]
+    )  # LBF's returns are fractions of the food: one decimal would hide them
+    digits = 2 if metric == "win_rate" or scale < 10 else 1
     strategies = result["strategies"]
     summary = result["summary"]
     length = result["episode_limit"] or "as the environment ends it"

@@ -85,6 +85,27 @@ SECTIONS: list[tuple[str, str, str]] = [
         "--episodes 5 --out bench/results/swarm_fig8_smax_2s3z",
     ),
     (
+        "RMIOv2 Fig. 8 (RMIOv2 against RMIO v1, MAMBA and GAWM): HalfCheetah 6x1, 3 training "
+        "seeds (issue 21)",
+        "ablation_fig8_halfcheetah_6x1/ablation.md",
+        "rmio ablate fig8_halfcheetah_6x1 --out runs/ablation-fig8_halfcheetah_6x1 --jobs 2 (one "
+        "torch thread per worker; re-run the same command to resume)",
+    ),
+    (
+        "RMIOv2 Fig. 8 through the real swarm: every world model of HalfCheetah 6x1, training "
+        "seed 0 (issue 21)",
+        "swarm_fig8_halfcheetah_6x1.md",
+        "python bench/sweep_swarm.py runs/ablation-fig8_halfcheetah_6x1 --seed 0 --p-loss 0.3 "
+        "--episodes 5 --out bench/results/swarm_fig8_halfcheetah_6x1",
+    ),
+    (
+        "RMIOv2 Table 2 (fine-tuning mask rate): HalfCheetah 6x1, 2 training seeds (issue 21)",
+        "ablation_p_mask_halfcheetah_6x1/ablation.md",
+        "rmio ablate p_mask_halfcheetah_6x1 --out runs/ablation-p_mask_halfcheetah_6x1 --jobs 2 "
+        "--reuse runs/ablation-fig8_halfcheetah_6x1 (one torch thread per worker; --reuse takes "
+        "the pre-training of each seed from the Fig. 8 sweep; re-run the same command to resume)",
+    ),
+    (
         "Fine-tuning recipes against the pre-trained model, hold-last and zero-fill: HalfCheetah "
         "6x1, 2 training seeds (issues 21 and 25)",
         "ablation_recipes_halfcheetah_6x1/ablation.md",

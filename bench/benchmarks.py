@@ -102,8 +102,7 @@ SECTIONS: list[tuple[str, str, str]] = [
         "RMIOv2 Table 2 (fine-tuning mask rate): HalfCheetah 6x1, 2 training seeds (issue 21)",
         "ablation_p_mask_halfcheetah_6x1/ablation.md",
         "rmio ablate p_mask_halfcheetah_6x1 --out runs/ablation-p_mask_halfcheetah_6x1 --jobs 2 "
-        "--reuse runs/ablation-fig8_halfcheetah_6x1 (one torch thread per worker; --reuse takes "
-        "the pre-training of each seed from the Fig. 8 sweep; re-run the same command to resume)",
+        "(one torch thread per worker; re-run the same command to resume)",
     ),
     (
         "Fine-tuning recipes against the pre-trained model, hold-last and zero-fill: HalfCheetah "
@@ -239,6 +238,13 @@ SECTIONS: list[tuple[str, str, str]] = [
         "python bench/marie_rounds.py --marie BUNDLE --marie-before OLD_BUNDLE --steps 200 "
         "--repeats 2 --placement on-agent, then --graph-calls 0 --placement node (background "
         "trainings paused)",
+    ),
+    (
+        "MMSA against QMIX and MAPPO on LBF (MMSA paper Table 4), 3 seeds (issue 22)",
+        "lbf_table4.md",
+        "python bench/lbf_table4.py --tasks lbf_10x10_3p_5f lbf_10x10_4p_3f --seeds 0 1 2 "
+        "--steps STEPS --root runs/lbf-table4 --jobs 2 --out bench/results/lbf_table4 (re-run "
+        "the same command to resume; STEPS as the table's title says)",
     ),
     ("What a call costs right after a sleep", "cold_calls.md", "python bench/cold_calls.py"),
     ("Environment throughput", "env_throughput.md", "python bench/env_throughput.py"),

@@ -2,7 +2,7 @@
 Table 4): trains every (task, algorithm, seed) run that is not finished, two at a time with one
 torch thread each, then writes the returns at the budget beside the paper's and the learning curves.
 
-    python bench/lbf_table4.py --tasks lbf_2s_8x8_2p_2f_coop lbf_10x10_3p_5f \\
+    python bench/lbf_table4.py --tasks lbf_10x10_3p_5f lbf_10x10_4p_3f \\
         --seeds 0 1 2 --steps 300000 --root runs/lbf-table4 --jobs 2 --out bench/results/lbf_table4
 
 Re-running the same command resumes: a finished run is left as it is, an interrupted one goes on
@@ -179,12 +179,14 @@ def report(args: argparse.Namespace) -> tuple[str, dict]:
         else:
             verdict = "holds" if m > q else "does not hold" + (": equal" if m == q else "")
             lines.append(f"- {task}: {verdict} ({m:.2f} against {q:.2f})")
+    lines += ["", "Learning curves (greedy return against real steps, every run):", ""]
+    lines += [f"![{task}]({args.out.name}_{task}.png)" for task in args.tasks]
     return "\n".join(lines) + "\n", table
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--tasks", nargs="+", default=["lbf_2s_8x8_2p_2f_coop", "lbf_10x10_3p_5f"])
+    ap.add_argument("--tasks", nargs="+", default=["lbf_10x10_3p_5f", "lbf_10x10_4p_3f"])
     ap.add_argument("--algos", nargs="+", default=["mmsa", "qmix", "mappo"])
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--steps", type=int, default=300_000, help="real env steps per run")

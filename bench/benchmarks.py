@@ -246,6 +246,20 @@ SECTIONS: list[tuple[str, str, str]] = [
         "--steps STEPS --root runs/lbf-table4 --jobs 2 --out bench/results/lbf_table4 (re-run "
         "the same command to resume; STEPS as the table's title says)",
     ),
+    (
+        "MMSA's reconstruction against RMIOv2's with MMSA's Q-actor: LBF 10x10-3p-5f (issue 22)",
+        "mmsa_robustness_lbf_10x10_3p_5f.md",
+        "python bench/mmsa_robustness.py runs/lbf-table4/lbf_10x10_3p_5f/mmsa/seed0 --out "
+        "runs/mmsa-robustness-lbf_10x10_3p_5f --results "
+        "bench/results/mmsa_robustness_lbf_10x10_3p_5f (re-run the same command to resume)",
+    ),
+    (
+        "MMSA, RMIOv2 and QMIX bundles through the real swarm: LBF 10x10-3p-5f (issue 22)",
+        "swarm_lbf_10x10_3p_5f.md",
+        "python bench/sweep_swarm.py --bundle mmsa=MMSA_BUNDLE --bundle rmiov2=RMIOV2_BUNDLE "
+        "--bundle qmix=QMIX_BUNDLE --p-loss 0.3 --episodes 5 --out "
+        "bench/results/swarm_lbf_10x10_3p_5f (the bundles as the section says)",
+    ),
     ("What a call costs right after a sleep", "cold_calls.md", "python bench/cold_calls.py"),
     ("Environment throughput", "env_throughput.md", "python bench/env_throughput.py"),
 ]

@@ -154,7 +154,10 @@ def report(args: argparse.Namespace) -> tuple[str, dict]:
                 f"| {task} | {algo} | {len(at)} of {len(runs)} | "
                 + " | ".join(
                     [
-                        f"{cell['return_mean']:.2f} ± {cell['return_std']:.2f}" if at else "-",
+                        "-"
+                        if not at
+                        else f"{cell['return_mean']:.2f}"
+                        + (f" ± {cell['return_std']:.2f}" if len(at) > 1 else ""),
                         _num(cell["paper"], 2),
                         _num(cell["best_mean"], 2),
                         _num(cell["hours_per_1m"], 1),

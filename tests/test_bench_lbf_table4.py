@@ -1,0 +1,49 @@
+"""bench/lbf_table4.py (issue 22): the table takes each run's return at the budget, gives a spread
+only where there is more than one seed, and says whether MMSA > QMIX holds on the means."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "bench" / "lbf_table4.py"
+TASK = "lbf_10x10_4p_3f"
+
+
+def _run(root: Path, algo: str, seed: int, returns: dict[int, float]) -> None:
+    run = root / TASK / algo / f"seed{seed}"
+    run.mkdir(parents=True)
+    rows = [{"step": s, "return_mean": r, "return_std": 0.1} for s, r in returns.items()]
+    (run / "eval.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def _report(root: Path, out: Path, seeds: list[int]) -> str:
+    cmd = [sys.executable, str(SCRIPT), "--report-only", "--tasks", TASK, "--steps", "1000"]
+    cmd += ["--algos", "mmsa", "qmix", "--seeds", *map(str, seeds), "--root", str(root)]
+    proc = subprocess.run(
+        [*cmd, "--out", str(out)], capture_output=True, text=True, timeout=600, cwd=ROOT
+    )
+    assert proc.returncode == 0, proc.stderr
+    return out.with_suffix(".md").read_text()
+
+
+def test_returns_at_the_budget_with_a_spread_over_seeds_and_the_verdict(tmp_path: Path) -> None:
+    root = tmp_path / "runs"
+    # the evaluation after the budget (0.9) must not be taken for the figure at it
+    _run(root, "mmsa", 0, {500: 0.1, 1000: 0.4, 1500: 0.9})
+    _run(root, "mmsa", 1, {500: 0.1, 1000: 0.2})
+    _run(root, "qmix", 0, {500: 0.1, 1000: 0.1})
+    _run(root, "qmix", 1, {500: 0.1, 1000: 0.3})
+    text = _report(root, tmp_path / "two", [0, 1])
+    assert f"| {TASK} | mmsa | 2 of 2 | 0.30 ± 0.10 | 0.88 |" in text
+    assert f"| {TASK} | qmix | 2 of 2 | 0.20 ± 0.10 | 0.31 |" in text
+    assert f"- {TASK}: holds (0.30 against 0.20)" in text
+    table = json.loads((tmp_path / "two.json").read_text())
+    assert table[TASK]["mmsa"]["per_seed"] == [0.4, 0.2]
+
+    one = _report(root, tmp_path / "one", [1])  # one seed: no spread to show
+    assert f"| {TASK} | mmsa | 1 of 1 | 0.20 | 0.88 |" in one
+    assert f"- {TASK}: does not hold (0.20 against 0.30)" in one

@@ -260,6 +260,13 @@ SECTIONS: list[tuple[str, str, str]] = [
         "bench/results/mmsa_robustness_lbf_10x10_3p_5f (re-run the same command to resume)",
     ),
     (
+        "MMSA's reconstruction against RMIOv2's with MMSA's Q-actor: LBF 10x10-4p-3f (issue 22)",
+        "mmsa_robustness_lbf_10x10_4p_3f.md",
+        "python bench/mmsa_robustness.py runs/lbf-table4/lbf_10x10_4p_3f/mmsa/seed0 --out "
+        "runs/mmsa-robustness-lbf_10x10_4p_3f --results "
+        "bench/results/mmsa_robustness_lbf_10x10_4p_3f (re-run the same command to resume)",
+    ),
+    (
         "MMSA, RMIOv2 and QMIX bundles through the real swarm: LBF 10x10-3p-5f (issue 22)",
         "swarm_lbf_10x10_3p_5f.md",
         "python bench/sweep_swarm.py --bundle mmsa=MMSA_BUNDLE --bundle rmiov2=RMIOV2_BUNDLE "

@@ -102,6 +102,14 @@ def _num(value: float | None, digits: int) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
+def _mean_spread(cell: dict) -> str:
+    """Mean ± std over the seeds at the budget; one seed has no spread to show."""
+    if not cell["seeds"]:
+        return "-"
+    spread = f" ± {cell['return_std']:.2f}" if cell["seeds"] > 1 else ""
+    return f"{cell['return_mean']:.2f}{spread}"
+
+
 def report(args: argparse.Namespace) -> tuple[str, dict]:
     lines = [
         f"# MMSA, QMIX and MAPPO on LBF at {args.steps:,} real steps (MMSA paper Table 4)",
@@ -154,10 +162,7 @@ def report(args: argparse.Namespace) -> tuple[str, dict]:
                 f"| {task} | {algo} | {len(at)} of {len(runs)} | "
                 + " | ".join(
                     [
-                        "-"
-                        if not at
-                        else f"{cell['return_mean']:.2f}"
-                        + (f" ± {cell['return_std']:.2f}" if len(at) > 1 else ""),
+                        _mean_spread(cell),
                         _num(cell["paper"], 2),
                         _num(cell["best_mean"], 2),
                         _num(cell["hours_per_1m"], 1),

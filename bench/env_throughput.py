@@ -75,7 +75,7 @@ def vectorised(cfg: EnvConfig, num_envs: int, steps: int, mode: str = "auto") ->
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--scenarios", default=DEFAULT)
     args = parser.parse_args()

@@ -193,7 +193,7 @@ def report(args: argparse.Namespace) -> tuple[str, dict]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--tasks", nargs="+", default=["lbf_10x10_3p_5f", "lbf_10x10_4p_3f"])
     ap.add_argument("--algos", nargs="+", default=["mmsa", "qmix", "mappo"])
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])

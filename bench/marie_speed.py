@@ -80,7 +80,7 @@ def _parity(model, batch) -> tuple[float, float]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--preset", default="cpu")
     ap.add_argument("--updates", type=int, default=8, help="timed updates of each path")
     ap.add_argument("--threads", type=int, default=1)

@@ -158,7 +158,7 @@ def report(args: argparse.Namespace, result: dict[str, Any], wall: float) -> str
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("run", type=Path, help="a trained `rmio train mmsa` run directory")
     ap.add_argument("--out", type=Path, required=True, help="working directory (resumable)")
     ap.add_argument("--results", type=Path, help="RESULTS.md/.json/.png (default OUT/comparison)")

@@ -36,7 +36,7 @@ def scenario_name(run: Path) -> str:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("runs", nargs="+", help="[LABEL=]RUN_DIR, RMIOv2 or MARIE runs of one task")
     ap.add_argument("--data", type=Path, default=None, help="the run whose held-out data is used")
     ap.add_argument("--root", type=Path, default=None, help="runs are named RUNS/<path under it>")

@@ -52,7 +52,7 @@ def spearman(a: list[float], b: list[float]) -> float:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("runs", nargs="+", type=Path, help="run directories with wm_finetune.pt")
     ap.add_argument("--policy", default="halfcheetah_6x1", help="the deployed actor's bundle")
     ap.add_argument("--baselines", type=Path, default=HERE / "results/policy_metrics_rank.json")

@@ -83,7 +83,7 @@ def correlations(cs: list[dict]) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("bundles", nargs="+", help="bundle directories or shipped bundle names")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--episodes", type=int, default=3)

@@ -87,7 +87,7 @@ def _differences(a: dict[str, float], b: dict[str, float]) -> list[str]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("sweep", help="a shipped sweep name or a sweep YAML")
     ap.add_argument("--seeds", default="", help="comma-separated training seeds (default: all)")
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1)

@@ -46,7 +46,7 @@ def _returns(per_seed: list[list[float]]) -> str:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("sweep", type=Path, nargs="?", help="an `rmio ablate` output directory")
     ap.add_argument(
         "--bundle", action="append", default=[], metavar="LABEL=DIR",

@@ -233,6 +233,25 @@ SECTIONS: list[tuple[str, str, str]] = [
         "python bench/open_loop.py LABEL=RUN_DIR... --root RUNS (see the command line inside)",
     ),
     (
+        "MARIE against RMIOv2 on SMAX 2s3z: L_rec, GPE and GCI at every p_mask, robustness, "
+        "2 training seeds (issue 23)",
+        "marie_smax_2s3z.md",
+        "rmio ablate marie_smax_2s3z --out runs/ablation-marie_smax_2s3z --jobs 2 && python "
+        "bench/marie_compare.py runs/ablation-marie_smax_2s3z --out bench/results/marie_smax_2s3z",
+    ),
+    (
+        "MARIE and RMIOv2 bundles of SMAX 2s3z through the real swarm (issue 23)",
+        "swarm_marie_smax_2s3z.md",
+        "python bench/sweep_swarm.py runs/ablation-marie_smax_2s3z --seed 0 --p-loss 0.3 "
+        "--episodes 5 --out bench/results/swarm_marie_smax_2s3z",
+    ),
+    (
+        "The same at p_loss 0.6, training seed 1, 10 episodes (issue 23)",
+        "swarm_marie_smax_2s3z_p06.md",
+        "python bench/sweep_swarm.py runs/ablation-marie_smax_2s3z --seed 1 --p-loss 0.6 "
+        "--episodes 10 --out bench/results/swarm_marie_smax_2s3z_p06",
+    ),
+    (
         "Reconstruction rounds of a MARIE bundle against RMIOv2's, in the swarm (issue 23)",
         "marie_rounds.md",
         "python bench/marie_rounds.py --marie BUNDLE --marie-before OLD_BUNDLE --steps 200 "

@@ -82,7 +82,8 @@ def _metric_table(data: dict[str, Any], key: str) -> list[str]:
     masks = [k for k, p in enumerate(data["p_masks"]) if p > 0]
     head = " | ".join(f"p_mask {data['p_masks'][k]:g}" for k in masks)
     lines = [f"| {METRICS[key]} | {head} |", "|---" * (len(masks) + 1) + "|"]
-    for label, cell in data["rows"].items():
+    models_first = sorted(data["rows"].items(), key=lambda item: item[0] in BASELINES)
+    for label, cell in models_first:
         if key in cell:
             values = [[v for v in cell[key][k] if v is not None] for k in masks]
             lines.append(f"| {label} | " + " | ".join(_spread(v) for v in values) + " |")
@@ -142,7 +143,7 @@ def plot(data: dict[str, Any], path: Path) -> None:
     ax = axes[0][0]
     masks = [k for k, p in enumerate(data["p_masks"]) if p > 0]
     xs = [data["p_masks"][k] for k in masks]
-    for label, cell in data["rows"].items():
+    for label, cell in sorted(data["rows"].items(), key=lambda item: item[0] in BASELINES):
         vals = [[v for v in cell["lrec_masked"][k] if v is not None] for k in masks]
         ax.errorbar(xs, [np.mean(v) for v in vals], [np.std(v) for v in vals], label=label)
     ax.set(xlabel="test-time p_mask", ylabel="L_rec lost agents", title="reconstruction")

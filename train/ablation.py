@@ -79,9 +79,7 @@ def run_ablation(
             prepare_seed(sweep, seed, console)
             seed_done(seed, [run_variant(sweep, seed, k, console) for k in range(len(ab.variants))])
     else:
-        trials = [
-            Trial(seed, _trial_name(ab, k), k) for seed in ab.seeds for k in range(len(ab.variants))
-        ]
+        trials = [Trial(seed, _trial_name(ab, k), k) for seed in ab.seeds for k in trial_order(ab)]
         run_trials(
             sweep, trials, jobs, console, seed_done, prepare_seed, run_variant, backend, address
         )
@@ -157,6 +155,13 @@ class Sweep:
     device: str
     reuse: tuple[Path, ...] = ()
     """Other sweep directories whose finished pre-trainings may stand in for this sweep's."""
+
+
+def trial_order(ab: AblationConfig) -> list[int]:
+    """The order a seed's trials are handed to the workers: the longest first (a MARIE trial
+    takes 3-5x an RMIOv2 one), so that a worker done with a short one goes on to the next seed's
+    long one instead of leaving it to run alone at the end. The table keeps the sweep's order."""
+    return sorted(range(len(ab.variants)), key=lambda k: _trial_name(ab, k) != "marie")
 
 
 def _trial_name(ab: AblationConfig, index: int) -> str:

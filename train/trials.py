@@ -193,7 +193,7 @@ def _schedule(
             )
             rows[seed][trial.index] = row
             if len(rows[seed]) == len(by_seed[seed]):
-                seed_done(seed, [rows[seed][t.index] for t in by_seed[seed]])
+                seed_done(seed, [rows[seed][k] for k in sorted(rows[seed])])
     if failures:
         raise RmioError(
             f"{len(failures)} stage(s) of the sweep failed (re-run the same command to retry "

@@ -272,6 +272,13 @@ SECTIONS: list[tuple[str, str, str]] = [
         "runs/lbf-table4-300k --jobs 1 --out bench/results/lbf_table4_300k_seed0",
     ),
     (
+        "MMSA against QMIX and MAPPO on LBF 10x10-4p-3f at 500k real steps, training seed 0 "
+        "(issue 22)",
+        "lbf_table4_500k_seed0.md",
+        "python bench/lbf_table4.py --tasks lbf_10x10_4p_3f --seeds 0 --steps 500000 --root "
+        "runs/lbf-table4-500k --jobs 2 --out bench/results/lbf_table4_500k_seed0",
+    ),
+    (
         "MMSA's reconstruction against RMIOv2's with MMSA's Q-actor: LBF 10x10-3p-5f (issue 22)",
         "mmsa_robustness_lbf_10x10_3p_5f.md",
         "python bench/mmsa_robustness.py runs/lbf-table4/lbf_10x10_3p_5f/mmsa/seed0 --out "

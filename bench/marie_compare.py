@@ -78,12 +78,16 @@ def collect(sweep: Path, variants: list[str]) -> dict[str, Any]:
     return {"seeds": used, "p_masks": p_masks, "rows": rows}
 
 
+def _models_first(data: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """The rows, world models before baselines (the tables and the plot keep one order)."""
+    return sorted(data["rows"].items(), key=lambda item: item[0] in BASELINES)
+
+
 def _metric_table(data: dict[str, Any], key: str) -> list[str]:
     masks = [k for k, p in enumerate(data["p_masks"]) if p > 0]
     head = " | ".join(f"p_mask {data['p_masks'][k]:g}" for k in masks)
     lines = [f"| {METRICS[key]} | {head} |", "|---" * (len(masks) + 1) + "|"]
-    models_first = sorted(data["rows"].items(), key=lambda item: item[0] in BASELINES)
-    for label, cell in models_first:
+    for label, cell in _models_first(data):
         if key in cell:
             values = [[v for v in cell[key][k] if v is not None] for k in masks]
             lines.append(f"| {label} | " + " | ".join(_spread(v) for v in values) + " |")
@@ -143,7 +147,7 @@ def plot(data: dict[str, Any], path: Path) -> None:
     ax = axes[0][0]
     masks = [k for k, p in enumerate(data["p_masks"]) if p > 0]
     xs = [data["p_masks"][k] for k in masks]
-    for label, cell in sorted(data["rows"].items(), key=lambda item: item[0] in BASELINES):
+    for label, cell in _models_first(data):
         vals = [[v for v in cell["lrec_masked"][k] if v is not None] for k in masks]
         ax.errorbar(xs, [np.mean(v) for v in vals], [np.std(v) for v in vals], label=label)
     ax.set(xlabel="test-time p_mask", ylabel="L_rec lost agents", title="reconstruction")

@@ -27,6 +27,7 @@ from rmio.train.mmsa_nets import (
     avg_l1_norm,
     balanced_kl,
     gaussian_kl,
+    rollout_dim,
 )
 from rmio.train.qmix_config import QMIXConfig
 from rmio.train.qmix_replay import Episode, EpisodeBuffer
@@ -206,6 +207,47 @@ def test_mixer_is_monotonic_on_the_learners_own_rollouts() -> None:
     chosen = chosen.detach().requires_grad_(True)
     (grad,) = torch.autograd.grad(learner.mixer(chosen, mix).sum(), chosen)
     assert (grad >= 0).all() and (grad > 0).any()
+
+
+def test_a_mixer_with_neither_state_nor_rollout_is_one_config_error_line() -> None:
+    off = ["mmsa.mixer_rollout=false", "mmsa.mixer_state=false"]
+    with pytest.raises(ConfigError) as err:
+        load_config("lbf_8x8_2p_2f_coop", preset="debug", overrides=off)
+    text = str(err.value)
+    assert "mmsa.mixer_state" in text and len(text.splitlines()) == 1, text
+    assert not load_config("lbf_8x8_2p_2f_coop", overrides=off[:1]).mmsa.mixer_rollout
+
+
+@pytest.mark.parametrize(("state", "rollout"), [(True, True), (False, True), (True, False)])
+def test_no_gs_and_no_wm_leave_their_part_out_of_the_mixer(state: bool, rollout: bool) -> None:
+    """The paper's Fig. 5b ablations: No-GS (mmsa.mixer_state false) keeps the global state out
+    of the hypernetworks, No-WM (mmsa.mixer_rollout false) the world model; whatever is left out
+    changes nothing the mixer sees, whatever is kept does, and the learner trains on."""
+    torch.manual_seed(4)
+    m = replace(M, mixer_state=state, mixer_rollout=rollout)
+    learner = MMSALearner(SPEC, Q, m, torch.device("cpu"))
+    rng = np.random.default_rng(0)
+    learner.set_stats(
+        np.zeros(SPEC.obs_dim), np.ones(SPEC.obs_dim), rng.normal(size=12), np.full(12, 2.0)
+    )
+    width = SPEC.state_dim * state + rollout_dim(SPEC, m) * rollout
+    assert learner.mixer.state_dim == learner.target_mixer.state_dim == width
+    torch.testing.assert_close(
+        learner.mixer.state_std[: SPEC.state_dim * state], torch.full((12 * state,), 2.0)
+    )
+    assert (learner.mixer.state_std[SPEC.state_dim * state :] == 1).all()
+    batch = _batch(SPEC)
+    _, hs = learner.agent.unroll_hidden(batch["obs"], batch["actions"])
+    mix = learner.mixer_input(batch["state"], learner.wm, hs)
+    assert mix.shape == (*batch["state"].shape[:2], width)
+    moved_state = learner.mixer_input(batch["state"] + 1.0, learner.wm, hs)
+    assert (not torch.equal(moved_state, mix)) == state
+    other_wm = LatentWorldModel(SPEC, Q, m)
+    assert (not torch.equal(learner.mixer_input(batch["state"], other_wm, hs), mix)) == rollout
+    for k in range(3):
+        stats = learner.update(_batch(SPEC, seed=k), episodes=k + 1)
+        assert np.isfinite([stats[key] for key in stats]).all()
+    assert stats["target_updated"] == 1.0
 
 
 @pytest.mark.parametrize("alpha", [0.8, 0.2, 0.5])

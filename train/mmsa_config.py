@@ -54,6 +54,14 @@ class MMSAConfig:
     DreamerV2's convention, which the paper cites, and what its text asks for ("allows the prior
     to mature quickly while preventing the posterior from being over-regularized"); the paper's
     printed equation puts alpha on the other term, which kl_alpha: 0.2 reproduces."""
+    mixer_rollout: bool = True
+    """The roll-out state enters the mixer's hypernetworks (Sec. 4.4). False: the paper's No-WM
+    ablation (Fig. 5b): nothing of the world model reaches the mixer, which is its only path
+    to the agents (the model's losses never reach them); the model still trains, so rmio's
+    reconstruction stage has one."""
+    mixer_state: bool = True
+    """The real global state enters the mixer's hypernetworks (Sec. 4.4). False: the paper's
+    No-GS ablation (Fig. 5b): they see the roll-out state only."""
     # rmio's extension, not the paper's: an observation decoder and masked fine-tuning on the
     # trained latent model (`rmio train finetune MMSA_RUN`, train/mmsa_finetune.py); the masks,
     # fine-tuning updates and learning rate are world_model.finetune's, as for RMIOv2.
@@ -86,3 +94,9 @@ def validate_mmsa(m: MMSAConfig, src: str) -> None:
         raise bad("min_std", "> 0", m.min_std)
     if not 0.0 <= m.kl_alpha <= 1.0:
         raise bad("kl_alpha", "in [0, 1]", m.kl_alpha)
+    if not (m.mixer_rollout or m.mixer_state):
+        raise bad(
+            "mixer_state",
+            "true when mmsa.mixer_rollout is false (the mixer needs an input)",
+            m.mixer_state,
+        )

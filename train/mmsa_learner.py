@@ -47,7 +47,9 @@ class MMSALearner(QLearner):
         return MMSAAgent(spec, q, self.m)
 
     def build_mixer(self, spec: EnvSpec, q: QMIXConfig) -> nn.Module:
-        return MMSAMixer(spec.n_agents, spec.state_dim, rollout_dim(spec, self.m), q)
+        m = self.m
+        state = spec.state_dim if m.mixer_state else 0
+        return MMSAMixer(spec.n_agents, state, rollout_dim(spec, m) if m.mixer_rollout else 0, q)
 
     def rollout_state(self, wm: LatentWorldModel, h: torch.Tensor) -> torch.Tensor:
         """s^Rollout for every step: (B, T+1, n, hidden) recurrent states -> (B, T+1, R)."""
@@ -55,14 +57,24 @@ class MMSALearner(QLearner):
             states, _ = wm.rollout(h.detach(), self.m.horizon, decode=False)
         return states.flatten(2)
 
+    def mixer_input(
+        self, state: torch.Tensor, wm: LatentWorldModel, h: torch.Tensor
+    ) -> torch.Tensor:
+        """What a mixer sees at every step: [s_t, s^Rollout_t], less the parts the No-GS and
+        No-WM switches (mmsa.mixer_state, mmsa.mixer_rollout) leave out."""
+        parts = [state] if self.m.mixer_state else []
+        if self.m.mixer_rollout:
+            parts.append(self.rollout_state(wm, h))
+        return torch.cat(parts, -1)
+
     def update(self, batch: dict[str, torch.Tensor], episodes: int) -> dict[str, float]:
         """One step on L_total, then the hard target update when it is due."""
         obs, actions, state = batch["obs"], batch["actions"], batch["state"]
         qvals, hs = self.agent.unroll_hidden(obs, actions)
         with torch.no_grad():
             target_q, target_hs = self.target_agent.unroll_hidden(obs, actions)
-        mix = torch.cat([state, self.rollout_state(self.wm, hs)], -1)
-        next_mix = torch.cat([state, self.rollout_state(self.target_wm, target_hs)], -1)
+        mix = self.mixer_input(state, self.wm, hs)
+        next_mix = self.mixer_input(state, self.target_wm, target_hs)
         td, stats = self.td_loss(batch, qvals, target_q[:, 1:], mix[:, :-1], next_mix[:, 1:])
         terms = self.wm.losses(
             hs,

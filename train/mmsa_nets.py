@@ -284,18 +284,20 @@ def _masked(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 class MMSAMixer(QMixer):
     """QMIX's monotonic hypernetwork mixer whose hypernetworks see [s_t, s^Rollout_t] (paper Sec.
-    4.4: the agents' Q-values, the real global state and the roll-out state). The weights on the
-    Q-values stay absolute values, so Q_tot is monotonic in every Q_i whatever the roll-out."""
+    4.4: the agents' Q-values, the real global state and the roll-out state; either part may be
+    0 wide, the paper's No-GS and No-WM ablations). The weights on the Q-values stay absolute
+    values, so Q_tot is monotonic in every Q_i whatever the roll-out."""
 
     def __init__(self, n_agents: int, state_dim: int, rollout_dim: int, q: QMIXConfig) -> None:
         super().__init__(n_agents, state_dim + rollout_dim, q)
-        self.rollout_dim = rollout_dim
+        self.real_state_dim, self.rollout_dim = state_dim, rollout_dim
 
     def set_stats(self, mean: np.ndarray, std: np.ndarray) -> None:
-        """The global state's statistics; the roll-out features (O(1) latents, kept near N(0, I)
-        by L_KL) pass unnormalised."""
-        pad = self.rollout_dim
-        mean, std = np.concatenate([mean, np.zeros(pad)]), np.concatenate([std, np.ones(pad)])
+        """The global state's statistics (ignored when the state is left out); the roll-out
+        features (O(1) latents, kept near N(0, I) by L_KL) pass unnormalised."""
+        k, pad = self.real_state_dim, self.rollout_dim
+        mean = np.concatenate([np.asarray(mean)[:k], np.zeros(pad)])
+        std = np.concatenate([np.asarray(std)[:k], np.ones(pad)])
         super().set_stats(mean, std)
 
 

@@ -8,7 +8,8 @@ torch thread each, then writes the returns at the budget beside the paper's and 
 Re-running the same command resumes: a finished run is left as it is, an interrupted one goes on
 from its last checkpoint (each trainer resumes its --run-dir). ``--report-only`` writes the tables
 from what is there. The paper trains 2M steps (its Table 10); say the budget you used.
-Writes OUT.md, OUT.json and OUT_<task>.png.
+``--algos`` also takes the paper's Fig. 5b ablations of MMSA (``mmsa-no-wm``, ``mmsa-no-gs``,
+``mmsa-no-klb``), each its own row. Writes OUT.md, OUT.json and OUT_<task>.png.
 """
 
 from __future__ import annotations
@@ -37,17 +38,30 @@ PAPER = {  # MMSA paper, Table 4 (LBF, final episode return at 2M steps; its tas
 }
 BUDGET_KEY = {"qmix": "qmix", "mmsa": "qmix", "mappo": "policy.mappo"}
 """Where each trainer reads its budget and evaluation period (MMSA shares QMIX's section)."""
+ABLATIONS = {  # the MMSA paper's Fig. 5b ablations (No-SALE has no switch yet)
+    "mmsa-no-wm": ["mmsa.mixer_rollout=false"],
+    "mmsa-no-gs": ["mmsa.mixer_state=false"],
+    "mmsa-no-klb": ["mmsa.kl_balance=false"],
+}
+"""--algos names beyond the trainers': MMSA with the overrides that make the ablation."""
+
+
+def trainer(algo: str) -> str:
+    """The `rmio train` command an --algos name runs (an ablation runs MMSA's)."""
+    return "mmsa" if algo in ABLATIONS else algo
 
 
 def command(
     task: str, algo: str, seed: int, run: Path, steps: int, every: int, debug: bool = False
 ) -> list[str]:
-    key = BUDGET_KEY[algo]
+    key = BUDGET_KEY[trainer(algo)]
+    extra = [arg for line in ABLATIONS.get(algo, []) for arg in ("--set", line)]
     return [
-        *(sys.executable, "-m", "rmio.cli", "train", algo, task, "--seed", str(seed)),
+        *(sys.executable, "-m", "rmio.cli", "train", trainer(algo), task, "--seed", str(seed)),
         *("--run-dir", str(run)),
         *("--set", f"{key}.env_steps={steps}", "--set", f"{key}.eval_every={every}"),
         *("--set", "world_model.train.threads=1"),
+        *extra,
         *(["--debug"] if debug else []),
     ]
 
@@ -80,7 +94,7 @@ def updates_per_s(run: Path, algo: str) -> float | None:
     """Learner updates per second at the run's logged real-step rate: QMIX and MMSA update once per
     finished episode (their ``updates`` count; MMSA's world model trains in the same update),
     MAPPO takes ppo.epochs x ppo.minibatches gradient steps per logged iteration."""
-    path = run / f"{algo}.jsonl"
+    path = run / f"{trainer(algo)}.jsonl"
     if not path.is_file():
         return None
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
@@ -195,7 +209,13 @@ def report(args: argparse.Namespace) -> tuple[str, dict]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--tasks", nargs="+", default=["lbf_10x10_3p_5f", "lbf_10x10_4p_3f"])
-    ap.add_argument("--algos", nargs="+", default=["mmsa", "qmix", "mappo"])
+    ap.add_argument(
+        "--algos",
+        nargs="+",
+        default=["mmsa", "qmix", "mappo"],
+        help="trainers (mmsa, qmix, mappo) and MMSA's ablations (mmsa-no-wm, mmsa-no-gs, "
+        "mmsa-no-klb: the paper's Fig. 5b)",
+    )
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--steps", type=int, default=300_000, help="real env steps per run")
     ap.add_argument("--eval-every", type=int, default=10_000)
@@ -205,9 +225,10 @@ def main() -> None:
     ap.add_argument("--report-only", action="store_true", help="write the tables, train nothing")
     ap.add_argument("--out", type=Path, required=True, help="OUT.md, OUT.json, OUT_<task>.png")
     args = ap.parse_args()
-    unknown = sorted(set(args.algos) - set(BUDGET_KEY))
+    known = [*BUDGET_KEY, *ABLATIONS]
+    unknown = sorted(set(args.algos) - set(known))
     if unknown:
-        ap.error(f"unknown algorithm(s) {', '.join(unknown)}: choose from {', '.join(BUDGET_KEY)}")
+        ap.error(f"unknown algorithm(s) {', '.join(unknown)}: choose from {', '.join(known)}")
     # seed-major: a partial study still compares every algorithm on the same seeds
     jobs = [
         (task, algo, seed, args.root / task / algo / f"seed{seed}")

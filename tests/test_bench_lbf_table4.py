@@ -47,3 +47,24 @@ def test_returns_at_the_budget_with_a_spread_over_seeds_and_the_verdict(tmp_path
     one = _report(root, tmp_path / "one", [1])  # one seed: no spread to show
     assert f"| {TASK} | mmsa | 1 of 1 | 0.20 | 0.88 |" in one
     assert f"- {TASK}: does not hold (0.20 against 0.30)" in one
+
+
+def test_an_ablation_trains_mmsa_with_its_switch_and_has_its_own_row(tmp_path: Path) -> None:
+    """`--algos mmsa-no-wm` (the MMSA paper's Fig. 5b No-WM) trains MMSA with the roll-out state
+    out of the mixer, in its own run directory, row and curve label (a debug-scale run)."""
+    from rmio.config import load_config
+    from rmio.train.evaluate import run_label
+
+    root, task = tmp_path / "runs", "lbf_8x8_2p_2f_coop"
+    cmd = [sys.executable, str(SCRIPT), "--debug", "--tasks", task, "--algos", "mmsa-no-wm"]
+    cmd += ["--seeds", "0", "--steps", "300", "--eval-every", "300", "--jobs", "1"]
+    cmd += ["--root", str(root), "--out", str(tmp_path / "abl")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    run = root / task / "mmsa-no-wm" / "seed0"
+    cfg = load_config(run / "config.yaml")
+    assert not cfg.mmsa.mixer_rollout and cfg.mmsa.mixer_state and cfg.mmsa.kl_balance
+    assert run_label(run) == "mmsa No-WM seed 0 (seed0)"
+    text = (tmp_path / "abl.md").read_text()
+    assert f"| {task} | mmsa-no-wm | 1 of 1 |" in text, text
+    assert (tmp_path / f"abl_{task}.png").stat().st_size > 0

@@ -178,7 +178,12 @@ def run_label(run: Path) -> str:
     seed = "?"
     cfg_path = run / "config.yaml"
     if cfg_path.exists():
-        seed = str(load_config(cfg_path).run.seed)
+        cfg = load_config(cfg_path)
+        seed = str(cfg.run.seed)
+        if algo == "mmsa":  # the paper's Fig. 5b ablations, named as it names them
+            m = cfg.mmsa
+            off = {"WM": m.mixer_rollout, "GS": m.mixer_state, "KLB": m.kl_balance}
+            algo += "".join(f" No-{name}" for name, on in off.items() if not on)
     return f"{algo} seed {seed} ({run.name})"
 
 

@@ -8,8 +8,8 @@ torch thread each, then writes the returns at the budget beside the paper's and 
 Re-running the same command resumes: a finished run is left as it is, an interrupted one goes on
 from its last checkpoint (each trainer resumes its --run-dir). ``--report-only`` writes the tables
 from what is there. The paper trains 2M steps (its Table 10); say the budget you used.
-``--algos`` also takes the paper's Fig. 5b ablations of MMSA (``mmsa-no-wm``, ``mmsa-no-gs``,
-``mmsa-no-klb``), each its own row. Writes OUT.md, OUT.json and OUT_<task>.png.
+``--algos`` also takes the paper's Fig. 5b ablations of MMSA (``mmsa-no-wm``, ``mmsa-no-sale``,
+``mmsa-no-klb``, ``mmsa-no-gs``), each its own row. Writes OUT.md, OUT.json and OUT_<task>.png.
 """
 
 from __future__ import annotations
@@ -38,8 +38,9 @@ PAPER = {  # MMSA paper, Table 4 (LBF, final episode return at 2M steps; its tas
 }
 BUDGET_KEY = {"qmix": "qmix", "mmsa": "qmix", "mappo": "policy.mappo"}
 """Where each trainer reads its budget and evaluation period (MMSA shares QMIX's section)."""
-ABLATIONS = {  # the MMSA paper's Fig. 5b ablations (No-SALE has no switch yet)
+ABLATIONS = {  # the MMSA paper's Fig. 5b ablations
     "mmsa-no-wm": ["mmsa.mixer_rollout=false"],
+    "mmsa-no-sale": ["mmsa.sale=false"],
     "mmsa-no-gs": ["mmsa.mixer_state=false"],
     "mmsa-no-klb": ["mmsa.kl_balance=false"],
 }
@@ -213,8 +214,8 @@ def main() -> None:
         "--algos",
         nargs="+",
         default=["mmsa", "qmix", "mappo"],
-        help="trainers (mmsa, qmix, mappo) and MMSA's ablations (mmsa-no-wm, mmsa-no-gs, "
-        "mmsa-no-klb: the paper's Fig. 5b)",
+        help="trainers (mmsa, qmix, mappo) and MMSA's ablations (mmsa-no-wm, mmsa-no-sale, "
+        "mmsa-no-klb, mmsa-no-gs: the paper's Fig. 5b)",
     )
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--steps", type=int, default=300_000, help="real env steps per run")

@@ -250,6 +250,33 @@ def test_no_gs_and_no_wm_leave_their_part_out_of_the_mixer(state: bool, rollout:
     assert stats["target_updated"] == 1.0
 
 
+@pytest.mark.parametrize("sale", [True, False])
+def test_no_sale_cuts_the_sale_embeddings_out_of_agents_and_world_model(sale: bool) -> None:
+    """The paper's No-SALE ablation (mmsa.sale false): no Q-value, roll-out or latent-policy
+    output depends on either SALE pair, and neither SALE loss is trained; with SALE on, both
+    pairs reach them (so the check can fail)."""
+    torch.manual_seed(5)
+    learner = MMSALearner(SPEC, Q, replace(M, sale=sale), torch.device("cpu"))
+    batch = _batch(SPEC)
+    qvals, hs = learner.agent.unroll_hidden(batch["obs"], batch["actions"])
+    rollout = learner.rollout_state(learner.wm, hs)
+    logits = learner.wm.policy_logits(learner.wm.posterior(hs)[0])
+    with torch.no_grad():
+        for p in (*learner.agent.sale.parameters(), *learner.wm.sale.parameters()):
+            p.add_(torch.randn_like(p))
+    qvals2, _ = learner.agent.unroll_hidden(batch["obs"], batch["actions"])
+    logits2 = learner.wm.policy_logits(learner.wm.posterior(hs)[0])
+    same = (
+        torch.equal(qvals, qvals2),
+        torch.equal(rollout, learner.rollout_state(learner.wm, hs)),
+        torch.equal(logits, logits2),
+    )
+    assert same == (not sale,) * 3, same
+    stats = learner.update(batch, episodes=1)
+    assert ("sale_obs" in stats) == sale and (stats["sale_latent"] > 0) == sale
+    assert np.isfinite([stats[key] for key in stats]).all()
+
+
 @pytest.mark.parametrize("alpha", [0.8, 0.2, 0.5])
 def test_kl_balancing_gives_the_prior_alpha_and_the_posterior_one_minus_alpha(
     alpha: float,

@@ -182,7 +182,8 @@ def run_label(run: Path) -> str:
         seed = str(cfg.run.seed)
         if algo == "mmsa":  # the paper's Fig. 5b ablations, named as it names them
             m = cfg.mmsa
-            off = {"WM": m.mixer_rollout, "GS": m.mixer_state, "KLB": m.kl_balance}
+            off = {"WM": m.mixer_rollout, "SALE": m.sale, "KLB": m.kl_balance}
+            off["GS"] = m.mixer_state
             algo += "".join(f" No-{name}" for name, on in off.items() if not on)
     return f"{algo} seed {seed} ({run.name})"
 

@@ -54,6 +54,11 @@ class MMSAConfig:
     DreamerV2's convention, which the paper cites, and what its text asks for ("allows the prior
     to mature quickly while preventing the posterior from being over-regularized"); the paper's
     printed equation puts alpha on the other term, which kl_alpha: 0.2 reproduces."""
+    sale: bool = True
+    """The SALE embeddings z^s and z^sa feed the agents' Q-functions, VAE-1 and the latent policy
+    (Secs. 4.2-4.3). False: the paper's No-SALE ablation (Fig. 5b): they are zeros there (as if
+    the inputs were removed: a zero column adds nothing and learns nothing) and the two SALE
+    losses are not trained; phi, the networks' own linear features, stays."""
     mixer_rollout: bool = True
     """The roll-out state enters the mixer's hypernetworks (Sec. 4.4). False: the paper's No-WM
     ablation (Fig. 5b): nothing of the world model reaches the mixer, which is its only path

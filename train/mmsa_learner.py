@@ -84,7 +84,8 @@ class MMSALearner(QLearner):
             self.m.kl_alpha,
             self.m.kl_balance,
         )
-        terms["sale_obs"] = self.sale_loss(obs, actions, batch["filled"])
+        if self.m.sale:  # not in the No-SALE ablation, whose agents read no z^o
+            terms["sale_obs"] = self.sale_loss(obs, actions, batch["filled"])
         model = sum(terms.values(), torch.zeros((), device=td.device))
         grad_norm, model_norm = self.optimise(td + model, self.params, self.model_params)
         updated = self.maybe_update_targets(episodes)

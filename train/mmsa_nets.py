@@ -90,6 +90,7 @@ class MMSAAgent(RNNAgent):
         a = self.n_actions
         self.sale = SALE(self.obs_dim, a, m)
         self.sale.requires_grad_(False)
+        self.use_sale = m.sale
         self.phi = nn.Linear(self.obs_dim + a, m.phi_dim)
         # head([phi^oa, z^oa, z^o, h]) = Linear(hidden, 1)(ELU(Linear over the concatenation))
         self.q_action = nn.Linear(m.phi_dim + m.latent_dim, q.rnn_hidden, bias=False)
@@ -107,6 +108,8 @@ class MMSAAgent(RNNAgent):
         with torch.no_grad():  # decoupled: TD never reaches the encoders
             zo = self.sale.zs(obs)
             zoa = self.sale.zsa_every_action(zo)  # (N, A, d)
+            if not self.use_sale:  # the No-SALE ablation (mmsa.sale)
+                zo, zoa = torch.zeros_like(zo), torch.zeros_like(zoa)
         phi_o = F.linear(obs, self.phi.weight[:, : self.obs_dim], self.phi.bias)
         phi = avg_l1_norm(phi_o.unsqueeze(1) + self.phi.weight[:, self.obs_dim :].T.unsqueeze(0))
         shared = self.q_shared(torch.cat([zo, h.reshape(-1, self.hidden)], -1)).unsqueeze(1)
@@ -173,6 +176,7 @@ class LatentWorldModel(nn.Module):
         self.n_agents, self.n_actions = spec.n_agents, spec.action_dim
         d, joint = m.latent_dim, spec.n_agents * spec.action_dim
         self.latent_dim, self.hidden = d, q.rnn_hidden
+        self.use_sale = m.sale
         self.posterior = Gaussian(q.rnn_hidden, m)
         self.decode_h = _mlp([d, m.wm_hidden, q.rnn_hidden])
         self.sale = SALE(d, joint, m)
@@ -194,16 +198,21 @@ class LatentWorldModel(nn.Module):
         """[z^sa, z^s, phi^sa] (..., n, 2 d + phi_dim), VAE-1's input; z carries no gradient
         (``zs``: z^s of ``s`` when already computed)."""
         with torch.no_grad():
-            zs = self.sale.zs(s) if zs is None else zs
-            zsa = self.sale.zsa(zs, joint)
+            zs = self._zs(s) if zs is None else zs
+            zsa = self.sale.zsa(zs, joint) if self.use_sale else torch.zeros_like(zs)
         phi = avg_l1_norm(self.phi_sa(torch.cat([s, joint], -1)))
         return torch.cat([zsa, zs, phi], -1)
+
+    def _zs(self, s: torch.Tensor) -> torch.Tensor:
+        """z^s of latent states; zeros in the No-SALE ablation (mmsa.sale)."""
+        zs = self.sale.zs(s)
+        return zs if self.use_sale else torch.zeros_like(zs)
 
     def policy_logits(self, s: torch.Tensor, zs: torch.Tensor | None = None) -> torch.Tensor:
         """pi(z^s, phi^s) over an agent's actions, (..., A)."""
         if zs is None:
             with torch.no_grad():
-                zs = self.sale.zs(s)
+                zs = self._zs(s)
         return self.policy(torch.cat([zs, avg_l1_norm(self.phi_s(s))], -1))
 
     def rollout(
@@ -218,7 +227,7 @@ class LatentWorldModel(nn.Module):
         states, hs = [s], []
         for _ in range(horizon):
             with torch.no_grad():
-                zs = self.sale.zs(s)
+                zs = self._zs(s)
             joint = self.joint_action(self.policy_logits(s, zs).argmax(-1))
             s = self.prior(self.embed(s, joint, zs))[0]
             states.append(s)
@@ -262,6 +271,7 @@ class LatentWorldModel(nn.Module):
         u = p_mean + p_std * torch.randn_like(p_std)
         rec_e = (self.decode_e(u) - e.detach()).pow(2).sum(-1)
         sale = self.sale.loss(q_mean[:, :-1].detach(), joint, q_mean[:, 1:].detach())
+        sale = sale if self.use_sale else torch.zeros_like(sale)  # No-SALE: nothing to train
         ce = F.cross_entropy(
             self.policy_logits(q_mean.detach()).flatten(0, -2),
             greedy.flatten(),

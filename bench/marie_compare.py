@@ -27,7 +27,10 @@ METRICS = {
     "gpe": "GPE",
     "gci": "GCI",
     "action_changed": "actor's action changed",
+    "action_mae": "actor's action MAE",
 }
+"""What each table shows; a metric no row has (action_changed on continuous actions,
+action_mae on discrete ones) gets no table."""
 
 
 def _spread(values: list[float]) -> str:
@@ -84,6 +87,8 @@ def _models_first(data: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
 
 
 def _metric_table(data: dict[str, Any], key: str) -> list[str]:
+    if not any(key in cell for cell in data["rows"].values()):
+        return []
     masks = [k for k, p in enumerate(data["p_masks"]) if p > 0]
     head = " | ".join(f"p_mask {data['p_masks'][k]:g}" for k in masks)
     lines = [f"| {METRICS[key]} | {head} |", "|---" * (len(masks) + 1) + "|"]
@@ -95,7 +100,8 @@ def _metric_table(data: dict[str, Any], key: str) -> list[str]:
 
 
 def robustness(sweep: Path, variants: list[str]) -> dict[str, Any] | None:
-    """The sweep's robustness rows (AUC and curve per variant), as `rmio ablate` wrote them."""
+    """The sweep's robustness rows (AUC and curve per variant, then the no-world-model baselines'
+    where the sweep ran them), as `rmio ablate` wrote them."""
     path = sweep / "ablation.json"
     if not path.exists():
         return None
@@ -104,7 +110,7 @@ def robustness(sweep: Path, variants: list[str]) -> dict[str, Any] | None:
     rows = {
         r["variant"]: {k: r[k] for k in keep if k in r}
         for r in table["rows"]
-        if r["variant"] in variants
+        if r["variant"] in variants or r["variant"].endswith("(no world model)")
     }
     return {"p_loss": table["robustness"]["p_loss"], "rows": rows, "budget": table["budget"]}
 
@@ -120,7 +126,8 @@ def report(sweep: Path, variants: list[str]) -> tuple[str, dict[str, Any]]:
         "",
     ]
     for key in METRICS:
-        lines += [*_metric_table(data, key), ""]
+        table = _metric_table(data, key)
+        lines += [*table, ""] if table else []
     if rob is not None:
         lines += [
             f"Budget of both: {', '.join(rob['budget']['set'])}; fine-tuning updates "
@@ -143,19 +150,27 @@ def plot(data: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     rob = data["robustness"]
+    names: dict[str, str] = {}  # one colour per model or baseline, the same in both panels
+
+    def colour(label: str) -> str:
+        key = label.removesuffix(" fine-tuned").removesuffix(" (no world model)")
+        return names.setdefault(key, f"C{len(names)}")
+
     fig, axes = plt.subplots(1, 2 if rob else 1, figsize=(10 if rob else 5, 3.6), squeeze=False)
     ax = axes[0][0]
     masks = [k for k, p in enumerate(data["p_masks"]) if p > 0]
     xs = [data["p_masks"][k] for k in masks]
     for label, cell in _models_first(data):
         vals = [[v for v in cell["lrec_masked"][k] if v is not None] for k in masks]
-        ax.errorbar(xs, [np.mean(v) for v in vals], [np.std(v) for v in vals], label=label)
+        mean, std = [np.mean(v) for v in vals], [np.std(v) for v in vals]
+        ax.errorbar(xs, mean, std, label=label, color=colour(label))
     ax.set(xlabel="test-time p_mask", ylabel="L_rec lost agents", title="reconstruction")
     ax.legend(fontsize=8)
     if rob:
         ax = axes[0][1]
         for v, r in rob["rows"].items():
-            ax.plot(rob["p_loss"], r["curve"], marker="o", label=f"{v} (AUC {r['auc_mean']:.1f})")
+            label = f"{v} (AUC {r['auc_mean']:.1f})"
+            ax.plot(rob["p_loss"], r["curve"], marker="o", label=label, color=colour(v))
         ax.set(xlabel="p_loss", ylabel=next(iter(rob["rows"].values())).get("metric", "return"))
         ax.set_title("robustness, same actor")
         ax.legend(fontsize=8)
@@ -171,6 +186,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True, help="OUT.md, OUT.json, OUT.png")
     args = ap.parse_args()
     text, data = report(args.sweep, args.variants)
+    text += f"\n![L_rec against p_mask and the robustness curves]({args.out.name}.png)\n"
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".md").write_text(text)
     args.out.with_suffix(".json").write_text(json.dumps(data, indent=1))

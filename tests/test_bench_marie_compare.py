@@ -48,7 +48,7 @@ def test_rows_over_seeds_and_the_robustness_rows(tmp_path: Path) -> None:
     table = {
         "robustness": {"p_loss": [0.0, 1.0]},
         "budget": {"set": ["world_model.train.updates=10"], "finetune_updates": 5},
-        "rows": [rob, {**rob, "variant": "gawm"}],
+        "rows": [rob, {**rob, "variant": "gawm"}, {**rob, "variant": "hold-last (no world model)"}],
     }
     (sweep / "ablation.json").write_text(json.dumps(table))
     proc = _compare(sweep, tmp_path / "out")
@@ -60,9 +60,13 @@ def test_rows_over_seeds_and_the_robustness_rows(tmp_path: Path) -> None:
     assert "| hold-last | 0.5000 ± 0.0000 | 0.7000 ± 0.0000 |" in text
     assert "| marie | 55.5 ± 1.2 | 1.00 | 0.50 |" in text
     assert "gawm" not in text
+    assert "| hold-last (no world model) | 55.5 ± 1.2 | 1.00 | 0.50 |" in text
+    # no row has GCI or the actor's metrics: no empty tables for them
+    assert "| GCI |" not in text and "actor's action" not in text and "| GPE |" in text
     data = json.loads((tmp_path / "out.json").read_text())
     assert data["seeds"] == [0, 1]
     assert (tmp_path / "out.png").stat().st_size > 0
+    assert "](out.png)" in text  # the figure is shown where the table is read
 
 
 def test_refuses_a_seed_scored_on_other_data(tmp_path: Path) -> None:

@@ -252,6 +252,20 @@ SECTIONS: list[tuple[str, str, str]] = [
         "--episodes 10 --out bench/results/swarm_marie_smax_2s3z_p06",
     ),
     (
+        "MARIE against RMIOv2 on HalfCheetah 6x1: L_rec, GPE and GCI at every p_mask, "
+        "robustness, 2 training seeds (issue 23)",
+        "marie_halfcheetah_6x1.md",
+        "rmio ablate marie_halfcheetah_6x1 --out runs/ablation-marie_halfcheetah_6x1 --jobs 2 && "
+        "python bench/marie_compare.py runs/ablation-marie_halfcheetah_6x1 --out "
+        "bench/results/marie_halfcheetah_6x1",
+    ),
+    (
+        "MARIE and RMIOv2 bundles of HalfCheetah 6x1 through the real swarm (issue 23)",
+        "swarm_marie_halfcheetah_6x1.md",
+        "python bench/sweep_swarm.py runs/ablation-marie_halfcheetah_6x1 --seed 0 --p-loss 0.3 "
+        "--episodes 5 --transport ipc --out bench/results/swarm_marie_halfcheetah_6x1",
+    ),
+    (
         "Reconstruction rounds of a MARIE bundle against RMIOv2's, in the swarm (issue 23)",
         "marie_rounds.md",
         "python bench/marie_rounds.py --marie BUNDLE --marie-before OLD_BUNDLE --steps 200 "

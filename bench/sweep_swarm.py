@@ -112,6 +112,7 @@ def main() -> None:
                     "round_p50_ms": through["round_p50_ms"],
                     "round_p99_ms": through["round_p99_ms"],
                     "deadline_misses": through["deadline_misses"],
+                    "recon_fallbacks": through["recon_fallbacks"],
                     "seconds": time.perf_counter() - start,
                 }
             )
@@ -135,12 +136,15 @@ def main() -> None:
         + (f"SWEEP_OUT --seed {args.seed}" if args.sweep else "--bundle LABEL=DIR ...")
         + f" --p-loss {args.p_loss:g} --episodes {args.episodes}"
         + (f" --steps {args.steps}" if args.steps else "")
-        + f" --transport {args.transport}`.",
+        + f" --transport {args.transport}`. Step deadline misses: actions the env host did not "
+        "get in time; reconstruction fallbacks: blind agents whose reconstruction missed its "
+        "deadline and who acted on their last observation (either makes the swarm differ from "
+        "the in-process run, which never waits).",
         "",
         f"| world model | {metric} in-process | {metric} through the swarm | max abs diff | "
         "episode returns in-process / through the swarm | max abs diff | round p50 / p99 ms | "
-        "deadline misses |",
-        "|---|---|---|---|---|---|---|---|",
+        "step deadline misses | reconstruction fallbacks |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         p50, p99 = r["round_p50_ms"], r["round_p99_ms"]
@@ -149,7 +153,7 @@ def main() -> None:
             f"{r['max_abs_diff']:g} | {_returns(r['episode_returns_in_process'])} / "
             f"{_returns(r['episode_returns_swarm'])} | {r['episode_return_max_abs_diff']:g} | "
             + ("- / -" if p50 is None else f"{p50:.2f} / {p99:.2f}")
-            + f" | {r['deadline_misses']} |"
+            + f" | {r['deadline_misses']} | {r['recon_fallbacks']} |"
         )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")

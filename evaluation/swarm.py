@@ -38,6 +38,7 @@ def swarm_sweep(
     for strategy in [s for s in result["strategies"] if s in SWARM_STRATEGIES]:
         for p in result["p_loss"]:
             per_seed, returns, traffic, msgs, p50, p99, misses = [], [], [], [], [], [], 0
+            fallbacks = 0
             for seed in range(result["seeds"]):
                 settings = build_settings(
                     bundle,
@@ -63,6 +64,9 @@ def swarm_sweep(
                     p50.append(rnd["p50_ms"])
                     p99.append(rnd["p99_ms"])
                 misses += int(report["events"].get("deadline_misses", 0))
+                # a blind agent whose reconstruction missed its deadline acted on its last
+                # observation: the swarm then differs from the in-process run, which never waits
+                fallbacks += int(report["events"].get("agents.recon_miss", 0))
                 tick(f"swarm {strategy}", 1)
             rows.append(
                 {
@@ -77,6 +81,7 @@ def swarm_sweep(
                     "round_p50_ms": float(np.mean(p50)) if p50 else None,
                     "round_p99_ms": float(np.max(p99)) if p99 else None,
                     "deadline_misses": misses,
+                    "recon_fallbacks": fallbacks,
                 }
             )
     return rows

@@ -185,6 +185,10 @@ def test_robustness_through_the_swarm_and_the_demo_take_the_loss_model(tmp_path:
         assert report["settings"]["loss"]["mean_burst_length"] == 6.0
         lost = [e["lost_fraction"] for e in report["episodes"]]
         assert lost == [e["lost_fraction"] for e in inproc[p]["episodes"]], p
+    # the rows count the blind agents that fell back to their last observation, as the reports do
+    events = [json.loads(path.read_text())["events"] for path in reports]
+    fallbacks = sum(int(ev.get("agents.recon_miss", 0)) for ev in events)
+    assert sum(row["recon_fallbacks"] for row in result["swarm"]) == fallbacks
 
     demo = tmp_path / "demo"
     res = rmio(

@@ -10,6 +10,12 @@ from its last checkpoint (each trainer resumes its --run-dir). ``--report-only``
 from what is there. The paper trains 2M steps (its Table 10); say the budget you used.
 ``--algos`` also takes the paper's Fig. 5b ablations of MMSA (``mmsa-no-wm``, ``mmsa-no-sale``,
 ``mmsa-no-klb``, ``mmsa-no-gs``), each its own row. Writes OUT.md, OUT.json and OUT_<task>.png.
+
+Other discrete tasks run the same way; ``--metric win_rate`` tabulates SMAX's win rate, beside the
+published figure in PUBLISHED where there is one:
+
+    python bench/lbf_table4.py --tasks smax_3m --metric win_rate --steps 500000 \
+        --eval-every 20000 --root runs/smax3m-table --out bench/results/smax_3m_value
 """
 
 from __future__ import annotations
@@ -35,6 +41,14 @@ PAPER = {  # MMSA paper, Table 4 (LBF, final episode return at 2M steps; its tas
     "lbf_10x10_4p_3f": {"mmsa": 0.88, "qmix": 0.31, "mappo": 0.27},
     "lbf_2s_8x8_2p_2f_coop": {"mmsa": 0.93, "qmix": 0.73, "mappo": 0.69},
     "lbf_2s_10x10_3p_3f": {"mmsa": 0.86, "qmix": 0.53, "mappo": 0.61},
+}
+PUBLISHED = {  # tasks outside the MMSA paper: (source, {algorithm: figure}) of the metric
+    "smax_3m": (
+        "SMAC paper (Samvelyan et al. 2019), QMIX median test win rate on SC2 3m at 2M "
+        "steps; SMAX approximates SMAC, so the figure is a reference, not a like-for-like "
+        "number",
+        {"qmix": 1.0},
+    ),
 }
 BUDGET_KEY = {"qmix": "qmix", "mmsa": "qmix", "mappo": "policy.mappo"}
 """Where each trainer reads its budget and evaluation period (MMSA shares QMIX's section)."""
@@ -121,13 +135,44 @@ def _mean_spread(cell: dict) -> str:
     """Mean ± std over the seeds at the budget; one seed has no spread to show."""
     if not cell["seeds"]:
         return "-"
-    spread = f" ± {cell['return_std']:.2f}" if cell["seeds"] > 1 else ""
-    return f"{cell['return_mean']:.2f}{spread}"
+    spread = f" ± {cell['std']:.2f}" if cell["seeds"] > 1 else ""
+    return f"{cell['mean']:.2f}{spread}"
+
+
+METRIC_TEXT = {
+    "return_mean": (
+        "return",
+        "Return: fraction of the food collected on LBF (greedy evaluation, the trainer's eval "
+        "episodes on seeds apart from training's)",
+    ),
+    "win_rate": (
+        "win rate",
+        "Win rate: fraction of greedy evaluation episodes won (the trainer's eval episodes on "
+        "seeds apart from training's)",
+    ),
+}
+
+
+def _reference(task: str, algo: str) -> float | None:
+    """The MMSA paper's Table 4 figure, or a published one for a task outside it."""
+    if task in PAPER:
+        return PAPER[task].get(algo)
+    return PUBLISHED.get(task, ("", {}))[1].get(algo)
 
 
 def report(args: argparse.Namespace) -> tuple[str, dict]:
+    name, meaning = METRIC_TEXT[args.metric]
+    in_paper = all(task in PAPER for task in args.tasks)
+    sources = [
+        "the MMSA paper's Table 4 at 2M steps (tasks -v2; lbforaging here provides -v3)"
+        if task in PAPER
+        else f"{task}: {PUBLISHED[task][0]}"
+        for task in args.tasks
+        if task in PAPER or task in PUBLISHED
+    ]
     lines = [
-        f"# MMSA, QMIX and MAPPO on LBF at {args.steps:,} real steps (MMSA paper Table 4)",
+        f"# MMSA, QMIX and MAPPO on {' '.join(args.tasks)} at {args.steps:,} real steps"
+        + (" (MMSA paper Table 4)" if in_paper else ""),
         "",
         f"{platform.machine()}, {len(os.sched_getaffinity(0))} cores, "
         f"Python {platform.python_version()}, "
@@ -136,14 +181,14 @@ def report(args: argparse.Namespace) -> tuple[str, dict]:
         "",
         f"Command: `python bench/lbf_table4.py --tasks {' '.join(args.tasks)} --algos "
         f"{' '.join(args.algos)} --seeds {' '.join(map(str, args.seeds))} --steps {args.steps} "
-        f"--eval-every {args.eval_every} --jobs {args.jobs}`",
+        f"--eval-every {args.eval_every} --metric {args.metric} --jobs {args.jobs}`",
         "",
-        "Return: fraction of the food collected (greedy evaluation, the trainer's eval episodes on "
-        "seeds apart from training's), at the last evaluation at or before the budget; mean ± std "
-        "over the seeds that reached it. The paper's column is its Table 4 at 2M steps (tasks "
-        "-v2; lbforaging here provides -v3).",
+        f"{meaning}, at the last evaluation at or before the budget; mean ± std over the seeds "
+        "that reached it. Reference column: "
+        + ("; ".join(dict.fromkeys(sources)) if sources else "none published")
+        + ".",
         "",
-        "| task | algorithm | seeds at budget | return | paper (2M steps) | best seen | "
+        f"| task | algorithm | seeds at budget | {name} | reference | best seen | "
         "h per 1M steps | env steps/s | learner updates/s |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
@@ -151,26 +196,25 @@ def report(args: argparse.Namespace) -> tuple[str, dict]:
     for task in args.tasks:
         for algo in args.algos:
             runs = [args.root / task / algo / f"seed{s}" for s in args.seeds]
-            done = [summarise(r, [args.steps], "return_mean") for r in runs if r.is_dir()]
+            done = [summarise(r, [args.steps], args.metric) for r in runs if r.is_dir()]
             at = [
-                d["at_budget"][args.steps]["return_mean"]
-                for d in done
-                if d["at_budget"][args.steps]
+                d["at_budget"][args.steps][args.metric] for d in done if d["at_budget"][args.steps]
             ]
-            best = [d["best"]["return_mean"] for d in done if d["best"]]
+            best = [d["best"][args.metric] for d in done if d["best"]]
             hours = [d["hours_per_100k"] for d in done if "hours_per_100k" in d]
             rate = [d["overall_steps_per_s"] for d in done if "overall_steps_per_s" in d]
             ups = [u for r in runs if (u := updates_per_s(r, algo)) is not None]
             cell = {
+                "metric": args.metric,
                 "seeds": len(at),
-                "return_mean": float(np.mean(at)) if at else None,
-                "return_std": float(np.std(at)) if at else None,
+                "mean": float(np.mean(at)) if at else None,
+                "std": float(np.std(at)) if at else None,
                 "per_seed": at,
                 "best_mean": float(np.mean(best)) if best else None,
                 "hours_per_1m": 10 * float(np.median(hours)) if hours else None,
                 "env_steps_per_s": float(np.median(rate)) if rate else None,
                 "updates_per_s": float(np.median(ups)) if ups else None,
-                "paper": PAPER.get(task, {}).get(algo),
+                "reference": _reference(task, algo),
             }
             table.setdefault(task, {})[algo] = cell
             lines.append(
@@ -178,7 +222,7 @@ def report(args: argparse.Namespace) -> tuple[str, dict]:
                 + " | ".join(
                     [
                         _mean_spread(cell),
-                        _num(cell["paper"], 2),
+                        _num(cell["reference"], 2),
                         _num(cell["best_mean"], 2),
                         _num(cell["hours_per_1m"], 1),
                         _num(cell["env_steps_per_s"], 0),
@@ -190,19 +234,20 @@ def report(args: argparse.Namespace) -> tuple[str, dict]:
     lines += [
         "",
         "Rates are medians over seeds of each run's own log (one core each). Learner updates: "
-        "QMIX and MMSA one per finished episode (a 32-episode batch; MMSA's world model trains in "
-        "the same update), MAPPO epochs x minibatches gradient steps per iteration.",
+        "QMIX and MMSA one gradient step on a 32-episode batch per qmix.update_every_episodes "
+        "finished episodes (MMSA's world model trains in the same step), MAPPO epochs x "
+        "minibatches gradient steps per iteration.",
         "",
         "MMSA above QMIX at the budget (means over seeds):",
     ]
     for task, cells in table.items():
-        m, q = cells.get("mmsa", {}).get("return_mean"), cells.get("qmix", {}).get("return_mean")
+        m, q = cells.get("mmsa", {}).get("mean"), cells.get("qmix", {}).get("mean")
         if m is None or q is None:
             lines.append(f"- {task}: not measured")
         else:
             verdict = "holds" if m > q else "does not hold" + (": equal" if m == q else "")
             lines.append(f"- {task}: {verdict} ({m:.2f} against {q:.2f})")
-    lines += ["", "Learning curves (greedy return against real steps, every run):", ""]
+    lines += ["", f"Learning curves (greedy {name} against real steps, every run):", ""]
     lines += [f"![{task}]({args.out.name}_{task}.png)" for task in args.tasks]
     return "\n".join(lines) + "\n", table
 
@@ -222,6 +267,12 @@ def main() -> None:
     ap.add_argument("--eval-every", type=int, default=10_000)
     ap.add_argument("--root", type=Path, default=Path("runs/lbf-table4"))
     ap.add_argument("--jobs", type=int, default=2, help="runs at a time")
+    ap.add_argument(
+        "--metric",
+        choices=sorted(METRIC_TEXT),
+        default="return_mean",
+        help="what the table and curves compare (win_rate for SMAX)",
+    )
     ap.add_argument("--debug", action="store_true", help="the configs' debug presets (a check)")
     ap.add_argument("--report-only", action="store_true", help="write the tables, train nothing")
     ap.add_argument("--out", type=Path, required=True, help="OUT.md, OUT.json, OUT_<task>.png")
@@ -255,7 +306,7 @@ def main() -> None:
     for task in args.tasks:
         runs = [j[3] for j in jobs if j[0] == task and (j[3] / "eval.jsonl").is_file()]
         if runs:
-            plot_curves(runs, args.out.parent / f"{args.out.name}_{task}.png")
+            plot_curves(runs, args.out.parent / f"{args.out.name}_{task}.png", args.metric)
     print(text)
 
 

@@ -68,3 +68,25 @@ def test_an_ablation_trains_mmsa_with_its_switch_and_has_its_own_row(tmp_path: P
     text = (tmp_path / "abl.md").read_text()
     assert f"| {task} | mmsa-no-wm | 1 of 1 |" in text, text
     assert (tmp_path / f"abl_{task}.png").stat().st_size > 0
+
+
+def test_win_rate_is_tabulated_beside_its_published_reference(tmp_path: Path) -> None:
+    """`--metric win_rate` (SMAX): the figure is the win rate at the budget, not the return, and
+    the reference column holds the published QMIX figure for 3m."""
+    root = tmp_path / "runs"
+    for algo, win in (("mmsa", 0.5), ("qmix", 0.75)):
+        run = root / "smax_3m" / algo / "seed0"
+        run.mkdir(parents=True)
+        row = {"step": 1000, "return_mean": 1.5, "return_std": 0.1, "win_rate": win}
+        (run / "eval.jsonl").write_text(json.dumps(row) + "\n")
+    cmd = [sys.executable, str(SCRIPT), "--report-only", "--tasks", "smax_3m", "--steps", "1000"]
+    cmd += ["--algos", "mmsa", "qmix", "--seeds", "0", "--metric", "win_rate"]
+    cmd += ["--root", str(root), "--out", str(tmp_path / "smax")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    text = (tmp_path / "smax.md").read_text()
+    assert "| smax_3m | qmix | 1 of 1 | 0.75 | 1.00 |" in text, text
+    assert "| smax_3m | mmsa | 1 of 1 | 0.50 | - |" in text, text
+    assert "- smax_3m: does not hold (0.50 against 0.75)" in text
+    assert "SMAC paper" in text
+    assert json.loads((tmp_path / "smax.json").read_text())["smax_3m"]["qmix"]["per_seed"] == [0.75]

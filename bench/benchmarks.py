@@ -313,6 +313,35 @@ SECTIONS: list[tuple[str, str, str]] = [
         "--bundle qmix=QMIX_BUNDLE --p-loss 0.3 --episodes 5 --out "
         "bench/results/swarm_lbf_10x10_3p_5f (the bundles as the section says)",
     ),
+    (
+        "MMSA against QMIX and MAPPO on SMAX 3m, win rate, 3 seeds (issue 22)",
+        "smax_3m_value.md",
+        "python bench/lbf_table4.py --tasks smax_3m --algos mmsa qmix mappo --seeds 0 1 2 "
+        "--steps 500000 --eval-every 20000 --metric win_rate --root runs/smax3m-table --jobs 2 "
+        "--out bench/results/smax_3m_value",
+    ),
+    (
+        "QMIX on SMAX 3m at pymarl's update ratio against the SMAC paper's figure (issue 22)",
+        "qmix_smax_3m.md",
+        "rmio train qmix smax_3m --seed 0 --run-dir RUN --set qmix.env_steps=1000000 --set "
+        "qmix.update_every_episodes=1 --set world_model.train.threads=1, then python "
+        "bench/training.py RUN ... --metric win_rate --budget 500000 --budget 1000000 --out "
+        "bench/results/qmix_smax_3m",
+    ),
+    (
+        "MMSA's reconstruction against RMIOv2's with MMSA's Q-actor: SMAX 3m (issue 22)",
+        "mmsa_robustness_smax_3m.md",
+        "python bench/mmsa_robustness.py runs/smax3m-table/smax_3m/mmsa/seed0 --out "
+        "runs/mmsa-robustness-smax_3m --episodes 50 --results "
+        "bench/results/mmsa_robustness_smax_3m (re-run the same command to resume)",
+    ),
+    (
+        "MMSA, RMIOv2 and QMIX bundles of SMAX 3m through the real swarm (issue 22)",
+        "swarm_smax_3m.md",
+        "python bench/sweep_swarm.py --bundle mmsa=MMSA_BUNDLE --bundle rmiov2=RMIOV2_BUNDLE "
+        "--bundle qmix=QMIX_BUNDLE --p-loss 0.3 --episodes 5 --transport ipc --out "
+        "bench/results/swarm_smax_3m (the bundles as the section says)",
+    ),
     ("What a call costs right after a sleep", "cold_calls.md", "python bench/cold_calls.py"),
     ("Environment throughput", "env_throughput.md", "python bench/env_throughput.py"),
 ]

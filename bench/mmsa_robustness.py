@@ -151,7 +151,7 @@ def report(args: argparse.Namespace, result: dict[str, Any], wall: float) -> str
         f"every column; {result['metric'].replace('_', ' ')}, mean ± std over seed families. The "
         f"last invocation took {wall / 60:.0f} min. Command: `python bench/mmsa_robustness.py "
         f"{args.run.as_posix()} --out OUT --p-mask {args.p_mask:g} --collect-steps "
-        f"{args.collect_steps}`.",
+        f"{args.collect_steps} --episodes {args.episodes} --seeds {args.seeds}`.",
     ]
     table = markdown(result).split("\n", 2)[2]  # without its title
     return "\n".join(lines) + "\n\n" + table

@@ -257,3 +257,19 @@ def test_last_observation_keeps_its_own_state_and_available_actions(name: str) -
             np.testing.assert_allclose(ep.state[-1], ts.state, atol=1e-5)
             np.testing.assert_array_equal(ep.avail[-1], ts.avail_actions)
             assert not ep.avail[-1].all() or not ts.avail_actions.all()
+
+
+def test_run_labels_name_a_qmix_recipe_so_two_recipes_never_pool(tmp_path: Path) -> None:
+    """Curves and tables label QMIX runs by the recipe settings that differ from pymarl's
+    defaults (pymarl2's Adam, TD(lambda), batch 128, ...); pymarl's own runs keep the plain name."""
+    from rmio.config import save_config
+    from rmio.train.evaluate import run_label
+
+    plain, recipe = tmp_path / "plain", tmp_path / "pymarl2"
+    save_config(load_config("smax_3m"), plain)
+    overrides = ["qmix.optimizer=adam", "qmix.lr=0.001", "qmix.td_lambda=0.6"]
+    save_config(load_config("smax_3m", overrides=overrides), recipe)
+    for run in (plain, recipe):
+        (run / "qmix.jsonl").write_text("{}\n")
+    assert run_label(plain) == "qmix seed 0 (plain)"
+    assert run_label(recipe) == "qmix [optimizer adam, lr 0.001, td_lambda 0.6] seed 0 (pymarl2)"

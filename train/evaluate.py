@@ -22,6 +22,7 @@ from rmio.runtime.settings import env_config_for
 from rmio.runtime.validate import verify_bundle
 from rmio.train.common import load_actor
 from rmio.train.policy import Actor, actor_policy
+from rmio.train.qmix_config import QMIXConfig
 
 
 def evaluate_policy(actor: Actor, env_cfg: EnvConfig, episodes: int, seed: int) -> dict[str, float]:
@@ -185,7 +186,20 @@ def run_label(run: Path) -> str:
             off = {"WM": m.mixer_rollout, "SALE": m.sale, "KLB": m.kl_balance}
             off["GS"] = m.mixer_state
             algo += "".join(f" No-{name}" for name, on in off.items() if not on)
+        if algo == "qmix":
+            algo += _qmix_recipe(cfg.qmix)
     return f"{algo} seed {seed} ({run.name})"
+
+
+_RECIPE_KEYS = ("optimizer", "lr", "td_lambda", "batch_size", "epsilon_anneal_steps")
+"""QMIX settings that make a recipe (pymarl's defaults against pymarl2's, say): a label names
+those that differ from the defaults, so runs of two recipes never read as one."""
+
+
+def _qmix_recipe(q: QMIXConfig) -> str:
+    default = QMIXConfig()
+    changed = [f"{k} {getattr(q, k)}" for k in _RECIPE_KEYS if getattr(q, k) != getattr(default, k)]
+    return f" [{', '.join(changed)}]" if changed else ""
 
 
 def plot_curves(run_dirs: list[Path], out: Path, metric: str = "return_mean") -> Path:

@@ -266,10 +266,10 @@ def test_run_labels_name_a_qmix_recipe_so_two_recipes_never_pool(tmp_path: Path)
     from rmio.train.evaluate import run_label
 
     plain, recipe = tmp_path / "plain", tmp_path / "pymarl2"
-    save_config(load_config("smax_3m"), plain)
+    save_config(load_config("lbf_8x8_2p_2f_coop"), plain)
     overrides = ["qmix.optimizer=adam", "qmix.lr=0.001", "qmix.td_lambda=0.6"]
-    save_config(load_config("smax_3m", overrides=overrides), recipe)
+    save_config(load_config("smax_3m", overrides=overrides), recipe)  # 8 episodes per update
     for run in (plain, recipe):
         (run / "qmix.jsonl").write_text("{}\n")
     assert run_label(plain) == "qmix seed 0 (plain)"
-    assert run_label(recipe) == "qmix [optimizer adam, lr 0.001, td_lambda 0.6] seed 0 (pymarl2)"
+    assert run_label(recipe) == ("qmix [adam, lr 0.001, λ 0.6, 1 upd/8 ep] seed 0 (pymarl2)")

@@ -191,14 +191,25 @@ def run_label(run: Path) -> str:
     return f"{algo} seed {seed} ({run.name})"
 
 
-_RECIPE_KEYS = ("optimizer", "lr", "td_lambda", "batch_size", "epsilon_anneal_steps")
-"""QMIX settings that make a recipe (pymarl's defaults against pymarl2's, say): a label names
-those that differ from the defaults, so runs of two recipes never read as one."""
+_RECIPE = {
+    "optimizer": "{}",
+    "lr": "lr {:g}",
+    "td_lambda": "λ {:g}",
+    "batch_size": "B {}",
+    "epsilon_anneal_steps": "ε {}",
+    "update_every_episodes": "1 upd/{} ep",
+}
+"""QMIX settings that make a recipe (pymarl's defaults against pymarl2's, say), in the short form
+a label names them when they differ from the defaults, so runs of two recipes never read as one:
+optimiser, learning rate, TD(lambda), batch in episodes, epsilon's anneal steps, finished episodes
+per update."""
 
 
 def _qmix_recipe(q: QMIXConfig) -> str:
     default = QMIXConfig()
-    changed = [f"{k} {getattr(q, k)}" for k in _RECIPE_KEYS if getattr(q, k) != getattr(default, k)]
+    changed = [
+        f.format(getattr(q, k)) for k, f in _RECIPE.items() if getattr(q, k) != getattr(default, k)
+    ]
     return f" [{', '.join(changed)}]" if changed else ""
 
 

@@ -314,6 +314,13 @@ SECTIONS: list[tuple[str, str, str]] = [
         "bench/results/swarm_lbf_10x10_3p_5f (the bundles as the section says)",
     ),
     (
+        "MMSA without the roll-out state in its mixer (Fig. 5b No-WM) on LBF 10x10-4p-3f "
+        "(issue 22)",
+        "lbf_mmsa_ablation.md",
+        "python bench/lbf_table4.py --tasks lbf_10x10_4p_3f --algos mmsa-no-wm --seeds 0 1 2 "
+        "--steps 100000 --root runs/lbf-ablate --jobs 1 --out bench/results/lbf_mmsa_ablation",
+    ),
+    (
         "MMSA against QMIX and MAPPO on SMAX 3m, win rate, 3 seeds (issue 22)",
         "smax_3m_value.md",
         "python bench/lbf_table4.py --tasks smax_3m --algos mmsa qmix mappo --seeds 0 1 2 "

@@ -328,12 +328,13 @@ SECTIONS: list[tuple[str, str, str]] = [
         "--out bench/results/smax_3m_value",
     ),
     (
-        "QMIX on SMAX 3m at pymarl's update ratio against the SMAC paper's figure (issue 22)",
+        "QMIX on SMAX 3m: pymarl's settings and pymarl2's recipe against the SMAC paper's "
+        "figure (issue 22)",
         "qmix_smax_3m.md",
-        "rmio train qmix smax_3m --seed 0 --run-dir RUN --set qmix.env_steps=1000000 --set "
-        "qmix.update_every_episodes=1 --set world_model.train.threads=1, then python "
-        "bench/training.py RUN ... --metric win_rate --budget 500000 --budget 1000000 --out "
-        "bench/results/qmix_smax_3m",
+        "rmio train qmix smax_3m --seed S --run-dir RUN --set qmix.env_steps=500000 --set "
+        "world_model.train.threads=1 plus each recipe's overrides (listed in the section), then "
+        "python bench/training.py RUN ... --metric win_rate --budget 250000 --budget 500000 "
+        "--wall-per 1000000 --out bench/results/qmix_smax_3m",
     ),
     (
         "MMSA's reconstruction against RMIOv2's with MMSA's Q-actor: SMAX 3m (issue 22)",

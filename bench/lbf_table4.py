@@ -9,7 +9,8 @@ Re-running the same command resumes: a finished run is left as it is, an interru
 from its last checkpoint (each trainer resumes its --run-dir). ``--report-only`` writes the tables
 from what is there. The paper trains 2M steps (its Table 10); say the budget you used.
 ``--algos`` also takes the paper's Fig. 5b ablations of MMSA (``mmsa-no-wm``, ``mmsa-no-sale``,
-``mmsa-no-klb``, ``mmsa-no-gs``), each its own row. Writes OUT.md, OUT.json and OUT_<task>.png.
+``mmsa-no-klb``, ``mmsa-no-gs``), each its own row, and ``qmix-pymarl2`` / ``mmsa-pymarl2`` run
+QMIX or MMSA on pymarl2's recipe (PYMARL2). Writes OUT.md, OUT.json and OUT_<task>.png.
 
 Other discrete tasks run the same way; ``--metric win_rate`` tabulates SMAX's win rate, beside the
 published figure in PUBLISHED where there is one:
@@ -59,18 +60,47 @@ ABLATIONS = {  # the MMSA paper's Fig. 5b ablations
     "mmsa-no-klb": ["mmsa.kl_balance=false"],
 }
 """--algos names beyond the trainers': MMSA with the overrides that make the ablation."""
+PYMARL2 = [
+    "qmix.optimizer=adam",
+    "qmix.lr=0.001",
+    "qmix.td_lambda=0.6",
+    "qmix.batch_size=128",
+    "qmix.epsilon_anneal_steps=100000",
+    "qmix.update_every_episodes=4",
+]
+"""pymarl2's QMIX recipe (Adam at 1e-3, TD(lambda 0.6), 128-episode batches, epsilon over 100k
+steps), one update per 4 finished episodes as its parallel runner takes one per batch of parallel
+episodes (4 = the LBF configs' run.num_envs), so an update costs per episode what pymarl's does."""
+DEBUG_KEEPS = ("qmix.batch_size", "qmix.epsilon_anneal_steps")
+"""Recipe settings --debug leaves at the preset's values (sized for its 40-episode buffer)."""
+RECIPES = {"qmix-pymarl2": ("qmix", PYMARL2), "mmsa-pymarl2": ("mmsa", PYMARL2)}
+"""--algos names for a trainer on pymarl2's recipe instead of pymarl's (MMSA keeps its own
+mmsa.lr, 1e-3 as well): rmio's check of whether MMSA's gain survives a stronger QMIX base."""
+
+
+VERDICTS = [("mmsa", "qmix"), ("mmsa-pymarl2", "qmix-pymarl2"), ("mmsa", "qmix-pymarl2")]
+"""The MMSA-above-QMIX comparisons the report states: the paper's always, the others where both
+sides were asked for."""
 
 
 def trainer(algo: str) -> str:
     """The `rmio train` command an --algos name runs (an ablation runs MMSA's)."""
+    if algo in RECIPES:
+        return RECIPES[algo][0]
     return "mmsa" if algo in ABLATIONS else algo
+
+
+def overrides(algo: str) -> list[str]:
+    """The --set lines an --algos name adds to its trainer's config."""
+    return ABLATIONS.get(algo) or (RECIPES[algo][1] if algo in RECIPES else [])
 
 
 def command(
     task: str, algo: str, seed: int, run: Path, steps: int, every: int, debug: bool = False
 ) -> list[str]:
     key = BUDGET_KEY[trainer(algo)]
-    extra = [arg for line in ABLATIONS.get(algo, []) for arg in ("--set", line)]
+    lines = [o for o in overrides(algo) if not (debug and o.split("=")[0] in DEBUG_KEEPS)]
+    extra = [arg for line in lines for arg in ("--set", line)]
     return [
         *(sys.executable, "-m", "rmio.cli", "train", trainer(algo), task, "--seed", str(seed)),
         *("--run-dir", str(run)),
@@ -155,6 +185,7 @@ METRIC_TEXT = {
 
 def _reference(task: str, algo: str) -> float | None:
     """The MMSA paper's Table 4 figure, or a published one for a task outside it."""
+    algo = RECIPES[algo][0] if algo in RECIPES else algo  # the same method on another recipe
     if task in PAPER:
         return PAPER[task].get(algo)
     return PUBLISHED.get(task, ("", {}))[1].get(algo)
@@ -234,19 +265,24 @@ def report(args: argparse.Namespace) -> tuple[str, dict]:
     lines += [
         "",
         "Rates are medians over seeds of each run's own log (one core each). Learner updates: "
-        "QMIX and MMSA one gradient step on a 32-episode batch per qmix.update_every_episodes "
-        "finished episodes (MMSA's world model trains in the same step), MAPPO epochs x "
+        "QMIX and MMSA one gradient step on a qmix.batch_size-episode batch (32; 128 on "
+        "pymarl2's recipe) per qmix.update_every_episodes finished episodes (1; 4 on pymarl2's "
+        "recipe; MMSA's world model trains in the same step), MAPPO epochs x "
         "minibatches gradient steps per iteration.",
         "",
         "MMSA above QMIX at the budget (means over seeds):",
     ]
     for task, cells in table.items():
-        m, q = cells.get("mmsa", {}).get("mean"), cells.get("qmix", {}).get("mean")
-        if m is None or q is None:
-            lines.append(f"- {task}: not measured")
-        else:
-            verdict = "holds" if m > q else "does not hold" + (": equal" if m == q else "")
-            lines.append(f"- {task}: {verdict} ({m:.2f} against {q:.2f})")
+        for mmsa, qmix in VERDICTS:
+            if (mmsa, qmix) != VERDICTS[0] and not {mmsa, qmix} <= set(args.algos):
+                continue
+            m, q = cells.get(mmsa, {}).get("mean"), cells.get(qmix, {}).get("mean")
+            pair = "" if (mmsa, qmix) == VERDICTS[0] else f", {mmsa} against {qmix}"
+            if m is None or q is None:
+                lines.append(f"- {task}{pair}: not measured")
+            else:
+                verdict = "holds" if m > q else "does not hold" + (": equal" if m == q else "")
+                lines.append(f"- {task}{pair}: {verdict} ({m:.2f} against {q:.2f})")
     lines += ["", f"Learning curves (greedy {name} against real steps, every run):", ""]
     lines += [f"![{task}]({args.out.name}_{task}.png)" for task in args.tasks]
     return "\n".join(lines) + "\n", table
@@ -259,8 +295,9 @@ def main() -> None:
         "--algos",
         nargs="+",
         default=["mmsa", "qmix", "mappo"],
-        help="trainers (mmsa, qmix, mappo) and MMSA's ablations (mmsa-no-wm, mmsa-no-sale, "
-        "mmsa-no-klb, mmsa-no-gs: the paper's Fig. 5b)",
+        help="trainers (mmsa, qmix, mappo), MMSA's ablations (mmsa-no-wm, mmsa-no-sale, "
+        "mmsa-no-klb, mmsa-no-gs: the paper's Fig. 5b) and QMIX or MMSA on pymarl2's recipe "
+        "(qmix-pymarl2, mmsa-pymarl2)",
     )
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--steps", type=int, default=300_000, help="real env steps per run")
@@ -277,7 +314,7 @@ def main() -> None:
     ap.add_argument("--report-only", action="store_true", help="write the tables, train nothing")
     ap.add_argument("--out", type=Path, required=True, help="OUT.md, OUT.json, OUT_<task>.png")
     args = ap.parse_args()
-    known = [*BUDGET_KEY, *ABLATIONS]
+    known = [*BUDGET_KEY, *ABLATIONS, *RECIPES]
     unknown = sorted(set(args.algos) - set(known))
     if unknown:
         ap.error(f"unknown algorithm(s) {', '.join(unknown)}: choose from {', '.join(known)}")

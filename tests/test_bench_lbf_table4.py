@@ -90,3 +90,41 @@ def test_win_rate_is_tabulated_beside_its_published_reference(tmp_path: Path) ->
     assert "- smax_3m: does not hold (0.50 against 0.75)" in text
     assert "SMAC paper" in text
     assert json.loads((tmp_path / "smax.json").read_text())["smax_3m"]["qmix"]["per_seed"] == [0.75]
+
+
+def test_pymarl2_recipe_rows_train_their_trainer_on_the_recipe(tmp_path: Path) -> None:
+    """`--algos qmix-pymarl2` trains QMIX with pymarl2's optimiser, TD(lambda) and update period
+    in its own run directory and row (a debug-scale run, which keeps the preset's batch)."""
+    from rmio.config import load_config
+    from rmio.train.evaluate import run_label
+
+    root, task = tmp_path / "runs", "lbf_8x8_2p_2f_coop"
+    cmd = [sys.executable, str(SCRIPT), "--debug", "--tasks", task, "--algos", "qmix-pymarl2"]
+    cmd += ["--seeds", "0", "--steps", "300", "--eval-every", "300", "--jobs", "1"]
+    cmd += ["--root", str(root), "--out", str(tmp_path / "rec")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    run = root / task / "qmix-pymarl2" / "seed0"
+    q = load_config(run / "config.yaml").qmix
+    assert (q.optimizer, q.lr, q.td_lambda, q.update_every_episodes) == ("adam", 1e-3, 0.6, 4)
+    assert "adam, lr 0.001, λ 0.6" in run_label(run)
+    assert f"| {task} | qmix-pymarl2 | 1 of 1 |" in (tmp_path / "rec.md").read_text()
+
+
+def test_recipe_rows_sit_beside_the_papers_figure_of_their_method(tmp_path: Path) -> None:
+    """A method on pymarl2's recipe is still that method: its reference is the paper's figure,
+    and MMSA against QMIX is stated on the recipe too."""
+    root = tmp_path / "runs"
+    for algo, ret in (("mmsa-pymarl2", 0.5), ("qmix-pymarl2", 0.4), ("mmsa", 0.3), ("qmix", 0.2)):
+        _run(root, algo, 0, {1000: ret})
+    cmd = [sys.executable, str(SCRIPT), "--report-only", "--tasks", TASK, "--steps", "1000"]
+    cmd += ["--algos", "mmsa", "qmix", "mmsa-pymarl2", "qmix-pymarl2", "--seeds", "0"]
+    cmd += ["--root", str(root), "--out", str(tmp_path / "r")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    text = (tmp_path / "r.md").read_text()
+    assert f"| {TASK} | mmsa-pymarl2 | 1 of 1 | 0.50 | 0.88 |" in text
+    assert f"| {TASK} | qmix-pymarl2 | 1 of 1 | 0.40 | 0.31 |" in text
+    assert f"- {TASK}: holds (0.30 against 0.20)" in text
+    assert f"- {TASK}, mmsa-pymarl2 against qmix-pymarl2: holds (0.50 against 0.40)" in text
+    assert f"- {TASK}, mmsa against qmix-pymarl2: does not hold (0.30 against 0.40)" in text

@@ -337,6 +337,14 @@ SECTIONS: list[tuple[str, str, str]] = [
         "--wall-per 1000000 --out bench/results/qmix_smax_3m",
     ),
     (
+        "QMIX on pymarl2's recipe on LBF 10x10-3p-5f and 10x10-4p-3f at 500k steps, 3 seeds, "
+        "against the MMSA paper's QMIX (issue 22)",
+        "lbf_qmix_pymarl2.md",
+        "python bench/lbf_table4.py --tasks lbf_10x10_3p_5f lbf_10x10_4p_3f --algos "
+        "qmix-pymarl2 --seeds 0 1 2 --steps 500000 --root runs/lbf-recipe --jobs 2 --out "
+        "bench/results/lbf_qmix_pymarl2",
+    ),
+    (
         "MMSA's reconstruction against RMIOv2's with MMSA's Q-actor: SMAX 3m (issue 22)",
         "mmsa_robustness_smax_3m.md",
         "python bench/mmsa_robustness.py runs/smax3m-table/smax_3m/mmsa/seed0 --out "
